@@ -1,0 +1,1 @@
+"""The homeedge edge gateway: MQTT in, validate, store, infer, aggregate, anonymize, uplink."""

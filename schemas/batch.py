@@ -1,0 +1,109 @@
+"""The batch format: what a gateway uploads to the cloud (``POST /api/v1/batches``).
+
+A batch is JSON, gzip-compressed on the wire (``Content-Encoding: gzip``), authenticated with the
+gateway's bearer token. It carries only window aggregates that passed the gateway's privacy
+filter: the home appears as a keyed pseudonym, rooms and devices only as categories, and no raw
+reading, device id or audio byte is ever part of it.
+
+`batch_id` is unique: the cloud stores a batch id once, so a gateway may resend freely.
+`seq` increases by one per batch of a gateway, so the cloud can report gaps.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+import msgspec
+
+from schemas.errors import PayloadError
+
+BATCH_VERSION = 1
+MAX_AGGREGATES_PER_BATCH = 5000
+MAX_BATCH_BYTES = 4 * 1024 * 1024  # decompressed
+
+Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
+Finite = Annotated[float, msgspec.Meta(ge=-1e15, le=1e15)]
+
+
+class Policy(StrEnum):
+    """Per-metric uplink policy."""
+
+    LOCAL = "local"  # never leaves the home
+    AGGREGATE = "aggregate"  # window aggregates, exact
+    NOISED = "noised"  # Laplace noise on count and sum, within a per-home epsilon budget
+
+
+class WindowAggregate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Statistics of one metric over one tumbling window of one (home, room class, device class).
+
+    For ``noised`` aggregates, `count`, `sum` and `mean` are noised and the order statistics
+    (min, max, std, p50, p95) are omitted, since they would leak single readings.
+    """
+
+    window_start: Annotated[float, msgspec.Meta(ge=0, le=4102444800.0)]
+    window_s: Annotated[int, msgspec.Meta(ge=1, le=86400)]
+    home: Name
+    room_class: Name
+    device_class: Name
+    metric: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+    unit: Annotated[str, msgspec.Meta(max_length=16)]
+    policy: Literal["aggregate", "noised"]
+    count: Finite
+    sum: Finite
+    mean: Finite
+    min: Finite | None = None
+    max: Finite | None = None
+    std: Finite | None = None
+    p50: Finite | None = None
+    p95: Finite | None = None
+    epsilon: Annotated[float, msgspec.Meta(gt=0, le=100)] | None = None
+
+
+class BatchPrivacy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What the privacy filter did for this batch."""
+
+    epsilon_spent: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+    suppressed_windows: Annotated[int, msgspec.Meta(ge=0)] = 0
+    refused_noised: Annotated[int, msgspec.Meta(ge=0)] = 0
+    min_window_count: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class BatchStats(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Traffic the gateway took in for the windows of this batch (for the bandwidth report)."""
+
+    ingested_messages: Annotated[int, msgspec.Meta(ge=0)] = 0
+    ingested_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class Batch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One upload."""
+
+    batch_id: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}$", description="uuid4 hex")]
+    gateway: Name
+    seq: Annotated[int, msgspec.Meta(ge=1)]
+    created_at: Annotated[float, msgspec.Meta(ge=0, le=4102444800.0)]
+    aggregates: Annotated[list[WindowAggregate], msgspec.Meta(max_length=MAX_AGGREGATES_PER_BATCH)]
+    privacy: BatchPrivacy = BatchPrivacy()
+    stats: BatchStats = BatchStats()
+    version: Literal[1] = 1
+
+
+_decoder = msgspec.json.Decoder(Batch)
+_encoder = msgspec.json.Encoder()
+
+
+def encode_batch(batch: Batch) -> bytes:
+    return _encoder.encode(batch)
+
+
+def decode_batch(payload: bytes) -> Batch:
+    """Decode and validate a batch body (already decompressed)."""
+    if len(payload) > MAX_BATCH_BYTES:
+        raise PayloadError("oversized", f"{len(payload)} bytes > limit {MAX_BATCH_BYTES}")
+    try:
+        return _decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise PayloadError("validation", str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise PayloadError("invalid_json", str(exc)) from None

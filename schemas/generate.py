@@ -1,0 +1,66 @@
+"""Generate the checked-in JSON Schema files from the payload models.
+
+python -m schemas.generate          # rewrite schemas/json/*.json
+python -m schemas.generate --check  # exit 1 when the files drift from the code
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import msgspec
+
+from schemas.batch import Batch
+from schemas.telemetry import Telemetry
+
+HERE = Path(__file__).parent / "json"
+
+
+def _dump(obj: object) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def generated_files() -> dict[Path, str]:
+    """File path -> expected content."""
+    telemetry = msgspec.json.schema(Telemetry)
+    telemetry["$id"] = "https://homeedge.invalid/schemas/telemetry.schema.json"
+    telemetry["title"] = "homeedge telemetry payload"
+    batch = msgspec.json.schema(Batch)
+    batch["$id"] = "https://homeedge.invalid/schemas/batch.schema.json"
+    batch["title"] = "homeedge gateway-to-cloud batch"
+    state = {
+        "$id": "https://homeedge.invalid/schemas/state.schema.json",
+        "title": "homeedge availability payload (retained, the last will is offline)",
+        "type": "string",
+        "enum": ["online", "offline"],
+    }
+    return {
+        HERE / "telemetry.schema.json": _dump(telemetry),
+        HERE / "batch.schema.json": _dump(batch),
+        HERE / "state.schema.json": _dump(state),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--check", action="store_true", help="fail when files differ")
+    args = parser.parse_args(argv)
+    drift = []
+    for path, text in generated_files().items():
+        current = path.read_text(encoding="utf-8") if path.exists() else None
+        if current != text:
+            drift.append(path)
+            if not args.check:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text, encoding="utf-8")
+    if args.check and drift:
+        print("out of date: " + ", ".join(str(p) for p in drift), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

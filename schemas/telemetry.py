@@ -1,0 +1,70 @@
+"""The telemetry payload: a UTF-8 JSON object a device publishes on its ``telemetry`` topic.
+
+    {"ts": 1764403200.5, "seq": 42, "readings": {"temperature": 21.4, "humidity": 40}}
+
+- ``ts``: Unix seconds UTC (number), required, between 2000-01-01 and 2100-01-01.
+- ``seq``: per-device counter (integer >= 0), optional; with it the gateway stores a redelivered
+  message once.
+- ``readings``: metric name -> finite number, at least one entry. Unknown metric names are kept.
+
+Unknown top-level fields are ignored, so devices may add fields without breaking older gateways.
+Decoding uses msgspec (compiled, validating in one pass).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+import msgspec
+
+from schemas.errors import PayloadError
+
+MAX_TELEMETRY_BYTES = 16 * 1024
+TS_MIN = 946684800.0  # 2000-01-01
+TS_MAX = 4102444800.0  # 2100-01-01
+MAX_SEQ = 2**63 - 1
+
+MetricName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+Value = Annotated[float, msgspec.Meta(ge=-1e15, le=1e15)]
+
+
+class Telemetry(msgspec.Struct, frozen=True):
+    """One telemetry message."""
+
+    ts: Annotated[float, msgspec.Meta(ge=TS_MIN, le=TS_MAX, description="Unix seconds, UTC")]
+    readings: Annotated[
+        dict[MetricName, Value],
+        msgspec.Meta(min_length=1, max_length=64, description="metric name -> value"),
+    ]
+    seq: Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ, description="per-device counter")] | None = (
+        None
+    )
+
+
+_decoder = msgspec.json.Decoder(Telemetry)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_telemetry(payload: bytes, *, max_bytes: int = MAX_TELEMETRY_BYTES) -> Telemetry:
+    """Decode and validate a telemetry payload; raise `PayloadError` with the reason."""
+    if len(payload) > max_bytes:
+        raise PayloadError("oversized", f"{len(payload)} bytes > limit {max_bytes}")
+    try:
+        msg = _decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise PayloadError("validation", str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise PayloadError("invalid_json", str(exc)) from None
+    # JSON has no NaN/inf literals, but a huge exponent decodes to inf; the range check above
+    # rejects that, and this keeps the guarantee explicit.
+    for name, value in msg.readings.items():
+        if not math.isfinite(value):
+            raise PayloadError("non_finite", f"readings.{name} is not finite")
+    return msg
+
+
+def encode_telemetry(ts: float, readings: dict[str, float], seq: int | None = None) -> bytes:
+    """Encode a telemetry payload (what devices publish)."""
+    msg = Telemetry(ts=ts, readings=readings, seq=seq)
+    return _encoder.encode(msg)

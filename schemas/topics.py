@@ -1,0 +1,114 @@
+"""Topic builders and parsers.
+
+Device topics are ``<root>/<home>/<room>/<device>/<kind>``; the root defaults to ``homeedge`` and
+may itself contain slashes (tests use a unique root each). Gateway output lives under
+``<root>/<home>/gateway/...``, so ``gateway`` is not a valid room name. Every topic string in the
+code base comes from these functions.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from schemas.errors import TopicError
+
+ROOT = "homeedge"
+GATEWAY_SEGMENT = "gateway"
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+class Kind(StrEnum):
+    """What a device publishes on a topic."""
+
+    TELEMETRY = "telemetry"
+    AUDIO = "audio"
+    STATE = "state"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceTopic:
+    """A parsed device topic."""
+
+    home: str
+    room: str
+    device: str
+    kind: Kind
+
+
+def valid_segment(value: str) -> bool:
+    """True when `value` may be used as a home, room or device name in a topic."""
+    return bool(_SEGMENT.match(value))
+
+
+def _check(name: str, value: str) -> str:
+    if not valid_segment(value):
+        raise TopicError(f"{name} {value!r} is not a valid topic segment ([A-Za-z0-9_.-], 1-64)")
+    return value
+
+
+def _check_root(root: str) -> str:
+    if not root or any(c in root for c in "+#\0") or root.startswith("/") or root.endswith("/"):
+        raise TopicError(f"topic root {root!r} is not valid")
+    return root
+
+
+def device_topic(home: str, room: str, device: str, kind: Kind | str, *, root: str = ROOT) -> str:
+    """The topic a device publishes `kind` messages on."""
+    kind = Kind(kind)
+    _check("home", home)
+    _check("room", room)
+    if room == GATEWAY_SEGMENT:
+        raise TopicError("room name 'gateway' is reserved for the gateway's own topics")
+    _check("device", device)
+    return f"{_check_root(root)}/{home}/{room}/{device}/{kind.value}"
+
+
+def parse_device_topic(topic: str, *, root: str = ROOT) -> DeviceTopic:
+    """Parse a device topic; raise `TopicError` naming what is wrong."""
+    prefix = _check_root(root) + "/"
+    if not topic.startswith(prefix):
+        raise TopicError(f"topic {topic!r} is not under {root!r}")
+    parts = topic[len(prefix) :].split("/")
+    if len(parts) != 4:
+        raise TopicError(
+            f"topic {topic!r} has {len(parts)} levels under the root, expected "
+            "<home>/<room>/<device>/<kind>"
+        )
+    home, room, device, kind = parts
+    _check("home", home)
+    _check("room", room)
+    if room == GATEWAY_SEGMENT:
+        raise TopicError(f"topic {topic!r} is a gateway topic, not a device topic")
+    _check("device", device)
+    try:
+        parsed_kind = Kind(kind)
+    except ValueError:
+        raise TopicError(f"topic {topic!r} has unknown kind {kind!r}") from None
+    return DeviceTopic(home=home, room=room, device=device, kind=parsed_kind)
+
+
+def device_subscription(kind: Kind | str | None = None, *, root: str = ROOT) -> str:
+    """The filter matching every device's `kind` topic (all kinds and shapes when None)."""
+    if kind is None:
+        return f"{_check_root(root)}/#"
+    return f"{_check_root(root)}/+/+/+/{Kind(kind).value}"
+
+
+def gateway_topic(home: str, *parts: str, root: str = ROOT) -> str:
+    """A topic the gateway publishes on: ``<root>/<home>/gateway/<parts...>``."""
+    _check("home", home)
+    for part in parts:
+        _check("gateway topic level", part)
+    return "/".join([_check_root(root), home, GATEWAY_SEGMENT, *parts])
+
+
+def gateway_events_topic(home: str, model: str, *, root: str = ROOT) -> str:
+    """Where inference events of `model` for `home` are published (QoS 1, not retained)."""
+    return gateway_topic(home, "events", model, root=root)
+
+
+def gateway_status_topic(home: str, *, root: str = ROOT) -> str:
+    """The gateway's retained availability topic (``online``/``offline``, last will)."""
+    return gateway_topic(home, "status", root=root)
