@@ -1,0 +1,199 @@
+"""Settings of the gateway's cloud-sync path: the ``[aggregation]``, ``[privacy]`` and ``[uplink]``
+sections of the gateway config.
+
+Decisions recorded here:
+
+- A metric that no policy names is ``local`` (it never leaves the home) unless `default_policy`
+  says ``aggregate``: private by default, so a new device cannot leak a new kind of data.
+- Health metrics (``schemas.metrics`` ``health=True``, e.g. heart rate) are ``noised`` by default
+  and may only be ``noised`` or ``local``; a config that asks for them in plain is refused.
+- ``noised`` needs the metric's registered range (it bounds one reading's influence), so it is
+  refused for a metric the registry does not know.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from schemas.batch import MAX_AGGREGATES_PER_BATCH, Policy
+from schemas.metrics import METRICS, metric
+
+
+class RoomClass(StrEnum):
+    """The only thing the cloud learns about a room."""
+
+    KITCHEN = "kitchen"
+    LIVING = "living"
+    BEDROOM = "bedroom"
+    BATHROOM = "bathroom"
+    OFFICE = "office"
+    HALL = "hall"
+    GARAGE = "garage"
+    OUTDOOR = "outdoor"
+    OTHER = "other"
+
+
+def _default_policies() -> dict[str, Policy]:
+    return {m.name: Policy.NOISED if m.health else Policy.AGGREGATE for m in METRICS.values()}
+
+
+class AggregationSettings(BaseModel):
+    """``[aggregation]``: tumbling windows over the committed readings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    window_s: int = Field(
+        60, ge=1, le=86400, description="Window length in seconds; windows align to Unix time."
+    )
+    grace_s: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="A window is aggregated once window_end + grace_s <= now; readings for it "
+        "stored later count as late.",
+    )
+    interval_s: float = Field(
+        5.0, gt=0, le=3600, description="How often the aggregation pass runs."
+    )
+    max_windows_per_pass: int = Field(
+        60,
+        ge=1,
+        description="Catch-up bound: at most this many windows per pass, so one pass after a long "
+        "pause stays a short transaction.",
+    )
+    backfill_s: float = Field(
+        3600.0,
+        ge=0,
+        description="On the very first pass, readings older than now - backfill_s are not "
+        "aggregated (history from before sync was enabled).",
+    )
+
+
+class PrivacySettings(BaseModel):
+    """``[privacy]``: what may leave the home, and in which form."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    secret_file: Path = Field(
+        Path("homeedge-sync.secret"),
+        description="File holding the pseudonym key; created with mode 0600 on first start. "
+        "The key never leaves the gateway.",
+    )
+    secret: SecretStr | None = Field(
+        None, description="The pseudonym key itself (overrides secret_file; for tests)."
+    )
+    pseudonym_rotation_days: int = Field(
+        30, ge=0, description="Home pseudonyms change every this many days; 0 = never."
+    )
+    pseudonym_prefix: str = Field(
+        "h-", pattern=r"^[A-Za-z0-9_.\-]{0,16}$", description="Prefix of home pseudonyms."
+    )
+    pseudonym_hex_chars: int = Field(
+        20, ge=8, le=48, description="Length of the HMAC-SHA256 hex digest kept in a pseudonym."
+    )
+    min_window_count: int = Field(
+        5,
+        ge=1,
+        description="Windows with fewer readings than this are suppressed (for noised metrics: "
+        "fewer than this noisy count).",
+    )
+    policies: dict[str, Policy] = Field(
+        default_factory=_default_policies,
+        description="metric -> local | aggregate | noised. Registry metrics default to "
+        "aggregate, health metrics to noised.",
+    )
+    default_policy: Literal["local", "aggregate"] = Field(
+        "local", description="Policy of a metric that `policies` does not name."
+    )
+    epsilon: float = Field(
+        0.5, gt=0, le=100, description="Epsilon spent by one noised window aggregate."
+    )
+    budget_epsilon: float = Field(
+        100.0,
+        gt=0,
+        description="Epsilon one home may spend per budget period (all noised releases summed).",
+    )
+    budget_period_s: int = Field(
+        86400, ge=60, description="Length of a budget period in seconds (aligned to Unix time)."
+    )
+    rooms: dict[str, RoomClass] = Field(
+        default_factory=dict,
+        description="room name -> room class; rooms not named here get a class from their name "
+        "(kitchen, living, bedroom, bathroom, office, hall, garage, outdoor, other).",
+    )
+
+    @model_validator(mode="after")
+    def _check_policies(self) -> PrivacySettings:
+        for name, policy in self.policies.items():
+            known = metric(name)
+            if policy is Policy.NOISED and known is None:
+                raise ValueError(
+                    f"policy of {name!r} is noised but the metric has no registered range"
+                )
+            if known is not None and known.health and policy is Policy.AGGREGATE:
+                raise ValueError(f"{name!r} is health data: its policy is noised or local")
+        if self.budget_epsilon < self.epsilon:
+            raise ValueError("budget_epsilon is smaller than one release's epsilon")
+        return self
+
+    def policy_of(self, name: str) -> Policy:
+        policy = self.policies.get(name)
+        if policy is not None:
+            return policy
+        known = metric(name)
+        # A health metric left out of an explicit `policies` table stays private.
+        if known is not None and known.health:
+            return Policy.NOISED
+        return Policy(self.default_policy)
+
+
+class UplinkSettings(BaseModel):
+    """``[uplink]``: the durable outbox and the HTTP client that drains it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(
+        "http://127.0.0.1:8080",
+        pattern=r"^https?://",
+        description="Base URL of the cloud; batches go to <url>/api/v1/batches.",
+    )
+    token: SecretStr = Field(SecretStr(""), description="This gateway's bearer token.")
+    batch_max_aggregates: int = Field(
+        1000,
+        ge=1,
+        le=MAX_AGGREGATES_PER_BATCH,
+        description="Aggregates per batch; a pass with more makes several batches.",
+    )
+    send_interval_s: float = Field(
+        5.0, gt=0, description="Idle poll interval of the uplink when nobody notifies it."
+    )
+    backoff_min_s: float = Field(0.5, gt=0, description="First retry delay (full jitter).")
+    backoff_max_s: float = Field(60.0, gt=0, description="Retry delay cap.")
+    catchup_batches_per_s: float = Field(
+        20.0, gt=0, description="Token-bucket rate of sends, so a backlog drains paced."
+    )
+    catchup_burst: int = Field(5, ge=1, description="Token-bucket size (sends without waiting).")
+    outbox_max_rows: int = Field(
+        10000, ge=1, description="Pending batches kept at most (the full policy applies beyond)."
+    )
+    outbox_ttl_s: float = Field(
+        7 * 86400.0, gt=0, description="A pending batch older than this is dropped (counted)."
+    )
+    full_policy: Literal["drop_oldest", "refuse_new"] = Field(
+        "drop_oldest", description="What a full outbox does with a new batch."
+    )
+    sent_retention_s: float = Field(
+        3600.0, ge=0, description="Sent batches are kept this long for inspection, then pruned."
+    )
+    request_timeout_s: float = Field(30.0, gt=0, description="Total timeout of one POST.")
+    compression: Literal["gzip"] = Field("gzip", description="Body encoding on the wire.")
+
+    @model_validator(mode="after")
+    def _check_backoff(self) -> UplinkSettings:
+        if self.backoff_max_s < self.backoff_min_s:
+            raise ValueError("backoff_max_s is smaller than backoff_min_s")
+        return self

@@ -1,0 +1,262 @@
+"""The uplink: an asyncio task that drains the outbox to the cloud over HTTP.
+
+Batches go in seq order, one POST each to ``<url>/api/v1/batches``, with the gzip body stored in
+the outbox (``Content-Encoding: gzip``) and the gateway's bearer token. A batch is marked sent
+only on 2xx (201 stored, 200 already stored). A 4xx other than 408/429 cannot be fixed by
+retrying: the batch is parked as ``rejected`` with the cloud's error and the next one goes. 5xx,
+408, 429 and network errors retry the same batch (head of line, so order holds) with exponential
+backoff and full jitter, bounded by `backoff_max_s`. Every send takes a token from a bucket, so a
+backlog after an outage drains at `catchup_batches_per_s` instead of as a retry storm.
+
+Database access is injected (`RunDb`): in the gateway it runs on the writer thread; for tests and
+tools `thread_run_db(engine)` runs each call in its own transaction in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from enum import Enum
+from typing import Protocol, TypeVar
+
+import aiohttp
+from sqlalchemy import Connection, Engine
+
+from gateway.sync import outbox
+from gateway.sync.metrics import SyncMetrics
+from gateway.sync.outbox import OutboxBatch
+from gateway.sync.settings import UplinkSettings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+BATCHES_PATH = "/api/v1/batches"
+
+
+class RunDb(Protocol):
+    """Runs `fn(conn)` in a transaction where the database may be written; returns its result."""
+
+    def __call__(self, fn: Callable[[Connection], T], /) -> Awaitable[T]: ...
+
+
+def thread_run_db(engine: Engine) -> RunDb:
+    """A `RunDb` on a plain engine: each call is one transaction in a worker thread."""
+
+    def in_transaction(fn: Callable[[Connection], T]) -> T:
+        with engine.begin() as conn:
+            return fn(conn)
+
+    async def run(fn: Callable[[Connection], T], /) -> T:
+        return await asyncio.to_thread(in_transaction, fn)
+
+    return run
+
+
+class TokenBucket:
+    """At most `rate` acquisitions per second on average, bursts up to `burst`."""
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._tokens = float(burst)
+        self._clock = clock
+        self._sleep = sleep
+        self._last = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+
+    async def acquire(self) -> None:
+        self._refill()
+        while self._tokens < 1.0:
+            await self._sleep((1.0 - self._tokens) / self.rate)
+            self._refill()
+        self._tokens -= 1.0
+
+
+class Backoff:
+    """Exponential backoff with jitter: attempt n waits uniform(min, min(max, min * 2**n))."""
+
+    def __init__(self, min_s: float, max_s: float, rng: random.Random) -> None:
+        self.min_s = min_s
+        self.max_s = max_s
+        self._rng = rng
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        cap = min(self.max_s, self.min_s * 2.0 ** min(self.attempt, 62))
+        self.attempt += 1
+        return self._rng.uniform(self.min_s, cap)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class _Verdict(Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+    RETRY = "retry"
+
+
+def _cloud_error(status: int, body: bytes) -> str:
+    try:
+        err = json.loads(body)["error"]
+        return f"{status} {err.get('code', '?')}: {err.get('message', '')}"
+    except (ValueError, KeyError, TypeError):
+        return f"{status} {body[:200].decode('utf-8', 'replace')}"
+
+
+class Uplink:
+    """Drains the outbox to the cloud; run `run()` as a task for the gateway's lifetime."""
+
+    def __init__(
+        self,
+        settings: UplinkSettings,
+        *,
+        run_db: RunDb,
+        metrics: SyncMetrics,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        fetch_limit: int = 50,
+    ) -> None:
+        self.settings = settings
+        self._run_db = run_db
+        self.metrics = metrics
+        self._clock = clock
+        self._sleep = sleep
+        self._fetch_limit = fetch_limit
+        self._backoff = Backoff(
+            settings.backoff_min_s,
+            settings.backoff_max_s,
+            rng if rng is not None else random.Random(),
+        )
+        self._bucket = TokenBucket(
+            settings.catchup_batches_per_s, settings.catchup_burst, sleep=sleep
+        )
+        self._wake = asyncio.Event()
+        self._url = settings.url.rstrip("/") + BATCHES_PATH
+        self._headers = {
+            "Content-Type": "application/json",
+            "Content-Encoding": "gzip",
+            "Authorization": f"Bearer {settings.token.get_secret_value()}",
+        }
+
+    def notify(self) -> None:
+        """New batches were committed: drain now instead of at the next poll."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Drain forever (until cancelled); a ClientSession lives as long as this task."""
+        timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout_s)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                self._wake.clear()
+                try:
+                    await self.drain(session)
+                except Exception:
+                    # Top level of the task: a database hiccup must not end the uplink.
+                    log.exception("uplink pass failed; retrying")
+                    await self._sleep(self._backoff.next_delay())
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.settings.send_interval_s)
+
+    async def drain(self, session: aiohttp.ClientSession) -> int:
+        """Send pending batches until the outbox is empty; returns how many were acknowledged."""
+        acked = 0
+        while True:
+            batches, expired = await self._run_db(
+                functools.partial(
+                    _fetch, now=self._clock(), limit=self._fetch_limit, settings=self.settings
+                )
+            )
+            self.metrics.dropped.labels(reason="ttl").inc(expired)
+            if not batches:
+                self.metrics.outbox_depth.set(0)
+                return acked
+            for batch in batches:
+                acked += await self._deliver(session, batch)
+            self.metrics.outbox_depth.set(await self._run_db(outbox.depth))
+
+    async def _deliver(self, session: aiohttp.ClientSession, batch: OutboxBatch) -> int:
+        """Send one batch until it is acknowledged (1) or parked (0)."""
+        self._backoff.reset()
+        while True:
+            await self._bucket.acquire()
+            verdict, detail, retry_after = await self._post(session, batch)
+            now = self._clock()
+            if verdict in (_Verdict.STORED, _Verdict.DUPLICATE):
+                await self._run_db(functools.partial(outbox.mark_sent, seq=batch.seq, now=now))
+                self.metrics.sent.inc()
+                if verdict is _Verdict.DUPLICATE:
+                    self.metrics.duplicates.inc()
+                return 1
+            if verdict is _Verdict.REJECTED:
+                log.error("cloud rejected batch seq=%d (%s): %s", batch.seq, batch.batch_id, detail)
+                await self._run_db(
+                    functools.partial(outbox.mark_rejected, seq=batch.seq, now=now, error=detail)
+                )
+                self.metrics.rejected.inc()
+                return 0
+            self.metrics.retries.inc()
+            await self._run_db(functools.partial(outbox.note_failure, seq=batch.seq, error=detail))
+            delay = self._backoff.next_delay()
+            if retry_after is not None:
+                delay = min(max(delay, retry_after), self.settings.backoff_max_s)
+            log.warning(
+                "sending batch seq=%d failed (%s); retry %d in %.2fs",
+                batch.seq,
+                detail,
+                self._backoff.attempt,
+                delay,
+            )
+            await self._sleep(delay)
+
+    async def _post(
+        self, session: aiohttp.ClientSession, batch: OutboxBatch
+    ) -> tuple[_Verdict, str, float | None]:
+        try:
+            async with session.post(self._url, data=batch.body_gz, headers=self._headers) as resp:
+                body = await resp.read()
+                status = resp.status
+                retry_after = resp.headers.get("Retry-After")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return _Verdict.RETRY, f"{type(exc).__name__}: {exc}", None
+        if status == 200:
+            return _Verdict.DUPLICATE, "", None
+        if 200 <= status < 300:
+            return _Verdict.STORED, "", None
+        detail = _cloud_error(status, body)
+        if status in (408, 429) or status >= 500:
+            seconds: float | None = None
+            if retry_after is not None:
+                try:
+                    seconds = float(retry_after)
+                except ValueError:
+                    seconds = None  # an HTTP date; the backoff decides
+            return _Verdict.RETRY, detail, seconds
+        return _Verdict.REJECTED, detail, None
+
+
+def _fetch(
+    conn: Connection, *, now: float, limit: int, settings: UplinkSettings
+) -> tuple[list[OutboxBatch], int]:
+    return outbox.fetch_pending(conn, now, limit, settings)

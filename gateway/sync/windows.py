@@ -1,0 +1,308 @@
+"""Tumbling-window aggregation of the committed readings, durable across crashes.
+
+Windows align to Unix time (``[k * window_s, (k + 1) * window_s)``) and are grouped by home, room,
+device class and metric. A window is aggregated once ``window_end + grace_s <= now``, from the
+rows already committed to ``readings``, in the caller's transaction: the ``aggregates`` rows and
+the advanced watermark commit together, so a killed gateway resumes exactly where the last
+committed pass ended, never aggregating a window twice or skipping one.
+
+A reading stored after its window was aggregated is *late*: it is counted (``late_readings``
+table, ``late_readings`` durable counter) and not re-aggregated, since the window's figures may
+already have left the home. Late rows are found by ``readings.id``, which SQLite assigns in
+increasing order: every row above the last pass's highest id with ``ts`` below the watermark
+arrived late.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import Connection, func, select, update
+from sqlalchemy.dialects.sqlite import insert
+
+from gateway.db import devices, readings
+from gateway.sync import counters
+from gateway.sync.settings import AggregationSettings
+from gateway.sync.tables import aggregates, late_readings, sync_watermark
+from schemas.metrics import infer_device_class
+
+log = logging.getLogger(__name__)
+
+# Size of a telemetry message besides its readings ({"ts":...,"seq":...,"readings":{}}), and of
+# one reading besides its name; used to estimate ingested bytes from stored rows.
+_MESSAGE_OVERHEAD_BYTES = 44
+_READING_OVERHEAD_BYTES = 10
+
+
+def window_floor(ts: float, window_s: int) -> float:
+    """Start of the window that holds `ts`."""
+    return float(math.floor(ts / window_s) * window_s)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowStats:
+    """Exact statistics of one window's values (population std, linear-interpolated percentiles)."""
+
+    count: int
+    sum: float
+    sum_sq: float
+    min: float
+    max: float
+    mean: float
+    std: float
+    p50: float
+    p95: float
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> WindowStats:
+        if values.size == 0:
+            raise ValueError("a window without values has no statistics")
+        p50, p95 = np.percentile(values, [50.0, 95.0])
+        return cls(
+            count=int(values.size),
+            sum=float(values.sum()),
+            sum_sq=float(np.square(values).sum()),
+            min=float(values.min()),
+            max=float(values.max()),
+            mean=float(values.mean()),
+            std=float(values.std()),
+            p50=float(p50),
+            p95=float(p95),
+        )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class WindowGroup:
+    """The values of one closed window of one (home, room, device class, metric)."""
+
+    home: str
+    room: str
+    device_class: str
+    metric: str
+    window_start: float
+    window_s: int
+    values: np.ndarray
+    stats: WindowStats
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedWindows:
+    """What one aggregation pass closed."""
+
+    groups: tuple[WindowGroup, ...]
+    start: float | None  # first window start aggregated (None: nothing closed)
+    end: float | None  # new watermark
+    late: int
+    rows: int
+    messages: int
+    estimated_bytes: int
+
+
+def _lock_and_read_watermark(
+    conn: Connection, now: float, window_s: int
+) -> tuple[float | None, int, int]:
+    # A write first: under pysqlite a SELECT does not open the transaction, and a write opened
+    # later could fail with SQLITE_BUSY_SNAPSHOT if another connection wrote in between.
+    conn.execute(
+        insert(sync_watermark)
+        .values(id=1, window_s=window_s, watermark=None, reading_cursor=0, updated_at=now)
+        .on_conflict_do_nothing()
+    )
+    conn.execute(update(sync_watermark).where(sync_watermark.c.id == 1).values(updated_at=now))
+    row = conn.execute(
+        select(
+            sync_watermark.c.watermark, sync_watermark.c.reading_cursor, sync_watermark.c.window_s
+        ).where(sync_watermark.c.id == 1)
+    ).one()
+    return row.watermark, int(row.reading_cursor), int(row.window_s)
+
+
+def _count_late(
+    conn: Connection, cursor: int, max_id: int, watermark: float, window_s: int, now: float
+) -> int:
+    rows = conn.execute(
+        select(
+            readings.c.home, readings.c.room, readings.c.device, readings.c.metric, readings.c.ts
+        ).where(readings.c.id > cursor, readings.c.id <= max_id, readings.c.ts < watermark)
+    ).all()
+    if not rows:
+        return 0
+    per_window: dict[tuple[str, str, str, str, float], int] = defaultdict(int)
+    for home, room, device, metric_name, ts in rows:
+        per_window[(home, room, device, metric_name, window_floor(ts, window_s))] += 1
+    late_rows = [
+        {
+            "home": k[0],
+            "room": k[1],
+            "device": k[2],
+            "metric": k[3],
+            "window_start": k[4],
+            "count": n,
+        }
+        for k, n in per_window.items()
+    ]
+    stmt = insert(late_readings)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[
+                late_readings.c.home,
+                late_readings.c.room,
+                late_readings.c.device,
+                late_readings.c.metric,
+                late_readings.c.window_start,
+            ],
+            set_={
+                "count": late_readings.c.count + stmt.excluded.count,
+                "last_seen_at": stmt.excluded.last_seen_at,
+            },
+        ),
+        [{**r, "last_seen_at": now} for r in late_rows],
+    )
+    log.info("%d late readings (their windows were already aggregated)", len(rows))
+    return len(rows)
+
+
+def close_windows(
+    conn: Connection,
+    now: float,
+    settings: AggregationSettings,
+    *,
+    policy_of: Callable[[str], str] = lambda _metric: "aggregate",
+) -> ClosedWindows:
+    """Aggregate every window closed at `now` since the watermark, in the caller's transaction.
+
+    Writes ``aggregates`` rows (with `policy_of(metric)` recorded), counts late readings and
+    advances the watermark; returns the groups with their values for the privacy filter.
+    """
+    ws = settings.window_s
+    watermark, cursor, stored_ws = _lock_and_read_watermark(conn, now, ws)
+    first_pass = watermark is None
+    if watermark is None:
+        lowest = now - settings.backfill_s
+        min_ts = conn.execute(
+            select(func.min(readings.c.ts)).where(readings.c.ts >= lowest)
+        ).scalar()
+        watermark = window_floor(min_ts if min_ts is not None else lowest, ws)
+    elif stored_ws != ws:
+        aligned = float(math.ceil(watermark / ws) * ws)
+        log.warning(
+            "window_s changed from %d to %d: resuming at %.0f, readings in [%.0f, %.0f) skipped",
+            stored_ws,
+            ws,
+            aligned,
+            watermark,
+            aligned,
+        )
+        watermark = aligned
+
+    max_id = conn.execute(select(func.max(readings.c.id))).scalar() or 0
+    late = 0
+    if not first_pass and max_id > cursor:
+        late = _count_late(conn, cursor, max_id, watermark, ws, now)
+        counters.bump(conn, "late_readings", late)
+
+    target = window_floor(now - settings.grace_s, ws)
+    end = min(target, watermark + settings.max_windows_per_pass * ws)
+    groups: list[WindowGroup] = []
+    n_rows = messages = est_bytes = 0
+    if end > watermark:
+        groups, n_rows, messages, est_bytes = _aggregate_range(
+            conn, watermark, end, ws, now, policy_of
+        )
+    start = watermark if end > watermark else None
+    conn.execute(
+        update(sync_watermark)
+        .where(sync_watermark.c.id == 1)
+        .values(watermark=max(end, watermark), reading_cursor=max(max_id, cursor), window_s=ws)
+    )
+    return ClosedWindows(
+        groups=tuple(groups),
+        start=start,
+        end=end if end > watermark else None,
+        late=late,
+        rows=n_rows,
+        messages=messages,
+        estimated_bytes=est_bytes,
+    )
+
+
+def _aggregate_range(
+    conn: Connection,
+    lo: float,
+    hi: float,
+    window_s: int,
+    now: float,
+    policy_of: Callable[[str], str],
+) -> tuple[list[WindowGroup], int, int, int]:
+    classes = {
+        (home, device): device_class
+        for home, device, device_class in conn.execute(
+            select(devices.c.home, devices.c.device, devices.c.device_class)
+        )
+    }
+    rows = conn.execute(
+        select(
+            readings.c.home,
+            readings.c.room,
+            readings.c.device,
+            readings.c.metric,
+            readings.c.ts,
+            readings.c.value,
+        ).where(readings.c.ts >= lo, readings.c.ts < hi)
+    ).all()
+    values: dict[tuple[str, str, str, str, float], list[float]] = defaultdict(list)
+    messages: dict[tuple[str, str, float], int] = defaultdict(int)
+    for home, room, device, metric_name, ts, value in rows:
+        device_class = classes.get((home, device)) or infer_device_class(device).value
+        values[(home, room, device_class, metric_name, window_floor(ts, window_s))].append(value)
+        messages[(home, device, ts)] += len(metric_name) + _READING_OVERHEAD_BYTES
+    est_bytes = sum(messages.values()) + _MESSAGE_OVERHEAD_BYTES * len(messages)
+
+    groups: list[WindowGroup] = []
+    for (home, room, device_class, metric_name, start), vals in sorted(values.items()):
+        arr = np.asarray(vals, dtype=np.float64)
+        groups.append(
+            WindowGroup(
+                home=home,
+                room=room,
+                device_class=device_class,
+                metric=metric_name,
+                window_start=start,
+                window_s=window_s,
+                values=arr,
+                stats=WindowStats.of(arr),
+            )
+        )
+    if groups:
+        conn.execute(
+            insert(aggregates),
+            [
+                {
+                    "home": g.home,
+                    "room": g.room,
+                    "device_class": g.device_class,
+                    "metric": g.metric,
+                    "window_start": g.window_start,
+                    "window_s": g.window_s,
+                    "count": g.stats.count,
+                    "sum": g.stats.sum,
+                    "sum_sq": g.stats.sum_sq,
+                    "min": g.stats.min,
+                    "max": g.stats.max,
+                    "mean": g.stats.mean,
+                    "std": g.stats.std,
+                    "p50": g.stats.p50,
+                    "p95": g.stats.p95,
+                    "policy": policy_of(g.metric),
+                    "created_at": now,
+                }
+                for g in groups
+            ],
+        )
+    log.debug("aggregated %d rows into %d windows in [%.0f, %.0f)", len(rows), len(groups), lo, hi)
+    return groups, len(rows), len(messages), est_bytes
