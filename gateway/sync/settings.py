@@ -17,7 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from schemas.batch import MAX_AGGREGATES_PER_BATCH, Policy
 from schemas.metrics import METRICS, metric
@@ -103,8 +103,8 @@ class PrivacySettings(BaseModel):
     )
     policies: dict[str, Policy] = Field(
         default_factory=_default_policies,
-        description="metric -> local | aggregate | noised. Registry metrics default to "
-        "aggregate, health metrics to noised.",
+        description="metric -> local | aggregate | noised, merged over the defaults: registry "
+        "metrics aggregate, health metrics noised.",
     )
     default_policy: Literal["local", "aggregate"] = Field(
         "local", description="Policy of a metric that `policies` does not name."
@@ -125,6 +125,11 @@ class PrivacySettings(BaseModel):
         description="room name -> room class; rooms not named here get a class from their name "
         "(kitchen, living, bedroom, bathroom, office, hall, garage, outdoor, other).",
     )
+
+    @field_validator("policies", mode="after")
+    @classmethod
+    def _merge_defaults(cls, value: dict[str, Policy]) -> dict[str, Policy]:
+        return {**_default_policies(), **value}
 
     @model_validator(mode="after")
     def _check_policies(self) -> PrivacySettings:

@@ -1,0 +1,280 @@
+"""The privacy filter: nothing identifying leaves, noise has the promised law, budget and
+suppression hold."""
+
+from __future__ import annotations
+
+import gzip
+import math
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+from sqlalchemy import insert, select
+
+from gateway.db import devices
+from gateway.sync import counters
+from gateway.sync.pipeline import SyncPipeline, aggregate_and_enqueue
+from gateway.sync.privacy import (
+    PrivacyFilter,
+    home_pseudonym,
+    laplace_scales,
+    load_or_create_secret,
+    noised_count_sum,
+    room_class,
+    try_spend,
+)
+from gateway.sync.settings import (
+    AggregationSettings,
+    PrivacySettings,
+    RoomClass,
+    UplinkSettings,
+)
+from gateway.sync.tables import outbox, privacy_ledger
+from gateway.sync.windows import WindowGroup, WindowStats
+from schemas.batch import decode_batch
+from schemas.metrics import metric
+from tests.test_sync_windows import T0, add_readings, make_db
+
+SECRET = "0123456789abcdef0123456789abcdef"
+
+
+def privacy(**kw: object) -> PrivacySettings:
+    return PrivacySettings.model_validate({"secret": SECRET, **kw})
+
+
+def group(metric_name: str, n: int, *, home: str = "h1", room: str = "kitchen") -> WindowGroup:
+    values = np.linspace(60.0, 80.0, n) if n else np.array([])
+    return WindowGroup(
+        home=home,
+        room=room,
+        device_class="wearable",
+        metric=metric_name,
+        window_start=T0,
+        window_s=60,
+        values=values,
+        stats=WindowStats.of(values),
+    )
+
+
+@pytest.mark.parametrize(
+    ("room", "cls"),
+    [
+        ("Kitchen", RoomClass.KITCHEN),
+        ("living_room", RoomClass.LIVING),
+        ("LivingRoom", RoomClass.LIVING),
+        ("den", RoomClass.LIVING),
+        ("garden", RoomClass.OUTDOOR),
+        ("alice-bedroom", RoomClass.BEDROOM),
+        ("master_bath", RoomClass.BATHROOM),
+        ("wc", RoomClass.BATHROOM),
+        ("home office 2", RoomClass.OFFICE),
+        ("hallway", RoomClass.HALL),
+        ("entrance", RoomClass.HALL),
+        ("garage", RoomClass.GARAGE),
+        ("balcony", RoomClass.OUTDOOR),
+        ("attic", RoomClass.OTHER),
+    ],
+)
+def test_room_class_heuristic(room: str, cls: RoomClass) -> None:
+    assert room_class(room) is cls
+
+
+def test_room_class_override() -> None:
+    assert room_class("attic", {"attic": RoomClass.OFFICE}) is RoomClass.OFFICE
+
+
+def test_settings_validation() -> None:
+    s = PrivacySettings()
+    assert s.policy_of("heart_rate") == "noised"
+    assert s.policy_of("temperature") == "aggregate"
+    assert s.policy_of("brand_new_metric") == "local"
+    with pytest.raises(ValidationError, match="health data"):
+        PrivacySettings.model_validate({"policies": {"heart_rate": "aggregate"}})
+    with pytest.raises(ValidationError, match="no registered range"):
+        PrivacySettings.model_validate({"policies": {"brand_new_metric": "noised"}})
+    with pytest.raises(ValidationError):
+        PrivacySettings.model_validate({"epsilonn": 1.0})
+    with pytest.raises(ValidationError):
+        UplinkSettings.model_validate({"backoff_min_s": 5, "backoff_max_s": 1})
+    # a health metric missing from an explicit table stays noised
+    assert PrivacySettings.model_validate({"policies": {}}).policy_of("heart_rate") == "noised"
+
+
+def test_secret_file_created_0600_and_reused(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "sync.secret"
+    key = load_or_create_secret(path)
+    assert len(key) == 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_secret(path) == key
+    assert [p.name for p in path.parent.iterdir()] == ["sync.secret"]  # no temp file left
+    path.write_text("not hex")
+    with pytest.raises(ValueError, match="hex"):
+        load_or_create_secret(path)
+
+
+def test_pseudonym_keyed_and_rotating() -> None:
+    s = privacy(pseudonym_rotation_days=1)
+    key = SECRET.encode()
+    p = home_pseudonym(key, "smith-home", T0, s)
+    assert p.startswith("h-") and len(p) == 2 + 20 and "smith" not in p
+    assert home_pseudonym(key, "smith-home", T0 + 1, s) == p
+    assert home_pseudonym(key, "jones-home", T0, s) != p
+    assert home_pseudonym(b"another key of 16+ bytes", "smith-home", T0, s) != p
+    assert home_pseudonym(key, "smith-home", T0 + 86400, s) != p  # rotated
+    never = privacy(pseudonym_rotation_days=0)
+    assert home_pseudonym(key, "smith-home", T0, never) == home_pseudonym(
+        key, "smith-home", T0 + 1e8, never
+    )
+
+
+def test_no_identity_leaves_in_batches(tmp_path: Path) -> None:
+    """Every batch body, decompressed, holds no home id, room name or device id."""
+    homes = ["smith-family-home", "HomeOfJones42"]
+    rooms = ["alice-bedroom", "main-kitchen", "den-downstairs", "upstairs-bathroom"]
+    devs = {
+        "sn-8f21ab44": "thermostat",
+        "aqara-livingroom-x": "air_quality",
+        "bobs-fitbit": "wearable",
+        "thermostat-17": "thermostat",
+    }
+    metrics_of = {
+        "sn-8f21ab44": ("temperature", "humidity"),
+        "aqara-livingroom-x": ("co2",),
+        "bobs-fitbit": ("heart_rate",),
+        "thermostat-17": ("temperature", "battery"),
+    }
+    engine = make_db(tmp_path)
+    with engine.begin() as conn:
+        for home in homes:
+            for i, (dev, dclass) in enumerate(devs.items()):
+                room = rooms[i % len(rooms)]
+                conn.execute(
+                    insert(devices).values(home=home, device=dev, room=room, device_class=dclass)
+                )
+                add_readings(
+                    conn,
+                    [
+                        (home, room, dev, m, T0 + t, 60.0 + (t % 7))
+                        for t in range(0, 300)
+                        for m in metrics_of[dev]
+                    ],
+                )
+    pipeline = SyncPipeline.from_settings(
+        "gw-1",
+        AggregationSettings(backfill_s=1e6),
+        privacy(),
+        UplinkSettings(batch_max_aggregates=7),
+        rng=np.random.default_rng(1),
+    )
+    with engine.begin() as conn:
+        result = aggregate_and_enqueue(conn, T0 + 400, pipeline)
+    assert result.windows > 0 and len(result.enqueued.seqs) > 1
+    with engine.connect() as conn:
+        bodies = [gzip.decompress(b) for b in conn.execute(select(outbox.c.body_gz)).scalars()]
+    assert len(bodies) == len(result.enqueued.seqs)
+    forbidden = [*homes, *rooms, *devs]
+    released = []
+    for body in bodies:
+        low = body.lower()
+        for word in forbidden:
+            assert word.lower().encode() not in low, word
+        released.extend(decode_batch(body).aggregates)
+    # the identities became categories and pseudonyms
+    assert {a.room_class for a in released} <= {c.value for c in RoomClass}
+    assert len({a.home for a in released}) == 2
+    assert all(a.home.startswith("h-") for a in released)
+    hr = [a for a in released if a.metric == "heart_rate"]
+    assert hr and all(a.policy == "noised" and a.p50 is None and a.min is None for a in hr)
+    assert all(a.epsilon == 0.5 for a in hr)
+    assert {a.metric for a in released} == {
+        "temperature",
+        "humidity",
+        "co2",
+        "heart_rate",
+        "battery",
+    }
+
+
+def _ks_laplace(samples: np.ndarray, scale: float) -> float:
+    """Kolmogorov-Smirnov distance of `samples` to Laplace(0, scale)."""
+    x = np.sort(samples)
+    cdf = np.where(x < 0, 0.5 * np.exp(x / scale), 1.0 - 0.5 * np.exp(-x / scale))
+    n = x.size
+    upper = np.arange(1, n + 1) / n - cdf
+    lower = cdf - np.arange(0, n) / n
+    return float(max(upper.max(), lower.max()))
+
+
+def test_noise_follows_laplace_with_calibrated_scale() -> None:
+    hr = metric("heart_rate")
+    assert hr is not None
+    epsilon = 0.5
+    count_scale, sum_scale = laplace_scales(hr, epsilon)
+    assert count_scale == pytest.approx(2 / epsilon)  # count sensitivity 1, half the epsilon
+    assert sum_scale == pytest.approx(2 * 250.0 / epsilon)  # max(|20|, |250|)
+
+    rng = np.random.default_rng(12345)
+    values = np.array([70.0, 80.0, 90.0, 300.0])  # 300 is clipped to the range's 250
+    n = 20000
+    draws = np.array([noised_count_sum(values, hr, epsilon, rng) for _ in range(n)])
+    count_noise = draws[:, 0] - 4
+    sum_noise = draws[:, 1] - (70 + 80 + 90 + 250)
+    for noise, scale in ((count_noise, count_scale), (sum_noise, sum_scale)):
+        # |X| of Laplace(b) is exponential(b): mean b, sd b -> 5% is > 7 standard errors
+        assert np.abs(noise).mean() == pytest.approx(scale, rel=0.05)
+        assert noise.var() == pytest.approx(2 * scale**2, rel=0.1)
+        assert abs(noise.mean()) < 5 * scale * math.sqrt(2 / n)
+        # KS critical value at alpha = 0.001 is 1.95 / sqrt(n)
+        assert _ks_laplace(noise, scale) < 1.95 / math.sqrt(n)
+    # and it is not some other scale
+    assert _ks_laplace(count_noise, count_scale * 1.2) > 1.95 / math.sqrt(n)
+
+
+def test_budget_ledger_refuses_once_spent(tmp_path: Path) -> None:
+    engine = make_db(tmp_path)
+    filt = PrivacyFilter(
+        privacy(epsilon=1.0, budget_epsilon=3.0, min_window_count=1),
+        SECRET.encode(),
+        np.random.default_rng(0),
+    )
+    with engine.begin() as conn:
+        rel = filt.release(conn, [group("heart_rate", 60, room=f"bedroom-{i}") for i in range(1)])
+        assert (len(rel.aggregates), rel.refused, rel.epsilon_spent) == (1, 0, 1.0)
+        for _ in range(4):
+            rel = filt.release(conn, [group("heart_rate", 60)])
+        assert rel.refused == 1 and rel.aggregates == ()
+        # other homes have their own budget; exact metrics are never refused
+        assert len(filt.release(conn, [group("heart_rate", 60, home="h2")]).aggregates) == 1
+        assert len(filt.release(conn, [group("humidity", 60)]).aggregates) == 1
+    with engine.connect() as conn:
+        row = conn.execute(select(privacy_ledger).where(privacy_ledger.c.home == "h1")).one()
+        assert (row.epsilon_spent, row.releases, row.refused) == (3.0, 3, 2)
+        assert counters.read_all(conn)["epsilon_refused"] == 2
+        # a new period has a fresh budget
+        assert try_spend(conn, "h1", row.period_start + 86400, 1.0, 3.0)
+
+
+def test_small_windows_suppressed(tmp_path: Path) -> None:
+    engine = make_db(tmp_path)
+    filt = PrivacyFilter(privacy(min_window_count=5), SECRET.encode(), np.random.default_rng(0))
+    with engine.begin() as conn:
+        rel = filt.release(conn, [group("humidity", 4, room="kitchen"), group("co2", 5)])
+        assert [a.metric for a in rel.aggregates] == ["co2"] and rel.suppressed == 1
+        # two rooms of one class merge into one release: 3 + 3 readings pass the threshold
+        merged = filt.release(
+            conn, [group("humidity", 3, room="kids-bedroom"), group("humidity", 3, room="bedroom")]
+        )
+        assert [(a.room_class, a.count) for a in merged.aggregates] == [("bedroom", 6)]
+        assert counters.read_all(conn)["suppressed_windows"] == 1
+
+
+def test_local_and_unknown_metrics_never_leave(tmp_path: Path) -> None:
+    engine = make_db(tmp_path)
+    filt = PrivacyFilter(
+        privacy(policies={"co2": "local"}), SECRET.encode(), np.random.default_rng(0)
+    )
+    with engine.begin() as conn:
+        rel = filt.release(conn, [group("co2", 50), group("vibes", 50), group("humidity", 50)])
+    assert [a.metric for a in rel.aggregates] == ["humidity"] and rel.local == 2
