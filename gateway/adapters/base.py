@@ -1,0 +1,387 @@
+"""What every format adapter shares: identity mapping, value coercion, timestamps, counting.
+
+An adapter turns one MQTT message of a foreign ecosystem into homeedge `Reading`s (possibly none)
+or one `DeadLetter`. The gateway calls ``adapter.adapt(topic, payload, received_at)`` for topics
+matching ``adapter.filters``; that call never raises for bad input.
+
+- Identity: a foreign device name (friendly name, Tasmota topic, Shelly id, entity id) maps to a
+  homeedge device id and room through the ecosystem's ``devices`` table; unmapped names are
+  sanitized into the topic segment charset and land in the default room.
+- Fields: each adapter has a built-in table of foreign field -> `FieldRule` (metric, how to read
+  the value, unit it comes in), merged with the ecosystem's ``field_metrics``/``field_units``.
+  Fields in no rule are ignored and counted (``counts["ignored_fields"]`` and, per field name,
+  ``ignored_fields``), so an operator can see what a device sends that homeedge drops.
+- Values: finite floats within +-1e15; booleans and on/off words become 0/1 where the rule says
+  the field is binary. A wrong type on a mapped field dead-letters the whole message
+  (``adapter_validation``); undecodable JSON is ``adapter_invalid_json``; a unit that cannot be
+  converted is ``adapter_unit``; too large a payload is ``adapter_oversized``.
+- Time: the payload's own timestamp where the ecosystem documents one and it parses to a time in
+  [2000, 2100); otherwise the receive time (a device clock that is not set is counted as
+  ``bad_time``).
+- Availability (online/offline topics) is not a reading: it is reported to ``on_availability``
+  and counted, and the call returns no readings.
+
+Adapters keep plain counters and are meant to be called by one task at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import re
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import Enum
+from typing import Any, ClassVar
+from zoneinfo import ZoneInfo
+
+import msgspec
+
+from gateway.adapters.settings import AdapterSettings, EcosystemSettings
+from gateway.adapters.units import UnitError, to_metric_unit
+from gateway.records import DeadLetter, Reading
+from schemas.telemetry import TS_MAX, TS_MIN
+
+log = logging.getLogger(__name__)
+
+AdaptResult = list[Reading] | DeadLetter
+AdaptFn = Callable[[str, bytes, float], AdaptResult]
+
+MAX_ABS_VALUE = 1e15
+# Distinct ignored field names remembered per adapter; a device inventing names cannot grow it.
+MAX_IGNORED_NAMES = 256
+_OTHER = "<other>"
+
+_INVALID_CHARS = re.compile(r"[^A-Za-z0-9_.\-]+")
+_PLAIN_NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
+_TRUE_WORDS = frozenset({"on", "true", "open", "detected", "yes", "online"})
+_FALSE_WORDS = frozenset({"off", "false", "close", "closed", "clear", "no", "offline"})
+
+
+class AdapterError(Exception):
+    """Bad input: becomes a dead letter with `reason` and `detail`."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class ValueKind(Enum):
+    """How a field's raw value becomes a float."""
+
+    NUMBER = "number"  # a JSON number (or a numeric plain-text payload)
+    BINARY = "binary"  # true/false, on/off, open/close... -> 1/0
+    INVERTED = "inverted"  # binary, inverted (Zigbee "contact": false means the door is open)
+    AUTO = "auto"  # whatever parses: numbers as they are, binary words as 1/0
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRule:
+    """How one foreign field becomes a metric."""
+
+    metric: str
+    kind: ValueKind = ValueKind.NUMBER
+    unit: str | None = None  # unit the ecosystem reports the field in (None: the metric's own)
+    unless: str | None = None  # ignore this field when that (better) field is in the payload
+
+
+def merge_rules(builtin: Mapping[str, FieldRule], eco: EcosystemSettings) -> dict[str, FieldRule]:
+    """The built-in table with the ecosystem's ``field_metrics`` and ``field_units`` applied."""
+    rules = dict(builtin)
+    for name, metric_name in eco.field_metrics.items():
+        if not metric_name:
+            rules.pop(name, None)
+        elif name in rules:
+            rules[name] = replace(rules[name], metric=metric_name)
+        else:
+            rules[name] = FieldRule(metric_name, ValueKind.AUTO)
+    for name, unit in eco.field_units.items():
+        if name in rules:
+            rules[name] = replace(rules[name], unit=unit)
+    return rules
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Where a foreign device's readings go."""
+
+    home: str
+    room: str
+    device: str
+
+
+@dataclass(frozen=True, slots=True)
+class AvailabilityChange:
+    """A foreign device said it is online or offline (the gateway may keep it in `devices`)."""
+
+    adapter: str
+    home: str
+    room: str
+    device: str
+    online: bool
+    ts: float
+
+
+def sanitize_device(name: str) -> str:
+    """A device id in the topic segment charset ([A-Za-z0-9_.-], 1-64, alphanumeric first).
+
+    Runs of other characters (the ``/`` of a Zigbee2MQTT friendly name, spaces) become one
+    ``-``. Names that would be longer than 64 characters keep a hash of the full name so two long
+    names sharing a prefix stay apart.
+    """
+    cleaned = _INVALID_CHARS.sub("-", name).lstrip("-._").rstrip("-")
+    if not cleaned:
+        return "device-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    if len(cleaned) > 64:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        cleaned = cleaned[:55].rstrip("-._") + "-" + digest
+    return cleaned
+
+
+def decode_json(payload: bytes) -> Any:
+    """The JSON value of `payload`; `AdapterError` ``adapter_invalid_json`` otherwise."""
+    try:
+        return msgspec.json.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise AdapterError("adapter_invalid_json", str(exc)) from None
+
+
+def decode_text(payload: bytes) -> str:
+    """A plain-text payload, stripped; `AdapterError` when it is not UTF-8."""
+    try:
+        return payload.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise AdapterError("adapter_validation", "payload is not UTF-8 text") from None
+
+
+def plain_value(text: str) -> float | str:
+    """A plain-text payload's value: a float when it is a decimal number, else the text."""
+    if _PLAIN_NUMBER.match(text):
+        return float(text)
+    return text
+
+
+def parse_iso_time(text: str, naive_zone: ZoneInfo | None) -> float | None:
+    """Unix seconds of an ISO 8601 time; a time without offset needs `naive_zone`, else None."""
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        if naive_zone is None:
+            return None
+        parsed = parsed.replace(tzinfo=naive_zone)
+    return parsed.timestamp()
+
+
+def _short(raw: Any) -> str:
+    text = repr(raw)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def coerce(raw: Any, kind: ValueKind, label: str) -> float:
+    """`raw` as a finite float according to `kind`; `AdapterError` when it does not fit."""
+    value: float | None = None
+    if kind is ValueKind.NUMBER:
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            value = float(raw)
+    else:
+        if isinstance(raw, bool):
+            value = 1.0 if raw else 0.0
+        elif isinstance(raw, str):
+            word = raw.strip().lower()
+            value = 1.0 if word in _TRUE_WORDS else 0.0 if word in _FALSE_WORDS else None
+        elif isinstance(raw, int | float) and (kind is ValueKind.AUTO or raw in (0, 1)):
+            value = float(raw)
+        if value is not None and kind is ValueKind.INVERTED:
+            value = 1.0 - value
+    if value is None:
+        expected = "a number" if kind is ValueKind.NUMBER else "a binary value"
+        raise AdapterError("adapter_validation", f"{label}: expected {expected}, got {_short(raw)}")
+    if not math.isfinite(value) or abs(value) > MAX_ABS_VALUE:
+        raise AdapterError("adapter_validation", f"{label}: {value!r} is out of range")
+    return value
+
+
+@dataclass(slots=True)
+class MessageReadings:
+    """The readings one message yields, one per (device, metric)."""
+
+    received_at: float
+    readings: dict[tuple[str, str], Reading] = field(default_factory=dict)
+
+    def as_list(self) -> list[Reading]:
+        return list(self.readings.values())
+
+
+class BaseAdapter(ABC):
+    """One ecosystem's adapter; subclasses implement `filters` and `_adapt`."""
+
+    name: ClassVar[str]
+
+    def __init__(
+        self,
+        settings: AdapterSettings,
+        eco: EcosystemSettings,
+        builtin_rules: Mapping[str, FieldRule],
+        *,
+        on_availability: Callable[[AvailabilityChange], None] | None = None,
+    ) -> None:
+        self.home = settings.home
+        self.default_room = eco.default_room or settings.default_room
+        self.max_payload_bytes = settings.max_payload_bytes
+        self.devices = eco.devices
+        self.rules = merge_rules(builtin_rules, eco)
+        self.on_availability = on_availability
+        self.counts: Counter[str] = Counter()
+        self.ignored_fields: Counter[str] = Counter()
+
+    @property
+    @abstractmethod
+    def filters(self) -> tuple[str, ...]:
+        """The MQTT topic filters this adapter needs to be subscribed to."""
+
+    @abstractmethod
+    def _adapt(self, topic: str, payload: bytes, received_at: float) -> list[Reading]:
+        """Readings of one message; raise `AdapterError` for bad input."""
+
+    def adapt(self, topic: str, payload: bytes, received_at: float) -> AdaptResult:
+        """Readings of one message (possibly none), or a dead letter; never raises on input."""
+        self.counts["messages"] += 1
+        try:
+            if len(payload) > self.max_payload_bytes:
+                raise AdapterError(
+                    "adapter_oversized", f"{len(payload)} bytes > limit {self.max_payload_bytes}"
+                )
+            readings = self._adapt(topic, payload, received_at)
+        except AdapterError as exc:
+            self.counts["dead_letters"] += 1
+            log.debug("%s: dead letter on %s: %s", self.name, topic, exc)
+            return DeadLetter(topic, payload, exc.reason, exc.detail, received_at)
+        self.counts["readings"] += len(readings)
+        return readings
+
+    # -- identity ---------------------------------------------------------------------------
+
+    def identity(self, keys: Iterable[str], fallback: str) -> Identity:
+        """The first of `keys` found in ``devices``, else `fallback` sanitized, default room."""
+        for key in keys:
+            mapping = self.devices.get(key)
+            if mapping is not None:
+                return Identity(
+                    self.home,
+                    mapping.room or self.default_room,
+                    mapping.device or sanitize_device(fallback),
+                )
+        return Identity(self.home, self.default_room, sanitize_device(fallback))
+
+    def channel_identity(self, base: str, channel: int) -> Identity:
+        """Identity of channel `channel` of a multi-channel device (relays, meters).
+
+        Channel 0 is the device itself (``<base>``); channel n > 0 is ``<base>-ch<n>``. Both can be
+        mapped explicitly as ``<base>:<n>``, channel 0 also as ``<base>``.
+        """
+        keys = [f"{base}:{channel}", base] if channel == 0 else [f"{base}:{channel}"]
+        return self.identity(keys, base if channel == 0 else f"{base}-ch{channel}")
+
+    # -- counting ---------------------------------------------------------------------------
+
+    def ignore_field(self, name: str) -> None:
+        self.counts["ignored_fields"] += 1
+        if name in self.ignored_fields or len(self.ignored_fields) < MAX_IGNORED_NAMES:
+            self.ignored_fields[name] += 1
+        else:
+            self.ignored_fields[_OTHER] += 1
+
+    def ignore_topic(self) -> list[Reading]:
+        self.counts["ignored_topics"] += 1
+        return []
+
+    # -- values -----------------------------------------------------------------------------
+
+    def when(self, candidate: float | None, received_at: float) -> float:
+        """The payload's time when it is plausible, else the receive time."""
+        if candidate is None:
+            return received_at
+        if not math.isfinite(candidate) or not TS_MIN <= candidate < TS_MAX:
+            self.counts["bad_time"] += 1
+            return received_at
+        return candidate
+
+    def add(
+        self,
+        out: MessageReadings,
+        who: Identity,
+        ts: float,
+        label: str,
+        raw: Any,
+        rule: FieldRule | None,
+        *,
+        unit: str | None = None,
+    ) -> None:
+        """Add the reading of field `label` (value `raw`) to `out`, or ignore and count it.
+
+        `unit` is a unit the payload itself declares; it wins over the rule's unit.
+        """
+        if rule is None or isinstance(raw, list | dict):
+            self.ignore_field(label)
+            return
+        if raw is None:
+            # Zigbee2MQTT and Home Assistant publish null for "not known yet".
+            self.counts["null_values"] += 1
+            return
+        value = coerce(raw, rule.kind, label)
+        try:
+            value = to_metric_unit(value, unit or rule.unit, rule.metric)
+        except UnitError as exc:
+            raise AdapterError("adapter_unit", f"{label}: {exc}") from None
+        if not math.isfinite(value) or abs(value) > MAX_ABS_VALUE:
+            raise AdapterError("adapter_validation", f"{label}: {value!r} is out of range")
+        key = (who.device, rule.metric)
+        if key in out.readings:
+            # Two fields of one message claim the same metric (e.g. Tasmota with two
+            # temperature probes): the first wins; map the second to its own device.
+            self.counts["duplicate_fields"] += 1
+            self.ignore_field(label)
+            return
+        out.readings[key] = Reading(
+            home=who.home,
+            room=who.room,
+            device=who.device,
+            metric=rule.metric,
+            ts=ts,
+            value=value,
+            seq=None,
+            received_at=out.received_at,
+        )
+
+    def add_fields(
+        self,
+        out: MessageReadings,
+        who: Identity,
+        ts: float,
+        fields: Mapping[str, Any],
+        *,
+        units: Mapping[str, str] | None = None,
+    ) -> None:
+        """`add` every field of a flat object, honouring each rule's ``unless``."""
+        for label, raw in fields.items():
+            rule = self.rules.get(label)
+            if rule is not None and rule.unless is not None and rule.unless in fields:
+                self.ignore_field(label)
+                continue
+            self.add(out, who, ts, label, raw, rule, unit=(units or {}).get(label))
+
+    def availability(self, who: Identity, online: bool, ts: float) -> list[Reading]:
+        """Report an availability change; availability yields no readings."""
+        self.counts["availability"] += 1
+        if self.on_availability is not None:
+            self.on_availability(
+                AvailabilityChange(self.name, who.home, who.room, who.device, online, ts)
+            )
+        return []

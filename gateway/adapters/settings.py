@@ -1,0 +1,239 @@
+"""Configuration of the format adapters: the future ``[adapters]`` section of the gateway config.
+
+One `AdapterSettings` holds the home the adapted readings belong to, the room used when a device
+has none, and one sub-model per ecosystem. Every sub-model shares `EcosystemSettings`: whether it
+is enabled, how foreign device names map onto homeedge device ids and rooms (`devices`), which
+foreign fields map to which metric beyond the built-in table (`field_metrics`), and which unit a
+field is in when the payload does not say (`field_units`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gateway.adapters.units import normalize_unit
+from schemas.metrics import METRIC_NAME
+from schemas.topics import GATEWAY_SEGMENT, valid_segment
+
+HaDomain = Literal["sensor", "binary_sensor"]
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_base_topic(value: str) -> str:
+    if not value or value.startswith("/") or value.endswith("/") or any(c in value for c in "#\0"):
+        raise ValueError(f"topic prefix {value!r} must be non-empty, without '#' or edge slashes")
+    return value
+
+
+def _check_plain_topic(value: str) -> str:
+    _check_base_topic(value)
+    if "+" in value:
+        raise ValueError(f"topic prefix {value!r} must not contain the '+' wildcard")
+    return value
+
+
+def _check_room(value: str) -> str:
+    if not valid_segment(value) or value == GATEWAY_SEGMENT:
+        raise ValueError(f"room {value!r} is not a valid topic segment (or is reserved)")
+    return value
+
+
+class DeviceMapping(BaseModel):
+    """Where one foreign device lands in homeedge."""
+
+    model_config = _STRICT
+
+    device: str | None = Field(
+        default=None,
+        description="homeedge device id; default: the foreign name sanitized into [A-Za-z0-9_.-]",
+    )
+    room: str | None = Field(default=None, description="room; default: the adapter's default room")
+
+    @field_validator("device")
+    @classmethod
+    def _device_segment(cls, value: str | None) -> str | None:
+        if value is not None and not valid_segment(value):
+            raise ValueError(f"device {value!r} is not a valid topic segment")
+        return value
+
+    @field_validator("room")
+    @classmethod
+    def _room_segment(cls, value: str | None) -> str | None:
+        return None if value is None else _check_room(value)
+
+
+class EcosystemSettings(BaseModel):
+    """What every ecosystem adapter is configured with."""
+
+    model_config = _STRICT
+
+    enabled: bool = Field(default=False, description="subscribe to and adapt this ecosystem")
+    default_room: str | None = Field(
+        default=None, description="room of unmapped devices; default: AdapterSettings.default_room"
+    )
+    devices: dict[str, DeviceMapping] = Field(
+        default_factory=dict,
+        description="foreign device name (friendly name, Tasmota topic, Shelly id, entity id) "
+        "-> homeedge device id and room",
+    )
+    field_metrics: dict[str, str] = Field(
+        default_factory=dict,
+        description="foreign field -> metric, merged over the adapter's built-in table; an "
+        "empty string ignores a built-in field; fields in neither are ignored and counted",
+    )
+    field_units: dict[str, str] = Field(
+        default_factory=dict,
+        description="foreign field -> unit its values are in, where the payload does not say "
+        "(converted to the metric registry's unit, e.g. °F -> °C, Wh -> kWh)",
+    )
+
+    @field_validator("default_room")
+    @classmethod
+    def _room(cls, value: str | None) -> str | None:
+        return None if value is None else _check_room(value)
+
+    @field_validator("field_units")
+    @classmethod
+    def _units_known(cls, value: dict[str, str]) -> dict[str, str]:
+        for field, unit in value.items():
+            if normalize_unit(unit) is None:
+                raise ValueError(f"field_units[{field!r}]: unknown unit {unit!r}")
+        return value
+
+    @field_validator("field_metrics")
+    @classmethod
+    def _metric_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for field, metric in value.items():
+            if metric and not METRIC_NAME.match(metric):
+                raise ValueError(f"field_metrics[{field!r}]: {metric!r} is not a metric name")
+        return value
+
+
+class Zigbee2MqttSettings(EcosystemSettings):
+    """Zigbee2MQTT: JSON state objects on ``<base_topic>/<friendly_name>``."""
+
+    base_topic: str = Field(default="zigbee2mqtt", description="Zigbee2MQTT's mqtt.base_topic")
+
+    @field_validator("base_topic")
+    @classmethod
+    def _base(cls, value: str) -> str:
+        return _check_plain_topic(value)
+
+
+class TasmotaSettings(EcosystemSettings):
+    """Tasmota: ``<tele>/<topic>/SENSOR|STATE|LWT`` and ``<stat>/<topic>/STATUS8|STATUS10``."""
+
+    tele_prefix: str = Field(default="tele", description="Tasmota's %prefix% for telemetry")
+    stat_prefix: str = Field(default="stat", description="Tasmota's %prefix% for status replies")
+    naive_time_zone: str | None = Field(
+        default=None,
+        description="IANA zone of the devices' clocks, used for a 'Time' without UTC offset; "
+        "None: such times are not trusted and the receive time is used",
+    )
+
+    @field_validator("tele_prefix", "stat_prefix")
+    @classmethod
+    def _prefixes(cls, value: str) -> str:
+        return _check_plain_topic(value)
+
+    @field_validator("naive_time_zone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+
+class ShellySettings(EcosystemSettings):
+    """Shelly: Gen1 plain-value topics and Gen2+ RPC ``NotifyStatus`` frames."""
+
+    gen1_prefix: str | None = Field(
+        default="shellies", description="Gen1 topic prefix (``shellies``); None disables Gen1"
+    )
+    gen1_temperature_unit: Literal["°C", "°F"] = Field(
+        default="°C", description="unit of Gen1 sensor/temperature (set on the device)"
+    )
+    gen2_prefixes: list[str] = Field(
+        default_factory=lambda: ["+"],
+        description="Gen2+ topic prefixes (the device id by default, hence '+'); the adapter "
+        "subscribes to <prefix>/events/rpc and <prefix>/online; empty disables Gen2+",
+    )
+
+    @field_validator("gen1_prefix")
+    @classmethod
+    def _gen1(cls, value: str | None) -> str | None:
+        return None if value is None else _check_plain_topic(value)
+
+    @field_validator("gen2_prefixes")
+    @classmethod
+    def _gen2(cls, value: list[str]) -> list[str]:
+        return [_check_base_topic(v) for v in value]
+
+
+class HaStatestreamSettings(EcosystemSettings):
+    """Home Assistant mqtt_statestream: ``<base>/<domain>/<object_id>/state|<attribute>``."""
+
+    base_topic: str = Field(default="homeassistant", description="mqtt_statestream base_topic")
+    domains: list[HaDomain] = Field(
+        default_factory=lambda: list(get_args(HaDomain)),
+        description="entity domains to adapt",
+    )
+    entity_metrics: dict[str, str] = Field(
+        default_factory=dict,
+        description="entity id -> metric, for entities whose device_class is not published "
+        "(publish_attributes off) or maps to the wrong metric",
+    )
+    max_pending: int = Field(
+        default=1024,
+        ge=0,
+        description="entities whose latest state is held while their device_class or unit "
+        "attribute has not arrived yet (statestream publishes them on separate topics)",
+    )
+
+    @field_validator("base_topic")
+    @classmethod
+    def _base(cls, value: str) -> str:
+        return _check_plain_topic(value)
+
+    @field_validator("entity_metrics")
+    @classmethod
+    def _entity_metrics(cls, value: dict[str, str]) -> dict[str, str]:
+        for entity, metric in value.items():
+            if not METRIC_NAME.match(metric):
+                raise ValueError(f"entity_metrics[{entity!r}]: {metric!r} is not a metric name")
+        return value
+
+
+class AdapterSettings(BaseModel):
+    """The ``[adapters]`` section: one home, a default room, one sub-section per ecosystem."""
+
+    model_config = _STRICT
+
+    home: str = Field(default="home", description="home id every adapted reading belongs to")
+    default_room: str = Field(default="unassigned", description="room of unmapped devices")
+    max_payload_bytes: int = Field(
+        default=64 * 1024, gt=0, description="larger foreign payloads are dead-lettered"
+    )
+    zigbee2mqtt: Zigbee2MqttSettings = Field(default_factory=Zigbee2MqttSettings)
+    tasmota: TasmotaSettings = Field(default_factory=TasmotaSettings)
+    shelly: ShellySettings = Field(default_factory=ShellySettings)
+    ha_statestream: HaStatestreamSettings = Field(default_factory=HaStatestreamSettings)
+
+    @field_validator("home")
+    @classmethod
+    def _home(cls, value: str) -> str:
+        if not valid_segment(value):
+            raise ValueError(f"home {value!r} is not a valid topic segment")
+        return value
+
+    @field_validator("default_room")
+    @classmethod
+    def _default_room(cls, value: str) -> str:
+        return _check_room(value)
