@@ -1,0 +1,148 @@
+"""The cloud service's configuration: a TOML file plus ``HOMEEDGE_CLOUD__<FIELD>`` overrides.
+
+    database_url = "postgresql+asyncpg://cloud@127.0.0.1:5432/homeedge"
+    host = "0.0.0.0"
+    port = 8080
+    read_token = "a-long-random-dashboard-token"
+    workers = 2
+
+    [gateways]
+    gw-home-1 = "a-long-random-gateway-token"
+
+Environment variables win over the file: ``HOMEEDGE_CLOUD__PORT=9000``,
+``HOMEEDGE_CLOUD__GATEWAYS='{"gw-1": "..."}'``. Unknown fields are errors, so a typo never
+silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from schemas.batch import MAX_BATCH_BYTES
+
+ENV_PREFIX = "HOMEEDGE_CLOUD__"
+
+GatewayId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
+MIN_TOKEN_CHARS = 16
+
+
+def _long_enough(token: SecretStr) -> SecretStr:
+    # Tokens are compared in constant time, but a short token can still be guessed.
+    if len(token.get_secret_value()) < MIN_TOKEN_CHARS:
+        raise ValueError(f"a token needs at least {MIN_TOKEN_CHARS} characters")
+    return token
+
+
+Token = Annotated[SecretStr, AfterValidator(_long_enough)]
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message names the offending field."""
+
+
+class CloudConfig(BaseSettings):
+    """Everything `python -m cloud` needs."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    database_url: str = Field(
+        "sqlite+aiosqlite:///cloud.db",
+        description="SQLAlchemy async URL: sqlite+aiosqlite:///FILE or postgresql+asyncpg://...",
+        min_length=1,
+    )
+    host: str = Field("127.0.0.1", description="address to listen on", min_length=1)
+    port: int = Field(8080, ge=0, le=65535, description="TCP port; 0 picks a free one")
+    port_file: Path | None = Field(
+        None, description="when set, the port actually listened on is written here once ready"
+    )
+    gateways: dict[GatewayId, Token] = Field(
+        default_factory=dict, description="gateway id -> bearer token that gateway uploads with"
+    )
+    read_token: Token = Field(description="bearer token of the dashboard and the query API")
+    max_body_bytes: int = Field(
+        MAX_BATCH_BYTES,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="largest accepted request body, after gzip decompression (413 above it)",
+    )
+    workers: int = Field(
+        1, ge=1, le=64, description="processes serving the same port (SO_REUSEPORT, Linux)"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="logging level of `python -m cloud`"
+    )
+
+    @model_validator(mode="after")
+    def _tokens_are_distinct(self) -> CloudConfig:
+        # A token must name exactly one principal, or one gateway could write as another.
+        seen: dict[str, str] = {self.read_token.get_secret_value(): "read_token"}
+        for gateway, token in self.gateways.items():
+            other = seen.setdefault(token.get_secret_value(), f"gateways.{gateway}")
+            if other != f"gateways.{gateway}":
+                raise ValueError(f"gateways.{gateway} reuses the token of {other}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Init arguments win, then the environment, then the TOML file (when a subclass names one).
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        parts.append(f"{field}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def load_config(path: Path | None) -> CloudConfig:
+    """Read `path` (TOML, optional) and the environment; raise ConfigError naming the field."""
+    if path is not None:
+        try:
+            # Parse once here so a syntax error is reported as such, with its line.
+            tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+    class _FromFile(CloudConfig):
+        model_config = SettingsConfigDict(toml_file=path)
+
+    try:
+        loaded = _FromFile()  # type: ignore[call-arg]  # values come from the sources
+    except ValidationError as exc:
+        where = f" in {path}" if path is not None else ""
+        raise ConfigError(f"invalid cloud config{where}: {_describe(exc)}") from None
+    # Rebuild as the plain class, so the config pickles into worker processes.
+    return CloudConfig.model_construct(**dict(loaded))

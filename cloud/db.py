@@ -1,0 +1,151 @@
+"""The cloud database: table definitions (SQLAlchemy Core), engine set-up, schema upgrades.
+
+The tables here describe the schema the Alembic revisions in `cloud/migrations` create; the
+migrations own the schema, these definitions are what the queries are written against (a test
+checks both agree). SQLite and PostgreSQL are served by the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    event,
+    text,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+# Any constant works; it only has to be the same for every worker process of this service.
+UPGRADE_LOCK_KEY = 0x686F6D6565646765  # "homeedge"
+
+metadata = MetaData()
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    # Unique: a resent batch is stored once, whichever worker process receives it.
+    Column("batch_id", String(32), nullable=False),
+    Column("gateway", String(64), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("received_at", Float, nullable=False),
+    Column("aggregate_count", Integer, nullable=False),
+    Column("body_bytes", Integer, nullable=False),
+    Column("wire_bytes", Integer, nullable=False),
+    Column("window_start_min", Float, nullable=True),
+    # Newest window end: the gateway's lag without scanning the aggregates.
+    Column("window_end_max", Float, nullable=True),
+    Column("epsilon_spent", Float, nullable=False),
+    Column("suppressed_windows", Integer, nullable=False),
+    Column("refused_noised", Integer, nullable=False),
+    Column("min_window_count", Integer, nullable=False),
+    Column("ingested_messages", BigInteger, nullable=False),
+    Column("ingested_bytes", BigInteger, nullable=False),
+    Column("version", Integer, nullable=False),
+    UniqueConstraint("batch_id", name="batches_batch_id_key"),
+    Index("ix_batches_gateway_seq", "gateway", "seq"),
+)
+
+aggregates = Table(
+    "aggregates",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column(
+        "batch",
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("batches.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("gateway", String(64), nullable=False),
+    Column("window_start", Float, nullable=False),
+    Column("window_s", Integer, nullable=False),
+    Column("home", String(64), nullable=False),
+    Column("room_class", String(64), nullable=False),
+    Column("device_class", String(64), nullable=False),
+    Column("metric", String(64), nullable=False),
+    Column("unit", String(16), nullable=False),
+    Column("policy", String(16), nullable=False),
+    Column("count", Float, nullable=False),
+    Column("sum", Float, nullable=False),
+    Column("mean", Float, nullable=False),
+    Column("min", Float, nullable=True),
+    Column("max", Float, nullable=True),
+    Column("std", Float, nullable=True),
+    Column("p50", Float, nullable=True),
+    Column("p95", Float, nullable=True),
+    Column("epsilon", Float, nullable=True),
+    # Every query names a metric and usually a time range; per-home views add the home. No index
+    # on `batch`: batches are not deleted one by one, and each index costs ingest speed.
+    Index("ix_aggregates_metric_time", "metric", "window_start"),
+    Index("ix_aggregates_home_metric_time", "home", "metric", "window_start"),
+)
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the query API read while a batch is written; busy_timeout rides out the
+    # moments another process holds the write lock.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    """An async engine for `url`, with SQLite tuned for one writer and concurrent readers."""
+    if is_sqlite(url):
+        engine = create_async_engine(url, **kwargs)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def alembic_config(url: str | None = None, connection: Connection | None = None) -> AlembicConfig:
+    """An Alembic config for the shipped migrations (no alembic.ini needed)."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if url is not None:
+        # configparser interpolates %, which URL-encoded passwords contain.
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def _upgrade_on(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Several workers start at once: one upgrades, the others wait here and then find the
+        # schema at head. The lock is released when this transaction ends.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": UPGRADE_LOCK_KEY})
+    command.upgrade(alembic_config(connection=connection), "head")
+
+
+async def upgrade_to_head(engine: AsyncEngine) -> None:
+    """Bring the schema to the newest migration; safe to run from several processes at once."""
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade_on)
+    log.info("database schema at head (%s)", engine.url.render_as_string(hide_password=True))

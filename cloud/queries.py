@@ -1,0 +1,247 @@
+"""Read-side queries: time series of aggregates (raw or rolled up) and per-gateway health.
+
+Roll-ups combine windows exactly where the statistics allow it: counts and sums add, the mean is
+count-weighted, min and max take the extremes, and the standard deviation is rebuilt from each
+window's sum of squares, n * (std^2 + mean^2), which treats `std` as the population standard
+deviation of the window. Percentiles cannot be combined and are only returned for raw points.
+Bucketing is integer-second arithmetic in SQL with one expression per dialect, so SQLite and
+PostgreSQL return the same buckets.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import ColumnElement, Float, and_, distinct, func, literal_column, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+
+from cloud.db import aggregates, batches
+
+GROUP_COLUMNS = ("gateway", "home", "room_class", "device_class", "policy")
+FILTER_COLUMNS = ("gateway", "home", "room_class", "device_class", "policy")
+MAX_GAPS_LISTED = 100
+
+
+class Bucket(enum.StrEnum):
+    RAW = "raw"
+    HOUR = "hour"
+    DAY = "day"
+
+    @property
+    def seconds(self) -> int | None:
+        return {"raw": None, "hour": 3600, "day": 86400}[self.value]
+
+
+class TooManyPoints(Exception):
+    """The query would return more points than the limit."""
+
+
+class TimeBucket(FunctionElement[float]):
+    """floor(seconds / width) * width, for non-negative seconds."""
+
+    type = Float()
+    inherit_cache = True
+
+
+@compiles(TimeBucket)
+def _time_bucket_default(element: TimeBucket, compiler: SQLCompiler, **kw: Any) -> str:
+    column, width = list(element.clauses)
+    return (
+        f"(floor({compiler.process(column, **kw)} / {compiler.process(width, **kw)})"
+        f" * {compiler.process(width, **kw)})"
+    )
+
+
+@compiles(TimeBucket, "sqlite")
+def _time_bucket_sqlite(element: TimeBucket, compiler: SQLCompiler, **kw: Any) -> str:
+    # SQLite may lack floor(); CAST truncates toward zero, which is floor for seconds >= 0.
+    column, width = list(element.clauses)
+    return (
+        f"(CAST({compiler.process(column, **kw)} / {compiler.process(width, **kw)} AS INTEGER)"
+        f" * {compiler.process(width, **kw)})"
+    )
+
+
+@dataclass(frozen=True)
+class SeriesQuery:
+    metric: str
+    bucket: Bucket = Bucket.RAW
+    group_by: tuple[str, ...] = ("gateway", "home", "room_class", "device_class")
+    filters: dict[str, str] = field(default_factory=dict)
+    start: float | None = None  # window_start >= start
+    end: float | None = None  # window_start < end
+    max_points: int = 100_000
+
+
+@dataclass(frozen=True)
+class Point:
+    t: float
+    count: float
+    sum: float
+    mean: float | None
+    min: float | None
+    max: float | None
+    std: float | None
+    windows: int
+    p50: float | None = None
+    p95: float | None = None
+
+
+@dataclass(frozen=True)
+class Series:
+    key: dict[str, str]
+    points: list[Point]
+
+
+def _combined_std(n: float, mean: float | None, sumsq: float | None) -> float | None:
+    if mean is None or sumsq is None or n <= 0:
+        return None
+    # Rounding can push a zero variance slightly negative.
+    return math.sqrt(max(sumsq / n - mean * mean, 0.0))
+
+
+async def query_series(engine: AsyncEngine, q: SeriesQuery) -> list[Series]:
+    """Series per group (plus unit), each with points in time order."""
+    a = aggregates.c
+    width = q.bucket.seconds
+    t: ColumnElement[float] = (
+        a.window_start if width is None else TimeBucket(a.window_start, literal_column(str(width)))
+    )
+    t = t.label("bucket_start")
+    groups = [a[name] for name in q.group_by] + [a.unit]
+    n = func.sum(a.count)
+    stmt = (
+        select(
+            *groups,
+            t,
+            n.label("n"),
+            func.sum(a.sum).label("total"),
+            func.sum(a.count * a.mean).label("weighted"),
+            func.min(a.min).label("lo"),
+            func.max(a.max).label("hi"),
+            func.sum(a.count * (a.std * a.std + a.mean * a.mean)).label("sumsq"),
+            (func.count() - func.count(a.std)).label("without_std"),
+            func.count().label("windows"),
+            # Percentiles of a single window are exact; of several they are not returned.
+            func.min(a.p50).label("p50"),
+            func.min(a.p95).label("p95"),
+        )
+        .where(a.metric == q.metric)
+        .group_by(*groups, t)
+        .order_by(*groups, t)
+        .limit(q.max_points + 1)
+    )
+    conditions = [a[name] == value for name, value in q.filters.items()]
+    if q.start is not None:
+        conditions.append(a.window_start >= q.start)
+    if q.end is not None:
+        conditions.append(a.window_start < q.end)
+    if conditions:
+        stmt = stmt.where(and_(*conditions))
+    async with engine.connect() as conn:
+        rows = (await conn.execute(stmt)).all()
+    if len(rows) > q.max_points:
+        raise TooManyPoints(f"more than {q.max_points} points: narrow the range or bucket coarser")
+    series: dict[tuple[str, ...], Series] = {}
+    key_names = (*q.group_by, "unit")
+    for row in rows:
+        key = tuple(row[: len(key_names)])
+        if key not in series:
+            series[key] = Series(key=dict(zip(key_names, key, strict=True)), points=[])
+        total_n = float(row.n)
+        mean = row.weighted / total_n if total_n > 0 else None
+        sumsq = row.sumsq if row.without_std == 0 else None
+        single = row.windows == 1
+        series[key].points.append(
+            Point(
+                t=float(row.bucket_start),
+                count=total_n,
+                sum=float(row.total),
+                mean=mean,
+                min=row.lo,
+                max=row.hi,
+                std=_combined_std(total_n, mean, sumsq),
+                windows=int(row.windows),
+                p50=row.p50 if single else None,
+                p95=row.p95 if single else None,
+            )
+        )
+    return list(series.values())
+
+
+@dataclass(frozen=True)
+class GatewayStatus:
+    gateway: str
+    configured: bool
+    batches: int
+    last_seq: int | None
+    last_batch_at: float | None  # when the newest batch was received
+    last_created_at: float | None
+    missing: int  # seq numbers in 1..last_seq never received
+    gaps: list[tuple[int, int]]  # inclusive ranges of missing seq, the first MAX_GAPS_LISTED
+    lag_s: float | None  # now - end of the newest window received
+
+
+async def gateway_status(
+    engine: AsyncEngine, configured: Sequence[str], now: float | None = None
+) -> list[GatewayStatus]:
+    now = time.time() if now is None else now
+    b = batches.c
+    totals = select(
+        b.gateway,
+        func.count().label("n"),
+        func.count(distinct(b.seq)).label("distinct_seq"),
+        func.max(b.seq).label("last_seq"),
+        func.max(b.received_at).label("last_batch_at"),
+        func.max(b.created_at).label("last_created_at"),
+        func.max(b.window_end_max).label("window_end"),
+    ).group_by(b.gateway)
+    seqs = select(b.gateway, b.seq).distinct().subquery()
+    with_prev = select(
+        seqs.c.gateway,
+        seqs.c.seq,
+        func.lag(seqs.c.seq).over(partition_by=seqs.c.gateway, order_by=seqs.c.seq).label("prev"),
+    ).subquery()
+    prev = func.coalesce(with_prev.c.prev, 0)
+    gaps_stmt = (
+        select(with_prev.c.gateway, (prev + 1).label("lo"), (with_prev.c.seq - 1).label("hi"))
+        .where(with_prev.c.seq - prev > 1)
+        .order_by(with_prev.c.gateway, with_prev.c.seq)
+    )
+    async with engine.connect() as conn:
+        total_rows = (await conn.execute(totals)).all()
+        gap_rows = (await conn.execute(gaps_stmt)).all()
+    gaps: dict[str, list[tuple[int, int]]] = {}
+    for row in gap_rows:
+        listed = gaps.setdefault(row.gateway, [])
+        if len(listed) < MAX_GAPS_LISTED:
+            listed.append((int(row.lo), int(row.hi)))
+    by_gateway = {row.gateway: row for row in total_rows}
+    result = []
+    for gateway in sorted(set(configured) | set(by_gateway)):
+        if gateway not in by_gateway:
+            result.append(GatewayStatus(gateway, True, 0, None, None, None, 0, [], None))
+            continue
+        row = by_gateway[gateway]
+        result.append(
+            GatewayStatus(
+                gateway=gateway,
+                configured=gateway in configured,
+                batches=int(row.n),
+                last_seq=int(row.last_seq),
+                last_batch_at=row.last_batch_at,
+                last_created_at=row.last_created_at,
+                missing=int(row.last_seq) - int(row.distinct_seq),
+                gaps=gaps.get(gateway, []),
+                lag_s=None if row.window_end is None else now - row.window_end,
+            )
+        )
+    return result
