@@ -1,0 +1,350 @@
+"""``python -m devices.demo``: the whole local demo with one command and no Docker.
+
+1. an MQTT broker: the embedded amqtt one (``python -m devices.broker`` on a free port) unless
+   ``--broker mqtt://host:port`` names a running one;
+2. the gateway (``python -m gateway --config DATA/gateway.toml``; its log in DATA/gateway.log,
+   its readings in DATA/gateway.db);
+3. [the cloud joins here: see `_start_cloud`];
+4. the simulated homes, in this process, replaying the last ``--history`` hours at ``--speed``
+   and then going live;
+5. a progress line every ``--progress`` seconds: devices online, messages published, readings
+   the gateway stored (counted in its SQLite file, opened read-only) and its /healthz.
+
+Ctrl-C, SIGTERM or the end of ``--duration`` stops the devices (they publish ``offline``), lets
+the gateway drain, then stops the gateway and the broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import sqlite3
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import aiohttp
+
+from devices.cli import (
+    RateMeter,
+    add_fleet_arguments,
+    fleet_config,
+    format_fleet,
+    setup_logging,
+    stop_on_signals,
+)
+from devices.fleet import Fleet, FleetConfig
+from schemas.topics import ROOT
+
+GATEWAY_ID = "demo-gateway"
+_START_TIMEOUT_S = 30.0
+_STOP_TIMEOUT_S = 15.0
+_DRAIN_S = 5.0  # at most this long waiting for the gateway to store what was published
+
+
+class DemoError(RuntimeError):
+    """A part of the demo did not start; the message says which and where its log is."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _toml(value: object) -> str:
+    # JSON string/number literals are valid TOML basic strings/numbers for what we write here.
+    return json.dumps(str(value) if isinstance(value, Path) else value)
+
+
+def gateway_toml(*, broker: str, data_dir: Path, topic_root: str) -> str:
+    """The demo gateway's configuration (see gateway/config.py)."""
+    lines = [
+        f"gateway_id = {_toml(GATEWAY_ID)}",
+        "",
+        "[mqtt]",
+        f"url = {_toml(broker)}",
+        f"client_id = {_toml('homeedge-' + GATEWAY_ID)}",
+        f"topic_root = {_toml(topic_root)}",
+        'protocol = "3.1.1"  # the embedded amqtt broker speaks MQTT 3.1.1 only',
+        "",
+        "[storage]",
+        f"path = {_toml(data_dir / 'gateway.db')}",
+        "",
+        "[admin]",
+        'host = "127.0.0.1"',
+        "port = 0",
+        f"port_file = {_toml(data_dir / 'gateway.admin-port')}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+@dataclass
+class Child:
+    """A process the demo started, with its log file."""
+
+    name: str
+    proc: asyncio.subprocess.Process
+    log_path: Path
+    log_file: IO[bytes]
+
+    def exited(self) -> bool:
+        return self.proc.returncode is not None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), _STOP_TIMEOUT_S)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        self.log_file.close()
+
+
+async def spawn(name: str, args: Sequence[str], log_path: Path) -> Child:
+    log_file = log_path.open("ab")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *args, stdout=log_file, stderr=asyncio.subprocess.STDOUT
+    )
+    return Child(name=name, proc=proc, log_path=log_path, log_file=log_file)
+
+
+async def _wait_for(child: Child, ready: Any, what: str) -> None:
+    """Poll `ready()` until true; fail with the child's log when it exits or times out."""
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    while True:
+        if await ready():
+            return
+        if child.exited():
+            raise DemoError(
+                f"the {child.name} exited (status {child.proc.returncode}) before {what}; "
+                f"its log ({child.log_path}):\n{child.log_tail()}"
+            )
+        if time.monotonic() > deadline:
+            raise DemoError(f"the {child.name} did not get {what} in {_START_TIMEOUT_S:.0f}s")
+        await asyncio.sleep(0.1)
+
+
+async def start_broker(data_dir: Path) -> tuple[Child, str]:
+    """The embedded broker on a free port (retried: another process may take the port)."""
+    for _attempt in range(3):
+        port = free_port()
+        child = await spawn(
+            "broker", ["-m", "devices.broker", "--port", str(port)], data_dir / "broker.log"
+        )
+
+        async def listening(port: int = port) -> bool:
+            try:
+                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                return False
+            writer.close()
+            return True
+
+        try:
+            await _wait_for(child, listening, f"listening on port {port}")
+        except DemoError:
+            await child.stop()
+            continue
+        return child, f"mqtt://127.0.0.1:{port}"
+    raise DemoError(f"the embedded broker did not start; see {data_dir / 'broker.log'}")
+
+
+async def start_gateway(data_dir: Path, broker: str, topic_root: str) -> tuple[Child, str]:
+    config = data_dir / "gateway.toml"
+    config.write_text(gateway_toml(broker=broker, data_dir=data_dir, topic_root=topic_root))
+    port_file = data_dir / "gateway.admin-port"
+    port_file.unlink(missing_ok=True)
+    child = await spawn(
+        "gateway",
+        ["-m", "gateway", "--config", str(config), "--log-level", "WARNING"],
+        data_dir / "gateway.log",
+    )
+
+    async def has_port() -> bool:
+        return port_file.exists() and port_file.read_text().strip().isdigit()
+
+    try:
+        await _wait_for(child, has_port, "its admin port")
+    except BaseException:
+        await child.stop()
+        raise
+    return child, f"http://127.0.0.1:{int(port_file.read_text())}"
+
+
+async def _start_cloud(data_dir: Path) -> tuple[Child, str] | None:
+    """The cloud joins the demo here: write DATA/cloud.toml, run ``python -m cloud --config``
+    like the gateway above, give the gateway an ``[uplink]`` to it, and return the child and its
+    URL (printed with the others). Not wired yet."""
+    return None
+
+
+def count_readings(db: Path) -> int | None:
+    """Rows in the gateway's readings table, read-only (None before the file exists)."""
+    if not db.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0)
+        try:
+            row = conn.execute("SELECT count(*) FROM readings").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None  # not created yet, or busy: the next line will tell
+    return int(row[0])
+
+
+async def gateway_health(http: aiohttp.ClientSession, admin: str) -> str:
+    try:
+        async with http.get(f"{admin}/healthz", timeout=aiohttp.ClientTimeout(total=2)) as r:
+            body = await r.json(content_type=None)
+            return str(body.get("status", r.status))
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return "unreachable"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m devices.demo",
+        description="broker + gateway + simulated homes on this machine, no Docker",
+    )
+    parser.add_argument(
+        "--broker", default=None, help="use this broker (mqtt://host:port) instead of amqtt"
+    )
+    parser.add_argument(
+        "--duration", type=float, default=None, help="seconds the devices run (default: Ctrl-C)"
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("demo-data"), help="config, logs and databases"
+    )
+    parser.add_argument("--topic-root", default=ROOT)
+    parser.add_argument(
+        "--progress", type=float, default=2.0, help="seconds between progress lines"
+    )
+    parser.add_argument("--log-level", default="WARNING")
+    add_fleet_arguments(
+        parser,
+        defaults={"homes": 3, "rate": 1.0, "speed": 720.0, "history": 24.0, "anomaly_rate": 2.0},
+    )
+    return parser
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+async def run(args: argparse.Namespace) -> int:
+    data_dir: Path = args.data_dir
+    ground_truth = args.ground_truth or data_dir / "ground_truth.jsonl"
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    children: list[Child] = []
+    async with aiohttp.ClientSession() as http:
+        try:
+            if args.broker:
+                broker = args.broker
+            else:
+                child, broker = await start_broker(data_dir)
+                children.append(child)
+            _say(f"broker   {broker}" + ("" if args.broker else " (embedded amqtt)"))
+            gateway, admin = await start_gateway(data_dir, broker, args.topic_root)
+            children.append(gateway)
+            _say(f"gateway  {admin}/healthz  {admin}/metrics  log {gateway.log_path}")
+            cloud = await _start_cloud(data_dir)
+            if cloud is not None:
+                children.append(cloud[0])
+                _say(f"cloud    {cloud[1]}")
+            db = data_dir / "gateway.db"
+            _say(f"data     {db} (readings), {ground_truth} (injected anomalies)")
+            config = fleet_config(
+                args,
+                broker=broker,
+                topic_root=args.topic_root,
+                duration=args.duration,
+                ground_truth=ground_truth,
+            )
+            return await _run_fleet(
+                config, stop, http, admin=admin, db=db, gateway=gateway, progress=args.progress
+            )
+        except DemoError as exc:
+            _say(f"demo: {exc}")
+            return 1
+        finally:
+            for child in reversed(children):
+                await child.stop()
+
+
+async def _run_fleet(
+    config: FleetConfig,
+    stop: asyncio.Event,
+    http: aiohttp.ClientSession,
+    *,
+    admin: str,
+    db: Path,
+    gateway: Child,
+    progress: float,
+) -> int:
+    fleet = Fleet(config)
+    _say(
+        f"devices  {fleet.stats.devices} in {config.homes} homes, {config.rate:g} msg/s each, "
+        f"simulated time x{config.speed:g}; Ctrl-C stops"
+    )
+    fleet_task = asyncio.create_task(fleet.run(stop))
+    published = RateMeter()
+    stored_meter = RateMeter()
+    stored: int | None = None
+    while not fleet_task.done():
+        done, _ = await asyncio.wait({fleet_task}, timeout=progress)
+        if done:
+            break
+        stored = await asyncio.to_thread(count_readings, db)
+        health = await gateway_health(http, admin)
+        _say(
+            f"{format_fleet(fleet.stats, published.rate(fleet.stats.published))} | gateway "
+            f"{health}, stored {stored or 0} readings "
+            f"({stored_meter.rate(stored or 0):.0f}/s)"
+        )
+        if gateway.exited():
+            _say(f"demo: the gateway exited; its log ({gateway.log_path}):\n{gateway.log_tail()}")
+            stop.set()
+    await fleet_task
+    # Let the gateway store what is in flight before it is stopped.
+    deadline = time.monotonic() + _DRAIN_S
+    while time.monotonic() < deadline and not gateway.exited():
+        await asyncio.sleep(0.5)
+        latest = await asyncio.to_thread(count_readings, db)
+        if latest is not None and latest == stored:
+            break
+        stored = latest
+    s = fleet.stats
+    _say(
+        f"done: {s.published} messages published ({s.telemetry} telemetry, {s.audio} audio), "
+        f"{stored or 0} readings stored in {db}, {s.truths} labelled events"
+    )
+    return 0 if not gateway.exited() else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    args.data_dir = args.data_dir.resolve()
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
