@@ -84,6 +84,12 @@ class AdapterRegistry:
         """``(topic filter, adapt)`` pairs in matching priority order."""
         return [(f, adapter.adapt) for adapter in self.adapters for f in adapter.filters]
 
+    def named_hooks(self) -> list[tuple[str, AdaptFn, str]]:
+        """``(topic filter, adapt, adapter name)``, for ``Gateway.add_adapter``."""
+        return [
+            (f, adapter.adapt, adapter.name) for adapter in self.adapters for f in adapter.filters
+        ]
+
     def match(self, topic: str) -> BaseAdapter | None:
         """The adapter that owns `topic`, or None when no enabled adapter subscribes to it."""
         for adapter in self.adapters:

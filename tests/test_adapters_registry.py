@@ -1,0 +1,96 @@
+"""The adapter registry, identity sanitizing and unit conversion (pure units)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.adapters import AdapterRegistry, AdapterSettings
+from gateway.adapters.base import sanitize_device
+from gateway.adapters.units import UnitError, to_metric_unit
+from schemas.topics import valid_segment
+
+
+def all_enabled(**extra: object) -> AdapterSettings:
+    return AdapterSettings.model_validate(
+        {name: {"enabled": True} for name in ("zigbee2mqtt", "tasmota", "shelly", "ha_statestream")}
+        | extra
+    )
+
+
+def test_only_enabled_adapters_are_built() -> None:
+    assert len(AdapterRegistry.from_settings(AdapterSettings())) == 0
+    settings = AdapterSettings.model_validate({"tasmota": {"enabled": True}})
+    registry = AdapterRegistry.from_settings(settings)
+    assert [a.name for a in registry] == ["tasmota"]
+    assert registry.match("zigbee2mqtt/lamp") is None
+    assert registry.adapt("zigbee2mqtt/lamp", b"{}", 0.0) is None
+
+
+def test_filters_and_dispatch() -> None:
+    registry = AdapterRegistry.from_settings(all_enabled())
+    assert registry.filters() == [
+        "zigbee2mqtt/#",
+        "tele/+/SENSOR",
+        "tele/+/STATE",
+        "tele/+/LWT",
+        "stat/+/STATUS8",
+        "stat/+/STATUS10",
+        "shellies/#",
+        "+/events/rpc",
+        "+/online",
+        "homeassistant/sensor/+/+",
+        "homeassistant/binary_sensor/+/+",
+    ]
+    owner = {
+        "zigbee2mqtt/kitchen/floor_light": "zigbee2mqtt",
+        "tele/plug/SENSOR": "tasmota",
+        "shellies/shelly1-AB12/relay/0/power": "shelly",
+        "shellyplus1-a1b2/events/rpc": "shelly",
+        "homeassistant/sensor/temp/state": "ha_statestream",
+    }
+    for topic, name in owner.items():
+        adapter = registry.match(topic)
+        assert adapter is not None and adapter.name == name, topic
+    assert registry.match("tele/plug/INFO1") is None
+    assert registry.match("homeassistant/light/desk/state") is None
+    hooks = registry.hooks()
+    assert [f for f, _ in hooks] == registry.filters()
+    assert [(f, n) for f, _, n in registry.named_hooks()][0] == ("zigbee2mqtt/#", "zigbee2mqtt")
+
+
+@pytest.mark.parametrize(
+    ("name", "device"),
+    [
+        ("kitchen/floor_light", "kitchen-floor_light"),
+        ("Living Room Lamp", "Living-Room-Lamp"),
+        ("0x00158d0001aabbcc", "0x00158d0001aabbcc"),
+        ("_hidden/", "hidden"),
+    ],
+)
+def test_sanitized_names_are_topic_segments(name: str, device: str) -> None:
+    assert sanitize_device(name) == device
+
+
+def test_sanitizing_keeps_long_and_empty_names_apart() -> None:
+    a, b = sanitize_device("x" * 80 + "a"), sanitize_device("x" * 80 + "b")
+    assert a != b and len(a) <= 64 and valid_segment(a) and valid_segment(b)
+    assert valid_segment(sanitize_device("///")) and sanitize_device("///") != sanitize_device("#")
+
+
+def test_unit_conversions() -> None:
+    assert to_metric_unit(68.0, "°F", "temperature") == 20.0
+    assert to_metric_unit(293.15, "K", "temperature") == pytest.approx(20.0)
+    assert to_metric_unit(1500.0, "Wh", "energy") == 1.5
+    assert to_metric_unit(120000.0, "Wmin", "energy") == 2.0
+    assert to_metric_unit(1.2, "kW", "power") == 1200.0
+    assert to_metric_unit(21.0, "C", "temperature") == 21.0
+    assert to_metric_unit(5.0, "dB", "noise") == 5.0  # unknown metric: kept as it is
+    with pytest.raises(UnitError):
+        to_metric_unit(1.0, "W", "energy")
+    with pytest.raises(UnitError):
+        to_metric_unit(1.0, "furlong", "temperature")
+
+
+def test_settings_reject_unknown_units() -> None:
+    with pytest.raises(ValueError, match="unknown unit"):
+        AdapterSettings.model_validate({"zigbee2mqtt": {"field_units": {"energy": "BTU"}}})

@@ -1,0 +1,158 @@
+"""Shelly adapter (Gen1 topics, Gen2+ RPC notifications): fixtures -> exact readings, etc."""
+
+from __future__ import annotations
+
+from gateway.adapters import AdapterRegistry, AdapterSettings, AvailabilityChange
+from gateway.adapters.shelly import ShellyAdapter
+from gateway.records import DeadLetter, Reading
+from tests.conftest import MosquittoBroker
+from tests.fixtures.adapters.support import (
+    T0,
+    broker_roundtrip,
+    expected,
+    load,
+    readings,
+    run_all,
+    table,
+)
+
+FIX = load("shelly")
+MSG = {m.name: m for m in FIX["messages"]}
+U = "unassigned"
+GEN1 = [
+    "plug_power",
+    "plug_energy",
+    "plug_relay",
+    "plug_internal_temp",
+    "ht_temperature",
+    "ht_humidity",
+    "ht_battery",
+    "relay1_power",
+    "em_total",
+    "dw_state",
+    "dw_lux",
+    "motion",
+]
+GEN2 = ["gen2_switch", "gen2_ht_full", "gen2_pro3"]
+
+EXPECTED_GEN1 = [
+    ("home", U, "shellyplug-s-7F3A21", "power", T0, 42.17),
+    ("home", U, "shellyplug-s-7F3A21", "energy", T0, 2.05),  # 123000 Wmin
+    ("home", U, "shellyht-5C9E01", "temperature", T0, 21.75),
+    ("home", U, "shellyht-5C9E01", "humidity", T0, 52.5),
+    ("home", U, "shellyht-5C9E01", "battery", T0, 88.0),
+    ("home", U, "shellyswitch25-11AA22-ch1", "power", T0, 15.0),
+    ("home", U, "shellyem-33BB44", "energy", T0, 12.3455),  # 12345.5 Wh
+    ("home", U, "shellydw2-55CC66", "door", T0, 1.0),
+    ("home", U, "shellydw2-55CC66", "light", T0, 130.0),
+    ("home", U, "shellymotionsensor-77DD88", "motion", T0, 1.0),
+]
+EXPECTED_GEN2 = [
+    ("home", U, "shellyplus1pm-a8032ab1c2d3", "power", 1764403200.52, 118.4),
+    ("home", U, "shellyplus1pm-a8032ab1c2d3", "energy", 1764403200.52, 4.5215),  # 4521.5 Wh
+    ("home", U, "shellyplusht-c049ef8e1a2b", "temperature", 1764403260.0, 19.8),
+    ("home", U, "shellyplusht-c049ef8e1a2b", "humidity", 1764403260.0, 42.2),
+    ("home", U, "shellyplusht-c049ef8e1a2b", "battery", 1764403260.0, 76.0),
+    ("home", U, "shellypro3-0cb815fc1a2b-ch2", "power", 1764403300.25, 1500.0),
+]
+
+
+def adapter(**shelly: object) -> ShellyAdapter:
+    settings = AdapterSettings.model_validate({"shelly": {"enabled": True, **shelly}})
+    return ShellyAdapter(settings)
+
+
+def test_gen1_plain_values_with_watt_minutes_and_channels() -> None:
+    shelly = adapter()
+    assert table(run_all(shelly, [MSG[n] for n in GEN1])) == expected(EXPECTED_GEN1)
+    # the relay's on/off state and the plug's internal temperature are not mapped
+    assert shelly.ignored_fields == {"relay": 1, "temperature": 1}
+
+
+def test_gen1_fahrenheit_setting_converts() -> None:
+    shelly = adapter(gen1_temperature_unit="°F")
+    found = run_all(shelly, [MSG["ht_temperature"]])
+    assert [r.value for r in found] == [(21.75 - 32.0) * 5.0 / 9.0]
+
+
+def test_gen2_notifications_use_params_ts_and_wh_to_kwh() -> None:
+    shelly = adapter()
+    assert table(run_all(shelly, [MSG[n] for n in GEN2])) == expected(EXPECTED_GEN2)
+    assert shelly.ignored_fields == {
+        "switch.id": 2,
+        "switch.aenergy.by_minute": 1,
+        "switch.aenergy.minute_ts": 1,
+        "switch.output": 1,
+        "temperature.id": 1,
+        "temperature.tF": 1,
+        "humidity.id": 1,
+        "devicepower.id": 1,
+        "devicepower.battery.V": 1,
+        "devicepower.external.present": 1,
+        "sys": 1,
+        "wifi": 1,
+    }
+    # NotifyEvent is not a status: no readings, counted
+    assert readings(shelly.adapt(MSG["gen2_event"].topic, MSG["gen2_event"].payload, T0)) == []
+    assert shelly.counts["ignored_messages"] == 1
+
+
+def test_channels_can_be_mapped() -> None:
+    shelly = adapter(
+        devices={"shellypro3-0cb815fc1a2b:2": {"device": "heater", "room": "bathroom"}}
+    )
+    assert table(run_all(shelly, [MSG["gen2_pro3"]])) == expected(
+        [("home", "bathroom", "heater", "power", 1764403300.25, 1500.0)]
+    )
+
+
+def test_availability_and_announce() -> None:
+    changes: list[AvailabilityChange] = []
+    shelly = adapter()
+    shelly.on_availability = changes.append
+    for name in ("gen1_offline", "gen2_online", "announce"):
+        assert readings(shelly.adapt(MSG[name].topic, MSG[name].payload, T0)) == []
+    assert [(c.device, c.online) for c in changes] == [
+        ("shellyplug-s-7F3A21", False),
+        ("shellyplus1pm-a8032ab1c2d3", True),
+    ]
+    assert shelly.counts["ignored_topics"] == 1
+
+
+def test_malformed_payloads_are_dead_letters_with_reasons() -> None:
+    shelly = adapter()
+    for bad in FIX["malformed"]:
+        result = shelly.adapt(bad.topic, bad.payload, T0)
+        assert isinstance(result, DeadLetter), bad.name
+        assert (result.reason, result.payload) == (bad.reason, bad.payload), bad.name
+
+
+def test_through_a_real_broker(mosquitto: MosquittoBroker, topic_root: str) -> None:
+    gen1, gen2 = f"{topic_root}/shellies", f"{topic_root}/gen2"
+    fix = load(
+        "shelly",
+        {
+            "shellies": gen1,
+            "shellyplus1pm-a8032ab1c2d3": f"{gen2}/shellyplus1pm-a8032ab1c2d3",
+            "shellyplusht-c049ef8e1a2b": f"{gen2}/shellyplusht-c049ef8e1a2b",
+            "shellypro3-0cb815fc1a2b": f"{gen2}/shellypro3-0cb815fc1a2b",
+        },
+    )
+    settings = AdapterSettings.model_validate(
+        {"shelly": {"enabled": True, "gen1_prefix": gen1, "gen2_prefixes": [f"{gen2}/+"]}}
+    )
+    changes: list[AvailabilityChange] = []
+    registry = AdapterRegistry.from_settings(settings, on_availability=changes.append)
+    results = broker_roundtrip(mosquitto.port, registry, fix["messages"] + fix["malformed"])
+    found: list[Reading] = [r for _, res in results if isinstance(res, list) for r in res]
+    dead = [res.reason for _, res in results if isinstance(res, DeadLetter)]
+    assert sorted((r.device, r.metric, round(r.value, 9)) for r in found) == sorted(
+        (d, m, round(v, 9)) for _, _, d, m, _, v in EXPECTED_GEN1 + EXPECTED_GEN2
+    )
+    gen2_ts = {(r.device, r.ts) for r in found if r.device.startswith(("shellyplus", "shellypro"))}
+    assert gen2_ts == {(d, ts) for _, _, d, _, ts, _ in EXPECTED_GEN2}
+    assert dead == [m.reason for m in fix["malformed"]]
+    assert [(c.device, c.online) for c in changes] == [
+        ("shellyplug-s-7F3A21", False),
+        ("shellyplus1pm-a8032ab1c2d3", True),
+    ]

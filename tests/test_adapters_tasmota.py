@@ -1,0 +1,159 @@
+"""Tasmota adapter: fixtures -> exact readings, availability, ignored fields, dead letters."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.adapters import AdapterRegistry, AdapterSettings, AvailabilityChange
+from gateway.adapters.tasmota import TasmotaAdapter
+from gateway.records import DeadLetter, Reading
+from tests.conftest import MosquittoBroker
+from tests.fixtures.adapters.support import (
+    T0,
+    broker_roundtrip,
+    expected,
+    load,
+    readings,
+    run_all,
+    table,
+)
+
+FIX = load("tasmota")
+MSG = {m.name: m for m in FIX["messages"]}
+T8 = 1764403200.0  # 2025-11-29T08:00:00Z
+U = "unassigned"
+
+
+def adapter(**tasmota: object) -> TasmotaAdapter:
+    settings = AdapterSettings.model_validate({"tasmota": {"enabled": True, **tasmota}})
+    return TasmotaAdapter(settings)
+
+
+def test_sensor_objects_energy_and_units() -> None:
+    tas = adapter()
+    found = run_all(tas, [MSG[n] for n in ("am2301", "fahrenheit", "energy", "air", "status10")])
+    assert table(found) == expected(
+        [
+            # "Time" without offset and no naive_time_zone: the receive time
+            ("home", U, "tasmota_A1B2C3", "humidity", T0, 45.2),
+            ("home", U, "tasmota_A1B2C3", "temperature", T0, 21.4),
+            # TempUnit F: 68 °F = 20 °C; Time with offset is used
+            ("home", U, "balcony", "temperature", T8, 20.0),
+            ("home", U, "plug_tv", "energy", T8, 152.118),
+            ("home", U, "plug_tv", "power", T8, 87.0),
+            ("home", U, "office_air", "co2", T8 + 10, 640.0),
+            ("home", U, "office_air", "humidity", T8 + 10, 39.0),
+            ("home", U, "office_air", "light", T8 + 10, 420.0),
+            ("home", U, "office_air", "temperature", T8 + 10, 23.1),
+            # stat/<topic>/STATUS10 wraps the same object in StatusSNS
+            ("home", U, "office_air", "co2", T8 + 60, 655.0),
+            ("home", U, "office_air", "humidity", T8 + 60, 39.5),
+            ("home", U, "office_air", "temperature", T8 + 60, 23.0),
+        ]
+    )
+    assert tas.ignored_fields == {
+        "AM2301.DewPoint": 1,
+        "DS18B20.Id": 1,
+        "ENERGY.TotalStartTime": 1,
+        "ENERGY.Yesterday": 1,
+        "ENERGY.Today": 1,
+        "ENERGY.Period": 1,
+        "ENERGY.ApparentPower": 1,
+        "ENERGY.ReactivePower": 1,
+        "ENERGY.Factor": 1,
+        "ENERGY.Voltage": 1,
+        "ENERGY.Current": 1,
+        "SCD30.eCO2": 1,
+    }
+
+
+def test_naive_time_uses_the_configured_zone() -> None:
+    tas = adapter(naive_time_zone="Europe/Berlin")
+    found = run_all(tas, [MSG["am2301"]])
+    assert {r.ts for r in found} == {T8}  # 09:00 in Berlin (CET) is 08:00 UTC
+
+
+def test_state_maps_nothing_unless_configured() -> None:
+    tas = adapter()
+    assert run_all(tas, [MSG["state"]]) == []
+    assert tas.counts["ignored_fields"] == 8
+    configured = adapter(field_metrics={"Wifi.RSSI": "wifi_rssi", "POWER": "relay"})
+    assert table(run_all(configured, [MSG["state"]])) == expected(
+        [("home", U, "plug_tv", "relay", T8, 1.0), ("home", U, "plug_tv", "wifi_rssi", T8, 62.0)]
+    )
+
+
+def test_two_probes_of_one_quantity() -> None:
+    tas = adapter()
+    assert table(run_all(tas, [MSG["two_probes"]])) == expected(
+        [("home", U, "boiler", "temperature", T8, 55.2)]
+    )
+    assert tas.counts["duplicate_fields"] == 1
+    mapped = adapter(
+        devices={
+            "boiler": {"room": "cellar"},
+            "boiler/DS18B20-2": {"device": "boiler-return", "room": "cellar"},
+        }
+    )
+    assert table(run_all(mapped, [MSG["two_probes"]])) == expected(
+        [
+            ("home", "cellar", "boiler", "temperature", T8, 55.2),
+            ("home", "cellar", "boiler-return", "temperature", T8, 41.7),
+        ]
+    )
+
+
+def test_lwt_is_availability() -> None:
+    changes: list[AvailabilityChange] = []
+    tas = adapter()
+    tas.on_availability = changes.append
+    for name in ("lwt_offline", "lwt_online"):
+        assert readings(tas.adapt(MSG[name].topic, MSG[name].payload, T0)) == []
+    assert [(c.device, c.online, c.ts) for c in changes] == [
+        ("plug_tv", False, T0),
+        ("plug_tv", True, T0),
+    ]
+
+
+def test_malformed_payloads_are_dead_letters_with_reasons() -> None:
+    tas = adapter()
+    for bad in FIX["malformed"]:
+        result = tas.adapt(bad.topic, bad.payload, T0)
+        assert isinstance(result, DeadLetter), bad.name
+        assert (result.reason, result.payload) == (bad.reason, bad.payload), bad.name
+
+
+def test_settings_reject_bad_values() -> None:
+    with pytest.raises(ValidationError):
+        AdapterSettings.model_validate({"tasmota": {"naive_time_zone": "Mars/Olympus"}})
+    with pytest.raises(ValidationError):
+        AdapterSettings.model_validate({"tasmota": {"tele_prefix": "tele/+"}})
+    with pytest.raises(ValidationError):
+        AdapterSettings.model_validate({"tasmota": {"field_metrics": {"POWER": "Relay State"}}})
+    with pytest.raises(ValidationError):
+        AdapterSettings.model_validate({"tasmota": {"devices": {"x": {"room": "gateway"}}}})
+    with pytest.raises(ValidationError):
+        AdapterSettings.model_validate({"tasmota": {"surprise": True}})
+
+
+def test_through_a_real_broker(mosquitto: MosquittoBroker, topic_root: str) -> None:
+    tele, stat = f"{topic_root}/tele", f"{topic_root}/stat"
+    fix = load("tasmota", {"tele": tele, "stat": stat})
+    settings = AdapterSettings.model_validate(
+        {"tasmota": {"enabled": True, "tele_prefix": tele, "stat_prefix": stat}}
+    )
+    changes: list[AvailabilityChange] = []
+    registry = AdapterRegistry.from_settings(settings, on_availability=changes.append)
+    results = broker_roundtrip(mosquitto.port, registry, fix["messages"] + fix["malformed"])
+    found: list[Reading] = [r for _, res in results if isinstance(res, list) for r in res]
+    dead = [res.reason for _, res in results if isinstance(res, DeadLetter)]
+    assert len(found) == 13
+    assert {(r.device, r.metric, r.ts, round(r.value, 9)) for r in found if r.ts == T8} == {
+        ("balcony", "temperature", T8, 20.0),
+        ("plug_tv", "energy", T8, 152.118),
+        ("plug_tv", "power", T8, 87.0),
+        ("boiler", "temperature", T8, 55.2),
+    }
+    assert dead == [m.reason for m in fix["malformed"]]
+    assert [c.online for c in changes] == [False, True]
