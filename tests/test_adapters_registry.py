@@ -55,7 +55,8 @@ def test_filters_and_dispatch() -> None:
     assert registry.match("homeassistant/light/desk/state") is None
     hooks = registry.hooks()
     assert [f for f, _ in hooks] == registry.filters()
-    assert [(f, n) for f, _, n in registry.named_hooks()][0] == ("zigbee2mqtt/#", "zigbee2mqtt")
+    names = [(f, n) for f, _, n in registry.named_hooks()]
+    assert names[0] == ("zigbee2mqtt/#", "zigbee2mqtt") and len(names) == len(hooks)
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ with a reason (``adapter_invalid_json``, ``adapter_validation``, ``adapter_unit`
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from paho.mqtt.client import topic_matches_sub
 
@@ -41,8 +42,8 @@ __all__ = [
     "Zigbee2MqttAdapter",
 ]
 
-# Settings attribute -> adapter class, in matching priority order.
-ADAPTER_TYPES: dict[str, Callable[..., BaseAdapter]] = {
+# Adapter (and settings section) name -> adapter class, in matching priority order.
+ADAPTER_TYPES: dict[str, type[BaseAdapter[Any]]] = {
     "zigbee2mqtt": Zigbee2MqttAdapter,
     "tasmota": TasmotaAdapter,
     "shelly": ShellyAdapter,
@@ -53,7 +54,7 @@ ADAPTER_TYPES: dict[str, Callable[..., BaseAdapter]] = {
 class AdapterRegistry:
     """The enabled adapters and the dispatch from a topic to the one that owns it."""
 
-    def __init__(self, adapters: list[BaseAdapter]) -> None:
+    def __init__(self, adapters: list[BaseAdapter[Any]]) -> None:
         self.adapters = list(adapters)
 
     @classmethod
@@ -64,13 +65,13 @@ class AdapterRegistry:
         on_availability: Callable[[AvailabilityChange], None] | None = None,
     ) -> AdapterRegistry:
         """Build every adapter whose section has ``enabled = true``."""
-        adapters: list[BaseAdapter] = []
-        for section, adapter_type in ADAPTER_TYPES.items():
-            if getattr(settings, section).enabled:
+        adapters: list[BaseAdapter[Any]] = []
+        for adapter_type in ADAPTER_TYPES.values():
+            if getattr(settings, adapter_type.name).enabled:
                 adapters.append(adapter_type(settings, on_availability=on_availability))
         return cls(adapters)
 
-    def __iter__(self) -> Iterator[BaseAdapter]:
+    def __iter__(self) -> Iterator[BaseAdapter[Any]]:
         return iter(self.adapters)
 
     def __len__(self) -> int:
@@ -90,7 +91,7 @@ class AdapterRegistry:
             (f, adapter.adapt, adapter.name) for adapter in self.adapters for f in adapter.filters
         ]
 
-    def match(self, topic: str) -> BaseAdapter | None:
+    def match(self, topic: str) -> BaseAdapter[Any] | None:
         """The adapter that owns `topic`, or None when no enabled adapter subscribes to it."""
         for adapter in self.adapters:
             if any(topic_matches_sub(f, topic) for f in adapter.filters):

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import Enum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -47,6 +47,8 @@ from gateway.records import DeadLetter, Reading
 from schemas.telemetry import TS_MAX, TS_MIN
 
 log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=EcosystemSettings)
 
 AdaptResult = list[Reading] | DeadLetter
 AdaptFn = Callable[[str, bytes, float], AdaptResult]
@@ -219,27 +221,39 @@ class MessageReadings:
         return list(self.readings.values())
 
 
-class BaseAdapter(ABC):
-    """One ecosystem's adapter; subclasses implement `filters` and `_adapt`."""
+class BaseAdapter(ABC, Generic[E]):
+    """One ecosystem's adapter, configured by the `AdapterSettings` section named `name`.
+
+    Subclasses set `name` and `builtin_rules` and implement `configure`, `filters` and `_adapt`.
+    """
 
     name: ClassVar[str]
+    builtin_rules: ClassVar[Mapping[str, FieldRule]]
 
     def __init__(
         self,
         settings: AdapterSettings,
-        eco: EcosystemSettings,
-        builtin_rules: Mapping[str, FieldRule],
         *,
         on_availability: Callable[[AvailabilityChange], None] | None = None,
     ) -> None:
+        eco: E = getattr(settings, self.name)
         self.home = settings.home
         self.default_room = eco.default_room or settings.default_room
         self.max_payload_bytes = settings.max_payload_bytes
         self.devices = eco.devices
-        self.rules = merge_rules(builtin_rules, eco)
+        self.rules = merge_rules(self.default_rules(eco), eco)
         self.on_availability = on_availability
         self.counts: Counter[str] = Counter()
         self.ignored_fields: Counter[str] = Counter()
+        self.configure(eco)
+
+    def default_rules(self, eco: E) -> Mapping[str, FieldRule]:
+        """The built-in field table before ``field_metrics``/``field_units`` apply."""
+        return self.builtin_rules
+
+    @abstractmethod
+    def configure(self, eco: E) -> None:
+        """Take the ecosystem's own settings (topics, units, time zone...)."""
 
     @property
     @abstractmethod

@@ -26,14 +26,12 @@ the object id; ``devices`` maps entity ids (several entities may share one devic
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 from gateway.adapters.base import (
     AdapterError,
-    AvailabilityChange,
     BaseAdapter,
     FieldRule,
     Identity,
@@ -43,7 +41,7 @@ from gateway.adapters.base import (
     decode_text,
     plain_value,
 )
-from gateway.adapters.settings import AdapterSettings
+from gateway.adapters.settings import HaStatestreamSettings
 from gateway.records import Reading
 
 log = logging.getLogger(__name__)
@@ -95,19 +93,14 @@ class _Unmapped:
 _UNMAPPED = _Unmapped()
 
 
-class HaStatestreamAdapter(BaseAdapter):
+class HaStatestreamAdapter(BaseAdapter[HaStatestreamSettings]):
     """Adapts Home Assistant statestream states and the attributes that give them meaning."""
 
     name = "ha_statestream"
 
-    def __init__(
-        self,
-        settings: AdapterSettings,
-        *,
-        on_availability: Callable[[AvailabilityChange], None] | None = None,
-    ) -> None:
-        eco = settings.ha_statestream
-        super().__init__(settings, eco, BUILTIN_CLASSES, on_availability=on_availability)
+    builtin_rules = BUILTIN_CLASSES
+
+    def configure(self, eco: HaStatestreamSettings) -> None:
         self.base_topic = eco.base_topic
         self.domains = tuple(eco.domains)
         self.entity_metrics = eco.entity_metrics

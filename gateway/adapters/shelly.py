@@ -27,7 +27,7 @@ Channel n of a multi-channel device (relay 1 of a Shelly 2.5, ``switch:2`` of a 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -35,7 +35,6 @@ from paho.mqtt.client import topic_matches_sub
 
 from gateway.adapters.base import (
     AdapterError,
-    AvailabilityChange,
     BaseAdapter,
     FieldRule,
     MessageReadings,
@@ -44,7 +43,7 @@ from gateway.adapters.base import (
     decode_text,
     plain_value,
 )
-from gateway.adapters.settings import AdapterSettings
+from gateway.adapters.settings import ShellySettings
 from gateway.records import Reading
 
 _METERED = ("relay", "light", "roller")
@@ -90,21 +89,19 @@ def _flatten(prefix: str, obj: Mapping[str, Any], depth: int = 0) -> Iterator[tu
             yield label, value
 
 
-class ShellyAdapter(BaseAdapter):
+class ShellyAdapter(BaseAdapter[ShellySettings]):
     """Adapts Shelly Gen1 MQTT topics and Gen2+ RPC status notifications."""
 
     name = "shelly"
 
-    def __init__(
-        self,
-        settings: AdapterSettings,
-        *,
-        on_availability: Callable[[AvailabilityChange], None] | None = None,
-    ) -> None:
-        eco = settings.shelly
-        builtin = {**GEN1_FIELDS, **GEN2_FIELDS}
-        builtin["sensor/temperature"] = FieldRule("temperature", unit=eco.gen1_temperature_unit)
-        super().__init__(settings, eco, builtin, on_availability=on_availability)
+    builtin_rules = MappingProxyType({**GEN1_FIELDS, **GEN2_FIELDS})
+
+    def default_rules(self, eco: ShellySettings) -> Mapping[str, FieldRule]:
+        # Gen1 H&T report in the unit set on the device, which the payload does not say.
+        unit = FieldRule("temperature", unit=eco.gen1_temperature_unit)
+        return {**self.builtin_rules, "sensor/temperature": unit}
+
+    def configure(self, eco: ShellySettings) -> None:
         self.gen1_prefix = eco.gen1_prefix
         self.gen2_event_filters = tuple(f"{p}/events/rpc" for p in eco.gen2_prefixes)
         self.gen2_online_filters = tuple(f"{p}/online" for p in eco.gen2_prefixes)

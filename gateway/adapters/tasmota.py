@@ -25,14 +25,13 @@ probes of one quantity can map the second as ``<topic>/<Sensor>`` in ``devices``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from gateway.adapters.base import (
     AdapterError,
-    AvailabilityChange,
     BaseAdapter,
     FieldRule,
     MessageReadings,
@@ -40,7 +39,7 @@ from gateway.adapters.base import (
     decode_text,
     parse_iso_time,
 )
-from gateway.adapters.settings import AdapterSettings
+from gateway.adapters.settings import TasmotaSettings
 from gateway.records import Reading
 
 BUILTIN_FIELDS = MappingProxyType(
@@ -58,19 +57,14 @@ BUILTIN_FIELDS = MappingProxyType(
 _META_KEYS = frozenset({"Time", "TempUnit", "PressureUnit", "SpeedUnit", "Epoch"})
 
 
-class TasmotaAdapter(BaseAdapter):
+class TasmotaAdapter(BaseAdapter[TasmotaSettings]):
     """Adapts Tasmota telemetry, status replies and last-will messages."""
 
     name = "tasmota"
 
-    def __init__(
-        self,
-        settings: AdapterSettings,
-        *,
-        on_availability: Callable[[AvailabilityChange], None] | None = None,
-    ) -> None:
-        eco = settings.tasmota
-        super().__init__(settings, eco, BUILTIN_FIELDS, on_availability=on_availability)
+    builtin_rules = BUILTIN_FIELDS
+
+    def configure(self, eco: TasmotaSettings) -> None:
         self.tele_prefix = eco.tele_prefix
         self.stat_prefix = eco.stat_prefix
         self.naive_zone = ZoneInfo(eco.naive_time_zone) if eco.naive_time_zone else None

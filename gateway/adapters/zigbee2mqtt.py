@@ -16,13 +16,11 @@ milliseconds, per Zigbee2MQTT's ``advanced.last_seen``) is the reading time when
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
 from gateway.adapters.base import (
     AdapterError,
-    AvailabilityChange,
     BaseAdapter,
     FieldRule,
     MessageReadings,
@@ -31,7 +29,7 @@ from gateway.adapters.base import (
     decode_text,
     parse_iso_time,
 )
-from gateway.adapters.settings import AdapterSettings
+from gateway.adapters.settings import Zigbee2MqttSettings
 from gateway.records import Reading
 
 BUILTIN_FIELDS = MappingProxyType(
@@ -54,21 +52,15 @@ _META_FIELDS = frozenset({"last_seen"})
 _COMMAND_LEAVES = frozenset({"set", "get"})
 
 
-class Zigbee2MqttAdapter(BaseAdapter):
+class Zigbee2MqttAdapter(BaseAdapter[Zigbee2MqttSettings]):
     """Adapts Zigbee2MQTT device state and availability messages."""
 
     name = "zigbee2mqtt"
 
-    def __init__(
-        self,
-        settings: AdapterSettings,
-        *,
-        on_availability: Callable[[AvailabilityChange], None] | None = None,
-    ) -> None:
-        super().__init__(
-            settings, settings.zigbee2mqtt, BUILTIN_FIELDS, on_availability=on_availability
-        )
-        self.base_topic = settings.zigbee2mqtt.base_topic
+    builtin_rules = BUILTIN_FIELDS
+
+    def configure(self, eco: Zigbee2MqttSettings) -> None:
+        self.base_topic = eco.base_topic
 
     @property
     def filters(self) -> tuple[str, ...]:
