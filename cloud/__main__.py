@@ -1,9 +1,4 @@
-"""`python -m cloud --config FILE`: run the cloud service, in one process or several.
-
-With ``workers = N`` (N > 1, Linux), this process migrates the database once, then starts N
-worker processes that each bind the same port with SO_REUSEPORT, so the kernel spreads
-connections over them; it supervises them and stops them on SIGTERM/SIGINT. When one worker dies
-the others are stopped too and the exit status is 1, so a service manager restarts the whole set.
+"""`python -m cloud --config FILE`: run the cloud service (see `cloud.server`).
 
 Exit status: 0 after a clean stop, 1 on a runtime failure, 2 on a configuration error.
 """
@@ -11,173 +6,16 @@ Exit status: 0 after a clean stop, 1 on a runtime failure, 2 on a configuration 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import logging
-import multiprocessing
-import multiprocessing.connection
-import os
-import queue
-import signal
-import socket
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
-from aiohttp import web
-
-from cloud.app import create_app
-from cloud.config import CloudConfig, ConfigError, load_config
-from cloud.db import make_engine, upgrade_to_head
-
-log = logging.getLogger("cloud")
-
-READY_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 15.0
-
-
-def _setup_logging(config: CloudConfig) -> None:
-    logging.basicConfig(
-        level=config.log_level,
-        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
-def write_port_file(path: Path, port: int) -> None:
-    # Write then rename, so a reader never sees a half-written number.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"{port}\n", encoding="utf-8")
-    tmp.replace(path)
-
-
-async def serve(
-    config: CloudConfig,
-    *,
-    reuse_port: bool = False,
-    on_ready: Callable[[int], None] | None = None,
-) -> None:
-    """Serve until SIGTERM or SIGINT; `on_ready(port)` runs once the socket listens."""
-    runner = web.AppRunner(create_app(config), access_log=None)
-    await runner.setup()  # runs the app's cleanup_ctx set-up: database open and migrated
-    try:
-        site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port or None)
-        await site.start()
-        port = int(runner.addresses[0][1])
-        log.info(
-            "homeedge cloud listening on http://%s:%d (pid %d)", config.host, port, os.getpid()
-        )
-        if on_ready is not None:
-            on_ready(port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        log.info("stopping (pid %d)", os.getpid())
-    finally:
-        await runner.cleanup()
-
-
-def _run_single(config: CloudConfig) -> int:
-    def ready(port: int) -> None:
-        if config.port_file is not None:
-            write_port_file(config.port_file, port)
-
-    asyncio.run(serve(config, on_ready=ready))
-    return 0
-
-
-def _worker_main(config: CloudConfig, ready: Any) -> None:
-    _setup_logging(config)
-    asyncio.run(serve(config, reuse_port=True, on_ready=lambda _port: ready.put(os.getpid())))
-
-
-async def _migrate(url: str) -> None:
-    engine = make_engine(url)
-    try:
-        await upgrade_to_head(engine)
-    finally:
-        await engine.dispose()
-
-
-def _reserve_port(host: str, port: int) -> socket.socket:
-    """A bound, non-listening SO_REUSEPORT socket: it fixes the port (0 = any free one) for the
-    workers and never receives a connection itself."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    return sock
-
-
-def _stop_all(processes: Sequence[multiprocessing.process.BaseProcess]) -> None:
-    for proc in processes:
-        if proc.is_alive() and proc.pid is not None:
-            os.kill(proc.pid, signal.SIGTERM)
-    for proc in processes:
-        proc.join(STOP_TIMEOUT_S)
-        if proc.is_alive():
-            log.warning("worker %s did not stop in %.0f s; killing it", proc.pid, STOP_TIMEOUT_S)
-            proc.kill()
-            proc.join()
-
-
-def _run_workers(config: CloudConfig) -> int:
-    if not hasattr(socket, "SO_REUSEPORT"):
-        raise ConfigError("workers > 1 needs SO_REUSEPORT (Linux); set workers = 1")
-    # Migrate once here, so N workers never race on the schema (SQLite has no advisory lock).
-    asyncio.run(_migrate(config.database_url))
-    stopping = False
-
-    def on_signal(_sig: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    ctx = multiprocessing.get_context("spawn")
-    ready = ctx.Queue()
-    with _reserve_port(config.host, config.port) as reserved:
-        port = int(reserved.getsockname()[1])
-        worker_config = config.model_copy(update={"port": port, "port_file": None, "workers": 1})
-        processes = [
-            ctx.Process(target=_worker_main, args=(worker_config, ready), name=f"cloud-worker-{i}")
-            for i in range(config.workers)
-        ]
-        for proc in processes:
-            proc.start()
-        try:
-            started = 0
-            while started < len(processes):
-                if stopping or any(not p.is_alive() for p in processes):
-                    log.error("a worker exited before it was ready")
-                    return 1
-                with contextlib.suppress(queue.Empty):
-                    ready.get(timeout=0.5)
-                    started += 1
-            log.info(
-                "homeedge cloud listening on http://%s:%d with %d workers",
-                config.host,
-                port,
-                len(processes),
-            )
-            if config.port_file is not None:
-                write_port_file(config.port_file, port)
-            sentinels = [p.sentinel for p in processes]
-            while not stopping:
-                if multiprocessing.connection.wait(sentinels, timeout=0.5):
-                    dead = [p for p in processes if not p.is_alive()]
-                    log.error("worker(s) %s exited; stopping the rest", [p.pid for p in dead])
-                    return 1
-            return 0
-        finally:
-            _stop_all(processes)
+from cloud.config import ConfigError, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cloud", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m cloud", description="Run the homeedge cloud service."
+    )
     parser.add_argument("--config", type=Path, help="TOML config file")
     args = parser.parse_args(argv)
     try:
@@ -185,14 +23,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"homeedge cloud: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(config)
+    # Imported only now: the server pulls in the web and database stacks, and a config error
+    # should answer at once.
+    from cloud.server import run_single, run_workers, setup_logging
+
+    setup_logging(config)
     if config.workers > 1:
         try:
-            return _run_workers(config)
+            return run_workers(config)
         except ConfigError as exc:
             print(f"homeedge cloud: {exc}", file=sys.stderr)
             return 2
-    return _run_single(config)
+    return run_single(config)
 
 
 if __name__ == "__main__":

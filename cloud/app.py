@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import re
 import time
 import uuid
@@ -39,6 +40,14 @@ from cloud.queries import (
     TooManyPoints,
     gateway_status,
     query_series,
+)
+from cloud.responses import (
+    ErrorBody,
+    ErrorDetail,
+    GatewaysResponse,
+    Health,
+    SeriesResponse,
+    StoreResult,
 )
 from schemas.batch import decode_batch
 from schemas.errors import PayloadError
@@ -88,7 +97,7 @@ def json_response(payload: Any, status: int = 200) -> web.Response:
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
-    response = json_response({"error": {"code": code, "message": message}}, status=status)
+    response = json_response(ErrorBody(ErrorDetail(code, message)), status=status)
     if status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
     return response
@@ -214,11 +223,11 @@ async def post_batch(request: web.Request) -> web.Response:
         raise ApiError(409, "conflict", str(exc)) from None
     if outcome is StoreOutcome.DUPLICATE:
         metrics.batches_duplicate.inc()
-        return json_response({"status": "duplicate", "batch_id": batch.batch_id}, status=200)
+        return json_response(StoreResult("duplicate", batch.batch_id), status=200)
     metrics.batches_stored.inc()
     metrics.aggregate_rows.inc(len(batch.aggregates))
     log.debug("stored batch %s seq %d of %s", batch.batch_id, batch.seq, gateway)
-    return json_response({"status": "stored", "batch_id": batch.batch_id}, status=201)
+    return json_response(StoreResult("stored", batch.batch_id), status=201)
 
 
 def _float_param(request: web.Request, name: str) -> float | None:
@@ -268,15 +277,15 @@ async def get_aggregates(request: web.Request) -> web.Response:
     except TooManyPoints as exc:
         raise ApiError(400, "too_many_points", str(exc)) from None
     return json_response(
-        {
-            "metric": query.metric,
-            "bucket": query.bucket.value,
-            "group_by": list(query.group_by),
-            "filters": query.filters,
-            "start": query.start,
-            "end": query.end,
-            "series": series,
-        }
+        SeriesResponse(
+            metric=query.metric,
+            bucket=query.bucket.value,
+            group_by=list(query.group_by),
+            filters=query.filters,
+            start=query.start,
+            end=query.end,
+            series=series,
+        )
     )
 
 
@@ -285,7 +294,7 @@ async def get_gateways(request: web.Request) -> web.Response:
     now = time.time()
     configured = list(request.app[CONFIG_KEY].gateways)
     statuses = await gateway_status(request.app[ENGINE_KEY], configured, now=now)
-    return json_response({"now": now, "gateways": statuses})
+    return json_response(GatewaysResponse(now=now, gateways=statuses))
 
 
 async def get_healthz(request: web.Request) -> web.Response:
@@ -295,7 +304,7 @@ async def get_healthz(request: web.Request) -> web.Response:
     except (SQLAlchemyError, OSError) as exc:
         log.warning("health check: database unreachable: %s", exc)
         raise ApiError(503, "database_unavailable", "the database does not answer") from None
-    return json_response({"status": "ok", "database": "ok"})
+    return json_response(Health(status="ok", database="ok", pid=os.getpid()))
 
 
 async def get_metrics(request: web.Request) -> web.Response:

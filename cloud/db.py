@@ -145,7 +145,11 @@ def _upgrade_on(connection: Connection) -> None:
 
 
 async def upgrade_to_head(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest migration; safe to run from several processes at once."""
+    """Bring the schema to the newest migration.
+
+    Safe from several processes at once on PostgreSQL (advisory lock). Within one process run
+    one upgrade at a time: Alembic keeps its migration context in module globals.
+    """
     async with engine.begin() as conn:
         await conn.run_sync(_upgrade_on)
     log.info("database schema at head (%s)", engine.url.render_as_string(hide_password=True))

@@ -1,0 +1,219 @@
+"""The OpenAPI 3.1 document of the cloud API, built from the same models the code uses.
+
+python -m cloud.openapi          # rewrite schemas/openapi.json
+python -m cloud.openapi --check  # exit 1 when the checked-in file drifts from the code
+
+The request body schema is `msgspec.json.schema` of `schemas.batch.Batch`; the response schemas
+come from `cloud.responses`. A test checks the checked-in file and that every route of the app
+is documented (and nothing else).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from cloud.queries import FILTER_COLUMNS, GROUP_COLUMNS, Bucket
+from cloud.responses import ErrorBody, GatewaysResponse, Health, SeriesResponse, StoreResult
+from schemas.batch import MAX_AGGREGATES_PER_BATCH, Batch
+
+OPENAPI_PATH = Path(__file__).resolve().parent.parent / "schemas" / "openapi.json"
+API_VERSION = "1.0.0"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(name: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    meaning = {
+        400: "malformed request (invalid JSON, undecodable gzip, bad query parameter)",
+        401: "missing or unknown bearer token",
+        403: "the batch names another gateway than the token's",
+        409: "the batch id is already stored for another gateway",
+        413: "body larger than max_body_bytes after decompression",
+        422: "valid JSON that does not follow the batch schema",
+        503: "the database does not answer",
+    }
+    return {str(s): _json("ErrorBody", meaning[s]) for s in statuses}
+
+
+def _query(name: str, description: str, schema: dict[str, Any], required: bool = False) -> Any:
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "description": description,
+        "schema": schema,
+    }
+
+
+def _operations() -> dict[str, dict[str, Any]]:
+    gateway_auth: list[dict[str, list[str]]] = [{"gatewayToken": []}]
+    read_auth: list[dict[str, list[str]]] = [{"readToken": []}]
+    filters = [
+        _query(name, f"only aggregates whose {name} equals this", {"type": "string"})
+        for name in FILTER_COLUMNS
+    ]
+    return {
+        "/api/v1/batches": {
+            "post": {
+                "operationId": "uploadBatch",
+                "summary": "Upload one batch of window aggregates (idempotent on batch_id)",
+                "security": gateway_auth,
+                "parameters": [
+                    {
+                        "name": "Content-Encoding",
+                        "in": "header",
+                        "required": False,
+                        "description": "gzip (recommended) or absent for plain JSON",
+                        "schema": {"type": "string", "enum": ["gzip"]},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "description": f"a batch of at most {MAX_AGGREGATES_PER_BATCH} aggregates",
+                    "content": {"application/json": {"schema": _ref("Batch")}},
+                },
+                "responses": {
+                    "201": _json("StoreResult", "stored now"),
+                    "200": _json("StoreResult", "already stored before; nothing stored twice"),
+                    **_errors(400, 401, 403, 409, 413, 422),
+                },
+            }
+        },
+        "/api/v1/aggregates": {
+            "get": {
+                "operationId": "queryAggregates",
+                "summary": "Time series of one metric, raw windows or hour/day roll-ups",
+                "security": read_auth,
+                "parameters": [
+                    _query(
+                        "metric",
+                        "metric name",
+                        {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,63}$"},
+                        required=True,
+                    ),
+                    _query(
+                        "bucket",
+                        "raw: one point per window start; hour/day: windows combined by start",
+                        {"type": "string", "enum": [b.value for b in Bucket], "default": "raw"},
+                    ),
+                    _query(
+                        "group_by",
+                        "comma-separated series key from "
+                        + ", ".join(GROUP_COLUMNS)
+                        + " (unit is always part of it); empty: one series per unit",
+                        {"type": "string", "default": "gateway,home,room_class,device_class"},
+                    ),
+                    *filters,
+                    _query("start", "window_start >= start (unix seconds)", {"type": "number"}),
+                    _query("end", "window_start < end (unix seconds)", {"type": "number"}),
+                ],
+                "responses": {
+                    "200": _json("SeriesResponse", "series ready to plot"),
+                    **_errors(400, 401),
+                },
+            }
+        },
+        "/api/v1/gateways": {
+            "get": {
+                "operationId": "listGateways",
+                "summary": "Per gateway: batches, last seq, sequence gaps, lag",
+                "security": read_auth,
+                "responses": {
+                    "200": _json("GatewaysResponse", "configured and seen gateways"),
+                    **_errors(401),
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "health",
+                "summary": "Liveness and database check (no credential)",
+                "security": [],
+                "responses": {"200": _json("Health", "serving"), **_errors(503)},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics of this worker process (no credential)",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+    }
+
+
+def build_openapi() -> dict[str, Any]:
+    """The document as a JSON-ready dict."""
+    _, components = msgspec.json.schema_components(
+        [Batch, StoreResult, ErrorBody, SeriesResponse, GatewaysResponse, Health],
+        ref_template="#/components/schemas/{name}",
+    )
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "homeedge cloud API",
+            "version": API_VERSION,
+            "description": (
+                "Gateways upload privacy-filtered window aggregates; the dashboard reads series "
+                "and gateway health. Every 4xx/5xx body is "
+                '{"error": {"code": ..., "message": ...}}.'
+            ),
+        },
+        "paths": _operations(),
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "gatewayToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the uploading gateway's token (config: gateways.<id>)",
+                },
+                "readToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "dashboard and query credential (config: read_token)",
+                },
+            },
+        },
+    }
+
+
+def render_openapi() -> str:
+    return json.dumps(build_openapi(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cloud.openapi", description=__doc__)
+    parser.add_argument("--check", action="store_true", help="fail when the file differs")
+    args = parser.parse_args(argv)
+    text = render_openapi()
+    current = OPENAPI_PATH.read_text(encoding="utf-8") if OPENAPI_PATH.exists() else None
+    if current == text:
+        return 0
+    if args.check:
+        print(f"out of date: {OPENAPI_PATH} (run python -m cloud.openapi)", file=sys.stderr)
+        return 1
+    OPENAPI_PATH.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""Cloud configuration: TOML plus environment overrides, and errors that name the field."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cloud.config import ConfigError, load_config
+
+GOOD = """
+database_url = "sqlite+aiosqlite:///x.db"
+port = 0
+read_token = "read-token-0123456789"
+
+[gateways]
+gw-1 = "gateway-token-0123456789"
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "cloud.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_toml_is_read_and_the_environment_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOMEEDGE_CLOUD__PORT", "9123")
+    config = load_config(_write(tmp_path, GOOD))
+    assert config.port == 9123
+    assert config.database_url == "sqlite+aiosqlite:///x.db"
+    assert config.gateways["gw-1"].get_secret_value() == "gateway-token-0123456789"
+    assert "gateway-token" not in repr(config)  # secrets stay out of logs
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        (GOOD.replace("port = 0", "port = 70000"), "port"),
+        (GOOD.replace("port = 0", "prot = 1"), "prot"),
+        (
+            GOOD.replace('read_token = "read-token-0123456789"', 'read_token = "short"'),
+            "read_token",
+        ),
+        (GOOD.replace('read_token = "read-token-0123456789"', ""), "read_token"),
+        (GOOD + 'gw-2 = "gateway-token-0123456789"\n', "gateways.gw-2"),
+        (GOOD.replace("gw-1 =", '"bad id!" ='), "gateways"),
+        (GOOD.replace("port = 0", "workers = 0"), "workers"),
+    ],
+)
+def test_a_bad_field_is_named(tmp_path: Path, text: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_config(_write(tmp_path, text))
+
+
+def test_the_cli_exits_2_with_one_clear_message(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOMEEDGE_CLOUD__")}
+    cases = {
+        "max_body_bytes": _write(tmp_path, GOOD.replace("port = 0", 'max_body_bytes = "lots"')),
+        "not valid TOML": _write(tmp_path, GOOD + "[[broken\n", "broken.toml"),
+        "cannot read": tmp_path / "missing.toml",
+    }
+    for named, path in cases.items():
+        proc = subprocess.run(
+            [sys.executable, "-m", "cloud", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert proc.returncode == 2, (named, proc.stderr)
+        assert named in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
