@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ async def _collect(
     topic_filter: str,
     until: Callable[[Received], bool],
     *,
-    timeout: float = 20.0,
+    within: float = 20.0,
     ready: asyncio.Event | None = None,
 ) -> Received:
     """Subscribe (QoS 1) and gather (topic, payload, retain) until `until` holds."""
@@ -39,7 +38,7 @@ async def _collect(
         await client.subscribe(topic_filter, qos=1)
         if ready is not None:
             ready.set()
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             async for msg in client.messages:
                 assert isinstance(msg.payload, bytes | bytearray)
                 got.append((str(msg.topic), bytes(msg.payload), bool(msg.retain)))
@@ -109,53 +108,51 @@ async def test_state_is_retained_online_and_the_last_will_says_offline_after_a_k
 ) -> None:
     devices = len(World(homes=1, seed=2).devices)
     state_filter = f"{topic_root}/+/+/+/state"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "devices",
-            "--broker",
-            mosquitto.url,
-            "--topic-root",
-            topic_root,
-            "--homes",
-            "1",
-            "--seed",
-            "2",
-            "--progress",
-            "0",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "devices",
+        "--broker",
+        mosquitto.url,
+        "--topic-root",
+        topic_root,
+        "--homes",
+        "1",
+        "--seed",
+        "2",
+        "--progress",
+        "0",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    watching = asyncio.Event()
+
+    def all_offline(got: Received) -> bool:
+        return sum(p == b"offline" for _, p, _ in got) >= devices
+
+    live = asyncio.create_task(
+        _collect(mosquitto, state_filter, all_offline, within=30, ready=watching)
     )
     try:
-        live = asyncio.create_task(
-            _collect(
-                mosquitto,
-                state_filter,
-                lambda got: sum(p == b"offline" for _, p, _ in got) >= devices,
-                timeout=30,
-            )
-        )
+        await watching.wait()
         # A late subscriber sees every device's retained `online`.
         deadline = time.monotonic() + 20
         retained: Received = []
         while time.monotonic() < deadline:
-            retained = await _collect(
-                mosquitto, state_filter, lambda got: len(got) >= devices, timeout=20
-            )
+            retained = await _collect(mosquitto, state_filter, lambda got: len(got) >= devices)
             if all(r and p == b"online" for _, p, r in retained):
                 break
             await asyncio.sleep(0.2)  # some devices were still connecting
         assert len(retained) == devices
         assert all(r and p == b"online" for _, p, r in retained)
         proc.send_signal(signal.SIGKILL)  # no DISCONNECT: the broker publishes the wills
-        proc.wait(10)
+        await asyncio.wait_for(proc.wait(), 10)
         got = await live
     finally:
-        if proc.poll() is None:
+        live.cancel()
+        if proc.returncode is None:
             proc.kill()
-            proc.wait()
+            await proc.wait()
     offline = {t for t, p, _ in got if p == b"offline"}
     assert len(offline) == devices
     # The wills are retained too: what a newcomer reads now is `offline`.
