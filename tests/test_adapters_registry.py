@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import math
+import random
+from collections import Counter
+
 import pytest
 
 from gateway.adapters import AdapterRegistry, AdapterSettings
 from gateway.adapters.base import sanitize_device
 from gateway.adapters.units import UnitError, to_metric_unit
+from gateway.records import DeadLetter
 from schemas.topics import valid_segment
+from tests.fixtures.adapters.support import T0, load
 
 
 def all_enabled(**extra: object) -> AdapterSettings:
@@ -95,3 +102,47 @@ def test_unit_conversions() -> None:
 def test_settings_reject_unknown_units() -> None:
     with pytest.raises(ValueError, match="unknown unit"):
         AdapterSettings.model_validate({"zigbee2mqtt": {"field_units": {"energy": "BTU"}}})
+
+
+ODD_VALUES: list[object] = [None, [], {}, "x", "", 1e308, -1, True, [1, 2], {"a": {"b": 1}}, 0]
+
+
+def _mutations(payload: bytes, rng: random.Random) -> list[bytes]:
+    out = [payload[: rng.randrange(len(payload) + 1)], bytes(rng.randrange(256) for _ in range(8))]
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return out
+    if isinstance(doc, dict):
+        for _ in range(6):
+            bent = json.loads(payload)
+            target = bent
+            while isinstance(target, dict) and target and rng.random() < 0.6:
+                key = rng.choice(list(target))
+                if isinstance(target[key], dict):
+                    target = target[key]
+                else:
+                    break
+            if isinstance(target, dict) and target:
+                target[rng.choice(list(target))] = rng.choice(ODD_VALUES)
+            out.append(json.dumps(bent).encode())
+    return out
+
+
+def test_odd_input_never_raises_and_readings_stay_finite() -> None:
+    rng = random.Random(5)
+    registry = AdapterRegistry.from_settings(all_enabled())
+    kinds: Counter[str] = Counter()
+    for ecosystem in ("zigbee2mqtt", "tasmota", "shelly", "ha_statestream"):
+        fix = load(ecosystem)
+        for message in fix["messages"] + fix["malformed"]:
+            for payload in _mutations(message.payload, rng):
+                result = registry.adapt(message.topic, payload, T0)
+                assert result is not None
+                if isinstance(result, DeadLetter):
+                    kinds[result.reason] += 1
+                    assert result.reason.startswith("adapter_") and len(result.reason) <= 32
+                else:
+                    kinds["readings"] += len(result)
+                    assert all(math.isfinite(r.value) and valid_segment(r.device) for r in result)
+    assert kinds["adapter_invalid_json"] and kinds["adapter_validation"] and kinds["readings"]

@@ -19,9 +19,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from paho.mqtt.client import topic_matches_sub
-
-from gateway.adapters.base import AdaptFn, AdaptResult, AvailabilityChange, BaseAdapter
+from gateway.adapters.base import (
+    AdaptFn,
+    AdaptResult,
+    AvailabilityChange,
+    BaseAdapter,
+    TopicFilters,
+)
 from gateway.adapters.ha_statestream import HaStatestreamAdapter
 from gateway.adapters.settings import AdapterSettings
 from gateway.adapters.shelly import ShellyAdapter
@@ -56,6 +60,9 @@ class AdapterRegistry:
 
     def __init__(self, adapters: list[BaseAdapter[Any]]) -> None:
         self.adapters = list(adapters)
+        pairs = [(f, adapter) for adapter in self.adapters for f in adapter.filters]
+        self._filters = TopicFilters(f for f, _ in pairs)
+        self._owners = [adapter for _, adapter in pairs]
 
     @classmethod
     def from_settings(
@@ -93,10 +100,8 @@ class AdapterRegistry:
 
     def match(self, topic: str) -> BaseAdapter[Any] | None:
         """The adapter that owns `topic`, or None when no enabled adapter subscribes to it."""
-        for adapter in self.adapters:
-            if any(topic_matches_sub(f, topic) for f in adapter.filters):
-                return adapter
-        return None
+        index = self._filters.first(topic)
+        return None if index < 0 else self._owners[index]
 
     def adapt(self, topic: str, payload: bytes, received_at: float) -> AdaptResult | None:
         """Adapt through the owning adapter; None when no adapter owns `topic`."""

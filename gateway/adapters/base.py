@@ -40,6 +40,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from zoneinfo import ZoneInfo
 
 import msgspec
+from paho.mqtt.client import topic_matches_sub
 
 from gateway.adapters.settings import AdapterSettings, EcosystemSettings
 from gateway.adapters.units import UnitError, to_metric_unit
@@ -208,6 +209,34 @@ def coerce(raw: Any, kind: ValueKind, label: str) -> float:
     if not math.isfinite(value) or abs(value) > MAX_ABS_VALUE:
         raise AdapterError("adapter_validation", f"{label}: {value!r} is out of range")
     return value
+
+
+class TopicFilters:
+    """MQTT topic filters, with a memo of which one a topic matches first.
+
+    paho's `topic_matches_sub` builds a matcher per call (about 10 us); devices publish on the
+    same few topics over and over, so each topic is matched once. The memo is bounded (cleared
+    when full) so random topics cannot grow it without limit.
+    """
+
+    MEMO_SIZE = 4096
+
+    def __init__(self, filters: Iterable[str]) -> None:
+        self.filters = tuple(filters)
+        self._memo: dict[str, int] = {}
+
+    def first(self, topic: str) -> int:
+        """Index of the first filter matching `topic`, or -1."""
+        hit = self._memo.get(topic)
+        if hit is None:
+            hit = next((i for i, f in enumerate(self.filters) if topic_matches_sub(f, topic)), -1)
+            if len(self._memo) >= self.MEMO_SIZE:
+                self._memo.clear()
+            self._memo[topic] = hit
+        return hit
+
+    def matches(self, topic: str) -> bool:
+        return self.first(topic) >= 0
 
 
 @dataclass(slots=True)

@@ -31,13 +31,12 @@ from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from paho.mqtt.client import topic_matches_sub
-
 from gateway.adapters.base import (
     AdapterError,
     BaseAdapter,
     FieldRule,
     MessageReadings,
+    TopicFilters,
     ValueKind,
     decode_json,
     decode_text,
@@ -103,21 +102,21 @@ class ShellyAdapter(BaseAdapter[ShellySettings]):
 
     def configure(self, eco: ShellySettings) -> None:
         self.gen1_prefix = eco.gen1_prefix
-        self.gen2_event_filters = tuple(f"{p}/events/rpc" for p in eco.gen2_prefixes)
-        self.gen2_online_filters = tuple(f"{p}/online" for p in eco.gen2_prefixes)
+        self.gen2_events = TopicFilters(f"{p}/events/rpc" for p in eco.gen2_prefixes)
+        self.gen2_online = TopicFilters(f"{p}/online" for p in eco.gen2_prefixes)
         self._gen2_components = {label.split(".", 1)[0] for label in self.rules if "." in label}
 
     @property
     def filters(self) -> tuple[str, ...]:
         gen1 = (f"{self.gen1_prefix}/#",) if self.gen1_prefix else ()
-        return gen1 + self.gen2_event_filters + self.gen2_online_filters
+        return gen1 + self.gen2_events.filters + self.gen2_online.filters
 
     def _adapt(self, topic: str, payload: bytes, received_at: float) -> list[Reading]:
-        if any(topic_matches_sub(f, topic) for f in self.gen2_event_filters):
+        if self.gen2_events.matches(topic):
             return self._gen2_event(topic, payload, received_at)
         if self.gen1_prefix and topic.startswith(self.gen1_prefix + "/"):
             return self._gen1(topic[len(self.gen1_prefix) + 1 :], payload, received_at)
-        if any(topic_matches_sub(f, topic) for f in self.gen2_online_filters):
+        if self.gen2_online.matches(topic):
             prefix = topic.rsplit("/", 1)[0]
             return self._online(prefix.rsplit("/", 1)[-1], payload, received_at)
         return self.ignore_topic()
@@ -138,9 +137,9 @@ class ShellyAdapter(BaseAdapter[ShellySettings]):
         if path == "online":
             return self._online(device_id, payload, received_at)
         parts = path.split("/")
-        digits = [p for p in parts if p.isdigit()]
+        digits = [p for p in parts if p.isdecimal()]
         channel = int(digits[0]) if digits else 0
-        label = "/".join(p for p in parts if not p.isdigit())
+        label = "/".join(p for p in parts if not p.isdecimal())
         rule = self.rules.get(label)
         if rule is None:
             self.ignore_field(label)
@@ -180,7 +179,7 @@ class ShellyAdapter(BaseAdapter[ShellySettings]):
             if ctype not in self._gen2_components or not isinstance(status, dict):
                 self.ignore_field(ctype)
                 continue
-            who = self.channel_identity(src, int(cid) if cid.isdigit() else 0)
+            who = self.channel_identity(src, int(cid) if cid.isdecimal() else 0)
             for label, raw in _flatten(ctype, status):
                 self.add(out, who, ts, label, raw, self.rules.get(label))
         return out.as_list()
