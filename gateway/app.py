@@ -1,0 +1,315 @@
+"""The gateway process: wires config, SQLite writer, MQTT bridge and admin HTTP, and owns their
+lifetime (``async with Gateway(config) as gw: ...``).
+
+Extension points for the other components (all to be used before `start`):
+
+- ``gw.writer`` (after start): ``await gw.writer.run(fn)`` runs ``fn(connection)`` in the writer
+  thread in its own transaction, so one thread owns SQLite writes.
+- ``gw.on_readings(cb)``: ``async cb(readings: Sequence[Reading])`` gets every committed batch
+  of new-or-duplicate readings, in commit order. Full policy: at most
+  ``ingest.callback_queue_batches`` batches wait; beyond that the oldest is dropped (the rows
+  are stored already; counted as ``queue_dropped{queue="readings"}``).
+- ``gw.on_audio(cb)``: ``async cb(frame: AudioIn)`` gets every valid audio frame after its
+  device's ``last_seen`` commit; at most ``ingest.audio_queue_frames`` wait, drop-oldest,
+  counted (``queue_dropped{queue="audio"}``).
+- ``gw.cleanup_ctx.append(ctx)``: ``ctx`` is an async generator function taking the gateway,
+  like aiohttp's cleanup_ctx: code before its ``yield`` runs at start (after the writer is up,
+  before MQTT connects), code after it at shutdown (before the writer stops), in reverse order.
+- ``gw.add_task(name, factory)``: ``factory()`` returns a coroutine run for the gateway's
+  lifetime; if it raises it is logged, counted (``task_restarts{task=name}``) and restarted
+  with a growing delay; it is cancelled at shutdown.
+- ``gw.add_adapter(topic_filter, fn, name)``: a format adapter
+  ``fn(topic, payload, received_at) -> list[Reading] | DeadLetter`` for non-homeedge topics;
+  the gateway subscribes to `topic_filter` and acks those messages after commit like any other.
+- ``gw.metrics.registry``: the gateway's own Prometheus registry, served on ``/metrics``.
+
+Shutdown order: stop taking messages, flush the writer (commit + ack), publish ``offline`` and
+disconnect, cancel tasks, run cleanup contexts' exits, stop the writer, stop admin HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from typing import Any
+
+from sqlalchemy import Engine
+
+from gateway.admin import AdminServer, create_admin_app
+from gateway.config import GatewayConfig
+from gateway.db import make_engine
+from gateway.ingest import Adapter, AdapterFn, AudioIn, MessageDecoder
+from gateway.monitoring import GatewayMetrics
+from gateway.mqtt import MqttBridge
+from gateway.records import Reading
+from gateway.writer import Writer
+from schemas.topics import gateway_status_topic
+
+log = logging.getLogger(__name__)
+
+ReadingsCallback = Callable[[Sequence[Reading]], Awaitable[None]]
+AudioCallback = Callable[[AudioIn], Awaitable[None]]
+CleanupCtx = Callable[["Gateway"], AsyncIterator[None]]
+TaskFactory = Callable[[], Coroutine[Any, Any, None]]
+
+_RESTART_MAX_S = 60.0
+
+
+class Gateway:
+    """One gateway: see the module docstring for its extension points."""
+
+    def __init__(self, config: GatewayConfig, *, adapters: Sequence[Adapter] = ()) -> None:
+        self.config = config
+        self.metrics = GatewayMetrics()
+        self.cleanup_ctx: list[CleanupCtx] = []
+        self.admin_port: int | None = None
+        self.status_topic = gateway_status_topic(config.gateway_id, root=config.mqtt.topic_root)
+        self._adapters: list[Adapter] = list(adapters)
+        self._task_factories: list[tuple[str, TaskFactory]] = []
+        self._reading_callbacks: list[ReadingsCallback] = []
+        self._audio_callbacks: list[AudioCallback] = []
+        self._engine: Engine | None = None
+        self._writer: Writer | None = None
+        self._bridge: MqttBridge | None = None
+        self._admin: AdminServer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._contexts: list[AsyncIterator[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        ingest = config.ingest
+        self._readings_q: asyncio.Queue[Sequence[Reading]] = asyncio.Queue(
+            ingest.callback_queue_batches
+        )
+        self._audio_q: asyncio.Queue[AudioIn] = asyncio.Queue(ingest.audio_queue_frames)
+        self.metrics.watch_queue("readings", self._readings_q.qsize)
+        self.metrics.watch_queue("audio", self._audio_q.qsize)
+
+    # -- registration ----------------------------------------------------------------------
+
+    def add_adapter(self, topic_filter: str, fn: AdapterFn, name: str = "") -> None:
+        self._before_start("add_adapter")
+        self._adapters.append(Adapter(topic_filter, fn, name))
+
+    def on_readings(self, callback: ReadingsCallback) -> None:
+        self._reading_callbacks.append(callback)
+
+    def on_audio(self, callback: AudioCallback) -> None:
+        self._audio_callbacks.append(callback)
+
+    def add_task(self, name: str, factory: TaskFactory) -> None:
+        self._before_start("add_task")
+        self._task_factories.append((name, factory))
+
+    def _before_start(self, what: str) -> None:
+        if self._loop is not None:
+            raise RuntimeError(f"{what} must be called before the gateway starts")
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("the gateway is not started")
+        return self._engine
+
+    @property
+    def writer(self) -> Writer:
+        if self._writer is None:
+            raise RuntimeError("the gateway is not started")
+        return self._writer
+
+    @property
+    def mqtt(self) -> MqttBridge:
+        if self._bridge is None:
+            raise RuntimeError("the gateway is not started")
+        return self._bridge
+
+    def health(self) -> dict[str, Any]:
+        connected = self._bridge is not None and self._bridge.connected
+        alive = self._writer is not None and self._writer.alive
+        return {
+            "status": "ok" if connected and alive else "degraded",
+            "gateway_id": self.config.gateway_id,
+            "mqtt_connected": connected,
+            "writer_alive": alive,
+            "queue_depth": self._writer.depth if self._writer is not None else 0,
+        }
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        if self._loop is not None:
+            raise RuntimeError("the gateway is already started")
+        self._loop = asyncio.get_running_loop()
+        cfg = self.config
+        try:
+            self._engine = await asyncio.to_thread(make_engine, cfg.storage.path)
+            self._writer = Writer(
+                self._engine,
+                metrics=self.metrics,
+                batch_rows=cfg.storage.batch_rows,
+                commit_interval=cfg.storage.commit_interval_ms / 1000,
+                idle_commit=cfg.storage.idle_commit_ms / 1000,
+                queue_size=cfg.storage.queue_size,
+                on_committed=self._from_writer,
+            )
+            self._writer.start()
+            for ctx in self.cleanup_ctx:
+                it = ctx(self)
+                await anext(it)
+                self._contexts.append(it)
+            self._spawn("readings-callbacks", self._dispatch_readings)
+            self._spawn("audio-callbacks", self._dispatch_audio)
+            for name, factory in self._task_factories:
+                self._spawn(name, factory)
+            self._admin = AdminServer(
+                create_admin_app(health=self.health, registry=self.metrics.registry),
+                host=cfg.admin.host,
+                port=cfg.admin.port,
+            )
+            self.admin_port = await self._admin.start()
+            if cfg.admin.port_file is not None:
+                await asyncio.to_thread(_write_port_file, cfg.admin.port_file, self.admin_port)
+            decoder = MessageDecoder(
+                topic_root=cfg.mqtt.topic_root,
+                adapters=self._adapters,
+                max_dead_letter_bytes=cfg.storage.max_dead_letter_bytes,
+            )
+            self._bridge = MqttBridge(
+                cfg.mqtt,
+                client_id=cfg.client_id,
+                status_topic=self.status_topic,
+                extra_filters=[a.topic_filter for a in self._adapters],
+                decoder=decoder,
+                writer=self._writer,
+                metrics=self.metrics,
+            )
+            self._writer.ack = self._bridge.ack_many
+            self._bridge.start()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("gateway %s started (db %s)", cfg.gateway_id, cfg.storage.path)
+
+    async def stop(self) -> None:
+        """Shut down in the order of the module docstring; safe to call twice."""
+        bridge, self._bridge = self._bridge, None
+        if bridge is not None:
+            bridge.stop_consuming()
+        writer = self._writer
+        if writer is not None and writer.alive:
+            try:
+                await writer.flush()
+            except Exception:  # a dead writer: nothing more can be committed or acked
+                log.exception("final writer flush failed")
+        if bridge is not None:
+            await asyncio.to_thread(bridge.close)
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        contexts, self._contexts = self._contexts, []
+        for it in reversed(contexts):
+            try:
+                await anext(it)
+            except StopAsyncIteration:
+                pass
+            except Exception:  # one component's teardown must not stop the others'
+                log.exception("cleanup context failed at shutdown")
+            else:
+                log.error("cleanup context %r yielded twice", it)
+        if writer is not None:
+            writer.request_stop()
+            await writer.stop()
+            self._writer = None
+        if self._admin is not None:
+            await self._admin.stop()
+            self._admin = None
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+        log.info("gateway %s stopped", self.config.gateway_id)
+
+    # -- background tasks ------------------------------------------------------------------
+
+    def _spawn(self, name: str, factory: TaskFactory) -> None:
+        self._tasks.append(asyncio.create_task(self._supervise(name, factory), name=name))
+
+    async def _supervise(self, name: str, factory: TaskFactory) -> None:
+        delay = 1.0
+        while True:
+            try:
+                await factory()
+                return
+            except Exception:  # a task's top level: log, count, restart
+                log.exception("task %s crashed; restarting in %.0fs", name, delay)
+                self.metrics.task_restarts.labels(name).inc()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RESTART_MAX_S)
+
+    # -- committed data to the asyncio side ------------------------------------------------
+
+    def _from_writer(self, readings: list[Reading], audio: list[AudioIn]) -> None:
+        """Writer thread, after a commit and its acks."""
+        if not (readings and self._reading_callbacks) and not (audio and self._audio_callbacks):
+            return
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
+            loop.call_soon_threadsafe(self._enqueue, readings, audio)
+
+    def _enqueue(self, readings: list[Reading], audio: list[AudioIn]) -> None:
+        if readings and self._reading_callbacks:
+            _put_drop_oldest(self._readings_q, readings, self.metrics, "readings")
+        if self._audio_callbacks:
+            for frame in audio:
+                _put_drop_oldest(self._audio_q, frame, self.metrics, "audio")
+
+    async def _dispatch_readings(self) -> None:
+        while True:
+            batch = await self._readings_q.get()
+            for cb in self._reading_callbacks:
+                await _call(cb, batch, self.metrics, "readings")
+
+    async def _dispatch_audio(self) -> None:
+        while True:
+            frame = await self._audio_q.get()
+            for cb in self._audio_callbacks:
+                await _call(cb, frame, self.metrics, "audio")
+
+
+async def _call(cb: Callable[[Any], Awaitable[None]], arg: Any, m: GatewayMetrics, q: str) -> None:
+    try:
+        await cb(arg)
+    except Exception:  # one callback's bug must not stop delivery to the others
+        log.exception("%s callback %r failed", q, cb)
+        m.task_restarts.labels(f"{q}-callback").inc()
+
+
+def _put_drop_oldest(q: asyncio.Queue[Any], item: Any, m: GatewayMetrics, name: str) -> None:
+    if q.full():
+        q.get_nowait()
+        m.queue_full.labels(name).inc()
+        m.dropped.labels(name).inc()
+        log.warning("%s callback queue full: dropped the oldest item", name)
+    q.put_nowait(item)
+
+
+def _write_port_file(path: Any, port: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{port}\n")
+    tmp.replace(path)
+
+
+def create_gateway(config: GatewayConfig) -> Gateway:
+    """The gateway `python -m gateway` runs: the place where components are wired in."""
+    return Gateway(config)

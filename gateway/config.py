@@ -1,0 +1,255 @@
+"""The gateway's configuration: a TOML file plus environment overrides, read by pydantic-settings.
+
+Precedence (highest first): keyword arguments, the environment
+(``HOMEEDGE_GATEWAY__<SECTION>__<FIELD>``, e.g. ``HOMEEDGE_GATEWAY__MQTT__URL``;
+``HOMEEDGE_GATEWAY__GATEWAY_ID`` for a top-level field), the TOML file, then the defaults below.
+A relative ``storage.path`` is relative to the working directory.
+
+Adding a section is one field on `GatewayConfig` whose type is a `Section` subclass with a
+default, e.g. ``aggregation: AggregationConfig = AggregationConfig()``; a table of that name in
+the TOML file and ``HOMEEDGE_GATEWAY__AGGREGATION__...`` variables then fill it. Every model
+forbids unknown keys, so a typo is an error that names the field.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from schemas.topics import ROOT, TopicError, device_subscription, valid_segment
+
+ENV_PREFIX = "HOMEEDGE_GATEWAY__"
+
+# The TOML file of the `load_config` call in progress; pydantic-settings builds its sources from
+# the class, so the per-call file path travels in a context variable rather than in a subclass.
+_toml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "homeedge_gateway_toml_file", default=None
+)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the bad field(s)."""
+
+
+class Section(BaseModel):
+    """Base class of every config section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttConfig(Section):
+    """How the gateway reaches its broker."""
+
+    url: str = Field(
+        default="mqtt://127.0.0.1:1883", description="broker address, mqtt://host:port"
+    )
+    client_id: str | None = Field(
+        default=None,
+        description="fixed MQTT client id (the persistent session is keyed by it); "
+        "default: homeedge-gateway-<gateway_id>",
+    )
+    topic_root: str = Field(default=ROOT, description="first topic level of device topics")
+    qos: int = Field(
+        default=1,
+        ge=0,
+        le=1,
+        description="subscription QoS; 1 gives at-least-once with ack-after-commit",
+    )
+    protocol: Literal["3.1.1", "5"] = Field(default="3.1.1", description="MQTT protocol version")
+    keepalive: int = Field(default=30, ge=5, le=3600, description="keepalive interval, seconds")
+    reconnect_min_s: float = Field(
+        default=0.5, gt=0, le=60, description="first reconnect delay (doubles each attempt)"
+    )
+    reconnect_max_s: float = Field(default=30.0, gt=0, le=3600, description="reconnect delay cap")
+    session_expiry_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=0,
+        description="MQTT 5 session expiry: how long the broker keeps our queue while we are down",
+    )
+    receive_maximum: int = Field(
+        default=1000,
+        ge=1,
+        le=65535,
+        description="MQTT 5 Receive Maximum: un-acked messages the broker may have in flight",
+    )
+    username: str | None = Field(default=None, description="broker user name")
+    password: str | None = Field(default=None, description="broker password")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme != "mqtt":
+            raise ValueError(f"expected mqtt://host:port, got scheme {parts.scheme!r}")
+        if not parts.hostname:
+            raise ValueError("expected mqtt://host:port, the host is missing")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"bad port: {exc}") from None
+        if port is not None and port == 0:
+            raise ValueError("port 0 is not a broker port")
+        return value
+
+    @field_validator("topic_root")
+    @classmethod
+    def _check_root(cls, value: str) -> str:
+        try:
+            device_subscription(None, root=value)
+        except TopicError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or 1883
+
+
+class StorageConfig(Section):
+    """The SQLite file and how readings are batched into transactions."""
+
+    path: Path = Field(default=Path("gateway.db"), description="SQLite database file")
+    batch_rows: int = Field(
+        default=2000, ge=1, le=100_000, description="commit when a batch holds this many rows"
+    )
+    commit_interval_ms: int = Field(
+        default=20,
+        ge=1,
+        le=10_000,
+        description="commit at the latest this long after the batch's first message",
+    )
+    idle_commit_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=1000,
+        description="commit early when no message arrived for this long (the broker may be "
+        "waiting for our acks: its in-flight window is full)",
+    )
+    queue_size: int = Field(
+        default=10_000,
+        ge=10,
+        le=1_000_000,
+        description="bounded hand-off queue between the MQTT thread and the writer thread; "
+        "when full the MQTT thread waits (backpressure to the broker)",
+    )
+    max_dead_letter_bytes: int = Field(
+        default=65536, ge=0, description="payload bytes kept with a dead letter (the rest is cut)"
+    )
+
+
+class AdminConfig(Section):
+    """The admin HTTP endpoint (/healthz, /metrics)."""
+
+    host: str = Field(default="127.0.0.1", description="listen address")
+    port: int = Field(default=8081, ge=0, le=65535, description="listen port; 0 picks a free one")
+    port_file: Path | None = Field(
+        default=None, description="file the chosen port is written to (useful with port 0)"
+    )
+
+
+class IngestConfig(Section):
+    """Hand-off queues towards the asyncio side (inference, aggregation)."""
+
+    callback_queue_batches: int = Field(
+        default=256,
+        ge=1,
+        description="committed-reading batches waiting for callbacks; when full the oldest "
+        "batch is dropped (the rows are stored already) and counted",
+    )
+    audio_queue_frames: int = Field(
+        default=64,
+        ge=1,
+        description="audio frames waiting for callbacks; when full the oldest is dropped, counted",
+    )
+
+
+class GatewayConfig(BaseSettings):
+    """The whole gateway configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    gateway_id: str = Field(
+        description="this gateway's id; also the home segment of its status topic"
+    )
+    mqtt: MqttConfig = MqttConfig()
+    storage: StorageConfig = StorageConfig()
+    admin: AdminConfig = AdminConfig()
+    ingest: IngestConfig = IngestConfig()
+
+    @field_validator("gateway_id")
+    @classmethod
+    def _check_gateway_id(cls, value: str) -> str:
+        if not valid_segment(value):
+            raise ValueError("must be 1-64 characters of [A-Za-z0-9_.-] (it is a topic level)")
+        return value
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"homeedge-gateway-{self.gateway_id}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = _toml_file.get()
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: ``mqtt.url: expected mqtt://host:port ...``."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        lines.append(f"{where}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> GatewayConfig:
+    """Read the TOML file at `path` (optional) plus the environment; raise `ConfigError`."""
+    toml_path = Path(path) if path is not None else None
+    if toml_path is not None:
+        # Read once here for clear errors; pydantic-settings reads it again as a source.
+        try:
+            with toml_path.open("rb") as fh:
+                tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {toml_path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {toml_path} is not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {toml_path} cannot be read: {exc}") from None
+    token = _toml_file.set(toml_path)
+    try:
+        return GatewayConfig(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+    finally:
+        _toml_file.reset(token)
