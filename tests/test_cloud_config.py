@@ -77,3 +77,9 @@ def test_the_cli_exits_2_with_one_clear_message(tmp_path: Path) -> None:
         assert named in proc.stderr
         assert "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_the_shipped_example_config_loads() -> None:
+    config = load_config(Path(__file__).parent.parent / "cloud" / "example.toml")
+    assert config.database_url.startswith("sqlite+aiosqlite://")
+    assert list(config.gateways) == ["gw-demo"]
