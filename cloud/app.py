@@ -25,7 +25,8 @@ import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloud.config import CloudConfig
@@ -150,12 +151,34 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
+    except (DBAPIError, PoolTimeout, OSError) as exc:
+        if not _database_unavailable(exc):
+            return _internal_error(request)
+        # The database is down or overloaded: a 503 tells a gateway to retry later.
+        log.warning("request %s %s: database unavailable: %s", request.method, request.path, exc)
+        response = error_response(503, "database_unavailable", "the database does not answer")
+        response.headers["Retry-After"] = "5"
+        return response
     except Exception:  # the request's top level: log with its id, answer 500, keep serving
-        request_id = request.get(REQUEST_ID, "-")
-        log.exception(
-            "request %s %s failed (request id %s)", request.method, request.path, request_id
-        )
-        return error_response(500, "internal", f"internal error (request id {request_id})")
+        return _internal_error(request)
+
+
+def _database_unavailable(exc: Exception) -> bool:
+    if not isinstance(exc, DBAPIError):
+        return True  # a pool timeout or a socket error
+    # Connecting failed (no statement ran), the connection broke, or the server said so.
+    return (
+        exc.statement is None
+        or exc.connection_invalidated
+        or isinstance(exc, OperationalError | InterfaceError)
+    )
+
+
+def _internal_error(request: web.Request) -> web.Response:
+    """Called from an except block: logs the traceback with the request id."""
+    request_id = request.get(REQUEST_ID, "-")
+    log.exception("request %s %s failed (request id %s)", request.method, request.path, request_id)
+    return error_response(500, "internal", f"internal error (request id {request_id})")
 
 
 # --- credentials ---------------------------------------------------------------------------
@@ -298,12 +321,8 @@ async def get_gateways(request: web.Request) -> web.Response:
 
 
 async def get_healthz(request: web.Request) -> web.Response:
-    try:
-        async with request.app[ENGINE_KEY].connect() as conn:
-            await conn.execute(text("SELECT 1"))
-    except (SQLAlchemyError, OSError) as exc:
-        log.warning("health check: database unreachable: %s", exc)
-        raise ApiError(503, "database_unavailable", "the database does not answer") from None
+    async with request.app[ENGINE_KEY].connect() as conn:
+        await conn.execute(text("SELECT 1"))  # errors become 503 in error_middleware
     return json_response(Health(status="ok", database="ok", pid=os.getpid()))
 
 

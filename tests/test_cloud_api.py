@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -23,6 +24,7 @@ from cloud.app import ENGINE_KEY, create_app
 from cloud.config import CloudConfig
 from cloud.db import aggregates, batches
 from schemas.batch import Batch, WindowAggregate, encode_batch
+from tests.conftest import PG_DSN
 
 GW1_TOKEN = "gw1-token-0123456789abcdef"
 GW2_TOKEN = "gw2-token-0123456789abcdef"
@@ -441,3 +443,26 @@ async def test_health_metrics_and_aiohttp_errors_are_json(
         in text
     )
     assert 'route="/healthz",status="200"' in text
+
+
+async def test_a_lost_database_answers_503_so_gateways_retry(
+    aiohttp_client: AiohttpClient, pg_url: str
+) -> None:
+    client = await aiohttp_client(create_app(make_config(pg_url)))
+    assert (await client.get("/healthz")).status == 200
+    name = pg_url.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(PG_DSN)
+    try:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+    for path, send in (("/healthz", client.get), ("/api/v1/batches", client.post)):
+        kwargs = (
+            {}
+            if path == "/healthz"
+            else {"data": gzip_body(make_batch()), "headers": upload_headers()}
+        )
+        resp = await send(path, **kwargs)
+        assert resp.status == 503, path
+        assert (await resp.json())["error"]["code"] == "database_unavailable"
+        assert resp.headers["Retry-After"] == "5"
