@@ -1,17 +1,22 @@
 """Synthetic microphone audio: PCM16 mono frames of silence, room noise and tones, plus a clip
-set where recorded sounds (speech, alarms) plug in.
+set where recorded sounds (speech, keywords, alarms) plug in.
 
-`ClipSet` is the extension point: ``ClipSet({"speech": [...], "alarm": [...]})`` with int16
-arrays at 16 kHz; a microphone then plays a clip of a label with that label's probability per
-frame (`CLIP_PROBABILITY`, occupancy-aware for speech). With an empty clip set (today) only the
-synthetic scenes play.
+`ClipSet` is the extension point: ``ClipSet({"speech": [...], "alarm_smoke": [...]})`` with
+int16 arrays at 16 kHz, or ``ClipSet.from_dir(path)`` over WAV files named
+``<label>[_<n>].wav`` (``keyword_stop_0.wav`` has label ``keyword_stop``). A label's family is
+its first word (``keyword``, ``speech``, ``alarm``, ``noise``); `CLIP_PROBABILITY` says how
+often a family starts per frame. A clip longer than a frame plays on over the next frames, so a
+listener that concatenates one microphone's frames hears it whole.
 """
 
 from __future__ import annotations
 
+import re
+import wave
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -22,29 +27,54 @@ Samples = npt.NDArray[np.int16]
 
 
 class Scene(StrEnum):
-    """What a frame contains (the label of the frame)."""
+    """Labels of the synthetic scenes (clip labels come from the clip set)."""
 
     SILENCE = "silence"  # empty room: the microphone's noise floor
     NOISE = "noise"  # people about: broadband room noise
     TONE = "tone"  # a beep (microwave, oven timer): short sine bursts
-    SPEECH = "speech"  # from the clip set only
-    ALARM = "alarm"  # from the clip set only
 
 
-BACKGROUND = frozenset({Scene.SILENCE, Scene.NOISE})
-# Per frame, when the label has clips: (probability when the room is occupied, when empty).
+BACKGROUND = frozenset({Scene.SILENCE.value, Scene.NOISE.value})
+# Chance per frame that a clip of the family starts: (room occupied and awake, otherwise).
 CLIP_PROBABILITY: Mapping[str, tuple[float, float]] = {
-    Scene.SPEECH: (0.3, 0.0),
-    Scene.ALARM: (0.002, 0.002),
+    "speech": (0.05, 0.0),
+    "keyword": (0.02, 0.0),
+    "alarm": (0.001, 0.001),
+    "noise": (0.05, 0.0),
 }
+_OTHER_FAMILY = (0.01, 0.0)
 _TONE_PROBABILITY = (0.05, 0.01)  # occupied, empty
+_NUMBERED = re.compile(r"_\d+$")
+
+
+def family(label: str) -> str:
+    """``keyword_lights_on`` -> ``keyword``."""
+    return label.split("_", 1)[0]
 
 
 @dataclass(frozen=True)
 class ClipSet:
-    """Recorded sounds by label (int16 mono at 16 kHz), e.g. ``{"speech": [a, b]}``."""
+    """Recorded sounds by label (int16 mono at 16 kHz)."""
 
     clips: Mapping[str, Sequence[Samples]] = field(default_factory=dict)
+
+    @classmethod
+    def from_dir(cls, path: Path) -> ClipSet:
+        """Every ``*.wav`` in `path` (16-bit mono 16 kHz); the label is the name without a
+        trailing ``_<n>``."""
+        clips: dict[str, list[Samples]] = {}
+        for wav in sorted(path.glob("*.wav")):
+            with wave.open(str(wav), "rb") as w:
+                shape = (w.getnchannels(), w.getsampwidth(), w.getframerate())
+                if shape != (1, 2, SAMPLE_RATE):
+                    raise ValueError(
+                        f"{wav}: {shape[0]} channel(s), {8 * shape[1]}-bit, {shape[2]} Hz; "
+                        f"expected mono 16-bit {SAMPLE_RATE} Hz"
+                    )
+                pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16)
+            if len(pcm):
+                clips.setdefault(_NUMBERED.sub("", wav.stem), []).append(pcm)
+        return cls(clips)
 
     def labels(self) -> list[str]:
         return sorted(label for label, items in self.clips.items() if len(items) > 0)
@@ -52,6 +82,16 @@ class ClipSet:
     def pick(self, label: str, rng: np.random.Generator) -> Samples:
         items = self.clips[label]
         return items[int(rng.integers(len(items)))]
+
+
+@dataclass(frozen=True, slots=True)
+class SynthFrame:
+    """One frame's samples and label; `started`/`finished` mark a clip's first and last frame."""
+
+    samples: Samples
+    label: str
+    started: bool = False
+    finished: bool = False
 
 
 def _floor(rng: np.random.Generator, n: int) -> npt.NDArray[np.float64]:
@@ -100,30 +140,56 @@ class AudioSynth:
         self.rng = rng
         self.samples_per_frame = max(1, round(frame_seconds * SAMPLE_RATE))
         self.clips = clips or ClipSet()
+        self._families: dict[str, list[str]] = {}
+        for label in self.clips.labels():
+            self._families.setdefault(family(label), []).append(label)
+        self._playing: tuple[str, Samples] | None = None
+        self._pos = 0
+
+    @property
+    def playing(self) -> str | None:
+        """The label of the clip being played (it continues in the next frame)."""
+        return None if self._playing is None else self._playing[0]
 
     def choose(self, occupied: bool) -> str:
-        """The label of the next frame."""
+        """The label of the next frame when no clip is playing."""
+        which = 0 if occupied else 1
         r = self.rng.random()
-        for label in self.clips.labels():
-            p = CLIP_PROBABILITY.get(label, (0.01, 0.0))[0 if occupied else 1]
+        for fam, labels in sorted(self._families.items()):
+            p = CLIP_PROBABILITY.get(fam, _OTHER_FAMILY)[which]
             if r < p:
-                return label
+                return labels[int(self.rng.integers(len(labels)))]
             r -= p
-        if r < _TONE_PROBABILITY[0 if occupied else 1]:
-            return Scene.TONE
-        return Scene.NOISE if occupied else Scene.SILENCE
+        if r < _TONE_PROBABILITY[which]:
+            return Scene.TONE.value
+        return Scene.NOISE.value if occupied else Scene.SILENCE.value
 
-    def frame(self, occupied: bool) -> tuple[Samples, str]:
-        """One frame's samples and its label."""
+    def frame(self, occupied: bool) -> SynthFrame:
+        """The next frame."""
         n = self.samples_per_frame
-        label = self.choose(occupied)
+        started = False
+        offset = 0
+        if self._playing is None:
+            label = self.choose(occupied)
+            if label in self.clips.clips:
+                self._playing = (label, self.clips.pick(label, self.rng))
+                self._pos = 0
+                started = True
+                offset = int(self.rng.integers(0, max(1, n // 2)))
+        else:
+            label = self._playing[0]
         signal = _floor(self.rng, n)
         if occupied:
-            signal += _room_noise(self.rng, n) * (0.3 if label != Scene.NOISE else 1.0)
+            signal += _room_noise(self.rng, n) * (1.0 if label == Scene.NOISE else 0.3)
         if label == Scene.TONE:
             signal += _beeps(self.rng, n)
-        elif label not in BACKGROUND:
-            clip = self.clips.pick(label, self.rng).astype(np.float64)[:n]
-            offset = int(self.rng.integers(0, n - len(clip) + 1))
-            signal[offset : offset + len(clip)] += clip
-        return _to_pcm(signal), label
+        finished = False
+        if self._playing is not None:
+            clip = self._playing[1]
+            take = min(n - offset, len(clip) - self._pos)
+            signal[offset : offset + take] += clip[self._pos : self._pos + take]
+            self._pos += take
+            if self._pos >= len(clip):
+                self._playing = None
+                finished = True
+        return SynthFrame(_to_pcm(signal), label, started=started, finished=finished)

@@ -75,6 +75,13 @@ def add_fleet_arguments(parser: argparse.ArgumentParser, *, defaults: dict[str, 
         help="microphone frame length (s)",
     )
     g.add_argument(
+        "--clips",
+        type=Path,
+        default=defaults.get("clips"),
+        metavar="DIR",
+        help="WAV clips the microphones play (<label>[_<n>].wav, mono 16 kHz)",
+    )
+    g.add_argument(
         "--ground-truth",
         type=Path,
         default=defaults.get("ground_truth"),
@@ -102,6 +109,7 @@ def fleet_config(args: argparse.Namespace, **overrides: Any) -> FleetConfig:
         "anomaly_rate": args.anomaly_rate,
         "frame_seconds": args.frame_seconds,
         "ground_truth": args.ground_truth,
+        "clips": args.clips,
         "shared_connection": args.shared_connection,
         "client_prefix": args.client_prefix,
     }

@@ -42,6 +42,8 @@ from devices.fleet import Fleet, FleetConfig
 from schemas.topics import ROOT
 
 GATEWAY_ID = "demo-gateway"
+# The clip set the inference models were evaluated with (speech, keywords, alarms), when present.
+DEMO_CLIPS = Path(__file__).resolve().parent / "clips"
 _START_TIMEOUT_S = 30.0
 _STOP_TIMEOUT_S = 15.0
 _DRAIN_S = 5.0  # at most this long waiting for the gateway to store what was published
@@ -238,7 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="WARNING")
     add_fleet_arguments(
         parser,
-        defaults={"homes": 3, "rate": 1.0, "speed": 720.0, "history": 24.0, "anomaly_rate": 2.0},
+        defaults={
+            "homes": 3,
+            "rate": 1.0,
+            "speed": 720.0,
+            "history": 24.0,
+            "anomaly_rate": 2.0,
+            "clips": DEMO_CLIPS if any(DEMO_CLIPS.glob("*.wav")) else None,
+        },
     )
     return parser
 

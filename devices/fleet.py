@@ -23,6 +23,7 @@ import aiomqtt
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from devices.anomalies import GroundTruth
+from devices.audio import ClipSet
 from devices.sensors import DeviceModel, Emission
 from devices.world import World
 from schemas.state import Availability, encode_state
@@ -72,6 +73,10 @@ class FleetConfig(BaseModel):
     )
     frame_seconds: float = Field(
         default=0.5, gt=0, le=2.0, description="length of a microphone's audio frame"
+    )
+    clips: Path | None = Field(
+        default=None,
+        description="directory of WAV clips (<label>[_<n>].wav, mono 16 kHz) the microphones play",
     )
     ground_truth: Path | None = Field(
         default=None, description="JSON-lines file the injected anomalies are written to"
@@ -168,6 +173,7 @@ class Fleet:
             seed=config.seed,
             anomaly_rate=config.anomaly_rate,
             frame_seconds=config.frame_seconds,
+            clips=ClipSet.from_dir(config.clips) if config.clips is not None else None,
             seq_base=seq_base,
         )
         self.stats = FleetStats(devices=len(self.world.models))

@@ -260,7 +260,10 @@ class WearableModel(DeviceModel):
 
 
 class MicrophoneModel(DeviceModel):
-    """A microphone: one audio frame per message; its room's occupancy picks the scene."""
+    """A microphone: one audio frame per message; its room's occupancy picks the scene.
+
+    A sound's ground truth is logged with the frame that ends it (a clip may span frames):
+    `start` is the first frame's ts, `end` the last frame's ts plus its length."""
 
     kind = Kind.AUDIO
 
@@ -268,35 +271,41 @@ class MicrophoneModel(DeviceModel):
         super().__init__(spec, ctx)
         rng = np.random.default_rng(sub_seed(ctx.seed, spec.home_index, spec.index, 3))
         self.synth = AudioSynth(rng, frame_seconds=ctx.frame_seconds, clips=ctx.clips)
+        self._sound_start: float | None = None
 
     def next(self, ts: float) -> Emission:
         self._dt(ts)
         hh = self.household
         occupied = hh.occupants(self.spec.room, ts) > 0 and not hh.asleep(ts)
-        samples, label = self.synth.frame(occupied)
+        out = self.synth.frame(occupied)
         seq = self.seq % _AUDIO_SEQ_MOD
         self.seq += 1
+        if out.started or self._sound_start is None:
+            self._sound_start = ts
         truth: tuple[GroundTruth, ...] = ()
-        if label not in BACKGROUND:
+        single = not out.started and not out.finished and self.synth.playing is None
+        if out.label not in BACKGROUND and (out.finished or single):
             truth = (
                 GroundTruth(
                     home=self.spec.home,
                     room=self.spec.room,
                     device=self.spec.device,
                     metric="audio",
-                    start=ts,
-                    end=ts + len(samples) / SAMPLE_RATE,
-                    kind=str(label),
+                    start=self._sound_start,
+                    end=ts + len(out.samples) / SAMPLE_RATE,
+                    kind=out.label,
                 ),
             )
+        if self.synth.playing is None:
+            self._sound_start = None
         return Emission(
             spec=self.spec,
             kind=Kind.AUDIO,
             ts=ts,
             seq=seq,
-            payload=encode_audio_frame(ts, seq, samples),
-            samples=samples,
-            label=label,
+            payload=encode_audio_frame(ts, seq, out.samples),
+            samples=out.samples,
+            label=out.label,
             truth=truth,
         )
 

@@ -4,7 +4,9 @@ injected anomalies are where the ground truth says."""
 from __future__ import annotations
 
 import statistics
+import wave
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,7 +136,7 @@ def test_counters_and_batteries_move_the_right_way(three_days: list[Emission]) -
             assert battery == sorted(battery, reverse=True)
 
 
-def test_microphones_play_silence_noise_and_tones_and_clips_when_given() -> None:
+def test_microphones_play_silence_noise_and_tones() -> None:
     world = World(homes=2, seed=4, anomaly_rate=0.0)
     frames = [e for e in _run(world, days=1, step=120) if e.kind is Kind.AUDIO]
     labels = {e.label for e in frames}
@@ -145,13 +147,40 @@ def test_microphones_play_silence_noise_and_tones_and_clips_when_given() -> None
     tones = [e for e in frames if e.label == Scene.TONE]
     assert all(e.truth and e.truth[0].kind == "tone" for e in tones)
 
-    clip = (np.sin(np.arange(4000) / 3.0) * 10000).astype(np.int16)
-    speech_world = World(
-        homes=1, seed=4, anomaly_rate=0.0, clips=ClipSet({"speech": [clip]}), frame_seconds=1.0
-    )
-    spoken = [e for e in _run(speech_world, days=1, step=300) if e.label == "speech"]
-    assert spoken and all(len(e.samples) == 16000 for e in spoken)
-    assert all(decode_audio_frame(e.payload).seq == e.seq for e in spoken)
+
+def test_clips_from_a_wav_directory_play_whole_across_frames(tmp_path: Path) -> None:
+    clip = (np.sin(np.arange(20000) / 3.0) * 10000).astype(np.int16)  # 1.25 s: three frames
+    for name in ("speech_0", "speech_1"):
+        with wave.open(str(tmp_path / f"{name}.wav"), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(16000)
+            w.writeframes(clip.astype("<i2").tobytes())
+    clips = ClipSet.from_dir(tmp_path)
+    assert list(clips.clips) == ["speech"] and len(clips.clips["speech"]) == 2
+
+    world = World(homes=1, seed=4, anomaly_rate=0.0, clips=clips)
+    microphones = [m for m in world.models if m.kind is Kind.AUDIO]
+    frames = [m.next(START + i * 60.0) for i in range(1440) for m in microphones]
+    spoken = [e for e in frames if e.truth and e.truth[0].kind == "speech"]
+    assert spoken
+    for end_frame in spoken[:3]:
+        truth = end_frame.truth[0]
+        mic = [e for e in frames if e.spec == end_frame.spec and truth.covers(e.ts)]
+        assert [e.label for e in mic] == ["speech"] * len(mic) and len(mic) >= 3
+        heard = np.concatenate([e.samples for e in mic]).astype(np.float64)
+        # The clip is in there, in one piece: its correlation peak is close to perfect.
+        corr = np.correlate(heard, clip.astype(np.float64), mode="valid")
+        assert corr.max() / float(np.dot(clip.astype(np.float64), clip)) > 0.95
+
+    (tmp_path / "bad.wav").write_bytes(b"")
+    with wave.open(str(tmp_path / "bad.wav"), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(44100)
+        w.writeframes(b"\0\0\0\0")
+    with pytest.raises(ValueError, match="expected mono 16-bit 16000 Hz"):
+        ClipSet.from_dir(tmp_path)
 
 
 def _readings(emissions: list[Emission]) -> dict[tuple[str, str, str, float], float]:
