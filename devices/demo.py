@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import json
+import signal
 import socket
 import sqlite3
 import sys
@@ -47,6 +49,7 @@ DEMO_CLIPS = Path(__file__).resolve().parent / "clips"
 _START_TIMEOUT_S = 30.0
 _STOP_TIMEOUT_S = 15.0
 _DRAIN_S = 5.0  # at most this long waiting for the gateway to store what was published
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class DemoError(RuntimeError):
@@ -117,10 +120,25 @@ class Child:
         self.log_file.close()
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the demo dies, even by SIGKILL (Linux), so no
+    broker or gateway outlives it unseen (their own session keeps them from the terminal)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 async def spawn(name: str, args: Sequence[str], log_path: Path) -> Child:
-    log_file = log_path.open("ab")
+    log_file = log_path.open("wb")  # each run's log starts afresh
+    # A session of its own: Ctrl-C in the terminal reaches only the demo, which then stops the
+    # children in order (devices first, so the gateway stores what they sent).
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, *args, stdout=log_file, stderr=asyncio.subprocess.STDOUT
+        sys.executable,
+        *args,
+        stdout=log_file,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
     return Child(name=name, proc=proc, log_path=log_path, log_file=log_file)
 
@@ -149,13 +167,12 @@ async def start_broker(data_dir: Path) -> tuple[Child, str]:
             "broker", ["-m", "devices.broker", "--port", str(port)], data_dir / "broker.log"
         )
 
-        async def listening(port: int = port) -> bool:
-            try:
-                _reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                return False
-            writer.close()
-            return True
+        log_path = child.log_path
+
+        async def listening(port: int = port, log_path: Path = log_path) -> bool:
+            # devices.broker prints this line once it accepts connections (a probe connection
+            # would make amqtt log an error).
+            return f"listening on mqtt://127.0.0.1:{port}" in _read(log_path)
 
         try:
             await _wait_for(child, listening, f"listening on port {port}")
@@ -193,6 +210,13 @@ async def _start_cloud(data_dir: Path) -> tuple[Child, str] | None:
     like the gateway above, give the gateway an ``[uplink]`` to it, and return the child and its
     URL (printed with the others). Not wired yet."""
     return None
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def count_readings(db: Path) -> int | None:
@@ -327,7 +351,7 @@ async def _run_fleet(
             f"{health}, stored {stored or 0} readings "
             f"({stored_meter.rate(stored or 0):.0f}/s)"
         )
-        if gateway.exited():
+        if gateway.exited() and not stop.is_set():
             _say(f"demo: the gateway exited; its log ({gateway.log_path}):\n{gateway.log_tail()}")
             stop.set()
     await fleet_task

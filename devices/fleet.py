@@ -213,7 +213,8 @@ class Fleet:
             clean_session=True,
             will=will,
             keepalive=30,
-            timeout=30,
+            # Also bounds a publish whose connection died: aiomqtt waits this long for its ack.
+            timeout=10,
             logger=log,
         )
 
@@ -249,6 +250,7 @@ class Fleet:
                 finally:
                     self.stats.connected -= 1
                     await client.__aexit__(None, None, None)
+                    _consume_disconnect_error(client)
             except aiomqtt.MqttError as exc:
                 if schedule.over(stop):
                     return
@@ -354,6 +356,17 @@ class _Schedule:
             return True
         self.next_tick += self.period
         return await _sleep_or_stop(stop, wake - now)
+
+
+def _consume_disconnect_error(client: aiomqtt.Client) -> None:
+    """Mark the error of a lost connection as seen.
+
+    aiomqtt stores it in a future that only a later call on the client would read; a device
+    that was asleep when the broker went away never reads it, and asyncio would log "Future
+    exception was never retrieved" once per device. The reconnect loop has already logged it."""
+    fut = getattr(client, "_disconnected", None)
+    if isinstance(fut, asyncio.Future) and fut.done() and not fut.cancelled():
+        fut.exception()
 
 
 async def _sleep_or_stop(stop: asyncio.Event, delay: float) -> bool:
