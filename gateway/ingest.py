@@ -122,6 +122,7 @@ class MessageDecoder:
         # Devices publish on the same few topics over and over: parse each once. Bounded
         # (cleared when full) so random topics cannot grow it without limit.
         self._topics: dict[str, DeviceTopic] = {}
+        self._adapter_cache: dict[str, Adapter | None] = {}
 
     def dead(self, topic: str, payload: bytes, reason: str, detail: str, at: float) -> DeadLetter:
         """A dead letter whose payload is cut to the configured size (the detail says so)."""
@@ -135,10 +136,22 @@ class MessageDecoder:
     def decode(self, topic: str, payload: bytes, received_at: float) -> Ingested:
         if topic.startswith(self._prefix):
             return self._decode_native(topic, payload, received_at)
-        for adapter in self._adapters:
-            if topic_matches_sub(adapter.topic_filter, topic):
-                return self._decode_adapter(adapter, topic, payload, received_at)
+        adapter = self._adapter_for(topic)
+        if adapter is not None:
+            return self._decode_adapter(adapter, topic, payload, received_at)
         return self.dead(topic, payload, "unknown_topic", "no decoder for this topic", received_at)
+
+    def _adapter_for(self, topic: str) -> Adapter | None:
+        # topic_matches_sub builds a matcher per call: remember each topic's adapter instead.
+        try:
+            return self._adapter_cache[topic]
+        except KeyError:
+            pass
+        found = next((a for a in self._adapters if topic_matches_sub(a.topic_filter, topic)), None)
+        if len(self._adapter_cache) >= _TOPIC_CACHE:
+            self._adapter_cache.clear()
+        self._adapter_cache[topic] = found
+        return found
 
     def _decode_native(self, topic: str, payload: bytes, at: float) -> Ingested:
         levels = topic[len(self._prefix) :].split("/", 2)
