@@ -72,7 +72,11 @@ class MosquittoBroker:
             "max_inflight_messages 1000\n"
             "max_queued_messages 0\n"
             "max_queued_bytes 0\n"
-            f"log_dest file {self.workdir}/mosquitto.log\n" + self.extra_config
+            f"log_dest file {self.workdir}/mosquitto.log\n"
+            # As root, mosquitto drops to the `mosquitto` user, which cannot write the 0700
+            # tmp_path: no log, no persistence file, so restart() would lose every session.
+            + ("user root\n" if os.geteuid() == 0 else "")
+            + self.extra_config
         )
         return conf
 
