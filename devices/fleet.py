@@ -11,6 +11,7 @@ can run faster than real time and, once it catches up with the wall clock, follo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -132,6 +133,7 @@ class FleetStats:
 
     devices: int = 0
     connected: int = 0
+    connects: int = 0  # successful connections so far (more than `devices` after reconnects)
     published: int = 0
     telemetry: int = 0
     audio: int = 0
@@ -237,15 +239,12 @@ class Fleet:
                     await client.__aenter__()
                 try:
                     self.stats.connected += 1
-                    await client.publish(
-                        state_topic,
-                        encode_state(Availability.ONLINE),
-                        qos=self.config.qos,
-                        retain=True,
-                    )
+                    self.stats.connects += 1
+                    online = encode_state(Availability.ONLINE)
+                    await _publish(client, state_topic, online, self.config.qos, retain=True)
                     backoff = 0.5
                     await self._publish_loop(client, model, schedule, stop)
-                    await client.publish(state_topic, offline, qos=self.config.qos, retain=True)
+                    await _publish(client, state_topic, offline, self.config.qos, retain=True)
                     return
                 finally:
                     self.stats.connected -= 1
@@ -266,8 +265,9 @@ class Fleet:
         offline = encode_state(Availability.OFFLINE)
         async with self._client(f"{self.config.client_prefix}-shared", None) as client:
             self.stats.connected = len(models)
+            self.stats.connects += 1
             for model in models:
-                await client.publish(self._state_topic(model), online, self.config.qos, True)
+                await _publish(client, self._state_topic(model), online, self.config.qos, True)
             try:
                 async with asyncio.TaskGroup() as tg:
                     for i, model in enumerate(models):
@@ -275,7 +275,7 @@ class Fleet:
                         tg.create_task(self._publish_loop(client, model, schedule, stop))
             finally:
                 for model in models:
-                    await client.publish(self._state_topic(model), offline, self.config.qos, True)
+                    await _publish(client, self._state_topic(model), offline, self.config.qos, True)
                 self.stats.connected = 0
 
     async def _publish_loop(
@@ -297,8 +297,11 @@ class Fleet:
                 schedule.pending = emission
             emission = schedule.pending
             try:
-                await client.publish(
-                    emission.topic(self.config.topic_root), emission.payload, qos=self.config.qos
+                await _publish(
+                    client,
+                    emission.topic(self.config.topic_root),
+                    emission.payload,
+                    self.config.qos,
                 )
             except aiomqtt.MqttError:
                 self.stats.failed += 1
@@ -356,6 +359,27 @@ class _Schedule:
             return True
         self.next_tick += self.period
         return await _sleep_or_stop(stop, wake - now)
+
+
+async def _publish(
+    client: aiomqtt.Client, topic: str, payload: bytes, qos: int, retain: bool = False
+) -> None:
+    """Publish and wait for the ack, but fail as soon as the connection is lost: aiomqtt would
+    wait its whole timeout for an ack that cannot come, holding the device back from
+    reconnecting. (It races reads against the same private future in its message iterator.)"""
+    lost = getattr(client, "_disconnected", None)
+    sending = asyncio.ensure_future(client.publish(topic, payload, qos=qos, retain=retain))
+    if not isinstance(lost, asyncio.Future):
+        await sending
+        return
+    await asyncio.wait({sending, lost}, return_when=asyncio.FIRST_COMPLETED)
+    if sending.done():
+        sending.result()
+        return
+    sending.cancel()
+    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+        await sending
+    raise aiomqtt.MqttError("connection lost while waiting for PUBACK")
 
 
 def _consume_disconnect_error(client: aiomqtt.Client) -> None:

@@ -190,3 +190,38 @@ async def test_shared_connection_publishes_the_same_world(
     assert stats.published == expected
     homes = {parse_device_topic(t, root=topic_root).home for t, _, _ in got}
     assert homes == {"home-001", "home-002"}
+
+
+async def test_devices_reconnect_after_the_broker_restarts(
+    mosquitto: MosquittoBroker, topic_root: str
+) -> None:
+    config = FleetConfig(broker=mosquitto.url, topic_root=topic_root, homes=1, rate=5.0)
+    fleet = Fleet(config)
+    stop = asyncio.Event()
+    run = asyncio.create_task(fleet.run(stop))
+
+    async def until(condition: Callable[[], bool]) -> None:
+        for _ in range(600):
+            if condition():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"not reached in 30 s: {fleet.stats}")
+
+    devices = fleet.stats.devices
+    try:
+        await until(lambda: fleet.stats.connects == devices)
+        await asyncio.to_thread(mosquitto.restart, 1.0)
+        await until(lambda: fleet.stats.connects == 2 * devices)
+        before = fleet.stats.published
+
+        # Every device publishes again on its new connection.
+        def everyone(got: Received) -> bool:
+            return len({t.rsplit("/", 2)[-2] for t, _, _ in got if "/state" not in t}) == devices
+
+        after = await _collect(mosquitto, f"{topic_root}/+/+/+/+", everyone)
+        assert fleet.stats.published > before and fleet.stats.connected == devices
+        assert all(parse_device_topic(t, root=topic_root) for t, _, _ in after)
+    finally:
+        stop.set()
+        await run
+    assert fleet.stats.connected == 0
