@@ -70,9 +70,16 @@ def start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     return proc, port
 
 
+def fixed5(units: int) -> str:
+    """`units` of 10 us as decimal seconds, formatted exactly (float formatting may round two
+    neighbours to one value, and the readings table keeps one row per device, metric, ts)."""
+    return f"{units // 100_000}.{units % 100_000:05d}"
+
+
 def payload_lines(start_seq: int, count: int) -> bytes:
+    base = int(TS0) * 100_000
     return "".join(
-        f'{{"ts":{TS0 + i * 0.001:.3f},"seq":{i},"readings":{{"temperature":21.5}}}}\n'
+        f'{{"ts":{fixed5(base + i * 100)},"seq":{i},"readings":{{"temperature":21.5}}}}\n'
         for i in range(start_seq, start_seq + count)
     ).encode()
 
@@ -218,18 +225,21 @@ def latency(gw: GatewayProcess, port: int, root: str, rate: int, seconds: float)
     poller.start()
     started = time.monotonic()
     seq = 0
+    last_units = 0
     while seq < total:
         target = started + (seq // per_tick) * tick
         pause = target - time.monotonic()
         if pause > 0:
             time.sleep(pause)
-        now = time.time()
+        # ts = publish time in 10 us units, strictly increasing (the readings table is unique
+        # on device, metric, ts), also when this loop falls behind and writes ticks back to back.
+        units = max(int(time.time() * 100_000), last_units + 1)
         n = min(per_tick, total - seq)
-        # Distinct ts per message (the readings table is unique on device, metric, ts).
         lines = "".join(
-            f'{{"ts":{now + k * 1e-5:.5f},"seq":{seq + k},"readings":{{"temperature":20.0}}}}\n'
+            f'{{"ts":{fixed5(units + k)},"seq":{seq + k},"readings":{{"temperature":20.0}}}}\n'
             for k in range(n)
         )
+        last_units = units + n
         pub.stdin.write(lines.encode())
         pub.stdin.flush()
         seq += n

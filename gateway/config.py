@@ -125,7 +125,7 @@ class StorageConfig(Section):
 
     path: Path = Field(default=Path("gateway.db"), description="SQLite database file")
     batch_rows: int = Field(
-        default=2000, ge=1, le=100_000, description="commit when a batch holds this many rows"
+        default=1000, ge=1, le=100_000, description="commit when a batch holds this many rows"
     )
     commit_interval_ms: int = Field(
         default=20,
@@ -141,7 +141,7 @@ class StorageConfig(Section):
         "waiting for our acks: its in-flight window is full)",
     )
     queue_size: int = Field(
-        default=10_000,
+        default=2000,
         ge=10,
         le=1_000_000,
         description="bounded hand-off queue between the MQTT thread and the writer thread; "
