@@ -24,6 +24,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
     event,
     text,
@@ -97,6 +98,61 @@ aggregates = Table(
     # on `batch`: batches are not deleted one by one, and each index costs ingest speed.
     Index("ix_aggregates_metric_time", "metric", "window_start"),
     Index("ix_aggregates_home_metric_time", "home", "metric", "window_start"),
+)
+
+# Columns of a rollup row that identify it: one row per bucket width, metric, bucket start and
+# the finest grouping of the aggregates (so any coarser query re-adds rows exactly).
+ROLLUP_KEY = (
+    "bucket_s",
+    "metric",
+    "bucket_start",
+    "gateway",
+    "home",
+    "room_class",
+    "device_class",
+    "unit",
+    "policy",
+)
+
+rollups = Table(
+    "rollups",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("bucket_s", Integer, nullable=False),
+    Column("metric", String(64), nullable=False),
+    Column("bucket_start", Float, nullable=False),
+    Column("gateway", String(64), nullable=False),
+    Column("home", String(64), nullable=False),
+    Column("room_class", String(64), nullable=False),
+    Column("device_class", String(64), nullable=False),
+    Column("unit", String(16), nullable=False),
+    Column("policy", String(16), nullable=False),
+    # Additive state, so a new batch is folded in with one upsert: sum(count), sum(sum),
+    # sum(count * mean), sum(count * (std^2 + mean^2)) over windows that have a std, and how
+    # many windows had none (their std cannot be rebuilt).
+    Column("count", Float, nullable=False),
+    Column("sum", Float, nullable=False),
+    Column("weighted", Float, nullable=False),
+    Column("sumsq", Float, nullable=False),
+    Column("without_std", Integer, nullable=False),
+    Column("min", Float, nullable=True),
+    Column("max", Float, nullable=True),
+    # The smallest window percentile; only meaningful (and only served) when windows == 1.
+    Column("p50", Float, nullable=True),
+    Column("p95", Float, nullable=True),
+    Column("windows", Integer, nullable=False),
+    UniqueConstraint(*ROLLUP_KEY, name="rollups_key"),
+    # The analytics read whole time ranges of one width, every metric at once.
+    Index("ix_rollups_width_time", "bucket_s", "bucket_start"),
+)
+
+# The newest analytics results as JSON, one row per name, shared by every worker process.
+analytics_results = Table(
+    "analytics_results",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("computed_at", Float, nullable=False),
+    Column("payload", Text, nullable=False),
 )
 
 

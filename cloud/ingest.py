@@ -16,6 +16,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from cloud.analytics.rollups import fold_batch
 from cloud.db import aggregates, batches
 from schemas.batch import Batch
 
@@ -140,6 +141,8 @@ async def store_batch(
                 insert(batches).returning(batches.c.id), _batch_row(batch, size, received_at)
             )
             await _insert_aggregates(conn, _aggregate_records(batch, result.scalar_one()))
+            # Same transaction: the hourly/daily rollups never miss or double-count a batch.
+            await fold_batch(conn, batch.gateway, batch.aggregates)
     except IntegrityError:
         # engine.begin() has rolled back. Decide whether this was our unique key.
         async with engine.connect() as conn:

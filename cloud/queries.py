@@ -148,6 +148,12 @@ async def query_series(engine: AsyncEngine, q: SeriesQuery) -> list[Series]:
         stmt = stmt.where(and_(*conditions))
     async with engine.connect() as conn:
         rows = (await conn.execute(stmt)).all()
+    return series_from_rows(q, rows)
+
+
+def series_from_rows(q: SeriesQuery, rows: Sequence[Any]) -> list[Series]:
+    """Series from rows of (*group_by, unit, bucket_start, n, total, weighted, lo, hi, sumsq,
+    without_std, windows, p50, p95); shared with the rollup-backed query."""
     if len(rows) > q.max_points:
         raise TooManyPoints(f"more than {q.max_points} points: narrow the range or bucket coarser")
     series: dict[tuple[str, ...], Series] = {}

@@ -1,0 +1,263 @@
+"""Hourly and daily rollups: kept up to date inside the ingest transaction, read by the API.
+
+Each stored batch is folded into the `rollups` table in the same transaction that stores its
+aggregates, so a rollup never misses or double-counts a batch (a duplicate batch rolls back
+before it gets here). The batch is first pre-combined in Python (one row per key and width),
+then upserted with ON CONFLICT DO UPDATE, which both SQLite and PostgreSQL have. Rows are
+upserted in key order, so two workers storing batches with overlapping keys lock them in the
+same order and cannot deadlock.
+
+The state kept per bucket is additive (count, sum, sum of count*mean, sum of squares, min, max),
+so reading any coarser grouping re-adds rows and gives exactly what `cloud.queries` computes
+from the raw windows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, literal_column, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from cloud.analytics.models import MetricSpan
+from cloud.db import ROLLUP_KEY, aggregates, rollups
+from cloud.queries import Bucket, Series, SeriesQuery, TimeBucket, series_from_rows
+from schemas.batch import WindowAggregate
+
+ROLLUP_WIDTHS = (Bucket.HOUR, Bucket.DAY)
+_STATE = ("count", "sum", "weighted", "sumsq", "without_std", "windows")
+_LOWEST = ("min", "p50", "p95")
+_HIGHEST = ("max",)
+
+
+@dataclass
+class _Cell:
+    """The rollup state of one key, while a batch is combined in memory."""
+
+    count: float = 0.0
+    sum: float = 0.0
+    weighted: float = 0.0
+    sumsq: float = 0.0
+    without_std: int = 0
+    windows: int = 0
+    min: float | None = None
+    max: float | None = None
+    p50: float | None = None
+    p95: float | None = None
+
+
+def _lower(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
+
+
+def _higher(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else max(a, b)
+
+
+def bucket_start(window_start: float, width: int) -> float:
+    """The start of the bucket a window belongs to (by its start), as SQL computes it."""
+    return float(math.floor(window_start / width) * width)
+
+
+def combine(gateway: str, windows: Iterable[WindowAggregate]) -> list[dict[str, Any]]:
+    """The rollup rows of some windows of one gateway, one per key and width, in key order."""
+    cells: dict[tuple[Any, ...], _Cell] = {}
+    for a in windows:
+        for bucket in ROLLUP_WIDTHS:
+            width = bucket.seconds
+            assert width is not None
+            key = (
+                width,
+                a.metric,
+                bucket_start(a.window_start, width),
+                gateway,
+                a.home,
+                a.room_class,
+                a.device_class,
+                a.unit,
+                a.policy,
+            )
+            cell = cells.get(key)
+            if cell is None:
+                cell = cells[key] = _Cell()
+            cell.count += a.count
+            cell.sum += a.sum
+            cell.weighted += a.count * a.mean
+            if a.std is None:
+                cell.without_std += 1
+            else:
+                cell.sumsq += a.count * (a.std * a.std + a.mean * a.mean)
+            cell.windows += 1
+            cell.min = _lower(cell.min, a.min)
+            cell.max = _higher(cell.max, a.max)
+            cell.p50 = _lower(cell.p50, a.p50)
+            cell.p95 = _lower(cell.p95, a.p95)
+    return [
+        {**dict(zip(ROLLUP_KEY, key, strict=True)), **vars(cells[key])} for key in sorted(cells)
+    ]
+
+
+def _upsert(dialect: str, stmt: Any) -> Any:
+    """`stmt` (an INSERT into rollups) that adds to an existing row instead of failing."""
+    t = rollups.c
+    new = stmt.excluded
+    # least/greatest ignore NULL on PostgreSQL; SQLite's two-argument min/max do not, hence the
+    # coalesce on both sides (NULL only when both are NULL).
+    lowest = func.least if dialect == "postgresql" else func.min
+    highest = func.greatest if dialect == "postgresql" else func.max
+    updates: dict[str, ColumnElement[Any]] = {name: t[name] + new[name] for name in _STATE}
+    for name in _LOWEST:
+        updates[name] = lowest(func.coalesce(t[name], new[name]), func.coalesce(new[name], t[name]))
+    for name in _HIGHEST:
+        updates[name] = highest(
+            func.coalesce(t[name], new[name]), func.coalesce(new[name], t[name])
+        )
+    return stmt.on_conflict_do_update(index_elements=list(ROLLUP_KEY), set_=updates)
+
+
+def _insert_for(dialect: str) -> Any:
+    if dialect == "postgresql":
+        return postgresql.insert(rollups)
+    if dialect == "sqlite":
+        return sqlite.insert(rollups)
+    raise NotImplementedError(f"rollups need SQLite or PostgreSQL, not {dialect}")
+
+
+async def fold_batch(
+    conn: AsyncConnection, gateway: str, windows: Sequence[WindowAggregate]
+) -> int:
+    """Fold a batch's windows into the rollups on `conn` (the ingest transaction); rows touched."""
+    rows = combine(gateway, windows)
+    if rows:
+        dialect = conn.dialect.name
+        await conn.execute(_upsert(dialect, _insert_for(dialect)), rows)
+    return len(rows)
+
+
+async def backfill(engine: AsyncEngine, after_id: int = 0) -> int:
+    """Fold aggregates with id > `after_id` into the rollups with one INSERT ... SELECT per width.
+
+    For rows loaded around the ingest path (bulk loads, the bench); returns the rows touched.
+    """
+    a = aggregates.c
+    touched = 0
+    async with engine.begin() as conn:
+        dialect = conn.dialect.name
+        for bucket in ROLLUP_WIDTHS:
+            width = bucket.seconds
+            assert width is not None
+            start = TimeBucket(a.window_start, literal_column(str(width)))
+            groups = [a.metric, start, a.gateway, a.home, a.room_class, a.device_class]
+            groups += [a.unit, a.policy]
+            source = (
+                select(
+                    literal_column(str(width)),
+                    *groups,
+                    func.sum(a.count),
+                    func.sum(a.sum),
+                    func.sum(a.count * a.mean),
+                    func.sum(func.coalesce(a.count * (a.std * a.std + a.mean * a.mean), 0.0)),
+                    func.count() - func.count(a.std),
+                    func.min(a.min),
+                    func.max(a.max),
+                    func.min(a.p50),
+                    func.min(a.p95),
+                    func.count(),
+                )
+                # The WHERE also keeps SQLite from reading ON CONFLICT as a join's ON.
+                .where(a.id > after_id)
+                .group_by(*groups)
+            )
+            columns = [*ROLLUP_KEY, *_STATE[:5], "min", "max", "p50", "p95", "windows"]
+            stmt = _upsert(dialect, _insert_for(dialect).from_select(columns, source))
+            result = await conn.execute(stmt)
+            touched += max(result.rowcount, 0)
+    return touched
+
+
+def served_by_rollups(q: SeriesQuery) -> bool:
+    """Whether the rollups answer `q` exactly: an hour/day bucket and a range on its edges."""
+    width = q.bucket.seconds
+    if width is None:
+        return False
+    return all(edge is None or edge % width == 0 for edge in (q.start, q.end))
+
+
+async def rollup_series(engine: AsyncEngine, q: SeriesQuery) -> list[Series]:
+    """The answer of `cloud.queries.query_series` for `q`, read from the rollups."""
+    assert served_by_rollups(q), "the caller checks served_by_rollups first"
+    r = rollups.c
+    groups = [r[name] for name in q.group_by] + [r.unit]
+    t = r.bucket_start.label("bucket_start")
+    stmt = (
+        select(
+            *groups,
+            t,
+            func.sum(r.count).label("n"),
+            func.sum(r.sum).label("total"),
+            func.sum(r.weighted).label("weighted"),
+            func.min(r.min).label("lo"),
+            func.max(r.max).label("hi"),
+            func.sum(r.sumsq).label("sumsq"),
+            func.sum(r.without_std).label("without_std"),
+            func.sum(r.windows).label("windows"),
+            func.min(r.p50).label("p50"),
+            func.min(r.p95).label("p95"),
+        )
+        .where(r.bucket_s == q.bucket.seconds, r.metric == q.metric)
+        .group_by(*groups, r.bucket_start)
+        .order_by(*groups, r.bucket_start)
+        .limit(q.max_points + 1)
+    )
+    conditions = [r[name] == value for name, value in q.filters.items()]
+    if q.start is not None:
+        conditions.append(r.bucket_start >= q.start)
+    if q.end is not None:
+        conditions.append(r.bucket_start < q.end)
+    if conditions:
+        stmt = stmt.where(and_(*conditions))
+    async with engine.connect() as conn:
+        rows = (await conn.execute(stmt)).all()
+    return series_from_rows(q, rows)
+
+
+async def rollup_metrics(engine: AsyncEngine) -> list[MetricSpan]:
+    """Per metric and unit: the days covered, homes and windows (from the day rollups)."""
+    r = rollups.c
+    stmt = (
+        select(
+            r.metric,
+            r.unit,
+            func.min(r.bucket_start),
+            func.max(r.bucket_start),
+            func.count(func.distinct(r.home)),
+            func.sum(r.windows),
+        )
+        .where(r.bucket_s == Bucket.DAY.seconds)
+        .group_by(r.metric, r.unit)
+        .order_by(r.metric, r.unit)
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(stmt)).all()
+    return [
+        MetricSpan(m, u, float(first), float(last), int(homes), int(windows))
+        for m, u, first, last, homes, windows in rows
+    ]
+
+
+async def newest_window_end(engine: AsyncEngine) -> float | None:
+    """End of the newest hour bucket with data: where the dashboard's time ranges end."""
+    r = rollups.c
+    async with engine.connect() as conn:
+        newest = await conn.scalar(
+            select(func.max(r.bucket_start)).where(r.bucket_s == Bucket.HOUR.seconds)
+        )
+    return None if newest is None else float(newest) + 3600.0
