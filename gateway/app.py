@@ -44,7 +44,7 @@ from gateway.ingest import Adapter, AdapterFn, AudioIn, MessageDecoder
 from gateway.monitoring import GatewayMetrics
 from gateway.mqtt import MqttBridge
 from gateway.records import Reading
-from gateway.writer import Writer
+from gateway.writer import Writer, checkpoint_wal
 from schemas.topics import gateway_status_topic
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,7 @@ class Gateway:
                 idle_commit=cfg.storage.idle_commit_ms / 1000,
                 queue_size=cfg.storage.queue_size,
                 on_committed=self._from_writer,
+                auto_checkpoint=cfg.storage.checkpoint_interval_ms == 0,
             )
             self._writer.start()
             for ctx in self.cleanup_ctx:
@@ -168,6 +169,8 @@ class Gateway:
                 self._contexts.append(it)
             self._spawn("readings-callbacks", self._dispatch_readings)
             self._spawn("audio-callbacks", self._dispatch_audio)
+            if cfg.storage.checkpoint_interval_ms:
+                self._spawn("wal-checkpoint", self._checkpoint_wal)
             for name, factory in self._task_factories:
                 self._spawn(name, factory)
             self._admin = AdminServer(
@@ -254,6 +257,16 @@ class Gateway:
                 self.metrics.task_restarts.labels(name).inc()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RESTART_MAX_S)
+
+    async def _checkpoint_wal(self) -> None:
+        interval = self.config.storage.checkpoint_interval_ms / 1000
+        path = self.config.storage.path
+        while True:
+            await asyncio.sleep(interval)
+            busy, frames, done = await asyncio.to_thread(checkpoint_wal, path)
+            self.metrics.checkpoints.inc()
+            if busy or done < frames:
+                log.debug("WAL checkpoint partial: %d of %d frames", done, frames)
 
     # -- committed data to the asyncio side ------------------------------------------------
 

@@ -147,6 +147,13 @@ class StorageConfig(Section):
         description="bounded hand-off queue between the MQTT thread and the writer thread; "
         "when full the MQTT thread waits (backpressure to the broker)",
     )
+    checkpoint_interval_ms: int = Field(
+        default=1000,
+        ge=0,
+        le=600_000,
+        description="copy the WAL into the database this often, beside the writer; 0 leaves it "
+        "to SQLite's automatic checkpoint inside the writer's commits (tail-latency stalls)",
+    )
     max_dead_letter_bytes: int = Field(
         default=65536, ge=0, description="payload bytes kept with a dead letter (the rest is cut)"
     )

@@ -23,15 +23,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from paho.mqtt.client import topic_matches_sub
 
 from gateway.records import DeadLetter, Reading
-from schemas.audio import AudioFrame, decode_audio_frame
 from schemas.errors import PayloadError, TopicError
 from schemas.state import Availability, decode_state
 from schemas.telemetry import decode_telemetry
 from schemas.topics import GATEWAY_SEGMENT, DeviceTopic, Kind, parse_device_topic
+
+if TYPE_CHECKING:
+    from schemas.audio import AudioFrame
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +188,10 @@ class MessageDecoder:
                 seen = [DeviceSeen(where.home, where.room, where.device, at)]
                 return ReadingsIn(readings=readings, seen=seen)
             if where.kind is Kind.AUDIO:
+                # Imported on the first frame: schemas.audio needs numpy (~14 MB resident),
+                # which a gateway without microphones never has to load.
+                from schemas.audio import decode_audio_frame
+
                 frame = decode_audio_frame(payload)
                 return AudioIn(where.home, where.room, where.device, frame, at)
             return StateIn(where.home, where.room, where.device, decode_state(payload), at)

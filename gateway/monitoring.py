@@ -76,6 +76,9 @@ class GatewayMetrics:
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
             registry=r,
         )
+        self.checkpoints = Counter(
+            f"{PREFIX}_wal_checkpoints", "WAL checkpoints run beside the writer", registry=r
+        )
         self.writer_errors = Counter(
             f"{PREFIX}_writer_errors", "batches or jobs that failed in the writer", registry=r
         )
