@@ -5,6 +5,9 @@ Routes (all JSON; every 4xx/5xx body is ``{"error": {"code": ..., "message": ...
 - ``POST /api/v1/batches``    gateway upload, ``Authorization: Bearer <gateway token>``
 - ``GET  /api/v1/aggregates`` time series, ``Authorization: Bearer <read_token>``
 - ``GET  /api/v1/gateways``   per-gateway health (sequence gaps, lag), read token
+- ``/api/v1/analytics/...``   fleet analytics, read token (see `cloud.analytics.handlers`)
+- ``GET  /``                  the dashboard (see `cloud.dashboard`); the read token or its
+                              session cookie
 - ``GET  /healthz``           liveness + database check, no credential
 - ``GET  /metrics``           Prometheus text format, no credential
 """
@@ -29,6 +32,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cloud.analytics.rollups import rollup_series, served_by_rollups
 from cloud.config import CloudConfig
 from cloud.db import make_engine, upgrade_to_head
 from cloud.ingest import BatchConflict, BodySize, StoreOutcome, store_batch
@@ -61,6 +65,10 @@ METRICS_KEY = web.AppKey("metrics", CloudMetrics)
 # sha256(token) -> gateway id: a dict lookup on a digest leaks nothing usable about the token.
 GATEWAY_TOKENS_KEY = web.AppKey("gateway_tokens", dict[bytes, str])
 READ_TOKEN_KEY = web.AppKey("read_token", bytes)
+# The dashboard's session cookie holds a value derived from the read token (never the token):
+# stateless, the same in every worker process, and void once the token changes.
+SESSION_COOKIE = "homeedge_session"
+READ_SESSION_KEY = web.AppKey("read_session", str)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -203,7 +211,22 @@ def authenticated_gateway(request: web.Request) -> str:
     return gateway
 
 
+def is_read_token(app: web.Application, token: str) -> bool:
+    return hmac.compare_digest(_digest(token), app[READ_TOKEN_KEY])
+
+
+def session_value(read_token: str) -> str:
+    return hmac.new(read_token.encode(), b"homeedge dashboard session", "sha256").hexdigest()
+
+
 def require_reader(request: web.Request) -> None:
+    """The read token as a Bearer credential, or (without an Authorization header) the
+    dashboard's session cookie."""
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie is not None and "Authorization" not in request.headers:
+        if hmac.compare_digest(cookie.encode(), request.app[READ_SESSION_KEY].encode()):
+            return
+        raise ApiError(401, "unauthorized", "invalid or expired session; log in again")
     if not hmac.compare_digest(_bearer(request), request.app[READ_TOKEN_KEY]):
         raise ApiError(401, "unauthorized", "invalid read token")
 
@@ -295,8 +318,10 @@ def parse_series_query(request: web.Request) -> SeriesQuery:
 async def get_aggregates(request: web.Request) -> web.Response:
     require_reader(request)
     query = parse_series_query(request)
+    # Hour/day buckets on bucket edges come from the rollups: the same answer, far fewer rows.
+    read = rollup_series if served_by_rollups(query) else query_series
     try:
-        series = await query_series(request.app[ENGINE_KEY], query)
+        series = await read(request.app[ENGINE_KEY], query)
     except TooManyPoints as exc:
         raise ApiError(400, "too_many_points", str(exc)) from None
     return json_response(
@@ -366,7 +391,14 @@ def create_app(config: CloudConfig) -> web.Application:
         _digest(token.get_secret_value()): gateway for gateway, token in config.gateways.items()
     }
     app[READ_TOKEN_KEY] = _digest(config.read_token.get_secret_value())
+    app[READ_SESSION_KEY] = session_value(config.read_token.get_secret_value())
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     app.cleanup_ctx.append(_database)
+    # Imported here: those modules build on this one's helpers (errors, credentials, keys).
+    from cloud.analytics.handlers import setup_analytics
+    from cloud.dashboard import setup_dashboard
+
+    setup_analytics(app)  # after _database: its background task needs the engine
+    setup_dashboard(app)
     return app

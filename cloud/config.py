@@ -93,6 +93,29 @@ class CloudConfig(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="logging level of `python -m cloud`"
     )
+    analytics_interval_s: float = Field(
+        60.0,
+        ge=0,
+        le=86400,
+        description="seconds between analytics runs (fleet, clusters, anomalies); 0 = never",
+    )
+    analytics_lookback_days: int = Field(
+        14, ge=1, le=366, description="days of rollups the analytics look at"
+    )
+    cluster_k: int = Field(
+        0, ge=0, le=20, description="clusters of daily profiles; 0 = choose k by silhouette"
+    )
+    cluster_k_max: int = Field(6, ge=2, le=20, description="largest k tried when cluster_k = 0")
+    anomaly_threshold: float = Field(
+        3.5, gt=0, description="robust z-score from which a home's metric counts as anomalous"
+    )
+    anomaly_top: int = Field(50, ge=1, le=10000, description="anomalies listed, highest first")
+    online_after_s: float = Field(
+        300.0, gt=0, description="a gateway counts as online when it uploaded this recently"
+    )
+    dashboard_poll_s: float = Field(
+        5.0, ge=0.5, le=3600, description="seconds between the dashboard's live updates"
+    )
 
     @model_validator(mode="after")
     def _tokens_are_distinct(self) -> CloudConfig:

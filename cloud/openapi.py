@@ -18,6 +18,17 @@ from typing import Any
 
 import msgspec
 
+from cloud.analytics.models import (
+    AnomaliesResponse,
+    BandwidthReport,
+    ClustersResponse,
+    EventsResponse,
+    FleetReport,
+    Overview,
+    RollupsReport,
+    RunResult,
+)
+from cloud.dashboard import ASSETS
 from cloud.queries import FILTER_COLUMNS, GROUP_COLUMNS, Bucket
 from cloud.responses import ErrorBody, GatewaysResponse, Health, SeriesResponse, StoreResult
 from schemas.batch import MAX_AGGREGATES_PER_BATCH, Batch
@@ -40,6 +51,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         401: "missing or unknown bearer token",
         403: "the batch names another gateway than the token's",
         409: "the batch id is already stored for another gateway",
+        404: "no such asset",
         413: "body larger than max_body_bytes after decompression",
         422: "valid JSON that does not follow the batch schema",
         503: "the database does not answer",
@@ -59,7 +71,7 @@ def _query(name: str, description: str, schema: dict[str, Any], required: bool =
 
 def _operations() -> dict[str, dict[str, Any]]:
     gateway_auth: list[dict[str, list[str]]] = [{"gatewayToken": []}]
-    read_auth: list[dict[str, list[str]]] = [{"readToken": []}]
+    read_auth: list[dict[str, list[str]]] = [{"readToken": []}, {"readSession": []}]
     filters = [
         _query(name, f"only aggregates whose {name} equals this", {"type": "string"})
         for name in FILTER_COLUMNS
@@ -160,10 +172,167 @@ def _operations() -> dict[str, dict[str, Any]]:
     }
 
 
+def _analytics_operations() -> dict[str, dict[str, Any]]:
+    read_auth: list[dict[str, list[str]]] = [{"readToken": []}, {"readSession": []}]
+    text = {"type": "string"}
+
+    def get(op_id: str, summary: str, schema: str, *params: Any) -> dict[str, Any]:
+        return {
+            "get": {
+                "operationId": op_id,
+                "summary": summary,
+                "security": read_auth,
+                "parameters": list(params),
+                "responses": {"200": _json(schema, summary), **_errors(400, 401)},
+            }
+        }
+
+    base = "/api/v1/analytics"
+    return {
+        f"{base}/rollups": get(
+            "analyticsRollups",
+            "Per metric: days held by the daily rollups, homes, windows; where the data ends",
+            "RollupsReport",
+        ),
+        f"{base}/fleet": get(
+            "analyticsFleet",
+            "Fleet p10/p50/p90 of homes' daily means per metric and device class, and each "
+            "home's value and percentile rank",
+            "FleetReport",
+            _query("metric", "only this metric", text),
+            _query("device_class", "only this device class", text),
+            _query("home", "only this home's standings", text),
+        ),
+        f"{base}/clusters": get(
+            "analyticsClusters",
+            "Clusters of homes by normalized 24-hour profiles: sizes, members, centroids",
+            "ClustersResponse",
+        ),
+        f"{base}/anomalies": get(
+            "analyticsAnomalies",
+            "Homes and metrics ranked by robust z-score against own history and peers",
+            "AnomaliesResponse",
+            _query("home", "only this home", text),
+            _query("metric", "only this metric", text),
+            _query(
+                "flagged",
+                "true: only scores at or above the threshold",
+                {"type": "string", "enum": ["true", "false"], "default": "false"},
+            ),
+        ),
+        f"{base}/events": get(
+            "analyticsEvents",
+            "Edge inference results: alarms per home and day, speech share, alarm timeline",
+            "EventsResponse",
+            _query("home", "only this home", text),
+        ),
+        f"{base}/bandwidth": get(
+            "analyticsBandwidth",
+            "Bytes ingested at the edge vs bytes uplinked, per gateway and fleet-wide",
+            "BandwidthReport",
+        ),
+        f"{base}/overview": get(
+            "analyticsOverview",
+            "Dashboard headline: gateways online, lag, batches/s, bandwidth saved",
+            "Overview",
+        ),
+        f"{base}/run": {
+            "post": {
+                "operationId": "analyticsRun",
+                "summary": "Run the analytics now (they also run every analytics_interval_s)",
+                "security": read_auth,
+                "responses": {"200": _json("RunResult", "stored snapshot"), **_errors(401)},
+            }
+        },
+    }
+
+
+def _dashboard_operations() -> dict[str, dict[str, Any]]:
+    html = {"text/html": {"schema": {"type": "string"}}}
+    see_other = {"description": "redirect to the dashboard", "headers": {"Location": {}}}
+    return {
+        "/": {
+            "get": {
+                "operationId": "dashboard",
+                "summary": "The dashboard for a reader; the login form otherwise",
+                "security": [],
+                "responses": {"200": {"description": "HTML page", "content": html}},
+            }
+        },
+        "/login": {
+            "post": {
+                "operationId": "login",
+                "summary": "Trade the read token for an HttpOnly, SameSite=Strict session cookie",
+                "security": [],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/x-www-form-urlencoded": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"token": {"type": "string"}},
+                                "required": ["token"],
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "303": see_other,
+                    "400": {"description": "no token given", "content": html},
+                    "401": {"description": "not the read token", "content": html},
+                },
+            }
+        },
+        "/logout": {
+            "post": {
+                "operationId": "logout",
+                "summary": "Clear the session cookie",
+                "security": [],
+                "responses": {"303": see_other},
+            }
+        },
+        "/assets/{name}": {
+            "get": {
+                "operationId": "dashboardAsset",
+                "summary": "The dashboard's script and style, and plotly.js from its package",
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "enum": sorted(ASSETS)},
+                    }
+                ],
+                "responses": {
+                    "200": {"description": "the file"},
+                    "304": {"description": "unchanged (If-None-Match)"},
+                    **_errors(404),
+                },
+            }
+        },
+    }
+
+
 def build_openapi() -> dict[str, Any]:
     """The document as a JSON-ready dict."""
     _, components = msgspec.json.schema_components(
-        [Batch, StoreResult, ErrorBody, SeriesResponse, GatewaysResponse, Health],
+        [
+            Batch,
+            StoreResult,
+            ErrorBody,
+            SeriesResponse,
+            GatewaysResponse,
+            Health,
+            RollupsReport,
+            FleetReport,
+            ClustersResponse,
+            AnomaliesResponse,
+            EventsResponse,
+            BandwidthReport,
+            Overview,
+            RunResult,
+        ],
         ref_template="#/components/schemas/{name}",
     )
     return {
@@ -177,7 +346,7 @@ def build_openapi() -> dict[str, Any]:
                 '{"error": {"code": ..., "message": ...}}.'
             ),
         },
-        "paths": _operations(),
+        "paths": {**_operations(), **_analytics_operations(), **_dashboard_operations()},
         "components": {
             "schemas": components,
             "securitySchemes": {
@@ -190,6 +359,12 @@ def build_openapi() -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "dashboard and query credential (config: read_token)",
+                },
+                "readSession": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "homeedge_session",
+                    "description": "the dashboard's session cookie, set by POST /login",
                 },
             },
         },

@@ -1,0 +1,123 @@
+"""Clustering homes by their daily profiles (scikit-learn KMeans).
+
+A home's profile of a family of metrics (power, occupancy, CO2) is its count-weighted mean per
+hour of the day (UTC) over the look-back period, divided by its own daily mean, so homes group
+by the shape of their day rather than by their level (a big house and a flat that both peak at
+7 pm belong together). The feature vector is the concatenation of the families' 24-hour
+profiles; a family a home does not report is flat (1.0), and an hour without data is 1.0 too.
+k is configured, or chosen in 2..k_max by the silhouette score.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+
+import numpy as np
+import numpy.typing as npt
+from sklearn.cluster import KMeans
+from sklearn.metrics import silhouette_score
+
+from cloud.analytics.fleet import Cell
+from cloud.analytics.models import Cluster, ClusterReport
+
+log = logging.getLogger(__name__)
+
+# Family -> metrics pooled into its profile (all of them shares or rates, so pooling is sound).
+PROFILE_FAMILIES: dict[str, tuple[str, ...]] = {
+    "power": ("power",),
+    "occupancy": ("motion", "inference_occupancy"),
+    "co2": ("co2",),
+}
+HOURS = 24
+SEED = 0  # KMeans restarts are seeded: the same rollups give the same clusters
+
+
+def daily_profiles(hours: Iterable[Cell]) -> dict[str, dict[str, npt.NDArray[np.float64]]]:
+    """home -> family -> 24 normalized hourly values."""
+    family_of = {m: family for family, metrics in PROFILE_FAMILIES.items() for m in metrics}
+    # home, family -> per hour of day: [sum of count * mean, sum of count]
+    acc: dict[tuple[str, str], npt.NDArray[np.float64]] = defaultdict(lambda: np.zeros((HOURS, 2)))
+    for cell in hours:
+        family = family_of.get(cell.metric)
+        if family is None or cell.count <= 0:
+            continue
+        hour = int(cell.t % 86400) // 3600
+        acc[(cell.home, family)][hour] += (cell.weighted, cell.count)
+    profiles: dict[str, dict[str, npt.NDArray[np.float64]]] = defaultdict(dict)
+    for (home, family), sums in acc.items():
+        present = sums[:, 1] > 0
+        hourly = np.divide(sums[:, 0], sums[:, 1], out=np.zeros(HOURS), where=present)
+        level = hourly[present].mean()
+        if level <= 0:
+            profiles[home][family] = np.ones(HOURS)
+            continue
+        profile = np.ones(HOURS)
+        profile[present] = hourly[present] / level
+        profiles[home][family] = profile
+    return dict(profiles)
+
+
+def _kmeans(features: npt.NDArray[np.float64], k: int) -> KMeans:
+    return KMeans(n_clusters=k, n_init=10, random_state=SEED).fit(features)
+
+
+def cluster_homes(hours: Iterable[Cell], *, k: int = 0, k_max: int = 6) -> ClusterReport:
+    """Cluster the homes of `hours` (hourly cells) by daily profile; k = 0 picks k by silhouette."""
+    profiles = daily_profiles(hours)
+    homes = sorted(profiles)
+    families = [f for f in PROFILE_FAMILIES if any(f in profiles[h] for h in homes)]
+    if not homes:
+        return ClusterReport(k=0, silhouette=None, families=[], clusters=[], assignments={})
+    features = np.array(
+        [np.concatenate([profiles[h].get(f, np.ones(HOURS)) for f in families]) for h in homes]
+    )
+    distinct = len(np.unique(features.round(12), axis=0))
+    silhouette: float | None = None
+    if k > 0:
+        k = min(k, distinct)
+    elif distinct < 3:
+        k = 1  # the silhouette needs 2 <= k < samples
+    else:
+        best: tuple[float, int] | None = None
+        for candidate in range(2, min(k_max, distinct - 1) + 1):
+            labels = _kmeans(features, candidate).labels_
+            score = float(silhouette_score(features, labels))
+            log.debug("k=%d silhouette %.3f", candidate, score)
+            if best is None or score > best[0]:
+                best = (score, candidate)
+        assert best is not None
+        silhouette, k = best
+    model = _kmeans(features, k)
+    labels = model.labels_
+    if silhouette is None and 1 < k < len(homes):
+        silhouette = float(silhouette_score(features, labels))
+    # Stable ids: the largest cluster is 0; ties by the first home's name.
+    members: dict[int, list[str]] = defaultdict(list)
+    for home, label in zip(homes, labels, strict=True):
+        members[int(label)].append(home)
+    order = sorted(members, key=lambda label: (-len(members[label]), members[label][0]))
+    clusters = []
+    assignments: dict[str, int] = {}
+    for new_id, label in enumerate(order):
+        centroid = model.cluster_centers_[label]
+        clusters.append(
+            Cluster(
+                id=new_id,
+                size=len(members[label]),
+                homes=members[label],
+                centroid={
+                    family: [float(v) for v in centroid[i * HOURS : (i + 1) * HOURS]]
+                    for i, family in enumerate(families)
+                },
+            )
+        )
+        assignments.update(dict.fromkeys(members[label], new_id))
+    return ClusterReport(
+        k=len(clusters),
+        silhouette=silhouette,
+        families=families,
+        clusters=clusters,
+        assignments=assignments,
+    )

@@ -1,0 +1,167 @@
+"""Fleet comparisons from the rollups: percentiles across homes, each home's standing, and the
+statistics of the edge inference results (alarms per home and day, speech-activity share).
+
+Inputs are the rollups read per (home, metric, ...) and time bucket, pooled over rooms, devices
+and gateways (count-weighted). The edge reports inference results as ordinary aggregates named
+``inference_<what>`` whose readings are 1 for a positive result and 0 otherwise, so a window's
+`sum` counts detections and `sum / count` is the share of positive results.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cloud.analytics.models import (
+    EventPoint,
+    EventReport,
+    FleetStat,
+    HomeDayEvents,
+    HomeStanding,
+)
+from cloud.db import rollups
+
+ALARM = "inference_alarm"
+SPEECH = "inference_speech"
+OCCUPANCY = "inference_occupancy"
+ANOMALY = "inference_anomaly"
+EVENT_METRICS = (ALARM, SPEECH, OCCUPANCY, ANOMALY)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Pooled rollup state of one home, metric (and device class) in one bucket."""
+
+    home: str
+    metric: str
+    device_class: str
+    unit: str
+    t: float
+    count: float
+    sum: float
+    weighted: float
+
+    @property
+    def mean(self) -> float | None:
+        return self.weighted / self.count if self.count > 0 else None
+
+
+async def load_cells(
+    engine: AsyncEngine, width: int, since: float, until: float, *, by_device_class: bool
+) -> list[Cell]:
+    """Rollups of `width` in [since, until), pooled per home, metric (device class) and unit."""
+    r = rollups.c
+    device_class = r.device_class if by_device_class else func.min(r.device_class)
+    keys = [r.home, r.metric, r.unit, r.bucket_start]
+    if by_device_class:
+        keys.append(r.device_class)
+    stmt = (
+        select(
+            r.home,
+            r.metric,
+            device_class.label("device_class"),
+            r.unit,
+            r.bucket_start,
+            func.sum(r.count),
+            func.sum(r.sum),
+            func.sum(r.weighted),
+        )
+        .where(r.bucket_s == width, r.bucket_start >= since, r.bucket_start < until)
+        .group_by(*keys)
+        .order_by(r.home, r.metric, r.bucket_start)
+    )
+    async with engine.connect() as conn:
+        rows = (await conn.execute(stmt)).all()
+    return [
+        Cell(home, metric, dc, unit, float(t), float(n), float(s), float(w))
+        for home, metric, dc, unit, t, n, s, w in rows
+    ]
+
+
+def percentile_rank(values: Sequence[float], value: float) -> float:
+    """Share of `values` below `value`, ties counted half, in percent (0-100)."""
+    below = sum(1 for v in values if v < value)
+    equal = sum(1 for v in values if v == value)
+    return 100.0 * (below + 0.5 * equal) / len(values)
+
+
+def fleet_standings(days: Iterable[Cell]) -> tuple[list[FleetStat], list[HomeStanding]]:
+    """Per metric and device class: each home's mean of its daily means, the fleet's p10/p50/p90
+    of those, and every home's percentile rank among them."""
+    daily: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for cell in days:
+        if cell.metric in EVENT_METRICS or cell.mean is None:
+            continue
+        daily[(cell.metric, cell.device_class, cell.unit)][cell.home].append(cell.mean)
+    stats: list[FleetStat] = []
+    standings: list[HomeStanding] = []
+    for (metric, device_class, unit), homes in sorted(daily.items()):
+        values = {home: float(np.mean(means)) for home, means in homes.items()}
+        sample = list(values.values())
+        p10, p50, p90 = (float(p) for p in np.percentile(sample, [10, 50, 90]))
+        stats.append(
+            FleetStat(
+                metric, device_class, unit, len(sample), p10, p50, p90, float(np.mean(sample))
+            )
+        )
+        for home, value in sorted(values.items()):
+            rank = percentile_rank(sample, value)
+            standings.append(
+                HomeStanding(home, metric, device_class, value, rank, len(homes[home]))
+            )
+    return stats, standings
+
+
+def event_report(days: Iterable[Cell], hours: Iterable[Cell]) -> EventReport:
+    """Alarms and anomalies per home and day, speech and occupancy shares, and a timeline of
+    the hours with detections."""
+    per_day: dict[tuple[str, float], dict[str, Cell]] = defaultdict(dict)
+    for cell in days:
+        if cell.metric in EVENT_METRICS:
+            per_day[(cell.home, cell.t)][cell.metric] = cell
+
+    def share(cells: dict[str, Cell], metric: str) -> float | None:
+        cell = cells.get(metric)
+        return cell.sum / cell.count if cell is not None and cell.count > 0 else None
+
+    def detections(cells: dict[str, Cell], metric: str) -> float:
+        cell = cells.get(metric)
+        return cell.sum if cell is not None else 0.0
+
+    day_rows = [
+        HomeDayEvents(
+            home=home,
+            day=day,
+            alarms=detections(cells, ALARM),
+            anomalies=detections(cells, ANOMALY),
+            speech_share=share(cells, SPEECH),
+            occupancy_share=share(cells, OCCUPANCY),
+        )
+        for (home, day), cells in sorted(per_day.items())
+    ]
+    per_hour: dict[tuple[float, str], dict[str, float]] = defaultdict(dict)
+    for cell in hours:
+        if cell.metric in (ALARM, ANOMALY) and cell.sum > 0:
+            per_hour[(cell.t, cell.home)][cell.metric] = cell.sum
+    timeline = [
+        EventPoint(t, home, found.get(ALARM, 0.0), found.get(ANOMALY, 0.0))
+        for (t, home), found in sorted(per_hour.items())
+    ]
+    with_alarms = [d for d in day_rows if ALARM in per_day[(d.home, d.day)]]
+    speech = [c for cells in per_day.values() if (c := cells.get(SPEECH)) is not None]
+    speech_n = sum(c.count for c in speech)
+    return EventReport(
+        days=day_rows,
+        timeline=timeline,
+        alarms_per_home_day=(
+            sum(d.alarms for d in with_alarms) / len(with_alarms) if with_alarms else None
+        ),
+        speech_share=sum(c.sum for c in speech) / speech_n if speech_n > 0 else None,
+    )

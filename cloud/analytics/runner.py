@@ -1,0 +1,160 @@
+"""Running the analytics: one snapshot from the rollups, stored for every worker, on a schedule.
+
+A run reads the rollups of the look-back period (which ends at the newest data, not at the
+wall clock, so a fleet that uploads late is still analysed), computes fleet standings,
+clusters, anomalies and event statistics, and upserts the result as JSON into
+`analytics_results`. Every worker process serves the stored snapshot, so all of them answer
+alike; a worker skips its run when another stored a fresh snapshot less than an interval ago.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cloud.analytics.anomalies import rank_anomalies
+from cloud.analytics.clusters import cluster_homes
+from cloud.analytics.fleet import event_report, fleet_standings, load_cells
+from cloud.analytics.models import EMPTY_SNAPSHOT, Snapshot
+from cloud.analytics.rollups import newest_window_end
+from cloud.db import analytics_results
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT = "snapshot"
+DAY = 86400
+HOUR = 3600
+
+
+@dataclass(frozen=True)
+class AnalyticsSettings:
+    lookback_days: int = 14
+    cluster_k: int = 0
+    cluster_k_max: int = 6
+    anomaly_threshold: float = 3.5
+    anomaly_top: int = 50
+
+
+async def compute_snapshot(
+    engine: AsyncEngine, settings: AnalyticsSettings, *, now: float | None = None
+) -> Snapshot:
+    """Analyse the rollups of the look-back period that ends with the newest data."""
+    started = time.perf_counter()
+    computed_at = time.time() if now is None else now
+    until = await newest_window_end(engine)
+    if until is None:
+        return msgspec.structs.replace(EMPTY_SNAPSHOT, computed_at=computed_at)
+    # Whole days, so every home's daily means cover the same days.
+    until_day = math.ceil(until / DAY) * DAY
+    since = until_day - settings.lookback_days * DAY
+    days_by_class = await load_cells(engine, DAY, since, until_day, by_device_class=True)
+    days = await load_cells(engine, DAY, since, until_day, by_device_class=False)
+    hours = await load_cells(engine, HOUR, since, until_day, by_device_class=False)
+
+    def analyse() -> Snapshot:
+        # CPU work (KMeans restarts) off the event loop.
+        stats, standings = fleet_standings(days_by_class)
+        clusters = cluster_homes(hours, k=settings.cluster_k, k_max=settings.cluster_k_max)
+        anomalies = rank_anomalies(
+            hours,
+            clusters.assignments,
+            threshold=settings.anomaly_threshold,
+            top=settings.anomaly_top,
+        )
+        return Snapshot(
+            computed_at=computed_at,
+            since=float(since),
+            until=float(until_day),
+            duration_s=time.perf_counter() - started,
+            fleet=stats,
+            standings=standings,
+            clusters=clusters,
+            anomalies=anomalies,
+            events=event_report(days, hours),
+        )
+
+    snapshot = await asyncio.to_thread(analyse)
+    return msgspec.structs.replace(snapshot, duration_s=time.perf_counter() - started)
+
+
+def _upsert(dialect: str) -> Any:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(analytics_results)
+    return stmt.on_conflict_do_update(
+        index_elements=["name"],
+        set_={"computed_at": stmt.excluded.computed_at, "payload": stmt.excluded.payload},
+    )
+
+
+async def store_snapshot(engine: AsyncEngine, snapshot: Snapshot) -> None:
+    payload = msgspec.json.encode(snapshot).decode()
+    async with engine.begin() as conn:
+        await conn.execute(
+            _upsert(conn.dialect.name),
+            {"name": SNAPSHOT, "computed_at": snapshot.computed_at, "payload": payload},
+        )
+
+
+class SnapshotCache:
+    """The stored snapshot, decoded once per change (the handlers poll it every few seconds)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._snapshot = EMPTY_SNAPSHOT
+        self._decoder = msgspec.json.Decoder(Snapshot)
+
+    async def computed_at(self) -> float | None:
+        t = analytics_results.c
+        async with self._engine.connect() as conn:
+            value = await conn.scalar(select(t.computed_at).where(t.name == SNAPSHOT))
+        return None if value is None else float(value)
+
+    async def get(self) -> Snapshot:
+        stored_at = await self.computed_at()
+        if stored_at is None or stored_at == self._snapshot.computed_at:
+            return self._snapshot
+        t = analytics_results.c
+        async with self._engine.connect() as conn:
+            payload = await conn.scalar(select(t.payload).where(t.name == SNAPSHOT))
+        if payload is not None:
+            self._snapshot = self._decoder.decode(payload)
+        return self._snapshot
+
+
+async def run_once(engine: AsyncEngine, settings: AnalyticsSettings) -> Snapshot:
+    snapshot = await compute_snapshot(engine, settings)
+    await store_snapshot(engine, snapshot)
+    log.info(
+        "analytics: %d homes, %d clusters, %d anomalies flagged in %.2f s",
+        len(snapshot.clusters.assignments),
+        snapshot.clusters.k,
+        sum(a.flagged for a in snapshot.anomalies),
+        snapshot.duration_s,
+    )
+    return snapshot
+
+
+async def run_periodically(
+    engine: AsyncEngine, settings: AnalyticsSettings, interval_s: float, cache: SnapshotCache
+) -> None:
+    """Run now, then every `interval_s`, until cancelled; a failed run is logged and retried."""
+    while True:
+        try:
+            stored_at = await cache.computed_at()
+            # Another worker ran recently enough: its snapshot serves this one too.
+            if stored_at is None or time.time() - stored_at >= 0.9 * interval_s:
+                await run_once(engine, settings)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the task's top level: log and try again next interval
+            log.exception("analytics run failed; retrying in %.0f s", interval_s)
+        await asyncio.sleep(interval_s)

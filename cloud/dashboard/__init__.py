@@ -1,0 +1,122 @@
+"""The dashboard: a static page plus our own script, drawing the query API with plotly.js.
+
+- ``GET /``            the dashboard for a reader (session cookie or Bearer), else the login form
+- ``POST /login``      form field ``token`` = the read token; sets an HttpOnly, SameSite=Strict
+                       session cookie (a value derived from the token, never the token itself)
+- ``POST /logout``     clears the cookie
+- ``GET /assets/{name}``  dashboard.js, dashboard.css, and plotly.min.js served from the
+                       installed plotly package (nothing is fetched from a CDN)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+from functools import cache
+
+from aiohttp import web
+
+from cloud.app import (
+    READ_SESSION_KEY,
+    SESSION_COOKIE,
+    ApiError,
+    Handler,
+    is_read_token,
+    require_reader,
+)
+
+SESSION_MAX_AGE_S = 12 * 3600
+STATIC = importlib.resources.files(__package__) / "static"
+# name -> (package, path inside it, content type); a fixed list, so no path ever reaches disk.
+ASSETS: dict[str, tuple[str, str, str]] = {
+    "dashboard.js": (__package__, "static/dashboard.js", "text/javascript"),
+    "dashboard.css": (__package__, "static/dashboard.css", "text/css"),
+    "plotly.min.js": ("plotly", "package_data/plotly.min.js", "text/javascript"),
+}
+
+
+@cache
+def _asset(name: str) -> tuple[bytes, str]:
+    """The asset's bytes and ETag, read once per process."""
+    package, path, _ = ASSETS[name]
+    body = (importlib.resources.files(package) / path).read_bytes()
+    return body, '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
+
+
+def _see_other() -> web.Response:
+    return web.Response(status=303, headers={"Location": "/"})
+
+
+def _page(name: str, status: int = 200, message: str = "") -> web.Response:
+    html = (STATIC / name).read_text(encoding="utf-8").replace("{{message}}", message)
+    response = web.Response(text=html, status=status, content_type="text/html", charset="utf-8")
+    # The page holds no secret, but keep it out of shared caches and frames.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Frame-Options"] = "DENY"
+    return response
+
+
+def _is_reader(request: web.Request) -> bool:
+    try:
+        require_reader(request)
+    except ApiError:
+        return False
+    return True
+
+
+async def get_index(request: web.Request) -> web.Response:
+    if _is_reader(request):
+        return _page("index.html")
+    return _page("login.html")
+
+
+async def post_login(request: web.Request) -> web.Response:
+    form = await request.post()
+    token = form.get("token")
+    if not isinstance(token, str) or not token:
+        return _page("login.html", 400, "Enter the read token.")
+    if not is_read_token(request.app, token.strip()):
+        return _page("login.html", 401, "That token is not the read token.")
+    response = _see_other()
+    response.set_cookie(
+        SESSION_COOKIE,
+        request.app[READ_SESSION_KEY],
+        max_age=SESSION_MAX_AGE_S,
+        path="/",
+        httponly=True,
+        samesite="Strict",
+        secure=request.secure,
+    )
+    return response
+
+
+async def post_logout(request: web.Request) -> web.Response:
+    response = _see_other()
+    response.del_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+async def get_asset(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if name not in ASSETS:
+        raise web.HTTPNotFound()
+    body, etag = _asset(name)
+    if request.headers.get("If-None-Match") == etag:
+        return web.Response(status=304)
+    response = web.Response(body=body, content_type=ASSETS[name][2])
+    response.headers["ETag"] = etag
+    response.headers["Cache-Control"] = "max-age=300"
+    return response
+
+
+DASHBOARD_ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("GET", "/", get_index),
+    ("POST", "/login", post_login),
+    ("POST", "/logout", post_logout),
+    ("GET", "/assets/{name}", get_asset),
+)
+
+
+def setup_dashboard(app: web.Application) -> None:
+    for method, path, handler in DASHBOARD_ROUTES:
+        app.router.add_route(method, path, handler)

@@ -1,0 +1,321 @@
+"""The analytics API on a seeded fleet with known answers: fleet percentiles and ranks, clusters
+recovering planted groups, the planted anomaly ranked first, edge event statistics, the
+bandwidth report, the background task, and the read credential (Bearer or session cookie).
+
+Also holds the seeded fleet the dashboard test draws.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import math
+import random
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestClient
+
+from cloud.analytics.anomalies import Z_CAP, robust_z
+from cloud.analytics.fleet import percentile_rank
+from cloud.app import SESSION_COOKIE, create_app
+from schemas.batch import Batch, BatchStats, WindowAggregate, encode_batch
+from tests.test_cloud_api import (
+    GW1_TOKEN,
+    GW2_TOKEN,
+    READ,
+    READ_TOKEN,
+    T0,
+    AiohttpClient,
+    db_url,
+    make_config,
+    upload_headers,
+)
+
+__all__ = ["db_url"]  # the fixture, imported for pytest
+
+HOURS = 48
+GROUPS = {  # planted clusters: the hour (UTC) their power and motion peak
+    7: ["home-01", "home-02", "home-03"],
+    19: ["home-04", "home-05", "home-06"],
+    1: ["home-07", "home-08", "home-09"],
+}
+GATEWAY_OF = {f"home-0{i}": ("gw-1" if i <= 5 else "gw-2") for i in range(1, 10)}
+TOKENS = {"gw-1": GW1_TOKEN, "gw-2": GW2_TOKEN}
+ANOMALOUS_HOME = "home-08"
+ALARMS = {("home-03", 10): 2.0, ("home-03", 30): 1.0}  # (home, hour index) -> alarms
+
+
+def _peak(hour: int, at: int) -> float:
+    distance = min(abs(hour - at), 24 - abs(hour - at))
+    return math.exp(-(distance**2) / 4)
+
+
+def _window(home: str, t: float, metric: str, value: float, **fields: Any) -> WindowAggregate:
+    values: dict[str, Any] = {
+        "window_s": 3600,
+        "home": home,
+        "room_class": "living",
+        "device_class": "thermostat",
+        "metric": metric,
+        "unit": "",
+        "policy": "aggregate",
+        "count": 60.0,
+        "sum": 60.0 * value,
+        "mean": value,
+        "min": value - 1,
+        "max": value + 1,
+        "std": 0.5,
+    }
+    values.update(fields)
+    return WindowAggregate(window_start=t, **values)
+
+
+def fleet_windows() -> list[WindowAggregate]:
+    """Two days of hourly windows for nine homes in three planted groups."""
+    rng = random.Random(42)
+    out = []
+    for peak, homes in GROUPS.items():
+        for n, home in enumerate(homes):
+            level = 1.0 + 0.5 * n  # homes differ in level, not in the shape of their day
+            index = int(home[-1])
+            for i in range(HOURS):
+                t = T0 + 3600 * i
+                shape = _peak(i % 24, peak)
+                noise = 1 + rng.uniform(-0.02, 0.02)
+                out.append(
+                    _window(
+                        home,
+                        t,
+                        "power",
+                        level * (100 + 400 * shape) * noise,
+                        unit="W",
+                        device_class="plug",
+                    )
+                )
+                out.append(
+                    _window(
+                        home,
+                        t,
+                        "motion",
+                        (0.1 + 0.6 * shape) * noise,
+                        device_class="motion",
+                        std=0.3,
+                    )
+                )
+                temperature = 20 + 0.25 * index + rng.uniform(-0.1, 0.1)
+                if home == ANOMALOUS_HOME and i == HOURS - 1:
+                    temperature = 35.0
+                out.append(_window(home, t, "temperature", temperature, unit="°C"))
+                alarms = ALARMS.get((home, i), 0.0)
+                mic = {"device_class": "microphone", "min": 0.0, "max": 1.0, "std": None}
+                out.append(_window(home, t, "inference_alarm", alarms / 60, **mic))
+                out.append(_window(home, t, "inference_speech", 0.2, **mic))
+    return out
+
+
+@dataclass
+class Seeded:
+    windows: list[WindowAggregate]
+    ingested: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    wire: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+async def seed_fleet(client: TestClient[Any, Any]) -> Seeded:
+    """Upload the fleet as the two gateways would: one batch per gateway per 6 hours."""
+    windows = fleet_windows()
+    seeded = Seeded(windows)
+    chunks: dict[tuple[str, int], list[WindowAggregate]] = defaultdict(list)
+    for a in windows:
+        chunks[(GATEWAY_OF[a.home], int(a.window_start - T0) // (6 * 3600))].append(a)
+    seqs: dict[str, int] = defaultdict(int)
+    for (gateway, _), aggs in sorted(chunks.items()):
+        seqs[gateway] += 1
+        ingested = 1000 * len(aggs) + seqs[gateway]
+        batch = Batch(
+            batch_id=uuid.uuid4().hex,
+            gateway=gateway,
+            seq=seqs[gateway],
+            created_at=T0,
+            aggregates=aggs,
+            stats=BatchStats(ingested_messages=10 * len(aggs), ingested_bytes=ingested),
+        )
+        body = gzip.compress(encode_batch(batch), compresslevel=1)
+        resp = await client.post(
+            "/api/v1/batches", data=body, headers=upload_headers(TOKENS[gateway])
+        )
+        assert resp.status == 201, await resp.text()
+        seeded.ingested[gateway] += ingested
+        seeded.wire[gateway] += len(body)
+    return seeded
+
+
+def daily_means(windows: list[WindowAggregate], metric: str) -> dict[str, list[float]]:
+    days: dict[tuple[str, float], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for a in windows:
+        if a.metric == metric:
+            cell = days[(a.home, math.floor(a.window_start / 86400) * 86400)]
+            cell[0] += a.count * a.mean
+            cell[1] += a.count
+    out: dict[str, list[float]] = defaultdict(list)
+    for (home, _), (weighted, n) in sorted(days.items()):
+        out[home].append(weighted / n)
+    return out
+
+
+async def get(client: TestClient[Any, Any], path: str, **params: str) -> Any:
+    resp = await client.get(path, params=params, headers=READ)
+    assert resp.status == 200, await resp.text()
+    return await resp.json()
+
+
+async def test_analytics_on_a_seeded_fleet_give_the_known_answers(
+    aiohttp_client: AiohttpClient, db_url: str
+) -> None:
+    client = await aiohttp_client(create_app(make_config(db_url, analytics_interval_s=0)))
+    seeded = await seed_fleet(client)
+    resp = await client.post("/api/v1/analytics/run", headers=READ)
+    assert resp.status == 200
+    assert (await resp.json())["homes"] == 9
+
+    # Fleet percentiles of homes' mean daily temperature, and each home's rank.
+    fleet = await get(client, "/api/v1/analytics/fleet", metric="temperature")
+    means = {h: float(np.mean(v)) for h, v in daily_means(seeded.windows, "temperature").items()}
+    (stat,) = fleet["stats"]
+    assert (stat["device_class"], stat["homes"], stat["unit"]) == ("thermostat", 9, "°C")
+    for name, q in (("p10", 10), ("p50", 50), ("p90", 90)):
+        assert stat[name] == pytest.approx(np.percentile(list(means.values()), q), rel=1e-9)
+    ranks = {s["home"]: s for s in fleet["homes"]}
+    for home, value in means.items():
+        assert ranks[home]["value"] == pytest.approx(value, rel=1e-9)
+        assert ranks[home]["rank_pct"] == percentile_rank(list(means.values()), value)
+        assert ranks[home]["days"] == 2
+    one = await get(client, "/api/v1/analytics/fleet", metric="power", home="home-05")
+    assert [s["home"] for s in one["homes"]] == ["home-05"]
+    assert one["stats"][0]["device_class"] == "plug"
+
+    # The planted groups come back as the clusters, chosen by silhouette.
+    clusters = (await get(client, "/api/v1/analytics/clusters"))["report"]
+    assert clusters["k"] == 3
+    assert sorted(sorted(c["homes"]) for c in clusters["clusters"]) == sorted(
+        sorted(h) for h in GROUPS.values()
+    )
+    assert clusters["families"] == ["power", "occupancy"]
+    for c in clusters["clusters"]:
+        peak = next(p for p, homes in GROUPS.items() if c["homes"][0] in homes)
+        assert int(np.argmax(c["centroid"]["power"])) == peak
+        assert np.mean(c["centroid"]["power"]) == pytest.approx(1.0, abs=0.02)
+
+    # The planted temperature jump ranks first, against its history and its cluster.
+    anomalies = await get(client, "/api/v1/analytics/anomalies", flagged="true")
+    top = anomalies["anomalies"][0]
+    assert (top["home"], top["metric"], top["t"]) == (
+        ANOMALOUS_HOME,
+        "temperature",
+        T0 + 3600 * (HOURS - 1),
+    )
+    assert top["flagged"] and top["value"] == 35.0
+    assert top["z_history"] > 10 and top["z_peers"] > 10
+    assert all(
+        a["home"] == ANOMALOUS_HOME or a["metric"] != "temperature" for a in anomalies["anomalies"]
+    )
+
+    # Edge events: alarms per home and day, the speech share, the alarm timeline.
+    events = (await get(client, "/api/v1/analytics/events"))["report"]
+    alarms = {(d["home"], d["day"]): d["alarms"] for d in events["days"]}
+    assert alarms[("home-03", T0)] == pytest.approx(2.0)
+    assert alarms[("home-03", T0 + 86400)] == pytest.approx(1.0)
+    assert sum(alarms.values()) == pytest.approx(3.0)
+    assert events["alarms_per_home_day"] == pytest.approx(3.0 / 18)
+    assert events["speech_share"] == pytest.approx(0.2)
+    assert [(p["t"], p["home"], p["alarms"]) for p in events["timeline"]] == [
+        (T0 + 3600 * 10, "home-03", pytest.approx(2.0)),
+        (T0 + 3600 * 30, "home-03", pytest.approx(1.0)),
+    ]
+
+    # Bandwidth: bytes ingested at the edge vs bytes uplinked, per gateway and in total.
+    band = await get(client, "/api/v1/analytics/bandwidth")
+    for g in band["gateways"]:
+        assert g["ingested_bytes"] == seeded.ingested[g["gateway"]]
+        assert g["uplink_wire_bytes"] == seeded.wire[g["gateway"]]
+    total_in, total_wire = sum(seeded.ingested.values()), sum(seeded.wire.values())
+    assert band["fleet"]["saving_pct"] == pytest.approx(100 * (1 - total_wire / total_in))
+    assert band["fleet"]["reduction_x"] == pytest.approx(total_in / total_wire)
+
+    overview = await get(client, "/api/v1/analytics/overview")
+    assert overview["gateways_online"] == 2 and overview["homes"] == 9
+    assert overview["aggregate_rows"] == len(seeded.windows)
+    assert overview["batches_per_s"] == pytest.approx(16 / 60)
+    assert overview["clusters"] == 3 and overview["anomalies_flagged"] >= 1
+
+    rollups = await get(client, "/api/v1/analytics/rollups")
+    assert rollups["data_end"] == T0 + 3600 * HOURS
+    spans = {m["metric"]: m for m in rollups["metrics"]}
+    assert spans["power"]["homes"] == 9 and spans["power"]["windows"] == 9 * HOURS
+
+
+async def test_the_background_task_runs_on_start_and_stops_with_the_app(
+    aiohttp_client: AiohttpClient, db_url: str
+) -> None:
+    client = await aiohttp_client(create_app(make_config(db_url, analytics_interval_s=0.2)))
+    await seed_fleet(client)
+    for _ in range(100):
+        clusters = (await get(client, "/api/v1/analytics/clusters"))["report"]
+        if clusters["k"] == 3:
+            break
+        await asyncio.sleep(0.1)
+    assert clusters["k"] == 3
+    task = next(t for t in asyncio.all_tasks() if t.get_name() == "analytics")
+    await client.close()
+    assert task.cancelled() or task.done()
+
+
+async def test_analytics_need_the_read_credential_and_the_cookie_works(
+    aiohttp_client: AiohttpClient, db_url: str
+) -> None:
+    client = await aiohttp_client(create_app(make_config(db_url, analytics_interval_s=0)))
+    for path in ("/api/v1/analytics/overview", "/api/v1/analytics/fleet"):
+        assert (await client.get(path)).status == 401
+        resp = await client.get(path, headers={"Authorization": f"Bearer {GW1_TOKEN}"})
+        assert resp.status == 401
+    assert (await client.post("/api/v1/analytics/run")).status == 401
+    # Before login the page is the login form; a wrong token is refused.
+    page = await client.get("/")
+    assert page.status == 200 and 'action="/login"' in await page.text()
+    resp = await client.post("/login", data={"token": "wrong-token-000000000"})
+    assert resp.status == 401
+    resp = await client.post("/login", data={"token": READ_TOKEN}, allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"] == "/"
+    cookie = resp.cookies[SESSION_COOKIE]
+    assert cookie["httponly"] and cookie["samesite"] == "Strict"
+    assert READ_TOKEN not in cookie.value
+    client.session.cookie_jar.clear()  # from here on, cookies only as sent explicitly
+    session = {"Cookie": f"{SESSION_COOKIE}={cookie.value}"}
+    assert (await client.get("/api/v1/analytics/overview", headers=session)).status == 200
+    page = await client.get("/", headers=session)
+    assert 'id="chart-series"' in await page.text()
+    forged = {"Cookie": f"{SESSION_COOKIE}={'0' * 64}"}
+    assert (await client.get("/api/v1/analytics/overview", headers=forged)).status == 401
+    # plotly.js comes from the installed package, not from a CDN.
+    js = await client.get("/assets/plotly.min.js")
+    assert js.status == 200 and len(await js.read()) > 1_000_000
+    assert (await client.get("/assets/../../etc/passwd")).status == 404
+    resp = await client.get("/api/v1/analytics/anomalies", params={"flagged": "x"}, headers=READ)
+    assert resp.status == 400
+
+
+def test_robust_z_uses_median_and_mad() -> None:
+    sample = [1.0, 2.0, 3.0, 4.0, 100.0]  # median 3, MAD 1: the outlier does not widen it
+    z, median = robust_z(6.0, sample)
+    assert median == 3.0 and z == pytest.approx(3.0 / 1.4826)
+    z, _ = robust_z(5.0, [2.0, 2.0, 2.0, 2.0, 4.0])  # MAD 0: mean absolute deviation stands in
+    assert z == pytest.approx(3.0 / (1.2533 * 0.4))
+    assert robust_z(2.0, [2.0, 2.0]) == (0.0, 2.0)
+    # A constant sample: the scale is 5 % of the median, or a cap when the median is 0.
+    assert robust_z(3.0, [2.0, 2.0]) == (pytest.approx(10.0), 2.0)
+    assert robust_z(1.0, [0.0, 0.0]) == (Z_CAP, 0.0)
+    assert percentile_rank([1.0, 2.0, 2.0, 3.0], 2.0) == 50.0
