@@ -1,0 +1,154 @@
+"""The dashboard in a real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright):
+log in with the read token, read the plotted series out of plotly's graph div and compare them
+with the seeded fleet, change the bucket and range pickers, watch a live update arrive, and save
+a screenshot to test-artifacts/dashboard.png."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloud.app import create_app
+from schemas.batch import Batch
+from tests.conftest import need
+from tests.test_analytics_api import HOURS, _window, seed_fleet
+from tests.test_cloud_api import READ, READ_TOKEN, T0, AiohttpClient, make_config, post
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SERIES_JS = """() => document.getElementById('chart-series').data.map(
+    t => ({name: t.name, x: Array.from(t.x), y: Array.from(t.y)}))"""
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def expected_means(windows: list[Any], width: int, start: float, end: float) -> dict[str, Any]:
+    """home -> (x, y) of the count-weighted mean temperature per bucket in [start, end)."""
+    cells: dict[tuple[str, float], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for a in windows:
+        if a.metric == "temperature" and start <= a.window_start < end:
+            cell = cells[(a.home, math.floor(a.window_start / width) * width)]
+            cell[0] += a.count * a.mean
+            cell[1] += a.count
+    out: dict[str, tuple[list[str], list[float]]] = defaultdict(lambda: ([], []))
+    for (home, t), (weighted, n) in sorted(cells.items()):
+        out[home][0].append(iso(t))
+        out[home][1].append(weighted / n)
+    return dict(out)
+
+
+def assert_plotted(traces: list[dict[str, Any]], expected: dict[str, Any]) -> None:
+    plotted = {t["name"]: t for t in traces}
+    assert plotted.keys() == expected.keys()
+    for home, (xs, ys) in expected.items():
+        assert plotted[home]["x"] == xs, home
+        assert plotted[home]["y"] == pytest.approx(ys, rel=1e-9), home
+
+
+@pytest.fixture
+def chromium() -> Path:
+    if not CHROMIUM.exists():
+        need("chromium is not installed (apt-get install chromium)")
+    return CHROMIUM
+
+
+async def test_the_dashboard_draws_the_seeded_fleet_and_follows_the_pickers(
+    aiohttp_client: AiohttpClient, tmp_path: Path, chromium: Path
+) -> None:
+    from playwright.async_api import async_playwright
+
+    config = make_config(
+        f"sqlite+aiosqlite:///{tmp_path / 'cloud.db'}",
+        analytics_interval_s=0,
+        dashboard_poll_s=0.5,
+    )
+    client = await aiohttp_client(create_app(config))
+    seeded = await seed_fleet(client)
+    assert (await client.post("/api/v1/analytics/run", headers=READ)).status == 200
+    url = str(client.make_url("/"))
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 1200})
+            await page.goto(url)
+            await page.fill("#token", "not-the-token-0000")
+            await page.click("button[type=submit]")
+            assert "not the read token" in await page.inner_text(".error")
+            await page.fill("#token", READ_TOKEN)
+            await page.click("button[type=submit]")
+            await page.wait_for_function(
+                "document.body && Number(document.body.dataset.refreshes || 0) >= 1"
+            )
+
+            # Default view: temperature, hourly means per home over the last 24 h of data.
+            assert await page.input_value("#metric") == "temperature"
+            end = T0 + 3600 * HOURS
+            assert_plotted(
+                await page.evaluate(SERIES_JS),
+                expected_means(seeded.windows, 3600, end - 86400, end),
+            )
+            assert await page.inner_text("#card-online") == "2 / 2"
+            assert await page.inner_text("#card-homes") == "9"
+            clusters = await page.evaluate(
+                "() => document.getElementById('chart-clusters').data.length"
+            )
+            assert clusters == 3
+            first_anomaly = await page.inner_text("#anomalies tbody tr:first-child")
+            assert "home-08" in first_anomaly and "temperature" in first_anomaly
+
+            # The bucket picker: daily means of the last day; the range picker: every day.
+            async def pick(selector: str, value: str) -> list[dict[str, Any]]:
+                await page.select_option(selector, value)
+                await page.wait_for_function("document.body.dataset.seriesReady === '1'")
+                traces: list[dict[str, Any]] = await page.evaluate(SERIES_JS)
+                return traces
+
+            assert_plotted(
+                await pick("#bucket", "day"),
+                expected_means(seeded.windows, 86400, end - 86400, end),
+            )
+            day_all = expected_means(seeded.windows, 86400, 0, math.inf)
+            assert_plotted(await pick("#range", "all"), day_all)
+            assert all(len(xs) == 2 for xs, _ in day_all.values())
+
+            # Live: a new hour arrives and the chart picks it up on its own.
+            await pick("#bucket", "hour")
+            fresh = _window("home-01", end, "temperature", 23.5, unit="°C")
+            batch = Batch(
+                batch_id="f" * 32, gateway="gw-1", seq=99, created_at=end, aggregates=[fresh]
+            )
+            assert (await post(client, batch))[0] == 201
+            await page.wait_for_function(
+                "(x) => document.getElementById('chart-series').data"
+                ".some(t => t.name === 'home-01' && Array.from(t.x).includes(x))",
+                arg=iso(end),
+                timeout=15_000,
+            )
+            traces = await page.evaluate(SERIES_JS)
+            home1 = next(t for t in traces if t["name"] == "home-01")
+            assert home1["y"][home1["x"].index(iso(end))] == 23.5
+
+            await page.select_option("#range", "86400")
+            await page.wait_for_function("document.body.dataset.seriesReady === '1'")
+            await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        finally:
+            await browser.close()
