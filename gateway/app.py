@@ -5,8 +5,8 @@ Extension points for the other components (all to be used before `start`):
 
 - ``gw.writer`` (after start): ``await gw.writer.run(fn)`` runs ``fn(connection)`` in the writer
   thread in its own transaction, so one thread owns SQLite writes.
-- ``gw.on_readings(cb)``: ``async cb(readings: Sequence[Reading])`` gets every committed batch
-  of new-or-duplicate readings, in commit order. Full policy: at most
+- ``gw.on_readings(cb)``: ``async cb(readings: Sequence[Reading])`` gets the readings each
+  commit newly stored (redelivered duplicates left out), in commit order. Full policy: at most
   ``ingest.callback_queue_batches`` batches wait; beyond that the oldest is dropped (the rows
   are stored already; counted as ``queue_dropped{queue="readings"}``).
 - ``gw.on_audio(cb)``: ``async cb(frame: AudioIn)`` gets every valid audio frame after its
@@ -55,6 +55,7 @@ CleanupCtx = Callable[["Gateway"], AsyncIterator[None]]
 TaskFactory = Callable[[], Coroutine[Any, Any, None]]
 
 _RESTART_MAX_S = 60.0
+_FLUSH_TIMEOUT_S = 30.0
 
 
 class Gateway:
@@ -210,7 +211,10 @@ class Gateway:
         writer = self._writer
         if writer is not None and writer.alive:
             try:
-                await writer.flush()
+                await asyncio.wait_for(writer.flush(), _FLUSH_TIMEOUT_S)
+            except TimeoutError:  # e.g. a commit retrying on a full disk: leave it un-acked
+                log.error("writer flush timed out after %ss", _FLUSH_TIMEOUT_S)
+                writer.request_stop()
             except Exception:  # a dead writer: nothing more can be committed or acked
                 log.exception("final writer flush failed")
         if bridge is not None:

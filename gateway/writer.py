@@ -58,21 +58,28 @@ AckToken = tuple[int, int]
 AckFn = Callable[[Sequence[AckToken]], None]
 CommittedFn = Callable[[list[Reading], list[AudioIn]], None]
 
-# All readings of a batch go in as ONE statement whose single parameter is the batch as JSON
-# (msgspec encodes the Reading dataclasses in C; SQLite's json_each unpacks them in C).
+# All readings of a batch go in as ONE statement whose single parameter is the batch as a JSON
+# array of row arrays (msgspec encodes it in C; SQLite's json_each unpacks it in C).
 # Why not executemany: sqlite3 releases the GIL around every statement step, so with one step
 # per row the writer queued for the GIL behind the busy MQTT thread once per row, and commits
 # took ~3x longer under load; per-size multi-row VALUES statements cost megabytes of cached
 # prepared statements. Floats survive the JSON round trip exactly (shortest repr both ways).
+# ``->>`` (SQLite >= 3.38) unpacks ~1.5x faster than json_extract.
 _FIELDS = ("home", "room", "device", "metric", "ts", "value", "seq", "received_at")
+_COLUMN = (
+    "value ->> {i}" if sqlite3.sqlite_version_info >= (3, 38) else "json_extract(value, '$[{i}]')"
+)
 _INSERT_READINGS = (
     f"INSERT OR IGNORE INTO readings ({', '.join(_FIELDS)}) SELECT "
-    + ", ".join(f"json_extract(value, '$.{f}')" for f in _FIELDS)
+    + ", ".join(_COLUMN.format(i=i) for i in range(len(_FIELDS)))
     + " FROM json_each(?)"
 )
 _encode = msgspec.json.Encoder().encode
 
 
+_STORED_ROW = (
+    "SELECT received_at, seq FROM readings WHERE home = ? AND device = ? AND metric = ? AND ts = ?"
+)
 _UPSERT_SEEN = (
     "INSERT INTO devices (home, device, room, device_class, last_seen) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (home, device) DO UPDATE SET room = excluded.room, "
@@ -289,7 +296,8 @@ class Writer:
         if isinstance(item, _Stop):
             return True
         if isinstance(item, _Barrier):
-            item.future.set_result(None)
+            if item.future.set_running_or_notify_cancel():  # the waiter may have given up
+                item.future.set_result(None)
         elif isinstance(item, _Job):
             self._run_job(conn, item)
         return False
@@ -329,7 +337,7 @@ class Writer:
         while True:
             started = time.perf_counter()
             try:
-                inserted = self._write(conn, readings, seen, states, dead)
+                new = self._write(conn, readings, seen, states, dead)
                 break
             except Exception as exc:  # disk full, I/O error: keep the batch and its acks, retry
                 self._metrics.writer_errors.inc()
@@ -344,17 +352,17 @@ class Writer:
         m.commit_seconds.observe(time.perf_counter() - started)
         m.commits.inc()
         m.batch_rows.observe(len(batch))
-        if inserted:
-            m.rows_stored.inc(inserted)
-        if len(readings) > inserted:
-            m.duplicates.inc(len(readings) - inserted)
+        if new:
+            m.rows_stored.inc(len(new))
+        if len(readings) > len(new):
+            m.duplicates.inc(len(readings) - len(new))
         for d in dead:
             m.dead_letters.labels(d.reason).inc()
         tokens = [token for token, _ in batch if token is not None]
         if tokens and self.ack is not None:
             self.ack(tokens)
-        if (readings or audio) and self.on_committed is not None:
-            self.on_committed(readings, audio)
+        if (new or audio) and self.on_committed is not None:
+            self.on_committed(new, audio)
 
     @staticmethod
     def _write(
@@ -363,17 +371,23 @@ class Writer:
         seen: dict[tuple[str, str], DeviceSeen],
         states: list[StateIn],
         dead: list[DeadLetter],
-    ) -> int:
-        """One transaction; returns how many reading rows were new."""
+    ) -> list[Reading]:
+        """One transaction; returns the readings that were new (not stored before)."""
         # The hot path uses the DB-API cursor directly: SQLAlchemy's executemany costs ~2x more
         # per row, and the statements are fixed.
         with conn.begin():
             cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
             try:
-                inserted = 0
+                new = readings
                 if readings:
-                    cur.execute(_INSERT_READINGS, (_encode(readings),))
+                    rows = [
+                        (r.home, r.room, r.device, r.metric, r.ts, r.value, r.seq, r.received_at)
+                        for r in readings
+                    ]
+                    cur.execute(_INSERT_READINGS, (_encode(rows),))
                     inserted = cur.rowcount
+                    if inserted < len(readings):
+                        new = _stored_now(cur, readings)
                 if seen:
                     cur.executemany(
                         _UPSERT_SEEN,
@@ -404,11 +418,28 @@ class Writer:
                     )
             finally:
                 cur.close()
-        return int(inserted)
+        return new
 
     def request_stop(self) -> None:
         """Make a failing commit give up at its next retry (used at shutdown)."""
         self._stopping.set()
+
+
+def _stored_now(cur: sqlite3.Cursor, readings: list[Reading]) -> list[Reading]:
+    """Which of `readings` this transaction inserted (the rest were duplicates). Only called
+    when some were duplicates (after a redelivery), so the per-row queries are rare: a row is
+    new when the stored row with its key carries its own received_at and seq."""
+    new: list[Reading] = []
+    taken: set[tuple[str, str, str, float]] = set()
+    for r in readings:
+        key = (r.home, r.device, r.metric, r.ts)
+        if key in taken:
+            continue
+        row = cur.execute(_STORED_ROW, key).fetchone()
+        if row is not None and row[0] == r.received_at and row[1] == r.seq:
+            new.append(r)
+            taken.add(key)
+    return new
 
 
 def checkpoint_wal(path: str | Path) -> tuple[int, int, int]:

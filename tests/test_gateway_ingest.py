@@ -201,6 +201,12 @@ async def test_bad_input_is_dead_lettered_and_ingest_goes_on(
 async def test_duplicates_are_stored_once(
     gateway: Gateway, publisher: Publisher, topic_root: str
 ) -> None:
+    committed: list[Reading] = []
+
+    async def on_readings(batch: Sequence[Reading]) -> None:
+        committed.extend(batch)
+
+    gateway.on_readings(on_readings)
     tele = device_topic("h1", "kitchen", "plug-1", "telemetry", root=topic_root)
     payload = encode_telemetry(TS0, {"power": 100.0, "energy": 5.0}, seq=1)
     for _ in range(3):
@@ -212,6 +218,10 @@ async def test_duplicates_are_stored_once(
     await wait_for(lambda: metric_value(gateway, "homeedge_gateway_duplicate_rows_total") == 5)
     stored = query(gateway.config.storage.path, "SELECT metric, seq, value FROM readings")
     assert sorted(stored) == [("energy", 1, 5.0), ("power", 1, 100.0), ("power", 2, 101.0)]
+    # Callbacks see each stored reading once, never the duplicates.
+    await wait_for(lambda: len(committed) >= 3)
+    await asyncio.sleep(0.1)
+    assert sorted((r.metric, r.seq, r.value) for r in committed) == sorted(stored)
 
 
 async def test_state_audio_and_callbacks(
@@ -375,3 +385,34 @@ def test_metrics_registries_are_per_gateway() -> None:
     a.rows_stored.inc(3)
     assert a.registry.get_sample_value("homeedge_gateway_rows_stored_total") == 3
     assert b.registry.get_sample_value("homeedge_gateway_rows_stored_total") == 0
+
+
+async def test_writer_acks_only_committed_messages(tmp_path: Path) -> None:
+    """The ack callback runs after the commit: another connection already sees the rows."""
+    from gateway.db import make_engine
+    from gateway.ingest import DeviceSeen, ReadingsIn
+    from gateway.writer import Writer
+
+    db = tmp_path / "w.db"
+    visible_at_ack: list[tuple[int, int]] = []  # (rows visible, messages acked so far)
+    acked: list[tuple[int, int]] = []
+
+    def ack(tokens: Sequence[tuple[int, int]]) -> None:
+        acked.extend(tokens)
+        visible = int(query(db, "SELECT count(*) FROM readings")[0][0])
+        visible_at_ack.append((visible, len(acked)))
+
+    writer = Writer(make_engine(db), metrics=GatewayMetrics(), ack=ack, batch_rows=10)
+    writer.start()
+    try:
+        for seq in range(25):
+            r = Reading("h", "r", "plug-1", "power", TS0 + seq, 1.0, seq, TS0)
+            item = ReadingsIn([r], [DeviceSeen("h", "r", "plug-1", TS0)])
+            assert writer.put_message((7, seq + 1), item, lambda: False)
+        await writer.flush()
+    finally:
+        await writer.stop()
+    assert sorted(acked) == [(7, mid) for mid in range(1, 26)]
+    # Batches of at most 10 rows; every acked message's row was committed before its ack.
+    assert len(visible_at_ack) >= 3
+    assert all(visible >= acked_so_far for visible, acked_so_far in visible_at_ack)
