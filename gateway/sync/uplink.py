@@ -84,7 +84,9 @@ class TokenBucket:
 
     async def acquire(self) -> None:
         self._refill()
-        while self._tokens < 1.0:
+        # The tolerance absorbs float rounding (0.1 s * 10/s may refill 0.999...), which would
+        # otherwise sleep ever-smaller amounts.
+        while self._tokens < 1.0 - 1e-9:
             await self._sleep((1.0 - self._tokens) / self.rate)
             self._refill()
         self._tokens -= 1.0

@@ -1,0 +1,245 @@
+"""The uplink against a real aiohttp server written here: order, retries, backoff bounds,
+parking of rejected batches, duplicates, gzip on the wire, pacing."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from prometheus_client import CollectorRegistry
+from sqlalchemy import Engine, select
+
+from gateway.sync.metrics import SyncMetrics
+from gateway.sync.settings import UplinkSettings
+from gateway.sync.tables import outbox
+from gateway.sync.uplink import Backoff, TokenBucket, Uplink, thread_run_db
+from schemas.batch import decode_batch
+from tests.conftest import free_port
+from tests.test_sync_outbox import put
+from tests.test_sync_windows import make_db
+
+TOKEN = "gw-secret-token"
+
+
+@dataclass
+class FakeCloud:
+    """Stores batches idempotently; `script` gives the status of the n-th request (else 201)."""
+
+    script: dict[int, int] = field(default_factory=dict)
+    reject_seq: set[int] = field(default_factory=set)
+    stored: dict[str, int] = field(default_factory=dict)
+    order: list[int] = field(default_factory=list)
+    requests: int = 0
+    problems: list[str] = field(default_factory=list)
+    wire_sizes: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if request.headers.get("Content-Encoding") != "gzip":
+            self.problems.append("not gzip")
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            self.problems.append("bad token")
+        # aiohttp inflates a gzip request body as it reads it; Content-Length is the wire size.
+        body = await request.read()
+        batch = decode_batch(body)
+        self.wire_sizes[batch.seq] = (request.content_length or 0, len(body))
+        status = self.script.get(self.requests)
+        if status is not None:
+            return web.json_response(
+                {"error": {"code": "unavailable", "message": "try later"}}, status=status
+            )
+        if batch.seq in self.reject_seq:
+            return web.json_response(
+                {"error": {"code": "validation", "message": "bad window"}}, status=422
+            )
+        if batch.batch_id in self.stored:
+            return web.json_response({"status": "duplicate"}, status=200)
+        self.stored[batch.batch_id] = batch.seq
+        self.order.append(batch.seq)
+        return web.json_response({"status": "stored"}, status=201)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/api/v1/batches", self.handle)
+        return app
+
+
+class Sleeps:
+    """Records requested delays and sleeps a tiny bit (the loop still turns)."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        if len(self.delays) > 100:
+            raise AssertionError("the uplink keeps retrying")  # fail fast instead of spinning
+        await asyncio.sleep(0)
+
+
+def make_uplink(engine: Engine, url: str, sleeps: Sleeps, **kw: object) -> Uplink:
+    settings = UplinkSettings.model_validate(
+        {
+            "url": url,
+            "token": TOKEN,
+            "backoff_min_s": 0.5,
+            "backoff_max_s": 4.0,
+            "catchup_batches_per_s": 1000.0,
+            "catchup_burst": 1000,
+            **kw,
+        }
+    )
+    return Uplink(
+        settings,
+        run_db=thread_run_db(engine),
+        metrics=SyncMetrics(CollectorRegistry()),
+        rng=random.Random(7),
+        sleep=sleeps,
+        clock=lambda: 1_700_000_400.0,
+    )
+
+
+def statuses(engine: Engine) -> dict[int, tuple[str, str | None]]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(outbox.c.seq, outbox.c.status, outbox.c.last_error)).all()
+    return {r.seq: (r.status, r.last_error) for r in rows}
+
+
+async def start(cloud: FakeCloud) -> TestServer:
+    server = TestServer(cloud.app())
+    await server.start_server()
+    return server
+
+
+async def test_retries_then_sends_each_batch_once_in_order(tmp_path: Path) -> None:
+    engine = make_db(tmp_path)
+    put(engine, 5, UplinkSettings())
+    cloud = FakeCloud(script={1: 500, 2: 503, 3: 500, 5: 429})
+    server = await start(cloud)
+    sleeps = Sleeps()
+    uplink = make_uplink(engine, str(server.make_url("")), sleeps)
+    try:
+        async with aiohttp.ClientSession() as session:
+            acked = await uplink.drain(session)
+    finally:
+        await server.close()
+    assert cloud.problems == []
+    assert acked == 5 and cloud.order == [1, 2, 3, 4, 5]
+    # what travelled is the stored gzip body, smaller than the JSON it inflates to
+    with engine.connect() as conn:
+        for seq, body_gz in conn.execute(select(outbox.c.seq, outbox.c.body_gz)):
+            wire, inflated = cloud.wire_sizes[seq]
+            assert wire == len(body_gz) < inflated == len(gzip.decompress(body_gz))
+    assert all(status == "sent" for status, _ in statuses(engine).values())
+    m = uplink.metrics
+    assert m.retries._value.get() == 4 and m.sent._value.get() == 5
+    assert m.outbox_depth._value.get() == 0
+    # full jitter within [min, min * 2^n] and never above the cap
+    retry_delays = [d for d in sleeps.delays if d >= 0.5]
+    assert len(retry_delays) == 4
+    assert all(0.5 <= d <= 4.0 for d in retry_delays)
+    assert retry_delays[0] <= 0.5 * 1 + 1e-9 and retry_delays[1] <= 1.0 and retry_delays[2] <= 2.0
+
+
+async def test_rejected_batch_parked_and_duplicate_acknowledged(tmp_path: Path) -> None:
+    engine = make_db(tmp_path)
+    put(engine, 3, UplinkSettings())
+    cloud = FakeCloud(reject_seq={2})
+    server = await start(cloud)
+    sleeps = Sleeps()
+    uplink = make_uplink(engine, str(server.make_url("")), sleeps)
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert await uplink.drain(session) == 2
+            # the cloud already has seq 3 (say our ack was lost): a resend is a 200 duplicate
+            with engine.begin() as conn:
+                conn.execute(outbox.update().where(outbox.c.seq == 3).values(status="pending"))
+            assert await uplink.drain(session) == 1
+    finally:
+        await server.close()
+    st = statuses(engine)
+    assert st[1][0] == "sent" and st[3][0] == "sent"
+    assert st[2][0] == "rejected" and "422 validation: bad window" in (st[2][1] or "")
+    assert cloud.order == [1, 3]
+    m = uplink.metrics
+    assert m.rejected._value.get() == 1 and m.duplicates._value.get() == 1
+    assert m.retries._value.get() == 0
+
+
+async def test_connection_errors_retry_until_the_cloud_is_up(tmp_path: Path) -> None:
+    engine = make_db(tmp_path)
+    put(engine, 2, UplinkSettings())
+    cloud = FakeCloud()
+    port = free_port()  # nothing listens there yet
+    runner = web.AppRunner(cloud.app())
+    await runner.setup()
+
+    class StartAfterTwo(Sleeps):
+        async def __call__(self, delay: float) -> None:
+            await super().__call__(delay)
+            if len(self.delays) == 2:
+                await web.TCPSite(runner, "127.0.0.1", port).start()
+
+    sleeps = StartAfterTwo()
+    uplink = make_uplink(engine, f"http://127.0.0.1:{port}", sleeps)
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert await uplink.drain(session) == 2
+    finally:
+        await runner.cleanup()
+    assert cloud.order == [1, 2] and uplink.metrics.retries._value.get() == 2
+
+
+async def test_run_task_sends_on_notify_and_closes_its_session(tmp_path: Path) -> None:
+    engine = make_db(tmp_path)
+    cloud = FakeCloud()
+    server = await start(cloud)
+    uplink = make_uplink(engine, str(server.make_url("")), Sleeps(), send_interval_s=3600)
+    task = asyncio.create_task(uplink.run())
+    try:
+        await asyncio.sleep(0.2)
+        put(engine, 2, UplinkSettings())
+        uplink.notify()
+        for _ in range(200):
+            if len(cloud.order) == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert cloud.order == [1, 2]
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await server.close()
+
+
+async def test_token_bucket_paces_a_backlog() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    async def fake_sleep(d: float) -> None:
+        slept.append(d)
+        now[0] += d
+
+    bucket = TokenBucket(10.0, 3, clock=lambda: now[0], sleep=fake_sleep)
+    for _ in range(23):
+        await bucket.acquire()
+    # 3 free, then 20 at 10/s
+    assert now[0] == pytest.approx(2.0)
+    assert len(slept) == 20
+
+
+def test_backoff_bounds() -> None:
+    b = Backoff(0.5, 8.0, random.Random(1))
+    delays = [b.next_delay() for _ in range(40)]
+    assert all(0.5 <= d <= 8.0 for d in delays)
+    assert delays[0] == 0.5  # uniform(0.5, 0.5)
+    assert max(delays[10:]) > 4.0  # the cap is reached, not just the floor
+    b.reset()
+    assert b.next_delay() == 0.5
