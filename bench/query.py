@@ -1,0 +1,358 @@
+"""Dashboard query latency and rollup throughput on PostgreSQL with millions of aggregate rows.
+
+    .venv/bin/python bench/query.py                 # 10 million rows (several minutes)
+    .venv/bin/python bench/query.py --rows 500000   # a quick run
+    .venv/bin/python bench/query.py --json          # one JSON object on stdout
+
+Creates a fresh database on the server (default postgresql://postgres@127.0.0.1:5432), migrates
+it, bulk-loads batches and aggregates with COPY (asyncpg), builds the rollups with the bulk
+INSERT ... SELECT (rollup throughput), measures the incremental path (store_batch, rollups
+folded in the ingest transaction), runs the analytics once, then times the HTTP requests the
+dashboard makes (real app, real HTTP on loopback) and drops the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import numpy as np
+from aiohttp import ClientSession, web
+
+from cloud.analytics.rollups import backfill
+from cloud.app import create_app
+from cloud.config import CloudConfig
+from cloud.db import make_engine, upgrade_to_head
+from cloud.ingest import AGGREGATE_COLUMNS, BodySize, store_batch
+from schemas.batch import Batch, WindowAggregate
+
+READ_TOKEN = "bench-read-token-0123456789"
+HOMES_PER_GATEWAY = 10
+METRICS = [
+    ("temperature", "°C", "thermostat", 21.0, 2.0),
+    ("humidity", "%", "thermostat", 45.0, 8.0),
+    ("co2", "ppm", "air_quality", 650.0, 150.0),
+    ("light", "lx", "motion", 200.0, 120.0),
+    ("motion", "", "motion", 0.3, 0.2),
+    ("power", "W", "plug", 300.0, 200.0),
+    ("inference_alarm", "", "microphone", 0.01, 0.01),
+    ("inference_speech", "", "microphone", 0.2, 0.1),
+]
+WINDOW_S = 60
+BATCH_ROWS = 5000
+T0 = 1_764_374_400.0  # 2025-11-29 00:00 UTC
+
+
+def plan(rows: int, homes: int) -> tuple[int, int]:
+    """(homes, minutes) so that homes * metrics * minutes ~ rows."""
+    minutes = max(1, rows // (homes * len(METRICS)))
+    return homes, minutes
+
+
+def aggregate_chunks(homes: int, minutes: int, seed: int = 1) -> Iterator[tuple[str, list[Any]]]:
+    """(gateway, records) per batch, in time order: every gateway's homes, every metric."""
+    rng = np.random.default_rng(seed)
+    gateways = max(1, homes // HOMES_PER_GATEWAY)
+    for gw in range(gateways):
+        gateway = f"gw-{gw:03d}"
+        gw_homes = [f"home-{h:04d}" for h in range(gw, homes, gateways)]
+        per_minute = len(gw_homes) * len(METRICS)
+        minutes_per_batch = max(1, BATCH_ROWS // per_minute)
+        for first in range(0, minutes, minutes_per_batch):
+            span = range(first, min(first + minutes_per_batch, minutes))
+            n = len(span) * per_minute
+            noise = rng.standard_normal(n)
+            records = []
+            i = 0
+            for minute in span:
+                t = T0 + minute * WINDOW_S
+                daily = np.sin(2 * np.pi * ((t % 86400) / 86400))
+                for home in gw_homes:
+                    for metric, unit, device_class, level, spread in METRICS:
+                        mean = max(0.0, level + spread * (0.5 * daily + 0.3 * noise[i]))
+                        i += 1
+                        records.append(
+                            (
+                                0,  # batch, filled in by the loader
+                                gateway,
+                                t,
+                                WINDOW_S,
+                                home,
+                                "living",
+                                device_class,
+                                metric,
+                                unit,
+                                "aggregate",
+                                6.0,
+                                6.0 * mean,
+                                mean,
+                                mean - spread * 0.1,
+                                mean + spread * 0.1,
+                                spread * 0.05,
+                                mean,
+                                mean + spread * 0.08,
+                                None,
+                            )
+                        )
+            yield gateway, records
+
+
+async def load(dsn: str, homes: int, minutes: int) -> tuple[int, float]:
+    """COPY batches and aggregates; returns (rows, seconds)."""
+    conn = await asyncpg.connect(dsn)
+    started = time.perf_counter()
+    rows = 0
+    seqs: dict[str, int] = {}
+    batch_id = 0
+    try:
+        for gateway, records in aggregate_chunks(homes, minutes):
+            batch_id += 1
+            seqs[gateway] = seqs.get(gateway, 0) + 1
+            starts = [r[2] for r in records]
+            await conn.copy_records_to_table(
+                "batches",
+                records=[
+                    (
+                        batch_id,
+                        uuid.uuid4().hex,
+                        gateway,
+                        seqs[gateway],
+                        max(starts) + WINDOW_S,
+                        time.time(),
+                        len(records),
+                        len(records) * 260,
+                        len(records) * 40,
+                        min(starts),
+                        max(starts) + WINDOW_S,
+                        0.0,
+                        0,
+                        0,
+                        0,
+                        len(records) * 60,
+                        len(records) * 60 * 130,
+                        1,
+                    )
+                ],
+            )
+            await conn.copy_records_to_table(
+                "aggregates",
+                records=[(batch_id, *r[1:]) for r in records],
+                columns=AGGREGATE_COLUMNS,
+            )
+            rows += len(records)
+        await conn.execute(
+            "SELECT setval(pg_get_serial_sequence('batches', 'id'), (SELECT max(id) FROM batches))"
+        )
+        await conn.execute("ANALYZE")
+    finally:
+        await conn.close()
+    return rows, time.perf_counter() - started
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+async def time_requests(base: str, paths: dict[str, str], repeat: int) -> dict[str, list[float]]:
+    headers = {"Authorization": f"Bearer {READ_TOKEN}"}
+    timings: dict[str, list[float]] = {name: [] for name in paths}
+    async with ClientSession(base) as session:
+        for name, path in paths.items():  # one warm-up each
+            async with session.get(path, headers=headers) as resp:
+                assert resp.status == 200, (name, resp.status, await resp.text())
+                await resp.read()
+        for _ in range(repeat):
+            for name, path in paths.items():
+                started = time.perf_counter()
+                async with session.get(path, headers=headers) as resp:
+                    await resp.read()
+                timings[name].append(1000 * (time.perf_counter() - started))
+    return timings
+
+
+def incremental_batches(n: int, per_batch: int, start: float) -> list[Batch]:
+    out = []
+    for b in range(n):
+        aggs = [
+            WindowAggregate(
+                window_start=start + 60 * ((b * per_batch + i) // 100),
+                window_s=60,
+                home=f"home-{i % 100:04d}",
+                room_class="living",
+                device_class="thermostat",
+                metric="temperature",
+                unit="°C",
+                policy="aggregate",
+                count=6.0,
+                sum=126.0,
+                mean=21.0,
+                min=20.0,
+                max=22.0,
+                std=0.5,
+            )
+            for i in range(per_batch)
+        ]
+        out.append(
+            Batch(
+                batch_id=uuid.uuid4().hex,
+                gateway="gw-inc",
+                seq=b + 1,
+                created_at=start,
+                aggregates=aggs,
+            )
+        )
+    return out
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    name = f"homeedge_bench_{uuid.uuid4().hex[:10]}"
+    admin_dsn = args.dsn.rstrip("/") + "/postgres"
+    db_dsn = args.dsn.rstrip("/") + f"/{name}"
+    url = db_dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+    admin = await asyncpg.connect(admin_dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    result: dict[str, Any] = {}
+    try:
+        engine = make_engine(url)
+        await upgrade_to_head(engine)
+        homes, minutes = plan(args.rows, args.homes)
+        log(f"loading ~{args.rows:,} rows: {homes} homes x {len(METRICS)} metrics x {minutes} min")
+        rows, load_s = await load(db_dsn, homes, minutes)
+        log(f"loaded {rows:,} rows in {load_s:.1f} s ({rows / load_s:,.0f} rows/s, COPY)")
+
+        started = time.perf_counter()
+        touched = await backfill(engine)
+        rollup_s = time.perf_counter() - started
+        log(f"bulk rollup: {rows:,} rows -> {touched:,} rollup rows in {rollup_s:.1f} s")
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql("ANALYZE rollups")
+
+        batches = incremental_batches(40, 1000, T0 + minutes * 60)
+        started = time.perf_counter()
+        for batch in batches:
+            await store_batch(engine, batch, BodySize(wire=1, decoded=1))
+        inc_s = time.perf_counter() - started
+        inc_rows = sum(len(b.aggregates) for b in batches)
+        log(f"incremental: {inc_rows:,} rows via store_batch in {inc_s:.2f} s")
+        await engine.dispose()
+
+        config = CloudConfig.model_validate(
+            {"database_url": url, "read_token": READ_TOKEN, "analytics_interval_s": 0}
+        )
+        app = create_app(config)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        base = f"http://127.0.0.1:{port}"
+        try:
+            started = time.perf_counter()
+            async with (
+                ClientSession(base) as session,
+                session.post(
+                    "/api/v1/analytics/run", headers={"Authorization": f"Bearer {READ_TOKEN}"}
+                ) as resp,
+            ):
+                assert resp.status == 200, await resp.text()
+            analytics_s = time.perf_counter() - started
+            log(f"analytics run: {analytics_s:.1f} s")
+            end = T0 + (minutes // 60 + 1) * 3600
+            day_end = (end // 86400 + 1) * 86400
+            paths = {
+                "overview": "/api/v1/analytics/overview",
+                "rollups": "/api/v1/analytics/rollups",
+                "bandwidth": "/api/v1/analytics/bandwidth",
+                "series_hour_24h": (
+                    f"/api/v1/aggregates?metric=temperature&bucket=hour&group_by=home"
+                    f"&start={end - 86400:.0f}&end={end:.0f}"
+                ),
+                "series_day_all": "/api/v1/aggregates?metric=co2&bucket=day&group_by=home",
+                "series_day_7d_fleet": (
+                    f"/api/v1/aggregates?metric=power&bucket=day&group_by="
+                    f"&start={day_end - 7 * 86400:.0f}&end={day_end:.0f}"
+                ),
+                "series_raw_6h_one_home": (
+                    f"/api/v1/aggregates?metric=temperature&bucket=raw&group_by=home"
+                    f"&home=home-0001&start={end - 6 * 3600:.0f}&end={end:.0f}"
+                ),
+                "clusters": "/api/v1/analytics/clusters",
+                "anomalies": "/api/v1/analytics/anomalies",
+                "events": "/api/v1/analytics/events",
+                "fleet": "/api/v1/analytics/fleet",
+            }
+            timings = await time_requests(base, paths, args.repeat)
+        finally:
+            await runner.cleanup()
+        every = [t for values in timings.values() for t in values]
+        result = {
+            "rows": rows,
+            "homes": homes,
+            "load_rows_per_s": rows / load_s,
+            "rollup_bulk_rows_per_s": rows / rollup_s,
+            "rollup_rows": touched,
+            "rollup_incremental_rows_per_s": inc_rows / inc_s,
+            "analytics_run_s": analytics_s,
+            "query_p50_ms": percentile(every, 50),
+            "query_p95_ms": percentile(every, 95),
+            "queries": {
+                name: {
+                    "p50_ms": percentile(values, 50),
+                    "p95_ms": percentile(values, 95),
+                }
+                for name, values in timings.items()
+            },
+        }
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+    return result
+
+
+QUIET = False
+
+
+def log(message: str) -> None:
+    if not QUIET:
+        print(message, file=sys.stderr, flush=True)
+
+
+def main() -> int:
+    global QUIET
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=10_000_000, help="aggregate rows to load")
+    parser.add_argument("--homes", type=int, default=200, help="homes in the fleet")
+    parser.add_argument("--repeat", type=int, default=30, help="timed rounds of every query")
+    parser.add_argument(
+        "--dsn", default="postgresql://postgres@127.0.0.1:5432", help="server, no database"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    QUIET = args.json
+    result = asyncio.run(main_async(args))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"rows {result['rows']:,} ({result['homes']} homes)")
+    print(f"load (COPY)            {result['load_rows_per_s']:>12,.0f} rows/s")
+    print(f"rollup, bulk           {result['rollup_bulk_rows_per_s']:>12,.0f} rows/s")
+    print(f"rollup, in ingest      {result['rollup_incremental_rows_per_s']:>12,.0f} rows/s")
+    print(f"analytics run          {result['analytics_run_s']:>12.2f} s")
+    print(
+        f"dashboard queries      p50 {result['query_p50_ms']:.1f} ms, p95 "
+        f"{result['query_p95_ms']:.1f} ms"
+    )
+    for name, q in result["queries"].items():
+        print(f"  {name:<24} p50 {q['p50_ms']:7.1f} ms  p95 {q['p95_ms']:7.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
