@@ -5,12 +5,13 @@ Threads and hand-offs (why paho and not aiomqtt: aiomqtt cannot delay a QoS 1 ac
 1. paho's network thread (``loop_start``) receives a PUBLISH, decodes and validates it right
    there (`gateway.ingest.MessageDecoder`, ~µs per message) and hands the result, tagged with an
    ack token ``(connection generation, mid)``, to the writer thread's bounded queue. When that
-   queue is full the network thread waits: it stops reading the socket, and the broker stops
-   sending once its window of un-acked messages (``max_inflight_messages`` / MQTT 5 Receive
-   Maximum) is full. That window, not our memory, bounds what is in flight.
+   queue is full the network thread waits (backpressure): it stops reading the socket, TCP
+   fills, and the broker keeps the rest queued in our session; its window of un-acked messages
+   (``max_inflight_messages`` / MQTT 5 Receive Maximum) also caps what reaches us.
 2. the writer thread commits a batch, then calls `MqttBridge.ack_many` with the batch's tokens.
-   ``client.ack(mid, 1)`` only queues a PUBACK packet that paho's network thread sends, which
-   is paho's supported threaded use.
+   The PUBACKs of a batch are queued as one outgoing packet that paho's network thread sends
+   (as ``client.ack`` does for one; queueing from another thread is paho's threaded use), so a
+   batch of 1000 acks costs one wake-up and one ``send`` instead of 1000 of each.
 3. every time the connection drops or is made, the generation goes up (under a lock shared with
    `ack_many`). An ack whose generation is not the current one is skipped: the broker redelivers
    that message on the new connection (persistent session), the unique indexes ignore the
@@ -25,6 +26,9 @@ published after the subscription is granted) and ``offline`` as the last will an
 Reconnects are paho's own loop; the delay before each attempt is set by us (exponential between
 ``reconnect_min_s`` and ``reconnect_max_s`` with "equal jitter", reset after a successful
 CONNACK), so a broker that is down is retried without a busy loop or a thundering herd.
+
+Two private paho 2.x hooks are used for speed (paho is pinned <3; every test connection runs
+through them): `_Client._create_socket` (buffered reads) and ``_packet_queue`` (batched acks).
 """
 
 from __future__ import annotations
