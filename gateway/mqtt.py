@@ -309,7 +309,12 @@ class MqttBridge:
             topic = msg.topic
         except UnicodeDecodeError:
             topic = "<topic is not UTF-8>"
-        item: Ingested = self._decoder.decode(topic, bytes(msg.payload), received_at)
+        payload = bytes(msg.payload)
+        try:
+            item: Ingested = self._decoder.decode(topic, payload, received_at)
+        except Exception as exc:  # a decoder bug: keep the message, never kill paho's thread
+            log.exception("decoding a message on %s failed", topic)
+            item = self._decoder.dead(topic, payload, "internal_error", repr(exc), received_at)
         # Dead letters are counted by reason when committed; here only as received.
         self._kind_counters.get(type(item), self._dead_counter).inc()
         if type(item) is AudioIn:

@@ -416,3 +416,26 @@ async def test_writer_acks_only_committed_messages(tmp_path: Path) -> None:
     # Batches of at most 10 rows; every acked message's row was committed before its ack.
     assert len(visible_at_ack) >= 3
     assert all(visible >= acked_so_far for visible, acked_so_far in visible_at_ack)
+
+
+async def test_decoder_bug_is_dead_lettered_not_fatal(
+    gateway: Gateway, publisher: Publisher, topic_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.ingest as ingest
+
+    real = ingest.decode_telemetry
+
+    def buggy(payload: bytes, **kw: Any) -> Any:
+        if payload == b"boom":
+            raise RuntimeError("decoder bug")
+        return real(payload, **kw)
+
+    monkeypatch.setattr(ingest, "decode_telemetry", buggy)
+    tele = device_topic("h1", "lab", "plug-9", "telemetry", root=topic_root)
+    publisher.publish(tele, b"boom")
+    publisher.publish(tele, encode_telemetry(TS0, {"power": 3.0}, seq=1))
+    await asyncio.to_thread(publisher.wait_acked)
+    db = gateway.config.storage.path
+    await wait_for(lambda: rows(gateway) == 1, what="the good message after the bug")
+    assert query(db, "SELECT reason, payload FROM dead_letters") == [("internal_error", b"boom")]
+    assert gateway.mqtt.connected
