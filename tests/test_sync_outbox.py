@@ -140,7 +140,7 @@ def test_ttl_expires_pending_and_prunes_sent(tmp_path: Path) -> None:
 def _pipeline(**uplink: object) -> SyncPipeline:
     return SyncPipeline.from_settings(
         "gw-1",
-        AggregationSettings(backfill_s=1e6),
+        AggregationSettings(backfill_s=1e6, windows_per_batch=1),
         PrivacySettings(secret="k" * 32),
         UplinkSettings.model_validate(uplink),
         rng=np.random.default_rng(0),

@@ -163,7 +163,7 @@ def test_no_identity_leaves_in_batches(tmp_path: Path) -> None:
                 )
     pipeline = SyncPipeline.from_settings(
         "gw-1",
-        AggregationSettings(backfill_s=1e6),
+        AggregationSettings(backfill_s=1e6, windows_per_batch=1),
         privacy(),
         UplinkSettings(batch_max_aggregates=7),
         rng=np.random.default_rng(1),

@@ -46,7 +46,9 @@ def add_readings(conn: Connection, rows: Iterable[Row], received_at: float | Non
 
 
 def settings(**kw: float) -> AggregationSettings:
-    return AggregationSettings.model_validate({"window_s": 60, "grace_s": 10, **kw})
+    return AggregationSettings.model_validate(
+        {"window_s": 60, "grace_s": 10, "windows_per_batch": 1, **kw}
+    )
 
 
 def test_window_stats_are_exact(tmp_path: Path) -> None:
@@ -209,6 +211,23 @@ def test_first_pass_backfill_and_catch_up_bound(tmp_path: Path) -> None:
     assert second.late == 0  # the too-old reading is history, not late
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(aggregates)).scalar_one() == 8
+
+
+def test_windows_close_in_groups(tmp_path: Path) -> None:
+    engine = make_db(tmp_path)
+    with engine.begin() as conn:
+        add_readings(
+            conn, [("h1", "office", "plug-1", "power", T0 + 60 * k, 1.0) for k in range(9)]
+        )
+    s = settings(backfill_s=1e6, windows_per_batch=3)
+    with engine.begin() as conn:
+        assert close_windows(conn, T0 + 120 + 10, s).groups == ()  # 2 closed windows: wait
+    with engine.begin() as conn:
+        closed = close_windows(conn, T0 + 180 + 10, s)
+    assert [g.window_start for g in closed.groups] == [T0, T0 + 60, T0 + 120]
+    with engine.begin() as conn:
+        closed = close_windows(conn, T0 + 420 + 10, s)  # 4 closable: all of them
+    assert [g.window_start for g in closed.groups] == [T0 + 60 * k for k in range(3, 7)]
 
 
 def test_window_floor() -> None:

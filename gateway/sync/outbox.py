@@ -57,7 +57,7 @@ class EnqueueResult:
 
 def compress_batch(batch: Batch) -> bytes:
     """The wire body: gzip of the JSON (mtime 0, so equal batches give equal bytes)."""
-    return gzip.compress(encode_batch(batch), compresslevel=6, mtime=0)
+    return gzip.compress(encode_batch(batch), compresslevel=9, mtime=0)
 
 
 def _next_seq(conn: Connection, gateway: str) -> int:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import os
 import re
 import secrets
@@ -72,6 +73,18 @@ def room_class(room: str, overrides: Mapping[str, RoomClass] | None = None) -> R
         if any(token.startswith(word) for token in tokens for word in words):
             return cls
     return RoomClass.OTHER
+
+
+def round_significant(x: float, digits: int) -> float:
+    """`x` rounded to `digits` significant digits."""
+    return float(f"{x:.{digits}g}")
+
+
+def round_to_noise(x: float, scale: float) -> float:
+    """`x` rounded to a step between 1/100 and 1/10 of the noise `scale`: finer digits would
+    only carry noise (rounding after the noise is post-processing, so privacy is unchanged)."""
+    step = 10.0 ** math.floor(math.log10(scale / 10.0))
+    return round(x / step) * step if step >= 1 else round(x, -math.floor(math.log10(step)))
 
 
 def device_class_category(device_class: str) -> str:
@@ -203,6 +216,11 @@ class PrivacyFilter:
 
     def release(self, conn: Connection, groups: Sequence[WindowGroup]) -> Release:
         s = self.settings
+        digits = s.significant_digits
+
+        def r(x: float) -> float:
+            return round_significant(x, digits)
+
         merged: dict[tuple[str, str, str, str, float, int], list[WindowGroup]] = defaultdict(list)
         for g in groups:
             key = (
@@ -243,13 +261,13 @@ class PrivacyFilter:
                         unit=unit,
                         policy="aggregate",
                         count=st.count,
-                        sum=st.sum,
-                        mean=st.mean,
-                        min=st.min,
-                        max=st.max,
-                        std=st.std,
-                        p50=st.p50,
-                        p95=st.p95,
+                        sum=r(st.sum),
+                        mean=r(st.mean),
+                        min=r(st.min),
+                        max=r(st.max),
+                        std=r(st.std),
+                        p50=r(st.p50),
+                        p95=r(st.p95),
                     )
                 )
                 continue
@@ -264,6 +282,7 @@ class PrivacyFilter:
             epsilon_spent += s.epsilon
             vals = parts[0].values if values is None else values
             count, total = noised_count_sum(vals, known, s.epsilon, self._rng)
+            count_scale, sum_scale = laplace_scales(known, s.epsilon)
             if count < s.min_window_count:
                 suppressed += 1
                 continue
@@ -278,9 +297,9 @@ class PrivacyFilter:
                     metric=name,
                     unit=unit,
                     policy="noised",
-                    count=count,
-                    sum=total,
-                    mean=mean,
+                    count=round_to_noise(count, count_scale),
+                    sum=round_to_noise(total, sum_scale),
+                    mean=round_to_noise(mean, sum_scale / max(count, 1.0)),
                     epsilon=s.epsilon,
                 )
             )

@@ -65,12 +65,24 @@ class AggregationSettings(BaseModel):
         description="Catch-up bound: at most this many windows per pass, so one pass after a long "
         "pause stays a short transaction.",
     )
+    windows_per_batch: int = Field(
+        10,
+        ge=1,
+        description="Windows are closed in groups of this many, so one pass makes one batch of "
+        "them: bigger groups compress better on the uplink, at the cost of cloud latency.",
+    )
     backfill_s: float = Field(
         3600.0,
         ge=0,
         description="On the very first pass, readings older than now - backfill_s are not "
         "aggregated (history from before sync was enabled).",
     )
+
+    @model_validator(mode="after")
+    def _check_groups(self) -> AggregationSettings:
+        if self.max_windows_per_pass < self.windows_per_batch:
+            raise ValueError("max_windows_per_pass is smaller than windows_per_batch")
+        return self
 
 
 class PrivacySettings(BaseModel):
@@ -119,6 +131,14 @@ class PrivacySettings(BaseModel):
     )
     budget_period_s: int = Field(
         86400, ge=60, description="Length of a budget period in seconds (aligned to Unix time)."
+    )
+    significant_digits: int = Field(
+        7,
+        ge=3,
+        le=17,
+        description="Released statistics are rounded to this many significant digits (float noise "
+        "past a sensor's precision costs uplink bytes and says nothing); the local aggregates "
+        "table keeps full precision.",
     )
     rooms: dict[str, RoomClass] = Field(
         default_factory=dict,

@@ -207,7 +207,10 @@ def close_windows(
         counters.bump(conn, "late_readings", late)
 
     target = window_floor(now - settings.grace_s, ws)
-    end = min(target, watermark + settings.max_windows_per_pass * ws)
+    closable = int((target - watermark) // ws)
+    if closable < settings.windows_per_batch:
+        closable = 0  # wait for a full group
+    end = watermark + min(closable, settings.max_windows_per_pass) * ws
     groups: list[WindowGroup] = []
     n_rows = messages = est_bytes = 0
     if end > watermark:
