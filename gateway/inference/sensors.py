@@ -1,0 +1,209 @@
+"""Per-device sensor windows, the online baseline (a home's own normal) and the models' inputs.
+
+Readings of one device fall into tumbling windows of `window_s`. When a window closes, its
+statistics are compared with the device's baseline: the last `baseline_windows` window means per
+metric, summarised robustly (median and the 2.5-97.5 % range, so a daily cycle counts as normal).
+That gives robust z-scores; the offline-trained anomaly model (an IsolationForest over those
+z-features) scores the pattern, and the occupancy model reads CO2/light/motion/humidity.
+Pure numpy: training builds its inputs with this code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+F32 = npt.NDArray[np.float32]
+
+ANOMALY_METRICS = ("temperature", "humidity", "co2", "light", "power")
+OCCUPANCY_METRICS = ("co2", "light", "motion", "humidity")
+# Smallest meaningful change per metric: the scale never falls below it (a flat signal must not
+# turn sensor noise into huge z-scores).
+SCALE_FLOOR = {"temperature": 0.3, "humidity": 1.5, "co2": 40.0, "light": 20.0, "power": 10.0}
+STD_FLOOR = {"temperature": 0.05, "humidity": 0.3, "co2": 5.0, "light": 2.0, "power": 1.0}
+Z_CLIP = 50.0
+PER_METRIC = 5
+N_ANOMALY_FEATURES = PER_METRIC
+N_OCCUPANCY_FEATURES = 9
+
+
+@dataclass(frozen=True, slots=True)
+class WindowStats:
+    """A closed window of one device: per metric mean, std, the most extreme value, count."""
+
+    start: float
+    end: float
+    mean: dict[str, float]
+    std: dict[str, float]
+    extreme: dict[str, float]
+    first: dict[str, float]
+    last: dict[str, float]
+    count: dict[str, int]
+
+
+@dataclass
+class _Acc:
+    values: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Baseline:
+    """The device's recent normal per metric (window means, window stds, repeats)."""
+
+    size: int
+    means: dict[str, deque[float]] = field(default_factory=dict)
+    deltas: dict[str, deque[float]] = field(default_factory=dict)
+    stds: dict[str, deque[float]] = field(default_factory=dict)
+    repeats: dict[str, int] = field(default_factory=dict)
+
+    def windows(self) -> int:
+        return max((len(v) for v in self.means.values()), default=0)
+
+    def update(self, w: WindowStats) -> None:
+        for m, mean in w.mean.items():
+            q = self.means.setdefault(m, deque(maxlen=self.size))
+            if q:
+                self.deltas.setdefault(m, deque(maxlen=self.size)).append(mean - q[-1])
+            q.append(mean)
+            self.stds.setdefault(m, deque(maxlen=self.size)).append(w.std[m])
+
+    def level(self, metric: str) -> tuple[float, float]:
+        arr = np.asarray(self.means.get(metric, ()), np.float64)
+        if len(arr) == 0:
+            return 0.0, SCALE_FLOOR.get(metric, 1.0)
+        lo, med, hi = np.percentile(arr, [2.5, 50, 97.5])
+        return float(med), max(float(hi - lo) / 4.0, SCALE_FLOOR.get(metric, 1.0))
+
+    def delta_scale(self, metric: str) -> float:
+        arr = np.asarray(self.deltas.get(metric, ()), np.float64)
+        mad = float(np.median(np.abs(arr - np.median(arr)))) * 1.4826 if len(arr) else 0.0
+        return max(mad, SCALE_FLOOR.get(metric, 1.0))
+
+    def typical_std(self, metric: str) -> float:
+        arr = self.stds.get(metric)
+        return float(np.median(np.asarray(arr))) if arr else 0.0
+
+
+def _z(x: float) -> float:
+    # Magnitudes only: a fault may push either way, and signed features split the few examples.
+    return float(min(abs(x), Z_CLIP))
+
+
+def anomaly_features(
+    w: WindowStats, base: Baseline, stuck_runs: dict[str, int]
+) -> tuple[list[str], F32]:
+    """One row per metric present: |level z|, |extreme z|, |step z|, log spread ratio, stuck run.
+
+    The model scores each metric's row (one model for every metric: the z-scores make them
+    comparable) and a window's score is its worst metric's.
+    """
+    names = [m for m in ANOMALY_METRICS if m in w.mean]
+    out = np.zeros((len(names), PER_METRIC), np.float32)
+    for k, m in enumerate(names):
+        med, scale = base.level(m)
+        prev = base.means.get(m)
+        step = w.mean[m] - prev[-1] if prev else 0.0
+        floor = STD_FLOOR.get(m, 0.1)
+        spread = math.log((w.std[m] + floor) / (base.typical_std(m) + floor))
+        out[k] = (
+            _z((w.mean[m] - med) / scale),
+            _z((w.extreme[m] - med) / scale),
+            _z(step / base.delta_scale(m)),
+            float(np.clip(spread, -10, 10)),
+            min(stuck_runs.get(m, 0), 12) / 12.0,
+        )
+    return names, out
+
+
+def occupancy_features(w: WindowStats, base: Baseline, prev: WindowStats | None) -> F32:
+    """CO2 level vs. the device's own quiet level and its trend; light; motion; humidity trend."""
+    f = np.zeros(N_OCCUPANCY_FEATURES, np.float32)
+    minutes = max((w.end - w.start) / 60.0, 1e-6)
+    if "co2" in w.mean:
+        arr = np.asarray(base.means.get("co2", ()) or [w.mean["co2"]])
+        quiet = float(np.percentile(arr, 10))
+        f[0] = 1.0
+        f[1] = (w.mean["co2"] - quiet) / 100.0
+        f[2] = (w.last["co2"] - w.first["co2"]) / minutes / 10.0
+        f[3] = (w.mean["co2"] - prev.mean["co2"]) / 100.0 if prev and "co2" in prev.mean else 0.0
+    if "light" in w.mean:
+        f[4] = 1.0
+        f[5] = math.log1p(max(w.mean["light"], 0.0)) / 10.0
+    if "motion" in w.mean:
+        f[6] = 1.0
+        f[7] = w.mean["motion"]
+    if "humidity" in w.mean and prev is not None and "humidity" in prev.mean:
+        f[8] = (w.mean["humidity"] - prev.mean["humidity"]) / 5.0
+    return f
+
+
+def occupancy_applies(w: WindowStats) -> bool:
+    return any(m in w.mean for m in ("co2", "motion"))
+
+
+@dataclass
+class SensorStream:
+    """Windows and baseline of one device."""
+
+    window_s: float
+    baseline_windows: int
+    start: float | None = None
+    acc: dict[str, _Acc] = field(default_factory=dict)
+    baseline: Baseline = field(init=False)
+    stuck_runs: dict[str, int] = field(default_factory=dict)
+    last_mean: dict[str, float] = field(default_factory=dict)
+    prev: WindowStats | None = None
+
+    def __post_init__(self) -> None:
+        self.baseline = Baseline(self.baseline_windows)
+
+    def add(self, metric: str, ts: float, value: float) -> WindowStats | None:
+        """Add a reading; return the window it closed, if any (late readings join the open one)."""
+        closed = None
+        if self.start is None:
+            self.start = ts - ts % self.window_s
+        elif ts >= self.start + self.window_s:
+            closed = self._close()
+            self.start = ts - ts % self.window_s
+        self.acc.setdefault(metric, _Acc()).values.append(value)
+        return closed
+
+    def _close(self) -> WindowStats | None:
+        assert self.start is not None
+        stats: dict[str, dict[str, float]] = {
+            k: {} for k in ("mean", "std", "extreme", "first", "last")
+        }
+        count: dict[str, int] = {}
+        for m, a in self.acc.items():
+            if m not in ANOMALY_METRICS and m not in OCCUPANCY_METRICS:
+                continue
+            v = np.asarray(a.values, np.float64)
+            mean = float(v.mean())
+            stats["mean"][m] = mean
+            stats["std"][m] = float(v.std())
+            stats["extreme"][m] = (
+                float(v[np.argmax(np.abs(v - np.median(v)))]) if len(v) > 2 else mean
+            )
+            stats["first"][m] = float(v[0])
+            stats["last"][m] = float(v[-1])
+            count[m] = len(v)
+            same = m in self.last_mean and self.last_mean[m] == mean and m != "motion"
+            self.stuck_runs[m] = self.stuck_runs.get(m, 0) + 1 if same else 0
+            self.last_mean[m] = mean
+        self.acc = {}
+        if not count:
+            return None
+        return WindowStats(self.start, self.start + self.window_s, count=count, **stats)
+
+    def ready(self, min_windows: int) -> bool:
+        return self.baseline.windows() >= min_windows
+
+    def commit(self, w: WindowStats, anomalous: bool) -> None:
+        """Learn from a scored window; an anomalous one does not move the home's normal."""
+        if not anomalous:
+            self.baseline.update(w)
+        self.prev = w

@@ -1,0 +1,389 @@
+"""Train the audio models: shared embedding (PCA of log-mel context) + VAD, keyword, alarm heads.
+
+    nice -n 15 .venv/bin/python -m gateway.inference.training.train_audio [--scale 1.0]
+
+Seeded end to end. Writes gateway/models/{audio_embedding,vad,keyword,alarm}.onnx with their
+manifests and model cards, and the demo clip set in devices/clips/. Needs the ``train`` extra
+and the ``espeak-ng`` and ``sox`` programs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import time
+import wave
+from collections.abc import Callable, Iterator
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from gateway.inference.audio import (
+    KEYWORD_LABELS,
+    AlarmDebouncer,
+    AudioStream,
+    HeadInput,
+    alarm_decision,
+    keyword_decision,
+)
+from gateway.inference.frontend import SAMPLE_RATE, context_stack, frames_of
+from gateway.inference.training import audio_data as data
+from gateway.inference.training.export import export_classifier, export_transformer, write_model
+
+ROOT = Path(__file__).resolve().parents[3]
+MODELS = ROOT / "gateway" / "models"
+CLIPS = ROOT / "devices" / "clips"
+CHUNK = 1600  # 0.1 s pushes, like a microphone's frames
+KW_THRESHOLD = 0.5
+ALARM_THRESHOLD = 0.8
+ALARM_COOLDOWN = 3.5
+
+
+def _job(args: tuple[str, str, str, int]) -> data.Clip:
+    kind, text, split, seed = args
+    rng = np.random.default_rng(seed)
+    if kind in ("t3", "t4", "beeps"):
+        return data.alarm_clip(kind, split, rng, seed)
+    if kind == "background":
+        return data.background_clip(split, rng, seed)
+    return data.utterance_clip(text, kind, split, rng, seed)
+
+
+def plan(split: str, scale: float, seed0: int) -> list[tuple[str, str, str, int]]:
+    rng = np.random.default_rng(seed0)
+    n = lambda k: max(4, int(k * scale))  # noqa: E731
+    jobs: list[tuple[str, str, str, int]] = []
+    for kind, text in data.KEYWORDS.items():
+        jobs += [(kind, text, split, 0)] * n(400 if split == "train" else 80)
+    jobs += [
+        ("speech", str(rng.choice(data.OTHER_PHRASES)), split, 0)
+        for _ in range(n(600 if split == "train" else 160))
+    ]
+    jobs += [("background", "", split, 0)] * n(300 if split == "train" else 200)
+    jobs += [("t3", "", split, 0)] * n(150 if split == "train" else 80)
+    jobs += [("t4", "", split, 0)] * n(150 if split == "train" else 80)
+    jobs += [("beeps", "", split, 0)] * n(150 if split == "train" else 80)
+    return [(k, t, s, seed0 * 100000 + i) for i, (k, t, s, _) in enumerate(jobs)]
+
+
+def make_clips(split: str, scale: float, seed0: int, cache: Path | None = None) -> list[data.Clip]:
+    """The clips of a split; `cache` (a pickle) skips regeneration while iterating on models."""
+    path = cache / f"{split}-{scale}-{seed0}.pkl" if cache else None
+    if path is not None and path.exists():
+        with path.open("rb") as f:
+            clips: list[data.Clip] = pickle.load(f)
+        return clips
+    with Pool(2) as pool:
+        clips = pool.map(_job, plan(split, scale, seed0), chunksize=8)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as f:
+            pickle.dump(clips, f)
+    return clips
+
+
+def stream_clip(clip: data.Clip, embed: Callable[[np.ndarray], np.ndarray]) -> Iterator[HeadInput]:
+    """Run a clip through the serving code path in 0.1 s pushes; head inputs with clip-relative times."""
+    stream = AudioStream()
+    for i in range(0, len(clip.audio), CHUNK):
+        ctx = stream.frames(clip.audio[i : i + CHUNK], 1_000_000_000.0 + i / SAMPLE_RATE)
+        yield from stream.accept(embed(ctx) if len(ctx) else ctx)
+
+
+def rel(t: float) -> float:
+    return t - 1_000_000_000.0
+
+
+def labelled(clips: list[data.Clip], embed: Callable[[np.ndarray], np.ndarray]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "vad": ([], []),
+        "keyword": ([], []),
+        "alarm": ([], []),
+        "kw_clip": [],
+        "alarm_clip": [],
+    }
+    for c_idx, clip in enumerate(clips):
+        utter = clip.speech_mask is not None and clip.speech_mask.any()
+        if utter:
+            act = np.flatnonzero(clip.speech_mask)
+            u0, u1 = act[0] / SAMPLE_RATE, act[-1] / SAMPLE_RATE
+        for h in stream_clip(clip, embed):
+            s, e = rel(h.start), rel(h.end)
+            if h.head == "vad" and clip.speech_mask is not None:
+                share = float(clip.speech_mask[int(s * SAMPLE_RATE) : int(e * SAMPLE_RATE)].mean())
+                if share >= 0.5 or share <= 0.05:  # boundary blocks are ambiguous
+                    out["vad"][0].append(h.features)
+                    out["vad"][1].append(int(share >= 0.5))
+            elif h.head == "keyword":
+                label = "other"
+                if (
+                    utter
+                    and min(e, u1) - max(s, u0) >= 0.5 * (u1 - u0)
+                    and clip.kind in data.KEYWORDS
+                ):
+                    label = clip.kind
+                out["keyword"][0].append(h.features)
+                out["keyword"][1].append(KEYWORD_LABELS.index(label))
+                out["kw_clip"].append(c_idx)
+            elif h.head == "alarm":
+                y = -1
+                if clip.alarm_groups:
+                    for g0, g1 in clip.alarm_groups:
+                        if g0 >= s - 0.05 and g1 <= e and e - g1 <= 1.5:
+                            y = 1 if clip.kind == "alarm_t3" else 2
+                    if y < 0 and e < clip.alarm_groups[0][0]:
+                        y = 0
+                else:
+                    y = 0
+                if y >= 0:
+                    out["alarm"][0].append(h.features)
+                    out["alarm"][1].append(y)
+                    out["alarm_clip"].append(c_idx)
+    return out
+
+
+def evaluate(clips: list[data.Clip], models: dict[str, ort.InferenceSession]) -> dict[str, Any]:
+    """Held-out figures through onnxruntime, with the serving decision rules."""
+    emb_s = models["audio_embedding"]
+    embed = lambda x: emb_s.run(None, {emb_s.get_inputs()[0].name: x})[0]  # noqa: E731
+    probs = lambda name, x: models[name].run(None, {models[name].get_inputs()[0].name: x[None, :]})[
+        1
+    ][0]
+    kw_ok = kw_n = vad_ok = vad_n = 0
+    alarm_hit = alarm_n = false_alarms = 0
+    neg_seconds = 0.0
+    fa_kinds: dict[str, int] = {}
+    neg_kinds: dict[str, float] = {}
+    delays: list[float] = []
+    confusion: dict[str, dict[str, int]] = {}
+    for clip in clips:
+        utter = clip.speech_mask is not None and clip.speech_mask.any()
+        deb = AlarmDebouncer(ALARM_THRESHOLD, ALARM_COOLDOWN)
+        fired: list[float] = []
+        best = ("other", 0.0)
+        for h in stream_clip(clip, embed):
+            s, e = rel(h.start), rel(h.end)
+            if h.head == "vad" and clip.speech_mask is not None:
+                share = float(clip.speech_mask[int(s * SAMPLE_RATE) : int(e * SAMPLE_RATE)].mean())
+                if share >= 0.5 or share <= 0.05:
+                    vad_n += 1
+                    vad_ok += int((probs("vad", h.features)[1] >= 0.5) == (share >= 0.5))
+            elif h.head == "keyword":
+                label, score = keyword_decision(probs("keyword", h.features), KW_THRESHOLD)
+                if label != "other" and score > best[1]:
+                    best = (label, score)
+            elif h.head == "alarm":
+                _label, score = alarm_decision(probs("alarm", h.features))
+                if deb.step(score, e):
+                    fired.append(e)
+        if clip.kind in data.KEYWORDS or clip.kind == "speech":
+            truth = clip.kind if clip.kind in data.KEYWORDS else "other"
+            kw_n += 1
+            kw_ok += int(best[0] == truth)
+            confusion.setdefault(truth, {}).setdefault(best[0], 0)
+            confusion[truth][best[0]] += 1
+        if clip.alarm_groups:
+            alarm_n += 1  # (false alarms before the first group would count against speech/noise)
+            first_end = clip.alarm_groups[0][1]
+            after = [t for t in fired if t >= first_end - 0.2]
+            alarm_hit += int(bool(after))
+            false_alarms += len([t for t in fired if t < clip.alarm_groups[0][0]])
+            if after:
+                delays.append(after[0] - first_end)
+        else:
+            fa_kinds[clip.kind] = fa_kinds.get(clip.kind, 0) + len(fired)
+            neg_kinds[clip.kind] = (
+                neg_kinds.get(clip.kind, 0.0) + len(clip.audio) / SAMPLE_RATE / 3600
+            )
+            if clip.kind != "beeps":  # the target counts speech, noise and music
+                neg_seconds += len(clip.audio) / SAMPLE_RATE
+                false_alarms += len(fired)
+    return {
+        "keyword_accuracy": kw_ok / max(kw_n, 1),
+        "keyword_clips": kw_n,
+        "keyword_confusion": confusion,
+        "vad_accuracy": vad_ok / max(vad_n, 1),
+        "vad_blocks": vad_n,
+        "alarm_recall": alarm_hit / max(alarm_n, 1),
+        "alarm_clips": alarm_n,
+        "false_alarms": false_alarms,
+        "negative_hours": neg_seconds / 3600,
+        "false_alarms_per_hour": false_alarms / max(neg_seconds / 3600, 1e-9),
+        "alarm_detect_delay_p50_s": float(np.median(delays)) if delays else None,
+        "false_alarms_by_kind": fa_kinds,
+        "negative_hours_by_kind": neg_kinds,
+    }
+
+
+def write_wav(path: Path, pcm: np.ndarray) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(pcm.astype("<i2").tobytes())
+
+
+def demo_clips(seed: int) -> None:
+    """A small clip set for the simulators' microphones (held-out voices, so it is fair)."""
+    CLIPS.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    made = {}
+    for name, text in data.KEYWORDS.items():
+        for k in range(2):
+            made[f"keyword_{name}_{k}"] = data.utterance_clip(text, name, "test", rng, seed + k)
+    for k, text in enumerate(["good morning", "dinner is ready", "where are my keys"]):
+        made[f"speech_{k}"] = data.utterance_clip(text, "speech", "test", rng, seed + 10 + k)
+    made["alarm_smoke_t3"] = data.alarm_clip("t3", "test", rng, seed + 20)
+    made["alarm_co_t4"] = data.alarm_clip("t4", "test", rng, seed + 21)
+    for k in range(2):
+        made[f"noise_{k}"] = data.background_clip("test", rng, seed + 30 + k)
+    for name, clip in made.items():
+        write_wav(CLIPS / f"{name}.wav", data.to_pcm16(clip.audio))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sklearn.decomposition import PCA
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply clip counts")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--cache", type=Path, default=None, help="directory to cache clips in")
+    args = parser.parse_args(argv)
+    data.require_tools()
+    t0 = time.monotonic()
+    train = make_clips("train", args.scale, args.seed, args.cache)
+    test = make_clips("test", args.scale, args.seed + 1, args.cache)
+    print(f"clips: {len(train)} train, {len(test)} test ({time.monotonic() - t0:.0f}s)", flush=True)
+
+    rng = np.random.default_rng(args.seed)
+    sample = [train[i] for i in rng.choice(len(train), size=min(300, len(train)), replace=False)]
+    ctx = np.vstack([context_stack(frames_of(c.audio).logmel) for c in sample])
+    pca = PCA(n_components=24, whiten=True, random_state=args.seed).fit(ctx)
+    embed = lambda x: pca.transform(x).astype(np.float32)  # noqa: E731
+    feats = labelled(train, embed)
+    print(
+        f"features ({time.monotonic() - t0:.0f}s): "
+        + ", ".join(f"{k}={len(feats[k][1])}" for k in ("vad", "keyword", "alarm")),
+        flush=True,
+    )
+
+    heads = {}
+    for name, hidden in (("vad", (32,)), ("keyword", (64,)), ("alarm", (32,))):
+        x = np.asarray(feats[name][0], np.float32)
+        y = np.asarray(feats[name][1])
+        clf = make_pipeline(
+            StandardScaler(),
+            MLPClassifier(
+                hidden, alpha=1e-3, max_iter=300, early_stopping=True, random_state=args.seed
+            ),
+        )
+        heads[name] = clf.fit(x, y)
+        print(
+            f"{name}: train acc {clf.score(x, y):.3f} on {len(y)} ({time.monotonic() - t0:.0f}s)",
+            flush=True,
+        )
+
+    MODELS.mkdir(parents=True, exist_ok=True)
+    files = {"audio_embedding": export_transformer(pca, ctx.shape[1])}
+    for name, clf in heads.items():
+        files[name] = export_classifier(clf, len(feats[name][0][0]))
+    sessions = {
+        n: ort.InferenceSession(b, providers=["CPUExecutionProvider"]) for n, b in files.items()
+    }
+    metrics = evaluate(test, sessions)
+    print(json.dumps(metrics, indent=1), flush=True)
+    split = (
+        "split by voice, voice variant and noise level: train voices "
+        f"{data.SPLITS['train']['voices']} variants {data.SPLITS['train']['variants']} SNR "
+        f"{data.SPLITS['train']['snr_db']}; held-out voices {data.SPLITS['test']['voices']} variants "
+        f"{data.SPLITS['test']['variants']} SNR {data.SPLITS['test']['snr_db']} (alarms also -3 dB)"
+    )
+    common = {
+        "data": f"{len(train)} train / {len(test)} held-out synthetic clips (espeak-ng speech, sox noise/music/reverb, synthetic T3/T4 beeps), seed {args.seed}",
+        "split": split,
+    }
+    write_model(
+        MODELS,
+        "audio_embedding",
+        files["audio_embedding"],
+        kind="audio_embedding",
+        inputs="3 x 40 log-mel frames (causal context)",
+        extra={"n_features": ctx.shape[1]},
+        card={
+            **common,
+            "what": "PCA (24 components, whitened) of 3-frame log-mel context: the shared embedding",
+        },
+    )
+    write_model(
+        MODELS,
+        "vad",
+        files["vad"],
+        kind="audio_vad",
+        inputs="0.5 s block of embeddings",
+        extra={"threshold": 0.5, "window_s": 0.5, "hop_s": 0.5},
+        card={
+            **common,
+            "what": "voice activity (speech / not) per 0.5 s block",
+            "held-out": {"vad_accuracy": metrics["vad_accuracy"], "blocks": metrics["vad_blocks"]},
+        },
+    )
+    write_model(
+        MODELS,
+        "keyword",
+        files["keyword"],
+        kind="audio_keyword",
+        inputs="one endpointed utterance, resampled to 20 steps",
+        extra={"threshold": KW_THRESHOLD, "labels": list(KEYWORD_LABELS)},
+        card={
+            **common,
+            "what": "keywords lights on / lights off / stop (else other)",
+            "held-out": {
+                "keyword_accuracy": metrics["keyword_accuracy"],
+                "clips": metrics["keyword_clips"],
+                "confusion": metrics["keyword_confusion"],
+            },
+        },
+    )
+    write_model(
+        MODELS,
+        "alarm",
+        files["alarm"],
+        kind="audio_alarm",
+        inputs="4 s of 3 kHz tonality in 50 ms bins, every 50 ms",
+        extra={
+            "threshold": ALARM_THRESHOLD,
+            "cooldown_s": ALARM_COOLDOWN,
+            "window_s": 4.0,
+            "hop_s": 0.05,
+        },
+        card={
+            **common,
+            "what": "smoke (T3) / CO (T4) sounder pattern detector",
+            "held-out": {
+                k: metrics[k]
+                for k in (
+                    "alarm_recall",
+                    "alarm_clips",
+                    "false_alarms",
+                    "negative_hours",
+                    "false_alarms_per_hour",
+                    "alarm_detect_delay_p50_s",
+                )
+            },
+        },
+    )
+    (MODELS / "audio_metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    demo_clips(args.seed + 99)
+    print(f"done in {time.monotonic() - t0:.0f}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
