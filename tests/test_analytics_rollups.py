@@ -57,7 +57,9 @@ def random_windows(seed: int, n: int) -> list[WindowAggregate]:
     return out
 
 
-def direct_rollups(gateway_windows: list[tuple[str, WindowAggregate]]) -> dict[tuple[Any, ...], Any]:
+def direct_rollups(
+    gateway_windows: list[tuple[str, WindowAggregate]],
+) -> dict[tuple[Any, ...], Any]:
     """What the rollup table must hold, computed from the windows in Python."""
     groups: dict[tuple[Any, ...], list[WindowAggregate]] = defaultdict(list)
     for gateway, a in gateway_windows:
