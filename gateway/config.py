@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -27,6 +35,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from gateway.adapters.settings import AdapterSettings
 from schemas.topics import ROOT, TopicError, device_subscription, valid_segment
 
 ENV_PREFIX = "HOMEEDGE_GATEWAY__"
@@ -48,11 +57,42 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TlsConfig(Section):
+    """TLS towards the broker (the ``[mqtt.tls]`` table; ``mqtts://`` alone uses the defaults)."""
+
+    ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of the CA(s) that signed the broker's certificate; "
+        "default: the system's trust store",
+    )
+    cert_file: Path | None = Field(
+        default=None, description="client certificate (PEM), for brokers that require one"
+    )
+    key_file: Path | None = Field(
+        default=None,
+        description="private key of cert_file (PEM); default: the key is inside cert_file",
+    )
+    key_password: SecretStr | None = Field(default=None, description="password of key_file")
+    insecure: bool = Field(
+        default=False,
+        description="skip the check that the broker's certificate names the host of mqtt.url "
+        "(the certificate chain is still verified); for test brokers only",
+    )
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> TlsConfig:
+        if self.cert_file is None and (self.key_file is not None or self.key_password):
+            raise ValueError("key_file/key_password need cert_file")
+        return self
+
+
 class MqttConfig(Section):
     """How the gateway reaches its broker."""
 
     url: str = Field(
-        default="mqtt://127.0.0.1:1883", description="broker address, mqtt://host:port"
+        default="mqtt://127.0.0.1:1883",
+        description="broker address: mqtt://host:port (port 1883 by default) or "
+        "mqtts://host:port (TLS, port 8883 by default)",
     )
     client_id: str | None = Field(
         default=None,
@@ -84,14 +124,23 @@ class MqttConfig(Section):
         description="MQTT 5 Receive Maximum: un-acked messages the broker may have in flight",
     )
     username: str | None = Field(default=None, description="broker user name")
-    password: str | None = Field(default=None, description="broker password")
+    password: SecretStr | None = Field(default=None, description="broker password")
+    tls: TlsConfig | None = Field(
+        default=None,
+        description="TLS settings; the table turns TLS on even with an mqtt:// url",
+    )
+    shared_group: str | None = Field(
+        default=None,
+        description="subscribe as $share/<group>/<filter>: gateways with the same group split "
+        "the stream (each needs its own client_id)",
+    )
 
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
         parts = urlsplit(value)
-        if parts.scheme != "mqtt":
-            raise ValueError(f"expected mqtt://host:port, got scheme {parts.scheme!r}")
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"expected mqtt:// or mqtts://host:port, got scheme {parts.scheme!r}")
         if not parts.hostname:
             raise ValueError("expected mqtt://host:port, the host is missing")
         try:
@@ -111,13 +160,24 @@ class MqttConfig(Section):
             raise ValueError(str(exc)) from None
         return value
 
+    @field_validator("shared_group")
+    @classmethod
+    def _check_group(cls, value: str | None) -> str | None:
+        if value is not None and not valid_segment(value):
+            raise ValueError("must be 1-64 characters of [A-Za-z0-9_.-] (it is a topic level)")
+        return value
+
     @property
     def host(self) -> str:
         return urlsplit(self.url).hostname or "127.0.0.1"
 
     @property
+    def use_tls(self) -> bool:
+        return self.tls is not None or urlsplit(self.url).scheme == "mqtts"
+
+    @property
     def port(self) -> int:
-        return urlsplit(self.url).port or 1883
+        return urlsplit(self.url).port or (8883 if self.use_tls else 1883)
 
 
 class StorageConfig(Section):
@@ -202,6 +262,7 @@ class GatewayConfig(BaseSettings):
     storage: StorageConfig = StorageConfig()
     admin: AdminConfig = AdminConfig()
     ingest: IngestConfig = IngestConfig()
+    adapters: AdapterSettings = AdapterSettings()
 
     @field_validator("gateway_id")
     @classmethod

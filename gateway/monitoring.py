@@ -63,6 +63,18 @@ class GatewayMetrics:
         self.dropped = Counter(
             f"{PREFIX}_queue_dropped", "items dropped by a drop-oldest queue", ["queue"], registry=r
         )
+        self.connect_attempts = Counter(
+            f"{PREFIX}_mqtt_connect_attempts",
+            "MQTT connection attempts (the first and every retry; paced by the reconnect backoff)",
+            registry=r,
+        )
+        self.connect_failures = Counter(
+            f"{PREFIX}_mqtt_connect_failures",
+            "MQTT connection attempts that failed, by reason (unreachable, tls, refused: the "
+            "broker's CONNACK said no, e.g. bad credentials)",
+            ["reason"],
+            registry=r,
+        )
         self.commits = Counter(f"{PREFIX}_commits", "writer transactions committed", registry=r)
         self.commit_seconds = Histogram(
             f"{PREFIX}_commit_seconds",

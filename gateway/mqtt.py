@@ -25,10 +25,29 @@ published after the subscription is granted) and ``offline`` as the last will an
 
 Reconnects are paho's own loop; the delay before each attempt is set by us (exponential between
 ``reconnect_min_s`` and ``reconnect_max_s`` with "equal jitter", reset after a successful
-CONNACK), so a broker that is down is retried without a busy loop or a thundering herd.
+CONNACK), so a broker that is down is retried without a busy loop or a thundering herd. The
+same schedule paces a broker that answers but refuses us (bad credentials: one ERROR line per
+attempt naming the CONNACK reason) and a TLS handshake that fails (the verification error is
+logged); every attempt is counted (``mqtt_connect_attempts``, ``mqtt_connect_failures{reason}``).
 
-Two private paho 2.x hooks are used for speed (paho is pinned <3; every test connection runs
-through them): `_Client._create_socket` (buffered reads) and ``_packet_queue`` (batched acks).
+Security: username/password (``mqtt.username``/``mqtt.password``) and TLS (``mqtts://`` or a
+``[mqtt.tls]`` table): the broker's certificate is verified against ``tls.ca_file`` (or the
+system store) and must name the url's host unless ``tls.insecure``; an optional client
+certificate and key authenticate the gateway itself.
+
+Shared subscriptions: with ``mqtt.shared_group`` every filter is subscribed as
+``$share/<group>/<filter>``, so gateways of one group split the stream between them (the
+broker gives each message to one member). Each member needs its own client id (its session).
+
+Side items: a format adapter may report something to store besides the message's readings
+(a foreign device's availability). `MqttBridge.put_side_item` queues it, from the network
+thread during decoding, AHEAD of the message, so it is committed no later than the message is
+acked; if it cannot be queued (shutting down) the message is not queued either, and so not acked.
+
+Private paho 2.x hooks (paho is pinned <3; every test connection runs through them):
+`_Client._create_socket` (buffered reads; keeps the connect error for the log),
+``_packet_queue`` (batched acks) and `_Client._ssl_wrap_socket` (closes a socket whose TLS
+handshake failed, which paho leaks).
 """
 
 from __future__ import annotations
@@ -36,6 +55,7 @@ from __future__ import annotations
 import logging
 import random
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -48,7 +68,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.config import MqttConfig
+from gateway.config import MqttConfig, TlsConfig
 from gateway.ingest import AudioIn, Ignored, Ingested, MessageDecoder, ReadingsIn, StateIn
 from gateway.monitoring import GatewayMetrics
 from gateway.writer import AckToken, Writer
@@ -91,15 +111,84 @@ class _BufferedSocket:
         return getattr(self._sock, name)
 
 
+def build_tls_context(tls: TlsConfig | None) -> ssl.SSLContext:
+    """A client context that verifies the broker: against ``tls.ca_file`` or the system store,
+    host name checked unless ``tls.insecure``; with the client certificate when configured.
+    Raises `OSError`/`ssl.SSLError` when a file is missing or unusable."""
+    tls = tls or TlsConfig()
+    ctx = ssl.create_default_context(
+        ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file) if tls.ca_file else None
+    )
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if tls.insecure:
+        ctx.check_hostname = False  # the chain is still verified (verify_mode stays REQUIRED)
+    if tls.cert_file is not None:
+        ctx.load_cert_chain(
+            str(tls.cert_file),
+            str(tls.key_file) if tls.key_file else None,
+            tls.key_password.get_secret_value() if tls.key_password else None,
+        )
+    return ctx
+
+
+def describe_connect_error(exc: BaseException | None) -> tuple[str, str]:
+    """(failure reason label, readable text) of an exception raised while connecting."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "tls", (
+            f"TLS: the broker's certificate failed verification ({exc.verify_message}); "
+            "check mqtt.tls.ca_file and that the certificate names the url's host"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return "tls", f"TLS handshake failed: {exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "unreachable", "connection refused (is the broker listening on that port?)"
+    if exc is None:
+        return "unreachable", "connection failed"
+    return "unreachable", f"{type(exc).__name__}: {exc}"
+
+
+def _connack_hint(reason: ReasonCode) -> str:
+    # 3.1.1 return codes 4/5 arrive as the MQTT 5 reason codes 134/135.
+    if reason.value in (134, 135):
+        return " (check mqtt.username/mqtt.password and the broker's password file and ACL)"
+    return ""
+
+
 class _Client(paho.Client):
     """paho's client with `_BufferedSocket` on plain TCP connections (a private hook of paho
-    2.x, pinned <3 in pyproject; the ingest tests exercise it on every connection)."""
+    2.x, pinned <3 in pyproject; the ingest tests exercise it on every connection). It also
+    keeps the exception of a failed connection attempt, which paho swallows, for the log."""
+
+    last_connect_error: BaseException | None = None
 
     def _create_socket(self) -> Any:
-        sock = super()._create_socket()
+        try:
+            sock = super()._create_socket()
+        except OSError as exc:  # ssl.SSLError is an OSError; paho then calls on_connect_fail
+            self.last_connect_error = exc
+            raise
+        self.last_connect_error = None
         if type(sock) is socket.socket:
             return _BufferedSocket(sock)
         return sock
+
+    def _ssl_wrap_socket(self, tcp_sock: socket.socket) -> ssl.SSLSocket:
+        # paho's version leaks the TLS socket when the handshake fails (a ResourceWarning and
+        # an fd per retry until collected); the host name is checked by our context
+        # (`build_tls_context`), so the handshake is all there is to do.
+        ctx = self._ssl_context
+        if ctx is None:
+            raise ValueError("TLS is not configured")
+        ssl_sock = ctx.wrap_socket(
+            tcp_sock, server_hostname=self._host, do_handshake_on_connect=False
+        )
+        try:
+            ssl_sock.settimeout(self._connect_timeout)
+            ssl_sock.do_handshake()
+        except BaseException:
+            ssl_sock.close()
+            raise
+        return ssl_sock
 
     def ack_many(self, mids: Sequence[int]) -> None:
         """Queue the PUBACKs of `mids` as ONE outgoing packet, so they leave in one ``send``
@@ -126,7 +215,10 @@ class MqttBridge:
     ) -> None:
         self._config = config
         self._status_topic = status_topic
-        self._filters = [f"{config.topic_root}/#", *extra_filters]
+        filters = [f"{config.topic_root}/#", *extra_filters]
+        if config.shared_group is not None:
+            filters = [f"$share/{config.shared_group}/{f}" for f in filters]
+        self._filters = filters
         self._decoder = decoder
         self._writer = writer
         self._metrics = metrics
@@ -136,6 +228,8 @@ class MqttBridge:
         self._ever_connected = False
         self._consuming = True
         self._attempt = 0
+        self._refused = False
+        self._side_failed = False
         self._subscribed = threading.Event()
         self._kind_counters = {
             ReadingsIn: metrics.received.labels("readings"),
@@ -153,9 +247,13 @@ class MqttBridge:
             manual_ack=True,
         )
         if config.username is not None:
-            self._client.username_pw_set(config.username, config.password)
+            password = config.password.get_secret_value() if config.password else None
+            self._client.username_pw_set(config.username, password)
+        if config.use_tls:
+            self._client.tls_set_context(build_tls_context(config.tls))
         self._client.will_set(status_topic, encode_state(Availability.OFFLINE), qos=1, retain=True)
         self._client.on_connect = self._on_connect
+        self._client.on_pre_connect = self._on_pre_connect
         self._client.on_connect_fail = self._on_connect_fail
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
@@ -187,6 +285,12 @@ class MqttBridge:
             properties=props,
         )
         self._client.loop_start()
+
+    def put_side_item(self, item: Ingested) -> None:
+        """Queue `item` (no ack of its own) ahead of the message being decoded; only from code
+        the decoder runs on the network thread (an adapter's callback). See the module docstring."""
+        if not self._writer.put_message(None, item, self._stopped):
+            self._side_failed = True
 
     def stop_consuming(self) -> None:
         """Messages arriving from now on are not stored and not acked (they are redelivered
@@ -228,12 +332,16 @@ class MqttBridge:
 
     # -- paho callbacks (network thread) ---------------------------------------------------
 
-    def _set_delay(self) -> None:
+    def _set_delay(self) -> float:
         low, high = self._config.reconnect_min_s, self._config.reconnect_max_s
         cap = min(high, low * 2 ** min(self._attempt, 30))
         delay = cap / 2 + random.uniform(0, cap / 2)
         # paho doubles from min up to max; min == max makes it use exactly our jittered delay.
         self._client.reconnect_delay_set(delay, delay)
+        return delay
+
+    def _on_pre_connect(self, _client: paho.Client, _userdata: Any) -> None:
+        self._metrics.connect_attempts.inc()
 
     def _on_connect(
         self,
@@ -244,9 +352,20 @@ class MqttBridge:
         _props: Properties | None,
     ) -> None:
         if reason.is_failure:
-            log.error("broker refused the connection: %s", reason)
+            # paho closes the socket and calls on_disconnect next, then waits our delay.
+            self._refused = True
             self._attempt += 1
-            self._set_delay()
+            self._metrics.connect_failures.labels("refused").inc()
+            log.error(
+                "broker %s refused the connection: %s (reason code %d)%s (attempt %d); "
+                "retrying in %.1fs",
+                self._config.url,
+                reason,
+                reason.value,
+                _connack_hint(reason),
+                self._attempt,
+                self._set_delay(),
+            )
             return
         with self._lock:
             self._generation += 1
@@ -267,8 +386,17 @@ class MqttBridge:
 
     def _on_connect_fail(self, _client: paho.Client, _userdata: Any) -> None:
         self._attempt += 1
-        self._set_delay()
-        log.warning("cannot reach broker %s (attempt %d)", self._config.url, self._attempt)
+        label, text = describe_connect_error(self._client.last_connect_error)
+        self._metrics.connect_failures.labels(label).inc()
+        # A broker that is down is routine (WARNING); a TLS failure needs a person (ERROR).
+        log.log(
+            logging.ERROR if label == "tls" else logging.WARNING,
+            "cannot connect to broker %s: %s (attempt %d); retrying in %.1fs",
+            self._config.url,
+            text,
+            self._attempt,
+            self._set_delay(),
+        )
 
     def _on_disconnect(
         self,
@@ -282,7 +410,9 @@ class MqttBridge:
             self._generation += 1
             self._connected = False
         self._subscribed.clear()
-        if self._consuming:
+        if self._refused:  # a refused CONNACK: logged and paced in _on_connect already
+            self._refused = False
+        elif self._consuming:
             self._attempt += 1
             self._set_delay()
             log.warning("disconnected from broker: %s; reconnecting", reason)
@@ -310,6 +440,7 @@ class MqttBridge:
         except UnicodeDecodeError:
             topic = "<topic is not UTF-8>"
         payload = bytes(msg.payload)
+        self._side_failed = False
         try:
             item: Ingested = self._decoder.decode(topic, payload, received_at)
         except Exception as exc:  # a decoder bug: keep the message, never kill paho's thread
@@ -319,6 +450,8 @@ class MqttBridge:
         self._kind_counters.get(type(item), self._dead_counter).inc()
         if type(item) is AudioIn:
             self._metrics.audio_frames.inc()
+        if self._side_failed:
+            return  # its side item was not queued: leave the message un-acked (redelivered)
         token = (self._generation, msg.mid) if msg.qos > 0 else None
         self._writer.put_message(token, item, self._stopped)
 

@@ -54,6 +54,9 @@ class MosquittoBroker:
     workdir: Path
     port: int = field(default_factory=free_port)
     extra_config: str = ""
+    # Replaces the default listener block (plain TCP on `port`, anonymous allowed), e.g. with a
+    # TLS listener and password authentication; it must still listen on 127.0.0.1:`port`.
+    listener_config: str | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -62,10 +65,11 @@ class MosquittoBroker:
 
     def write_config(self) -> Path:
         conf = self.workdir / "mosquitto.conf"
+        listener = self.listener_config
+        if listener is None:
+            listener = f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
         conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
+            listener + "persistence true\n"
             f"persistence_location {self.workdir}/\n"
             # A gateway that waits for commits before acking needs a wide in-flight window,
             # and a persistent session must queue everything while the gateway is down.
@@ -75,8 +79,7 @@ class MosquittoBroker:
             f"log_dest file {self.workdir}/mosquitto.log\n"
             # As root, mosquitto drops to the `mosquitto` user, which cannot write the 0700
             # tmp_path: no log, no persistence file, so restart() would lose every session.
-            + ("user root\n" if os.geteuid() == 0 else "")
-            + self.extra_config
+             + ("user root\n" if os.geteuid() == 0 else "") + self.extra_config
         )
         return conf
 
