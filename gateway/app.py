@@ -37,6 +37,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from gateway.adapters.wiring import install_adapters
 from gateway.admin import AdminServer, create_admin_app
 from gateway.config import GatewayConfig
 from gateway.db import make_engine
@@ -329,4 +330,6 @@ def _write_port_file(path: Any, port: int) -> None:
 
 def create_gateway(config: GatewayConfig) -> Gateway:
     """The gateway `python -m gateway` runs: the place where components are wired in."""
-    return Gateway(config)
+    gateway = Gateway(config)
+    install_adapters(gateway, config.adapters)  # the [adapters] section's enabled ecosystems
+    return gateway

@@ -46,8 +46,8 @@ acked; if it cannot be queued (shutting down) the message is not queued either, 
 
 Private paho 2.x hooks (paho is pinned <3; every test connection runs through them):
 `_Client._create_socket` (buffered reads; keeps the connect error for the log),
-``_packet_queue`` (batched acks) and `_Client._ssl_wrap_socket` (closes a socket whose TLS
-handshake failed, which paho leaks).
+``_packet_queue`` (batched acks), `_Client._ssl_wrap_socket` (closes a socket whose TLS
+handshake failed, which paho leaks) and ``_reset_sockets`` (at close).
 """
 
 from __future__ import annotations
@@ -312,6 +312,9 @@ class MqttBridge:
                 log.warning("could not publish offline status: %s", exc)
         self._client.disconnect()
         self._client.loop_stop()
+        # paho closes its wake-up socket pair only in __del__, which a reference cycle (our
+        # bound-method callbacks) delays to some later garbage collection: close it now.
+        self._client._reset_sockets()
 
     # -- acks (writer thread) --------------------------------------------------------------
 
