@@ -28,7 +28,8 @@ async def serve(config: GatewayConfig) -> None:
         # walks them all (tens of ms in the MQTT and writer threads: the p99 latency).
         gc.freeze()
         print(
-            f"gateway {config.gateway_id}: admin on http://{config.admin.host}:{gw.admin_port}",
+            f"gateway {config.gateway_id}: admin on http://{config.admin.host}:{gw.admin_port}, "
+            f"uplink {config.uplink.url or 'disabled'}",
             flush=True,
         )
         await stop.wait()

@@ -22,6 +22,8 @@ Extension points for the other components (all to be used before `start`):
   ``fn(topic, payload, received_at) -> list[Reading] | DeadLetter`` for non-homeedge topics;
   the gateway subscribes to `topic_filter` and acks those messages after commit like any other.
 - ``gw.metrics.registry``: the gateway's own Prometheus registry, served on ``/metrics``.
+- ``gw.add_health(name, fn)``: ``fn()`` returns a JSON-able dict shown under `name` in
+  ``/healthz`` (informational: it does not change the status).
 
 Shutdown order: stop taking messages, flush the writer (commit + ack), publish ``offline`` and
 disconnect, cancel tasks, run cleanup contexts' exits, stop the writer, stop admin HTTP.
@@ -45,6 +47,7 @@ from gateway.ingest import Adapter, AdapterFn, AudioIn, MessageDecoder
 from gateway.monitoring import GatewayMetrics
 from gateway.mqtt import MqttBridge
 from gateway.records import Reading
+from gateway.sync.wiring import install_sync
 from gateway.writer import Writer, checkpoint_wal
 from schemas.topics import gateway_status_topic
 
@@ -72,6 +75,7 @@ class Gateway:
         self._task_factories: list[tuple[str, TaskFactory]] = []
         self._reading_callbacks: list[ReadingsCallback] = []
         self._audio_callbacks: list[AudioCallback] = []
+        self._health_parts: list[tuple[str, Callable[[], dict[str, Any]]]] = []
         self._engine: Engine | None = None
         self._writer: Writer | None = None
         self._bridge: MqttBridge | None = None
@@ -98,6 +102,9 @@ class Gateway:
 
     def on_audio(self, callback: AudioCallback) -> None:
         self._audio_callbacks.append(callback)
+
+    def add_health(self, name: str, fn: Callable[[], dict[str, Any]]) -> None:
+        self._health_parts.append((name, fn))
 
     def add_task(self, name: str, factory: TaskFactory) -> None:
         self._before_start("add_task")
@@ -130,13 +137,16 @@ class Gateway:
     def health(self) -> dict[str, Any]:
         connected = self._bridge is not None and self._bridge.connected
         alive = self._writer is not None and self._writer.alive
-        return {
+        body: dict[str, Any] = {
             "status": "ok" if connected and alive else "degraded",
             "gateway_id": self.config.gateway_id,
             "mqtt_connected": connected,
             "writer_alive": alive,
             "queue_depth": self._writer.depth if self._writer is not None else 0,
         }
+        for name, part in self._health_parts:
+            body[name] = part()
+        return body
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -332,4 +342,5 @@ def create_gateway(config: GatewayConfig) -> Gateway:
     """The gateway `python -m gateway` runs: the place where components are wired in."""
     gateway = Gateway(config)
     install_adapters(gateway, config.adapters)  # the [adapters] section's enabled ecosystems
+    install_sync(gateway, config)  # [aggregation], [privacy], [uplink]: the cloud-sync path
     return gateway

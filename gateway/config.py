@@ -36,6 +36,7 @@ from pydantic_settings import (
 )
 
 from gateway.adapters.settings import AdapterSettings
+from gateway.sync.settings import AggregationSettings, PrivacySettings, UplinkSettings
 from schemas.topics import ROOT, TopicError, device_subscription, valid_segment
 
 ENV_PREFIX = "HOMEEDGE_GATEWAY__"
@@ -263,6 +264,11 @@ class GatewayConfig(BaseSettings):
     admin: AdminConfig = AdminConfig()
     ingest: IngestConfig = IngestConfig()
     adapters: AdapterSettings = AdapterSettings()
+    # Cloud sync (gateway/sync): what leaves the home, and how. An empty uplink.url keeps
+    # everything local (windows are still aggregated into the outbox).
+    aggregation: AggregationSettings = AggregationSettings.model_validate({})
+    privacy: PrivacySettings = PrivacySettings.model_validate({})
+    uplink: UplinkSettings = UplinkSettings.model_validate({})
 
     @field_validator("gateway_id")
     @classmethod

@@ -76,14 +76,20 @@ def aggregate_and_enqueue(
     pipeline: SyncPipeline,
     *,
     ingested: tuple[int, int] | None = None,
+    close_at: float | None = None,
 ) -> PassResult:
     """Run one pass in the caller's transaction (the gateway's writer thread commits it).
 
     `ingested` = (messages, bytes) taken in for the closed windows, when the caller counts them;
-    otherwise both are estimated from the readings rows.
+    otherwise both are estimated from the readings rows. `close_at` (default `now`) is the time
+    windows are closed against: the event clock of ``aggregation.clock = "event"``; `now` stays
+    the wall clock of the outbox (batch times, TTL).
     """
     closed = close_windows(
-        conn, now, pipeline.aggregation, policy_of=lambda m: pipeline.privacy.settings.policy_of(m)
+        conn,
+        now if close_at is None else close_at,
+        pipeline.aggregation,
+        policy_of=lambda m: pipeline.privacy.settings.policy_of(m),
     )
     release = pipeline.privacy.release(conn, closed.groups)
     messages, nbytes = (

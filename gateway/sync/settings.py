@@ -71,6 +71,13 @@ class AggregationSettings(BaseModel):
         description="Windows are closed in groups of this many, so one pass makes one batch of "
         "them: bigger groups compress better on the uplink, at the cost of cloud latency.",
     )
+    clock: Literal["wall", "event"] = Field(
+        "wall",
+        description="What 'now' is when deciding that a window is closed: 'wall' = this "
+        "machine's clock; 'event' = the newest stored reading's timestamp (capped at the wall "
+        "clock), for devices that replay history faster than real time (the demo). With 'event' "
+        "a window stays open until newer readings arrive.",
+    )
     backfill_s: float = Field(
         3600.0,
         ge=0,
@@ -93,7 +100,8 @@ class PrivacySettings(BaseModel):
     secret_file: Path = Field(
         Path("homeedge-sync.secret"),
         description="File holding the pseudonym key; created with mode 0600 on first start. "
-        "The key never leaves the gateway.",
+        "The key never leaves the gateway. In the gateway config the default is next to the "
+        "SQLite file: storage.path with the suffix .secret.",
     )
     secret: SecretStr | None = Field(
         None, description="The pseudonym key itself (overrides secret_file; for tests)."
@@ -182,9 +190,10 @@ class UplinkSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     url: str = Field(
-        "http://127.0.0.1:8080",
-        pattern=r"^https?://",
-        description="Base URL of the cloud; batches go to <url>/api/v1/batches.",
+        "",
+        pattern=r"^(https?://.+)?$",
+        description="Base URL of the cloud; batches go to <url>/api/v1/batches. Empty (the "
+        "default): no uplink; windows are still aggregated and batches wait in the outbox.",
     )
     token: SecretStr = Field(SecretStr(""), description="This gateway's bearer token.")
     batch_max_aggregates: int = Field(
@@ -221,4 +230,7 @@ class UplinkSettings(BaseModel):
     def _check_backoff(self) -> UplinkSettings:
         if self.backoff_max_s < self.backoff_min_s:
             raise ValueError("backoff_max_s is smaller than backoff_min_s")
+        # Without a token every batch would be refused (401) and parked: refuse the config.
+        if self.url and not self.token.get_secret_value():
+            raise ValueError("url is set but token is empty")
         return self

@@ -154,6 +154,10 @@ class Uplink:
             settings.catchup_batches_per_s, settings.catchup_burst, sleep=sleep
         )
         self._wake = asyncio.Event()
+        # For the gateway's /healthz: when the cloud last acknowledged a batch, and the error
+        # of the latest failed attempt (None once a send succeeds again).
+        self.last_success_at: float | None = None
+        self.last_error: str | None = None
         self._url = settings.url.rstrip("/") + BATCHES_PATH
         self._headers = {
             "Content-Type": "application/json",
@@ -207,18 +211,21 @@ class Uplink:
             now = self._clock()
             if verdict in (_Verdict.STORED, _Verdict.DUPLICATE):
                 await self._run_db(functools.partial(outbox.mark_sent, seq=batch.seq, now=now))
+                self.last_success_at, self.last_error = now, None
                 self.metrics.sent.inc()
                 if verdict is _Verdict.DUPLICATE:
                     self.metrics.duplicates.inc()
                 return 1
             if verdict is _Verdict.REJECTED:
                 log.error("cloud rejected batch seq=%d (%s): %s", batch.seq, batch.batch_id, detail)
+                self.last_error = detail
                 await self._run_db(
                     functools.partial(outbox.mark_rejected, seq=batch.seq, now=now, error=detail)
                 )
                 self.metrics.rejected.inc()
                 return 0
             self.metrics.retries.inc()
+            self.last_error = detail
             await self._run_db(functools.partial(outbox.note_failure, seq=batch.seq, error=detail))
             delay = self._backoff.next_delay()
             if retry_after is not None:
