@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -42,7 +43,7 @@ OTHER_PHRASES = [
     "is it raining",
     "coffee please",
 ]
-SPLITS = {
+SPLITS: dict[str, dict[str, Any]] = {
     "train": {
         # English accents only: espeak's other languages read English text with their own
         # spelling rules, which makes different words rather than accents.

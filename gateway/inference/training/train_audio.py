@@ -87,7 +87,7 @@ def make_clips(split: str, scale: float, seed0: int, cache: Path | None = None) 
 
 
 def stream_clip(clip: data.Clip, embed: Callable[[np.ndarray], np.ndarray]) -> Iterator[HeadInput]:
-    """Run a clip through the serving code path in 0.1 s pushes; head inputs with clip-relative times."""
+    """A clip through the serving code in 0.1 s pushes: head inputs (clip-relative times)."""
     stream = AudioStream()
     for i in range(0, len(clip.audio), CHUNK):
         ctx = stream.frames(clip.audio[i : i + CHUNK], 1_000_000_000.0 + i / SAMPLE_RATE)
@@ -107,9 +107,9 @@ def labelled(clips: list[data.Clip], embed: Callable[[np.ndarray], np.ndarray]) 
         "alarm_clip": [],
     }
     for c_idx, clip in enumerate(clips):
-        utter = clip.speech_mask is not None and clip.speech_mask.any()
+        utter = clip.speech_mask is not None and bool(clip.speech_mask.any())
         if utter:
-            act = np.flatnonzero(clip.speech_mask)
+            act = np.flatnonzero(np.asarray(clip.speech_mask))
             u0, u1 = act[0] / SAMPLE_RATE, act[-1] / SAMPLE_RATE
         for h in stream_clip(clip, embed):
             s, e = rel(h.start), rel(h.end)
@@ -150,9 +150,11 @@ def evaluate(clips: list[data.Clip], models: dict[str, ort.InferenceSession]) ->
     """Held-out figures through onnxruntime, with the serving decision rules."""
     emb_s = models["audio_embedding"]
     embed = lambda x: emb_s.run(None, {emb_s.get_inputs()[0].name: x})[0]  # noqa: E731
-    probs = lambda name, x: models[name].run(None, {models[name].get_inputs()[0].name: x[None, :]})[
-        1
-    ][0]
+
+    def probs(name: str, x: np.ndarray) -> np.ndarray:
+        session = models[name]
+        return np.asarray(session.run(None, {session.get_inputs()[0].name: x[None, :]})[1][0])
+
     kw_ok = kw_n = vad_ok = vad_n = 0
     alarm_hit = alarm_n = false_alarms = 0
     neg_seconds = 0.0
@@ -161,7 +163,6 @@ def evaluate(clips: list[data.Clip], models: dict[str, ort.InferenceSession]) ->
     delays: list[float] = []
     confusion: dict[str, dict[str, int]] = {}
     for clip in clips:
-        utter = clip.speech_mask is not None and clip.speech_mask.any()
         deb = AlarmDebouncer(ALARM_THRESHOLD, ALARM_COOLDOWN)
         fired: list[float] = []
         best = ("other", 0.0)
@@ -302,11 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     split = (
         "split by voice, voice variant and noise level: train voices "
         f"{data.SPLITS['train']['voices']} variants {data.SPLITS['train']['variants']} SNR "
-        f"{data.SPLITS['train']['snr_db']}; held-out voices {data.SPLITS['test']['voices']} variants "
+        f"{data.SPLITS['train']['snr_db']}; held-out voices {data.SPLITS['test']['voices']} "
+        "variants "
         f"{data.SPLITS['test']['variants']} SNR {data.SPLITS['test']['snr_db']} (alarms also -3 dB)"
     )
     common = {
-        "data": f"{len(train)} train / {len(test)} held-out synthetic clips (espeak-ng speech, sox noise/music/reverb, synthetic T3/T4 beeps), seed {args.seed}",
+        "data": f"{len(train)} train / {len(test)} held-out synthetic clips (espeak-ng speech, "
+        f"sox noise/music/reverb, synthetic T3/T4 beeps), seed {args.seed}",
         "split": split,
     }
     write_model(
@@ -318,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         extra={"n_features": ctx.shape[1]},
         card={
             **common,
-            "what": "PCA (24 components, whitened) of 3-frame log-mel context: the shared embedding",
+            "what": "PCA (24 components, whitened) of 3-frame log-mel context: "
+            "the shared embedding",
         },
     )
     write_model(

@@ -1,0 +1,41 @@
+"""`InferenceSettings`: the ``[inference]`` section of the gateway config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+class InferenceSettings(BaseModel):
+    """Edge inference: which models, how they run, what they publish."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="run inference at all")
+    models_dir: Path = Field(DEFAULT_MODELS_DIR, description="directory of manifests + .onnx")
+    models: list[str] | None = Field(
+        None, description="model names to load (manifest stems); None loads every manifest"
+    )
+    intra_op_threads: int = Field(1, ge=1, le=16, description="onnxruntime intra-op threads")
+    queue_size: int = Field(
+        4000, ge=1, description="pending frames/readings; when full new ones are dropped+counted"
+    )
+    batch_max: int = Field(256, ge=1, description="most queued items handled per executor call")
+    sensor_window_s: float = Field(300.0, gt=0, description="tumbling window per device")
+    baseline_windows: int = Field(288, ge=2, description="windows the per-device baseline keeps")
+    baseline_min_windows: int = Field(
+        288, ge=1, description="windows of history before a device's windows are scored"
+    )
+    speech_summary_s: float = Field(10.0, gt=0, description="VAD results are summed over this")
+    publish_events: bool = Field(True, description="publish events on MQTT (QoS 1)")
+    discovery: bool = Field(True, description="publish Home Assistant discovery configs")
+    discovery_prefix: str = Field("homeassistant", description="HA discovery topic prefix")
+    alarm_off_delay_s: int = Field(60, ge=1, description="HA alarm binary_sensor turns off after")
+    debug_audio_dir: Path | None = Field(
+        None,
+        description="LOCAL DEBUG ONLY: append received raw PCM per microphone to files here; "
+        "off by default (audio is otherwise processed in memory and discarded)",
+    )
