@@ -14,6 +14,7 @@ from pathlib import Path
 import msgspec
 
 from schemas.batch import Batch
+from schemas.events import InferenceEvent
 from schemas.telemetry import Telemetry
 
 HERE = Path(__file__).parent / "json"
@@ -37,7 +38,11 @@ def generated_files() -> dict[Path, str]:
         "type": "string",
         "enum": ["online", "offline"],
     }
+    event = msgspec.json.schema(InferenceEvent)
+    event["$id"] = "https://homeedge.invalid/schemas/event.schema.json"
+    event["title"] = "homeedge gateway inference event"
     return {
+        HERE / "event.schema.json": _dump(event),
         HERE / "telemetry.schema.json": _dump(telemetry),
         HERE / "batch.schema.json": _dump(batch),
         HERE / "state.schema.json": _dump(state),
