@@ -1,0 +1,358 @@
+"""Edge inference benchmark: model latency, audio cost, quality on held-out data, alarm e2e, RSS.
+
+    .venv/bin/python bench/inference.py [--json] [--trials 60] [--regenerate]
+
+- per model p50/p99 latency of one window, one thread, and per-row cost in a batch of 64;
+- the audio pipeline's cost per second of audio (front end + embedding + heads, one mic);
+- quality: audio figures from the held-out set (re-made with --regenerate, which needs
+  espeak-ng and sox; otherwise read from gateway/models/audio_metrics.json); sensor anomaly F1
+  and occupancy accuracy on the device simulators' world (its injected faults and true
+  occupancy) and on the UCI Occupancy subset bundled with river (when installed);
+- end-to-end alarm latency: the frame completing a T3 pattern published to a real Mosquitto ->
+  ingest subscriber -> engine -> event publisher -> the event received by a subscriber;
+- RSS of a process with every model loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from devices.clips import CLIP_DIR, read_wav  # noqa: E402
+from gateway.inference.engine import InferenceEngine  # noqa: E402
+from gateway.inference.runtime import ModelRuntime  # noqa: E402
+from gateway.inference.settings import DEFAULT_MODELS_DIR, InferenceSettings  # noqa: E402
+from schemas.audio import AudioFrame  # noqa: E402
+
+T0 = 1_767_225_600.0
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q))
+
+
+def model_latency(n: int = 2000) -> dict[str, Any]:
+    runtime = ModelRuntime.load(DEFAULT_MODELS_DIR, intra_op_threads=1)
+    out = {}
+    rng = np.random.default_rng(0)
+    for name, model in sorted(runtime.models.items()):
+        x1 = rng.standard_normal((1, model.manifest.n_features)).astype(np.float32)
+        x64 = rng.standard_normal((64, model.manifest.n_features)).astype(np.float32)
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            model.run(x1)
+            times.append((time.perf_counter() - t) * 1e6)
+        t = time.perf_counter()
+        for _ in range(n // 20):
+            model.run(x64)
+        batch_us = (time.perf_counter() - t) * 1e6 / (n // 20) / 64
+        out[name] = {
+            "p50_us": round(pct(times, 50), 1),
+            "p99_us": round(pct(times, 99), 1),
+            "batched64_us_per_row": round(batch_us, 1),
+        }
+    return out
+
+
+def audio_cost(seconds: float = 60.0, frame_s: float = 0.5) -> dict[str, float]:
+    engine = InferenceEngine.create(InferenceSettings(), write=lambda fn: None)
+    clips = [read_wav(p) for p in sorted(CLIP_DIR.glob("*.wav"))]
+    pcm = np.concatenate(clips * 20)[: int(seconds * 16000)]
+    step = int(frame_s * 16000)
+    t = time.perf_counter()
+    for i in range(0, len(pcm), step):
+        engine._process(
+            [
+                (
+                    "audio",
+                    ("h", "r", "mic-1", AudioFrame(T0 + i / 16000, i, 16000, pcm[i : i + step])),
+                )
+            ]
+        )
+    single = (time.perf_counter() - t) * 1000 / seconds
+    # Eight microphones in one batch: one embedding call per round instead of eight.
+    engine8 = InferenceEngine.create(InferenceSettings(), write=lambda fn: None)
+    t = time.perf_counter()
+    for i in range(0, len(pcm) // 4, step):
+        engine8._process(
+            [
+                (
+                    "audio",
+                    ("h", "r", f"mic-{k}", AudioFrame(T0 + i / 16000, i, 16000, pcm[i : i + step])),
+                )
+                for k in range(8)
+            ]
+        )
+    batched = (time.perf_counter() - t) * 1000 / (seconds / 4) / 8
+    engine.close()
+    engine8.close()
+    return {
+        "audio_ms_per_s": round(single, 3),
+        "audio_ms_per_s_per_mic_8_batched": round(batched, 3),
+    }
+
+
+def audio_quality(regenerate: bool) -> dict[str, Any]:
+    if regenerate:
+        import onnxruntime as ort
+
+        from gateway.inference.training import audio_data, train_audio
+
+        audio_data.require_tools()
+        test = train_audio.make_clips("test", 1.0, 8)
+        sessions = {
+            n: ort.InferenceSession(
+                str(DEFAULT_MODELS_DIR / f"{n}.onnx"), providers=["CPUExecutionProvider"]
+            )
+            for n in ("audio_embedding", "vad", "keyword", "alarm")
+        }
+        m = train_audio.evaluate(test, sessions)
+        m["source"] = "re-made held-out set"
+        return m
+    m = json.loads((DEFAULT_MODELS_DIR / "audio_metrics.json").read_text())
+    m["source"] = "gateway/models/audio_metrics.json (training run's held-out set)"
+    return m
+
+
+def sensor_quality(days: int = 3, homes: int = 2) -> dict[str, Any]:
+    from devices.world import World
+    from gateway.inference.training.sensor_eval import event_scores, windows
+
+    runtime = ModelRuntime.load(DEFAULT_MODELS_DIR)
+    anomaly, occ = runtime.models["sensor_anomaly"], runtime.models["occupancy"]
+    thr = anomaly.manifest.thresholds["threshold"]
+    world = World(homes=homes, seed=5, anomaly_rate=1.0)
+    readings, faults = [], []
+    for em in world.run(start=T0, step=60.0, steps=int(days * 1440)):
+        home, room, device = em.spec.home, em.spec.room, em.spec.device
+        for t in em.truth:
+            if t.metric != "audio":
+                faults.append((f"{home}/{device}", t.start, t.end))
+        if em.readings:
+            readings += [(f"{home}/{device}", room, em.ts, m, v) for m, v in em.readings.items()]
+    flag = lambda x: float(anomaly.probabilities(x)[:, 1].max()) >= thr  # noqa: E731
+    scored = list(
+        windows(readings, window_s=300.0, baseline_windows=288, min_windows=288, is_anomalous=flag)
+    )
+    out: dict[str, Any] = {"world": event_scores(scored, faults)}
+    ok = n = 0
+    for w in scored:
+        if w.occupancy is None:
+            continue
+        home = w.device.split("/")[0]
+        truth = world.household(home).occupants(w.room, (w.window.start + w.window.end) / 2) > 0
+        ok += int((occ.probabilities(w.occupancy[None, :])[0, 1] >= 0.5) == truth)
+        n += 1
+    out["world"]["occupancy_accuracy"] = ok / max(n, 1)
+    out["world"]["days"], out["world"]["homes"] = days, homes
+    try:
+        from gateway.inference.training.train_sensors import uci_with_faults
+
+        r, f = uci_with_faults(11)
+        uw = list(
+            windows(r, window_s=960.0, baseline_windows=90, min_windows=90, is_anomalous=flag)
+        )
+        out["uci_river_injected"] = event_scores(uw, f)
+    except ImportError:
+        out["uci_river_injected"] = "river not installed (train extra)"
+    return out
+
+
+async def alarm_e2e(trials: int) -> list[float]:
+    import aiomqtt
+
+    from gateway.db import make_engine
+    from gateway.inference.publisher import EventPublisher
+    from schemas.audio import decode_audio_frame, encode_audio_frame
+    from schemas.topics import (
+        Kind,
+        device_subscription,
+        device_topic,
+        gateway_events_topic,
+        parse_device_topic,
+    )
+
+    if shutil.which("mosquitto") is None:
+        raise SystemExit("mosquitto is needed for the end-to-end figure")
+    tmp = Path(tempfile.mkdtemp())
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp / "m.conf").write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 1000\n"
+    )
+    broker = subprocess.Popen(  # noqa: ASYNC220 (started once, before any measuring)
+        ["mosquitto", "-c", str(tmp / "m.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    await asyncio.sleep(0.5)
+    root = "bench"
+    frame = 1600  # 0.1 s frames
+    pcm = read_wav(CLIP_DIR / "alarm_smoke_t3.wav")
+    # The frame that completes the first pattern: where a fresh engine first fires.
+    probe = InferenceEngine.create(InferenceSettings(), write=lambda fn: None)
+    trigger = next(
+        i
+        for i in range(0, len(pcm), frame)
+        if any(
+            r.model == "alarm"
+            for r in probe._process(
+                [
+                    (
+                        "audio",
+                        ("h", "k", "m", AudioFrame(T0 + i / 16000, i, 16000, pcm[i : i + frame])),
+                    )
+                ]
+            )
+        )
+    )
+    probe.close()
+    dbe = make_engine(tmp / "gw.db")
+
+    def run_write(fn: Any) -> None:
+        with dbe.begin() as conn:
+            fn(conn)
+
+    async def write(fn: Any) -> None:
+        await asyncio.to_thread(run_write, fn)
+
+    publisher = EventPublisher(f"mqtt://127.0.0.1:{port}", client_id="bench-events")
+    engine = InferenceEngine.create(
+        InferenceSettings(discovery=False), write=write, publisher=publisher, root=root
+    )
+    latencies: list[float] = []
+    tasks = [asyncio.create_task(engine.run()), asyncio.create_task(publisher.run())]
+    try:
+        async with (
+            aiomqtt.Client("127.0.0.1", port, identifier="bench-ingest") as ingest,
+            aiomqtt.Client("127.0.0.1", port, identifier="bench-listener") as listener,
+            aiomqtt.Client("127.0.0.1", port, identifier="bench-mic") as mic,
+        ):
+            await ingest.subscribe(device_subscription(Kind.AUDIO, root=root), qos=1)
+            await listener.subscribe(gateway_events_topic("home-1", "alarm", root=root), qos=1)
+            await publisher.connected.wait()
+
+            async def ingest_loop() -> None:
+                async for msg in ingest.messages:
+                    t = parse_device_topic(str(msg.topic), root=root)
+                    engine.on_audio(
+                        t.home, t.room, t.device, decode_audio_frame(bytes(msg.payload))
+                    )  # type: ignore[arg-type]
+
+            ing = asyncio.create_task(ingest_loop())
+            events = listener.messages
+            for k in range(trials):
+                topic = device_topic("home-1", "kitchen", f"microphone-{k}", Kind.AUDIO, root=root)
+                for i in range(0, trigger, frame):
+                    await mic.publish(
+                        topic,
+                        encode_audio_frame(T0 + i / 16000, i // frame, pcm[i : i + frame]),
+                        qos=1,
+                    )
+                await asyncio.sleep(0.3)
+                await engine.drain()
+                t = time.perf_counter()
+                await mic.publish(
+                    topic,
+                    encode_audio_frame(
+                        T0 + trigger / 16000, trigger // frame, pcm[trigger : trigger + frame]
+                    ),
+                    qos=1,
+                )
+                await asyncio.wait_for(anext(events), 10)
+                latencies.append((time.perf_counter() - t) * 1000)
+            ing.cancel()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        engine.close()
+        broker.terminate()
+        broker.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return latencies
+
+
+def rss_mb() -> float:
+    code = (
+        "import psutil, gc\n"
+        "from gateway.inference.engine import InferenceEngine\n"
+        "from gateway.inference.settings import InferenceSettings\n"
+        "e = InferenceEngine.create(InferenceSettings(), write=lambda fn: None)\n"
+        "assert not e.runtime.errors\n"
+        "gc.collect(); print(psutil.Process().memory_info().rss / 2**20)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return round(float(out.stdout.strip()), 1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--trials", type=int, default=60, help="alarm end-to-end trials")
+    parser.add_argument(
+        "--regenerate", action="store_true", help="re-make the held-out audio (espeak-ng, sox)"
+    )
+    args = parser.parse_args()
+    log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    log("model latency ...")
+    latency = model_latency()
+    log("audio cost ...")
+    cost = audio_cost()
+    log("audio quality ...")
+    aq = audio_quality(args.regenerate)
+    log("sensor quality (simulators' world, UCI) ...")
+    sq = sensor_quality()
+    log("alarm end to end ...")
+    e2e = asyncio.run(alarm_e2e(args.trials))
+    rss = rss_mb()
+    result = {
+        "audio_ms_per_s": cost["audio_ms_per_s"],
+        "audio_ms_per_s_per_mic_8_batched": cost["audio_ms_per_s_per_mic_8_batched"],
+        "audio_real_time_factor": round(cost["audio_ms_per_s"] / 1000, 5),
+        "alarm_e2e_p50_ms": round(pct(e2e, 50), 2),
+        "alarm_e2e_p99_ms": round(pct(e2e, 99), 2),
+        "alarm_e2e_trials": len(e2e),
+        "keyword_accuracy": aq["keyword_accuracy"],
+        "alarm_recall": aq["alarm_recall"],
+        "false_alarms_per_hour": aq["false_alarms_per_hour"],
+        "vad_accuracy": aq["vad_accuracy"],
+        "anomaly_f1": sq["world"]["f1"],
+        "occupancy_accuracy": sq["world"]["occupancy_accuracy"],
+        "rss_mb": rss,
+        "model_latency": latency,
+        "audio_quality": aq,
+        "sensor_quality": sq,
+        "e2e_path": "mosquitto -> a bench ingest subscriber -> engine -> EventPublisher -> "
+        "mosquitto -> subscriber (the gateway app does not wire the engine yet)",
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
