@@ -28,7 +28,7 @@ class ModelKind(StrEnum):
 class AppliesTo(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    audio: bool = Field(False, description="runs on microphone audio")
+    audio: bool = Field(default=False, description="runs on microphone audio")
     device_classes: list[str] = Field(default_factory=list, description="device classes it reads")
     metrics: list[str] = Field(default_factory=list, description="metrics it reads, in input order")
 

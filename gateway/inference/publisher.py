@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlparse
@@ -42,12 +43,14 @@ class EventPublisher:
         username: str | None = None,
         password: str | None = None,
         reconnect_s: float = 1.0,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         parsed = urlparse(url)
-        if parsed.scheme not in ("mqtt", "tcp") or not parsed.hostname:
-            raise ValueError(f"event publisher needs an mqtt://host:port url, got {url!r}")
+        if parsed.scheme not in ("mqtt", "mqtts", "tcp") or not parsed.hostname:
+            raise ValueError(f"event publisher needs an mqtt[s]://host:port url, got {url!r}")
         self.host = parsed.hostname
-        self.port = parsed.port or 1883
+        self.port = parsed.port or (8883 if parsed.scheme == "mqtts" else 1883)
+        self.tls_context = tls_context
         self.client_id = client_id
         self.qos = qos
         self.username = username
@@ -79,6 +82,7 @@ class EventPublisher:
                     identifier=self.client_id,
                     username=self.username,
                     password=self.password,
+                    tls_context=self.tls_context,
                 ) as client:
                     self.connected.set()
                     while True:

@@ -14,28 +14,42 @@ class InferenceSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = Field(True, description="run inference at all")
-    models_dir: Path = Field(DEFAULT_MODELS_DIR, description="directory of manifests + .onnx")
+    enabled: bool = Field(default=True, description="run inference at all")
+    models_dir: Path = Field(
+        default=DEFAULT_MODELS_DIR, description="directory of manifests + .onnx"
+    )
     models: list[str] | None = Field(
-        None, description="model names to load (manifest stems); None loads every manifest"
+        default=None, description="model names to load (manifest stems); None loads every manifest"
     )
-    intra_op_threads: int = Field(1, ge=1, le=16, description="onnxruntime intra-op threads")
+    intra_op_threads: int = Field(
+        default=1, ge=1, le=16, description="onnxruntime intra-op threads"
+    )
     queue_size: int = Field(
-        4000, ge=1, description="pending frames/readings; when full new ones are dropped+counted"
+        default=4000,
+        ge=1,
+        description="pending frames/readings; when full new ones are dropped+counted",
     )
-    batch_max: int = Field(256, ge=1, description="most queued items handled per executor call")
-    sensor_window_s: float = Field(300.0, gt=0, description="tumbling window per device")
-    baseline_windows: int = Field(288, ge=2, description="windows the per-device baseline keeps")
+    batch_max: int = Field(
+        default=256, ge=1, description="most queued items handled per executor call"
+    )
+    sensor_window_s: float = Field(default=300.0, gt=0, description="tumbling window per device")
+    baseline_windows: int = Field(
+        default=288, ge=2, description="windows the per-device baseline keeps"
+    )
     baseline_min_windows: int = Field(
-        288, ge=1, description="windows of history before a device's windows are scored"
+        default=288, ge=1, description="windows of history before a device's windows are scored"
     )
-    speech_summary_s: float = Field(10.0, gt=0, description="VAD results are summed over this")
-    publish_events: bool = Field(True, description="publish events on MQTT (QoS 1)")
-    discovery: bool = Field(True, description="publish Home Assistant discovery configs")
-    discovery_prefix: str = Field("homeassistant", description="HA discovery topic prefix")
-    alarm_off_delay_s: int = Field(60, ge=1, description="HA alarm binary_sensor turns off after")
+    speech_summary_s: float = Field(
+        default=10.0, gt=0, description="VAD results are summed over this"
+    )
+    publish_events: bool = Field(default=True, description="publish events on MQTT (QoS 1)")
+    discovery: bool = Field(default=True, description="publish Home Assistant discovery configs")
+    discovery_prefix: str = Field(default="homeassistant", description="HA discovery topic prefix")
+    alarm_off_delay_s: int = Field(
+        default=60, ge=1, description="HA alarm binary_sensor turns off after"
+    )
     debug_audio_dir: Path | None = Field(
-        None,
+        default=None,
         description="LOCAL DEBUG ONLY: append received raw PCM per microphone to files here; "
         "off by default (audio is otherwise processed in memory and discarded)",
     )

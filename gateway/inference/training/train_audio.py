@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     heads = {}
-    for name, hidden in (("vad", (32,)), ("keyword", (64,)), ("alarm", (32,))):
+    for name, hidden in (("vad", (32,)), ("keyword", (128,)), ("alarm", (32,))):
         x = np.asarray(feats[name][0], np.float32)
         y = np.asarray(feats[name][1])
         clf = make_pipeline(
