@@ -17,10 +17,12 @@ import shutil
 import ssl
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
@@ -28,10 +30,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.app import Gateway
-from gateway.config import AdminConfig, GatewayConfig, MqttConfig, StorageConfig, TlsConfig
+from gateway.config import (
+    AdminConfig,
+    GatewayConfig,
+    MqttConfig,
+    StorageConfig,
+    TlsConfig,
+    load_config,
+)
 from gateway.mqtt import build_tls_context
 from schemas.telemetry import encode_telemetry
 from schemas.topics import device_topic, gateway_status_topic
@@ -249,10 +259,18 @@ def secure_config(
 
 
 class Device:
-    """A device's own MQTT connection (TLS, client certificate, its user name and password)."""
+    """A device's own MQTT connection (TLS, client certificate, its user name and password).
+
+    MQTT 5, so the broker can answer a denied publish with PUBACK "Not authorized". Mosquitto 2
+    then also closes the connection (MQTT allows either); paho reconnects and sends what was
+    queued meanwhile, so `publish` waits for the PUBACK rather than for the first send."""
 
     def __init__(self, broker: MosquittoBroker, pki: Pki, user: str) -> None:
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{user}-{uuid.uuid4()}")
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"{user}-{uuid.uuid4()}",
+            protocol=MQTTProtocolVersion.MQTTv5,
+        )
         self.client.tls_set_context(
             build_tls_context(
                 TlsConfig(ca_file=pki.ca, cert_file=pki.client_cert, key_file=pki.client_key)
@@ -261,12 +279,23 @@ class Device:
         self.client.username_pw_set(user, DEVICE_PASSWORD)
         self.connected = threading.Event()
         self.client.on_connect = lambda *a: self.connected.set() if not a[3].is_failure else None
+        self.acks: dict[int, ReasonCode] = {}
+        self.client.on_publish = self._on_publish
         self.client.connect("127.0.0.1", broker.port)
         self.client.loop_start()
         assert self.connected.wait(10), f"device {user} could not connect"
 
-    def publish(self, topic: str, payload: bytes) -> None:
-        self.client.publish(topic, payload, qos=1).wait_for_publish(10)
+    def _on_publish(self, _c: paho.Client, _u: Any, mid: int, reason: ReasonCode, _p: Any) -> None:
+        self.acks[mid] = reason
+
+    def publish(self, topic: str, payload: bytes) -> ReasonCode:
+        """Publish at QoS 1; the reason code of the broker's PUBACK."""
+        info = self.client.publish(topic, payload, qos=1)
+        deadline = time.monotonic() + 10
+        while info.mid not in self.acks:
+            assert time.monotonic() < deadline, f"no PUBACK for {topic}"
+            time.sleep(0.01)
+        return self.acks[info.mid]
 
     def close(self) -> None:
         self.client.disconnect()
@@ -292,9 +321,9 @@ async def test_tls_password_and_acl(
     tmp_path: Path, secure_broker: MosquittoBroker, topic_root: str, pki: Pki
 ) -> None:
     """Over TLS with a client certificate and a password the gateway stores a device's
-    message; a message a device writes under ANOTHER device's topic is dropped by the broker
-    (the gateway never sees it, so no row and no dead letter); the gateway's birth and offline
-    messages are allowed by the ACL."""
+    message; a message a device writes under ANOTHER device's topic is refused by the broker
+    (PUBACK "Not authorized"; the gateway never sees it, so no row and no dead letter); the
+    gateway's birth and offline messages are allowed by the ACL."""
     config = secure_config(tmp_path, secure_broker, topic_root, pki)
     thermo = Device(secure_broker, pki, "thermo-1")
     status: list[bytes] = []
@@ -303,8 +332,10 @@ async def test_tls_password_and_acl(
             assert await asyncio.to_thread(gw.mqtt.subscribed.wait, 20), "never subscribed"
             own = device_topic("h1", "lab", "thermo-1", "telemetry", root=topic_root)
             other = device_topic("h1", "lab", "plug-2", "telemetry", root=topic_root)
-            thermo.publish(other, encode_telemetry(TS0, {"power": 99.0}, seq=1))  # denied
-            thermo.publish(own, encode_telemetry(TS0, {"temperature": 21.5}, seq=1))
+            denied = thermo.publish(other, encode_telemetry(TS0, {"power": 99.0}, seq=1))
+            assert denied.getName() == "Not authorized"
+            allowed = thermo.publish(own, encode_telemetry(TS0, {"temperature": 21.5}, seq=1))
+            assert not allowed.is_failure
             db = config.storage.path
             await wait_for(lambda: query(db, "SELECT count(*) FROM readings")[0][0] >= 1)
             await asyncio.sleep(0.5)  # would the denied message still arrive?
@@ -377,9 +408,10 @@ async def test_wrong_ca_fails_verification_with_a_clear_error(
     assert any("mqtt.tls.ca_file" in e for e in errors), errors
 
 
-def test_tls_settings() -> None:
+def test_tls_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """mqtts:// alone turns TLS on (port 8883, system trust store); [mqtt.tls] with mqtt://
-    too; a key without a certificate is an error; the password is not shown in reprs."""
+    too; the environment can fill the TLS table; a key without a certificate is an error; the
+    password is not shown in reprs."""
     plain = MqttConfig(url="mqtt://broker.lan")
     assert (plain.use_tls, plain.port) == (False, 1883)
     tls = MqttConfig(url="mqtts://broker.lan")
@@ -394,3 +426,8 @@ def test_tls_settings() -> None:
         TlsConfig(key_file=Path("k.pem"))
     secret = MqttConfig(username="u", password="hunter2")  # type: ignore[arg-type]
     assert "hunter2" not in repr(secret)
+    monkeypatch.setenv("HOMEEDGE_GATEWAY__MQTT__TLS__CA_FILE", "/etc/homeedge/ca.pem")
+    monkeypatch.setenv("HOMEEDGE_GATEWAY__MQTT__PASSWORD", "from-env")
+    env = load_config(None, gateway_id="g").mqtt
+    assert env.use_tls and env.tls is not None and env.tls.ca_file == Path("/etc/homeedge/ca.pem")
+    assert env.password is not None and env.password.get_secret_value() == "from-env"
