@@ -172,25 +172,23 @@ def sensor_quality(days: int = 3, homes: int = 2) -> dict[str, Any]:
     return out
 
 
-async def alarm_e2e(trials: int) -> list[float]:
+async def alarm_e2e(trials: int, frame_s: float = 0.5) -> list[float]:
+    """Per trial, a fresh microphone plays a T3 clip up to the frame that completes the first
+    pattern; after a pause, that frame is published and timed until the alarm event arrives,
+    through the real gateway (ingest, writer, callbacks, engine, event publisher)."""
+    import socket
+
     import aiomqtt
 
-    from gateway.db import make_engine
-    from gateway.inference.publisher import EventPublisher
-    from schemas.audio import decode_audio_frame, encode_audio_frame
-    from schemas.topics import (
-        Kind,
-        device_subscription,
-        device_topic,
-        gateway_events_topic,
-        parse_device_topic,
-    )
+    from gateway.app import create_gateway
+    from gateway.config import load_config
+    from gateway.inference.wiring import install_inference
+    from schemas.audio import encode_audio_frame
+    from schemas.topics import Kind, device_topic, gateway_events_topic
 
     if shutil.which("mosquitto") is None:
         raise SystemExit("mosquitto is needed for the end-to-end figure")
     tmp = Path(tempfile.mkdtemp())
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -204,7 +202,7 @@ async def alarm_e2e(trials: int) -> list[float]:
     )
     await asyncio.sleep(0.5)
     root = "bench"
-    frame = 1600  # 0.1 s frames
+    frame = int(frame_s * 16000)
     pcm = read_wav(CLIP_DIR / "alarm_smoke_t3.wav")
     # The frame that completes the first pattern: where a fresh engine first fires.
     probe = InferenceEngine.create(InferenceSettings(), write=lambda fn: None)
@@ -224,66 +222,38 @@ async def alarm_e2e(trials: int) -> list[float]:
         )
     )
     probe.close()
-    dbe = make_engine(tmp / "gw.db")
-
-    def run_write(fn: Any) -> None:
-        with dbe.begin() as conn:
-            fn(conn)
-
-    async def write(fn: Any) -> None:
-        await asyncio.to_thread(run_write, fn)
-
-    publisher = EventPublisher(f"mqtt://127.0.0.1:{port}", client_id="bench-events")
-    engine = InferenceEngine.create(
-        InferenceSettings(discovery=False), write=write, publisher=publisher, root=root
+    (tmp / "gw.toml").write_text(
+        f'gateway_id = "bench"\n[mqtt]\nurl = "mqtt://127.0.0.1:{port}"\n'
+        f'topic_root = "{root}"\n[storage]\npath = "{tmp / "gw.db"}"\n[admin]\nport = 0\n'
     )
+    config = load_config(tmp / "gw.toml")
+    gw = create_gateway(config)
+    install_inference(gw, config)
     latencies: list[float] = []
-    tasks = [asyncio.create_task(engine.run()), asyncio.create_task(publisher.run())]
     try:
-        async with (
-            aiomqtt.Client("127.0.0.1", port, identifier="bench-ingest") as ingest,
-            aiomqtt.Client("127.0.0.1", port, identifier="bench-listener") as listener,
-            aiomqtt.Client("127.0.0.1", port, identifier="bench-mic") as mic,
-        ):
-            await ingest.subscribe(device_subscription(Kind.AUDIO, root=root), qos=1)
-            await listener.subscribe(gateway_events_topic("home-1", "alarm", root=root), qos=1)
-            await publisher.connected.wait()
-
-            async def ingest_loop() -> None:
-                async for msg in ingest.messages:
-                    t = parse_device_topic(str(msg.topic), root=root)
-                    engine.on_audio(
-                        t.home, t.room, t.device, decode_audio_frame(bytes(msg.payload))
-                    )  # type: ignore[arg-type]
-
-            ing = asyncio.create_task(ingest_loop())
-            events = listener.messages
-            for k in range(trials):
-                topic = device_topic("home-1", "kitchen", f"microphone-{k}", Kind.AUDIO, root=root)
-                for i in range(0, trigger, frame):
-                    await mic.publish(
-                        topic,
-                        encode_audio_frame(T0 + i / 16000, i // frame, pcm[i : i + frame]),
-                        qos=1,
+        async with gw:
+            await asyncio.to_thread(gw.mqtt.subscribed.wait, 20)
+            async with (
+                aiomqtt.Client("127.0.0.1", port, identifier="bench-listener") as listener,
+                aiomqtt.Client("127.0.0.1", port, identifier="bench-mic") as mic,
+            ):
+                await listener.subscribe(gateway_events_topic("home-1", "alarm", root=root), qos=1)
+                for k in range(trials):
+                    topic = device_topic(
+                        "home-1", "kitchen", f"microphone-{k}", Kind.AUDIO, root=root
                     )
-                await asyncio.sleep(0.3)
-                await engine.drain()
-                t = time.perf_counter()
-                await mic.publish(
-                    topic,
-                    encode_audio_frame(
+                    for i in range(0, trigger, frame):
+                        payload = encode_audio_frame(T0 + i / 16000, i // frame, pcm[i : i + frame])
+                        await mic.publish(topic, payload, qos=1)
+                    await asyncio.sleep(0.5)
+                    last = encode_audio_frame(
                         T0 + trigger / 16000, trigger // frame, pcm[trigger : trigger + frame]
-                    ),
-                    qos=1,
-                )
-                await asyncio.wait_for(anext(events), 10)
-                latencies.append((time.perf_counter() - t) * 1000)
-            ing.cancel()
+                    )
+                    t = time.perf_counter()
+                    await mic.publish(topic, last, qos=1)
+                    await asyncio.wait_for(anext(listener.messages), 10)
+                    latencies.append((time.perf_counter() - t) * 1000)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        engine.close()
         broker.terminate()
         broker.wait()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -344,8 +314,8 @@ def main() -> int:
         "model_latency": latency,
         "audio_quality": aq,
         "sensor_quality": sq,
-        "e2e_path": "mosquitto -> a bench ingest subscriber -> engine -> EventPublisher -> "
-        "mosquitto -> subscriber (the gateway app does not wire the engine yet)",
+        "e2e_path": "mic publish (0.5 s frames, QoS 1) -> mosquitto -> gateway (ingest, writer "
+        "commit, audio callback, engine) -> event publisher -> mosquitto -> subscriber",
     }
     if args.json:
         print(json.dumps(result))

@@ -5,7 +5,7 @@
 - results are written by the gateway's writer thread (``gateway.writer.run``);
 - tasks ``inference`` (the engine) and ``inference-events`` (its own aiomqtt connection for events
   and Home Assistant discovery, same broker, url, credentials and TLS as ``[mqtt]``);
-- ``/healthz`` gets an ``inference`` object: models loaded, load errors, counters.
+- ``/healthz`` gets an ``inference`` object: models loaded, ``load_errors``, counters.
 
 The models load in a cleanup context at start; a model that fails is named in the log and in
 ``/healthz`` while the others serve.
@@ -76,7 +76,7 @@ def install_inference(
             return {"state": "not started"}
         return {
             "models": {n: m.manifest.version for n, m in engine.runtime.models.items()},
-            "errors": [str(e) for e in engine.runtime.errors],
+            "load_errors": [str(e) for e in engine.runtime.errors],
             **asdict(engine.stats),
             "events_published": publisher.published,
             "events_dropped": publisher.dropped,

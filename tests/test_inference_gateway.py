@@ -1,0 +1,70 @@
+"""Edge inference wired into the real gateway: frames over Mosquitto -> ingest -> engine ->
+event on MQTT + rows in SQLite, and the model status on /healthz."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import aiohttp
+import aiomqtt
+
+from devices.clips import CLIP_DIR, read_wav
+from gateway.app import create_gateway
+from gateway.config import load_config
+from gateway.inference.wiring import install_inference
+from schemas.audio import encode_audio_frame
+from schemas.events import decode_event
+from schemas.topics import Kind, device_topic, gateway_events_topic
+from tests.conftest import MosquittoBroker
+
+T0 = 1_767_225_600.0
+
+
+async def test_gateway_runs_inference_on_audio_frames(
+    mosquitto: MosquittoBroker, topic_root: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "gateway.db"
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        f'gateway_id = "gw-inf"\n[mqtt]\nurl = "{mosquitto.url}"\n'
+        f'topic_root = "{topic_root}"\nclient_id = "gw-{topic_root}"\n'
+        f'[storage]\npath = "{db}"\n[admin]\nport = 0\n'
+    )
+    config = load_config(path)
+    gw = create_gateway(config)
+    install_inference(gw, config)
+    pcm = read_wav(CLIP_DIR / "alarm_co_t4.wav")
+    topic = device_topic("home-1", "hall", "microphone-1", Kind.AUDIO, root=topic_root)
+    async with gw:
+        assert await asyncio.to_thread(gw.mqtt.subscribed.wait, 20), "gateway never subscribed"
+        async with (
+            aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="listener") as listener,
+            aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="mic") as mic,
+        ):
+            await listener.subscribe(
+                gateway_events_topic("home-1", "alarm", root=topic_root), qos=1
+            )
+            for i in range(0, len(pcm), 4000):
+                frame = encode_audio_frame(T0 + i / 16000, i // 4000, pcm[i : i + 4000])
+                await mic.publish(topic, frame, qos=1)
+            msg = await asyncio.wait_for(anext(listener.messages), 30)
+        event = decode_event(bytes(msg.payload))  # type: ignore[arg-type]
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{gw.admin_port}/healthz") as resp,
+        ):
+            health = await resp.json()
+    assert (event.label, event.device, event.room) == ("co_t4", "microphone-1", "hall")
+    assert health["inference"]["load_errors"] == [] and health["inference"]["errors"] == 0
+    assert set(health["inference"]["models"]) >= {"alarm", "keyword", "vad", "sensor_anomaly"}
+    con = sqlite3.connect(db)
+    rows = con.execute("SELECT model, label FROM inferences WHERE device='microphone-1'").fetchall()
+    assert ("alarm", "co_t4") in rows
+    assert (
+        con.execute(
+            "SELECT count(*) FROM readings WHERE metric='inference_alarm' AND device='microphone-1'"
+        ).fetchone()[0]
+        >= 1
+    )
