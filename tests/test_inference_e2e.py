@@ -109,11 +109,13 @@ async def play_clips(
     until: Callable[[dict[str, bytes]], bool],
 ) -> tuple[dict[str, bytes], Path, InferenceEngine]:
     db_path = tmp_path / "gw.db"
-    engine = InferenceEngine.create(
-        InferenceSettings(), write=writer_for(make_engine(db_path)), publisher=None, root=topic_root
-    )
     publisher = EventPublisher(mosquitto.url, client_id="inference-test")
-    engine._publisher = publisher
+    engine = InferenceEngine.create(
+        InferenceSettings(),
+        write=writer_for(make_engine(db_path)),
+        publisher=publisher,
+        root=topic_root,
+    )
     frames = []
     for k, name in enumerate(clips):
         pcm = read_wav(CLIP_DIR / f"{name}.wav")
@@ -189,11 +191,10 @@ async def test_alarm_and_keyword_audio_end_to_end(
 async def test_sensor_windows_end_to_end(mosquitto: Any, topic_root: str, tmp_path: Path) -> None:
     db_path = tmp_path / "gw.db"
     settings = InferenceSettings(sensor_window_s=60.0, baseline_windows=30, baseline_min_windows=20)
-    engine = InferenceEngine.create(
-        settings, write=writer_for(make_engine(db_path)), root=topic_root
-    )
     publisher = EventPublisher(mosquitto.url, client_id="inference-test")
-    engine._publisher = publisher
+    engine = InferenceEngine.create(
+        settings, write=writer_for(make_engine(db_path)), publisher=publisher, root=topic_root
+    )
     rng = np.random.default_rng(3)
     messages = []
     air = device_topic(HOME, "living", "air-quality-1", Kind.TELEMETRY, root=topic_root)
