@@ -2,13 +2,22 @@
 
 1. an MQTT broker: the embedded amqtt one (``python -m devices.broker`` on a free port) unless
    ``--broker mqtt://host:port`` names a running one;
-2. the gateway (``python -m gateway --config DATA/gateway.toml``; its log in DATA/gateway.log,
-   its readings in DATA/gateway.db);
-3. [the cloud joins here: see `_start_cloud`];
+2. the cloud (``python -m cloud --config DATA/cloud.toml``: SQLite in DATA/cloud.db, a free port,
+   fresh random gateway and read tokens each run; its log in DATA/cloud.log; the dashboard at its
+   URL, logged in with the printed read token);
+3. the gateway (``python -m gateway --config DATA/gateway.toml``; its log in DATA/gateway.log,
+   its readings in DATA/gateway.db), uploading to that cloud;
 4. the simulated homes, in this process, replaying the last ``--history`` hours at ``--speed``
-   and then going live;
+   and then going live (a later run in the same data directory resumes the simulated time where
+   the gateway's aggregation stopped, so its windows keep filling);
 5. a progress line every ``--progress`` seconds: devices online, messages published, readings
-   the gateway stored (counted in its SQLite file, opened read-only) and its /healthz.
+   the gateway stored (counted in its SQLite file, opened read-only), its /healthz, and what the
+   cloud received (``GET /api/v1/gateways`` and ``/api/v1/aggregates`` with the read token).
+
+History is replayed hundreds of times faster than real time, so the gateway's windows close on
+the readings' own clock (``aggregation.clock = "event"``) and are long enough in simulated time
+to hold about ten readings per device (`demo_aggregation`): aggregates reach the cloud within
+seconds instead of after the replay.
 
 Ctrl-C, SIGTERM or the end of ``--duration`` stops the devices (they publish ``offline``), lets
 the gateway drain, then stops the gateway and the broker.
@@ -20,6 +29,7 @@ import argparse
 import asyncio
 import ctypes
 import json
+import secrets
 import signal
 import socket
 import sqlite3
@@ -44,6 +54,8 @@ from devices.fleet import Fleet, FleetConfig
 from schemas.topics import ROOT
 
 GATEWAY_ID = "demo-gateway"
+# Window lengths the demo picks from (seconds of simulated time).
+_WINDOWS = (60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 # The clip set the inference models were evaluated with (speech, keywords, alarms), when present.
 DEMO_CLIPS = Path(__file__).resolve().parent / "clips"
 _START_TIMEOUT_S = 30.0
@@ -67,7 +79,54 @@ def _toml(value: object) -> str:
     return json.dumps(str(value) if isinstance(value, Path) else value)
 
 
-def gateway_toml(*, broker: str, data_dir: Path, topic_root: str) -> str:
+def demo_aggregation(speed: float, rate: float) -> dict[str, Any]:
+    """The ``[aggregation]`` of a fleet at `rate` msg/s per device and `speed` x real time."""
+    # About ten readings per device per window, so windows pass the privacy filter's minimum
+    # count; a grace of two messages' worth of device clock skew.
+    needed = 10.0 * speed / rate
+    return {
+        "window_s": next((w for w in _WINDOWS if w >= needed), _WINDOWS[-1]),
+        "grace_s": round(min(3600.0, 2.0 * speed / rate), 3),
+        "interval_s": 1.0,
+        "windows_per_batch": 1,
+        "clock": "event",
+    }
+
+
+@dataclass(frozen=True)
+class CloudInfo:
+    """The demo's cloud: where it listens and its credentials (fresh each run)."""
+
+    url: str
+    read_token: str
+    gateway_token: str
+
+
+def cloud_toml(*, data_dir: Path, read_token: str, gateway_token: str) -> str:
+    """The demo cloud's configuration (see cloud/config.py)."""
+    lines = [
+        f"database_url = {_toml('sqlite+aiosqlite:///' + str(data_dir / 'cloud.db'))}",
+        'host = "127.0.0.1"',
+        "port = 0",
+        f"port_file = {_toml(data_dir / 'cloud.port')}",
+        f"read_token = {_toml(read_token)}",
+        "analytics_interval_s = 10.0",
+        "",
+        "[gateways]",
+        f"{GATEWAY_ID} = {_toml(gateway_token)}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def gateway_toml(
+    *,
+    broker: str,
+    data_dir: Path,
+    topic_root: str,
+    cloud: CloudInfo | None = None,
+    aggregation: dict[str, Any] | None = None,
+) -> str:
     """The demo gateway's configuration (see gateway/config.py)."""
     lines = [
         f"gateway_id = {_toml(GATEWAY_ID)}",
@@ -87,6 +146,15 @@ def gateway_toml(*, broker: str, data_dir: Path, topic_root: str) -> str:
         f"port_file = {_toml(data_dir / 'gateway.admin-port')}",
         "",
     ]
+    if aggregation:
+        lines += ["[aggregation]", *(f"{k} = {_toml(v)}" for k, v in aggregation.items()), ""]
+    if cloud is not None:
+        lines += [
+            "[uplink]",
+            f"url = {_toml(cloud.url)}",
+            f"token = {_toml(cloud.gateway_token)}",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -183,9 +251,23 @@ async def start_broker(data_dir: Path) -> tuple[Child, str]:
     raise DemoError(f"the embedded broker did not start; see {data_dir / 'broker.log'}")
 
 
-async def start_gateway(data_dir: Path, broker: str, topic_root: str) -> tuple[Child, str]:
+async def start_gateway(
+    data_dir: Path,
+    broker: str,
+    topic_root: str,
+    cloud: CloudInfo | None = None,
+    aggregation: dict[str, Any] | None = None,
+) -> tuple[Child, str]:
     config = data_dir / "gateway.toml"
-    config.write_text(gateway_toml(broker=broker, data_dir=data_dir, topic_root=topic_root))
+    text = gateway_toml(
+        broker=broker,
+        data_dir=data_dir,
+        topic_root=topic_root,
+        cloud=cloud,
+        aggregation=aggregation,
+    )
+    config.write_text(text)
+    config.chmod(0o600)  # it holds the uplink token
     port_file = data_dir / "gateway.admin-port"
     port_file.unlink(missing_ok=True)
     child = await spawn(
@@ -205,11 +287,43 @@ async def start_gateway(data_dir: Path, broker: str, topic_root: str) -> tuple[C
     return child, f"http://127.0.0.1:{int(port_file.read_text())}"
 
 
-async def _start_cloud(data_dir: Path) -> tuple[Child, str] | None:
-    """The cloud joins the demo here: write DATA/cloud.toml, run ``python -m cloud --config``
-    like the gateway above, give the gateway an ``[uplink]`` to it, and return the child and its
-    URL (printed with the others). Not wired yet."""
-    return None
+async def start_cloud(data_dir: Path) -> tuple[Child, CloudInfo]:
+    """``python -m cloud`` on SQLite in `data_dir`, a free port and new random tokens."""
+    read_token, gateway_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    config = data_dir / "cloud.toml"
+    config.write_text(
+        cloud_toml(data_dir=data_dir, read_token=read_token, gateway_token=gateway_token)
+    )
+    config.chmod(0o600)  # it holds the tokens
+    port_file = data_dir / "cloud.port"
+    port_file.unlink(missing_ok=True)
+    child = await spawn("cloud", ["-m", "cloud", "--config", str(config)], data_dir / "cloud.log")
+
+    async def has_port() -> bool:
+        return port_file.exists() and port_file.read_text().strip().isdigit()
+
+    try:
+        await _wait_for(child, has_port, "its port")
+    except BaseException:
+        await child.stop()
+        raise
+    url = f"http://127.0.0.1:{int(port_file.read_text())}"
+    return child, CloudInfo(url=url, read_token=read_token, gateway_token=gateway_token)
+
+
+def resume_point(db: Path) -> float | None:
+    """Where the gateway's window aggregation stopped in an earlier run (None: no earlier run)."""
+    if not db.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0)
+        try:
+            row = conn.execute("SELECT watermark FROM sync_watermark WHERE id = 1").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None  # no sync table yet
+    return None if row is None or row[0] is None else float(row[0])
 
 
 def _read(path: Path) -> str:
@@ -234,13 +348,49 @@ def count_readings(db: Path) -> int | None:
     return int(row[0])
 
 
-async def gateway_health(http: aiohttp.ClientSession, admin: str) -> str:
+async def gateway_health(http: aiohttp.ClientSession, admin: str) -> dict[str, Any]:
+    """The gateway's /healthz body; ``{"status": "unreachable"}`` when it does not answer."""
     try:
         async with http.get(f"{admin}/healthz", timeout=aiohttp.ClientTimeout(total=2)) as r:
             body = await r.json(content_type=None)
-            return str(body.get("status", r.status))
+            if isinstance(body, dict):
+                return body
+            return {"status": str(r.status)}
     except (aiohttp.ClientError, TimeoutError, ValueError):
-        return "unreachable"
+        return {"status": "unreachable"}
+
+
+@dataclass(frozen=True)
+class CloudProgress:
+    batches: int
+    temperature_windows: int
+
+
+async def cloud_progress(http: aiohttp.ClientSession, cloud: CloudInfo) -> CloudProgress | None:
+    """What the cloud holds from the demo gateway, through its query API (None: no answer)."""
+    headers = {"Authorization": f"Bearer {cloud.read_token}"}
+    timeout = aiohttp.ClientTimeout(total=2)
+    try:
+        async with http.get(f"{cloud.url}/api/v1/gateways", headers=headers, timeout=timeout) as r:
+            gateways = (await r.json())["gateways"]
+        params = {"metric": "temperature", "group_by": "gateway"}
+        async with http.get(
+            f"{cloud.url}/api/v1/aggregates", params=params, headers=headers, timeout=timeout
+        ) as r:
+            series = (await r.json())["series"]
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
+        return None
+    batches = sum(g["batches"] for g in gateways if g["gateway"] == GATEWAY_ID)
+    windows = sum(p["windows"] for s in series for p in s["points"])
+    return CloudProgress(batches=batches, temperature_windows=windows)
+
+
+def _format_cloud(progress: CloudProgress | None) -> str:
+    if progress is None:
+        return "cloud unreachable"
+    return (
+        f"cloud {progress.batches} batches, {progress.temperature_windows} temperature aggregates"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,6 +433,7 @@ def _say(line: str) -> None:
 async def run(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir
     ground_truth = args.ground_truth or data_dir / "ground_truth.jsonl"
+    db = data_dir / "gateway.db"
     stop = asyncio.Event()
     stop_on_signals(stop)
     children: list[Child] = []
@@ -294,14 +445,22 @@ async def run(args: argparse.Namespace) -> int:
                 child, broker = await start_broker(data_dir)
                 children.append(child)
             _say(f"broker   {broker}" + ("" if args.broker else " (embedded amqtt)"))
-            gateway, admin = await start_gateway(data_dir, broker, args.topic_root)
+            cloud_child, cloud = await start_cloud(data_dir)
+            children.append(cloud_child)
+            _say(f"cloud    {cloud.url}/api/v1  log {cloud_child.log_path}")
+            _say(f"dashboard {cloud.url}/  read token {cloud.read_token}")
+            resume = _resume(args, db)
+            aggregation = demo_aggregation(args.speed, args.rate)
+            gateway, admin = await start_gateway(
+                data_dir, broker, args.topic_root, cloud=cloud, aggregation=aggregation
+            )
             children.append(gateway)
             _say(f"gateway  {admin}/healthz  {admin}/metrics  log {gateway.log_path}")
-            cloud = await _start_cloud(data_dir)
-            if cloud is not None:
-                children.append(cloud[0])
-                _say(f"cloud    {cloud[1]}")
-            db = data_dir / "gateway.db"
+            _say(
+                f"sync     {aggregation['window_s']} s windows of simulated time, each sent "
+                f"to the cloud as it closes"
+                + (f"; resuming simulated time at {_utc(resume)}" if resume else "")
+            )
             _say(f"data     {db} (readings), {ground_truth} (injected anomalies)")
             config = fleet_config(
                 args,
@@ -311,7 +470,14 @@ async def run(args: argparse.Namespace) -> int:
                 ground_truth=ground_truth,
             )
             return await _run_fleet(
-                config, stop, http, admin=admin, db=db, gateway=gateway, progress=args.progress
+                config,
+                stop,
+                http,
+                admin=admin,
+                db=db,
+                gateway=gateway,
+                cloud=cloud,
+                progress=args.progress,
             )
         except DemoError as exc:
             _say(f"demo: {exc}")
@@ -319,6 +485,24 @@ async def run(args: argparse.Namespace) -> int:
         finally:
             for child in reversed(children):
                 await child.stop()
+
+
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
+
+
+def _resume(args: argparse.Namespace, db: Path) -> float | None:
+    """Continue the simulated time where an earlier run's aggregation stopped, unless --start
+    was given: replaying hours the gateway already aggregated would only make late readings."""
+    if args.start is not None:
+        return None
+    watermark = resume_point(db)
+    if watermark is None:
+        return None
+    if args.history is not None and watermark <= time.time() - args.history * 3600.0:
+        return None
+    args.start, args.history = watermark, None
+    return watermark
 
 
 async def _run_fleet(
@@ -329,6 +513,7 @@ async def _run_fleet(
     admin: str,
     db: Path,
     gateway: Child,
+    cloud: CloudInfo,
     progress: float,
 ) -> int:
     fleet = Fleet(config)
@@ -348,25 +533,30 @@ async def _run_fleet(
         health = await gateway_health(http, admin)
         _say(
             f"{format_fleet(fleet.stats, published.rate(fleet.stats.published))} | gateway "
-            f"{health}, stored {stored or 0} readings "
-            f"({stored_meter.rate(stored or 0):.0f}/s)"
+            f"{health.get('status')}, stored {stored or 0} readings "
+            f"({stored_meter.rate(stored or 0):.0f}/s) | "
+            f"{_format_cloud(await cloud_progress(http, cloud))}"
         )
         if gateway.exited() and not stop.is_set():
             _say(f"demo: the gateway exited; its log ({gateway.log_path}):\n{gateway.log_tail()}")
             stop.set()
     await fleet_task
-    # Let the gateway store what is in flight before it is stopped.
+    # Let the gateway store what is in flight, and upload the windows that closed, before it is
+    # stopped (windows still open stay in the gateway until a later run closes them).
     deadline = time.monotonic() + _DRAIN_S
     while time.monotonic() < deadline and not gateway.exited():
         await asyncio.sleep(0.5)
         latest = await asyncio.to_thread(count_readings, db)
-        if latest is not None and latest == stored:
+        health = await gateway_health(http, admin)
+        outbox = health.get("sync", {}).get("outbox_depth", 0)
+        if latest is not None and latest == stored and outbox == 0:
             break
         stored = latest
     s = fleet.stats
     _say(
         f"done: {s.published} messages published ({s.telemetry} telemetry, {s.audio} audio), "
-        f"{stored or 0} readings stored in {db}, {s.truths} labelled events"
+        f"{stored or 0} readings stored in {db}, {s.truths} labelled events; "
+        f"{_format_cloud(await cloud_progress(http, cloud))}"
     )
     return 0 if not gateway.exited() else 1
 

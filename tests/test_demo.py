@@ -1,5 +1,5 @@
-"""`python -m devices.demo` end to end: embedded broker + gateway + simulated homes, and the
-readings land in the gateway's SQLite file."""
+"""`python -m devices.demo` end to end: embedded broker + cloud + gateway + simulated homes; the
+readings land in the gateway's SQLite file and pseudonymized window aggregates in the cloud's."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def test_demo_stores_every_published_reading(tmp_path: Path) -> None:
             "-m",
             "devices.demo",
             "--duration",
-            "8",
+            "12",
             "--homes",
             "2",
             "--rate",
@@ -39,6 +39,13 @@ def test_demo_stores_every_published_reading(tmp_path: Path) -> None:
     assert proc.returncode == 0, out
     assert re.search(r"^broker +mqtt://127\.0\.0\.1:\d+ \(embedded amqtt\)$", out, re.M), out
     assert re.search(r"gateway ok, stored \d+ readings", out), out
+    assert re.search(r"^cloud +http://127\.0\.0\.1:\d+/api/v1 ", out, re.M), out
+    token = re.search(r"^dashboard http://127\.0\.0\.1:\d+/  read token (\S+)$", out, re.M)
+    assert token, out
+    cloud_done = re.search(r"; cloud (\d+) batches, (\d+) temperature aggregates$", out, re.M)
+    assert cloud_done, out
+    batches, temperature = (int(g) for g in cloud_done.groups())
+    assert batches >= 1 and temperature >= 1
     done = re.search(r"^done: (\d+) messages published \((\d+) telemetry, (\d+) audio\)", out, re.M)
     assert done, out
     published, telemetry, audio = (int(g) for g in done.groups())
@@ -64,3 +71,20 @@ def test_demo_stores_every_published_reading(tmp_path: Path) -> None:
 
     for line in (data / "ground_truth.jsonl").read_text().splitlines():
         assert json.loads(line)["home"] in homes
+
+    # The cloud got what the progress line said, under pseudonyms, with no sequence gap.
+    assert token.group(1) in (data / "cloud.toml").read_text()
+    assert 'clock = "event"' in config and "[uplink]" in config
+    conn = sqlite3.connect(f"file:{data / 'cloud.db'}?mode=ro", uri=True)
+    try:
+        seqs = [r[0] for r in conn.execute("SELECT seq FROM batches ORDER BY seq")]
+        cloud_homes = {r[0] for r in conn.execute("SELECT DISTINCT home FROM aggregates")}
+        n_temperature = conn.execute(
+            "SELECT count(*) FROM aggregates WHERE metric = 'temperature'"
+        ).fetchone()[0]
+    finally:
+        conn.close()
+    assert seqs == list(range(1, batches + 1)) and n_temperature == temperature
+    # two homes; four if the replay crossed a pseudonym rotation (every 30 days)
+    assert len(cloud_homes) in (2, 4) and all(h.startswith("h-") for h in cloud_homes)
+    assert not cloud_homes & homes
