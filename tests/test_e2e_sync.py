@@ -36,12 +36,20 @@ from cloud.app import ENGINE_KEY, create_app
 from cloud.config import CloudConfig
 from cloud.db import aggregates as cloud_aggregates
 from devices.world import World
-from gateway.app import Gateway
-from gateway.config import AdminConfig, GatewayConfig, MqttConfig, StorageConfig
+from gateway.app import Gateway, create_gateway
+from gateway.config import (
+    AdminConfig,
+    ConfigError,
+    GatewayConfig,
+    MqttConfig,
+    StorageConfig,
+    load_config,
+)
 from gateway.sync.settings import AggregationSettings, PrivacySettings, UplinkSettings
 from gateway.sync.wiring import SyncService, install_sync
 from schemas.audio import encode_audio_frame
 from schemas.batch import decode_batch
+from schemas.telemetry import encode_telemetry
 from schemas.topics import device_topic
 from tests.conftest import MosquittoBroker
 from tests.test_gateway_ingest import Publisher, metric_value, query, wait_for
@@ -512,3 +520,76 @@ async def test_no_identity_and_no_audio_byte_crosses_the_wire(
             f"({total} inflated), {aggregates} aggregates; {len(forbidden)} identities and "
             f"{run.scenario.audio} patterned audio frames checked: no leak"
         )
+
+
+async def test_gateway_without_uplink_aggregates_into_its_outbox_and_reports_it(
+    tmp_path: Path, mosquitto: MosquittoBroker, topic_root: str
+) -> None:
+    # The sections as a TOML file, as `python -m gateway` reads them; a typo names its field.
+    (tmp_path / "data").mkdir()
+    toml = tmp_path / "gateway.toml"
+    toml.write_text(
+        f'gateway_id = "{GATEWAY_ID}"\n'
+        f'[mqtt]\nurl = "{mosquitto.url}"\ntopic_root = "{topic_root}"\n'
+        f'[storage]\npath = "{tmp_path / "data" / "gw.db"}"\n'
+        "[admin]\nport = 0\n"
+        '[aggregation]\nwindow_s = 10\ngrace_s = 1\ninterval_s = 0.2\nclock = "event"\n'
+        "windows_per_batch = 1\n"
+        "[privacy]\nmin_window_count = 3\n"
+        '[uplink]\nurl = ""\n'
+    )
+    config = load_config(toml)
+    with pytest.raises(ConfigError, match=r"aggregation\.window_sz"):
+        load_config(toml, aggregation={"window_sz": 10})
+    with pytest.raises(ConfigError, match="url is set but token is empty"):
+        load_config(toml, uplink={"url": "http://127.0.0.1:1"})
+    # One device, in order: on the event clock a window closes once a later reading is stored.
+    start = math.floor(time.time() / 10) * 10 - 100.0
+    topic = device_topic("home-z", "den", "thermostat-9", "telemetry", root=topic_root)
+    publisher = Publisher(mosquitto.port)
+    try:
+        async with create_gateway(config) as gw, aiohttp.ClientSession() as http:
+            await asyncio.to_thread(gw.mqtt.subscribed.wait, 10)
+            for i in range(40):
+                payload = encode_telemetry(start + i, {"temperature": 20.0 + i % 3}, seq=i)
+                publisher.publish(topic, payload)
+            await asyncio.to_thread(publisher.wait_acked)
+            admin = f"http://127.0.0.1:{gw.admin_port}"
+
+            async def sync_health() -> dict[str, Any]:
+                async with http.get(f"{admin}/healthz") as resp:
+                    body: dict[str, Any] = (await resp.json())["sync"]
+                    return body
+
+            # windows [start, start+30) closed (the newest reading is start+39, grace 1 s)
+            await wait_for(
+                lambda: metric_value(gw, "homeedge_gateway_sync_windows_total") == 3,
+                what="three windows aggregated",
+            )
+            health = await sync_health()
+            assert health["uplink"] == "disabled" and health["clock"] == "event"
+            assert health["outbox_depth"] >= 1 and health["last_pass_at"]
+            async with http.get(f"{admin}/metrics") as resp:
+                exposition = await resp.text()
+        for name in (
+            "outbox_depth",
+            "batches_sent_total",
+            "retries_total",
+            "batches_rejected_total",
+            "outbox_dropped_total",
+            "outbox_refused_total",
+            "epsilon_refused_total",
+            "suppressed_windows_total",
+            "late_readings_total",
+        ):
+            assert f"homeedge_gateway_sync_{name}" in exposition, name
+        pending = query(tmp_path / "data" / "gw.db", "SELECT status, n_aggregates FROM outbox")
+        assert {status for status, _ in pending} == {"pending"}
+        assert sum(n for _, n in pending) == 3  # one aggregate per window: all kept for later
+        depth = f"homeedge_gateway_sync_outbox_depth {float(len(pending))}"
+        assert depth in exposition and health["outbox_depth"] == len(pending)
+        # The key file sits next to the database, private to its owner.
+        key = tmp_path / "data" / "gw.secret"
+        assert key.stat().st_mode & 0o777 == 0o600
+    finally:
+        publisher.close()
