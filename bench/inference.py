@@ -182,7 +182,6 @@ async def alarm_e2e(trials: int, frame_s: float = 0.5) -> list[float]:
 
     from gateway.app import create_gateway
     from gateway.config import load_config
-    from gateway.inference.wiring import install_inference
     from schemas.audio import encode_audio_frame
     from schemas.topics import Kind, device_topic, gateway_events_topic
 
@@ -228,7 +227,6 @@ async def alarm_e2e(trials: int, frame_s: float = 0.5) -> list[float]:
     )
     config = load_config(tmp / "gw.toml")
     gw = create_gateway(config)
-    install_inference(gw, config)
     latencies: list[float] = []
     try:
         async with gw:

@@ -43,6 +43,7 @@ from gateway.adapters.wiring import install_adapters
 from gateway.admin import AdminServer, create_admin_app
 from gateway.config import GatewayConfig
 from gateway.db import make_engine
+from gateway.inference.wiring import install_inference
 from gateway.ingest import Adapter, AdapterFn, AudioIn, MessageDecoder
 from gateway.monitoring import GatewayMetrics
 from gateway.mqtt import MqttBridge
@@ -343,4 +344,5 @@ def create_gateway(config: GatewayConfig) -> Gateway:
     gateway = Gateway(config)
     install_adapters(gateway, config.adapters)  # the [adapters] section's enabled ecosystems
     install_sync(gateway, config)  # [aggregation], [privacy], [uplink]: the cloud-sync path
+    install_inference(gateway, config)  # [inference]: ONNX models on audio and readings
     return gateway

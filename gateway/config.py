@@ -36,6 +36,7 @@ from pydantic_settings import (
 )
 
 from gateway.adapters.settings import AdapterSettings
+from gateway.inference.settings import InferenceSettings
 from gateway.sync.settings import AggregationSettings, PrivacySettings, UplinkSettings
 from schemas.topics import ROOT, TopicError, device_subscription, valid_segment
 
@@ -269,6 +270,8 @@ class GatewayConfig(BaseSettings):
     aggregation: AggregationSettings = AggregationSettings.model_validate({})
     privacy: PrivacySettings = PrivacySettings.model_validate({})
     uplink: UplinkSettings = UplinkSettings.model_validate({})
+    # Edge inference (gateway/inference): models, batching, events, HA discovery.
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
 
     @field_validator("gateway_id")
     @classmethod

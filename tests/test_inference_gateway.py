@@ -1,5 +1,6 @@
-"""Edge inference wired into the real gateway: frames over Mosquitto -> ingest -> engine ->
-event on MQTT + rows in SQLite, and the model status on /healthz."""
+"""Edge inference wired into the real gateway by `create_gateway`: frames over Mosquitto ->
+ingest -> engine -> event on MQTT + rows in SQLite, and the model status on /healthz; the
+``[inference]`` config section."""
 
 from __future__ import annotations
 
@@ -34,7 +35,6 @@ async def test_gateway_runs_inference_on_audio_frames(
     )
     config = load_config(path)
     gw = create_gateway(config)
-    install_inference(gw, config)
     pcm = read_wav(CLIP_DIR / "alarm_co_t4.wav")
     topic = device_topic("home-1", "hall", "microphone-1", Kind.AUDIO, root=topic_root)
     async with gw:
@@ -68,3 +68,20 @@ async def test_gateway_runs_inference_on_audio_frames(
         ).fetchone()[0]
         >= 1
     )
+
+
+def test_inference_section_configures_and_disables_it(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        'gateway_id = "gw-off"\n[storage]\npath = "gw.db"\n'
+        "[inference]\nenabled = false\nintra_op_threads = 2\n"
+    )
+    config = load_config(path)
+    assert config.inference.intra_op_threads == 2
+    names = [name for name, _ in create_gateway(config)._task_factories]
+    assert "inference" not in names and "inference-events" not in names
+    on = load_config(path, inference={"enabled": True})
+    gw = create_gateway(on)
+    install_inference(gw, on)  # a second install is a no-op: one engine, one events client
+    names = [name for name, _ in gw._task_factories]
+    assert names.count("inference") == 1 and names.count("inference-events") == 1

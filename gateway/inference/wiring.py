@@ -13,6 +13,7 @@ The models load in a cleanup context at start; a model that fails is named in th
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -30,14 +31,21 @@ if TYPE_CHECKING:
     from gateway.app import Gateway
     from gateway.ingest import AudioIn
 
+# `create_gateway` installs inference; a second call on the same gateway (older call sites, tests
+# that wire by hand) must not start a second engine and a second events client with the same id.
+_INSTALLED: weakref.WeakSet[Gateway] = weakref.WeakSet()
+
 
 def install_inference(
     gateway: Gateway, config: GatewayConfig, settings: InferenceSettings | None = None
 ) -> None:
-    """Wire the engine into `gateway` (before it starts); see the module docstring."""
+    """Wire the engine into `gateway` (before it starts); see the module docstring.
+
+    Idempotent: a gateway that already has inference installed is left as it is."""
     settings = settings or getattr(config, "inference", None) or InferenceSettings()
-    if not settings.enabled:
+    if not settings.enabled or gateway in _INSTALLED:
         return
+    _INSTALLED.add(gateway)
     mqtt = config.mqtt
     publisher = EventPublisher(
         mqtt.url,
