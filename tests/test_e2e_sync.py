@@ -394,7 +394,7 @@ async def run_pipeline(
             )
             health = gw.health()["sync"]
             assert health["uplink"] == "ok" and health["last_error"] is None
-            names = ("batches_sent", "batches_enqueued", "retries", "suppressed_windows")
+            names = ("batches_sent", "batches_enqueued", "retries", "late_readings")
             metrics = {n: metric_value(gw, f"homeedge_gateway_sync_{n}_total") for n in names}
         secret = bytes.fromhex((tmp_path / "gateway.secret").read_text().strip())
         yield Run(scenario, secret, proxy, cloud, db, metrics)
@@ -459,6 +459,7 @@ async def check_cloud_equals_independent_computation(run: Run) -> None:
     assert [e.status for e in posts] == [201] * len(posts)
     assert [e.batch.seq for e in posts] == list(range(1, len(posts) + 1))
     assert run.sync_metrics["batches_sent"] == len(posts) == run.sync_metrics["batches_enqueued"]
+    assert run.sync_metrics["retries"] == 0 and run.sync_metrics["late_readings"] == 0
     gateways = await get_json(run.cloud.url, "/api/v1/gateways")
     (status,) = [g for g in gateways["gateways"] if g["gateway"] == GATEWAY_ID]
     assert status["batches"] == len(posts) and status["missing"] == 0 and status["gaps"] == []
