@@ -206,10 +206,15 @@ async function refreshEvents() {
       text: pts.map((p) => `${p[what]} ${what}`),
     };
   });
+  const empty = traces.every((t) => t.x.length === 0);
+  // With nothing to plot, Plotly would draw an invented date axis; say so in words instead.
   await Plotly.react("chart-events", traces, {
     ...layoutBase,
-    xaxis: { title: { text: "hour (UTC)" }, type: "date" },
-    yaxis: { type: "category", categoryarray: homes },
+    xaxis: { title: { text: "hour (UTC)" }, type: "date", visible: !empty },
+    yaxis: { type: "category", categoryarray: homes, visible: !empty },
+    annotations: empty
+      ? [{ text: "No alarms or anomalies reported yet", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5 }]
+      : [],
   }, plotConfig);
   const share = r.speech_share === null ? "-" : `${(100 * r.speech_share).toFixed(1)} %`;
   text("events-note", `Alarms per home and day: ${fmtNum(r.alarms_per_home_day)}; speech activity share: ${share}.`);
