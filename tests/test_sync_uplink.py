@@ -243,3 +243,98 @@ def test_backoff_bounds() -> None:
     assert max(delays[10:]) > 4.0  # the cap is reached, not just the floor
     b.reset()
     assert b.next_delay() == 0.5
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 405, 413])
+async def test_link_errors_retry_instead_of_parking(tmp_path: Path, status: int) -> None:
+    # A rotated token, a wrong path or a proxy says nothing about the batch: parking it would
+    # walk the whole backlog into `rejected` (and delete it after the TTL).
+    engine = make_db(tmp_path)
+    put(engine, 3, UplinkSettings())
+    cloud = FakeCloud(script={1: status, 2: status, 3: status})
+    server = await start(cloud)
+    uplink = make_uplink(engine, str(server.make_url("")), Sleeps())
+    health: list[tuple[str | None, str | None]] = []
+    original = uplink._run_db
+
+    async def spy(fn):  # type: ignore[no-untyped-def]
+        health.append((uplink.last_status, uplink.last_error))
+        return await original(fn)
+
+    uplink._run_db = spy  # type: ignore[method-assign]
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert await uplink.drain(session) == 3
+    finally:
+        await server.close()
+    assert cloud.order == [1, 2, 3]
+    assert all(st == "sent" for st, _ in statuses(engine).values())
+    m = uplink.metrics
+    assert m.rejected._value.get() == 0 and m.retries._value.get() == 3
+    assert m.send_failures.labels(status=str(status))._value.get() == 3
+    # while failing, /healthz showed the status and a hint naming the setting to check
+    seen = [(s, e) for s, e in health if s is not None]
+    assert seen and seen[0][0] == str(status)
+    assert "uplink." in (seen[0][1] or "") or "proxy" in (seen[0][1] or "")
+    assert uplink.last_error is None and uplink.last_status is None
+
+
+async def test_a_redirect_is_not_followed_and_the_batch_is_kept(tmp_path: Path) -> None:
+    # An http -> https style redirect: aiohttp would follow 301 with a GET, which gets 405.
+    engine = make_db(tmp_path)
+    put(engine, 2, UplinkSettings())
+    cloud = FakeCloud()
+    hits: list[str] = []
+
+    async def moved(request: web.Request) -> web.Response:
+        hits.append(request.method)
+        raise web.HTTPMovedPermanently("/elsewhere/api/v1/batches")
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        hits.append("followed " + request.method)
+        return web.Response(status=405)
+
+    app = web.Application()
+    app.router.add_post("/old/api/v1/batches", moved)
+    app.router.add_route("*", "/elsewhere/api/v1/batches", elsewhere)
+    redirecting = TestServer(app)
+    await redirecting.start_server()
+
+    class Rotate(Sleeps):
+        async def __call__(self, delay: float) -> None:
+            await super().__call__(delay)
+            if len(self.delays) == 2:  # the operator fixes uplink.url
+                uplink._url = str(good.make_url("/api/v1/batches"))
+
+    good = await start(cloud)
+    sleeps = Rotate()
+    uplink = make_uplink(engine, str(redirecting.make_url("/old")), sleeps)
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert await uplink.drain(session) == 2
+    finally:
+        await redirecting.close()
+        await good.close()
+    assert hits == ["POST", "POST"]  # never followed
+    assert cloud.order == [1, 2] and uplink.metrics.rejected._value.get() == 0
+    assert uplink.metrics.send_failures.labels(status="301")._value.get() == 2
+    with engine.connect() as conn:
+        errors = conn.execute(select(outbox.c.attempts)).scalars().all()
+    assert errors == [3, 1]
+
+
+@pytest.mark.parametrize("status", [400, 409, 422])
+async def test_only_bad_batch_answers_park(tmp_path: Path, status: int) -> None:
+    engine = make_db(tmp_path)
+    put(engine, 2, UplinkSettings())
+    cloud = FakeCloud(script={1: status})
+    server = await start(cloud)
+    uplink = make_uplink(engine, str(server.make_url("")), Sleeps())
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert await uplink.drain(session) == 1
+    finally:
+        await server.close()
+    st = statuses(engine)
+    assert st[1][0] == "rejected" and st[2][0] == "sent"
+    assert uplink.metrics.send_failures.labels(status=str(status))._value.get() == 1

@@ -50,11 +50,19 @@ class SyncMetrics:
         )
         self.retries = Counter(
             f"{_P}_retries",
-            "Failed sends that will be retried (5xx, 408, 429, network)",
+            "Failed sends that will be retried (any failure but 400, 409, 422)",
+            registry=r,
+        )
+        self.send_failures = Counter(
+            f"{_P}_send_failures",
+            "Failed sends by HTTP status ('network' when there was no answer)",
+            ["status"],
             registry=r,
         )
         self.rejected = Counter(
-            f"{_P}_batches_rejected", "Batches the cloud refused with a 4xx, parked", registry=r
+            f"{_P}_batches_rejected",
+            "Batches the cloud refused as bad (400, 409, 422), parked",
+            registry=r,
         )
 
     def observe_pass(self, result: PassResult) -> None:

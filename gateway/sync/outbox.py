@@ -2,8 +2,9 @@
 
 A batch row is written in the same transaction as the aggregates it carries, so after a crash
 either both exist or neither does. Rows hold the gzip-compressed body exactly as it goes on the
-wire. Status: ``pending`` until the cloud answers 2xx (``sent``), or a 4xx that retrying cannot
-fix (``rejected``, parked for inspection). Sequence numbers come from ``outbox_seq``, one counter
+wire. Status: ``pending`` until the cloud answers 2xx (``sent``), or 400/409/422, which say the
+batch itself is bad (``rejected``, parked for inspection; see `gateway.sync.uplink` for why no
+other answer parks a batch). Sequence numbers come from ``outbox_seq``, one counter
 per gateway, never reused even when rows are pruned.
 
 Bounds (like a Greengrass stream): at most `outbox_max_rows` pending batches; a new batch beyond

@@ -2,11 +2,20 @@
 
 Batches go in seq order, one POST each to ``<url>/api/v1/batches``, with the gzip body stored in
 the outbox (``Content-Encoding: gzip``) and the gateway's bearer token. A batch is marked sent
-only on 2xx (201 stored, 200 already stored). A 4xx other than 408/429 cannot be fixed by
-retrying: the batch is parked as ``rejected`` with the cloud's error and the next one goes. 5xx,
-408, 429 and network errors retry the same batch (head of line, so order holds) with exponential
-backoff and full jitter, bounded by `backoff_max_s`. Every send takes a token from a bucket, so a
-backlog after an outage drains at `catchup_batches_per_s` instead of as a retry storm.
+only on 2xx (201 stored, 200 already stored).
+
+Which answers give up on a batch (zero loss first): only 400, 409 and 422 say that the batch
+itself is bad, so only they park it as ``rejected`` (kept for inspection, pruned after
+`outbox_ttl_s`) and the next one goes. Every other answer says something about the link, not the
+batch: a rotated token (401/403), a wrong URL or a proxy (404/405/413), a redirect (3xx; never
+followed, since aiohttp would turn the POST into a GET), 408/429, 5xx and network errors. Those
+retry the same batch (head of line, so order holds) with exponential backoff and full jitter,
+bounded by `backoff_max_s`, count the failure by status (``send_failures{status}``) and show the
+error with a hint in ``/healthz`` (``sync.last_error``, ``sync.last_status``) until a send
+succeeds.
+
+Every send takes a token from a bucket, so a backlog after an outage drains at
+`catchup_batches_per_s` instead of as a retry storm.
 
 Database access is injected (`RunDb`): in the gateway it runs on the writer thread; for tests and
 tools `thread_run_db(engine)` runs each call in its own transaction in a worker thread.
@@ -110,6 +119,20 @@ class Backoff:
         self.attempt = 0
 
 
+# Answers that say the batch itself is bad (the cloud read it and refused its content): retrying
+# the same bytes cannot help, so the batch is parked. Any other failure is about the link.
+PARK_STATUSES = frozenset({400, 409, 422})
+
+# What to check when the cloud keeps answering with a status that retrying alone will not fix.
+_HINTS = {
+    401: "the cloud refuses this gateway's credentials: check uplink.token",
+    403: "the cloud refuses this gateway's credentials: check uplink.token",
+    404: "no batch endpoint at this address: check uplink.url",
+    405: "the server does not accept POST here: check uplink.url (a proxy or redirect?)",
+    413: "the body is too large for a proxy in front of the cloud: raise its limit",
+}
+
+
 class _Verdict(Enum):
     STORED = "stored"
     DUPLICATE = "duplicate"
@@ -123,6 +146,16 @@ def _cloud_error(status: int, body: bytes) -> str:
         return f"{status} {err.get('code', '?')}: {err.get('message', '')}"
     except (ValueError, KeyError, TypeError):
         return f"{status} {body[:200].decode('utf-8', 'replace')}"
+
+
+def _with_hint(status: int, detail: str, location: str | None) -> str:
+    if 300 <= status < 400:
+        return (
+            f"{status} redirect to {location or '(no Location)'}: not followed (a redirected "
+            "POST turns into a GET); set uplink.url to the final address"
+        )
+    hint = _HINTS.get(status)
+    return f"{detail} ({hint})" if hint else detail
 
 
 class Uplink:
@@ -158,6 +191,8 @@ class Uplink:
         # of the latest failed attempt (None once a send succeeds again).
         self.last_success_at: float | None = None
         self.last_error: str | None = None
+        # HTTP status of the latest failed attempt ("network" without one), None after success.
+        self.last_status: str | None = None
         self._url = settings.url.rstrip("/") + BATCHES_PATH
         self._headers = {
             "Content-Type": "application/json",
@@ -211,7 +246,7 @@ class Uplink:
             now = self._clock()
             if verdict in (_Verdict.STORED, _Verdict.DUPLICATE):
                 await self._run_db(functools.partial(outbox.mark_sent, seq=batch.seq, now=now))
-                self.last_success_at, self.last_error = now, None
+                self.last_success_at, self.last_error, self.last_status = now, None, None
                 self.metrics.sent.inc()
                 if verdict is _Verdict.DUPLICATE:
                     self.metrics.duplicates.inc()
@@ -242,27 +277,42 @@ class Uplink:
     async def _post(
         self, session: aiohttp.ClientSession, batch: OutboxBatch
     ) -> tuple[_Verdict, str, float | None]:
+        verdict, detail, retry_after, status = await self._attempt(session, batch)
+        if verdict in (_Verdict.RETRY, _Verdict.REJECTED):
+            self.last_status = status
+            self.metrics.send_failures.labels(status=status).inc()
+        return verdict, detail, retry_after
+
+    async def _attempt(
+        self, session: aiohttp.ClientSession, batch: OutboxBatch
+    ) -> tuple[_Verdict, str, float | None, str]:
+        """One POST: (verdict, error detail, Retry-After seconds, status label)."""
         try:
-            async with session.post(self._url, data=batch.body_gz, headers=self._headers) as resp:
+            # A redirect is not followed: aiohttp would resend a POST answered by 301/302 as a
+            # GET, and the 405 that follows would look like a verdict on the batch.
+            async with session.post(
+                self._url, data=batch.body_gz, headers=self._headers, allow_redirects=False
+            ) as resp:
                 body = await resp.read()
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
+                location = resp.headers.get("Location")
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return _Verdict.RETRY, f"{type(exc).__name__}: {exc}", None
+            return _Verdict.RETRY, f"{type(exc).__name__}: {exc}", None, "network"
         if status == 200:
-            return _Verdict.DUPLICATE, "", None
+            return _Verdict.DUPLICATE, "", None, "200"
         if 200 <= status < 300:
-            return _Verdict.STORED, "", None
-        detail = _cloud_error(status, body)
-        if status in (408, 429) or status >= 500:
-            seconds: float | None = None
-            if retry_after is not None:
-                try:
-                    seconds = float(retry_after)
-                except ValueError:
-                    seconds = None  # an HTTP date; the backoff decides
-            return _Verdict.RETRY, detail, seconds
-        return _Verdict.REJECTED, detail, None
+            return _Verdict.STORED, "", None, str(status)
+        detail = _with_hint(status, _cloud_error(status, body), location)
+        if status in PARK_STATUSES:
+            return _Verdict.REJECTED, detail, None, str(status)
+        seconds: float | None = None
+        if retry_after is not None:
+            try:
+                seconds = float(retry_after)
+            except ValueError:
+                seconds = None  # an HTTP date; the backoff decides
+        return _Verdict.RETRY, detail, seconds, str(status)
 
 
 def _fetch(

@@ -12,7 +12,8 @@ metrics and their part of ``/healthz``.
   batches commit together), then the metrics and a nudge to the uplink when batches were made;
 - task ``sync-uplink`` (only when ``uplink.url`` is set): `Uplink.run`, its database calls on
   the writer thread too, so one thread owns SQLite writes;
-- ``/healthz`` gets a ``sync`` object: uplink state, last success, last error, outbox depth.
+- ``/healthz`` gets a ``sync`` object: uplink state, last success, last error (with a hint)
+  and its HTTP status, outbox depth.
 
 With ``aggregation.clock = "event"`` windows close against the newest stored reading's timestamp
 (kept in memory from the committed-readings callback, read from the table after a restart) instead
@@ -155,6 +156,7 @@ class SyncService:
             url=self._config.uplink.url,
             last_success_at=up.last_success_at,
             last_error=up.last_error,
+            last_status=up.last_status,
         )
         return body
 
