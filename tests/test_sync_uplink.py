@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, select
 
+from gateway.sync import counters
 from gateway.sync.metrics import SyncMetrics
 from gateway.sync.settings import UplinkSettings
 from gateway.sync.tables import outbox
@@ -23,7 +24,7 @@ from gateway.sync.uplink import Backoff, TokenBucket, Uplink, thread_run_db
 from schemas.batch import decode_batch
 from tests.conftest import free_port
 from tests.test_sync_outbox import put
-from tests.test_sync_windows import make_db
+from tests.test_sync_windows import T0, make_db
 
 TOKEN = "gw-secret-token"
 
@@ -338,3 +339,65 @@ async def test_only_bad_batch_answers_park(tmp_path: Path, status: int) -> None:
     st = statuses(engine)
     assert st[1][0] == "rejected" and st[2][0] == "sent"
     assert uplink.metrics.send_failures.labels(status=str(status))._value.get() == 1
+
+
+async def test_a_batch_failing_forever_expires_and_unblocks_the_rest(tmp_path: Path) -> None:
+    engine = make_db(tmp_path)
+    s = UplinkSettings(outbox_ttl_s=100.0)
+    put(engine, 1, s, now=T0)
+    put(engine, 1, s, now=T0 + 60)  # younger: must still go once the head is given up
+    cloud = FakeCloud()
+    failing = cloud.handle
+
+    async def poison_head(request: web.Request) -> web.Response:
+        body = await request.read()
+        if decode_batch(body).seq == 1:
+            return web.json_response({"error": {"code": "boom", "message": "x"}}, status=500)
+        return await failing(request)
+
+    app = web.Application()
+    app.router.add_post("/api/v1/batches", poison_head)
+    server = TestServer(app)
+    await server.start_server()
+    now = [T0 + 10]
+
+    class Clocked(Sleeps):
+        async def __call__(self, delay: float) -> None:
+            await super().__call__(delay)
+            now[0] += 20.0
+
+    uplink = make_uplink(engine, str(server.make_url("")), Clocked(), outbox_ttl_s=100.0)
+    uplink._clock = lambda: now[0]
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert await uplink.drain(session) == 1
+    finally:
+        await server.close()
+    assert cloud.order == [2]
+    assert uplink.metrics.dropped.labels(reason="ttl")._value.get() == 1
+    assert statuses(engine) == {2: ("sent", None)}
+    with engine.connect() as conn:
+        assert counters.read_all(conn)["outbox_expired"] == 1
+
+
+async def test_retrying_stops_when_the_batch_was_dropped_for_room(tmp_path: Path) -> None:
+    engine = make_db(tmp_path)
+    s = UplinkSettings(outbox_max_rows=2)
+    put(engine, 2, s)
+    cloud = FakeCloud(script={1: 503})
+
+    class DropMeanwhile(Sleeps):
+        async def __call__(self, delay: float) -> None:
+            await super().__call__(delay)
+            if len(self.delays) == 1:  # a pass enqueues into the full outbox: seq 1 dropped
+                await asyncio.to_thread(put, engine, 1, s)
+
+    server = await start(cloud)
+    uplink = make_uplink(engine, str(server.make_url("")), DropMeanwhile())
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert await uplink.drain(session) == 2
+    finally:
+        await server.close()
+    assert cloud.order == [2, 3] and cloud.requests == 3  # seq 1 was not sent again
+    assert set(statuses(engine)) == {2, 3}

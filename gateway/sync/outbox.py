@@ -223,6 +223,16 @@ def fetch_pending(
     ], expired
 
 
+def still_pending(
+    conn: Connection, seq: int, now: float, settings: UplinkSettings
+) -> tuple[bool, int]:
+    """Whether batch `seq` is still pending after expiring what is past its TTL (itself
+    included), and how many batches expired now (counted)."""
+    expired = expire_and_prune(conn, now, settings)
+    status = conn.execute(select(outbox.c.status).where(outbox.c.seq == seq)).scalar()
+    return status == PENDING, expired
+
+
 def mark_sent(conn: Connection, seq: int, now: float) -> None:
     conn.execute(
         update(outbox)

@@ -14,6 +14,12 @@ bounded by `backoff_max_s`, count the failure by status (``send_failures{status}
 error with a hint in ``/healthz`` (``sync.last_error``, ``sync.last_status``) until a send
 succeeds.
 
+Retry policy of one batch: before each retry the uplink re-reads the batch's row. It stops
+retrying when the row is gone (the outbox dropped it for room under ``drop_oldest``) or when the
+batch is older than `outbox_ttl_s` (it is then deleted and counted as expired, like any pending
+batch past its TTL). So a batch the cloud keeps failing blocks those behind it for at most
+`outbox_ttl_s`; nothing else drops it.
+
 Every send takes a token from a bucket, so a backlog after an outage drains at
 `catchup_batches_per_s` instead of as a retry storm.
 
@@ -235,12 +241,18 @@ class Uplink:
                 return acked
             for batch in batches:
                 acked += await self._deliver(session, batch)
+                if self._backoff.attempt:
+                    # It took retries: the rest of this fetch may have expired or been dropped
+                    # for room meanwhile, so read the outbox again.
+                    break
             self.metrics.outbox_depth.set(await self._run_db(outbox.depth))
 
     async def _deliver(self, session: aiohttp.ClientSession, batch: OutboxBatch) -> int:
-        """Send one batch until it is acknowledged (1) or parked (0)."""
+        """Send one batch until it is acknowledged (1), parked, expired or gone (0)."""
         self._backoff.reset()
         while True:
+            if self._backoff.attempt and not await self._still_pending(batch):
+                return 0
             await self._bucket.acquire()
             verdict, detail, retry_after = await self._post(session, batch)
             now = self._clock()
@@ -273,6 +285,24 @@ class Uplink:
                 delay,
             )
             await self._sleep(delay)
+
+    async def _still_pending(self, batch: OutboxBatch) -> bool:
+        """Before a retry: is the batch still pending and within its TTL? (Expired ones are
+        deleted and counted by `outbox.still_pending`.)"""
+        pending, expired = await self._run_db(
+            functools.partial(
+                outbox.still_pending, seq=batch.seq, now=self._clock(), settings=self.settings
+            )
+        )
+        self.metrics.dropped.labels(reason="ttl").inc(expired)
+        if not pending:
+            log.warning(
+                "batch seq=%d (%s) left the outbox while retrying (expired or dropped for room); "
+                "moving on",
+                batch.seq,
+                batch.batch_id,
+            )
+        return pending
 
     async def _post(
         self, session: aiohttp.ClientSession, batch: OutboxBatch
