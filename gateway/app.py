@@ -174,6 +174,7 @@ class Gateway:
                 queue_size=cfg.storage.queue_size,
                 on_committed=self._from_writer,
                 auto_checkpoint=cfg.storage.checkpoint_interval_ms == 0,
+                synchronous=cfg.storage.synchronous,
             )
             self._writer.start()
             for ctx in self.cleanup_ctx:

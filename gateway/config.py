@@ -219,6 +219,14 @@ class StorageConfig(Section):
     max_dead_letter_bytes: int = Field(
         default=65536, ge=0, description="payload bytes kept with a dead letter (the rest is cut)"
     )
+    synchronous: Literal["full", "normal"] = Field(
+        default="full",
+        description="SQLite synchronous mode of the writer: 'full' = a message is acked only "
+        "once its batch is on disk, even across a power cut or OS crash (one fsync per commit "
+        "of up to batch_rows rows); 'normal' = no fsync at commit, only at WAL checkpoints: "
+        "faster on slow storage (SD cards), but a power cut can roll back the last commits "
+        "after their messages were acked (a killed process alone loses nothing)",
+    )
 
 
 class AdminConfig(Section):

@@ -1,8 +1,16 @@
 """The gateway's SQLite schema (SQLAlchemy Core) and engine set-up.
 
 One writer thread owns the connection that writes readings (see `gateway.writer`); other parts
-submit their writes to it. The database runs in WAL mode with ``synchronous=NORMAL``: a commit
-survives a killed process, and only an OS crash can lose the last transactions.
+submit their writes to it. The database runs in WAL mode.
+
+Durability (``storage.synchronous``, applied by the writer to its own connection): with ``FULL``
+(the default) every commit fsyncs the WAL, so what the gateway acknowledged to the broker is on
+disk even across a power cut or an OS crash; the cost is one fsync per batch commit (up to
+``storage.batch_rows`` rows). With ``NORMAL`` the WAL is fsynced only at checkpoints: a commit
+still survives a killed process, but a power cut or OS crash can roll back the last transactions
+AFTER their messages were acked, which breaks the zero-loss promise; choose it only where fsync
+is slow and losing the last moments of data is acceptable. Other connections of the engine
+(readers, tools) use ``NORMAL``: they do not acknowledge anything.
 """
 
 from __future__ import annotations

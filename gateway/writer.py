@@ -16,6 +16,9 @@ transactions never contend:
   the writer thread inside its own transaction (committed when fn returns, rolled back if it
   raises) and its result or exception comes back to the awaiting coroutine.
 
+Durability: the writer's connection runs with ``PRAGMA synchronous`` = `synchronous` (``FULL``
+by default: a commit, and so an ack, means on disk even across a power cut; see `gateway.db`).
+
 A commit that fails (disk full, I/O error) is retried with a growing delay, holding its acks, so
 backpressure reaches the broker instead of anything being dropped; at shutdown an uncommitted
 batch is simply not acknowledged and the broker delivers it again on the next connection.
@@ -38,7 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 from sqlalchemy import Connection, Engine
@@ -140,8 +143,10 @@ class Writer:
         ack: AckFn | None = None,
         on_committed: CommittedFn | None = None,
         auto_checkpoint: bool = True,
+        synchronous: Literal["full", "normal"] = "full",
     ) -> None:
         self._engine = engine
+        self._synchronous = synchronous
         self._metrics = metrics
         self._batch_rows = batch_rows
         self._interval = commit_interval
@@ -250,9 +255,12 @@ class Writer:
     def _main(self) -> None:
         try:
             with self._engine.connect() as conn:
+                raw = conn.connection.driver_connection
+                # Only this connection acknowledges messages, so only it needs FULL.
+                mode = "FULL" if self._synchronous == "full" else "NORMAL"
+                raw.execute(f"PRAGMA synchronous={mode}")  # type: ignore[union-attr]
                 if not self._auto_checkpoint:
                     # `checkpoint_wal` runs on another connection instead (see there).
-                    raw = conn.connection.driver_connection
                     raw.execute("PRAGMA wal_autocheckpoint=0")  # type: ignore[union-attr]
                 self._loop(conn)
         except Exception:  # the thread's top level: log; /healthz then reports the writer dead

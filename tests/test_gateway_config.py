@@ -90,3 +90,12 @@ def test_cli_bad_config_exits_2_without_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "mqtt.url:" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_storage_synchronous_defaults_to_full(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, 'gateway_id = "g"\n')).storage.synchronous == "full"
+    cfg = load_config(write(tmp_path, 'gateway_id = "g"\n[storage]\nsynchronous = "normal"\n'))
+    assert cfg.storage.synchronous == "normal"
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, 'gateway_id = "g"\n[storage]\nsynchronous = "off"\n'))
+    assert str(err.value).startswith("storage.synchronous: ")

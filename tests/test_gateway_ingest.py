@@ -439,3 +439,22 @@ async def test_decoder_bug_is_dead_lettered_not_fatal(
     await wait_for(lambda: rows(gateway) == 1, what="the good message after the bug")
     assert query(db, "SELECT reason, payload FROM dead_letters") == [("internal_error", b"boom")]
     assert gateway.mqtt.connected
+
+
+async def test_writer_commits_with_synchronous_full_unless_told(
+    tmp_path: Path, mosquitto: MosquittoBroker, topic_root: str
+) -> None:
+    """Acked means on disk across a power cut: the writer's connection runs synchronous=FULL
+    by default; storage.synchronous = "normal" trades that for speed."""
+
+    def mode(conn: Connection) -> int:
+        return int(conn.execute(text("PRAGMA synchronous")).scalar_one())
+
+    async with Gateway(gateway_config(tmp_path, mosquitto, topic_root)) as gw:
+        assert await gw.writer.run(mode) == 2  # FULL
+    cfg = gateway_config(tmp_path, mosquitto, topic_root)
+    cfg = cfg.model_copy(
+        update={"storage": StorageConfig(path=tmp_path / "gateway.db", synchronous="normal")}
+    )
+    async with Gateway(cfg) as gw:
+        assert await gw.writer.run(mode) == 1  # NORMAL
