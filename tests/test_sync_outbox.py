@@ -193,3 +193,30 @@ def test_gateway_id_must_be_a_batch_name() -> None:
         SyncPipeline.from_settings(
             "my gateway!", AggregationSettings(), PrivacySettings(secret="k" * 32), UplinkSettings()
         )
+
+
+def test_aggregates_the_wire_refuses_are_dropped_not_batched(tmp_path: Path) -> None:
+    # msgspec does not check Finite (|x| <= 1e15) at construction; the cloud does, and would
+    # answer 422 for the whole batch, parking every other aggregate in it.
+    import msgspec
+
+    engine = make_db(tmp_path)
+    huge = msgspec.structs.replace(agg(1), sum=2e15, mean=2e15 / 60)
+    nan = msgspec.structs.replace(agg(3), mean=float("nan"))
+    with engine.begin() as conn:
+        res = outbox.enqueue(
+            conn,
+            [agg(0), huge, agg(2), nan],
+            now=T0,
+            gateway="gw-1",
+            settings=UplinkSettings(),
+            privacy=BatchPrivacy(),
+            stats=BatchStats(),
+        )
+    with engine.connect() as conn:
+        body = conn.execute(select(outbox_table.c.body_gz)).scalar_one()
+        batch = decode_batch(gzip.decompress(body))  # what the cloud validates
+        assert [a.window_start for a in batch.aggregates] == [T0, T0 + 120]
+        assert counters.read_all(conn)["invalid_aggregates"] == 2
+    assert res.seqs == (1,) and res.invalid == 2
+    assert outbox.wire_error(huge) is not None and outbox.wire_error(agg(0)) is None

@@ -29,6 +29,11 @@ class SyncMetrics:
         self.epsilon_refused = Counter(
             f"{_P}_epsilon_refused", "Noised windows refused: privacy budget spent", registry=r
         )
+        self.invalid_aggregates = Counter(
+            f"{_P}_invalid_aggregates",
+            "Aggregates the wire schema refuses (e.g. a sum beyond 1e15), dropped, not sent",
+            registry=r,
+        )
         self.batches_enqueued = Counter(f"{_P}_batches_enqueued", "Batches written", registry=r)
         self.dropped = Counter(
             f"{_P}_outbox_dropped",
@@ -72,6 +77,7 @@ class SyncMetrics:
         self.suppressed_windows.inc(result.release.suppressed)
         self.epsilon_refused.inc(result.release.refused)
         self.batches_enqueued.inc(len(result.enqueued.seqs))
+        self.invalid_aggregates.inc(result.enqueued.invalid)
         self.dropped.labels(reason="full").inc(result.enqueued.dropped)
         self.dropped.labels(reason="ttl").inc(result.enqueued.expired)
         self.refused.inc(result.enqueued.refused)

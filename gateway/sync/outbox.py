@@ -11,6 +11,11 @@ Bounds (like a Greengrass stream): at most `outbox_max_rows` pending batches; a 
 that drops the oldest pending one (``drop_oldest``) or is not stored (``refuse_new``; the
 aggregates stay in the local ``aggregates`` table). Pending batches older than `outbox_ttl_s`
 expire. Every drop, refusal and expiry is counted in ``sync_counters`` and logged.
+
+Every aggregate is checked against the wire schema before it joins a batch (msgspec Structs do
+not check their constraints at construction): one that the cloud would refuse (a sum beyond the
+schema's bound, a NaN) is dropped and counted (``invalid_aggregates``) instead of spoiling the
+batch, which the cloud would park with all its other aggregates.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import msgspec
 from sqlalchemy import Connection, delete, func, select, update
 from sqlalchemy.dialects.sqlite import insert
 
@@ -54,11 +60,50 @@ class EnqueueResult:
     dropped: int  # oldest pending batches dropped for room (drop_oldest)
     refused: int  # new batches not stored (refuse_new)
     expired: int  # pending batches past their TTL
+    invalid: int = 0  # aggregates the wire schema refuses, not sent
 
 
 def compress_batch(batch: Batch) -> bytes:
     """The wire body: gzip of the JSON (mtime 0, so equal batches give equal bytes)."""
     return gzip.compress(encode_batch(batch), compresslevel=9, mtime=0)
+
+
+_aggregate_encoder = msgspec.json.Encoder()
+_aggregate_decoder = msgspec.json.Decoder(WindowAggregate)
+
+
+def wire_error(aggregate: WindowAggregate) -> str | None:
+    """Why the cloud would refuse `aggregate` (its wire schema's message), or None if valid."""
+    try:
+        # The round trip through JSON applies every constraint, as the cloud's decoder will
+        # (a NaN or infinity encodes as null, which a float field refuses).
+        _aggregate_decoder.decode(_aggregate_encoder.encode(aggregate))
+    except msgspec.ValidationError as exc:
+        return str(exc)
+    return None
+
+
+def _drop_invalid(
+    conn: Connection, aggregates: Sequence[WindowAggregate]
+) -> tuple[list[WindowAggregate], int]:
+    valid: list[WindowAggregate] = []
+    invalid = 0
+    for a in aggregates:
+        error = wire_error(a)
+        if error is None:
+            valid.append(a)
+            continue
+        invalid += 1
+        log.warning(
+            "aggregate %s/%s %s window %.0f not sent, the wire schema refuses it: %s",
+            a.room_class,
+            a.device_class,
+            a.metric,
+            a.window_start,
+            error,
+        )
+    counters.bump(conn, "invalid_aggregates", invalid)
+    return valid, invalid
 
 
 def _next_seq(conn: Connection, gateway: str) -> int:
@@ -139,6 +184,7 @@ def enqueue(
     stay right); each batch's `epsilon_spent` is that of its own aggregates.
     """
     expired = expire_and_prune(conn, now, settings)
+    aggregates, invalid = _drop_invalid(conn, aggregates)
     seqs: list[int] = []
     dropped = refused = 0
     size = settings.batch_max_aggregates
@@ -189,7 +235,9 @@ def enqueue(
             "outbox full (%d batches): refused %d new batches", settings.outbox_max_rows, refused
         )
         counters.bump(conn, "outbox_refused", refused)
-    return EnqueueResult(seqs=tuple(seqs), dropped=dropped, refused=refused, expired=expired)
+    return EnqueueResult(
+        seqs=tuple(seqs), dropped=dropped, refused=refused, expired=expired, invalid=invalid
+    )
 
 
 def fetch_pending(
