@@ -233,3 +233,71 @@ def test_windows_close_in_groups(tmp_path: Path) -> None:
 def test_window_floor() -> None:
     assert window_floor(T0 + 59.999, 60) == T0
     assert window_floor(T0 + 60, 60) == T0 + 60
+
+
+def test_devices_of_one_class_merge_with_exact_statistics(tmp_path: Path) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(50, 20, 37), rng.normal(10, 5, 23)
+    engine = make_db(tmp_path)
+    with engine.begin() as conn:
+        add_readings(
+            conn, [("h1", "kitchen", "plug-1", "power", T0 + i, v) for i, v in enumerate(a)]
+        )
+        add_readings(
+            conn, [("h1", "kitchen", "plug-2", "power", T0 + 0.5 + i, v) for i, v in enumerate(b)]
+        )
+    with engine.begin() as conn:
+        closed = close_windows(conn, T0 + 100, settings(backfill_s=1e6))
+    (g,) = closed.groups
+    both = np.concatenate([a, b])
+    expected = WindowStats.of(both)
+    st = g.stats
+    assert (st.count, st.min, st.max) == (60, expected.min, expected.max)
+    for name in ("sum", "sum_sq", "mean", "std", "p50", "p95"):
+        assert getattr(st, name) == pytest.approx(getattr(expected, name), rel=1e-12), name
+    assert sorted(g.values) == sorted(both)  # the privacy filter gets every value
+    assert closed.rows == 60 and closed.messages == 60
+
+
+def test_a_pass_reads_at_most_max_rows_per_pass(tmp_path: Path) -> None:
+    def fill(engine: Engine) -> None:
+        with engine.begin() as conn:
+            add_readings(
+                conn,
+                [
+                    ("h1", "office", "plug-1", "power", T0 + 60 * k + i, float(k * 100 + i))
+                    for k in range(5)
+                    for i in range(10 if k != 3 else 40)  # window 3 alone is over the cap
+                ],
+            )
+
+    capped = make_db(tmp_path)
+    fill(capped)
+    s = settings(backfill_s=1e6, max_rows_per_pass=25)
+    passes = []
+    for _ in range(5):
+        with capped.begin() as conn:
+            closed = close_windows(conn, T0 + 400, s)
+        passes.append(([g.window_start for g in closed.groups], closed.rows, closed.end))
+    assert passes == [
+        ([T0, T0 + 60], 20, T0 + 120),  # a third window would make 30 rows > 25
+        ([T0 + 120], 10, T0 + 180),  # window 3 (40 rows) waits for a pass of its own
+        ([T0 + 180], 40, T0 + 240),  # ... which takes it whole: at least one window a pass
+        ([T0 + 240], 10, T0 + 360),  # the empty window 5 costs nothing
+        ([], 0, None),
+    ]
+    whole = make_engine(tmp_path / "whole.db")
+    fill(whole)
+    with whole.begin() as conn:
+        close_windows(conn, T0 + 400, settings(backfill_s=1e6))
+
+    def table(engine: Engine) -> list[tuple[object, ...]]:
+        with engine.connect() as conn:
+            cols = [c for c in aggregates.c if c.name not in ("id", "created_at")]
+            return [
+                tuple(r) for r in conn.execute(select(*cols).order_by(aggregates.c.window_start))
+            ]
+
+    assert table(capped) == table(whole) and len(table(whole)) == 5

@@ -65,6 +65,13 @@ class AggregationSettings(BaseModel):
         description="Catch-up bound: at most this many windows per pass, so one pass after a long "
         "pause stays a short transaction.",
     )
+    max_rows_per_pass: int = Field(
+        200_000,
+        ge=1,
+        description="Catch-up bound in readings: a pass stops before a window that would take it "
+        "past this many rows (it always does at least one window), so after an outage at high "
+        "ingest rates each pass holds the writer thread, and so the acks, only briefly.",
+    )
     windows_per_batch: int = Field(
         10,
         ge=1,

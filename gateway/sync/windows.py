@@ -6,6 +6,13 @@ rows already committed to ``readings``, in the caller's transaction: the ``aggre
 the advanced watermark commit together, so a killed gateway resumes exactly where the last
 committed pass ended, never aggregating a window twice or skipping one.
 
+A pass works one window at a time: count, sum, sum of squares, min and max come from SQL
+``GROUP BY``; only the values themselves are fetched (as one float array per window, for the
+percentiles, the std and the privacy filter). At most `max_rows_per_pass` rows are read per pass
+(always at least one window): the watermark then stops after the last window done and the next
+pass goes on from there, so a backlog after an outage is worked off in short writer-thread
+transactions instead of one long stall with every reading in Python lists.
+
 A reading stored after its window was aggregated is *late*: it is counted (``late_readings``
 table, ``late_readings`` durable counter) and not re-aggregated, since the window's figures may
 already have left the home. Late rows are found by ``readings.id``, which SQLite assigns in
@@ -57,6 +64,27 @@ class WindowStats:
     std: float
     p50: float
     p95: float
+
+    @classmethod
+    def from_sums(
+        cls, count: int, total: float, sum_sq: float, lo: float, hi: float, values: np.ndarray
+    ) -> WindowStats:
+        """From SQL's count/sum/sum of squares/min/max plus the values (percentiles, and a
+        two-pass std, which cancels less than one derived from the sum of squares)."""
+        if count == 0 or values.size != count:
+            raise ValueError(f"{values.size} values for a window of {count} readings")
+        p50, p95 = np.percentile(values, [50.0, 95.0])
+        return cls(
+            count=count,
+            sum=total,
+            sum_sq=sum_sq,
+            min=lo,
+            max=hi,
+            mean=total / count,
+            std=float(values.std()),
+            p50=float(p50),
+            p95=float(p95),
+        )
 
     @classmethod
     def of(cls, values: np.ndarray) -> WindowStats:
@@ -210,18 +238,47 @@ def close_windows(
     closable = int((target - watermark) // ws)
     if closable < settings.windows_per_batch:
         closable = 0  # wait for a full group
-    end = watermark + min(closable, settings.max_windows_per_pass) * ws
+    limit = watermark + min(closable, settings.max_windows_per_pass) * ws
     groups: list[WindowGroup] = []
     n_rows = messages = est_bytes = 0
-    if end > watermark:
-        groups, n_rows, messages, est_bytes = _aggregate_range(
-            conn, watermark, end, ws, now, policy_of
+    end = watermark
+    if limit > watermark:
+        classes = _device_classes(conn)
+        while end < limit:
+            window = _aggregate_window(
+                conn,
+                end,
+                ws,
+                classes,
+                room_for=settings.max_rows_per_pass - n_rows,
+                first=end == watermark,
+            )
+            if window is None:
+                log.info(
+                    "aggregation pass stops at %d rows (max_rows_per_pass); %d windows wait",
+                    n_rows,
+                    int((limit - end) // ws),
+                )
+                break
+            groups.extend(window.groups)
+            n_rows += window.rows
+            messages += window.messages
+            est_bytes += window.estimated_bytes
+            end += ws
+        groups.sort(key=lambda g: (g.home, g.room, g.device_class, g.metric, g.window_start))
+        _insert_aggregates(conn, groups, now, policy_of)
+        log.debug(
+            "aggregated %d rows into %d windows in [%.0f, %.0f)",
+            n_rows,
+            len(groups),
+            watermark,
+            end,
         )
     start = watermark if end > watermark else None
     conn.execute(
         update(sync_watermark)
         .where(sync_watermark.c.id == 1)
-        .values(watermark=max(end, watermark), reading_cursor=max(max_id, cursor), window_s=ws)
+        .values(watermark=end, reading_cursor=max(max_id, cursor), window_s=ws)
     )
     return ClosedWindows(
         groups=tuple(groups),
@@ -234,78 +291,150 @@ def close_windows(
     )
 
 
-def _aggregate_range(
-    conn: Connection,
-    lo: float,
-    hi: float,
-    window_s: int,
-    now: float,
-    policy_of: Callable[[str], str],
-) -> tuple[list[WindowGroup], int, int, int]:
-    classes = {
+@dataclass(frozen=True, slots=True)
+class _Window:
+    groups: list[WindowGroup]
+    rows: int
+    messages: int
+    estimated_bytes: int
+
+
+def _device_classes(conn: Connection) -> dict[tuple[str, str], str]:
+    return {
         (home, device): device_class
         for home, device, device_class in conn.execute(
             select(devices.c.home, devices.c.device, devices.c.device_class)
         )
     }
-    rows = conn.execute(
-        select(
-            readings.c.home,
-            readings.c.room,
-            readings.c.device,
-            readings.c.metric,
-            readings.c.ts,
-            readings.c.value,
-        ).where(readings.c.ts >= lo, readings.c.ts < hi)
-    ).all()
-    values: dict[tuple[str, str, str, str, float], list[float]] = defaultdict(list)
-    messages: dict[tuple[str, str, float], int] = defaultdict(int)
-    for home, room, device, metric_name, ts, value in rows:
-        device_class = classes.get((home, device)) or infer_device_class(device).value
-        values[(home, room, device_class, metric_name, window_floor(ts, window_s))].append(value)
-        messages[(home, device, ts)] += len(metric_name) + _READING_OVERHEAD_BYTES
-    est_bytes = sum(messages.values()) + _MESSAGE_OVERHEAD_BYTES * len(messages)
 
+
+# Partial sums per device, in the same order as the values query below, so the flat array of
+# values splits into groups by the counts alone.
+_KEY = (readings.c.home, readings.c.room, readings.c.device, readings.c.metric)
+
+
+def _aggregate_window(
+    conn: Connection,
+    lo: float,
+    window_s: int,
+    classes: dict[tuple[str, str], str],
+    *,
+    room_for: int,
+    first: bool,
+) -> _Window | None:
+    """The groups of window [lo, lo + window_s); None when its rows exceed `room_for`, the rows
+    this pass may still read, unless it is the pass's `first` window (a pass does at least one
+    window, or one huge window would stop aggregation for good)."""
+    hi = lo + window_s
+    in_window = (readings.c.ts >= lo, readings.c.ts < hi)
+    parts = conn.execute(
+        select(
+            *_KEY,
+            func.count(),
+            func.sum(readings.c.value),
+            func.sum(readings.c.value * readings.c.value),
+            func.min(readings.c.value),
+            func.max(readings.c.value),
+        )
+        .where(*in_window)
+        .group_by(*_KEY)
+        .order_by(*_KEY)
+    ).all()
+    rows = sum(int(p[4]) for p in parts)
+    if rows > room_for and not first:
+        return None
+    if not parts:
+        return _Window([], 0, 0, 0)
+    values = np.fromiter(
+        conn.execute(select(readings.c.value).where(*in_window).order_by(*_KEY)).scalars(),
+        dtype=np.float64,
+        count=rows,
+    )
+    messages = int(
+        conn.execute(
+            select(func.count()).select_from(
+                select(readings.c.home, readings.c.device, readings.c.ts)
+                .where(*in_window)
+                .distinct()
+                .subquery()
+            )
+        ).scalar_one()
+    )
+
+    # Devices of one class in one room merge into one group.
+    merged: dict[tuple[str, str, str, str], list[tuple[int, float, float, float, float, int]]] = (
+        defaultdict(list)
+    )
+    reading_bytes = 0
+    offset = 0
+    for home, room, device, metric_name, n, total, sum_sq, vmin, vmax in parts:
+        device_class = classes.get((home, device)) or infer_device_class(device).value
+        merged[(home, room, device_class, metric_name)].append(
+            (int(n), float(total), float(sum_sq), float(vmin), float(vmax), offset)
+        )
+        reading_bytes += int(n) * (len(metric_name) + _READING_OVERHEAD_BYTES)
+        offset += int(n)
     groups: list[WindowGroup] = []
-    for (home, room, device_class, metric_name, start), vals in sorted(values.items()):
-        arr = np.asarray(vals, dtype=np.float64)
+    for (home, room, device_class, metric_name), pieces in merged.items():
+        vals = (
+            values[pieces[0][5] : pieces[0][5] + pieces[0][0]]
+            if len(pieces) == 1
+            else np.concatenate([values[p[5] : p[5] + p[0]] for p in pieces])
+        )
         groups.append(
             WindowGroup(
                 home=home,
                 room=room,
                 device_class=device_class,
                 metric=metric_name,
-                window_start=start,
+                window_start=lo,
                 window_s=window_s,
-                values=arr,
-                stats=WindowStats.of(arr),
+                values=vals,
+                stats=WindowStats.from_sums(
+                    sum(p[0] for p in pieces),
+                    sum(p[1] for p in pieces),
+                    sum(p[2] for p in pieces),
+                    min(p[3] for p in pieces),
+                    max(p[4] for p in pieces),
+                    vals,
+                ),
             )
         )
-    if groups:
-        conn.execute(
-            insert(aggregates),
-            [
-                {
-                    "home": g.home,
-                    "room": g.room,
-                    "device_class": g.device_class,
-                    "metric": g.metric,
-                    "window_start": g.window_start,
-                    "window_s": g.window_s,
-                    "count": g.stats.count,
-                    "sum": g.stats.sum,
-                    "sum_sq": g.stats.sum_sq,
-                    "min": g.stats.min,
-                    "max": g.stats.max,
-                    "mean": g.stats.mean,
-                    "std": g.stats.std,
-                    "p50": g.stats.p50,
-                    "p95": g.stats.p95,
-                    "policy": policy_of(g.metric),
-                    "created_at": now,
-                }
-                for g in groups
-            ],
-        )
-    log.debug("aggregated %d rows into %d windows in [%.0f, %.0f)", len(rows), len(groups), lo, hi)
-    return groups, len(rows), len(messages), est_bytes
+    return _Window(
+        groups=groups,
+        rows=rows,
+        messages=messages,
+        estimated_bytes=reading_bytes + _MESSAGE_OVERHEAD_BYTES * messages,
+    )
+
+
+def _insert_aggregates(
+    conn: Connection, groups: list[WindowGroup], now: float, policy_of: Callable[[str], str]
+) -> None:
+    if not groups:
+        return
+    conn.execute(
+        insert(aggregates),
+        [
+            {
+                "home": g.home,
+                "room": g.room,
+                "device_class": g.device_class,
+                "metric": g.metric,
+                "window_start": g.window_start,
+                "window_s": g.window_s,
+                "count": g.stats.count,
+                "sum": g.stats.sum,
+                "sum_sq": g.stats.sum_sq,
+                "min": g.stats.min,
+                "max": g.stats.max,
+                "mean": g.stats.mean,
+                "std": g.stats.std,
+                "p50": g.stats.p50,
+                "p95": g.stats.p95,
+                "policy": policy_of(g.metric),
+                "created_at": now,
+            }
+            for g in groups
+        ],
+    )
