@@ -227,6 +227,24 @@ class StorageConfig(Section):
         "faster on slow storage (SD cards), but a power cut can roll back the last commits "
         "after their messages were acked (a killed process alone loses nothing)",
     )
+    retention_s: float = Field(
+        default=30 * 86400.0,
+        ge=0,
+        description="readings received longer ago than this are deleted, but only once their "
+        "window has been aggregated (ts below the sync watermark); local window aggregates "
+        "older than this too. 0 keeps them forever (the database then grows without bound)",
+    )
+    dead_letter_retention_s: float = Field(
+        default=7 * 86400.0,
+        ge=0,
+        description="dead letters received longer ago than this are deleted; 0 keeps them forever",
+    )
+    retention_interval_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="how often the retention job runs (also once at start); it deletes in "
+        "chunks of 10,000 rows, one writer transaction each, so acks wait at most one chunk",
+    )
 
 
 class AdminConfig(Section):

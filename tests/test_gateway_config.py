@@ -99,3 +99,13 @@ def test_storage_synchronous_defaults_to_full(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, 'gateway_id = "g"\n[storage]\nsynchronous = "off"\n'))
     assert str(err.value).startswith("storage.synchronous: ")
+
+
+def test_storage_retention_defaults_and_bounds(tmp_path: Path) -> None:
+    storage = load_config(write(tmp_path, 'gateway_id = "g"\n')).storage
+    assert (storage.retention_s, storage.dead_letter_retention_s) == (30 * 86400, 7 * 86400)
+    cfg = load_config(write(tmp_path, 'gateway_id = "g"\n[storage]\nretention_s = 0\n'))
+    assert cfg.storage.retention_s == 0  # keep forever
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, 'gateway_id = "g"\n[storage]\ndead_letter_retention_s = -1\n'))
+    assert str(err.value).startswith("storage.dead_letter_retention_s: ")

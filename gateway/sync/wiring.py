@@ -12,6 +12,9 @@ metrics and their part of ``/healthz``.
   batches commit together), then the metrics and a nudge to the uplink when batches were made;
 - task ``sync-uplink`` (only when ``uplink.url`` is set): `Uplink.run`, its database calls on
   the writer thread too, so one thread owns SQLite writes;
+- task ``storage-retention``: at start and every ``storage.retention_interval_s``, deletes
+  readings past ``storage.retention_s`` that are already aggregated, old local aggregates and
+  old dead letters, in small writer transactions (`gateway.sync.retention`);
 - ``/healthz`` gets a ``sync`` object: uplink state, last success, last error (with a hint)
   and its HTTP status, outbox depth.
 
@@ -38,6 +41,7 @@ from gateway.records import Reading
 from gateway.sync import outbox
 from gateway.sync.metrics import SyncMetrics
 from gateway.sync.pipeline import PassResult, SyncPipeline, aggregate_and_enqueue
+from gateway.sync.retention import Retention, RetentionPolicy
 from gateway.sync.tables import SYNC_TABLES
 from gateway.sync.uplink import Uplink
 
@@ -69,6 +73,12 @@ class SyncService:
         self.uplink: Uplink | None = None
         if config.uplink.url:
             self.uplink = Uplink(config.uplink, run_db=self._run_db, metrics=self.metrics)
+        storage = config.storage
+        self.retention = Retention(
+            RetentionPolicy(storage.retention_s, storage.dead_letter_retention_s),
+            run_db=self._run_db,
+            registry=gateway.metrics.registry,
+        )
         self._pipeline: SyncPipeline | None = None
         self._event_ts: float | None = None
         self.last_pass_at: float | None = None
@@ -105,6 +115,11 @@ class SyncService:
         while True:
             await asyncio.sleep(self._config.aggregation.interval_s)
             await self.run_pass()
+
+    async def retention_forever(self) -> None:
+        while True:
+            await self.retention.run_once()
+            await asyncio.sleep(self._config.storage.retention_interval_s)
 
     async def run_pass(self) -> PassResult | None:
         """One aggregation pass now (None when the event clock has no reading yet)."""
@@ -182,6 +197,7 @@ def install_sync(gateway: Gateway, config: GatewayConfig) -> SyncService:
     service = SyncService(gateway, config)
     gateway.cleanup_ctx.append(service.setup)
     gateway.add_task("sync-aggregate", service.aggregate_forever)
+    gateway.add_task("storage-retention", service.retention_forever)
     if service.uplink is not None:
         gateway.add_task("sync-uplink", service.uplink.run)
     if config.aggregation.clock == "event":

@@ -1,0 +1,140 @@
+"""Storage retention: keeps the gateway's SQLite file from growing without bound.
+
+What goes, per `StorageConfig` (``[storage]``):
+
+- readings received more than `retention_s` ago (``received_at``, this machine's clock) AND
+  whose window has been aggregated (``ts`` below the sync watermark), so nothing leaves the
+  database before the aggregation pass has read it; without a watermark (no pass yet) no reading
+  is deleted. Late readings (below the watermark when stored) are never aggregated anyway.
+- local window aggregates (and their late-reading tallies) that ended more than `retention_s`
+  before now. Batches already in the outbox carry their own copy of what they send.
+- dead letters received more than `dead_letter_retention_s` ago.
+
+``retention_s = 0`` (or ``dead_letter_retention_s = 0``) keeps those rows forever.
+
+Deletes run through the gateway's writer thread (`RunDb`) in chunks of at most `CHUNK_ROWS`
+rows, one transaction each, so message batches and their acks interleave with a long purge
+instead of waiting for it. Deleted rows are counted on ``/metrics``
+(``homeedge_gateway_retention_deleted_rows{table}``). SQLite reuses the freed pages, so the file
+stops growing; it does not shrink (that would take a VACUUM). A disk that is already full cannot
+be rescued this way (a delete needs WAL space too): retention is what keeps it from filling.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter
+from sqlalchemy import Connection, delete, select
+
+from gateway.db import dead_letters, readings
+from gateway.sync.tables import aggregates, late_readings, sync_watermark
+from gateway.sync.uplink import RunDb
+
+log = logging.getLogger(__name__)
+
+CHUNK_ROWS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPolicy:
+    """How long rows are kept, in seconds; 0 = forever."""
+
+    retention_s: float
+    dead_letter_retention_s: float
+    chunk_rows: int = CHUNK_ROWS
+
+
+def delete_readings(conn: Connection, *, now: float, retention_s: float, limit: int) -> int:
+    """One chunk of readings past retention and below the watermark; returns how many."""
+    watermark = conn.execute(
+        select(sync_watermark.c.watermark).where(sync_watermark.c.id == 1)
+    ).scalar()
+    if watermark is None:
+        return 0  # nothing aggregated yet: every reading may still be needed
+    old = (readings.c.received_at < now - retention_s) & (readings.c.ts < watermark)
+    ids = select(readings.c.id).where(old).limit(limit).scalar_subquery()
+    return int(conn.execute(delete(readings).where(readings.c.id.in_(ids))).rowcount)
+
+
+def delete_aggregates(conn: Connection, *, now: float, retention_s: float, limit: int) -> int:
+    """One chunk of local aggregates (and late tallies) whose window ended before the cutoff."""
+    cutoff = now - retention_s
+    ids = (
+        select(aggregates.c.id)
+        .where(aggregates.c.window_start + aggregates.c.window_s <= cutoff)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    n = int(conn.execute(delete(aggregates).where(aggregates.c.id.in_(ids))).rowcount)
+    # Tallies are few (one per window with late readings): no chunking needed.
+    conn.execute(delete(late_readings).where(late_readings.c.window_start < cutoff))
+    return n
+
+
+def delete_dead_letters(conn: Connection, *, now: float, retention_s: float, limit: int) -> int:
+    """One chunk of dead letters received before the cutoff."""
+    ids = (
+        select(dead_letters.c.id)
+        .where(dead_letters.c.received_at < now - retention_s)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    return int(conn.execute(delete(dead_letters).where(dead_letters.c.id.in_(ids))).rowcount)
+
+
+_Step = Callable[..., int]
+
+
+class Retention:
+    """Runs the retention policy through `run_db`; `run_once` is one full purge."""
+
+    def __init__(
+        self,
+        policy: RetentionPolicy,
+        *,
+        run_db: RunDb,
+        registry: CollectorRegistry,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.policy = policy
+        self._run_db = run_db
+        self._clock = clock
+        self.deleted = Counter(
+            "homeedge_gateway_retention_deleted_rows",
+            "Rows deleted by the storage retention job",
+            ["table"],
+            registry=registry,
+        )
+
+    async def run_once(self) -> dict[str, int]:
+        """Delete everything past retention, chunk by chunk; returns rows deleted per table."""
+        p = self.policy
+        steps: list[tuple[str, _Step, float]] = []
+        if p.retention_s > 0:
+            steps += [
+                ("readings", delete_readings, p.retention_s),
+                ("aggregates", delete_aggregates, p.retention_s),
+            ]
+        if p.dead_letter_retention_s > 0:
+            steps.append(("dead_letters", delete_dead_letters, p.dead_letter_retention_s))
+        now = self._clock()  # one cutoff for the whole purge
+        done: dict[str, int] = {}
+        for table, step, keep_s in steps:
+            total = 0
+            while True:
+                n = await self._run_db(
+                    functools.partial(step, now=now, retention_s=keep_s, limit=p.chunk_rows)
+                )
+                total += n
+                self.deleted.labels(table=table).inc(n)
+                if n < p.chunk_rows:
+                    break
+            done[table] = total
+        if any(done.values()):
+            log.info("retention: deleted %s", ", ".join(f"{n} {t}" for t, n in done.items() if n))
+        return done
