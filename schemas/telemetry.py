@@ -7,6 +7,12 @@
   message once.
 - ``readings``: metric name -> finite number, at least one entry. Unknown metric names are kept.
 
+The gateway dedupes on (home, device, metric, seq) as well as on (home, device, metric, ts), so
+``seq`` must not repeat for a device: a device that restarts its counter at 0 after a reboot
+would have its new readings dropped as duplicates. Persist it across reboots, or derive it from
+the clock, as the simulators do (milliseconds x 1000 at start); omit it if the device cannot
+guarantee that (``ts`` alone then dedupes redeliveries).
+
 Unknown top-level fields are ignored, so devices may add fields without breaking older gateways.
 Decoding uses msgspec (compiled, validating in one pass).
 """
