@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from sqlalchemy import ColumnElement, Float, and_, distinct, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.compiler import compiles
@@ -81,8 +82,9 @@ class SeriesQuery:
     max_points: int = 100_000
 
 
-@dataclass(frozen=True)
-class Point:
+# A Struct, not a dataclass: a 24-hour hourly view of a few hundred homes builds thousands of
+# points per request, and Struct construction is ~10x cheaper (it encodes to the same JSON).
+class Point(msgspec.Struct, frozen=True):
     t: float
     count: float
     sum: float
@@ -99,13 +101,6 @@ class Point:
 class Series:
     key: dict[str, str]
     points: list[Point]
-
-
-def _combined_std(n: float, mean: float | None, sumsq: float | None) -> float | None:
-    if mean is None or sumsq is None or n <= 0:
-        return None
-    # Rounding can push a zero variance slightly negative.
-    return math.sqrt(max(sumsq / n - mean * mean, 0.0))
 
 
 async def query_series(engine: AsyncEngine, q: SeriesQuery) -> list[Series]:
@@ -158,26 +153,35 @@ def series_from_rows(q: SeriesQuery, rows: Sequence[Any]) -> list[Series]:
         raise TooManyPoints(f"more than {q.max_points} points: narrow the range or bucket coarser")
     series: dict[tuple[str, ...], Series] = {}
     key_names = (*q.group_by, "unit")
+    width = len(key_names)
+    sqrt = math.sqrt
+    # Positional access and local names: this loop runs once per point of the answer.
     for row in rows:
-        key = tuple(row[: len(key_names)])
-        if key not in series:
-            series[key] = Series(key=dict(zip(key_names, key, strict=True)), points=[])
-        total_n = float(row.n)
-        mean = row.weighted / total_n if total_n > 0 else None
-        sumsq = row.sumsq if row.without_std == 0 else None
-        single = row.windows == 1
-        series[key].points.append(
+        key = tuple(row[:width])
+        found = series.get(key)
+        if found is None:
+            found = series[key] = Series(key=dict(zip(key_names, key, strict=True)), points=[])
+        t, n, total, weighted, lo, hi, sumsq, without_std, windows, p50, p95 = row[width:]
+        total_n = float(n)
+        mean = weighted / total_n if total_n > 0 else None
+        if mean is None or without_std != 0 or sumsq is None:
+            std = None
+        else:
+            # Rounding can push a zero variance slightly negative.
+            std = sqrt(max(sumsq / total_n - mean * mean, 0.0))
+        single = windows == 1
+        found.points.append(
             Point(
-                t=float(row.bucket_start),
-                count=total_n,
-                sum=float(row.total),
-                mean=mean,
-                min=row.lo,
-                max=row.hi,
-                std=_combined_std(total_n, mean, sumsq),
-                windows=int(row.windows),
-                p50=row.p50 if single else None,
-                p95=row.p95 if single else None,
+                float(t),
+                total_n,
+                float(total),
+                mean,
+                lo,
+                hi,
+                std,
+                int(windows),
+                p50 if single else None,
+                p95 if single else None,
             )
         )
     return list(series.values())
