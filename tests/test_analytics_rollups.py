@@ -15,12 +15,20 @@ from typing import Any
 
 import pytest
 from alembic import command
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloud.analytics.rollups import backfill, rollup_series
-from cloud.db import ROLLUP_KEY, alembic_config, make_engine, rollups, upgrade_to_head
-from cloud.ingest import BodySize, StoreOutcome, store_batch
+from cloud.db import (
+    ROLLUP_KEY,
+    aggregates,
+    alembic_config,
+    make_engine,
+    rollups,
+    upgrade_to_head,
+)
+from cloud.db import batches as batches_table
+from cloud.ingest import BatchConflict, BodySize, StoreOutcome, store_batch
 from cloud.queries import Bucket, SeriesQuery, query_series
 from schemas.batch import Batch, WindowAggregate
 from tests.test_cloud_api import T0, make_aggregate
@@ -182,6 +190,34 @@ async def test_two_workers_ingesting_the_same_keys_concurrently_lose_nothing(
     finally:
         for engine in engines:
             await engine.dispose()
+
+
+async def test_uploads_stored_together_keep_duplicates_and_conflicts_apart(pg_url: str) -> None:
+    # Concurrent calls on one engine are stored in shared transactions (group commit); a resend
+    # and another gateway's clashing id among them must not cost the other batches anything.
+    engine = make_engine(pg_url)
+    try:
+        await upgrade_to_head(engine)
+        windows = random_windows(4, 240)
+        batches = [batch_of("gw-1", i + 1, windows[i * 40 : (i + 1) * 40]) for i in range(6)]
+        resend = batches[0]
+        clash = Batch(
+            batch_id=batches[1].batch_id, gateway="gw-2", seq=1, created_at=T0, aggregates=[]
+        )
+        outcomes = await asyncio.gather(
+            *(store_batch(engine, b, SIZE) for b in [*batches, resend, clash]),
+            return_exceptions=True,
+        )
+        assert outcomes[:6] == [StoreOutcome.STORED] * 6
+        assert outcomes[6] is StoreOutcome.DUPLICATE
+        assert isinstance(outcomes[7], BatchConflict)
+        stored = [("gw-1", a) for b in batches for a in b.aggregates]
+        assert_matches(await table_rows(engine), direct_rollups(stored))
+        async with engine.connect() as conn:
+            assert await conn.scalar(select(func.count()).select_from(aggregates)) == 240
+            assert await conn.scalar(select(func.count()).select_from(batches_table)) == 6
+    finally:
+        await engine.dispose()
 
 
 def test_the_migration_rolls_up_aggregates_stored_before_it(tmp_path: Path) -> None:

@@ -19,7 +19,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, literal_column, select
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    String,
+    and_,
+    func,
+    literal_column,
+    select,
+    text,
+    true,
+    union_all,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -142,45 +153,78 @@ async def fold_batch(
     return len(rows)
 
 
-async def backfill(engine: AsyncEngine, after_id: int = 0) -> int:
-    """Fold aggregates with id > `after_id` into the rollups with one INSERT ... SELECT per width.
-
-    For rows loaded around the ingest path (bulk loads, the bench); returns the rows touched.
-    """
+def _fold_select(dialect: str, conditions: Sequence[ColumnElement[bool]]) -> Any:
+    """The rollup rows (hour and day) of the aggregates matching `conditions`, in key order."""
     a = aggregates.c
-    touched = 0
+    # A UNION rather than VALUES: SQLite cannot name the columns of a VALUES list.
+    widths = union_all(
+        *(select(literal_column(str(b.seconds), Integer).label("width")) for b in ROLLUP_WIDTHS)
+    ).subquery("widths")
+    width = widths.c.width
+    keys = [width, a.metric, TimeBucket(a.window_start, width), a.gateway, a.home]
+    keys += [a.room_class, a.device_class, a.unit, a.policy]
+    grouped = (
+        select(
+            *(key.label(name) for key, name in zip(keys, ROLLUP_KEY, strict=True)),
+            func.sum(a.count),
+            func.sum(a.sum),
+            func.sum(a.count * a.mean),
+            func.sum(func.coalesce(a.count * (a.std * a.std + a.mean * a.mean), 0.0)),
+            func.count() - func.count(a.std),
+            func.min(a.min),
+            func.max(a.max),
+            func.min(a.p50),
+            func.min(a.p95),
+            func.count(),
+        )
+        .select_from(aggregates.join(widths, true()))
+        .where(*conditions)
+        .group_by(*keys)
+        .subquery("grouped")
+    )
+    order: list[ColumnElement[Any]] = [grouped.c[name] for name in ROLLUP_KEY]
+    if dialect == "postgresql":
+        # Byte order for the text columns: the database's linguistic collation makes every
+        # comparison a strcoll call. Any fixed order serves, as long as every worker uses it.
+        order = [c.collate("C") if isinstance(c.type, String) else c for c in order]
+    # Grouped first (a hash table over the windows), then only the groups sorted: in key order,
+    # so every worker locks rollup rows in the same order, and two folds touching the same keys
+    # wait for each other instead of deadlocking. The WHERE keeps SQLite from reading ON
+    # CONFLICT as a join's ON.
+    return select(*grouped.c).where(true()).order_by(*order)
+
+
+async def fold_aggregates(conn: AsyncConnection, *conditions: ColumnElement[bool]) -> int:
+    """Fold the stored aggregates matching `conditions` into the rollups in ONE statement.
+
+    The grouping happens in the database, next to the rows it has just written, and each
+    hour/day key is upserted once however many windows and batches it gathers. Returns the
+    rollup rows touched.
+    """
+    columns = [*ROLLUP_KEY, *_STATE[:5], "min", "max", "p50", "p95", "windows"]
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        # Rows written in this very transaction are beyond the table's statistics, so the
+        # planner expects a handful and groups them by sorting all of them, ~10x slower than
+        # the hash table it would pick for the thousands there are (the sort of the groups
+        # stays: nothing else gives the key order). Transaction-local; JIT off because the
+        # disabled sort inflates the estimated cost past its threshold.
+        await conn.execute(text("SET LOCAL enable_sort = off"))
+        await conn.execute(text("SET LOCAL jit = off"))
+    stmt = _upsert(
+        dialect, _insert_for(dialect).from_select(columns, _fold_select(dialect, conditions))
+    )
+    result = await conn.execute(stmt)
+    return max(result.rowcount, 0)
+
+
+async def backfill(engine: AsyncEngine, after_id: int = 0) -> int:
+    """Fold aggregates with id > `after_id` into the rollups; returns the rows touched.
+
+    For rows loaded around the ingest path (bulk loads, the bench).
+    """
     async with engine.begin() as conn:
-        dialect = conn.dialect.name
-        for bucket in ROLLUP_WIDTHS:
-            width = bucket.seconds
-            assert width is not None
-            start = TimeBucket(a.window_start, literal_column(str(width)))
-            groups = [a.metric, start, a.gateway, a.home, a.room_class, a.device_class]
-            groups += [a.unit, a.policy]
-            source = (
-                select(
-                    literal_column(str(width)),
-                    *groups,
-                    func.sum(a.count),
-                    func.sum(a.sum),
-                    func.sum(a.count * a.mean),
-                    func.sum(func.coalesce(a.count * (a.std * a.std + a.mean * a.mean), 0.0)),
-                    func.count() - func.count(a.std),
-                    func.min(a.min),
-                    func.max(a.max),
-                    func.min(a.p50),
-                    func.min(a.p95),
-                    func.count(),
-                )
-                # The WHERE also keeps SQLite from reading ON CONFLICT as a join's ON.
-                .where(a.id > after_id)
-                .group_by(*groups)
-            )
-            columns = [*ROLLUP_KEY, *_STATE[:5], "min", "max", "p50", "p95", "windows"]
-            stmt = _upsert(dialect, _insert_for(dialect).from_select(columns, source))
-            result = await conn.execute(stmt)
-            touched += max(result.rowcount, 0)
-    return touched
+        return await fold_aggregates(conn, aggregates.c.id > after_id)
 
 
 def served_by_rollups(q: SeriesQuery) -> bool:
