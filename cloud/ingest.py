@@ -231,11 +231,12 @@ class _GroupWriter:
         return await request.done
 
     def _take_group(self) -> list[_Request]:
+        # An even share of what is queued, so the other writer gets work too.
+        queued = sum(len(r.batch.aggregates) for r in self._queue)
+        limit = min(MAX_GROUP_ROWS, -(-queued // GROUP_WRITERS))
         group: list[_Request] = []
         rows = 0
-        while self._queue and (
-            not group or rows + len(self._queue[0].batch.aggregates) <= MAX_GROUP_ROWS
-        ):
+        while self._queue and (not group or rows + len(self._queue[0].batch.aggregates) <= limit):
             request = self._queue.popleft()
             if request.done.done():  # the caller went away before we started: nothing to do
                 continue
