@@ -122,7 +122,7 @@ def broker_rate(port: int, root: str, total: int) -> float:
 
 
 class GatewayProcess:
-    def __init__(self, workdir: Path, port: int, root: str) -> None:
+    def __init__(self, workdir: Path, port: int, root: str, *, inference: bool = False) -> None:
         self.db = workdir / "gateway.db"
         self.port_file = workdir / "admin.port"
         cfg = workdir / "gateway.toml"
@@ -130,6 +130,8 @@ class GatewayProcess:
             f'gateway_id = "bench"\n[mqtt]\nurl = "mqtt://127.0.0.1:{port}"\n'
             f'topic_root = "{root}"\n[storage]\npath = "{self.db}"\n'
             f'[admin]\nport = 0\nport_file = "{self.port_file}"\n'
+            # The ingest path alone by default: bench/inference.py measures the models' cost.
+            f"[inference]\nenabled = {'true' if inference else 'false'}\n"
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "--config", str(cfg), "--log-level", "WARNING"],
@@ -263,6 +265,9 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=5000, help="msg/s of the latency phase")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency phase")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--inference", action="store_true", help="load the ONNX models too (RSS includes them)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="homeedge-bench-") as tmp:
         workdir = Path(tmp)
@@ -271,7 +276,7 @@ def main() -> int:
             b_rate = broker_rate(port, "bench-broker", args.messages)
             if not args.json:
                 print(f"broker QoS 1 -> mosquitto_sub: {b_rate:,.0f} msg/s", flush=True)
-            gw = GatewayProcess(workdir, port, "bench")
+            gw = GatewayProcess(workdir, port, "bench", inference=args.inference)
             try:
                 g_rate = gateway_rate(gw, port, "bench", args.messages)
                 if not args.json:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 
 from schemas.errors import TopicError
 
@@ -65,6 +66,9 @@ def device_topic(home: str, room: str, device: str, kind: Kind | str, *, root: s
     return f"{_check_root(root)}/{home}/{room}/{device}/{kind.value}"
 
 
+# Devices publish on the same few topics again and again: remember the parsed ones (errors are
+# not cached, so a bad topic is re-checked each time).
+@lru_cache(maxsize=8192)
 def parse_device_topic(topic: str, *, root: str = ROOT) -> DeviceTopic:
     """Parse a device topic; raise `TopicError` naming what is wrong."""
     prefix = _check_root(root) + "/"
