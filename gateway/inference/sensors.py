@@ -3,8 +3,12 @@
 Readings of one device fall into tumbling windows of `window_s`. When a window closes, its
 statistics are compared with the device's baseline: the last `baseline_windows` window means per
 metric, summarised robustly (median and the 2.5-97.5 % range, so a daily cycle counts as normal).
-That gives robust z-scores; the offline-trained anomaly model (an IsolationForest over those
-z-features) scores the pattern, and the occupancy model reads CO2/light/motion/humidity.
+That gives robust z-scores, plus a time-of-day one: the distance to the same time yesterday
+within an hour (a kettle boiling every morning around seven is that home's normal then, though
+not at noon).
+The offline-trained anomaly model scores each metric's row; `window_flagged` applies the
+manifest's thresholds (one per metric where it names one). The occupancy model reads
+CO2/light/motion/humidity.
 Pure numpy: training builds its inputs with this code.
 """
 
@@ -26,7 +30,9 @@ OCCUPANCY_METRICS = ("co2", "light", "motion", "humidity")
 SCALE_FLOOR = {"temperature": 0.3, "humidity": 1.5, "co2": 40.0, "light": 20.0, "power": 10.0}
 STD_FLOOR = {"temperature": 0.05, "humidity": 0.3, "co2": 5.0, "light": 2.0, "power": 1.0}
 Z_CLIP = 50.0
-PER_METRIC = 5
+PER_METRIC = 6
+DAY_S = 86400.0
+ROUTINE_SPAN_S = 3600.0
 N_ANOMALY_FEATURES = PER_METRIC
 N_OCCUPANCY_FEATURES = 9
 
@@ -58,6 +64,10 @@ class Baseline:
     means: dict[str, deque[float]] = field(default_factory=dict)
     deltas: dict[str, deque[float]] = field(default_factory=dict)
     stds: dict[str, deque[float]] = field(default_factory=dict)
+    # Every window's mean and start, flagged ones too: a routine flagged on its first day must
+    # count as yesterday's normal on the second, or a daily kettle would be flagged forever.
+    day_means: dict[str, deque[float]] = field(default_factory=dict)
+    day_times: dict[str, deque[float]] = field(default_factory=dict)
     repeats: dict[str, int] = field(default_factory=dict)
 
     def windows(self) -> int:
@@ -71,6 +81,14 @@ class Baseline:
             q.append(mean)
             self.stds.setdefault(m, deque(maxlen=self.size)).append(w.std[m])
 
+    def remember(self, w: WindowStats) -> None:
+        """Keep the window for the time-of-day reference (whether flagged or not)."""
+        # 10 % more than the baseline's day: "an hour either side of yesterday" needs 25 h.
+        keep = self.size + self.size // 10 + 1
+        for m, mean in w.mean.items():
+            self.day_means.setdefault(m, deque(maxlen=keep)).append(mean)
+            self.day_times.setdefault(m, deque(maxlen=keep)).append(w.start)
+
     def level(self, metric: str) -> tuple[float, float]:
         arr = np.asarray(self.means.get(metric, ()), np.float64)
         if len(arr) == 0:
@@ -82,6 +100,16 @@ class Baseline:
         arr = np.asarray(self.deltas.get(metric, ()), np.float64)
         mad = float(np.median(np.abs(arr - np.median(arr)))) * 1.4826 if len(arr) else 0.0
         return max(mad, SCALE_FLOOR.get(metric, 1.0))
+
+    def same_time_yesterday(self, metric: str, start: float, span: float) -> list[float]:
+        """Window means that began within `span` of `start` one day earlier."""
+        times = self.day_times.get(metric)
+        if not times:
+            return []
+        t = np.asarray(times, np.float64)
+        near = np.flatnonzero(np.abs(t - (start - DAY_S)) <= span)
+        means = self.day_means[metric]
+        return [means[i] for i in near]
 
     def typical_std(self, metric: str) -> float:
         arr = self.stds.get(metric)
@@ -96,7 +124,8 @@ def _z(x: float) -> float:
 def anomaly_features(
     w: WindowStats, base: Baseline, stuck_runs: dict[str, int]
 ) -> tuple[list[str], F32]:
-    """One row per metric present: |level z|, |extreme z|, |step z|, log spread ratio, stuck run.
+    """One row per metric present: |level z|, |extreme z|, |step z|, log spread ratio, stuck run,
+    |z to the closest same-time-yesterday window mean| (the level z when there is none).
 
     The model scores each metric's row (one model for every metric: the z-scores make them
     comparable) and a window's score is its worst metric's.
@@ -109,14 +138,29 @@ def anomaly_features(
         step = w.mean[m] - prev[-1] if prev else 0.0
         floor = STD_FLOOR.get(m, 0.1)
         spread = math.log((w.std[m] + floor) / (base.typical_std(m) + floor))
+        level = _z((w.mean[m] - med) / scale)
+        # +-1 h: a routine (waking, cooking, lamps on) moves a little from day to day.
+        yesterday = base.same_time_yesterday(m, w.start, ROUTINE_SPAN_S)
+        daily = min((_z((w.mean[m] - y) / scale) for y in yesterday), default=level)
         out[k] = (
-            _z((w.mean[m] - med) / scale),
+            level,
             _z((w.extreme[m] - med) / scale),
             _z(step / base.delta_scale(m)),
             float(np.clip(spread, -10, 10)),
             min(stuck_runs.get(m, 0), 12) / 12.0,
+            daily,
         )
     return names, out
+
+
+def window_flagged(names: list[str], probs: F32, thresholds: dict[str, float]) -> bool:
+    """A window is anomalous when any metric's P(fault) reaches its threshold
+    (``threshold_<metric>`` in the manifest, else ``threshold``)."""
+    default = thresholds.get("threshold", 0.5)
+    return any(
+        float(p) >= thresholds.get(f"threshold_{m}", default)
+        for m, p in zip(names, probs, strict=True)
+    )
 
 
 def occupancy_features(w: WindowStats, base: Baseline, prev: WindowStats | None) -> F32:
@@ -206,4 +250,5 @@ class SensorStream:
         """Learn from a scored window; an anomalous one does not move the home's normal."""
         if not anomalous:
             self.baseline.update(w)
+        self.baseline.remember(w)
         self.prev = w

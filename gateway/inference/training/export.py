@@ -53,7 +53,9 @@ def write_model(
     digest = hashlib.sha256(onnx_bytes).hexdigest()[:10]
     (directory / f"{name}.onnx").write_bytes(onnx_bytes)
     thresholds = {
-        k: float(v) for k, v in extra.items() if k in ("threshold", "cooldown_s", "z_threshold")
+        k: float(v)
+        for k, v in extra.items()
+        if k.startswith("threshold") or k in ("cooldown_s", "z_threshold")
     }
     manifest = ModelManifest(
         name=name,

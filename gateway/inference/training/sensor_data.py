@@ -2,7 +2,9 @@
 
 Independent of the device simulators (gateway code never imports ``devices``): CO2 follows a
 one-box mass balance with people as sources, light is daylight plus lamps, motion is a Poisson
-process while people are up, power is a fridge cycle plus a TV. Faults: spike, stuck, drift.
+process while people are up, power is a fridge cycle, a kettle boiled a few minutes after
+waking (as high as an injected power spike: only its daily timing tells it apart) and a TV.
+Faults: spike, stuck, drift.
 """
 
 from __future__ import annotations
@@ -83,6 +85,10 @@ def home(
     vent = 1.0 / rng.uniform(40, 90)
     fridge = (rng.uniform(2100, 3000), rng.uniform(0.3, 0.45), rng.uniform(80, 140))
     tv = rng.uniform(60, 140)
+    # Its own generator, so adding the kettle left every other draw of a seed as it was.
+    kettle_rng = np.random.default_rng(seed + 104729)
+    kettle_w = kettle_rng.uniform(1800, 2200)
+    kettle_at = [w + kettle_rng.uniform(0.05, 0.3) for w, _, _, _ in plan]
     faults: list[Fault] = []
     for dev, (_room, metrics) in DEVICES.items():
         t = START + rng.exponential(DAY / max(fault_rate, 1e-9))
@@ -148,7 +154,10 @@ def home(
                 elif m == "power":
                     if room == "kitchen":
                         on = (ts % fridge[0]) < fridge[1] * fridge[0]
-                        r[m] = (fridge[2] if on else 3.0) * (1 + rng.normal(0, 0.02))
+                        watts = fridge[2] if on else 3.0
+                        if home_now and 0.0 <= hour - kettle_at[d] < 4 / 60:
+                            watts += kettle_w
+                        r[m] = watts * (1 + rng.normal(0, 0.02))
                     else:
                         r[m] = tv * (1 + rng.normal(0, 0.02)) if occ[room] else 0.8
             for f in faults:

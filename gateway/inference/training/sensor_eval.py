@@ -40,7 +40,8 @@ def windows(
     window_s: float,
     baseline_windows: int,
     min_windows: int,
-    is_anomalous: Callable[[F32], bool] | None = None,  # gets the (metrics, features) rows
+    # gets the metric names and their (metrics, features) rows
+    is_anomalous: Callable[[list[str], F32], bool] | None = None,
 ) -> Iterator[ScoredWindow]:
     """(device, room, ts, metric, value) in time order -> scored windows after warm-up."""
     streams: dict[str, SensorStream] = {}
@@ -58,7 +59,9 @@ def windows(
             continue
         names, feats = anomaly_features(w, s.baseline, s.stuck_runs)
         occ = occupancy_features(w, s.baseline, s.prev) if occupancy_applies(w) else None
-        flagged = bool(is_anomalous(feats)) if is_anomalous is not None and len(names) else False
+        flagged = (
+            bool(is_anomalous(names, feats)) if is_anomalous is not None and len(names) else False
+        )
         s.commit(w, flagged)
         yield ScoredWindow(device, room, w, names, feats, occ, flagged)
 
