@@ -67,9 +67,12 @@ def test_settings_forbid_unknown_fields() -> None:
 
 
 def test_alarm_debouncer_fires_once_per_pattern() -> None:
-    deb = AlarmDebouncer(threshold=0.8, cooldown_s=3.5)
-    fired = [deb.step(s, t) for s, t in [(0.9, 0.0), (0.95, 0.05), (0.1, 1.0), (0.9, 4.0)]]
-    assert fired == [True, False, False, True]
+    deb = AlarmDebouncer(threshold=0.3, cooldown_s=3.5)
+    steps = [(0.9, 0.0, "smoke_t3"), (0.95, 0.05, "smoke_t3"), (0.1, 1.0, "smoke_t3")]
+    steps += [(0.99, 2.0, None), (0.9, 4.0, "co_t4")]
+    fired = [deb.step(s, t, p) for s, t, p in steps]
+    # A high score without the T3/T4 timing never fires; a low score with it neither.
+    assert fired == [True, False, False, False, True]
     assert keyword_decision(np.array([0.1, 0.2, 0.6, 0.1], np.float32), 0.5) == (
         "lights_off",
         pytest.approx(0.6),
@@ -132,3 +135,67 @@ def test_raw_audio_is_kept_only_with_the_local_debug_option(tmp_path: Path) -> N
         engine.close()
     assert [p.name for p in tmp_path.iterdir()] == ["debug"]
     assert (tmp_path / "debug" / "home-1_microphone-1.pcm").read_bytes() == samples.tobytes()
+
+
+def _beeps(on_off: list[tuple[float, float]], lead: float, f0: float = 3100.0) -> np.ndarray:
+    """Beeps at `f0` over faint white noise: (on, off) seconds each, after `lead` s of noise."""
+    rng = np.random.default_rng(3)
+    total = lead + sum(a + b for a, b in on_off) + 1.0
+    x = rng.standard_normal(int(total * 16000)).astype(np.float32) * 0.01
+    t = lead
+    for on, off in on_off:
+        i, n = int(t * 16000), int(on * 16000)
+        x[i : i + n] += 0.3 * np.sin(2 * np.pi * f0 * np.arange(n) / 16000).astype(np.float32)
+        t += on + off
+    return x
+
+
+def _patterns(x: np.ndarray) -> list[str]:
+    from gateway.inference.audio import ALARM_FRAMES, ALARM_HOP, alarm_pattern
+    from gateway.inference.frontend import frames_of
+
+    f = frames_of(x)
+    found = []
+    for end in range(ALARM_HOP, len(f) + 1, ALARM_HOP):
+        lo = max(0, end - ALARM_FRAMES)
+        label = alarm_pattern(f.tonal[lo:end], f.narrow[lo:end], f.peak[lo:end])
+        if label:
+            found.append(label)
+    return found
+
+
+def test_alarm_pattern_knows_t3_and_t4_timing_and_nothing_else() -> None:
+    t3 = [(0.5, 0.5), (0.5, 0.5), (0.5, 1.5)]
+    t4 = [(0.1, 0.1)] * 3 + [(0.1, 5.0)]
+    assert _patterns(_beeps(t3, 1.5)) == ["smoke_t3"]
+    assert _patterns(_beeps(t4, 1.5)) == ["co_t4"]
+    # Other rhythms in the same band: a microwave's long beeps, a 0.3 s timer, five T3-like
+    # beeps in a row (no pause), a single chirp.
+    assert _patterns(_beeps([(1.0, 0.3)] * 3, 1.5)) == []
+    assert _patterns(_beeps([(0.3, 0.3)] * 3, 1.5)) == []
+    assert _patterns(_beeps([(0.5, 0.5)] * 5, 1.5)) == []
+    assert _patterns(_beeps([(0.05, 2.0)], 1.5)) == []
+
+
+def test_time_of_day_reference_learns_a_daily_routine_even_when_flagged() -> None:
+    from gateway.inference.sensors import SensorStream, anomaly_features, window_flagged
+
+    stream = SensorStream(window_s=3600.0, baseline_windows=24)
+    rows = {}
+    for hour in range(2 * 24 + 1):
+        # A kettle-like 2 kW hour every morning at 7; 5 W otherwise.
+        for k in range(6):
+            ts = 1_767_225_600.0 + hour * 3600 + k * 600
+            w = stream.add("power", ts, 2000.0 if hour % 24 == 7 else 5.0 + k % 2)
+            if w is None:
+                continue
+            _names, feats = anomaly_features(w, stream.baseline, stream.stuck_runs)
+            rows[int((w.start - 1_767_225_600.0) // 3600)] = feats[0]
+            # Flagged on the first day: the level baseline does not learn it, the daily one does.
+            stream.commit(w, anomalous=w.mean["power"] > 1000)
+    assert rows[24 + 7][0] >= 50.0  # far off the (frozen) level baseline
+    assert rows[24 + 7][5] < 1.0  # but just like yesterday at seven
+    assert rows[24 + 12][5] < 1.0 and rows[7][5] >= 50.0  # no yesterday yet on day one
+    thresholds = {"threshold": 0.5, "threshold_power": 0.9}
+    assert not window_flagged(["power"], np.array([0.8], np.float32), thresholds)
+    assert window_flagged(["power", "co2"], np.array([0.1, 0.6], np.float32), thresholds)

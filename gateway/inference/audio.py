@@ -7,17 +7,25 @@ keeps only a few seconds of *features* (never samples beyond the current 25 ms f
 Heads and their inputs:
 
 - ``vad``: every 0.5 s block of frames -> mean/std of the embeddings, energy modulation.
-- ``keyword``: each utterance cut by an energy endpointer -> its embeddings, mean-normalised and
-  resampled to `KW_STEPS` steps (so speaking rate and start time do not matter).
-- ``alarm``: every 50 ms, the 3 kHz tonality of the last 4 s in 50 ms bins (T3/T4 beep rhythms).
+- ``keyword``: each utterance cut by an energy endpointer -> the last `KW_SAMPLES` (2 s) of audio
+  when the endpointer closes it, so every utterance sits at the same place before the window's
+  end; the engine turns that window into pretrained speech embeddings (`speech_embedding`) and
+  `keyword_features`. For this the stream keeps the last ~2.5 s of samples in memory, overwritten
+  as new audio arrives and never stored or sent.
+- ``alarm``: every 50 ms, the 3 kHz tonality of the last 4 s in 50 ms bins (T3/T4 beep rhythms),
+  with `alarm_pattern`'s verdict on the same 4 s: the sounder timing itself (beeps of one pitch
+  with T3 or T4 on/off times and a pause before the group). The engine fires only on that
+  verdict; the head's probability is the event's score.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from gateway.inference.frontend import (
     CONTEXT,
@@ -26,16 +34,17 @@ from gateway.inference.frontend import (
     HOP,
     N_MELS,
     SAMPLE_RATE,
+    WIN,
     Frames,
     FrontEnd,
     context_stack,
 )
+from gateway.inference.speech_embedding import KW_SAMPLES
 
 VAD_BLOCK = FRAMES_PER_SECOND // 2
 ALARM_FRAMES = 4 * FRAMES_PER_SECOND
 ALARM_BIN = 5
 ALARM_HOP = 5
-KW_STEPS = 12
 KW_MIN_FRAMES = 15
 KW_MAX_FRAMES = 250
 _SPEECH_DB = 9.0
@@ -61,16 +70,80 @@ def vad_features(emb: F32, energy: F32, tonal: F32) -> F32:
     ).astype(np.float32)
 
 
-def keyword_features(emb: F32) -> F32:
-    """One utterance's feature vector: mean/variance-normalised embeddings at KW_STEPS steps."""
-    centred = (emb - emb.mean(axis=0)) / (emb.std(axis=0) + 1e-3)
-    pos = np.linspace(0.0, len(emb) - 1, KW_STEPS)
-    lo = np.floor(pos).astype(int)
-    hi = np.minimum(lo + 1, len(emb) - 1)
-    w = (pos - lo)[:, None].astype(np.float32)
-    steps = centred[lo] * (1.0 - w) + centred[hi] * w
-    dur = np.array([np.log(len(emb) / FRAMES_PER_SECOND)], np.float32)
-    return np.concatenate([steps.ravel(), dur]).astype(np.float32)
+def keyword_features(speech_emb: F32, log_duration: float) -> F32:
+    """One utterance's feature vector: its window's speech embeddings (KW_STEPS x 96, in time
+    order) and the log of the endpointed duration."""
+    return np.concatenate([speech_emb.ravel(), [log_duration]]).astype(np.float32)
+
+
+@dataclass(frozen=True, slots=True)
+class BeepPattern:
+    """A sounder's temporal code (ISO 8201 / NFPA 72 T3 and T4), with tolerances in seconds."""
+
+    label: str
+    beeps: int
+    on_s: tuple[float, float]
+    gap_s: tuple[float, float]
+    settle_s: float  # quiet after the last beep (longer than any gap) before the group counts
+    bridge: int  # dropout frames bridged inside one beep (noise can mask a few frames)
+
+
+# Nominal T3: 0.5 s on, 0.5 s off x3, then 1.5 s; T4: 0.1 s on, 0.1 s off x4, then 5 s. The
+# ranges take +-12 % timing tolerance plus the 25 ms analysis window's smear.
+BEEP_PATTERNS = (
+    BeepPattern("smoke_t3", 3, (0.33, 0.75), (0.28, 0.75), 0.8, 12),
+    BeepPattern("co_t4", 4, (0.05, 0.2), (0.03, 0.2), 0.3, 2),
+)
+PATTERN_PAUSE_S = 1.0  # no beep of that pitch this long before a group (both codes pause more)
+_STRONG_NARROW, _STRONG_TONAL = 0.6, 0.1  # a frame that surely holds a tone
+_ON_NARROW, _ON_TONAL = 0.45, 0.05  # a frame that holds the candidate tone
+_PITCH_BINS = 2  # +-62.5 Hz
+
+
+def _runs(on: npt.NDArray[np.bool_], bridge: int) -> list[tuple[int, int]]:
+    """[start, end) of the on-runs, bridging gaps of up to `bridge` frames; runs < 30 ms dropped."""
+    idx = np.flatnonzero(on)
+    if len(idx) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(idx) > bridge + 1)
+    starts = np.concatenate([idx[:1], idx[breaks + 1]])
+    ends = np.concatenate([idx[breaks], idx[-1:]]) + 1
+    return [(int(a), int(b)) for a, b in zip(starts, ends, strict=True) if b - a >= 3]
+
+
+def alarm_pattern(tonal: F32, narrow: F32, peak: F32) -> str | None:
+    """``smoke_t3`` / ``co_t4`` when the frames (10 ms each, oldest first) end just after a
+    complete T3/T4 group of one pitch, else None.
+
+    Only groups whose last beep ended `settle_s` ago (and not much longer) match, so a stream
+    checked every 50 ms matches each group once. Candidate pitches are the commonest peak bins
+    of clearly tonal frames: other tones (music, speech harmonics) at other pitches do not break
+    the alarm's runs.
+    """
+    n = len(tonal)
+    strong = (narrow >= _STRONG_NARROW) & (tonal >= _STRONG_TONAL)
+    # Cheap exit for speech and noise: a group that just completed had strong frames lately.
+    recent = round(max(p.settle_s for p in BEEP_PATTERNS) * FRAMES_PER_SECOND) + 2 * ALARM_HOP
+    if not strong[-recent:].any() or int(strong.sum()) < 10:
+        return None
+    bins, counts = np.unique(peak[strong], return_counts=True)
+    for pitch in bins[np.argsort(-counts)][:2]:
+        on = (np.abs(peak - pitch) <= _PITCH_BINS) & (narrow >= _ON_NARROW) & (tonal >= _ON_TONAL)
+        for p in BEEP_PATTERNS:
+            runs = _runs(on, p.bridge)
+            if len(runs) < p.beeps:
+                continue
+            group, before = runs[-p.beeps :], runs[: -p.beeps]
+            settle = round(p.settle_s * FRAMES_PER_SECOND)
+            if not settle <= n - group[-1][1] < settle + ALARM_HOP:
+                continue
+            on_ok = all(p.on_s[0] <= (b - a) / FRAMES_PER_SECOND <= p.on_s[1] for a, b in group)
+            gaps = [(b[0] - a[1]) / FRAMES_PER_SECOND for a, b in itertools.pairwise(group)]
+            gap_ok = all(p.gap_s[0] <= g <= p.gap_s[1] for g in gaps)
+            pause = PATTERN_PAUSE_S * FRAMES_PER_SECOND
+            if on_ok and gap_ok and all(group[0][0] - r[1] >= pause for r in before):
+                return p.label
+    return None
 
 
 def alarm_features(tonal: F32) -> F32:
@@ -88,6 +161,8 @@ class HeadInput:
     features: F32
     start: float
     end: float
+    pattern: str | None = None  # alarm: `alarm_pattern`'s verdict on the same frames
+    audio: F32 | None = None  # keyword: the last KW_SAMPLES samples (features = log duration)
 
 
 @dataclass
@@ -131,9 +206,13 @@ class AudioStream:
     emb: deque[F32] = field(default_factory=lambda: deque(maxlen=KW_MAX_FRAMES + 2 * _PAD + 40))
     energy: deque[float] = field(default_factory=lambda: deque(maxlen=ALARM_FRAMES))
     tonal: deque[float] = field(default_factory=lambda: deque(maxlen=ALARM_FRAMES))
+    narrow: deque[float] = field(default_factory=lambda: deque(maxlen=ALARM_FRAMES))
+    peak: deque[float] = field(default_factory=lambda: deque(maxlen=ALARM_FRAMES))
     endpointer: _Endpointer = field(default_factory=_Endpointer)
     since_alarm: int = 0
     pending: Frames | None = None
+    recent: F32 = field(default_factory=lambda: np.zeros((0,), np.float32))
+    recent_end: int = 0  # stream sample index just after `recent`
 
     def frames(self, samples: F32, ts: float) -> F32:
         """Phase 1: push samples, return the embedding inputs of the completed frames."""
@@ -141,10 +220,22 @@ class AudioStream:
             self.t0 = ts
         frames = self.frontend.push(samples)
         self.pending = frames
+        # Enough for the 2 s window ending at any frame this push completes; older samples go.
+        keep = KW_SAMPLES + len(samples) + WIN
+        self.recent = np.concatenate([self.recent, samples])[-keep:]
+        self.recent_end += len(samples)
         ctx = context_stack(frames.logmel, self.history if len(self.history) else None)
         if len(frames):
             self.history = np.vstack([self.history, frames.logmel])[-(CONTEXT - 1) :]
         return ctx
+
+    def window_before(self, end: int) -> F32:
+        """The KW_SAMPLES samples before stream sample `end` (zeros before the stream began)."""
+        stop = len(self.recent) - (self.recent_end - end)
+        part = self.recent[max(0, stop - KW_SAMPLES) : max(0, stop)]
+        if len(part) < KW_SAMPLES:
+            part = np.concatenate([np.zeros(KW_SAMPLES - len(part), np.float32), part])
+        return part
 
     def time_of(self, index: int) -> float:
         assert self.t0 is not None
@@ -163,6 +254,8 @@ class AudioStream:
             self.emb.append(emb[k])
             self.energy.append(float(frames.energy[k]))
             self.tonal.append(float(frames.tonal[k]))
+            self.narrow.append(float(frames.narrow[k]))
+            self.peak.append(float(frames.peak[k]))
             if (i + 1) % VAD_BLOCK == 0:
                 block = np.asarray(list(self.emb)[-VAD_BLOCK:])
                 en = np.asarray(list(self.energy)[-VAD_BLOCK:], np.float32)
@@ -179,23 +272,31 @@ class AudioStream:
             if seg is not None:
                 lo, hi = max(seg[0], i + 1 - len(self.emb)), seg[1]
                 if hi - lo >= KW_MIN_FRAMES:
-                    stored = np.asarray(self.emb)
-                    part = stored[len(stored) - (i + 1 - lo) : len(stored) - (i - hi)]
                     out.append(
                         HeadInput(
-                            "keyword", keyword_features(part), self.time_of(lo), self.time_of(hi)
+                            "keyword",
+                            np.array([np.log((hi - lo) / FRAMES_PER_SECOND)], np.float32),
+                            self.time_of(lo),
+                            self.time_of(hi),
+                            audio=self.window_before(i * HOP + WIN),
                         )
                     )
             self.since_alarm += 1
             if self.since_alarm >= ALARM_HOP:
                 self.since_alarm = 0
                 end = self.frame_index
+                tonal = np.asarray(self.tonal, np.float32)
                 out.append(
                     HeadInput(
                         "alarm",
-                        alarm_features(np.asarray(self.tonal, np.float32)),
+                        alarm_features(tonal),
                         self.time_of(max(0, end - ALARM_FRAMES)),
                         self.time_of(end),
+                        alarm_pattern(
+                            tonal,
+                            np.asarray(self.narrow, np.float32),
+                            np.asarray(self.peak, np.float32),
+                        ),
                     )
                 )
         return out
@@ -207,14 +308,17 @@ ALARM_LABELS = ("none", "smoke_t3", "co_t4")
 
 @dataclass
 class AlarmDebouncer:
-    """One event per alarm pattern: fire on a score above threshold, then hold off `cooldown_s`."""
+    """One event per alarm: fire when the T3/T4 timing matched and the head's score is at least
+    `threshold`, then hold off `cooldown_s` (a sounder repeats its group)."""
 
     threshold: float
     cooldown_s: float
     last_fired: float = float("-inf")
 
-    def step(self, score: float, at: float) -> bool:
-        if score >= self.threshold and at - self.last_fired >= self.cooldown_s:
+    def step(self, score: float, at: float, pattern: str | None) -> bool:
+        if pattern is None or score < self.threshold:
+            return False
+        if at - self.last_fired >= self.cooldown_s:
             self.last_fired = at
             return True
         return False
@@ -227,8 +331,9 @@ def keyword_decision(probs: F32, threshold: float) -> tuple[str, float]:
     return (KEYWORD_LABELS[best], score) if score >= threshold else ("other", score)
 
 
-def alarm_decision(probs: F32) -> tuple[str, float]:
-    """Alarm label and score (probability of any alarm) of one alarm-head output."""
+def alarm_decision(probs: F32, pattern: str | None = None) -> tuple[str, float]:
+    """Alarm label and score (the head's probability of any alarm); the matched timing
+    pattern, when there is one, names the alarm."""
     score = float(1.0 - probs[0])
-    label = ALARM_LABELS[1 + int(np.argmax(probs[1:]))]
+    label = pattern or ALARM_LABELS[1 + int(np.argmax(probs[1:]))]
     return label, score

@@ -34,11 +34,12 @@ from gateway.inference.audio import (
     HeadInput,
     alarm_decision,
     keyword_decision,
+    keyword_features,
 )
 from gateway.inference.frontend import pcm16_to_float
 from gateway.inference.manifest import ModelKind
 from gateway.inference.publisher import EventSink
-from gateway.inference.runtime import LoadedModel, ModelRuntime
+from gateway.inference.runtime import LoadedModel, ModelLoadError, ModelRuntime
 from gateway.inference.sensors import (
     ANOMALY_METRICS,
     OCCUPANCY_METRICS,
@@ -47,8 +48,10 @@ from gateway.inference.sensors import (
     anomaly_features,
     occupancy_applies,
     occupancy_features,
+    window_flagged,
 )
 from gateway.inference.settings import InferenceSettings
+from gateway.inference.speech_embedding import SpeechEmbedder, SpeechEmbedderError
 from gateway.inference.tables import inferences
 from gateway.records import Reading
 from schemas.audio import AudioFrame
@@ -153,6 +156,8 @@ class InferenceEngine:
             "keyword": m(ModelKind.AUDIO_KEYWORD),
             "alarm": m(ModelKind.AUDIO_ALARM),
         }
+        # The keyword head reads a pretrained speech embedding, loaded at the first utterance.
+        self._speech = SpeechEmbedder(intra_op_threads=settings.intra_op_threads)
         self._anomaly = m(ModelKind.SENSOR_ANOMALY)
         self._occupancy = m(ModelKind.SENSOR_OCCUPANCY)
 
@@ -295,12 +300,31 @@ class InferenceEngine:
             batch = [(mic, h) for mic, h in inputs if h.head == name]
             if model is None or not batch:
                 continue
-            probs = model.probabilities(np.vstack([h.features for _, h in batch]))
+            if name == "keyword":
+                features = self._keyword_inputs([h for _, h in batch])
+                if features is None:
+                    continue
+            else:
+                features = np.vstack([h.features for _, h in batch])
+            probs = model.probabilities(features)
             for (mic, h), p in zip(batch, probs, strict=True):
                 r = self._decide_audio(model, mic, h, p)
                 if r is not None:
                     results.append(r)
         return results
+
+    def _keyword_inputs(self, inputs: list[HeadInput]) -> np.ndarray | None:
+        """The keyword head's rows: speech embeddings of each utterance's window + duration."""
+        try:
+            emb = self._speech.embed(np.stack([h.audio for h in inputs if h.audio is not None]))
+        except SpeechEmbedderError as exc:
+            log.error("keyword spotting off: %s", exc)
+            self._heads["keyword"] = None
+            self.runtime.errors.append(ModelLoadError(Path("speech_embedding"), str(exc)))
+            return None
+        return np.vstack(
+            [keyword_features(e, float(h.features[0])) for e, h in zip(emb, inputs, strict=True)]
+        )
 
     def _decide_audio(
         self, model: LoadedModel, mic: _Mic, h: HeadInput, p: np.ndarray
@@ -339,8 +363,8 @@ class InferenceEngine:
         if man.kind == ModelKind.AUDIO_KEYWORD:
             label, score = keyword_decision(p, man.thresholds.get("threshold", 0.5))
             return None if label == "other" else result(label, score, 1.0, h.start, True)
-        label, score = alarm_decision(p)
-        if mic.debouncer is not None and mic.debouncer.step(score, h.end):
+        label, score = alarm_decision(p, h.pattern)
+        if mic.debouncer is not None and mic.debouncer.step(score, h.end, h.pattern):
             return result(label, score, 1.0, h.start, True)
         return None
 
@@ -379,12 +403,14 @@ class InferenceEngine:
         results: list[InferenceResult] = []
         rows: list[np.ndarray] = []
         owners: list[int] = []
+        row_metrics: list[str] = []
         occ_rows: list[np.ndarray] = []
         occ_owners: list[int] = []
         for i, (sensor, w) in enumerate(ready):
             names, feats = anomaly_features(w, sensor.stream.baseline, sensor.stream.stuck_runs)
             rows += list(feats)
             owners += [i] * len(names)
+            row_metrics += names
             if occupancy_applies(w):
                 occ_rows.append(occupancy_features(w, sensor.stream.baseline, sensor.stream.prev))
                 occ_owners.append(i)
@@ -394,9 +420,11 @@ class InferenceEngine:
             p = self._anomaly.probabilities(np.vstack(rows))[:, 1]
             worst = np.zeros(len(ready))
             np.maximum.at(worst, np.asarray(owners), p)
+            owner_arr = np.asarray(owners)
             for i in sorted(set(owners)):
                 sensor, w = ready[i]
-                flagged[i] = bool(worst[i] >= man.thresholds.get("threshold", 0.5))
+                mine = np.flatnonzero(owner_arr == i)
+                flagged[i] = window_flagged([row_metrics[j] for j in mine], p[mine], man.thresholds)
                 results.append(
                     InferenceResult(
                         man.name,

@@ -6,7 +6,10 @@ samples a frame still needs are kept, nothing else is (raw audio is dropped as i
 
 Frames are 25 ms Hann windows every 10 ms; 40 mel bands 60-7600 Hz in dB; ``tonal`` is the
 share of a frame's power in the strongest 3-bin peak between 2.5 and 4 kHz (smoke and CO alarm
-sounders beep near 3 kHz), ``energy`` the frame power in dB re full scale.
+sounders beep near 3 kHz), ``narrow`` the same peak's share of the 2.5-4 kHz band alone (high
+for a tone even when low-frequency noise or speech dominates the frame), ``peak`` the peak's bin
+index within that band (a sounder keeps its pitch; music and speech move), ``energy`` the frame
+power in dB re full scale.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ class Frames:
     logmel: F32  # (T, N_MELS) dB
     energy: F32  # (T,) dB re full scale
     tonal: F32  # (T,) 0..1
+    narrow: F32  # (T,) 0..1
+    peak: F32  # (T,) bin index in the alarm band
 
     def __len__(self) -> int:
         return len(self.energy)
@@ -73,7 +78,7 @@ def frames_of(samples: F32) -> Frames:
     n = 0 if len(samples) < WIN else 1 + (len(samples) - WIN) // HOP
     if n == 0:
         empty = np.zeros((0,), np.float32)
-        return Frames(np.zeros((0, N_MELS), np.float32), empty, empty)
+        return Frames(np.zeros((0, N_MELS), np.float32), empty, empty, empty, empty)
     view = np.lib.stride_tricks.sliding_window_view(samples[: (n - 1) * HOP + WIN], WIN)[::HOP]
     spec = np.fft.rfft(view * _WINDOW, NFFT).astype(np.complex64)
     power = (spec.real**2 + spec.imag**2).astype(np.float32)
@@ -83,9 +88,17 @@ def frames_of(samples: F32) -> Frames:
     # A 3-bin neighbourhood around the band's peak: a tone leaks into its neighbours.
     peak = band.argmax(axis=1)
     idx = np.clip(peak[:, None] + np.arange(-1, 2)[None, :], 0, band.shape[1] - 1)
-    tonal = np.take_along_axis(band, idx, axis=1).sum(axis=1) / total
+    peak_power = np.take_along_axis(band, idx, axis=1).sum(axis=1)
+    tonal = peak_power / total
+    narrow = np.minimum(peak_power / (band.sum(axis=1) + 1e-9), 1.0)
     energy = 10.0 * np.log10(total / WIN)
-    return Frames(logmel.astype(np.float32), energy.astype(np.float32), tonal.astype(np.float32))
+    return Frames(
+        logmel.astype(np.float32),
+        energy.astype(np.float32),
+        tonal.astype(np.float32),
+        narrow.astype(np.float32),
+        peak.astype(np.float32),
+    )
 
 
 def pcm16_to_float(samples: npt.NDArray[np.int16]) -> F32:

@@ -19,6 +19,20 @@ SR = 16000
 F32 = npt.NDArray[np.float32]
 
 KEYWORDS = {"lights_on": "lights on", "lights_off": "lights off", "stop": "stop"}
+# Training only: spellings that make espeak say the keywords with other vowels and rhythm, a
+# stand-in for accents the training voices lack (the held-out voices say the plain text).
+KEYWORD_VARIANTS = {
+    "lights_on": ["lights on", "lights on", "lites on", "lights awn", "lights ahn", "loights on"],
+    "lights_off": [
+        "lights off",
+        "lights off",
+        "lites off",
+        "lights awf",
+        "lights orf",
+        "loights off",
+    ],
+    "stop": ["stop", "stop", "stahp", "stawp", "stop!", "stop."],
+}
 OTHER_PHRASES = [
     "hello there",
     "what time is it",
@@ -335,6 +349,34 @@ def alarm_clip(kind: str, split: str, rng: np.random.Generator, seed: int) -> Cl
         kind if kind == "beeps" else f"alarm_{kind}",
         alarm_groups=tuple(ends) if kind in ("t3", "t4") else (),
     )
+
+
+def negative_clip(split: str, rng: np.random.Generator, seed: int, seconds: float = 30.0) -> Clip:
+    """A long negative for the false-alarm rate: running speech, a noise bed or music."""
+    kind = str(rng.choice(["speech", "noise", "music"]))
+    if kind == "speech":
+        cfg = SPLITS[split]
+        audio = np.zeros(int(seconds * SR), np.float32)
+        t = float(rng.uniform(0.0, 1.0))
+        while t < seconds - 0.5:
+            s = speak(
+                str(rng.choice(OTHER_PHRASES)),
+                str(rng.choice(cfg["voices"])),
+                str(rng.choice(cfg["variants"])),
+                int(rng.integers(120, 210)),
+                int(rng.integers(25, 80)),
+                int(rng.choice([0, 0, 30, 60])),
+            ) * float(rng.uniform(0.2, 1.0))
+            i = int(t * SR)
+            n = min(len(s), len(audio) - i)
+            audio[i : i + n] += s[:n]
+            t += len(s) / SR + float(rng.uniform(0.2, 1.5))
+        snr = rng.choice(np.array(cfg["snr_db"], dtype=object))
+        audio = mix(audio, background(rng, seconds, seed), snr)
+        return Clip(audio.astype(np.float32), "speech_long")
+    bed = music_bed(seconds, seed) if kind == "music" else background(rng, seconds, seed)
+    gain = rng.uniform(0.02, 0.5) / (np.sqrt(np.mean(bed**2)) + 1e-9)
+    return Clip((bed * gain).astype(np.float32), f"{kind}_long")
 
 
 def to_pcm16(audio: F32) -> npt.NDArray[np.int16]:
