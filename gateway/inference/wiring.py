@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection
 
 from gateway.config import GatewayConfig
-from gateway.inference.engine import InferenceEngine
 from gateway.inference.publisher import EventPublisher
 from gateway.inference.settings import InferenceSettings
 from gateway.mqtt import build_tls_context
@@ -29,6 +28,7 @@ from gateway.records import Reading
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
+    from gateway.inference.engine import InferenceEngine
     from gateway.ingest import AudioIn
 
 # `create_gateway` installs inference; a second call on the same gateway (older call sites, tests
@@ -46,6 +46,10 @@ def install_inference(
     if not settings.enabled or gateway in _INSTALLED:
         return
     _INSTALLED.add(gateway)
+    # Imported here, not at module level: the engine pulls in onnxruntime (~30 MB resident),
+    # which an ingest-only gateway ([inference] enabled = false) must not pay for.
+    from gateway.inference.engine import InferenceEngine
+
     mqtt = config.mqtt
     publisher = EventPublisher(
         mqtt.url,
