@@ -199,3 +199,28 @@ def test_time_of_day_reference_learns_a_daily_routine_even_when_flagged() -> Non
     thresholds = {"threshold": 0.5, "threshold_power": 0.9}
     assert not window_flagged(["power"], np.array([0.8], np.float32), thresholds)
     assert window_flagged(["power", "co2"], np.array([0.1, 0.6], np.float32), thresholds)
+
+
+def test_keyword_inputs_stop_during_continuous_sound_and_resume_after_a_pause() -> None:
+    from gateway.inference.audio import AudioStream
+
+    rng = np.random.default_rng(3)
+    sr = 16000
+    # Loud babble-like noise whose level jumps every 0.1 s (the floor never settles), 9 s long,
+    # then 1 s of silence and a 0.5 s burst: the first 2.5 s cut-off gives a keyword input, the
+    # later cut-offs (sound going on past two of them) do not, the segment the pause closes and
+    # the short burst after it do again.
+    levels = np.repeat(rng.choice([0.02, 0.3], size=90), sr // 10)
+    loud = (rng.standard_normal(len(levels)) * levels).astype(np.float32)
+    burst = (rng.standard_normal(sr // 2) * 0.3).astype(np.float32)
+    quiet = np.full(sr, 1e-4, np.float32)
+    pcm = np.concatenate([quiet, loud, quiet, burst, quiet])
+    stream = AudioStream()
+    ends: list[float] = []
+    for i in range(0, len(pcm), 1600):
+        ctx = stream.frames(pcm[i : i + 1600], i / sr)
+        ends += [
+            h.end for h in stream.accept(np.zeros((len(ctx), 8), np.float32)) if h.head == "keyword"
+        ]
+    assert len(ends) == 3, ends
+    assert ends[0] < 4.0 and 9.5 < ends[1] < 10.5 and ends[2] > 11.0, ends

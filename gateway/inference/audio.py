@@ -11,7 +11,10 @@ Heads and their inputs:
   when the endpointer closes it, so every utterance sits at the same place before the window's
   end; the engine turns that window into pretrained speech embeddings (`speech_embedding`) and
   `keyword_features`. For this the stream keeps the last ~2.5 s of samples in memory, overwritten
-  as new audio arrives and never stored or sent.
+  as new audio arrives and never stored or sent. Sound that goes on past two cut-offs
+  (`KW_MAX_FRAMES` each, >= 5 s without a pause: talk, TV, music) is not a command: its further
+  cut-offs yield no keyword input (the embedding costs ~20 ms per utterance); the segment that
+  ends it with a pause does, so a command closing a stretch of talk is still heard.
 - ``alarm``: every 50 ms, the 3 kHz tonality of the last 4 s in 50 ms bins (T3/T4 beep rhythms),
   with `alarm_pattern`'s verdict on the same 4 s: the sounder timing itself (beeps of one pitch
   with T3 or T4 on/off times and a pause before the group). The engine fires only on that
@@ -98,6 +101,7 @@ PATTERN_PAUSE_S = 1.0  # no beep of that pitch this long before a group (both co
 _STRONG_NARROW, _STRONG_TONAL = 0.6, 0.1  # a frame that surely holds a tone
 _ON_NARROW, _ON_TONAL = 0.45, 0.05  # a frame that holds the candidate tone
 _PITCH_BINS = 2  # +-62.5 Hz
+_RECENT = round(max(p.settle_s for p in BEEP_PATTERNS) * FRAMES_PER_SECOND) + 2 * ALARM_HOP
 
 
 def _runs(on: npt.NDArray[np.bool_], bridge: int) -> list[tuple[int, int]]:
@@ -121,10 +125,13 @@ def alarm_pattern(tonal: F32, narrow: F32, peak: F32) -> str | None:
     the alarm's runs.
     """
     n = len(tonal)
+    # Cheap exit for speech and noise: a group that just completed had strong frames lately
+    # (checked on the recent frames alone first: this runs 20 times per second per microphone).
+    recent = _RECENT
+    if not ((narrow[-recent:] >= _STRONG_NARROW) & (tonal[-recent:] >= _STRONG_TONAL)).any():
+        return None
     strong = (narrow >= _STRONG_NARROW) & (tonal >= _STRONG_TONAL)
-    # Cheap exit for speech and noise: a group that just completed had strong frames lately.
-    recent = round(max(p.settle_s for p in BEEP_PATTERNS) * FRAMES_PER_SECOND) + 2 * ALARM_HOP
-    if not strong[-recent:].any() or int(strong.sum()) < 10:
+    if int(strong.sum()) < 10:
         return None
     bins, counts = np.unique(peak[strong], return_counts=True)
     for pitch in bins[np.argsort(-counts)][:2]:
@@ -173,6 +180,7 @@ class _Endpointer:
     start: int | None = None
     last_speech: int = -1
     run: int = 0
+    caps: int = 0  # consecutive segments closed by the KW_MAX_FRAMES cut-off
 
     def step(self, i: int, e: float) -> tuple[int, int] | None:
         # The floor follows drops at once and rises slowly, so speech does not raise it.
@@ -191,6 +199,7 @@ class _Endpointer:
             if i - self.last_speech >= _END_SILENCE or too_long:
                 seg = (self.start - _PAD, min(self.last_speech + _PAD, i))
                 self.start = None
+                self.caps = self.caps + 1 if too_long else 0
                 return seg
         return None
 
@@ -204,10 +213,12 @@ class AudioStream:
     t0: float | None = None  # time of frame index 0
     history: F32 = field(default_factory=lambda: np.zeros((0, N_MELS), np.float32))
     emb: deque[F32] = field(default_factory=lambda: deque(maxlen=KW_MAX_FRAMES + 2 * _PAD + 40))
-    energy: deque[float] = field(default_factory=lambda: deque(maxlen=ALARM_FRAMES))
-    tonal: deque[float] = field(default_factory=lambda: deque(maxlen=ALARM_FRAMES))
-    narrow: deque[float] = field(default_factory=lambda: deque(maxlen=ALARM_FRAMES))
-    peak: deque[float] = field(default_factory=lambda: deque(maxlen=ALARM_FRAMES))
+    # The last ALARM_FRAMES per-frame values as arrays (not deques): the alarm check slices them
+    # 20 times a second, and converting a 400-long deque each time cost ~1 ms per audio second.
+    energy: F32 = field(default_factory=lambda: np.zeros((0,), np.float32))
+    tonal: F32 = field(default_factory=lambda: np.zeros((0,), np.float32))
+    narrow: F32 = field(default_factory=lambda: np.zeros((0,), np.float32))
+    peak: F32 = field(default_factory=lambda: np.zeros((0,), np.float32))
     endpointer: _Endpointer = field(default_factory=_Endpointer)
     since_alarm: int = 0
     pending: Frames | None = None
@@ -248,18 +259,23 @@ class AudioStream:
         out: list[HeadInput] = []
         if frames is None:
             return out
+        # History + this push's frames; `cur` below is the end (exclusive) of frame k in them.
+        held = len(self.tonal)
+        energy = np.concatenate([self.energy, np.asarray(frames.energy, np.float32)])
+        tonal_all = np.concatenate([self.tonal, np.asarray(frames.tonal, np.float32)])
+        narrow = np.concatenate([self.narrow, np.asarray(frames.narrow, np.float32)])
+        peak = np.concatenate([self.peak, np.asarray(frames.peak, np.float32)])
+        self.energy, self.tonal = energy[-ALARM_FRAMES:], tonal_all[-ALARM_FRAMES:]
+        self.narrow, self.peak = narrow[-ALARM_FRAMES:], peak[-ALARM_FRAMES:]
         for k in range(len(frames)):
             i = self.frame_index
             self.frame_index += 1
+            cur = held + k + 1
             self.emb.append(emb[k])
-            self.energy.append(float(frames.energy[k]))
-            self.tonal.append(float(frames.tonal[k]))
-            self.narrow.append(float(frames.narrow[k]))
-            self.peak.append(float(frames.peak[k]))
             if (i + 1) % VAD_BLOCK == 0:
                 block = np.asarray(list(self.emb)[-VAD_BLOCK:])
-                en = np.asarray(list(self.energy)[-VAD_BLOCK:], np.float32)
-                to = np.asarray(list(self.tonal)[-VAD_BLOCK:], np.float32)
+                en = energy[max(0, cur - VAD_BLOCK) : cur]
+                to = tonal_all[max(0, cur - VAD_BLOCK) : cur]
                 out.append(
                     HeadInput(
                         "vad",
@@ -271,7 +287,7 @@ class AudioStream:
             seg = self.endpointer.step(i, float(frames.energy[k]))
             if seg is not None:
                 lo, hi = max(seg[0], i + 1 - len(self.emb)), seg[1]
-                if hi - lo >= KW_MIN_FRAMES:
+                if hi - lo >= KW_MIN_FRAMES and self.endpointer.caps < 2:
                     out.append(
                         HeadInput(
                             "keyword",
@@ -285,18 +301,15 @@ class AudioStream:
             if self.since_alarm >= ALARM_HOP:
                 self.since_alarm = 0
                 end = self.frame_index
-                tonal = np.asarray(self.tonal, np.float32)
+                lo_a = max(0, cur - ALARM_FRAMES)
+                tonal = tonal_all[lo_a:cur]
                 out.append(
                     HeadInput(
                         "alarm",
                         alarm_features(tonal),
                         self.time_of(max(0, end - ALARM_FRAMES)),
                         self.time_of(end),
-                        alarm_pattern(
-                            tonal,
-                            np.asarray(self.narrow, np.float32),
-                            np.asarray(self.peak, np.float32),
-                        ),
+                        alarm_pattern(tonal, narrow[lo_a:cur], peak[lo_a:cur]),
                     )
                 )
         return out
