@@ -32,6 +32,7 @@ from cloud.dashboard import ASSETS
 from cloud.queries import FILTER_COLUMNS, GROUP_COLUMNS, Bucket
 from cloud.responses import ErrorBody, GatewaysResponse, Health, SeriesResponse, StoreResult
 from schemas.batch import MAX_AGGREGATES_PER_BATCH, Batch
+from schemas.generate import clean_descriptions
 
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "schemas" / "openapi.json"
 API_VERSION = "1.0.0"
@@ -191,7 +192,7 @@ def _analytics_operations() -> dict[str, dict[str, Any]]:
     return {
         f"{base}/rollups": get(
             "analyticsRollups",
-            "Per metric: days held by the daily rollups, homes, windows; where the data ends",
+            "Per metric: days held by the rollups, homes, windows; where the data ends",
             "RollupsReport",
         ),
         f"{base}/fleet": get(
@@ -348,7 +349,8 @@ def build_openapi() -> dict[str, Any]:
         },
         "paths": {**_operations(), **_analytics_operations(), **_dashboard_operations()},
         "components": {
-            "schemas": components,
+            # Same docstring dedent whatever the msgspec version (schemas.generate explains).
+            "schemas": clean_descriptions(components),
             "securitySchemes": {
                 "gatewayToken": {
                     "type": "http",

@@ -7,9 +7,11 @@ python -m schemas.generate --check  # exit 1 when the files drift from the code
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -20,8 +22,25 @@ from schemas.telemetry import Telemetry
 HERE = Path(__file__).parent / "json"
 
 
+def clean_descriptions(obj: Any) -> Any:
+    """Dedent every ``description`` the same way, whatever msgspec version made the schema.
+
+    msgspec 0.23 dedents docstrings and 0.22 did not; the checked-in files must not depend on it.
+    """
+    if isinstance(obj, dict):
+        return {
+            key: inspect.cleandoc(value)
+            if key == "description" and isinstance(value, str)
+            else clean_descriptions(value)
+            for key, value in obj.items()
+        }
+    if isinstance(obj, list):
+        return [clean_descriptions(item) for item in obj]
+    return obj
+
+
 def _dump(obj: object) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return json.dumps(clean_descriptions(obj), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
 def generated_files() -> dict[Path, str]:
