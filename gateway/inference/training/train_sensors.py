@@ -37,6 +37,7 @@ MODELS = Path(__file__).resolve().parents[2] / "models"
 WINDOW_S = 300.0
 BASELINE = 288
 MIN_WINDOWS = 288  # a day: a shorter history calls every evening routine an anomaly
+POWER_FLOOR = 0.8  # lowest power threshold (see the threshold search in main)
 
 
 def homes(seeds: range, days: int) -> list[tuple[list[sensor_data.Row], list[sensor_data.Fault]]]:
@@ -238,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
             if f1 > best[0] + 1e-9:
                 best = (f1, t)
                 thresholds[f"threshold_{m}"] = t
+    # Plugs switch TVs, desks and kettles: in the device simulators' world (validation seeds 6
+    # and 7, never the bench's seed 5) power at 0.6 made most false positives; 0.8 lifted event
+    # F1 there 0.58/0.68 -> 0.70/0.75 and on the synthetic held-out homes 0.817 -> 0.826.
+    thresholds["threshold_power"] = max(thresholds.get("threshold_power", 0.0), POWER_FLOOR)
     threshold = thresholds["threshold"]
     print(
         f"thresholds {thresholds} (validation F1 {best[0]:.3f}) ({time.monotonic() - t0:.0f}s)",
@@ -306,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
             "what": "RandomForest (60 trees, depth 10) trained on injected faults; input one "
             "row per metric of robust z-features from the online per-device baseline; window "
             "score = max over metrics of P(fault); flagged when a metric's P(fault) reaches its "
-            "threshold (per metric, tuned on the validation homes). An IsolationForest over all "
+            "threshold (per metric, tuned on the validation homes; power at least 0.8, chosen on "
+            "the device simulators' world seeds 6 and 7: plugs switching TVs and desks were most "
+            "false positives). An IsolationForest over all "
             "metrics' features at once reached only event F1 0.42",
             "data": data,
             "held-out (event-level)": synth,
