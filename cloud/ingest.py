@@ -7,7 +7,7 @@ other reports a duplicate. The batch row is inserted first, so a duplicate write
 On PostgreSQL the batches that arrive while a transaction is running are stored together in the
 next one (group commit, per engine): one multi-row insert of their batch rows, one COPY of all
 their aggregates and one statement folding them into the rollups. Most of a store's cost is the
-rollup upsert, whose size is the number of distinct hour/day keys, and batches of the same
+rollup upsert, whose size is the number of distinct hour keys, and batches of the same
 gateways share most keys, so a group of N batches costs far less than N transactions. A caller
 still returns only once its batch is committed, rollups included. SQLite (one writer anyway)
 stores each batch in its own transaction.
@@ -175,7 +175,7 @@ async def _store_one(
                 insert(batches).returning(batches.c.id), _batch_row(batch, size, received_at)
             )
             await _insert_aggregates(conn, _aggregate_records(batch, result.scalar_one()))
-            # Same transaction: the hourly/daily rollups never miss or double-count a batch.
+            # Same transaction: the hourly rollups never miss or double-count a batch.
             await fold_batch(conn, batch.gateway, batch.aggregates)
     except IntegrityError:
         # engine.begin() has rolled back. Decide whether this was our unique key.
@@ -348,7 +348,7 @@ async def _store_group(
                 aggregates.name, records=records, columns=AGGREGATE_COLUMNS
             )
             last_id = await conn.scalar(_LAST_AGGREGATE_ID)
-            # Same transaction: the hourly/daily rollups never miss or double-count a batch.
+            # Same transaction: the hourly rollups never miss or double-count a batch.
             # The rows are read back by primary key range (this session's ids lie between the
             # two sequence values; rows of other transactions in the range are filtered out by
             # batch), so the database groups them without the windows crossing the wire again.

@@ -24,6 +24,7 @@ from cloud.analytics.models import (
     HomeDayEvents,
     HomeStanding,
 )
+from cloud.analytics.rollups import STORED_S, rollup_bucket
 from cloud.db import rollups
 
 ALARM = "inference_alarm"
@@ -57,7 +58,8 @@ async def load_cells(
     """Rollups of `width` in [since, until), pooled per home, metric (device class) and unit."""
     r = rollups.c
     device_class = r.device_class if by_device_class else func.min(r.device_class)
-    keys = [r.home, r.metric, r.unit, r.bucket_start]
+    bucket = rollup_bucket(width)  # days are grouped from the stored hour rows
+    keys = [r.home, r.metric, r.unit, bucket]
     if by_device_class:
         keys.append(r.device_class)
     stmt = (
@@ -66,14 +68,14 @@ async def load_cells(
             r.metric,
             device_class.label("device_class"),
             r.unit,
-            r.bucket_start,
+            bucket.label("bucket_start"),
             func.sum(r.count),
             func.sum(r.sum),
             func.sum(r.weighted),
         )
-        .where(r.bucket_s == width, r.bucket_start >= since, r.bucket_start < until)
+        .where(r.bucket_s == STORED_S, r.bucket_start >= since, r.bucket_start < until)
         .group_by(*keys)
-        .order_by(r.home, r.metric, r.bucket_start)
+        .order_by(r.home, r.metric, bucket)
     )
     async with engine.connect() as conn:
         rows = (await conn.execute(stmt)).all()
