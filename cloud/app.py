@@ -216,7 +216,31 @@ def is_read_token(app: web.Application, token: str) -> bool:
 
 
 def session_value(read_token: str) -> str:
+    """The key that signs dashboard sessions (derived from the read token, never the token)."""
     return hmac.new(read_token.encode(), b"homeedge dashboard session", "sha256").hexdigest()
+
+
+# A session cookie is "<issued unix s>.<HMAC(session key, issued)>": the server checks its age,
+# so a leaked cookie stops working after SESSION_MAX_AGE_S even if a browser keeps it.
+SESSION_MAX_AGE_S = 12 * 3600
+_SESSION_CLOCK_SKEW_S = 60
+
+
+def issue_session(app: web.Application, now: float | None = None) -> str:
+    issued = str(int(time.time() if now is None else now))
+    mac = hmac.new(app[READ_SESSION_KEY].encode(), issued.encode(), "sha256").hexdigest()
+    return f"{issued}.{mac}"
+
+
+def valid_session(app: web.Application, cookie: str, now: float | None = None) -> bool:
+    issued, _, mac = cookie.partition(".")
+    if not issued.isdigit() or len(issued) > 12:
+        return False
+    expected = hmac.new(app[READ_SESSION_KEY].encode(), issued.encode(), "sha256").hexdigest()
+    if not hmac.compare_digest(mac.encode(), expected.encode()):
+        return False
+    age = (time.time() if now is None else now) - int(issued)
+    return -_SESSION_CLOCK_SKEW_S <= age <= SESSION_MAX_AGE_S
 
 
 def require_reader(request: web.Request) -> None:
@@ -224,7 +248,7 @@ def require_reader(request: web.Request) -> None:
     dashboard's session cookie."""
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie is not None and "Authorization" not in request.headers:
-        if hmac.compare_digest(cookie.encode(), request.app[READ_SESSION_KEY].encode()):
+        if valid_session(request.app, cookie):
             return
         raise ApiError(401, "unauthorized", "invalid or expired session; log in again")
     if not hmac.compare_digest(_bearer(request), request.app[READ_TOKEN_KEY]):

@@ -11,6 +11,7 @@ import asyncio
 import gzip
 import math
 import random
+import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from aiohttp.test_utils import TestClient
 
 from cloud.analytics.anomalies import Z_CAP, robust_z
 from cloud.analytics.fleet import percentile_rank
-from cloud.app import SESSION_COOKIE, create_app
+from cloud.app import SESSION_COOKIE, create_app, issue_session
 from schemas.batch import Batch, BatchStats, WindowAggregate, encode_batch
 from tests.test_cloud_api import (
     GW1_TOKEN,
@@ -300,6 +301,14 @@ async def test_analytics_need_the_read_credential_and_the_cookie_works(
     assert 'id="chart-series"' in await page.text()
     forged = {"Cookie": f"{SESSION_COOKIE}={'0' * 64}"}
     assert (await client.get("/api/v1/analytics/overview", headers=forged)).status == 401
+    # The server checks the session's age: a cookie issued 13 h ago (validly signed) is refused,
+    # and a changed issue time breaks the signature.
+    app = client.server.app
+    old = {"Cookie": f"{SESSION_COOKIE}={issue_session(app, now=time.time() - 13 * 3600)}"}
+    assert (await client.get("/api/v1/analytics/overview", headers=old)).status == 401
+    issued, _, mac = cookie.value.partition(".")
+    moved = {"Cookie": f"{SESSION_COOKIE}={int(issued) + 1}.{mac}"}
+    assert (await client.get("/api/v1/analytics/overview", headers=moved)).status == 401
     # plotly.js comes from the installed package, not from a CDN.
     js = await client.get("/assets/plotly.min.js")
     assert js.status == 200 and len(await js.read()) > 1_000_000

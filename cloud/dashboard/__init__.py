@@ -17,15 +17,15 @@ from functools import cache
 from aiohttp import web
 
 from cloud.app import (
-    READ_SESSION_KEY,
     SESSION_COOKIE,
+    SESSION_MAX_AGE_S,
     ApiError,
     Handler,
     is_read_token,
+    issue_session,
     require_reader,
 )
 
-SESSION_MAX_AGE_S = 12 * 3600
 STATIC = importlib.resources.files(__package__) / "static"
 # name -> (package, path inside it, content type); a fixed list, so no path ever reaches disk.
 ASSETS: dict[str, tuple[str, str, str]] = {
@@ -80,7 +80,7 @@ async def post_login(request: web.Request) -> web.Response:
     response = _see_other()
     response.set_cookie(
         SESSION_COOKIE,
-        request.app[READ_SESSION_KEY],
+        issue_session(request.app),
         max_age=SESSION_MAX_AGE_S,
         path="/",
         httponly=True,
