@@ -30,7 +30,6 @@ from cloud.db import make_engine, upgrade_to_head
 
 log = logging.getLogger(__name__)
 
-READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 15.0
 
 
