@@ -311,4 +311,4 @@ async def newest_window_end(engine: AsyncEngine) -> float | None:
     r = rollups.c
     async with engine.connect() as conn:
         newest = await conn.scalar(select(func.max(r.bucket_start)).where(r.bucket_s == STORED_S))
-    return None if newest is None else float(newest) + 3600.0
+    return None if newest is None else float(newest) + STORED_S

@@ -25,14 +25,12 @@ from cloud.analytics.anomalies import rank_anomalies
 from cloud.analytics.clusters import cluster_homes
 from cloud.analytics.fleet import event_report, fleet_standings, load_cells
 from cloud.analytics.models import EMPTY_SNAPSHOT, Snapshot
-from cloud.analytics.rollups import newest_window_end
+from cloud.analytics.rollups import DAY_S, STORED_S, newest_window_end
 from cloud.db import analytics_results
 
 log = logging.getLogger(__name__)
 
 SNAPSHOT = "snapshot"
-DAY = 86400
-HOUR = 3600
 
 
 @dataclass(frozen=True)
@@ -54,11 +52,11 @@ async def compute_snapshot(
     if until is None:
         return msgspec.structs.replace(EMPTY_SNAPSHOT, computed_at=computed_at)
     # Whole days, so every home's daily means cover the same days.
-    until_day = math.ceil(until / DAY) * DAY
-    since = until_day - settings.lookback_days * DAY
-    days_by_class = await load_cells(engine, DAY, since, until_day, by_device_class=True)
-    days = await load_cells(engine, DAY, since, until_day, by_device_class=False)
-    hours = await load_cells(engine, HOUR, since, until_day, by_device_class=False)
+    until_day = math.ceil(until / DAY_S) * DAY_S
+    since = until_day - settings.lookback_days * DAY_S
+    days_by_class = await load_cells(engine, DAY_S, since, until_day, by_device_class=True)
+    days = await load_cells(engine, DAY_S, since, until_day, by_device_class=False)
+    hours = await load_cells(engine, STORED_S, since, until_day, by_device_class=False)
 
     def analyse() -> Snapshot:
         # CPU work (KMeans restarts) off the event loop.
