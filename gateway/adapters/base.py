@@ -26,6 +26,7 @@ Adapters keep plain counters and are meant to be called by one task at a time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -130,6 +131,8 @@ class AvailabilityChange:
     ts: float
 
 
+# Called for every message with the same few names: memoized (bounded) off the MQTT hot path.
+@functools.lru_cache(maxsize=4096)
 def sanitize_device(name: str) -> str:
     """A device id in the topic segment charset ([A-Za-z0-9_.-], 1-64, alphanumeric first).
 
