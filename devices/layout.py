@@ -8,7 +8,6 @@ the same layout; adding homes keeps the earlier homes unchanged (each home has i
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,8 +134,3 @@ def build_layout(homes: int, seed: int) -> tuple[HomeSpec, ...]:
     if homes < 1:
         raise ValueError(f"homes must be >= 1, got {homes}")
     return tuple(build_home(i, seed) for i in range(homes))
-
-
-def iter_devices(layout: tuple[HomeSpec, ...]) -> Iterator[DeviceSpec]:
-    for home in layout:
-        yield from home.devices
