@@ -214,15 +214,6 @@ class Writer:
                 continue
         return False
 
-    def submit(self, fn: Callable[[Connection], T]) -> concurrent.futures.Future[T]:
-        """Run ``fn(connection)`` in the writer thread in its own transaction (from a thread).
-        Blocks while the queue is full."""
-        if not self.alive:
-            raise WriterStopped("the writer is not running")
-        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._queue.put(_Job(fn, fut))
-        return fut
-
     async def run(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(connection)`` in the writer thread in its own transaction; return its result.
 
