@@ -257,6 +257,9 @@ def test_devices_of_one_class_merge_with_exact_statistics(tmp_path: Path) -> Non
     assert (st.count, st.min, st.max) == (60, expected.min, expected.max)
     for name in ("sum", "sum_sq", "mean", "std", "p50", "p95"):
         assert getattr(st, name) == pytest.approx(getattr(expected, name), rel=1e-12), name
+    # ... and WindowStats itself agrees with numpy, so the comparison above is not circular.
+    assert (st.sum, st.mean, st.std) == pytest.approx((both.sum(), both.mean(), both.std()))
+    assert (st.p50, st.p95) == pytest.approx(tuple(np.percentile(both, [50, 95])))
     assert sorted(g.values) == sorted(both)  # the privacy filter gets every value
     assert closed.rows == 60 and closed.messages == 60
 
