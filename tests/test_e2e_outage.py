@@ -196,7 +196,7 @@ async def test_cloud_killed_and_restarted_every_batch_arrives_once(
     live: LivePublisher | None = None
     try:
         async with gw:
-            await asyncio.to_thread(gw.mqtt.subscribed.wait, 10)
+            assert await asyncio.to_thread(gw.mqtt.subscribed.wait, 10), "never subscribed"
             live = LivePublisher(mosquitto, topic_root)
 
             async def stored_three() -> bool:

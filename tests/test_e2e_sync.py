@@ -375,7 +375,7 @@ async def run_pipeline(
     db = tmp_path / "gateway.db"
     try:
         async with gw:
-            await asyncio.to_thread(gw.mqtt.subscribed.wait, 10)
+            assert await asyncio.to_thread(gw.mqtt.subscribed.wait, 10), "never subscribed"
             scenario = await asyncio.to_thread(publish_world, publisher, topic_root, start, 40)
             await asyncio.to_thread(publisher.wait_acked)
             n = len(scenario.readings)
@@ -550,7 +550,7 @@ async def test_gateway_without_uplink_aggregates_into_its_outbox_and_reports_it(
     publisher = Publisher(mosquitto.port)
     try:
         async with create_gateway(config) as gw, aiohttp.ClientSession() as http:
-            await asyncio.to_thread(gw.mqtt.subscribed.wait, 10)
+            assert await asyncio.to_thread(gw.mqtt.subscribed.wait, 10), "never subscribed"
             for i in range(40):
                 payload = encode_telemetry(start + i, {"temperature": 20.0 + i % 3}, seq=i)
                 publisher.publish(topic, payload)

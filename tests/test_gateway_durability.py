@@ -182,7 +182,7 @@ async def test_broker_restart_mid_stream_loses_nothing(
     pub = Publisher(mosquitto.port, client_id=f"pub-{topic_root}", persistent=True)
     try:
         async with Gateway(gateway_config(tmp_path, mosquitto, topic_root)) as gw:
-            await asyncio.to_thread(gw.mqtt.subscribed.wait, 10)
+            assert await asyncio.to_thread(gw.mqtt.subscribed.wait, 10), "never subscribed"
             db = gw.config.storage.path
 
             def rows() -> int:

@@ -114,7 +114,7 @@ async def gateway(
     tmp_path: Path, mosquitto: MosquittoBroker, topic_root: str
 ) -> AsyncIterator[Gateway]:
     async with Gateway(gateway_config(tmp_path, mosquitto, topic_root)) as gw:
-        await asyncio.to_thread(gw.mqtt.subscribed.wait, 10)
+        assert await asyncio.to_thread(gw.mqtt.subscribed.wait, 10), "never subscribed"
         yield gw
 
 
@@ -240,7 +240,7 @@ async def test_state_audio_and_callbacks(
     gw.on_audio(on_audio)
     gw.on_readings(on_readings)
     async with gw:
-        await asyncio.to_thread(gw.mqtt.subscribed.wait, 10)
+        assert await asyncio.to_thread(gw.mqtt.subscribed.wait, 10), "never subscribed"
         db = gw.config.storage.path
         publisher.publish(
             device_topic("h1", "hall", "door-1", "state", root=topic_root), b"online", retain=True
@@ -286,7 +286,7 @@ async def test_adapter_hook_subscribes_and_stores(
     gw = Gateway(gateway_config(tmp_path, mosquitto, topic_root))
     gw.add_adapter(f"{topic_root}-fake/+/temp", fake_adapter, "fake")
     async with gw:
-        await asyncio.to_thread(gw.mqtt.subscribed.wait, 10)
+        assert await asyncio.to_thread(gw.mqtt.subscribed.wait, 10), "never subscribed"
         publisher.publish(f"{topic_root}-fake/probe-1/temp", b"19.5")
         publisher.publish(f"{topic_root}-fake/probe-2/temp", b"cold")
         await asyncio.to_thread(publisher.wait_acked)
@@ -375,7 +375,7 @@ async def test_mqtt5_session(tmp_path: Path, mosquitto: MosquittoBroker, topic_r
     publisher = Publisher(mosquitto.port)
     try:
         async with Gateway(cfg) as gw:
-            await asyncio.to_thread(gw.mqtt.subscribed.wait, 10)
+            assert await asyncio.to_thread(gw.mqtt.subscribed.wait, 10), "never subscribed"
         # Published while the gateway is down: kept by the broker for the v5 session.
         tele = device_topic("h1", "lab", "thermostat-5", "telemetry", root=topic_root)
         for seq in range(20):
