@@ -18,7 +18,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from sqlalchemy import ColumnElement, Float, and_, distinct, func, literal_column, select
+from sqlalchemy import (
+    ColumnElement,
+    Float,
+    Table,
+    and_,
+    distinct,
+    func,
+    literal_column,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -110,37 +119,48 @@ async def query_series(engine: AsyncEngine, q: SeriesQuery) -> list[Series]:
     t: ColumnElement[float] = (
         a.window_start if width is None else TimeBucket(a.window_start, literal_column(str(width)))
     )
-    t = t.label("bucket_start")
-    groups = [a[name] for name in q.group_by] + [a.unit]
-    n = func.sum(a.count)
+    measures = [
+        func.sum(a.count).label("n"),
+        func.sum(a.sum).label("total"),
+        func.sum(a.count * a.mean).label("weighted"),
+        func.min(a.min).label("lo"),
+        func.max(a.max).label("hi"),
+        func.sum(a.count * (a.std * a.std + a.mean * a.mean)).label("sumsq"),
+        (func.count() - func.count(a.std)).label("without_std"),
+        func.count().label("windows"),
+        # Percentiles of a single window are exact; of several they are not returned.
+        func.min(a.p50).label("p50"),
+        func.min(a.p95).label("p95"),
+    ]
+    return await read_series(engine, q, aggregates, t, a.window_start, measures)
+
+
+async def read_series(
+    engine: AsyncEngine,
+    q: SeriesQuery,
+    table: Table,
+    t: ColumnElement[float],
+    time_column: ColumnElement[float],
+    measures: Sequence[ColumnElement[Any]],
+    *where: ColumnElement[bool],
+) -> list[Series]:
+    """The series of `q` from `table` (the aggregates or the rollups): `measures` grouped by
+    `q.group_by`, unit and bucket `t`, with the range of `q` applied to `time_column`."""
+    c = table.c
+    groups = [c[name] for name in q.group_by] + [c.unit]
+    conditions = [c.metric == q.metric, *where]
+    conditions += [c[name] == value for name, value in q.filters.items()]
+    if q.start is not None:
+        conditions.append(time_column >= q.start)
+    if q.end is not None:
+        conditions.append(time_column < q.end)
     stmt = (
-        select(
-            *groups,
-            t,
-            n.label("n"),
-            func.sum(a.sum).label("total"),
-            func.sum(a.count * a.mean).label("weighted"),
-            func.min(a.min).label("lo"),
-            func.max(a.max).label("hi"),
-            func.sum(a.count * (a.std * a.std + a.mean * a.mean)).label("sumsq"),
-            (func.count() - func.count(a.std)).label("without_std"),
-            func.count().label("windows"),
-            # Percentiles of a single window are exact; of several they are not returned.
-            func.min(a.p50).label("p50"),
-            func.min(a.p95).label("p95"),
-        )
-        .where(a.metric == q.metric)
+        select(*groups, t.label("bucket_start"), *measures)
+        .where(and_(*conditions))
         .group_by(*groups, t)
         .order_by(*groups, t)
         .limit(q.max_points + 1)
     )
-    conditions = [a[name] == value for name, value in q.filters.items()]
-    if q.start is not None:
-        conditions.append(a.window_start >= q.start)
-    if q.end is not None:
-        conditions.append(a.window_start < q.end)
-    if conditions:
-        stmt = stmt.where(and_(*conditions))
     async with engine.connect() as conn:
         rows = (await conn.execute(stmt)).all()
     return series_from_rows(q, rows)
@@ -148,7 +168,7 @@ async def query_series(engine: AsyncEngine, q: SeriesQuery) -> list[Series]:
 
 def series_from_rows(q: SeriesQuery, rows: Sequence[Any]) -> list[Series]:
     """Series from rows of (*group_by, unit, bucket_start, n, total, weighted, lo, hi, sumsq,
-    without_std, windows, p50, p95); shared with the rollup-backed query."""
+    without_std, windows, p50, p95), as `read_series` selects them."""
     if len(rows) > q.max_points:
         raise TooManyPoints(f"more than {q.max_points} points: narrow the range or bucket coarser")
     series: dict[tuple[str, ...], Series] = {}

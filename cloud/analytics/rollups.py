@@ -26,7 +26,6 @@ from sqlalchemy import (
     ColumnElement,
     Integer,
     String,
-    and_,
     func,
     literal_column,
     select,
@@ -38,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cloud.analytics.models import MetricSpan
 from cloud.db import ROLLUP_KEY, aggregates, rollups
-from cloud.queries import Series, SeriesQuery, TimeBucket, series_from_rows
+from cloud.queries import Series, SeriesQuery, TimeBucket, read_series
 from schemas.batch import WindowAggregate
 
 STORED_S = 3600  # the width of every rollup row; coarser buckets are grouped from it
@@ -244,42 +243,30 @@ async def rollup_series(engine: AsyncEngine, q: SeriesQuery) -> list[Series]:
     """The answer of `cloud.queries.query_series` for `q`, read from the rollups."""
     assert served_by_rollups(q), "the caller checks served_by_rollups first"
     r = rollups.c
-    groups = [r[name] for name in q.group_by] + [r.unit]
     assert q.bucket.seconds is not None  # served_by_rollups
-    bucket = rollup_bucket(q.bucket.seconds)
-    t = bucket.label("bucket_start")
-    stmt = (
-        select(
-            *groups,
-            t,
-            func.sum(r.count).label("n"),
-            func.sum(r.sum).label("total"),
-            func.sum(r.weighted).label("weighted"),
-            func.min(r.min).label("lo"),
-            func.max(r.max).label("hi"),
-            func.sum(r.sumsq).label("sumsq"),
-            func.sum(r.without_std).label("without_std"),
-            func.sum(r.windows).label("windows"),
-            func.min(r.p50).label("p50"),
-            func.min(r.p95).label("p95"),
-        )
-        .where(r.bucket_s == STORED_S, r.metric == q.metric)
-        .group_by(*groups, bucket)
-        .order_by(*groups, bucket)
-        .limit(q.max_points + 1)
-    )
+    measures = [
+        func.sum(r.count).label("n"),
+        func.sum(r.sum).label("total"),
+        func.sum(r.weighted).label("weighted"),
+        func.min(r.min).label("lo"),
+        func.max(r.max).label("hi"),
+        func.sum(r.sumsq).label("sumsq"),
+        func.sum(r.without_std).label("without_std"),
+        func.sum(r.windows).label("windows"),
+        func.min(r.p50).label("p50"),
+        func.min(r.p95).label("p95"),
+    ]
     # The range's edges lie on bucket edges (served_by_rollups), so filtering the hour rows by
     # their own start keeps exactly the buckets in range.
-    conditions = [r[name] == value for name, value in q.filters.items()]
-    if q.start is not None:
-        conditions.append(r.bucket_start >= q.start)
-    if q.end is not None:
-        conditions.append(r.bucket_start < q.end)
-    if conditions:
-        stmt = stmt.where(and_(*conditions))
-    async with engine.connect() as conn:
-        rows = (await conn.execute(stmt)).all()
-    return series_from_rows(q, rows)
+    return await read_series(
+        engine,
+        q,
+        rollups,
+        rollup_bucket(q.bucket.seconds),
+        r.bucket_start,
+        measures,
+        r.bucket_s == STORED_S,
+    )
 
 
 async def rollup_metrics(engine: AsyncEngine) -> list[MetricSpan]:
