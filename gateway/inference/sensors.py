@@ -52,11 +52,6 @@ class WindowStats:
 
 
 @dataclass
-class _Acc:
-    values: list[float] = field(default_factory=list)
-
-
-@dataclass
 class Baseline:
     """The device's recent normal per metric (window means, window stds, repeats)."""
 
@@ -196,7 +191,7 @@ class SensorStream:
     window_s: float
     baseline_windows: int
     start: float | None = None
-    acc: dict[str, _Acc] = field(default_factory=dict)
+    acc: dict[str, list[float]] = field(default_factory=dict)
     baseline: Baseline = field(init=False)
     stuck_runs: dict[str, int] = field(default_factory=dict)
     last_mean: dict[str, float] = field(default_factory=dict)
@@ -213,7 +208,7 @@ class SensorStream:
         elif ts >= self.start + self.window_s:
             closed = self._close()
             self.start = ts - ts % self.window_s
-        self.acc.setdefault(metric, _Acc()).values.append(value)
+        self.acc.setdefault(metric, []).append(value)
         return closed
 
     def _close(self) -> WindowStats | None:
@@ -225,7 +220,7 @@ class SensorStream:
         for m, a in self.acc.items():
             if m not in ANOMALY_METRICS and m not in OCCUPANCY_METRICS:
                 continue
-            v = np.asarray(a.values, np.float64)
+            v = np.asarray(a, np.float64)
             mean = float(v.mean())
             stats["mean"][m] = mean
             stats["std"][m] = float(v.std())
