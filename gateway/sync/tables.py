@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     Column,
+    Connection,
     Engine,
     Float,
     Index,
@@ -131,7 +132,7 @@ SYNC_TABLES = (
 )
 
 
-def create_sync_tables(engine: Engine) -> None:
-    """Create the sync tables (idempotent); `gateway.db.make_engine` also does once this module
-    is imported."""
-    metadata.create_all(engine, tables=list(SYNC_TABLES))
+def create_sync_tables(bind: Engine | Connection) -> None:
+    """Create the sync tables (idempotent) on an engine or in a connection's transaction;
+    `gateway.db.make_engine` also does once this module is imported."""
+    metadata.create_all(bind, tables=list(SYNC_TABLES))

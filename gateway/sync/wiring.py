@@ -36,13 +36,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import Connection, select
 
 from gateway.config import GatewayConfig
-from gateway.db import metadata, readings
+from gateway.db import readings
 from gateway.records import Reading
 from gateway.sync import outbox
 from gateway.sync.metrics import SyncMetrics
 from gateway.sync.pipeline import PassResult, SyncPipeline, aggregate_and_enqueue
 from gateway.sync.retention import Retention, RetentionPolicy
-from gateway.sync.tables import SYNC_TABLES
+from gateway.sync.tables import create_sync_tables
 from gateway.sync.uplink import Uplink
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ class SyncService:
     async def setup(self, gateway: Gateway) -> AsyncIterator[None]:
         """Cleanup context: tables, key and outbox depth before the tasks start."""
         cfg = self._config
-        await gateway.writer.run(_create_tables)
+        await gateway.writer.run(create_sync_tables)
         privacy = cfg.privacy.model_copy(update={"secret_file": secret_file(cfg)})
         self._pipeline = await asyncio.to_thread(
             SyncPipeline.from_settings, cfg.gateway_id, cfg.aggregation, privacy, cfg.uplink
@@ -174,10 +174,6 @@ class SyncService:
             last_status=up.last_status,
         )
         return body
-
-
-def _create_tables(conn: Connection) -> None:
-    metadata.create_all(conn, tables=list(SYNC_TABLES))
 
 
 def _newest_reading_ts(conn: Connection) -> float | None:
