@@ -75,15 +75,13 @@ def aggregate_and_enqueue(
     now: float,
     pipeline: SyncPipeline,
     *,
-    ingested: tuple[int, int] | None = None,
     close_at: float | None = None,
 ) -> PassResult:
     """Run one pass in the caller's transaction (the gateway's writer thread commits it).
 
-    `ingested` = (messages, bytes) taken in for the closed windows, when the caller counts them;
-    otherwise both are estimated from the readings rows. `close_at` (default `now`) is the time
-    windows are closed against: the event clock of ``aggregation.clock = "event"``; `now` stays
-    the wall clock of the outbox (batch times, TTL).
+    The batch's ingest stats (messages, bytes) are estimated from the closed windows' readings
+    rows. `close_at` (default `now`) is the time windows are closed against: the event clock of
+    ``aggregation.clock = "event"``; `now` stays the wall clock of the outbox (batch times, TTL).
     """
     closed = close_windows(
         conn,
@@ -92,9 +90,6 @@ def aggregate_and_enqueue(
         policy_of=lambda m: pipeline.privacy.settings.policy_of(m),
     )
     release = pipeline.privacy.release(conn, closed.groups)
-    messages, nbytes = (
-        ingested if ingested is not None else (closed.messages, closed.estimated_bytes)
-    )
     if release.aggregates:
         enq = outbox.enqueue(
             conn,
@@ -107,7 +102,9 @@ def aggregate_and_enqueue(
                 refused_noised=release.refused,
                 min_window_count=pipeline.privacy.settings.min_window_count,
             ),
-            stats=BatchStats(ingested_messages=messages, ingested_bytes=nbytes),
+            stats=BatchStats(
+                ingested_messages=closed.messages, ingested_bytes=closed.estimated_bytes
+            ),
         )
     else:
         enq = EnqueueResult(
