@@ -224,3 +224,15 @@ def test_keyword_inputs_stop_during_continuous_sound_and_resume_after_a_pause() 
         ]
     assert len(ends) == 3, ends
     assert ends[0] < 4.0 and 9.5 < ends[1] < 10.5 and ends[2] > 11.0, ends
+
+
+def test_event_publisher_defaults_to_the_tls_port_like_the_ingest_connection() -> None:
+    import ssl
+
+    from gateway.inference.publisher import EventPublisher
+
+    tls = ssl.create_default_context()
+    assert EventPublisher("mqtt://broker", client_id="t", tls_context=tls).port == 8883
+    assert EventPublisher("mqtt://broker", client_id="t").port == 1883
+    assert EventPublisher("mqtts://broker", client_id="t").port == 8883
+    assert EventPublisher("mqtt://broker:1999", client_id="t", tls_context=tls).port == 1999

@@ -49,7 +49,9 @@ class EventPublisher:
         if parsed.scheme not in ("mqtt", "mqtts", "tcp") or not parsed.hostname:
             raise ValueError(f"event publisher needs an mqtt[s]://host:port url, got {url!r}")
         self.host = parsed.hostname
-        self.port = parsed.port or (8883 if parsed.scheme == "mqtts" else 1883)
+        # Same default as the ingest connection (MqttConfig.port): TLS without a port means 8883.
+        tls = parsed.scheme == "mqtts" or tls_context is not None
+        self.port = parsed.port or (8883 if tls else 1883)
         self.tls_context = tls_context
         self.client_id = client_id
         self.qos = qos
