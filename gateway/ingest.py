@@ -157,11 +157,11 @@ class MessageDecoder:
         return found
 
     def _decode_native(self, topic: str, payload: bytes, at: float) -> Ingested:
-        levels = topic[len(self._prefix) :].split("/", 2)
-        if len(levels) > 2 and levels[1] == GATEWAY_SEGMENT:
-            return Ignored(topic)
         where = self._topics.get(topic)
-        if where is None:
+        if where is None:  # only device topics are cached, so the gateway check runs once each
+            levels = topic[len(self._prefix) :].split("/", 2)
+            if len(levels) > 2 and levels[1] == GATEWAY_SEGMENT:
+                return Ignored(topic)
             try:
                 where = parse_device_topic(topic, root=self._root)
             except TopicError as exc:
