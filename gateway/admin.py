@@ -2,7 +2,7 @@
 
 ``/healthz`` answers 200 with ``{"status": "ok", ...}`` when the MQTT session is up and the
 writer thread runs, else 503 with ``"status": "degraded"``; the body always carries
-``mqtt_connected``, ``writer_alive`` and ``queue_depth``.
+``mqtt_connected``, ``mqtt_subscribed``, ``writer_alive`` and ``queue_depth``.
 """
 
 from __future__ import annotations

@@ -142,6 +142,8 @@ class Gateway:
             "status": "ok" if connected and alive else "degraded",
             "gateway_id": self.config.gateway_id,
             "mqtt_connected": connected,
+            # Granted subscriptions (SUBACK): before that, a new session receives nothing.
+            "mqtt_subscribed": self._bridge is not None and self._bridge.subscribed.is_set(),
             "writer_alive": alive,
             "queue_depth": self._writer.depth if self._writer is not None else 0,
         }

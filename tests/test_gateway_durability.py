@@ -53,8 +53,10 @@ class GatewayProcess:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()
-            if self.port_file.exists() and self.health().get("status") == "ok":
-                time.sleep(0.3)  # the subscription follows the CONNACK
+            health = self.health() if self.port_file.exists() else {}
+            # Publishing may start only once the broker granted the subscription: before the
+            # first SUBACK there is no session to queue messages in.
+            if health.get("status") == "ok" and health.get("mqtt_subscribed") is True:
                 return
             time.sleep(0.05)
         raise TimeoutError("gateway not healthy: " + self.log.read_text())

@@ -349,6 +349,7 @@ async def test_admin_http(gateway: Gateway) -> None:
             body = await resp.json()
             assert resp.status == 200
         assert body["status"] == "ok" and body["mqtt_connected"] and body["writer_alive"]
+        assert body["mqtt_subscribed"] is True
         # Background jobs (the first aggregation and retention passes) may sit in the writer's
         # queue for a moment after start; the depth must come back to 0 on an idle gateway.
         deadline = asyncio.get_running_loop().time() + 10
