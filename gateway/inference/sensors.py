@@ -30,7 +30,10 @@ OCCUPANCY_METRICS = ("co2", "light", "motion", "humidity")
 SCALE_FLOOR = {"temperature": 0.3, "humidity": 1.5, "co2": 40.0, "light": 20.0, "power": 10.0}
 STD_FLOOR = {"temperature": 0.05, "humidity": 0.3, "co2": 5.0, "light": 2.0, "power": 1.0}
 Z_CLIP = 50.0
-PER_METRIC = 6
+PER_METRIC = 10
+# A repeated window mean counts as a stuck sensor only when the home rarely saw that exact value
+# (a plug on standby or a dark room's 0 lx repeat one value for hours, normally).
+RARE_VALUE_SHARE = 0.05
 DAY_S = 86400.0
 ROUTINE_SPAN_S = 3600.0
 N_ANOMALY_FEATURES = PER_METRIC
@@ -119,14 +122,23 @@ def _z(x: float) -> float:
 def anomaly_features(
     w: WindowStats, base: Baseline, stuck_runs: dict[str, int]
 ) -> tuple[list[str], F32]:
-    """One row per metric present: |level z|, |extreme z|, |step z|, log spread ratio, stuck run,
-    |z to the closest same-time-yesterday window mean| (the level z when there is none).
+    """One row per metric present:
+
+    0 |level z|, 1 |extreme z|, 2 |step z|, 3 log spread ratio, 4 stuck run,
+    5 |z to the closest same-time-yesterday window mean| (the level z when there is none),
+    6 stuck run at a value the baseline rarely held (a plug on standby repeats 0.8 W all night,
+    a stuck one repeats its last reading), 7 the same-time-yesterday distance on that hour's own
+    scale (a slow drift of 300 lx is invisible against the day's daylight range, not at night),
+    8 the largest |level z| of the device's other metrics (a fault hits one metric; a room
+    warming or filling with people moves several), 9 the window's motion share (-1 without a
+    motion sensor: people explain lamps, CO2 and humidity).
 
     The model scores each metric's row (one model for every metric: the z-scores make them
     comparable) and a window's score is its worst metric's.
     """
     names = [m for m in ANOMALY_METRICS if m in w.mean]
     out = np.zeros((len(names), PER_METRIC), np.float32)
+    motion = float(w.mean["motion"]) if "motion" in w.mean else -1.0
     for k, m in enumerate(names):
         med, scale = base.level(m)
         prev = base.means.get(m)
@@ -137,14 +149,30 @@ def anomaly_features(
         # +-1 h: a routine (waking, cooking, lamps on) moves a little from day to day.
         yesterday = base.same_time_yesterday(m, w.start, ROUTINE_SPAN_S)
         daily = min((_z((w.mean[m] - y) / scale) for y in yesterday), default=level)
-        out[k] = (
+        if yesterday:
+            local = max((max(yesterday) - min(yesterday)) / 2.0, SCALE_FLOOR.get(m, 1.0))
+            daily_local = min(_z((w.mean[m] - y) / local) for y in yesterday)
+        else:
+            daily_local = level
+        run = min(stuck_runs.get(m, 0), 12) / 12.0
+        rare = 0.0
+        if run > 0.0 and prev:
+            share = float(np.count_nonzero(np.asarray(prev) == w.mean[m])) / len(prev)
+            rare = run * max(0.0, 1.0 - share / RARE_VALUE_SHARE)
+        out[k, :8] = (
             level,
             _z((w.extreme[m] - med) / scale),
             _z(step / base.delta_scale(m)),
             float(np.clip(spread, -10, 10)),
-            min(stuck_runs.get(m, 0), 12) / 12.0,
+            run,
             daily,
+            rare,
+            daily_local,
         )
+        out[k, 9] = motion
+    if len(names) > 1:
+        for k in range(len(names)):
+            out[k, 8] = np.delete(out[:, 0], k).max()
     return names, out
 
 
