@@ -7,9 +7,11 @@ level*: the held-out set uses voices, variants and SNRs the heads never saw.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,65 +59,28 @@ OTHER_PHRASES = [
     "is it raining",
     "coffee please",
 ]
+# Variant names are espeak-ng's file names in voices/!v, case and all: espeak silently falls back
+# to its default voice for a name it does not know (`require_tools` checks every one exists).
 SPLITS: dict[str, dict[str, Any]] = {
     "train": {
         # English accents only: espeak's other languages read English text with their own
         # spelling rules, which makes different words rather than accents.
         "voices": ["en-gb", "en-us", "en-gb-x-rp", "en-gb-scotland", "en-gb-x-gbclan"],
         "variants": [
-            "m1",
-            "m2",
-            "m3",
-            "m5",
-            "m6",
-            "f1",
-            "f2",
-            "f3",
-            "klatt",
-            "klatt3",
-            "Andy",
-            "Annie",
-            "Michael",
-            "Linda",
-            "Paul",
-            "Alex",
-            "Alicia",
-            "Andrea",
-            "Antonio",
-            "Belinda",
-            "Benjamin",
-            "David",
-            "Ed",
-            "Edward",
-            "Gene",
-            "Hugo",
-            "John",
-            "Lee",
-            "Mario",
-            "Max",
-            "Mike",
-            "Pablo",
-            "Pedro",
-            "Quincy",
-            "Robert",
-            "anika",
-            "Jacky",
-            "Marco",
-            "Zac",
-            "shelby",
-            "travis",
-            "victor",
-            "norbert",
-            "klatt4",
-            "klatt5",
-            "klatt6",
-            "m8",
+            *("m1", "m2", "m3", "m5", "m6", "m8", "f1", "f2", "f3"),
+            *("klatt", "klatt3", "klatt4", "klatt5", "klatt6"),
+            *("Alex", "Alicia", "Andrea", "Andy", "Annie", "Gene", "Gene2", "Hugo", "Jacky"),
+            *("Lee", "Marco", "Mario", "Michael", "Mike", "adam", "anika", "antonio", "aunty"),
+            *("belinda", "benjamin", "boris", "caleb", "david", "Denis", "ed", "edward"),
+            *("edward2", "grandpa", "gustave", "iven", "iven2", "iven3", "john", "linda"),
+            *("marcelo", "max", "michel", "miguel", "norbert", "pablo", "paul", "pedro"),
+            *("quincy", "rob", "robert", "sandro", "shelby", "steph2", "travis", "victor", "zac"),
         ],
         "snr_db": [None, 30.0, 20.0, 10.0],
     },
     "test": {
         "voices": ["en-029", "en-us-nyc", "en-gb-x-gbcwmd"],
-        "variants": ["m4", "m7", "f4", "f5", "klatt2", "grandma", "Steph"],
+        "variants": ["m4", "m7", "f4", "f5", "klatt2", "grandma", "steph"],
         "snr_db": [None, 25.0, 15.0, 8.0],
     },
 }
@@ -125,6 +90,19 @@ def require_tools() -> None:
     missing = [t for t in ("espeak-ng", "sox") if shutil.which(t) is None]
     if missing:
         raise SystemExit(f"missing {missing}: apt-get install -y espeak-ng sox (training only)")
+    unknown = missing_variants()
+    if unknown:
+        raise SystemExit(f"espeak-ng has no voice variants {unknown} (names are case-sensitive)")
+
+
+def missing_variants() -> list[str]:
+    """Variants in `SPLITS` that espeak-ng's data directory lacks (it would speak its default)."""
+    version = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout
+    found = re.search(r"Data at:\s*(\S+)", version)
+    if found is None:
+        raise SystemExit(f"cannot find espeak-ng's data directory in {version!r}")
+    have = {p.name for p in (Path(found.group(1)) / "voices" / "!v").iterdir()}
+    return sorted({v for cfg in SPLITS.values() for v in cfg["variants"]} - have)
 
 
 def _sox_raw(args: list[str], stdin: bytes | None = None) -> F32:
