@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, Integer, cast, func, select, update
 from sqlalchemy.dialects.sqlite import insert
 
 from gateway.db import devices, readings
@@ -153,27 +153,41 @@ def _lock_and_read_watermark(
 def _count_late(
     conn: Connection, cursor: int, max_id: int, watermark: float, window_s: int, now: float
 ) -> int:
+    # Counted per window in SQL: fetching one row per late reading cost ~400 bytes of Python
+    # objects each (a replayed backlog of 100k readings: +30 MB in the writer thread).
+    # floor(ts / window_s) without SQLite's optional math functions: truncate, then step down
+    # when the quotient was negative and not whole; the same float division as `window_floor`.
+    quotient = readings.c.ts / window_s
+    truncated = cast(quotient, Integer)
+    window_index = (truncated - cast(quotient < truncated, Integer)).label("window_index")
     rows = conn.execute(
         select(
-            readings.c.home, readings.c.room, readings.c.device, readings.c.metric, readings.c.ts
-        ).where(readings.c.id > cursor, readings.c.id <= max_id, readings.c.ts < watermark)
+            readings.c.home,
+            readings.c.room,
+            readings.c.device,
+            readings.c.metric,
+            window_index,
+            func.count(),
+        )
+        .where(readings.c.id > cursor, readings.c.id <= max_id, readings.c.ts < watermark)
+        .group_by(
+            readings.c.home, readings.c.room, readings.c.device, readings.c.metric, window_index
+        )
     ).all()
     if not rows:
         return 0
-    per_window: dict[tuple[str, str, str, str, float], int] = defaultdict(int)
-    for home, room, device, metric_name, ts in rows:
-        per_window[(home, room, device, metric_name, window_floor(ts, window_s))] += 1
     late_rows = [
         {
-            "home": k[0],
-            "room": k[1],
-            "device": k[2],
-            "metric": k[3],
-            "window_start": k[4],
-            "count": n,
+            "home": home,
+            "room": room,
+            "device": device,
+            "metric": metric_name,
+            "window_start": float(int(index) * window_s),
+            "count": int(n),
         }
-        for k, n in per_window.items()
+        for home, room, device, metric_name, index, n in rows
     ]
+    late = sum(r["count"] for r in late_rows)
     stmt = insert(late_readings)
     conn.execute(
         stmt.on_conflict_do_update(
@@ -191,8 +205,8 @@ def _count_late(
         ),
         [{**r, "last_seen_at": now} for r in late_rows],
     )
-    log.info("%d late readings (their windows were already aggregated)", len(rows))
-    return len(rows)
+    log.info("%d late readings (their windows were already aggregated)", late)
+    return late
 
 
 def close_windows(
