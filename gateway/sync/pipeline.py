@@ -11,13 +11,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import numpy as np
 from sqlalchemy import Connection
 
 from gateway.sync import outbox
 from gateway.sync.outbox import EnqueueResult
 from gateway.sync.privacy import PrivacyFilter, Release, secret_from_settings
 from gateway.sync.settings import AggregationSettings, PrivacySettings, UplinkSettings
+from gateway.sync.stats import LaplaceNoise, NoiseSource
 from gateway.sync.windows import ClosedWindows, close_windows
 from schemas.batch import BatchPrivacy, BatchStats
 
@@ -41,7 +41,7 @@ class SyncPipeline:
         privacy: PrivacySettings,
         uplink: UplinkSettings,
         *,
-        rng: np.random.Generator | None = None,
+        rng: NoiseSource | None = None,
     ) -> SyncPipeline:
         """Build the pipeline; loads (or creates, mode 0600) the pseudonym key file."""
         if not _GATEWAY_ID.match(gateway_id):
@@ -51,7 +51,7 @@ class SyncPipeline:
         filt = PrivacyFilter(
             privacy,
             secret_from_settings(privacy),
-            rng if rng is not None else np.random.default_rng(),
+            rng if rng is not None else LaplaceNoise(),
         )
         return cls(gateway_id=gateway_id, aggregation=aggregation, uplink=uplink, privacy=filt)
 

@@ -29,17 +29,18 @@ import os
 import re
 import secrets
 import tempfile
+from array import array
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from sqlalchemy import Connection, select, update
 from sqlalchemy.dialects.sqlite import insert
 
 from gateway.sync import counters
 from gateway.sync.settings import PrivacySettings, RoomClass
+from gateway.sync.stats import NoiseSource, as_float_array, pairwise_sum
 from gateway.sync.tables import privacy_ledger
 from gateway.sync.windows import WindowGroup, WindowStats
 from schemas.batch import Policy, WindowAggregate
@@ -154,13 +155,14 @@ def laplace_scales(known: Metric, epsilon: float) -> tuple[float, float]:
 
 
 def noised_count_sum(
-    values: np.ndarray, known: Metric, epsilon: float, rng: np.random.Generator
+    values: Collection[float], known: Metric, epsilon: float, rng: NoiseSource
 ) -> tuple[float, float]:
     """(noisy count, noisy sum) of `values` clipped to the metric's range."""
     count_scale, sum_scale = laplace_scales(known, epsilon)
-    clipped = np.clip(values, known.low, known.high)
-    count = float(values.size) + float(rng.laplace(0.0, count_scale))
-    total = float(clipped.sum()) + float(rng.laplace(0.0, sum_scale))
+    lo, hi = known.low, known.high
+    clipped = array("d", [min(max(v, lo), hi) for v in as_float_array(values)])
+    count = float(len(values)) + float(rng.laplace(0.0, count_scale))
+    total = pairwise_sum(clipped) + float(rng.laplace(0.0, sum_scale))
     return count, total
 
 
@@ -204,7 +206,7 @@ class Release:
 class PrivacyFilter:
     """Applies `PrivacySettings` to window groups (in the caller's transaction, for the ledger)."""
 
-    def __init__(self, settings: PrivacySettings, secret: bytes, rng: np.random.Generator) -> None:
+    def __init__(self, settings: PrivacySettings, secret: bytes, rng: NoiseSource) -> None:
         if len(secret) < 16:
             raise ValueError("the pseudonym key must have at least 16 bytes")
         self.settings = settings
@@ -242,7 +244,7 @@ class PrivacyFilter:
                 local += 1
                 continue
             known = metric(name)
-            values = np.concatenate([p.values for p in parts]) if len(parts) > 1 else None
+            values = _joined([p.values for p in parts]) if len(parts) > 1 else None
             pseudonym = self.pseudonym(home, start)
             unit = known.unit if known is not None else ""
             if policy is Policy.AGGREGATE:
@@ -314,3 +316,10 @@ class PrivacyFilter:
             local=local,
             epsilon_spent=epsilon_spent,
         )
+
+
+def _joined(parts: Sequence[Collection[float]]) -> array[float]:
+    joined = array("d")
+    for part in parts:
+        joined.extend(as_float_array(part))
+    return joined

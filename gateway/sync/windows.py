@@ -24,16 +24,17 @@ from __future__ import annotations
 
 import logging
 import math
+from array import array
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-import numpy as np
 from sqlalchemy import Connection, Integer, cast, func, select, update
 from sqlalchemy.dialects.sqlite import insert
 
 from gateway.db import devices, readings
 from gateway.sync import counters
+from gateway.sync import stats as wstats
 from gateway.sync.settings import AggregationSettings
 from gateway.sync.tables import aggregates, late_readings, sync_watermark
 from schemas.metrics import infer_device_class
@@ -67,13 +68,20 @@ class WindowStats:
 
     @classmethod
     def from_sums(
-        cls, count: int, total: float, sum_sq: float, lo: float, hi: float, values: np.ndarray
+        cls,
+        count: int,
+        total: float,
+        sum_sq: float,
+        lo: float,
+        hi: float,
+        values: Collection[float],
     ) -> WindowStats:
         """From SQL's count/sum/sum of squares/min/max plus the values (percentiles, and a
         two-pass std, which cancels less than one derived from the sum of squares)."""
-        if count == 0 or values.size != count:
-            raise ValueError(f"{values.size} values for a window of {count} readings")
-        p50, p95 = np.percentile(values, [50.0, 95.0])
+        vals = wstats.as_float_array(values)
+        if count == 0 or len(vals) != count:
+            raise ValueError(f"{len(vals)} values for a window of {count} readings")
+        ordered = sorted(vals)
         return cls(
             count=count,
             sum=total,
@@ -81,26 +89,27 @@ class WindowStats:
             min=lo,
             max=hi,
             mean=total / count,
-            std=float(values.std()),
-            p50=float(p50),
-            p95=float(p95),
+            std=wstats.population_std(vals),
+            p50=wstats.percentile(ordered, 50.0),
+            p95=wstats.percentile(ordered, 95.0),
         )
 
     @classmethod
-    def of(cls, values: np.ndarray) -> WindowStats:
-        if values.size == 0:
+    def of(cls, values: Collection[float]) -> WindowStats:
+        vals = wstats.as_float_array(values)
+        if len(vals) == 0:
             raise ValueError("a window without values has no statistics")
-        p50, p95 = np.percentile(values, [50.0, 95.0])
+        ordered = sorted(vals)
         return cls(
-            count=int(values.size),
-            sum=float(values.sum()),
-            sum_sq=float(np.square(values).sum()),
-            min=float(values.min()),
-            max=float(values.max()),
-            mean=float(values.mean()),
-            std=float(values.std()),
-            p50=float(p50),
-            p95=float(p95),
+            count=len(vals),
+            sum=wstats.pairwise_sum(vals),
+            sum_sq=wstats.pairwise_sum(array("d", [v * v for v in vals])),
+            min=ordered[0],
+            max=ordered[-1],
+            mean=wstats.mean(vals),
+            std=wstats.population_std(vals),
+            p50=wstats.percentile(ordered, 50.0),
+            p95=wstats.percentile(ordered, 95.0),
         )
 
 
@@ -114,7 +123,7 @@ class WindowGroup:
     metric: str
     window_start: float
     window_s: int
-    values: np.ndarray
+    values: Collection[float]  # an array('d') from close_windows
     stats: WindowStats
 
 
@@ -359,10 +368,8 @@ def _aggregate_window(
         return None
     if not parts:
         return _Window([], 0, 0, 0)
-    values = np.fromiter(
-        conn.execute(select(readings.c.value).where(*in_window).order_by(*_KEY)).scalars(),
-        dtype=np.float64,
-        count=rows,
+    values = array(
+        "d", conn.execute(select(readings.c.value).where(*in_window).order_by(*_KEY)).scalars()
     )
     messages = int(
         conn.execute(
@@ -390,11 +397,9 @@ def _aggregate_window(
         offset += int(n)
     groups: list[WindowGroup] = []
     for (home, room, device_class, metric_name), pieces in merged.items():
-        vals = (
-            values[pieces[0][5] : pieces[0][5] + pieces[0][0]]
-            if len(pieces) == 1
-            else np.concatenate([values[p[5] : p[5] + p[0]] for p in pieces])
-        )
+        vals = array("d")
+        for _n, _total, _sum_sq, _lo, _hi, start in pieces:
+            vals.extend(values[start : start + _n])
         groups.append(
             WindowGroup(
                 home=home,

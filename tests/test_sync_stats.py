@@ -1,0 +1,115 @@
+"""gateway.sync.stats reproduces numpy's float64 statistics bit for bit, and its Laplace draws
+follow the distribution of numpy's ``Generator.laplace``."""
+
+from __future__ import annotations
+
+import math
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gateway.sync.stats import (
+    LaplaceNoise,
+    as_float_array,
+    mean,
+    pairwise_sum,
+    percentile,
+    population_std,
+)
+
+SIZES = [*range(1, 300), 511, 1000, 1024, 4095, 8191, 8192, 8193, 20_000, 65_537, 100_000]
+
+
+def _values(rng: random.Random, n: int) -> list[float]:
+    kind = rng.randrange(4)
+    if kind == 0:  # sensor-like: few distinct values, many ties
+        return [round(rng.gauss(21.5, 0.7), 1) for _ in range(n)]
+    if kind == 1:  # wide magnitudes and signs
+        return [rng.gauss(0, 1) * 10 ** rng.randint(-6, 6) for _ in range(n)]
+    if kind == 2:  # large offset, small spread (cancellation in the std)
+        return [1e6 + rng.random() for _ in range(n)]
+    return [float(rng.randint(0, 3)) for _ in range(n)]  # counts, zeros
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_matches_numpy_bit_for_bit(seed: int) -> None:
+    rng = random.Random(seed)
+    for n in SIZES:
+        values = as_float_array(_values(rng, n))
+        arr = np.asarray(values, dtype=np.float64)
+        assert pairwise_sum(values) == float(arr.sum()), n
+        assert mean(values) == float(arr.mean()), n
+        assert population_std(values) == float(arr.std()), n
+        ordered = sorted(values)
+        for q in (0.0, 5.0, 50.0, 95.0, 99.0, 100.0):
+            assert percentile(ordered, q) == float(np.percentile(arr, q)), (n, q)
+
+
+def test_small_cases() -> None:
+    assert pairwise_sum([]) == 0.0
+    assert population_std([3.0]) == 0.0 and percentile([3.0], 95.0) == 3.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50.0) == 2.5
+    with pytest.raises(ValueError):
+        percentile([], 50.0)
+
+
+def test_numpy_arrays_are_accepted() -> None:
+    arr = np.linspace(60.0, 80.0, 37)
+    assert as_float_array(arr).tolist() == arr.tolist()
+    assert population_std(arr) == float(arr.std())
+
+
+def test_laplace_draws_follow_the_distribution() -> None:
+    noise = LaplaceNoise(random.Random(5))
+    n, loc, scale = 20_000, 3.0, 4.0
+    draws = sorted(noise.laplace(loc, scale) for _ in range(n))
+
+    def ks(b: float) -> float:
+        def cdf(x: float) -> float:
+            z = (x - loc) / b
+            return 0.5 * math.exp(z) if z < 0 else 1 - 0.5 * math.exp(-z)
+
+        return max(max(abs((i + 1) / n - cdf(x)), abs(i / n - cdf(x))) for i, x in enumerate(draws))
+
+    assert ks(scale) < 1.95 / math.sqrt(n)  # KS critical value at alpha = 0.001
+    assert ks(scale * 1.2) > 1.95 / math.sqrt(n)  # and not some other scale
+
+
+def test_default_noise_source_is_the_os() -> None:
+    a, b = LaplaceNoise(), LaplaceNoise()
+    assert a.laplace(0.0, 1.0) != b.laplace(0.0, 1.0)
+
+
+def test_noised_count_sum_matches_the_numpy_formula() -> None:
+    from gateway.sync.privacy import laplace_scales, noised_count_sum
+    from schemas.metrics import metric
+
+    hr = metric("heart_rate")
+    assert hr is not None
+    values = np.random.default_rng(4).normal(120.0, 80.0, 501)  # some beyond the range
+    count_scale, sum_scale = laplace_scales(hr, 0.5)
+    ref_rng, rng = np.random.default_rng(9), np.random.default_rng(9)
+    expected = (
+        float(values.size) + float(ref_rng.laplace(0.0, count_scale)),
+        float(np.clip(values, hr.low, hr.high).sum()) + float(ref_rng.laplace(0.0, sum_scale)),
+    )
+    assert noised_count_sum(values, hr, 0.5, rng) == expected
+    assert noised_count_sum(values.tolist(), hr, 0.5, np.random.default_rng(9)) == expected
+
+
+def test_the_gateway_does_not_import_numpy() -> None:
+    # Only inference (off with [inference] enabled = false) and audio frames need numpy.
+    code = (
+        "import sys, gateway.__main__, gateway.app, gateway.sync\n"
+        "from gateway.app import create_gateway\n"
+        "from gateway.config import load_config\n"
+        "create_gateway(load_config(gateway_id='t', inference={'enabled': False}))\n"
+        "print('numpy' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "False"
