@@ -160,7 +160,7 @@ def noised_count_sum(
     """(noisy count, noisy sum) of `values` clipped to the metric's range."""
     count_scale, sum_scale = laplace_scales(known, epsilon)
     lo, hi = known.low, known.high
-    clipped = array("d", [min(max(v, lo), hi) for v in as_float_array(values)])
+    clipped = array("d", (min(max(v, lo), hi) for v in as_float_array(values)))
     count = float(len(values)) + float(rng.laplace(0.0, count_scale))
     total = pairwise_sum(clipped) + float(rng.laplace(0.0, sum_scale))
     return count, total

@@ -98,7 +98,7 @@ def mean(values: Sequence[float]) -> float:
 def population_std(values: Sequence[float]) -> float:
     """``ndarray.std()`` (ddof 0): sqrt of the mean squared deviation from the mean."""
     m = mean(values)
-    squares = array("d", [(v - m) * (v - m) for v in values])
+    squares = array("d", ((v - m) * (v - m) for v in values))  # no list of floats
     return math.sqrt(pairwise_sum(squares) / len(values))
 
 

@@ -103,7 +103,7 @@ class WindowStats:
         return cls(
             count=len(vals),
             sum=wstats.pairwise_sum(vals),
-            sum_sq=wstats.pairwise_sum(array("d", [v * v for v in vals])),
+            sum_sq=wstats.pairwise_sum(array("d", (v * v for v in vals))),
             min=ordered[0],
             max=ordered[-1],
             mean=wstats.mean(vals),
