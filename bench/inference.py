@@ -10,7 +10,9 @@
   occupancy) and on the UCI Occupancy subset bundled with river (when installed);
 - end-to-end alarm latency: the frame completing a T3 pattern published to a real Mosquitto ->
   ingest subscriber -> engine -> event publisher -> the event received by a subscriber;
-- RSS of a process with every model loaded (the keyword's speech embedding included).
+- RSS of a process with every model loaded (the keyword's speech embedding included), and of
+  a whole ``python -m gateway`` process (ingest, writer, sync, admin, engine) after it heard
+  keyword utterances and an alarm through a real Mosquitto (VmRSS and the VmHWM peak).
 """
 
 from __future__ import annotations
@@ -263,6 +265,111 @@ async def alarm_e2e(trials: int, frame_s: float = 0.5) -> list[float]:
     return latencies
 
 
+async def gateway_process_rss(utterances: int = 4) -> dict[str, float]:
+    """``python -m gateway`` (every section, inference on) as a child process: a microphone
+    plays keyword clips and the T3 clip through a real Mosquitto; once the gateway has stored
+    their inferences, its VmRSS and VmHWM (peak) are read from /proc."""
+    import socket
+    import sqlite3
+    import urllib.request
+
+    import aiomqtt
+
+    from schemas.audio import encode_audio_frame
+    from schemas.topics import Kind, device_topic
+
+    if shutil.which("mosquitto") is None:
+        raise SystemExit("mosquitto is needed for the gateway process figure")
+    tmp = Path(tempfile.mkdtemp())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp / "m.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+    broker = subprocess.Popen(  # noqa: ASYNC220 (started once, before any measuring)
+        ["mosquitto", "-c", str(tmp / "m.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    port_file, db = tmp / "admin.port", tmp / "gw.db"
+    (tmp / "gw.toml").write_text(
+        f'gateway_id = "bench-rss"\n[mqtt]\nurl = "mqtt://127.0.0.1:{port}"\n'
+        f'topic_root = "bench"\n[storage]\npath = "{db}"\n'
+        f'[admin]\nport = 0\nport_file = "{port_file}"\n'
+    )
+    gw = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, "-m", "gateway", "--config", str(tmp / "gw.toml")],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def health() -> dict[str, Any]:
+        try:
+            url = f"http://127.0.0.1:{port_file.read_text().strip()}/healthz"
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return dict(json.load(resp))
+        except (OSError, ValueError):
+            return {}
+
+    def stored(model: str) -> int:
+        if not db.exists():
+            return 0
+        with sqlite3.connect(db) as con:
+            try:
+                sql = "SELECT count(*) FROM inferences WHERE model = ?"
+                return int(con.execute(sql, (model,)).fetchone()[0])
+            except sqlite3.OperationalError:
+                return 0
+
+    def status() -> dict[str, float]:
+        fields = {}
+        for line in Path(f"/proc/{gw.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                fields[key] = round(int(value.split()[0]) / 1024, 1)
+        return fields
+
+    try:
+        deadline = time.monotonic() + 60
+        while health().get("mqtt_subscribed") is not True:
+            if gw.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the gateway did not become healthy")
+            await asyncio.sleep(0.1)
+        idle = status()
+        clips = [f"keyword_{k}_0.wav" for k in ("lights_on", "lights_off", "stop")]
+        plays = [clips[i % len(clips)] for i in range(utterances)] + ["alarm_smoke_t3.wav"]
+        async with aiomqtt.Client("127.0.0.1", port, identifier="bench-rss-mic") as mic:
+            topic = device_topic("home-1", "kitchen", "microphone-1", Kind.AUDIO, root="bench")
+            seq, ts = 0, T0
+            for name in plays:
+                pcm = read_wav(CLIP_DIR / name)
+                for i in range(0, len(pcm), 8000):
+                    await mic.publish(topic, encode_audio_frame(ts, seq, pcm[i : i + 8000]), qos=1)
+                    seq, ts = seq + 1, ts + 0.5
+                    await asyncio.sleep(0.02)
+        deadline = time.monotonic() + 60
+        while stored("alarm") < 1 or stored("keyword") < utterances:
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"stored {stored('keyword')} keyword and {stored('alarm')} alarm inferences"
+                )
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)
+        after = status()
+        return {
+            "idle_rss_mb": idle["VmRSS"],
+            "rss_mb": after["VmRSS"],
+            "peak_rss_mb": after["VmHWM"],
+            "keyword_inferences": stored("keyword"),
+        }
+    finally:
+        gw.terminate()
+        gw.wait(30)
+        broker.terminate()
+        broker.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def rss_mb() -> float:
     """RSS once every model has run a few times, as in service: onnxruntime plans a memory
     pattern from a shape's second run on, so one run of the speech embedding (the lazily loaded
@@ -308,6 +415,8 @@ def main() -> int:
     log("alarm end to end ...")
     e2e = asyncio.run(alarm_e2e(args.trials))
     rss = rss_mb()
+    log("gateway process RSS ...")
+    gw_rss = asyncio.run(gateway_process_rss())
     result = {
         "audio_ms_per_s": cost["audio_ms_per_s"],
         "audio_ms_per_s_per_mic_8_batched": cost["audio_ms_per_s_per_mic_8_batched"],
@@ -329,6 +438,9 @@ def main() -> int:
         )["synthetic_heldout"]["f1"],
         "occupancy_accuracy": sq["world"]["occupancy_accuracy"],
         "rss_mb": rss,
+        "gateway_process_rss_mb": gw_rss["rss_mb"],
+        "gateway_process_peak_rss_mb": gw_rss["peak_rss_mb"],
+        "gateway_process": gw_rss,
         "model_latency": latency,
         "audio_quality": aq,
         "sensor_quality": sq,
