@@ -151,8 +151,8 @@ class GatewayProcess:
                 return
 
     def _sample_rss(self) -> bool:
-        # The kernel's high-water mark (VmHWM) where there is one: sampling the current RSS every
-        # 50 ms missed short peaks (a sync pass, a full writer queue) by 1-4 MB.
+        # The kernel's high-water mark (VmHWM) where there is one: the current RSS sampled every
+        # 50 ms can miss a short peak (1.5 MB of a sync pass in one run; most runs agree).
         try:
             with open(f"/proc/{self.proc.pid}/status") as fh:
                 for line in fh:
