@@ -40,7 +40,7 @@ from sqlalchemy.dialects.sqlite import insert
 
 from gateway.sync import counters
 from gateway.sync.settings import PrivacySettings, RoomClass
-from gateway.sync.stats import NoiseSource, as_float_array, pairwise_sum
+from gateway.sync.stats import NoiseSource, as_float_array, exact_sum
 from gateway.sync.tables import privacy_ledger
 from gateway.sync.windows import WindowGroup, WindowStats
 from schemas.batch import Policy, WindowAggregate
@@ -160,9 +160,9 @@ def noised_count_sum(
     """(noisy count, noisy sum) of `values` clipped to the metric's range."""
     count_scale, sum_scale = laplace_scales(known, epsilon)
     lo, hi = known.low, known.high
-    clipped = array("d", (min(max(v, lo), hi) for v in as_float_array(values)))
+    clipped = (min(max(v, lo), hi) for v in as_float_array(values))
     count = float(len(values)) + float(rng.laplace(0.0, count_scale))
-    total = pairwise_sum(clipped) + float(rng.laplace(0.0, sum_scale))
+    total = exact_sum(clipped) + float(rng.laplace(0.0, sum_scale))
     return count, total
 
 

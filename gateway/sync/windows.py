@@ -102,8 +102,8 @@ class WindowStats:
         ordered = sorted(vals)
         return cls(
             count=len(vals),
-            sum=wstats.pairwise_sum(vals),
-            sum_sq=wstats.pairwise_sum(array("d", (v * v for v in vals))),
+            sum=wstats.exact_sum(vals),
+            sum_sq=wstats.exact_sum(v * v for v in vals),
             min=ordered[0],
             max=ordered[-1],
             mean=wstats.mean(vals),
