@@ -75,8 +75,14 @@ def vad_features(emb: F32, energy: F32, tonal: F32) -> F32:
 
 def keyword_features(speech_emb: F32, log_duration: float) -> F32:
     """One utterance's feature vector: its window's speech embeddings (KW_STEPS x 96, in time
-    order) and the log of the endpointed duration."""
-    return np.concatenate([speech_emb.ravel(), [log_duration]]).astype(np.float32)
+    order) less their mean over the window, and the log of the endpointed duration.
+
+    Taking out the window's mean removes what stays put for its 2 s (the voice's and the room's
+    colour) and keeps how the sound moves, which is what tells one word from another: on voices
+    and accents held out from training it was right more often than the raw embeddings.
+    """
+    centred = speech_emb - speech_emb.mean(axis=0, keepdims=True)
+    return np.concatenate([centred.ravel(), [log_duration]]).astype(np.float32)
 
 
 @dataclass(frozen=True, slots=True)
