@@ -179,12 +179,29 @@ def sensor_quality(days: int = 3, homes: int = 2) -> dict[str, Any]:
     return out
 
 
+def start_broker(purpose: str, extra: str = "") -> tuple[Path, int, subprocess.Popen[bytes]]:
+    """A Mosquitto of our own on a free loopback port, with its temporary directory."""
+    import socket
+
+    if shutil.which("mosquitto") is None:
+        raise SystemExit(f"mosquitto is needed for {purpose}")
+    tmp = Path(tempfile.mkdtemp())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    (tmp / "m.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n{extra}")
+    broker = subprocess.Popen(
+        ["mosquitto", "-c", str(tmp / "m.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return tmp, port, broker
+
+
 async def alarm_e2e(trials: int, frame_s: float = 0.5) -> list[float]:
     """Per trial, a fresh microphone plays a T3 clip up to the frame that completes the first
     pattern; after a pause, that frame is published and timed until the alarm event arrives,
     through the real gateway (ingest, writer, callbacks, engine, event publisher)."""
-    import socket
-
     import aiomqtt
 
     from gateway.app import create_gateway
@@ -192,20 +209,7 @@ async def alarm_e2e(trials: int, frame_s: float = 0.5) -> list[float]:
     from schemas.audio import encode_audio_frame
     from schemas.topics import Kind, device_topic, gateway_events_topic
 
-    if shutil.which("mosquitto") is None:
-        raise SystemExit("mosquitto is needed for the end-to-end figure")
-    tmp = Path(tempfile.mkdtemp())
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    (tmp / "m.conf").write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 1000\n"
-    )
-    broker = subprocess.Popen(  # noqa: ASYNC220 (started once, before any measuring)
-        ["mosquitto", "-c", str(tmp / "m.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    tmp, port, broker = start_broker("the end-to-end figure", "max_inflight_messages 1000\n")
     await asyncio.sleep(0.5)
     root = "bench"
     frame = int(frame_s * 16000)
@@ -269,7 +273,6 @@ async def gateway_process_rss(utterances: int = 4) -> dict[str, float]:
     """``python -m gateway`` (every section, inference on) as a child process: a microphone
     plays keyword clips and the T3 clip through a real Mosquitto; once the gateway has stored
     their inferences, its VmRSS and VmHWM (peak) are read from /proc."""
-    import socket
     import sqlite3
     import urllib.request
 
@@ -278,18 +281,7 @@ async def gateway_process_rss(utterances: int = 4) -> dict[str, float]:
     from schemas.audio import encode_audio_frame
     from schemas.topics import Kind, device_topic
 
-    if shutil.which("mosquitto") is None:
-        raise SystemExit("mosquitto is needed for the gateway process figure")
-    tmp = Path(tempfile.mkdtemp())
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    (tmp / "m.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-    broker = subprocess.Popen(  # noqa: ASYNC220 (started once, before any measuring)
-        ["mosquitto", "-c", str(tmp / "m.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    tmp, port, broker = start_broker("the gateway process figure")
     port_file, db = tmp / "admin.port", tmp / "gw.db"
     (tmp / "gw.toml").write_text(
         f'gateway_id = "bench-rss"\n[mqtt]\nurl = "mqtt://127.0.0.1:{port}"\n'
