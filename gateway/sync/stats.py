@@ -82,4 +82,5 @@ def percentile(ordered: Sequence[float], q: float) -> float:
         return float(ordered[0])
     a, b = float(ordered[below]), float(ordered[below + 1])
     t = index - below
-    return a + (b - a) * t
+    # numpy's form: from the upper neighbour when t >= 0.5, so the result never passes it.
+    return b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t
