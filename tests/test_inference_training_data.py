@@ -34,6 +34,18 @@ def test_every_named_variant_is_installed() -> None:
 
 
 @pytest.mark.usefixtures("espeak")
+def test_no_held_out_variant_is_a_near_copy_of_a_training_one() -> None:
+    train = {data.voice_signature(v): v for v in data.SPLITS["train"]["variants"]}
+    near = {
+        v: train[sig]
+        for v in data.SPLITS["test"]["variants"]
+        if (sig := data.voice_signature(v)) in train
+    }
+    assert near == {}
+    assert data.voice_signature("steph") == data.voice_signature("steph2")  # what this catches
+
+
+@pytest.mark.usefixtures("espeak")
 def test_every_variant_changes_the_voice() -> None:
     def say(variant: str) -> np.ndarray:
         return data.speak("lights on", "en-us", variant, 160, 50, 0)

@@ -74,7 +74,7 @@ SPLITS: dict[str, dict[str, Any]] = {
             *("belinda", "benjamin", "boris", "caleb", "david", "Denis", "ed", "edward"),
             *("edward2", "grandpa", "gustave", "iven", "iven2", "iven3", "john", "linda"),
             *("marcelo", "max", "michel", "miguel", "norbert", "pablo", "paul", "pedro"),
-            *("quincy", "rob", "robert", "sandro", "shelby", "steph2", "travis", "victor", "zac"),
+            *("quincy", "rob", "robert", "sandro", "shelby", "travis", "victor", "zac"),
         ],
         "snr_db": [None, 30.0, 20.0, 10.0],
     },
@@ -95,14 +95,36 @@ def require_tools() -> None:
         raise SystemExit(f"espeak-ng has no voice variants {unknown} (names are case-sensitive)")
 
 
-def missing_variants() -> list[str]:
-    """Variants in `SPLITS` that espeak-ng's data directory lacks (it would speak its default)."""
+def variant_dir() -> Path:
+    """espeak-ng's directory of voice variant files."""
     version = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout
     found = re.search(r"Data at:\s*(\S+)", version)
     if found is None:
         raise SystemExit(f"cannot find espeak-ng's data directory in {version!r}")
-    have = {p.name for p in (Path(found.group(1)) / "voices" / "!v").iterdir()}
+    return Path(found.group(1)) / "voices" / "!v"
+
+
+def missing_variants() -> list[str]:
+    """Variants in `SPLITS` that espeak-ng's data directory lacks (it would speak its default)."""
+    have = {p.name for p in variant_dir().iterdir()}
     return sorted({v for cfg in SPLITS.values() for v in cfg["variants"]} - have)
+
+
+def voice_signature(variant: str) -> tuple[str, tuple[str, ...], str]:
+    """What sets a variant's sound apart: its pitch range, its formant frequency factors and its
+    klatt synthesiser. Two variants alike in all three (e.g. ``steph`` and ``steph2``, which
+    differ only in formant heights) sound nearly the same, so one must not be held out while
+    the other trains."""
+    pitch, klatt, formants = "", "", []
+    for line in (variant_dir() / variant).read_text(errors="replace").splitlines():
+        words = line.split("//")[0].split()
+        if words[:1] == ["pitch"]:
+            pitch = " ".join(words[1:])
+        elif words[:1] == ["klatt"]:
+            klatt = " ".join(words[1:])
+        elif words[:1] == ["formant"] and len(words) >= 3:
+            formants.append(f"{words[1]}:{words[2]}")
+    return pitch, tuple(formants), klatt
 
 
 def _sox_raw(args: list[str], stdin: bytes | None = None) -> F32:
