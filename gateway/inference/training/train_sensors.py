@@ -260,21 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     test = homes(range(args.seed + 7, args.seed + 10), args.days)
     print(f"homes generated ({time.monotonic() - t0:.0f}s)", flush=True)
 
-    def scored(hs: list, is_anom: Any = None, window_s: float = WINDOW_S) -> list:
-        out = []
-        for rows, _faults in hs:
-            out.append(
-                list(
-                    windows(
-                        sensor_data.iter_readings(rows),
-                        window_s=window_s,
-                        baseline_windows=BASELINE,
-                        min_windows=MIN_WINDOWS,
-                        is_anomalous=is_anom,
-                    )
-                )
-            )
-        return out
+    def scored(hs: list, is_anom: Any = None) -> list[list[ScoredWindow]]:
+        return [scored_readings(sensor_data.iter_readings(rows), is_anom) for rows, _ in hs]
 
     tr = scored(train)
     anom_x, anom_y = [], []
