@@ -38,15 +38,17 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from enum import Enum
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-import aiohttp
 from sqlalchemy import Connection, Engine
 
 from gateway.sync import outbox
 from gateway.sync.metrics import SyncMetrics
 from gateway.sync.outbox import OutboxBatch
 from gateway.sync.settings import UplinkSettings
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +214,10 @@ class Uplink:
 
     async def run(self) -> None:
         """Drain forever (until cancelled); a ClientSession lives as long as this task."""
+        # Imported here: aiohttp is ~9 MB resident, which a gateway without an uplink URL (the
+        # only one that never runs this task) must not pay for.
+        import aiohttp
+
         timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
@@ -317,6 +323,8 @@ class Uplink:
         self, session: aiohttp.ClientSession, batch: OutboxBatch
     ) -> tuple[_Verdict, str, float | None, str]:
         """One POST: (verdict, error detail, Retry-After seconds, status label)."""
+        import aiohttp  # already loaded by `run`; see there
+
         try:
             # A redirect is not followed: aiohttp would resend a POST answered by 301/302 as a
             # GET, and the 405 that follows would look like a verdict on the batch.
