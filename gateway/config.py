@@ -1,4 +1,4 @@
-"""The gateway's configuration: a TOML file plus environment overrides, read by pydantic-settings.
+"""The gateway's configuration: a TOML file plus environment overrides, validated by pydantic.
 
 Precedence (highest first): keyword arguments, the environment
 (``HOMEEDGE_GATEWAY__<SECTION>__<FIELD>``, e.g. ``HOMEEDGE_GATEWAY__MQTT__URL``;
@@ -9,11 +9,15 @@ Adding a section is one field on `GatewayConfig` whose type is a `Section` subcl
 default, e.g. ``aggregation: AggregationConfig = AggregationConfig()``; a table of that name in
 the TOML file and ``HOMEEDGE_GATEWAY__AGGREGATION__...`` variables then fill it. Every model
 forbids unknown keys, so a typo is an error that names the field.
+
+The environment is read by pydantic-settings' `EnvSettingsSource` (nested ``__`` names, JSON for
+complex values), imported only when a ``HOMEEDGE_GATEWAY__`` variable is set: the package and
+what it pulls in are ~1 MB resident that a gateway configured by its file alone does not need.
 """
 
 from __future__ import annotations
 
-import contextvars
+import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -28,12 +32,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
 
 from gateway.adapters.settings import AdapterSettings
 from gateway.inference.settings import InferenceSettings
@@ -41,12 +39,6 @@ from gateway.sync.settings import AggregationSettings, PrivacySettings, UplinkSe
 from schemas.topics import ROOT, TopicError, device_subscription, valid_segment
 
 ENV_PREFIX = "HOMEEDGE_GATEWAY__"
-
-# The TOML file of the `load_config` call in progress; pydantic-settings builds its sources from
-# the class, so the per-call file path travels in a context variable rather than in a subclass.
-_toml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
-    "homeedge_gateway_toml_file", default=None
-)
 
 
 class ConfigError(ValueError):
@@ -273,15 +265,10 @@ class IngestConfig(Section):
     )
 
 
-class GatewayConfig(BaseSettings):
-    """The whole gateway configuration."""
+class GatewayConfig(BaseModel):
+    """The whole gateway configuration (`load_config` reads it from the file and environment)."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter="__",
-        extra="forbid",
-        frozen=True,
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     gateway_id: str = Field(
         description="this gateway's id; also the home segment of its status topic"
@@ -310,21 +297,6 @@ class GatewayConfig(BaseSettings):
     def client_id(self) -> str:
         return self.mqtt.client_id or f"homeedge-gateway-{self.gateway_id}"
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        toml_file = _toml_file.get()
-        if toml_file is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
-        return tuple(sources)
-
 
 def format_validation_error(exc: ValidationError) -> str:
     """One line per problem: ``mqtt.url: expected mqtt://host:port ...``."""
@@ -335,24 +307,48 @@ def format_validation_error(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def environment_values() -> dict[str, Any]:
+    """The ``HOMEEDGE_GATEWAY__...`` variables as nested values (names case-insensitive)."""
+    if not any(name.upper().startswith(ENV_PREFIX) for name in os.environ):
+        return {}
+    from pydantic_settings import EnvSettingsSource
+
+    source = EnvSettingsSource(
+        GatewayConfig,  # type: ignore[arg-type]  # it reads only the model's fields and config
+        case_sensitive=False,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+    )
+    return dict(source())
+
+
+def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`base` updated by `top`, table by table (a value that is not a table replaces)."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def load_config(path: str | Path | None = None, **overrides: Any) -> GatewayConfig:
     """Read the TOML file at `path` (optional) plus the environment; raise `ConfigError`."""
-    toml_path = Path(path) if path is not None else None
-    if toml_path is not None:
-        # Read once here for clear errors; pydantic-settings reads it again as a source.
+    values: dict[str, Any] = {}
+    if path is not None:
+        toml_path = Path(path)
         try:
             with toml_path.open("rb") as fh:
-                tomllib.load(fh)
+                values = tomllib.load(fh)
         except FileNotFoundError:
             raise ConfigError(f"config file {toml_path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {toml_path} is not valid TOML: {exc}") from None
         except OSError as exc:
             raise ConfigError(f"config file {toml_path} cannot be read: {exc}") from None
-    token = _toml_file.set(toml_path)
     try:
-        return GatewayConfig(**overrides)
+        values = _merged(_merged(values, environment_values()), overrides)
+        return GatewayConfig.model_validate(values)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
-    finally:
-        _toml_file.reset(token)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,27 @@ def test_storage_retention_defaults_and_bounds(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, 'gateway_id = "g"\n[storage]\ndead_letter_retention_s = -1\n'))
     assert str(err.value).startswith("storage.dead_letter_retention_s: ")
+
+
+def test_gateway_start_up_imports_stay_lean(tmp_path: Path) -> None:
+    """The gateway's wiring and a file-only configuration load neither aiohttp (needed only by a
+    running uplink) nor pydantic-settings (only when HOMEEDGE_GATEWAY__ variables are set)."""
+    path = write(tmp_path, 'gateway_id = "g"\n')
+    code = (
+        "import sys\n"
+        "import gateway.app\n"
+        "from gateway.config import load_config\n"
+        f"load_config({str(path)!r})\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'aiohttp', 'pydantic_settings'}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("HOMEEDGE_GATEWAY__")}
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert proc.stdout.strip() == "[]"
