@@ -269,10 +269,14 @@ async def alarm_e2e(trials: int, frame_s: float = 0.5) -> list[float]:
     return latencies
 
 
-async def gateway_process_rss(utterances: int = 4) -> dict[str, float]:
+async def gateway_process_rss(utterances: int = 4, uplink: bool = False) -> dict[str, float]:
     """``python -m gateway`` (every section, inference on) as a child process: a microphone
     plays keyword clips and the T3 clip through a real Mosquitto; once the gateway has stored
-    their inferences, its VmRSS and VmHWM (peak) are read from /proc."""
+    their inferences, its VmRSS and VmHWM (peak) are read from /proc.
+
+    Without `uplink` the ``[uplink]`` URL is empty (batches wait in the outbox), as in a
+    local-only install; with it the uplink task runs against a closed local port (it retries
+    with backoff), which adds its HTTP client (aiohttp) to the process."""
     import sqlite3
     import urllib.request
 
@@ -287,6 +291,7 @@ async def gateway_process_rss(utterances: int = 4) -> dict[str, float]:
         f'gateway_id = "bench-rss"\n[mqtt]\nurl = "mqtt://127.0.0.1:{port}"\n'
         f'topic_root = "bench"\n[storage]\npath = "{db}"\n'
         f'[admin]\nport = 0\nport_file = "{port_file}"\n'
+        + ('[uplink]\nurl = "http://127.0.0.1:9"\ntoken = "bench"\n' if uplink else "")
     )
     gw = subprocess.Popen(  # noqa: ASYNC220
         [sys.executable, "-m", "gateway", "--config", str(tmp / "gw.toml")],
