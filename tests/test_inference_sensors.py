@@ -1,6 +1,6 @@
 """The sensor anomaly detector's inputs and the shipped model on hand-made series: a stuck plug
 is flagged, a plug on standby and a motion sensor's lamps are not, a slow night-time drift
-shows on the hour's own scale."""
+shows on the hour's own scale; the training windows freeze the baseline on labelled faults."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from gateway.inference.runtime import LoadedModel, ModelRuntime
 from gateway.inference.sensors import SensorStream, anomaly_features, window_flagged
 from gateway.inference.settings import DEFAULT_MODELS_DIR
+from gateway.inference.training.sensor_eval import fault_oracle, windows
 
 T0 = 1_767_225_600.0  # midnight UTC
 WINDOW = 300.0
@@ -162,3 +163,50 @@ def test_other_metrics_deviation_is_the_largest_other_level_z() -> None:
     assert feats[0][OTHERS] == pytest.approx(feats[1][0])
     assert feats[1][OTHERS] == pytest.approx(feats[0][0])
     assert (feats[:, MOTION] == -1.0).all()
+
+
+def test_the_flag_gets_the_window_device_and_span_and_oracle_flags_freeze_the_baseline() -> None:
+    """Training rows freeze the baseline where serving would: a window the oracle flags (it
+    overlaps a labelled fault of its device) does not enter the device's baseline, so a stuck
+    plug's stuck-rare input does not fade as the stuck value repeats."""
+    start, end = DAY + 10 * 3600.0 + 600.0, DAY + 14 * 3600.0
+    stuck, cycling = fridge((start, end)), fridge()
+    readings = [
+        (dev, "kitchen", T0 + i * 60.0, "power", series(T0 + i * 60.0)["power"])
+        for i in range(int(1.75 * 1440))
+        for dev, series in (("plug-stuck", stuck), ("plug-ok", cycling))
+    ]
+    faults = [("plug-stuck", T0 + start, T0 + end)]
+    oracle = fault_oracle(faults)
+    calls: list[tuple[str, float, float]] = []
+
+    def spy(names: list[str], feats: np.ndarray, device: str, s: float, e: float) -> bool:
+        calls.append((device, s, e))
+        return oracle(names, feats, device, s, e)
+
+    frozen = list(
+        windows(readings, window_s=WINDOW, baseline_windows=288, min_windows=288, is_anomalous=spy)
+    )
+    learned = list(windows(readings, window_s=WINDOW, baseline_windows=288, min_windows=288))
+    assert calls == [(w.device, w.window.start, w.window.end) for w in frozen]
+    assert {w.device for w in frozen} == {"plug-ok", "plug-stuck"}
+    for w in frozen:
+        overlaps = (
+            w.device == "plug-stuck" and T0 + start < w.window.end and T0 + end >= w.window.start
+        )
+        assert w.flagged == overlaps
+    assert not any(w.flagged for w in learned)
+
+    def rare(ws: list) -> dict[float, float]:
+        return {
+            w.window.start: float(w.anomaly[0][STUCK_RARE])
+            for w in ws
+            if w.device == "plug-stuck" and start + 1800.0 <= w.window.start - T0 <= end - WINDOW
+        }
+
+    kept, faded = rare(frozen), rare(learned)
+    assert kept.keys() == faded.keys() and len(kept) > 30
+    # Frozen: the stuck value never joins the baseline, so the input stays at its full run.
+    assert all(v == 1.0 for t, v in kept.items() if t - T0 >= start + 3600.0)
+    # Learned (the old training path): past 5 % of the baseline's windows it is no longer rare.
+    assert faded[max(faded)] == 0.0

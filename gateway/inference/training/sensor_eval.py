@@ -3,6 +3,11 @@
 Used by the training script and by bench/inference.py (which feeds it the device simulators'
 world and ground truth). Precision/recall are event-level: a fault counts as found when a
 flagged window overlaps it; a run of flagged windows touching no fault is one false positive.
+
+A flagged window does not enter its device's baseline, as in serving. Serving flags with its
+own model (`model_flag`, what evaluation uses); training rows are made with the truth as the
+flag (`fault_oracle`), the closest stand-in before a model exists: without it a stuck sensor's
+windows enter the baseline and its stuck-rare feature fades in training but not in serving.
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ from gateway.inference.sensors import (
     anomaly_features,
     occupancy_applies,
     occupancy_features,
+    window_flagged,
 )
 
 F32 = np.ndarray
+# (metric names, their (metrics, features) rows, device, window start, window end) -> flagged
+IsAnomalous = Callable[[list[str], F32, str, float, float], bool]
 
 
 @dataclass(frozen=True)
@@ -40,8 +48,7 @@ def windows(
     window_s: float,
     baseline_windows: int,
     min_windows: int,
-    # gets the metric names and their (metrics, features) rows
-    is_anomalous: Callable[[list[str], F32], bool] | None = None,
+    is_anomalous: IsAnomalous | None = None,
 ) -> Iterator[ScoredWindow]:
     """(device, room, ts, metric, value) in time order -> scored windows after warm-up."""
     streams: dict[str, SensorStream] = {}
@@ -60,10 +67,34 @@ def windows(
         names, feats = anomaly_features(w, s.baseline, s.stuck_runs)
         occ = occupancy_features(w, s.baseline, s.prev) if occupancy_applies(w) else None
         flagged = (
-            bool(is_anomalous(names, feats)) if is_anomalous is not None and len(names) else False
+            bool(is_anomalous(names, feats, device, w.start, w.end))
+            if is_anomalous is not None and len(names)
+            else False
         )
         s.commit(w, flagged)
         yield ScoredWindow(device, room, w, names, feats, occ, flagged)
+
+
+def model_flag(scorer: Callable[[F32], F32], thresholds: dict[str, float]) -> IsAnomalous:
+    """The serving rule: the model's per-row P(fault) against the manifest's thresholds."""
+
+    def flag(names: list[str], feats: F32, _device: str, _start: float, _end: float) -> bool:
+        return window_flagged(names, np.asarray(scorer(feats), np.float32), thresholds)
+
+    return flag
+
+
+def fault_oracle(faults: Iterable[tuple[str, float, float]]) -> IsAnomalous:
+    """The truth as the flag: the window overlaps a labelled (device, start, end) fault of its
+    device (the overlap rule of `event_scores`)."""
+    by_dev: dict[str, list[tuple[float, float]]] = {}
+    for dev, s, e in faults:
+        by_dev.setdefault(dev, []).append((s, e))
+
+    def flag(_names: list[str], _feats: F32, device: str, start: float, end: float) -> bool:
+        return any(s < end and e >= start for s, e in by_dev.get(device, ()))
+
+    return flag
 
 
 def event_scores(

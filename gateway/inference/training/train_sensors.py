@@ -7,7 +7,11 @@ simulators' world (`devices.world`, a training tool: the gateway never imports i
 bench's and is never used here), picks its thresholds on validation homes and world seeds,
 evaluates on held-out homes, unseen world seeds and on real data: the UCI Occupancy subset
 bundled in the ``river`` wheel (temperature, humidity, light, CO2 every 16 min) with injected
-faults. Writes
+faults. The training rows freeze the device's baseline on the truth (a window overlapping a
+labelled fault of its device), the stand-in for serving, which freezes it on its own model's
+flags; the thresholds are chosen on validation windows frozen on the model's flags (after a
+first choice on windows frozen on the truth), and the held-out figures freeze it on the
+model's flags, as served. Writes
 gateway/models/{sensor_anomaly,occupancy}.onnx with manifests and cards.
 """
 
@@ -34,7 +38,14 @@ from gateway.inference.sensors import (
 )
 from gateway.inference.training import sensor_data
 from gateway.inference.training.export import export_classifier, write_model
-from gateway.inference.training.sensor_eval import ScoredWindow, event_scores, windows
+from gateway.inference.training.sensor_eval import (
+    IsAnomalous,
+    ScoredWindow,
+    event_scores,
+    fault_oracle,
+    model_flag,
+    windows,
+)
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 WINDOW_S = 300.0
@@ -171,7 +182,7 @@ def faults3(faults: list[FaultSpan]) -> list[tuple[str, float, float]]:
 
 
 def scored_readings(
-    readings: Any, is_anom: Any = None, window_s: float = WINDOW_S
+    readings: Any, is_anom: IsAnomalous | None = None, window_s: float = WINDOW_S
 ) -> list[ScoredWindow]:
     return list(
         windows(
@@ -207,8 +218,8 @@ def choose_thresholds(
 ) -> tuple[dict[str, float], float]:
     """A threshold, then one per metric (coordinate ascent, two passes: a light or power
     reading swings more in normal life than a temperature does), maximising mean event F1
-    over the validation sets. Scored once without flags freezing the baseline; the served path
-    freezes it, a small shift."""
+    over the validation sets, on windows scored once: candidate thresholds change the flags,
+    not the baseline those windows were scored against."""
     probs = [
         [proba(w.anomaly)[:, 1] if len(w.metrics) else np.zeros(0) for w in ws] for ws, _ in vsets
     ]
@@ -260,8 +271,15 @@ def main(argv: list[str] | None = None) -> int:
     test = homes(range(args.seed + 7, args.seed + 10), args.days)
     print(f"homes generated ({time.monotonic() - t0:.0f}s)", flush=True)
 
-    def scored(hs: list, is_anom: Any = None) -> list[list[ScoredWindow]]:
-        return [scored_readings(sensor_data.iter_readings(rows), is_anom) for rows, _ in hs]
+    def scored(hs: list, flag: IsAnomalous | None = None) -> list[list[ScoredWindow]]:
+        """Each home's windows, the baseline frozen on `flag` (the serving rule) or, without
+        one, on the home's own labelled faults (training and validation)."""
+        return [
+            scored_readings(
+                sensor_data.iter_readings(rows), flag or fault_oracle(faults3(spans_of(faults)))
+            )
+            for rows, faults in hs
+        ]
 
     tr = scored(train)
     anom_x, anom_y = [], []
@@ -281,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     n_synth = len(anom_y)
     for seed in WORLD_TRAIN_SEEDS:
         readings, wfaults = world_home(seed)
-        xs, ys = fault_rows(scored_readings(readings), wfaults)
+        xs, ys = fault_rows(scored_readings(readings, fault_oracle(faults3(wfaults))), wfaults)
         anom_x += xs
         anom_y += ys
     print(
@@ -305,19 +323,54 @@ def main(argv: list[str] | None = None) -> int:
     iso_s = ort.InferenceSession(iso_bytes, providers=["CPUExecutionProvider"])
     score = anomaly_scorer(iso_s)
 
-    # Thresholds: best mean event F1 over the validation homes and the world's validation seeds.
-    vsets = [(ws, faults3(spans_of(f))) for ws, (_, f) in zip(scored(val), val, strict=True)]
+    # Thresholds: best mean event F1 over the validation homes and the world's validation seeds,
+    # first on their windows frozen on the truth (as the training rows are). The thresholds set
+    # serving's flags, though, and served the baseline freezes on those flags only: most of a
+    # fault's windows (a drift's early part, a spike the model misses) still enter it, so the
+    # oracle-frozen windows overstate what a threshold finds (first run: validation F1 0.932
+    # frozen on the truth, 0.790 served at the same thresholds). So the validation readings are
+    # scored again, frozen on the model's own flags at those thresholds, and the thresholds are
+    # chosen again on those windows (one fixed-point pass; first run: served 0.850).
+    vreadings: list[tuple[Any, list[tuple[str, float, float]]]] = [
+        (rows, faults3(spans_of(f))) for rows, f in val
+    ]
     for seed in WORLD_VAL_SEEDS:
         readings, wfaults = world_home(seed)
-        vsets.append((scored_readings(readings), faults3(wfaults)))
-    thresholds, best = choose_thresholds(vsets, iso.predict_proba)
+        vreadings.append((readings, faults3(wfaults)))
+
+    def vscored(flag: IsAnomalous | None) -> list[list[ScoredWindow]]:
+        return [
+            scored_readings(
+                sensor_data.iter_readings(r) if k < len(val) else r, flag or fault_oracle(f)
+            )
+            for k, (r, f) in enumerate(vreadings)
+        ]
+
+    faults_v = [f for _, f in vreadings]
+    oracle_th, oracle_f1 = choose_thresholds(
+        list(zip(vscored(None), faults_v, strict=True)), iso.predict_proba
+    )
+    print(
+        f"thresholds {oracle_th} (validation F1 {oracle_f1:.3f}, frozen on the truth) "
+        f"({time.monotonic() - t0:.0f}s)",
+        flush=True,
+    )
+    served = vscored(model_flag(score, oracle_th))
+    served_f1 = float(
+        np.mean([event_scores(ws, f)["f1"] for ws, f in zip(served, faults_v, strict=True)])
+    )
+    thresholds, best = choose_thresholds(
+        list(zip(served, faults_v, strict=True)), iso.predict_proba
+    )
     threshold = thresholds["threshold"]
     print(
-        f"thresholds {thresholds} (validation F1 {best:.3f}) ({time.monotonic() - t0:.0f}s)",
+        f"served at those: validation F1 {served_f1:.3f}; thresholds {thresholds} (validation F1 "
+        f"{best:.3f}, frozen on the model's flags) ({time.monotonic() - t0:.0f}s)",
         flush=True,
     )
 
-    flag = lambda names, x: window_flagged(names, score(x), thresholds)  # noqa: E731
+    # Held-out figures: the serving rule, the baseline frozen on the model's own flags.
+    flag = model_flag(score, thresholds)
     te = scored(test, flag)
     all_w = [w for ws in te for w in ws]
     all_f = [f for _, fs in test for f in faults3(spans_of(fs))]
@@ -363,6 +416,11 @@ def main(argv: list[str] | None = None) -> int:
         "world_unseen": {k: world_check[f"seed_{k}"] for k in WORLD_CHECK_SEEDS},
         "threshold": threshold,
         "thresholds": thresholds,
+        "threshold_choice (validation, mean event F1)": {
+            "frozen_on_truth": {"thresholds": oracle_th, "f1": oracle_f1},
+            "served_at_those": served_f1,
+            "frozen_on_model_flags": {"thresholds": thresholds, "f1": best},
+        },
     }
     print(json.dumps(metrics, indent=1), flush=True)
 
@@ -399,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
             "what": "RandomForest (25 trees, depth 8, leaves >= 10 rows) trained on injected "
             "faults; input one row per metric of robust z-features from the online per-device "
             "baseline; window score = max over metrics of P(fault); flagged when a metric's "
-            "P(fault) reaches its threshold (per metric, tuned on the validation sets below). "
+            "P(fault) reaches its threshold (per metric, tuned on the validation sets below, on "
+            "windows whose baseline froze on the model's own flags as served). "
             "Stuck values count only at a value the device rarely held (< 5 % of its baseline "
             "windows): a plug on standby or a dark room repeat one reading for hours. The hour's "
             "own scale (half the range of yesterday's means within an hour) finds slow drifts at "
@@ -407,7 +466,18 @@ def main(argv: list[str] | None = None) -> int:
             "tell a room warming or filling with people (several metrics move, someone is there) "
             "from a sensor fault (one metric moves). Before these inputs and the world training "
             "data the world's event F1 was 0.70/0.75 on seeds 6/7. An IsolationForest over all "
-            "metrics' features at once reached only event F1 0.42",
+            "metrics' features at once reached only event F1 0.42. The training rows "
+            "freeze the device's baseline on the truth (a window overlapping a labelled "
+            "fault of the device, the simulators' ground truth), the best stand-in for serving, "
+            "which freezes it on its own model's flags (it also freezes on its false alarms, and "
+            "not on a fault's first windows before it shows); before this, training froze it on "
+            "nothing, so a stuck value entered the baseline and its stuck-rare input faded in the "
+            "training rows though not in serving. The thresholds are chosen on validation windows "
+            "frozen on the model's own flags (chosen first on windows frozen on the truth, then "
+            "again on the validation readings re-scored with those thresholds' flags: the truth "
+            "freezes more windows than serving does and overstated F1, see threshold_choice in "
+            "sensor_metrics.json). The held-out figures freeze it on the model's own flags, as "
+            "served",
             "data": data + world_data,
             "world as the bench scores it (event-level)": metrics["world_validation"]
             | metrics["world_unseen"],
