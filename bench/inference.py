@@ -134,8 +134,7 @@ def audio_quality(regenerate: bool) -> dict[str, Any]:
 
 def sensor_quality(days: int = 3, homes: int = 2) -> dict[str, Any]:
     from devices.world import World
-    from gateway.inference.sensors import window_flagged
-    from gateway.inference.training.sensor_eval import event_scores, windows
+    from gateway.inference.training.sensor_eval import event_scores, model_flag, windows
 
     runtime = ModelRuntime.load(DEFAULT_MODELS_DIR)
     anomaly, occ = runtime.models["sensor_anomaly"], runtime.models["occupancy"]
@@ -149,9 +148,7 @@ def sensor_quality(days: int = 3, homes: int = 2) -> dict[str, Any]:
         if em.readings:
             readings += [(f"{home}/{device}", room, em.ts, m, v) for m, v in em.readings.items()]
     thresholds = anomaly.manifest.thresholds
-    flag = lambda names, x: window_flagged(  # noqa: E731
-        names, anomaly.probabilities(x)[:, 1], thresholds
-    )
+    flag = model_flag(lambda x: anomaly.probabilities(x)[:, 1], thresholds)
     scored = list(
         windows(readings, window_s=300.0, baseline_windows=288, min_windows=288, is_anomalous=flag)
     )
