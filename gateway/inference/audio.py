@@ -7,11 +7,12 @@ keeps only a few seconds of *features* (never samples beyond the current 25 ms f
 Heads and their inputs:
 
 - ``vad``: every 0.5 s block of frames -> mean/std of the embeddings, energy modulation.
-- ``keyword``: each utterance cut by an energy endpointer -> the last `KW_SAMPLES` (2 s) of audio
-  when the endpointer closes it, so every utterance sits at the same place before the window's
-  end; the engine turns that window into pretrained speech embeddings (`speech_embedding`) and
-  `keyword_features`. For this the stream keeps the last ~2.5 s of samples in memory, overwritten
-  as new audio arrives and never stored or sent. Sound that goes on past two cut-offs
+- ``keyword``: each utterance cut by an energy endpointer (above the noise floor and the sound's
+  typical level) -> the last `KW_SAMPLES` (2 s) of audio when the endpointer closes it, so every
+  utterance sits at the same place before the window's end; the engine turns that window into
+  pretrained speech embeddings (`speech_embedding`) and `keyword_features`. For this the
+  stream keeps the last ~2.5 s of samples in memory, overwritten as new audio arrives and never
+  stored or sent. Sound that goes on past two cut-offs
   (`KW_MAX_FRAMES` each, >= 5 s without a pause: talk, TV, music) is not a command: its further
   cut-offs yield no keyword input (the embedding costs ~20 ms per utterance); the segment that
   ends it with a pause does, so a command closing a stretch of talk is still heard.
@@ -51,6 +52,10 @@ ALARM_HOP = 5
 KW_MIN_FRAMES = 15
 KW_MAX_FRAMES = 250
 _SPEECH_DB = 9.0
+_ABOVE_LEVEL_DB = 7.0
+_LEVEL_FRAMES = 4 * FRAMES_PER_SECOND  # the typical level's span
+_LEVEL_EVERY = 10  # frames between median updates (a median of 400 costs ~10 us)
+_LEVEL_MIN = 50  # frames before the level counts
 _END_SILENCE = 30
 _PAD = 5
 
@@ -180,21 +185,37 @@ class HeadInput:
 
 @dataclass
 class _Endpointer:
-    """Energy endpointer: a slowly rising noise floor; speech is 9 dB above it."""
+    """Energy endpointer: speech is 9 dB above a slowly rising noise floor *and* 7 dB above the
+    sound's typical level (the median frame energy of the last 4 s).
+
+    The floor alone lets a steady bed louder than the room's quietest moments (music, TV, a fan
+    at 8-15 dB below the voice) hold a segment open until the `KW_MAX_FRAMES` cut-off, whose
+    window then sits anywhere on the command. A short command barely moves a 4 s median, so the
+    level keeps the bed out and the command's own end closes its segment. Chosen on held-out
+    voices of the recipe's choice set (seed 8): the share of keyword clips with a window that
+    holds the whole command went from 0.75 to 0.92, with no more windows per minute of music.
+    """
 
     floor: float | None = None
     start: int | None = None
     last_speech: int = -1
     run: int = 0
     caps: int = 0  # consecutive segments closed by the KW_MAX_FRAMES cut-off
+    level: float = float("-inf")
+    recent: F32 = field(default_factory=lambda: np.empty(_LEVEL_FRAMES, np.float32))
+    seen: int = 0
 
     def step(self, i: int, e: float) -> tuple[int, int] | None:
+        self.recent[self.seen % _LEVEL_FRAMES] = e
+        self.seen += 1
+        if self.seen % _LEVEL_EVERY == 0 and self.seen >= _LEVEL_MIN:
+            self.level = float(np.median(self.recent[: min(self.seen, _LEVEL_FRAMES)]))
         # The floor follows drops at once and rises slowly, so speech does not raise it.
         if self.floor is None or e < self.floor:
             self.floor = e
         else:
             self.floor += 0.002 * (e - self.floor) + 0.005
-        speech = e > self.floor + _SPEECH_DB
+        speech = e > max(self.floor + _SPEECH_DB, self.level + _ABOVE_LEVEL_DB)
         self.run = self.run + 1 if speech else 0
         if speech:
             self.last_speech = i

@@ -319,8 +319,11 @@ class InferenceEngine:
         # batch and the session's memory arena keeps its largest run for good (eight microphones'
         # utterances in one call left the process 58 MB larger), and eight single calls took
         # ~200 ms against ~255 ms for one call of eight (activations that fit the caches).
+        windows = [h.audio for h in inputs]
+        if any(w is None for w in windows):
+            raise ValueError("a keyword input without its audio window")
         try:
-            emb = [self._speech.embed(h.audio[None, :])[0] for h in inputs if h.audio is not None]
+            emb = [self._speech.embed(w[None, :])[0] for w in windows if w is not None]
         except SpeechEmbedderError as exc:
             log.error("keyword spotting off: %s", exc)
             self._heads["keyword"] = None
