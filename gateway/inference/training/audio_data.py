@@ -128,7 +128,12 @@ def voice_signature(variant: str) -> tuple[str, tuple[str, ...], str]:
 
 
 def _sox_raw(args: list[str], stdin: bytes | None = None) -> F32:
-    out = subprocess.run(args, input=stdin, capture_output=True, check=True).stdout
+    """Run sox (``args[0]``) in its repeatable mode: without ``-R`` its dither and its pluck
+    synth draw fresh random numbers on every call, so the same seed gave clips a few LSB apart."""
+    assert args[0] == "sox"
+    out = subprocess.run(
+        ["sox", "-R", *args[1:]], input=stdin, capture_output=True, check=True
+    ).stdout
     return np.frombuffer(out, dtype="<i2").astype(np.float32) / 32768.0
 
 

@@ -491,7 +491,9 @@ def main(argv: list[str] | None = None) -> int:
         extra={"threshold": KW_THRESHOLD, "labels": list(KEYWORD_LABELS)},
         card={
             **common,
-            "what": "keywords lights on / lights off / stop (else other): the average of "
+            "what": "keywords lights on / lights off / stop (else other) in utterances cut by "
+            "an endpointer that needs 9 dB above the noise floor and 7 dB above the median level "
+            "of the last 4 s (gateway/inference/audio.py): the average of "
             f"{KW_ENSEMBLE} temporal convolution heads (seeds {args.seed}.., PyTorch at training "
             "time only: two 3-step convolutions of 64 channels over the 16 embeddings, max over "
             "time and mean of the last 4 steps, + log duration; gateway/inference/training/"
@@ -499,8 +501,9 @@ def main(argv: list[str] | None = None) -> int:
             f"also with {KW_AUGMENT} noisy copies (gain, white/pink/brown noise at 5-25 dB) and "
             f"{KW_RESAMPLE} copies played 5-15 % slower or faster, windows shifted by up to 2 "
             f"steps; keyword loss weight {KW_WEIGHT} against other",
-            "validation": "the recipe (convolution head, window-mean removal, resampled copies, "
-            f"weighting, ensemble) was chosen on held-out-voice clips of seed {args.seed + 1}; "
+            "validation": "the recipe (endpointer level, convolution head, window-mean removal, "
+            "resampled copies, weighting, ensemble) was chosen on held-out-voice clips of seed "
+            f"{args.seed + 1}; "
             "the held-out figures are from fresh clips of seeds "
             f"{[args.seed + k for k in TEST_SEEDS]} of the same held-out voices",
             "held-out": {
