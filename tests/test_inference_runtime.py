@@ -236,6 +236,30 @@ def test_a_steady_bed_gives_no_keyword_inputs_and_a_command_over_it_closes_on_it
     assert ends[0] < 4.0 and 6.5 < ends[1] < 7.2 and 11.5 < ends[2] < 12.2, ends
 
 
+def test_sound_that_keeps_rising_past_two_cut_offs_gives_no_keyword_inputs_until_a_pause() -> None:
+    from gateway.inference.audio import AudioStream
+
+    rng = np.random.default_rng(4)
+    sr = 16000
+    # A 9 s crescendo (8 dB a second, so it stays far above its own 4 s median and never
+    # pauses), then 1.5 s of quiet and a 0.5 s burst: the first 2.5 s cut-off gives an input,
+    # the later ones do not; the segment the pause closes does, and so does the burst.
+    t = np.arange(9 * sr) / sr
+    rising = (rng.standard_normal(len(t)) * 1e-5 * 10 ** (0.41 * t)).astype(np.float32)
+    quiet = np.full(sr, 1e-6, np.float32)
+    burst = (rng.standard_normal(sr // 2) * 0.5).astype(np.float32)
+    pcm = np.concatenate([quiet, rising, quiet, quiet[: sr // 2], burst, quiet])
+    stream = AudioStream()
+    ends: list[float] = []
+    for i in range(0, len(pcm), 1600):
+        ctx = stream.frames(pcm[i : i + 1600], i / sr)
+        ends += [
+            h.end for h in stream.accept(np.zeros((len(ctx), 8), np.float32)) if h.head == "keyword"
+        ]
+    assert len(ends) == 3, ends
+    assert ends[0] < 4.5 and 9.9 < ends[1] < 10.5 and 12.0 < ends[2] < 12.5, ends
+
+
 def test_event_publisher_defaults_to_the_tls_port_like_the_ingest_connection() -> None:
     import ssl
 
