@@ -411,6 +411,8 @@ def main() -> int:
     rss = rss_mb()
     log("gateway process RSS ...")
     gw_rss = asyncio.run(gateway_process_rss())
+    log("gateway process RSS with the uplink on ...")
+    gw_rss_uplink = asyncio.run(gateway_process_rss(uplink=True))
     result = {
         "audio_ms_per_s": cost["audio_ms_per_s"],
         "audio_ms_per_s_per_mic_8_batched": cost["audio_ms_per_s_per_mic_8_batched"],
@@ -435,6 +437,8 @@ def main() -> int:
         "gateway_process_rss_mb": gw_rss["rss_mb"],
         "gateway_process_peak_rss_mb": gw_rss["peak_rss_mb"],
         "gateway_process": gw_rss,
+        "gateway_process_rss_mb_with_uplink": gw_rss_uplink["rss_mb"],
+        "gateway_process_with_uplink": gw_rss_uplink,
         "model_latency": latency,
         "audio_quality": aq,
         "sensor_quality": sq,
