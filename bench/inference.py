@@ -37,6 +37,7 @@ from devices.clips import CLIP_DIR, read_wav  # noqa: E402
 from gateway.inference.engine import InferenceEngine  # noqa: E402
 from gateway.inference.runtime import ModelRuntime  # noqa: E402
 from gateway.inference.settings import DEFAULT_MODELS_DIR, InferenceSettings  # noqa: E402
+from gateway.inference.speech_embedding import KW_SAMPLES  # noqa: E402
 from schemas.audio import AudioFrame  # noqa: E402
 
 T0 = 1_767_225_600.0
@@ -70,41 +71,35 @@ def model_latency(n: int = 2000) -> dict[str, Any]:
     return out
 
 
-def audio_cost(seconds: float = 60.0, frame_s: float = 0.5) -> dict[str, float]:
-    engine = InferenceEngine.create(InferenceSettings(), write=lambda fn: None)
+def audio_cost(seconds: float = 60.0, frame_s: float = 0.5, repeats: int = 5) -> dict[str, float]:
+    """Steady-state cost of the whole audio pipeline (front end, embedding, endpointer, heads,
+    speech embedding of every utterance) per second of the demo clips, on one thread.
+
+    Each repeat is a fresh engine whose speech embedding has been loaded and run once before the
+    clock starts (a one-off in service). The median over the repeats is the figure; the minimum
+    is beside it, since on a shared machine the spread is other work's."""
     clips = [read_wav(p) for p in sorted(CLIP_DIR.glob("*.wav"))]
     pcm = np.concatenate(clips * 20)[: int(seconds * 16000)]
     step = int(frame_s * 16000)
-    t = time.perf_counter()
-    for i in range(0, len(pcm), step):
-        engine._process(
-            [
-                (
-                    "audio",
-                    ("h", "r", "mic-1", AudioFrame(T0 + i / 16000, i, 16000, pcm[i : i + step])),
-                )
-            ]
-        )
-    single = (time.perf_counter() - t) * 1000 / seconds
+
+    def run(mics: int, length: int) -> float:
+        engine = InferenceEngine.create(InferenceSettings(), write=lambda fn: None)
+        engine._speech.embed(np.zeros((1, KW_SAMPLES), np.float32))
+        t = time.perf_counter()
+        for i in range(0, length, step):
+            frame = AudioFrame(T0 + i / 16000, i, 16000, pcm[i : i + step])
+            engine._process([("audio", ("h", "r", f"mic-{k}", frame)) for k in range(mics)])
+        elapsed = time.perf_counter() - t
+        engine.close()
+        return elapsed * 1000 / (length / 16000) / mics
+
+    single = [run(1, len(pcm)) for _ in range(repeats)]
     # Eight microphones in one batch: one embedding call per round instead of eight.
-    engine8 = InferenceEngine.create(InferenceSettings(), write=lambda fn: None)
-    t = time.perf_counter()
-    for i in range(0, len(pcm) // 4, step):
-        engine8._process(
-            [
-                (
-                    "audio",
-                    ("h", "r", f"mic-{k}", AudioFrame(T0 + i / 16000, i, 16000, pcm[i : i + step])),
-                )
-                for k in range(8)
-            ]
-        )
-    batched = (time.perf_counter() - t) * 1000 / (seconds / 4) / 8
-    engine.close()
-    engine8.close()
+    batched = [run(8, len(pcm) // 4) for _ in range(repeats)]
     return {
-        "audio_ms_per_s": round(single, 3),
-        "audio_ms_per_s_per_mic_8_batched": round(batched, 3),
+        "audio_ms_per_s": round(float(np.median(single)), 3),
+        "audio_ms_per_s_min": round(min(single), 3),
+        "audio_ms_per_s_per_mic_8_batched": round(float(np.median(batched)), 3),
     }
 
 
@@ -415,6 +410,7 @@ def main() -> int:
     gw_rss_uplink = asyncio.run(gateway_process_rss(uplink=True))
     result = {
         "audio_ms_per_s": cost["audio_ms_per_s"],
+        "audio_ms_per_s_min": cost["audio_ms_per_s_min"],
         "audio_ms_per_s_per_mic_8_batched": cost["audio_ms_per_s_per_mic_8_batched"],
         "audio_real_time_factor": round(cost["audio_ms_per_s"] / 1000, 5),
         "alarm_e2e_p50_ms": round(pct(e2e, 50), 2),
