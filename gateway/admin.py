@@ -2,12 +2,15 @@
 
 ``/healthz`` answers 200 with ``{"status": "ok", ...}`` when the MQTT session is up and the
 writer thread runs, else 503 with ``"status": "degraded"``; the body always carries
-``mqtt_connected``, ``mqtt_subscribed``, ``writer_alive`` and ``queue_depth``.
+``mqtt_connected``, ``mqtt_subscribed``, ``writer_alive`` and ``queue_depth``. A health function
+that raises (or returns what JSON cannot encode) gives 500 ``{"status": "error"}``, logged.
 
 Two read-only GET endpoints on a local port do not need a web framework: this is a small
 HTTP/1.1 server on `asyncio.start_server` (one request per connection, answered with
 ``Connection: close``). aiohttp's server would pull its whole client and server stack into every
 gateway (~9 MB resident of a ~120 MB process); the uplink imports aiohttp only when it runs.
+Every stage is bounded: connections in flight, the time to send the request head, to send the
+reply, to drain what the client still sends and to close.
 """
 
 from __future__ import annotations
@@ -29,9 +32,18 @@ HealthFn = Callable[[], dict[str, Any]]
 
 # A client that does not send its request head within this time is dropped.
 REQUEST_TIMEOUT_S = 10.0
+# A client that does not take the reply within this time (or its close) is cut off (RST).
+WRITE_TIMEOUT_S = 10.0
 # Longest request line or header line; the request head as a whole is bounded by MAX_HEADERS.
 MAX_LINE = 8192
 MAX_HEADERS = 100
+# Connections served at once; more are closed as soon as they are accepted.
+MAX_CONNECTIONS = 32
+# After the reply, what the client still sends (a body we do not read, the rest of an oversized
+# head) is read and dropped, up to this much for at most this long: closing a socket with unread
+# input makes the kernel send RST, which can destroy the reply before the client reads it.
+DISCARD_MAX_BYTES = 1 << 20
+DISCARD_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,7 @@ class Response:
     status: int
     body: bytes
     content_type: str
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -54,16 +67,20 @@ class AdminApp:
         if route not in ("/healthz", "/metrics"):
             return _error(HTTPStatus.NOT_FOUND)
         if method not in ("GET", "HEAD"):
-            return _error(HTTPStatus.METHOD_NOT_ALLOWED)
+            return _error(HTTPStatus.METHOD_NOT_ALLOWED, headers=(("Allow", "GET, HEAD"),))
         if route == "/healthz":
             body = self.health()
             status = HTTPStatus.OK if body.get("status") == "ok" else HTTPStatus.SERVICE_UNAVAILABLE
-            return Response(status, json.dumps(body).encode(), "application/json; charset=utf-8")
+            return _json(status, body)
         return Response(HTTPStatus.OK, generate_latest(self.registry), CONTENT_TYPE_LATEST)
 
 
-def _error(status: HTTPStatus) -> Response:
-    return Response(status, f"{status.value}: {status.phrase}".encode(), "text/plain")
+def _json(status: HTTPStatus, body: dict[str, Any]) -> Response:
+    return Response(status, json.dumps(body).encode(), "application/json; charset=utf-8")
+
+
+def _error(status: HTTPStatus, *, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    return Response(status, f"{status.value}: {status.phrase}".encode(), "text/plain", headers)
 
 
 def create_admin_app(*, health: HealthFn, registry: CollectorRegistry) -> AdminApp:
@@ -73,10 +90,13 @@ def create_admin_app(*, health: HealthFn, registry: CollectorRegistry) -> AdminA
 class AdminServer:
     """Runs the admin app on host:port (port 0 picks a free one; see `port`)."""
 
-    def __init__(self, app: AdminApp, *, host: str, port: int) -> None:
+    def __init__(
+        self, app: AdminApp, *, host: str, port: int, max_connections: int = MAX_CONNECTIONS
+    ) -> None:
         self._app = app
         self._host = host
         self._port = port
+        self._max_connections = max_connections
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self.port = port
@@ -100,46 +120,87 @@ class AdminServer:
         self._server = None
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._connections) >= self._max_connections:
+            writer.close()  # over the limit: refused before reading anything
+            return
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
         try:
-            try:
-                async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                    method, target = await _read_head(reader)
-            except (ValueError, asyncio.LimitOverrunError, asyncio.IncompleteReadError):
-                response = _error(HTTPStatus.BAD_REQUEST)
-                method = "GET"
-            else:
-                response = self._app.handle(method, target)
-            writer.write(_encode(response, head_only=method == "HEAD"))
-            await writer.drain()
-        except (TimeoutError, ConnectionError):
-            pass  # the client went away or never finished its request: nothing to answer
+            await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            pass  # stop(): end quietly (3.11's start_server logs a cancelled handler as an error)
         finally:
-            self._connections.discard(task)
             writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+            try:
+                async with asyncio.timeout(WRITE_TIMEOUT_S):
+                    await writer.wait_closed()
+            except TimeoutError:
+                writer.transport.abort()
+            except ConnectionError:
+                pass
+            self._connections.discard(task)  # the slot is held until the socket is closed
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                method, target = await _read_head(reader)
+        except (ValueError, asyncio.LimitOverrunError, asyncio.IncompleteReadError):
+            method, response = "GET", _error(HTTPStatus.BAD_REQUEST)
+        except (TimeoutError, ConnectionError):
+            return  # the client never finished its request or went away: nothing to answer
+        else:
+            try:
+                response = self._app.handle(method, target)
+            except Exception:  # a failing health part must not cost the reply
+                log.exception("admin %s %s failed", method, target)
+                response = _json(HTTPStatus.INTERNAL_SERVER_ERROR, {"status": "error"})
+        try:
+            async with asyncio.timeout(WRITE_TIMEOUT_S):
+                writer.write(_encode(response, head_only=method == "HEAD"))
+                await writer.drain()
+                writer.write_eof()
+        except TimeoutError:
+            writer.transport.abort()  # the client does not read: drop the reply, free the slot
+            return
+        except ConnectionError:
+            return
+        await _discard_input(reader)
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[str, str]:
     """The request line's method and target; the header lines are read and ignored."""
-    parts = (await reader.readuntil(b"\r\n")).decode("latin-1").split()
+    parts = (await _read_line(reader)).decode("latin-1").split()
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
         raise ValueError("bad request line")
     for _ in range(MAX_HEADERS):
-        if await reader.readuntil(b"\r\n") == b"\r\n":
+        if not await _read_line(reader):
             return parts[0], parts[1]
     raise ValueError("too many header lines")
 
 
+async def _read_line(reader: asyncio.StreamReader) -> bytes:
+    """One line of the head without its CRLF or bare LF (both occur in the wild)."""
+    return (await reader.readuntil(b"\n")).removesuffix(b"\n").removesuffix(b"\r")
+
+
+async def _discard_input(reader: asyncio.StreamReader) -> None:
+    """Read and drop the client's input until it closes, up to a byte and a time bound."""
+    left = DISCARD_MAX_BYTES
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        async with asyncio.timeout(DISCARD_TIMEOUT_S):
+            while left > 0 and (chunk := await reader.read(min(left, 65536))):
+                left -= len(chunk)
+
+
 def _encode(response: Response, *, head_only: bool) -> bytes:
     status = HTTPStatus(response.status)
+    extra = "".join(f"{name}: {value}\r\n" for name, value in response.headers)
     head = (
         f"HTTP/1.1 {status.value} {status.phrase}\r\n"
         f"Content-Type: {response.content_type}\r\n"
         f"Content-Length: {len(response.body)}\r\n"
+        f"{extra}"
         "Connection: close\r\n\r\n"
     ).encode("latin-1")
     return head if head_only else head + response.body

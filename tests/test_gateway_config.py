@@ -44,6 +44,55 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert cfg.storage.queue_size == 123
 
 
+def test_keywords_over_environment_over_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(
+        tmp_path,
+        'gateway_id = "from-file"\n[mqtt]\nkeepalive = 40\nclient_id = "c1"\n'
+        "[storage]\nbatch_rows = 10\n",
+    )
+    assert load_config(path).mqtt.keepalive == 40
+    monkeypatch.setenv("HOMEEDGE_GATEWAY__GATEWAY_ID", "from-env")
+    monkeypatch.setenv("HOMEEDGE_GATEWAY__MQTT__KEEPALIVE", "50")
+    cfg = load_config(path)
+    assert (cfg.gateway_id, cfg.mqtt.keepalive, cfg.mqtt.client_id) == ("from-env", 50, "c1")
+    cfg = load_config(path, gateway_id="from-kw", mqtt={"keepalive": 60})
+    assert (cfg.gateway_id, cfg.mqtt.keepalive, cfg.mqtt.client_id) == ("from-kw", 60, "c1")
+    assert cfg.storage.batch_rows == 10  # sections no layer names come from the file
+
+
+def test_nested_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A variable three levels deep fills one field of the file's [mqtt.tls] table."""
+    path = write(tmp_path, 'gateway_id = "g"\n[mqtt.tls]\nca_file = "/etc/ca.pem"\n')
+    monkeypatch.setenv("HOMEEDGE_GATEWAY__MQTT__TLS__INSECURE", "true")
+    monkeypatch.setenv("homeedge_gateway__storage__batch_rows", "7")  # names ignore case
+    cfg = load_config(path)
+    assert cfg.mqtt.tls is not None and cfg.mqtt.use_tls
+    assert cfg.mqtt.tls.insecure is True and cfg.mqtt.tls.ca_file == Path("/etc/ca.pem")
+    assert cfg.storage.batch_rows == 7
+    monkeypatch.setenv("HOMEEDGE_GATEWAY__MQTT__TLS__INSECURE", "maybe")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith("mqtt.tls.insecure: ")
+
+
+def test_section_as_json_in_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, 'gateway_id = "g"\n[admin]\nport_file = "/run/port"\n')
+    monkeypatch.setenv("HOMEEDGE_GATEWAY__ADMIN", '{"host": "0.0.0.0", "port": 0}')
+    monkeypatch.setenv("HOMEEDGE_GATEWAY__MQTT__TLS", '{"insecure": true}')
+    cfg = load_config(path)
+    assert (cfg.admin.host, cfg.admin.port) == ("0.0.0.0", 0)
+    assert cfg.admin.port_file == Path("/run/port")  # merged into the file's table
+    assert cfg.mqtt.tls is not None and cfg.mqtt.tls.insecure is True
+    monkeypatch.setenv("HOMEEDGE_GATEWAY__ADMIN", '{"port": 70000}')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith("admin.port: ")
+
+
 @pytest.mark.parametrize(
     ("toml", "field"),
     [
