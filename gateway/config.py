@@ -348,7 +348,11 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> GatewayConf
         except OSError as exc:
             raise ConfigError(f"config file {toml_path} cannot be read: {exc}") from None
     try:
-        values = _merged(_merged(values, environment_values()), overrides)
+        env = environment_values()
+    except ValueError as exc:  # pydantic-settings' SettingsError: a value that is not valid JSON
+        raise ConfigError(f"environment ({ENV_PREFIX}...): {exc}") from None
+    try:
+        values = _merged(_merged(values, env), overrides)
         return GatewayConfig.model_validate(values)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None

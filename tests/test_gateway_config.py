@@ -183,3 +183,11 @@ def test_gateway_start_up_imports_stay_lean(tmp_path: Path) -> None:
         check=True,
     )
     assert proc.stdout.strip() == "[]"
+
+
+def test_an_environment_section_that_is_not_json_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HOMEEDGE_GATEWAY__ADMIN", "{bad")
+    with pytest.raises(ConfigError, match="HOMEEDGE_GATEWAY__"):
+        load_config(gateway_id="gw-env")
