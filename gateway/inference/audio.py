@@ -14,9 +14,10 @@ Heads and their inputs:
   stream keeps the last ~2.5 s of samples in memory, overwritten as new audio arrives and never
   stored or sent. A steady bed (music, a fan) sets the level and yields no input after its
   onset; talk yields one per phrase (30 s of espeak talk with 0.2-1.5 s pauses: ~32 inputs a
-  minute, ~12 ms of embedding per second of talk, against ~22 with the floor alone). Sound that stays above both past two cut-offs (`KW_MAX_FRAMES` each, >= 5 s
-  without a dip, e.g. a crescendo) is not a command: its further cut-offs yield no keyword
-  input (the embedding costs ~20 ms per utterance); the segment that ends it with a pause does.
+  minute, ~12 ms of embedding per second of talk, against ~22 with the floor alone). Sound
+  that stays above both past two cut-offs (`KW_MAX_FRAMES` each, >= 5 s without a dip, e.g. a
+  crescendo) is not a command: its further cut-offs yield no keyword input (the embedding costs
+  ~20 ms per utterance); the segment that ends it with a pause does.
   The level needs a few seconds of a stream to settle: a command in a microphone's first second
   can raise it and be cut short.
 - ``alarm``: every 50 ms, the 3 kHz tonality of the last 4 s in 50 ms bins (T3/T4 beep rhythms),
