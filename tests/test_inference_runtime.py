@@ -201,9 +201,21 @@ def test_time_of_day_reference_learns_a_daily_routine_even_when_flagged() -> Non
     assert window_flagged(["power", "co2"], np.array([0.1, 0.6], np.float32), thresholds)
 
 
-def test_a_steady_bed_gives_no_keyword_inputs_and_a_command_over_it_closes_on_its_own_end() -> None:
+def _keyword_input_ends(pcm: np.ndarray, sr: int = 16000) -> list[float]:
+    """The end times of the keyword inputs a stream makes of `pcm` in 0.1 s pushes."""
     from gateway.inference.audio import AudioStream
 
+    stream = AudioStream()
+    ends: list[float] = []
+    for i in range(0, len(pcm), sr // 10):
+        ctx = stream.frames(pcm[i : i + sr // 10], i / sr)
+        ends += [
+            h.end for h in stream.accept(np.zeros((len(ctx), 8), np.float32)) if h.head == "keyword"
+        ]
+    return ends
+
+
+def test_a_steady_bed_gives_no_keyword_inputs_and_a_command_over_it_closes_on_its_own_end() -> None:
     rng = np.random.default_rng(3)
     sr = 16000
 
@@ -225,20 +237,12 @@ def test_a_steady_bed_gives_no_keyword_inputs_and_a_command_over_it_closes_on_it
             noise(1.0, 1e-4),
         ]
     )
-    stream = AudioStream()
-    ends: list[float] = []
-    for i in range(0, len(pcm), 1600):
-        ctx = stream.frames(pcm[i : i + 1600], i / sr)
-        ends += [
-            h.end for h in stream.accept(np.zeros((len(ctx), 8), np.float32)) if h.head == "keyword"
-        ]
+    ends = _keyword_input_ends(pcm)
     assert len(ends) == 3, ends
     assert ends[0] < 4.0 and 6.5 < ends[1] < 7.2 and 11.5 < ends[2] < 12.2, ends
 
 
 def test_sound_that_keeps_rising_past_two_cut_offs_gives_no_keyword_inputs_until_a_pause() -> None:
-    from gateway.inference.audio import AudioStream
-
     rng = np.random.default_rng(4)
     sr = 16000
     # A 9 s crescendo (8 dB a second, so it stays far above its own 4 s median and never
@@ -249,13 +253,7 @@ def test_sound_that_keeps_rising_past_two_cut_offs_gives_no_keyword_inputs_until
     quiet = np.full(sr, 1e-6, np.float32)
     burst = (rng.standard_normal(sr // 2) * 0.5).astype(np.float32)
     pcm = np.concatenate([quiet, rising, quiet, quiet[: sr // 2], burst, quiet])
-    stream = AudioStream()
-    ends: list[float] = []
-    for i in range(0, len(pcm), 1600):
-        ctx = stream.frames(pcm[i : i + 1600], i / sr)
-        ends += [
-            h.end for h in stream.accept(np.zeros((len(ctx), 8), np.float32)) if h.head == "keyword"
-        ]
+    ends = _keyword_input_ends(pcm)
     assert len(ends) == 3, ends
     assert ends[0] < 4.5 and 9.9 < ends[1] < 10.5 and 12.0 < ends[2] < 12.5, ends
 
