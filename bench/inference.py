@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from devices.clips import CLIP_DIR, read_wav  # noqa: E402
+from gateway.admin import fetch_health  # noqa: E402
 from gateway.inference.engine import InferenceEngine  # noqa: E402
 from gateway.inference.runtime import ModelRuntime  # noqa: E402
 from gateway.inference.settings import DEFAULT_MODELS_DIR, InferenceSettings  # noqa: E402
@@ -273,7 +274,6 @@ async def gateway_process_rss(utterances: int = 4, uplink: bool = False) -> dict
     local-only install; with it the uplink task runs against a closed local port (it retries
     with backoff), which adds its HTTP client (aiohttp) to the process."""
     import sqlite3
-    import urllib.request
 
     import aiomqtt
 
@@ -295,14 +295,6 @@ async def gateway_process_rss(utterances: int = 4, uplink: bool = False) -> dict
         stderr=subprocess.DEVNULL,
     )
 
-    def health() -> dict[str, Any]:
-        try:
-            url = f"http://127.0.0.1:{port_file.read_text().strip()}/healthz"
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                return dict(json.load(resp))
-        except (OSError, ValueError):
-            return {}
-
     def stored(model: str) -> int:
         if not db.exists():
             return 0
@@ -323,7 +315,7 @@ async def gateway_process_rss(utterances: int = 4, uplink: bool = False) -> dict
 
     try:
         deadline = time.monotonic() + 60
-        while health().get("mqtt_subscribed") is not True:
+        while fetch_health(port_file).get("mqtt_subscribed") is not True:
             if gw.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit("the gateway did not become healthy")
             await asyncio.sleep(0.1)

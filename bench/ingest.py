@@ -32,10 +32,11 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
+
+from gateway.admin import fetch_health
 
 CHUNK = 50_000
 TS0 = 1764403200.0
@@ -170,15 +171,10 @@ class GatewayProcess:
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            if self.port_file.exists():
-                url = f"http://127.0.0.1:{self.port_file.read_text().strip()}/healthz"
-                try:
-                    with urllib.request.urlopen(url, timeout=1) as r:
-                        if json.load(r)["status"] == "ok":
-                            time.sleep(0.3)  # the subscription follows the CONNACK
-                            return
-                except OSError:
-                    pass
+            # Publishing starts once the broker granted the subscription (its SUBACK), not on
+            # the CONNACK: before it there is no session to queue messages in.
+            if fetch_health(self.port_file, timeout=1).get("mqtt_subscribed") is True:
+                return
             time.sleep(0.05)
         raise TimeoutError("the gateway did not become healthy")
 

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -81,6 +82,20 @@ def _json(status: HTTPStatus, body: dict[str, Any]) -> Response:
 
 def _error(status: HTTPStatus, *, headers: tuple[tuple[str, str], ...] = ()) -> Response:
     return Response(status, f"{status.value}: {status.phrase}".encode(), "text/plain", headers)
+
+
+def fetch_health(port_file: Path, *, timeout: float = 2.0) -> dict[str, Any]:
+    """The /healthz body of the gateway whose admin port `port_file` holds (``[admin]
+    port_file``); ``{}`` while there is no file yet, no answer or not a 200. A blocking client
+    for scripts and tests that run the gateway as a child process, never for the event loop."""
+    import urllib.request  # not at import: the gateway itself never needs a client
+
+    try:
+        url = f"http://127.0.0.1:{port_file.read_text().strip()}/healthz"
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return dict(json.load(resp))
+    except (OSError, ValueError):
+        return {}
 
 
 def create_admin_app(*, health: HealthFn, registry: CollectorRegistry) -> AdminApp:

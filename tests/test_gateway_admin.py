@@ -203,3 +203,14 @@ async def test_client_that_does_not_read_is_cut_off(monkeypatch: pytest.MonkeyPa
             # Served once the stuck reply is aborted; the client never reads a byte of it.
             status = await served(srv.port, b"HEAD /healthz HTTP/1.1\r\n\r\n")
         assert status == "HTTP/1.1 200 OK"
+
+
+async def test_fetch_health_reads_the_port_file_and_gives_empty_until_there_is_an_answer(
+    server: AdminServer, state: dict[str, Any], tmp_path: Any
+) -> None:
+    port_file = tmp_path / "admin.port"
+    assert await asyncio.to_thread(admin.fetch_health, port_file) == {}  # no file yet
+    port_file.write_text(f"{server.port}\n")
+    assert await asyncio.to_thread(admin.fetch_health, port_file) == state
+    state["status"] = "degraded"  # a 503 is not a health body to act on
+    assert await asyncio.to_thread(admin.fetch_health, port_file) == {}

@@ -4,17 +4,16 @@ mid-stream, and a clean SIGTERM shutdown. Real Mosquitto (persistent sessions), 
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from gateway.admin import fetch_health
 from gateway.app import Gateway
 from schemas.telemetry import encode_telemetry
 from schemas.topics import device_topic, gateway_status_topic
@@ -62,12 +61,7 @@ class GatewayProcess:
         raise TimeoutError("gateway not healthy: " + self.log.read_text())
 
     def health(self) -> dict[str, object]:
-        try:
-            url = f"http://127.0.0.1:{self.port_file.read_text().strip()}/healthz"
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                return dict(json.load(resp))
-        except (OSError, ValueError):
-            return {}
+        return fetch_health(self.port_file)
 
     def signal(self, sig: int) -> int:
         assert self.proc is not None
