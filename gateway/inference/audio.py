@@ -57,7 +57,7 @@ KW_MIN_FRAMES = 15
 KW_MAX_FRAMES = 250
 _SPEECH_DB = 9.0
 _ABOVE_LEVEL_DB = 7.0
-_LEVEL_FRAMES = 4 * FRAMES_PER_SECOND  # the typical level's span
+_LEVEL_FRAMES = ALARM_FRAMES  # the typical level's span: the 4 s of energies the stream keeps
 _LEVEL_EVERY = 10  # frames between median updates (a median of 400 costs ~13 us)
 _LEVEL_MIN = 50  # frames before the level counts
 _END_SILENCE = 30
@@ -205,15 +205,12 @@ class _Endpointer:
     last_speech: int = -1
     run: int = 0
     caps: int = 0  # consecutive segments closed by the KW_MAX_FRAMES cut-off
-    level: float = float("-inf")
-    recent: F32 = field(default_factory=lambda: np.empty(_LEVEL_FRAMES, np.float32))
-    seen: int = 0
+    level: float = float("-inf")  # the median, refreshed every _LEVEL_EVERY frames
 
-    def step(self, i: int, e: float) -> tuple[int, int] | None:
-        self.recent[self.seen % _LEVEL_FRAMES] = e
-        self.seen += 1
-        if self.seen % _LEVEL_EVERY == 0 and self.seen >= _LEVEL_MIN:
-            self.level = float(np.median(self.recent[: min(self.seen, _LEVEL_FRAMES)]))
+    def step(self, i: int, e: float, energy: F32) -> tuple[int, int] | None:
+        """Frame `i` (from 0) of energy `e`; `energy` ends with it (the stream's history)."""
+        if (i + 1) % _LEVEL_EVERY == 0 and i + 1 >= _LEVEL_MIN:
+            self.level = float(np.median(energy[-_LEVEL_FRAMES:]))
         # The floor follows drops at once and rises slowly, so speech does not raise it.
         if self.floor is None or e < self.floor:
             self.floor = e
@@ -315,7 +312,7 @@ class AudioStream:
                         self.time_of(i + 1),
                     )
                 )
-            seg = self.endpointer.step(i, float(frames.energy[k]))
+            seg = self.endpointer.step(i, float(frames.energy[k]), energy[:cur])
             if seg is not None:
                 lo, hi = max(seg[0], i + 1 - len(self.emb)), seg[1]
                 if hi - lo >= KW_MIN_FRAMES and self.endpointer.caps < 2:
