@@ -7,6 +7,7 @@ level*: the held-out set uses voices, variants and SNRs the heads never saw.
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
@@ -95,6 +96,7 @@ def require_tools() -> None:
         raise SystemExit(f"espeak-ng has no voice variants {unknown} (names are case-sensitive)")
 
 
+@functools.cache
 def variant_dir() -> Path:
     """espeak-ng's directory of voice variant files."""
     version = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout
@@ -128,12 +130,10 @@ def voice_signature(variant: str) -> tuple[str, tuple[str, ...], str]:
 
 
 def _sox_raw(args: list[str], stdin: bytes | None = None) -> F32:
-    """Run sox (``args[0]``) in its repeatable mode: without ``-R`` its dither and its pluck
-    synth draw fresh random numbers on every call, so the same seed gave clips a few LSB apart."""
-    assert args[0] == "sox"
-    out = subprocess.run(
-        ["sox", "-R", *args[1:]], input=stdin, capture_output=True, check=True
-    ).stdout
+    """``sox <args>`` in its repeatable mode, raw 16-bit output as floats: without ``-R`` its
+    dither and its pluck synth draw fresh random numbers on every call, so the same seed gave
+    clips a few LSB apart."""
+    out = subprocess.run(["sox", "-R", *args], input=stdin, capture_output=True, check=True).stdout
     return np.frombuffer(out, dtype="<i2").astype(np.float32) / 32768.0
 
 
@@ -156,7 +156,7 @@ def speak(text: str, voice: str, variant: str, speed: int, pitch: int, reverb: i
     ).stdout
     effects = ["reverb", str(reverb), "channels", "1"] if reverb else []
     audio = _sox_raw(
-        ["sox", "-t", "wav", "-", "-r", str(SR), "-b", "16", "-c", "1", "-t", "raw", "-", *effects],
+        ["-t", "wav", "-", "-r", str(SR), "-b", "16", "-c", "1", "-t", "raw", "-", *effects],
         wav,
     )
     # espeak pads with silence; trim so placement in a clip is ours to choose.
@@ -178,7 +178,7 @@ def _seeded_noise(kind: str, seconds: float, seed: int) -> F32:
         "hiss": ["highpass", "3000"],
     }[kind]
     raw = ["-t", "raw", "-r", str(SR), "-b", "16", "-c", "1", "-e", "signed-integer"]
-    return _sox_raw(["sox", *raw, "-", *raw, "-", *colour, "gain", "-n", "-6"], pcm)
+    return _sox_raw([*raw, "-", *raw, "-", *colour, "gain", "-n", "-6"], pcm)
 
 
 def music_bed(seconds: float, seed: int) -> F32:
@@ -193,7 +193,6 @@ def music_bed(seconds: float, seed: int) -> F32:
         freq = float(rng.choice([rng.uniform(110, 1000), rng.uniform(1000, 4200)], p=[0.7, 0.3]))
         note = _sox_raw(
             [
-                "sox",
                 "-n",
                 "-r",
                 str(SR),
