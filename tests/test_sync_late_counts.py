@@ -1,5 +1,5 @@
 """Late readings are counted per (device, metric, window) in SQL, with the same window floor as
-`window_floor`, and the pass reads no row per late reading into Python."""
+`window_floor`."""
 
 from __future__ import annotations
 

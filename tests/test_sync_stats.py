@@ -83,9 +83,12 @@ def test_laplace_draws_follow_the_distribution() -> None:
     assert ks(scale * 1.2) > 1.95 / math.sqrt(n)  # and not some other scale
 
 
-def test_default_noise_source_is_the_os() -> None:
+def test_default_noise_source_is_the_os(monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = LaplaceNoise(), LaplaceNoise()
     assert a.laplace(0.0, 1.0) != b.laplace(0.0, 1.0)
+    # Two unseeded generators would differ too: the draw must come from the OS's source.
+    monkeypatch.setattr(random.SystemRandom, "random", lambda self: 0.75)
+    assert LaplaceNoise().laplace(0.0, 1.0) == -math.log(0.5)
 
 
 def test_noised_count_sum_matches_the_numpy_formula() -> None:
