@@ -13,8 +13,9 @@ Heads and their inputs:
   pretrained speech embeddings (`speech_embedding`) and `keyword_features`. For this the
   stream keeps the last ~2.5 s of samples in memory, overwritten as new audio arrives and never
   stored or sent. A steady bed (music, a fan) sets the level and yields no input after its
-  onset; talk yields one per phrase (30 s of espeak talk with 0.2-1.5 s pauses: ~32 inputs a
-  minute, ~12 ms of embedding per second of talk, against ~22 with the floor alone). Sound
+  onset; talk yields one per phrase (30 s of espeak talk with 0.2-1.5 s pauses: 32.3 inputs a
+  minute, ~12 ms of embedding per second of talk, against 22.5 with the floor alone;
+  bench/endpointer.py). Sound
   that stays above both past two cut-offs (`KW_MAX_FRAMES` each, >= 5 s without a dip, e.g. a
   crescendo) is not a command: its further cut-offs yield no keyword input (the embedding costs
   ~20 ms per utterance); the segment that ends it with a pause does.
@@ -196,8 +197,9 @@ class _Endpointer:
     at 8-15 dB below the voice) hold a segment open until the `KW_MAX_FRAMES` cut-off, whose
     window then sits anywhere on the command. A short command barely moves a 4 s median, so the
     level keeps the bed out and the command's own end closes its segment. Chosen on held-out
-    voices of the recipe's choice set (seed 8): the share of keyword clips with a window that
-    holds the whole command went from 0.75 to 0.92, with no more windows per minute of music.
+    voices of the recipe's choice set (seed 8), bench/endpointer.py: the share of keyword clips
+    with a window that holds the whole command went from 0.71 to 0.91, for 8.0 inputs a minute
+    of music instead of 7.1.
     """
 
     floor: float | None = None
