@@ -175,22 +175,15 @@ def sensor_quality(days: int = 3, homes: int = 2) -> dict[str, Any]:
     return out
 
 
-def start_broker(purpose: str, extra: str = "") -> tuple[Path, int, subprocess.Popen[bytes]]:
-    """A Mosquitto of our own on a free loopback port, with its temporary directory."""
-    import socket
+def start_broker(purpose: str) -> tuple[Path, int, subprocess.Popen[bytes]]:
+    """A Mosquitto of our own on a free loopback port (bench/ingest.py's: persistence off,
+    1,000 messages in flight, ready once it listens), with its temporary directory."""
+    from bench.ingest import start_broker as start_mosquitto
 
     if shutil.which("mosquitto") is None:
         raise SystemExit(f"mosquitto is needed for {purpose}")
     tmp = Path(tempfile.mkdtemp())
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    (tmp / "m.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n{extra}")
-    broker = subprocess.Popen(
-        ["mosquitto", "-c", str(tmp / "m.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    broker, port = start_mosquitto(tmp)
     return tmp, port, broker
 
 
@@ -205,7 +198,7 @@ async def alarm_e2e(trials: int, frame_s: float = 0.5) -> list[float]:
     from schemas.audio import encode_audio_frame
     from schemas.topics import Kind, device_topic, gateway_events_topic
 
-    tmp, port, broker = start_broker("the end-to-end figure", "max_inflight_messages 1000\n")
+    tmp, port, broker = start_broker("the end-to-end figure")
     await asyncio.sleep(0.5)
     root = "bench"
     frame = int(frame_s * 16000)
