@@ -162,15 +162,18 @@ def test_storage_retention_defaults_and_bounds(tmp_path: Path) -> None:
 
 
 def test_gateway_start_up_imports_stay_lean(tmp_path: Path) -> None:
-    """The gateway's wiring and a file-only configuration load neither aiohttp (needed only by a
-    running uplink) nor pydantic-settings (only when HOMEEDGE_GATEWAY__ variables are set)."""
-    path = write(tmp_path, 'gateway_id = "g"\n')
+    """A gateway wired from a file-only configuration loads neither aiohttp (needed only by a
+    running uplink), nor pydantic-settings (only when HOMEEDGE_GATEWAY__ variables are set), nor
+    numpy (only inference and audio frames need it; [inference] is off here)."""
+    path = write(tmp_path, 'gateway_id = "g"\n[inference]\nenabled = false\n')
+    heavy = {"aiohttp", "pydantic_settings", "numpy"}
     code = (
         "import sys\n"
-        "import gateway.app\n"
+        "import gateway.__main__, gateway.sync\n"
+        "from gateway.app import create_gateway\n"
         "from gateway.config import load_config\n"
-        f"load_config({str(path)!r})\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'aiohttp', 'pydantic_settings'}))\n"
+        f"create_gateway(load_config({str(path)!r}))\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {heavy!r}))\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("HOMEEDGE_GATEWAY__")}
     proc = subprocess.run(
