@@ -11,15 +11,23 @@ import numpy as np
 import pytest
 
 from gateway.inference.runtime import LoadedModel, ModelRuntime
-from gateway.inference.sensors import SensorStream, anomaly_features, window_flagged
+from gateway.inference.sensors import (
+    DAILY,
+    DAILY_LOCAL,
+    MOTION,
+    OTHERS,
+    STUCK_RARE,
+    STUCK_RUN,
+    SensorStream,
+    anomaly_features,
+    window_flagged,
+)
 from gateway.inference.settings import DEFAULT_MODELS_DIR
 from gateway.inference.training.sensor_eval import fault_oracle, windows
 
 T0 = 1_767_225_600.0  # midnight UTC
 WINDOW = 300.0
 DAY = 86400.0
-# Feature columns (see anomaly_features)
-STUCK_RARE, DAILY_LOCAL, OTHERS, MOTION = 6, 7, 8, 9
 
 Series = Callable[[float], dict[str, float]]
 
@@ -99,7 +107,7 @@ def test_a_plug_on_standby_repeating_one_reading_is_not_stuck(anomaly: LoadedMod
     rows = run(desk_plug, 2, anomaly)
     night = [r for r in rows if 1.0 <= (r[0] - T0) % DAY / 3600.0 < 6.0]
     # The repeat is there (the old stuck-run feature saw it), the rare-value one is not.
-    assert night and all(r[2][0][4] == 1.0 for r in night)
+    assert night and all(r[2][0][STUCK_RUN] == 1.0 for r in night)
     assert all(r[2][0][STUCK_RARE] == 0.0 for r in night)
     assert not any(r[3] for r in night)
 
@@ -140,7 +148,7 @@ def test_a_slow_light_drift_at_night_stands_out_on_the_hours_own_scale() -> None
     for t in late:
         # The daylight range hides 300 lx against the level scale, the night's own does not.
         assert drifted[t][DAILY_LOCAL] > 5.0 > plain[t][DAILY_LOCAL]
-        assert drifted[t][DAILY_LOCAL] > 2 * drifted[t][5]
+        assert drifted[t][DAILY_LOCAL] > 2 * drifted[t][DAILY]
 
 
 def test_other_metrics_deviation_is_the_largest_other_level_z() -> None:

@@ -31,6 +31,8 @@ SCALE_FLOOR = {"temperature": 0.3, "humidity": 1.5, "co2": 40.0, "light": 20.0, 
 STD_FLOOR = {"temperature": 0.05, "humidity": 0.3, "co2": 5.0, "light": 2.0, "power": 1.0}
 Z_CLIP = 50.0
 PER_METRIC = 10
+# Named columns of a metric's row (`anomaly_features`), for training labels and tests.
+STUCK_RUN, DAILY, STUCK_RARE, DAILY_LOCAL, OTHERS, MOTION = 4, 5, 6, 7, 8, 9
 # A repeated window mean counts as a stuck sensor only when the home rarely saw that exact value
 # (a plug on standby or a dark room's 0 lx repeat one value for hours, normally).
 RARE_VALUE_SHARE = 0.05
@@ -169,10 +171,10 @@ def anomaly_features(
             rare,
             daily_local,
         )
-        out[k, 9] = motion
+    out[:, MOTION] = motion
     if len(names) > 1:
         for k in range(len(names)):
-            out[k, 8] = np.delete(out[:, 0], k).max()
+            out[k, OTHERS] = np.delete(out[:, 0], k).max()
     return names, out
 
 
