@@ -20,10 +20,9 @@ from gateway.inference.sensors import (
     STUCK_RUN,
     SensorStream,
     anomaly_features,
-    window_flagged,
 )
 from gateway.inference.settings import DEFAULT_MODELS_DIR
-from gateway.inference.training.sensor_eval import fault_oracle, windows
+from gateway.inference.training.sensor_eval import fault_oracle, model_flag, windows
 
 T0 = 1_767_225_600.0  # midnight UTC
 WINDOW = 300.0
@@ -40,27 +39,23 @@ def anomaly() -> LoadedModel:
 def run(
     series: Series, days: float, model: LoadedModel | None = None
 ) -> list[tuple[float, list[str], np.ndarray, bool]]:
-    """Feed one reading a minute through the serving stream; per window after the first day:
-    (start, metrics, features, flagged by the shipped model and thresholds)."""
-    stream = SensorStream(WINDOW, 288)
-    out = []
-    for i in range(int(days * 1440) + 1):
-        ts = T0 + i * 60.0
-        for metric, value in series(ts).items():
-            w = stream.add(metric, ts, value)
-            if w is None:
-                continue
-            if not stream.ready(288):
-                stream.commit(w, False)
-                continue
-            names, feats = anomaly_features(w, stream.baseline, stream.stuck_runs)
-            flagged = False
-            if model is not None:
-                p = model.probabilities(feats)[:, 1]
-                flagged = window_flagged(names, p, model.manifest.thresholds)
-            stream.commit(w, flagged)
-            out.append((w.start, names, feats, flagged))
-    return out
+    """Feed one reading a minute through the serving stream (`sensor_eval.windows`, the loop the
+    bench and training use); per window after the first day: (start, metrics, features, flagged
+    by the shipped model and thresholds)."""
+    readings = (
+        ("dev", "room", ts, metric, value)
+        for ts in (T0 + i * 60.0 for i in range(int(days * 1440) + 1))
+        for metric, value in series(ts).items()
+    )
+    flag = (
+        model_flag(lambda x: model.probabilities(x)[:, 1], model.manifest.thresholds)
+        if model is not None
+        else None
+    )
+    scored = windows(
+        readings, window_s=WINDOW, baseline_windows=288, min_windows=288, is_anomalous=flag
+    )
+    return [(w.window.start, w.metrics, w.anomaly, w.flagged) for w in scored]
 
 
 def noise(ts: float, k: int) -> float:
