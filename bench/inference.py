@@ -97,7 +97,8 @@ def audio_cost(seconds: float = 60.0, frame_s: float = 0.5, repeats: int = 5) ->
         return elapsed * per_s, used * per_s
 
     single = [run(1, len(pcm)) for _ in range(repeats)]
-    # Eight microphones in one batch: one embedding call per round instead of eight.
+    # Eight microphones in one batch: one frame-embedding call per round instead of eight (the
+    # speech embedding still runs once per utterance).
     batched = [run(8, len(pcm) // 4) for _ in range(repeats)]
     return {
         "audio_ms_per_s": round(float(np.median([w for w, _ in single])), 3),

@@ -398,8 +398,8 @@ def _aggregate_window(
     groups: list[WindowGroup] = []
     for (home, room, device_class, metric_name), pieces in merged.items():
         vals = array("d")
-        for _n, _total, _sum_sq, _lo, _hi, start in pieces:
-            vals.extend(values[start : start + _n])
+        for n, _total, _sum_sq, _lo, _hi, start in pieces:
+            vals.extend(values[start : start + n])
         groups.append(
             WindowGroup(
                 home=home,
