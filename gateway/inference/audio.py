@@ -2,7 +2,8 @@
 
 Pure numpy and model-agnostic: the embedding and the heads are called by the caller (the engine
 batches them across sources), so training builds its features with this very code. A stream
-keeps only a few seconds of *features* (never samples beyond the current 25 ms frame).
+keeps a few seconds of *features*, and of samples only the ~2.5 s the keyword window needs (in
+memory, overwritten as audio arrives).
 
 Heads and their inputs:
 
