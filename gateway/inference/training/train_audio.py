@@ -35,6 +35,7 @@ from gateway.inference.audio import (
 from gateway.inference.frontend import SAMPLE_RATE, context_stack, frames_of
 from gateway.inference.speech_embedding import SpeechEmbedder
 from gateway.inference.training import audio_data as data
+from gateway.inference.training import progress
 from gateway.inference.training.export import export_classifier, export_transformer, write_model
 from gateway.inference.training.keyword_head import train_keyword_head
 
@@ -362,11 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     negatives = make_clips(
         "test", args.scale, args.seed + 2, args.cache, negatives=max(4, int(NEGATIVE_CLIPS))
     )
-    print(
-        f"clips: {len(train)} train, {len(test)} test, {len(negatives)} long negatives "
-        f"({time.monotonic() - t0:.0f}s)",
-        flush=True,
-    )
+    progress(t0, f"clips: {len(train)} train, {len(test)} test, {len(negatives)} long negatives")
 
     rng = np.random.default_rng(args.seed)
     sample = [train[i] for i in rng.choice(len(train), size=min(300, len(train)), replace=False)]
@@ -374,10 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     pca = PCA(n_components=24, whiten=True, random_state=args.seed).fit(ctx)
     embed = lambda x: pca.transform(x).astype(np.float32)  # noqa: E731
     feats = labelled(train, embed)
-    print(
-        f"features ({time.monotonic() - t0:.0f}s): "
-        + ", ".join(f"{k}={len(feats[k][1])}" for k in ("vad", "keyword", "alarm")),
-        flush=True,
+    progress(
+        t0, "features: " + ", ".join(f"{k}={len(feats[k][1])}" for k in ("vad", "keyword", "alarm"))
     )
 
     speech = SpeechEmbedder(intra_op_threads=2)
@@ -401,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         "keyword": (kw_x, kw_y),
         "alarm": (np.asarray(feats["alarm"][0], np.float32), np.asarray(feats["alarm"][1])),
     }
-    print(f"keyword rows {len(kw_x)} ({time.monotonic() - t0:.0f}s)", flush=True)
+    progress(t0, f"keyword rows {len(kw_x)}")
     heads = {}
     for name, hidden in (("vad", (32,)), ("alarm", (32,))):
         x, y = inputs[name]
@@ -412,21 +407,15 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
         heads[name] = clf.fit(x, y)
-        print(
-            f"{name}: train acc {clf.score(x, y):.3f} on {len(y)} ({time.monotonic() - t0:.0f}s)",
-            flush=True,
-        )
+        progress(t0, f"{name}: train acc {clf.score(x, y):.3f} on {len(y)}")
     keyword_onnx, kw_probs = train_keyword_head(
         kw_x,
         kw_y,
         seeds=[args.seed + k for k in range(KW_ENSEMBLE)],
         keyword_weight=KW_WEIGHT,
     )
-    print(
-        f"keyword: train acc {float(np.mean(kw_probs.argmax(1) == kw_y)):.3f} on {len(kw_y)} "
-        f"({time.monotonic() - t0:.0f}s)",
-        flush=True,
-    )
+    train_acc = float(np.mean(kw_probs.argmax(1) == kw_y))
+    progress(t0, f"keyword: train acc {train_acc:.3f} on {len(kw_y)}")
 
     MODELS.mkdir(parents=True, exist_ok=True)
     files = {"audio_embedding": export_transformer(pca, ctx.shape[1])}
@@ -547,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     (MODELS / "audio_metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
     demo_clips(args.seed + 99)
-    print(f"done in {time.monotonic() - t0:.0f}s", flush=True)
+    progress(t0, "done")
     return 0
 
 

@@ -34,9 +34,10 @@ from gateway.inference.sensors import (
     N_ANOMALY_FEATURES,
     N_OCCUPANCY_FEATURES,
     OCCUPANCY_METRICS,
+    STUCK_RARE,
     window_flagged,
 )
-from gateway.inference.training import sensor_data
+from gateway.inference.training import progress, sensor_data
 from gateway.inference.training.export import export_classifier, write_model
 from gateway.inference.training.sensor_eval import (
     IsAnomalous,
@@ -166,7 +167,7 @@ def fault_rows(ws: list[ScoredWindow], faults: list[FaultSpan]) -> tuple[list[An
             if spans:
                 s, e, kind = spans[0]
                 start = s + {"drift": 0.4 * (e - s), "stuck": 900.0}.get(kind, 0.0)
-                if start >= w.window.end or (kind == "stuck" and row[6] <= 0.0):
+                if start >= w.window.end or (kind == "stuck" and row[STUCK_RARE] <= 0.0):
                     continue
             xs.append(row)
             ys.append(int(bool(spans)))
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     train = homes(range(args.seed, args.seed + 5), args.days)
     val = homes(range(args.seed + 5, args.seed + 7), args.days)
     test = homes(range(args.seed + 7, args.seed + 10), args.days)
-    print(f"homes generated ({time.monotonic() - t0:.0f}s)", flush=True)
+    progress(t0, "homes generated")
 
     def scored(hs: list, flag: IsAnomalous | None = None) -> list[list[ScoredWindow]]:
         """Each home's windows, the baseline frozen on `flag` (the serving rule) or, without
@@ -302,21 +303,16 @@ def main(argv: list[str] | None = None) -> int:
         xs, ys = fault_rows(scored_readings(readings, fault_oracle(faults3(wfaults))), wfaults)
         anom_x += xs
         anom_y += ys
-    print(
-        f"world seeds {list(WORLD_TRAIN_SEEDS)}: {len(anom_y) - n_synth} rows "
-        f"({time.monotonic() - t0:.0f}s)",
-        flush=True,
-    )
+    progress(t0, f"world seeds {list(WORLD_TRAIN_SEEDS)}: {len(anom_y) - n_synth} rows")
     iso = fit_anomaly(np.asarray(anom_x, np.float32), np.asarray(anom_y), args.seed)
     # 10 trees of depth 6 (982 nodes): accuracy 0.941 on the synthetic validation homes, as 40
     # trees of depth 8 (8,900 nodes, 0.940); resident once loaded and run 3.0 MB against 6.6.
     occ = RandomForestClassifier(n_estimators=10, max_depth=6, random_state=args.seed).fit(
         np.asarray(occ_x, np.float32), occ_y
     )
-    print(
-        f"fitted on {len(anom_y)} windows ({sum(anom_y)} faulty), {len(occ_y)} occupancy "
-        f"windows ({time.monotonic() - t0:.0f}s)",
-        flush=True,
+    progress(
+        t0,
+        f"fitted on {len(anom_y)} windows ({sum(anom_y)} faulty), {len(occ_y)} occupancy windows",
     )
     iso_bytes = export_classifier(iso, N_ANOMALY_FEATURES)
     occ_bytes = export_classifier(occ, N_OCCUPANCY_FEATURES)
@@ -334,9 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     vreadings: list[tuple[Any, list[tuple[str, float, float]]]] = [
         (rows, faults3(spans_of(f))) for rows, f in val
     ]
-    for seed in WORLD_VAL_SEEDS:
-        readings, wfaults = world_home(seed)
-        vreadings.append((readings, faults3(wfaults)))
+    world_val = {seed: world_home(seed) for seed in WORLD_VAL_SEEDS}  # scored again at the end
+    vreadings += [(readings, faults3(wfaults)) for readings, wfaults in world_val.values()]
 
     def vscored(flag: IsAnomalous | None) -> list[list[ScoredWindow]]:
         return [
@@ -350,11 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     oracle_th, oracle_f1 = choose_thresholds(
         list(zip(vscored(None), faults_v, strict=True)), iso.predict_proba
     )
-    print(
-        f"thresholds {oracle_th} (validation F1 {oracle_f1:.3f}, frozen on the truth) "
-        f"({time.monotonic() - t0:.0f}s)",
-        flush=True,
-    )
+    progress(t0, f"thresholds {oracle_th} (validation F1 {oracle_f1:.3f}, frozen on the truth)")
     served = vscored(model_flag(score, oracle_th))
     served_f1 = float(
         np.mean([event_scores(ws, f)["f1"] for ws, f in zip(served, faults_v, strict=True)])
@@ -363,10 +354,10 @@ def main(argv: list[str] | None = None) -> int:
         list(zip(served, faults_v, strict=True)), iso.predict_proba
     )
     threshold = thresholds["threshold"]
-    print(
+    progress(
+        t0,
         f"served at those: validation F1 {served_f1:.3f}; thresholds {thresholds} (validation F1 "
-        f"{best:.3f}, frozen on the model's flags) ({time.monotonic() - t0:.0f}s)",
-        flush=True,
+        f"{best:.3f}, frozen on the model's flags)",
     )
 
     # Held-out figures: the serving rule, the baseline frozen on the model's own flags.
@@ -405,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     # thresholds were chosen on, and seeds 14, 15 used for nothing else (seed 5 is the bench's).
     world_check = {}
     for seed in (*WORLD_VAL_SEEDS, *WORLD_CHECK_SEEDS):
-        readings, wfaults = world_home(seed)
+        readings, wfaults = world_val[seed] if seed in world_val else world_home(seed)
         world_check[f"seed_{seed}"] = event_scores(
             scored_readings(readings, flag), faults3(wfaults)
         )
@@ -514,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     (MODELS / "sensor_metrics.json").write_text(
         json.dumps(metrics, indent=1, sort_keys=True) + "\n"
     )
-    print(f"done in {time.monotonic() - t0:.0f}s", flush=True)
+    progress(t0, "done")
     return 0
 
 
