@@ -1,32 +1,20 @@
 """The gateway process: wires config, SQLite writer, MQTT bridge and admin HTTP, and owns their
 lifetime (``async with Gateway(config) as gw: ...``).
 
-Extension points for the other components (all to be used before `start`):
+`Gateway` implements `gateway.host.GatewayHost`, the interface plug-ins receive (its docstring
+lists the extension points); `create_gateway` is the one composition root that installs them.
+Delivery rules behind the callbacks:
 
-- ``gw.writer`` (after start): ``await gw.writer.run(fn)`` runs ``fn(connection)`` in the writer
-  thread in its own transaction, so one thread owns SQLite writes.
-- ``gw.on_readings(cb)``: ``async cb(readings: Sequence[Reading])`` gets the readings each
-  commit newly stored (redelivered duplicates left out), in commit order. Full policy: at most
-  ``ingest.callback_queue_batches`` batches wait; beyond that the oldest is dropped (the rows
-  are stored already; counted as ``queue_dropped{queue="readings"}``).
-- ``gw.on_audio(cb)``: ``async cb(frame: AudioIn)`` gets every valid audio frame after its
-  device's ``last_seen`` commit; at most ``ingest.audio_queue_frames`` wait, drop-oldest,
-  counted (``queue_dropped{queue="audio"}``).
-- ``gw.cleanup_ctx.append(ctx)``: ``ctx`` is an async generator function taking the gateway,
-  like aiohttp's cleanup_ctx: code before its ``yield`` runs at start (after the writer is up,
-  before MQTT connects), code after it at shutdown (before the writer stops), in reverse order.
-- ``gw.add_task(name, factory)``: ``factory()`` returns a coroutine run for the gateway's
-  lifetime; if it raises it is logged, counted (``task_restarts{task=name}``) and restarted
-  with a growing delay; it is cancelled at shutdown.
-- ``gw.add_adapter(topic_filter, fn, name)``: a format adapter
-  ``fn(topic, payload, received_at) -> list[Reading] | DeadLetter`` for non-homeedge topics;
-  the gateway subscribes to `topic_filter` and acks those messages after commit like any other.
-- ``gw.metrics.registry``: the gateway's own Prometheus registry, served on ``/metrics``.
-- ``gw.add_health(name, fn)``: ``fn()`` returns a JSON-able dict shown under `name` in
-  ``/healthz`` (informational: it does not change the status).
+- ``on_readings``: batches wait in a bounded queue (``ingest.callback_queue_batches``); beyond
+  that the oldest is dropped (the rows are stored already; counted as
+  ``queue_dropped{queue="readings"}``).
+- ``on_audio``: at most ``ingest.audio_queue_frames`` wait, drop-oldest, counted
+  (``queue_dropped{queue="audio"}``).
+- ``add_task``: a task that raises is logged, counted (``task_restarts{task=name}``) and
+  restarted on the gateway's `Backoff` schedule; it is cancelled at shutdown.
 
 Shutdown order: stop taking messages, flush the writer (commit + ack), publish ``offline`` and
-disconnect, cancel tasks, run cleanup contexts' exits, stop the writer, stop admin HTTP.
+disconnect, cancel tasks, run lifetimes' exits, stop the writer, stop admin HTTP.
 """
 
 from __future__ import annotations
@@ -34,17 +22,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine
+from prometheus_client import CollectorRegistry
+from sqlalchemy import Connection, Engine
 
 from gateway.adapters.wiring import install_adapters
 from gateway.admin import AdminServer, create_admin_app
+from gateway.backoff import Backoff
 from gateway.config import GatewayConfig
 from gateway.db import make_engine
+from gateway.host import (
+    AudioCallback,
+    HealthFn,
+    Lifetime,
+    ReadingsCallback,
+    TaskFactory,
+)
 from gateway.inference.wiring import install_inference
-from gateway.ingest import Adapter, AdapterFn, AudioIn, MessageDecoder
+from gateway.ingest import AudioIn, MessageDecoder, ReadingsIn, TopicAdapter
 from gateway.monitoring import GatewayMetrics
 from gateway.mqtt import MqttBridge
 from gateway.records import Reading
@@ -54,29 +51,27 @@ from schemas.topics import gateway_status_topic
 
 log = logging.getLogger(__name__)
 
-ReadingsCallback = Callable[[Sequence[Reading]], Awaitable[None]]
-AudioCallback = Callable[[AudioIn], Awaitable[None]]
-CleanupCtx = Callable[["Gateway"], AsyncIterator[None]]
-TaskFactory = Callable[[], Coroutine[Any, Any, None]]
+T = TypeVar("T")
 
+_RESTART_MIN_S = 1.0
 _RESTART_MAX_S = 60.0
 _FLUSH_TIMEOUT_S = 30.0
 
 
 class Gateway:
-    """One gateway: see the module docstring for its extension points."""
+    """One gateway, a `gateway.host.GatewayHost`: see the module docstring."""
 
-    def __init__(self, config: GatewayConfig, *, adapters: Sequence[Adapter] = ()) -> None:
-        self.config = config
+    def __init__(self, config: GatewayConfig) -> None:
+        self._config = config
         self.metrics = GatewayMetrics()
-        self.cleanup_ctx: list[CleanupCtx] = []
         self.admin_port: int | None = None
-        self.status_topic = gateway_status_topic(config.gateway_id, root=config.mqtt.topic_root)
-        self._adapters: list[Adapter] = list(adapters)
+        self._status_topic = gateway_status_topic(config.gateway_id, root=config.mqtt.topic_root)
+        self._adapters: list[TopicAdapter] = []
+        self._lifetimes: list[Lifetime] = []
         self._task_factories: list[tuple[str, TaskFactory]] = []
         self._reading_callbacks: list[ReadingsCallback] = []
         self._audio_callbacks: list[AudioCallback] = []
-        self._health_parts: list[tuple[str, Callable[[], dict[str, Any]]]] = []
+        self._health_parts: list[tuple[str, HealthFn]] = []
         self._engine: Engine | None = None
         self._writer: Writer | None = None
         self._bridge: MqttBridge | None = None
@@ -92,11 +87,29 @@ class Gateway:
         self.metrics.watch_queue("readings", self._readings_q.qsize)
         self.metrics.watch_queue("audio", self._audio_q.qsize)
 
-    # -- registration ----------------------------------------------------------------------
+    # -- GatewayHost: identity ---------------------------------------------------------------
 
-    def add_adapter(self, topic_filter: str, fn: AdapterFn, name: str = "") -> None:
+    @property
+    def config(self) -> GatewayConfig:
+        return self._config
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        return self.metrics.registry
+
+    @property
+    def status_topic(self) -> str:
+        return self._status_topic
+
+    # -- GatewayHost: registration -----------------------------------------------------------
+
+    def add_adapter(self, adapter: TopicAdapter) -> None:
         self._before_start("add_adapter")
-        self._adapters.append(Adapter(topic_filter, fn, name))
+        self._adapters.append(adapter)
+
+    def add_lifetime(self, lifetime: Lifetime) -> None:
+        self._before_start("add_lifetime")
+        self._lifetimes.append(lifetime)
 
     def on_readings(self, callback: ReadingsCallback) -> None:
         self._reading_callbacks.append(callback)
@@ -104,7 +117,7 @@ class Gateway:
     def on_audio(self, callback: AudioCallback) -> None:
         self._audio_callbacks.append(callback)
 
-    def add_health(self, name: str, fn: Callable[[], dict[str, Any]]) -> None:
+    def add_health(self, name: str, fn: HealthFn) -> None:
         self._health_parts.append((name, fn))
 
     def add_task(self, name: str, factory: TaskFactory) -> None:
@@ -114,6 +127,21 @@ class Gateway:
     def _before_start(self, what: str) -> None:
         if self._loop is not None:
             raise RuntimeError(f"{what} must be called before the gateway starts")
+
+    # -- GatewayHost: database and MQTT --------------------------------------------------------
+
+    async def run_db(self, fn: Callable[[Connection], T]) -> T:
+        return await self.writer.run(fn)
+
+    async def store(self, item: ReadingsIn) -> None:
+        await self.writer.store(item)
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
+        bridge = self._bridge
+        if bridge is None:
+            self.metrics.published.labels("dropped").inc()
+            return False
+        return bridge.publish(topic, payload, retain=retain)
 
     # -- state -----------------------------------------------------------------------------
 
@@ -179,8 +207,8 @@ class Gateway:
                 synchronous=cfg.storage.synchronous,
             )
             self._writer.start()
-            for ctx in self.cleanup_ctx:
-                it = ctx(self)
+            for lifetime in self._lifetimes:
+                it = lifetime()
                 await anext(it)
                 self._contexts.append(it)
             self._spawn("readings-callbacks", self._dispatch_readings)
@@ -206,7 +234,6 @@ class Gateway:
                 cfg.mqtt,
                 client_id=cfg.client_id,
                 status_topic=self.status_topic,
-                extra_filters=[a.topic_filter for a in self._adapters],
                 decoder=decoder,
                 writer=self._writer,
                 metrics=self.metrics,
@@ -245,9 +272,9 @@ class Gateway:
             except StopAsyncIteration:
                 pass
             except Exception:  # one component's teardown must not stop the others'
-                log.exception("cleanup context failed at shutdown")
+                log.exception("a plug-in's lifetime failed at shutdown")
             else:
-                log.error("cleanup context %r yielded twice", it)
+                log.error("lifetime %r yielded twice", it)
         if writer is not None:
             writer.request_stop()
             await writer.stop()
@@ -266,16 +293,16 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self._supervise(name, factory), name=name))
 
     async def _supervise(self, name: str, factory: TaskFactory) -> None:
-        delay = 1.0
+        backoff = Backoff(_RESTART_MIN_S, _RESTART_MAX_S)
         while True:
             try:
                 await factory()
                 return
             except Exception:  # a task's top level: log, count, restart
-                log.exception("task %s crashed; restarting in %.0fs", name, delay)
+                delay = backoff.next_delay()
+                log.exception("task %s crashed; restarting in %.1fs", name, delay)
                 self.metrics.task_restarts.labels(name).inc()
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, _RESTART_MAX_S)
 
     async def _checkpoint_wal(self) -> None:
         interval = self.config.storage.checkpoint_interval_ms / 1000
@@ -343,9 +370,9 @@ def _write_port_file(path: Any, port: int) -> None:
 
 
 def create_gateway(config: GatewayConfig) -> Gateway:
-    """The gateway `python -m gateway` runs: the place where components are wired in."""
+    """The gateway `python -m gateway` runs: the one place where plug-ins are wired in."""
     gateway = Gateway(config)
     install_adapters(gateway, config.adapters)  # the [adapters] section's enabled ecosystems
     install_sync(gateway, config)  # [aggregation], [privacy], [uplink]: the cloud-sync path
-    install_inference(gateway, config)  # [inference]: ONNX models on audio and readings
+    install_inference(gateway, config.inference)  # [inference]: ONNX models on audio, readings
     return gateway

@@ -128,6 +128,19 @@ class MqttConfig(Section):
         description="subscribe as $share/<group>/<filter>: gateways with the same group split "
         "the stream (each needs its own client_id)",
     )
+    publish_queue: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="messages the gateway publishes (events, discovery) held while the broker "
+        "is away; beyond that new ones are dropped and counted",
+    )
+
+    @model_validator(mode="after")
+    def _check_reconnect(self) -> MqttConfig:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s is smaller than reconnect_min_s")
+        return self
 
     @field_validator("url")
     @classmethod

@@ -1,10 +1,11 @@
 """Decoding one MQTT message into what the writer stores: the ingest path's pure part.
 
 `MessageDecoder.decode(topic, payload, received_at)` never raises for bad input: every message
-becomes exactly one of
+becomes a list of items to store, in order, the last of which is the message's own:
 
 - `ReadingsIn`: readings of one or more devices (native telemetry or a format adapter's output);
-- `StateIn`: a device's availability (``online``/``offline``) from its ``state`` topic;
+- `StateIn`: a device's availability (``online``/``offline``) from its ``state`` topic, or
+  reported by a format adapter (then it comes before the message's `ReadingsIn`);
 - `AudioIn`: a validated audio frame; it is NOT stored (raw audio never leaves memory), only the
   device's ``last_seen`` is, and the frame goes to the inference callbacks;
 - `Ignored`: gateway output topics under the root (status, events), acked and not stored;
@@ -12,22 +13,24 @@ becomes exactly one of
   ``non_finite``, ``oversized``, ``bad_header``, ``bad_samples``, ``bad_topic``,
   ``unknown_topic``, ``adapter_error``...).
 
-An adapter that returns an empty list means "nothing to store" (not an error).
+Adapters: topics outside ``<topic_root>/`` are offered to the `TopicAdapter`s (the first whose
+filter matches owns the topic); a topic nobody claims is a dead letter (``unknown_topic``). An
+adapter returns data, never calls back: `Adapted` (readings, possibly none, and availability
+changes) or a `DeadLetter`.
 
-Adapters: topics outside ``<topic_root>/`` are offered to the registered `Adapter`s (first match
-wins); a topic nobody claims is a dead letter (``unknown_topic``).
+One cache: each topic's route (a parsed device topic, the owning adapter, "ignored" or
+"nobody") is remembered, bounded, so the same few topics are parsed and matched once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-from paho.mqtt.client import topic_matches_sub
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.records import DeadLetter, Reading
+from gateway.topic_filters import TopicFilters
 from schemas.errors import PayloadError, TopicError
 from schemas.state import Availability, decode_state
 from schemas.telemetry import decode_telemetry
@@ -39,18 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _TOPIC_CACHE = 4096
-
-AdapterFn = Callable[[str, bytes, float], "list[Reading] | DeadLetter"]
-"""An adapter maps (topic, payload, received_at) to readings, or to a dead letter."""
-
-
-@dataclass(frozen=True, slots=True)
-class Adapter:
-    """A format adapter: the MQTT filter it subscribes to and the function that maps payloads."""
-
-    topic_filter: str
-    fn: AdapterFn
-    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,24 +99,87 @@ class Ignored:
 Ingested = ReadingsIn | StateIn | AudioIn | Ignored | DeadLetter
 
 
+@dataclass(frozen=True, slots=True)
+class AvailabilityChange:
+    """A foreign device said it is online or offline (stored in `devices` like a `StateIn`)."""
+
+    adapter: str
+    home: str
+    room: str
+    device: str
+    online: bool
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Adapted:
+    """What a format adapter made of one message: readings (possibly none) and the availability
+    changes it reported, in the order they were seen."""
+
+    readings: list[Reading]
+    availability: list[AvailabilityChange] = field(default_factory=list)
+
+
+class TopicAdapter(Protocol):
+    """A format adapter as the decoder sees it (`gateway.adapters.BaseAdapter` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def filters(self) -> tuple[str, ...]: ...
+
+    def adapt(self, topic: str, payload: bytes, received_at: float) -> Adapted | DeadLetter:
+        """Never raises for bad input."""
+        ...
+
+
+class AdapterTable:
+    """Which adapter owns a topic: the first whose filter matches (adapters in priority order,
+    each filter in the adapter's order). The one dispatch rule, used by the decoder."""
+
+    def __init__(self, adapters: Sequence[TopicAdapter]) -> None:
+        self.adapters = tuple(adapters)
+        owners = [(f, a) for a in self.adapters for f in a.filters]
+        self._filters = TopicFilters(f for f, _ in owners)
+        self._owners = [a for _, a in owners]
+
+    @property
+    def filters(self) -> list[str]:
+        """Every adapter's filters, without duplicates, in priority order (to subscribe to)."""
+        return list(dict.fromkeys(self._filters.filters))
+
+    def owner(self, topic: str) -> TopicAdapter | None:
+        index = self._filters.first(topic)
+        return None if index < 0 else self._owners[index]
+
+
+class _Route:
+    """Where a topic goes when it is not a device topic of ours."""
+
+
+_IGNORED = _Route()  # a gateway's own output topic under the root
+_NOBODY = _Route()  # outside the root and no adapter claims it
+
+
 class MessageDecoder:
-    """Turns (topic, payload) into an `Ingested` value; safe to call from any one thread."""
+    """Turns (topic, payload) into the items to store; safe to call from any one thread."""
 
     def __init__(
         self,
         *,
         topic_root: str,
-        adapters: Sequence[Adapter] = (),
+        adapters: Sequence[TopicAdapter] = (),
         max_dead_letter_bytes: int = 65536,
     ) -> None:
         self._root = topic_root
         self._prefix = topic_root + "/"
-        self._adapters = tuple(adapters)
+        self.adapters = AdapterTable(adapters)
         self._max_dl = max_dead_letter_bytes
-        # Devices publish on the same few topics over and over: parse each once. Bounded
-        # (cleared when full) so random topics cannot grow it without limit.
-        self._topics: dict[str, DeviceTopic] = {}
-        self._adapter_cache: dict[str, Adapter | None] = {}
+        # Devices publish on the same few topics over and over: route each once. Bounded
+        # (cleared when full) so random topics cannot grow it without limit; bad topics are
+        # not remembered.
+        self._routes: dict[str, DeviceTopic | TopicAdapter | _Route] = {}
 
     def dead(self, topic: str, payload: bytes, reason: str, detail: str, at: float) -> DeadLetter:
         """A dead letter whose payload is cut to the configured size (the detail says so)."""
@@ -136,39 +190,39 @@ class MessageDecoder:
             topic=topic, payload=payload, reason=reason, detail=detail, received_at=at
         )
 
-    def decode(self, topic: str, payload: bytes, received_at: float) -> Ingested:
+    def decode(self, topic: str, payload: bytes, received_at: float) -> list[Ingested]:
+        route = self._routes.get(topic)
+        if route is None:
+            found = self._route(topic)
+            if isinstance(found, DeadLetter):
+                return [self.dead(topic, payload, found.reason, found.detail, received_at)]
+            if len(self._routes) >= _TOPIC_CACHE:
+                self._routes.clear()
+            self._routes[topic] = route = found
+        if isinstance(route, DeviceTopic):
+            return [self._decode_native(route, topic, payload, received_at)]
+        if route is _IGNORED:
+            return [Ignored(topic)]
+        if route is _NOBODY:
+            return [
+                self.dead(topic, payload, "unknown_topic", "no decoder for this topic", received_at)
+            ]
+        assert not isinstance(route, _Route)
+        return self._decode_adapter(route, topic, payload, received_at)
+
+    def _route(self, topic: str) -> DeviceTopic | TopicAdapter | _Route | DeadLetter:
         if topic.startswith(self._prefix):
-            return self._decode_native(topic, payload, received_at)
-        adapter = self._adapter_for(topic)
-        if adapter is not None:
-            return self._decode_adapter(adapter, topic, payload, received_at)
-        return self.dead(topic, payload, "unknown_topic", "no decoder for this topic", received_at)
-
-    def _adapter_for(self, topic: str) -> Adapter | None:
-        # topic_matches_sub builds a matcher per call: remember each topic's adapter instead.
-        try:
-            return self._adapter_cache[topic]
-        except KeyError:
-            pass
-        found = next((a for a in self._adapters if topic_matches_sub(a.topic_filter, topic)), None)
-        if len(self._adapter_cache) >= _TOPIC_CACHE:
-            self._adapter_cache.clear()
-        self._adapter_cache[topic] = found
-        return found
-
-    def _decode_native(self, topic: str, payload: bytes, at: float) -> Ingested:
-        where = self._topics.get(topic)
-        if where is None:  # only device topics are cached, so the gateway check runs once each
             levels = topic[len(self._prefix) :].split("/", 2)
             if len(levels) > 2 and levels[1] == GATEWAY_SEGMENT:
-                return Ignored(topic)
+                return _IGNORED
             try:
-                where = parse_device_topic(topic, root=self._root)
+                return parse_device_topic(topic, root=self._root)
             except TopicError as exc:
-                return self.dead(topic, payload, "bad_topic", str(exc), at)
-            if len(self._topics) >= _TOPIC_CACHE:
-                self._topics.clear()
-            self._topics[topic] = where
+                return DeadLetter(topic, b"", "bad_topic", str(exc), 0.0)
+        owner = self.adapters.owner(topic)
+        return _NOBODY if owner is None else owner
+
+    def _decode_native(self, where: DeviceTopic, topic: str, payload: bytes, at: float) -> Ingested:
         try:
             if where.kind is Kind.TELEMETRY:
                 msg = decode_telemetry(payload)
@@ -198,19 +252,30 @@ class MessageDecoder:
         except PayloadError as exc:
             return self.dead(topic, payload, exc.reason, exc.detail, at)
 
-    def _decode_adapter(self, adapter: Adapter, topic: str, payload: bytes, at: float) -> Ingested:
+    def _decode_adapter(
+        self, adapter: TopicAdapter, topic: str, payload: bytes, at: float
+    ) -> list[Ingested]:
         try:
-            out = adapter.fn(topic, payload, at)
+            out = adapter.adapt(topic, payload, at)
         except Exception as exc:  # a foreign adapter's bug must not stop ingest: dead-letter it
-            log.warning(
-                "adapter %s failed on %s: %r", adapter.name or adapter.topic_filter, topic, exc
-            )
-            return self.dead(topic, payload, "adapter_error", repr(exc), at)
+            log.warning("adapter %s failed on %s: %r", adapter.name, topic, exc)
+            return [self.dead(topic, payload, "adapter_error", repr(exc), at)]
         if isinstance(out, DeadLetter):
-            return self.dead(out.topic, out.payload, out.reason, out.detail, out.received_at)
+            return [self.dead(out.topic, out.payload, out.reason, out.detail, out.received_at)]
+        items: list[Ingested] = [
+            StateIn(
+                c.home,
+                c.room,
+                c.device,
+                Availability.ONLINE if c.online else Availability.OFFLINE,
+                c.ts,
+            )
+            for c in out.availability
+        ]
         # An empty list is a message with nothing numeric in it (a Zigbee2MQTT "state": "ON"):
         # not an error, nothing to store, acked after the batch commits.
         seen: dict[tuple[str, str], DeviceSeen] = {}
-        for r in out:
+        for r in out.readings:
             seen[(r.home, r.device)] = DeviceSeen(r.home, r.room, r.device, at)
-        return ReadingsIn(readings=list(out), seen=list(seen.values()))
+        items.append(ReadingsIn(readings=list(out.readings), seen=list(seen.values())))
+        return items

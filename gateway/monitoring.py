@@ -94,6 +94,14 @@ class GatewayMetrics:
         self.writer_errors = Counter(
             f"{PREFIX}_writer_errors", "batches or jobs that failed in the writer", registry=r
         )
+        self.published = Counter(
+            f"{PREFIX}_mqtt_published",
+            "messages the gateway published on its own session (events, discovery, status) by "
+            "outcome: queued (paho sends it, again after a reconnect) or dropped (queue full, "
+            "or the gateway not running)",
+            ["outcome"],
+            registry=r,
+        )
         self.task_restarts = Counter(
             f"{PREFIX}_task_restarts",
             "background tasks restarted after a crash",

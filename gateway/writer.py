@@ -12,6 +12,8 @@ transactions never contend:
 - only AFTER the commit are the batch's messages acknowledged (the `ack` callable, which the
   MQTT bridge provides and which skips acks of an earlier connection), and then `on_committed`
   gets the committed readings and audio frames (the app forwards them to the asyncio side).
+- readings that do not come over MQTT (inference results) go the same way with
+  ``await writer.store(item)``, so every write to ``readings`` has the same callbacks;
 - other components run their own writes with ``await writer.run(fn)``: ``fn(connection)`` runs in
   the writer thread inside its own transaction (committed when fn returns, rolled back if it
   raises) and its result or exception comes back to the awaiting coroutine.
@@ -222,6 +224,14 @@ class Writer:
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
         await self._put_async(_Job(fn, fut))
         return await asyncio.wrap_future(fut)
+
+    async def store(self, item: ReadingsIn) -> None:
+        """Store readings that did not come over MQTT (derived ones, e.g. inference results)
+        through the same batch path as messages, so the unique indexes, ``last_seen`` (from
+        ``item.seen``) and the `on_committed` callbacks hold for them too; returns once they
+        are committed. Nothing is acknowledged for them."""
+        await self._put_async((None, item))
+        await self.flush()
 
     async def flush(self) -> None:
         """Return once everything queued before this call is committed (and acked)."""

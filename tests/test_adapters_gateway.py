@@ -67,8 +67,8 @@ async def test_gateway_stores_adapted_readings_and_dead_letters(
         admin=AdminConfig(port=0),
     )
     gw = Gateway(config)
-    for topic_filter, fn, name in registry.named_hooks():
-        gw.add_adapter(topic_filter, fn, name)
+    for adapter in registry:
+        gw.add_adapter(adapter)
     async with gw:
         assert await asyncio.to_thread(gw.mqtt.subscribed.wait, 20), "gateway never subscribed"
         traffic = [

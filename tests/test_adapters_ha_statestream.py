@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.adapters import AdapterRegistry, AdapterSettings, AvailabilityChange
+from gateway.adapters import Adapted, AdapterRegistry, AdapterSettings
 from gateway.adapters.ha_statestream import HaStatestreamAdapter
 from gateway.records import DeadLetter, Reading
 from tests.conftest import MosquittoBroker
@@ -12,6 +12,7 @@ from tests.fixtures.adapters.support import (
     expected,
     load,
     readings,
+    record_availability,
     table,
 )
 
@@ -70,9 +71,8 @@ def test_states_with_their_attributes_become_readings() -> None:
 
 
 def test_unavailable_is_availability() -> None:
-    changes: list[AvailabilityChange] = []
     ha = adapter()
-    ha.on_availability = changes.append
+    changes = record_availability(ha)
     replay(ha)
     assert [(c.device, c.online, c.ts) for c in changes] == [
         ("kitchen_humidity", False, at("kh_gone")),
@@ -108,7 +108,9 @@ def test_through_a_real_broker(mosquitto: MosquittoBroker, topic_root: str) -> N
     )
     registry = AdapterRegistry.from_settings(settings)
     results = broker_roundtrip(mosquitto.port, registry, fix["messages"] + fix["malformed"][:1])
-    found: list[Reading] = [r for _, res in results if isinstance(res, list) for r in res]
+    found: list[Reading] = [
+        r for _, res in results if isinstance(res, Adapted) for r in res.readings
+    ]
     dead = [res.reason for _, res in results if isinstance(res, DeadLetter)]
     assert sorted((r.home, r.device, r.metric, round(r.value, 9)) for r in found) == [
         ("flat-7", "back_door", "door", 0.0),

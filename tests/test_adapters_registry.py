@@ -12,6 +12,7 @@ import pytest
 from gateway.adapters import AdapterRegistry, AdapterSettings
 from gateway.adapters.base import sanitize_device
 from gateway.adapters.units import UnitError, to_metric_unit
+from gateway.ingest import MessageDecoder
 from gateway.records import DeadLetter
 from schemas.topics import valid_segment
 from tests.fixtures.adapters.support import T0, load
@@ -60,10 +61,11 @@ def test_filters_and_dispatch() -> None:
         assert adapter is not None and adapter.name == name, topic
     assert registry.match("tele/plug/INFO1") is None
     assert registry.match("homeassistant/light/desk/state") is None
-    hooks = registry.hooks()
-    assert [f for f, _ in hooks] == registry.filters()
-    names = [(f, n) for f, _, n in registry.named_hooks()]
-    assert names[0] == ("zigbee2mqtt/#", "zigbee2mqtt") and len(names) == len(hooks)
+    # The gateway's decoder routes with the same table: same owner for every topic.
+    decoder = MessageDecoder(topic_root="homeedge", adapters=list(registry))
+    assert decoder.adapters.filters == registry.filters()
+    for topic in [*owner, "tele/plug/INFO1", "homeassistant/light/desk/state"]:
+        assert decoder.adapters.owner(topic) is registry.match(topic), topic
 
 
 @pytest.mark.parametrize(
@@ -143,6 +145,7 @@ def test_odd_input_never_raises_and_readings_stay_finite() -> None:
                     kinds[result.reason] += 1
                     assert result.reason.startswith("adapter_") and len(result.reason) <= 32
                 else:
-                    kinds["readings"] += len(result)
-                    assert all(math.isfinite(r.value) and valid_segment(r.device) for r in result)
+                    found = result.readings
+                    kinds["readings"] += len(found)
+                    assert all(math.isfinite(r.value) and valid_segment(r.device) for r in found)
     assert kinds["adapter_invalid_json"] and kinds["adapter_validation"] and kinds["readings"]

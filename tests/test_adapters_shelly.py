@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from gateway.adapters import AdapterRegistry, AdapterSettings, AvailabilityChange
+from gateway.adapters import Adapted, AdapterRegistry, AdapterSettings
 from gateway.adapters.shelly import ShellyAdapter
 from gateway.records import DeadLetter, Reading
 from tests.conftest import MosquittoBroker
 from tests.fixtures.adapters.support import (
     T0,
+    availability,
     broker_roundtrip,
     expected,
     load,
     readings,
+    record_availability,
     run_all,
     table,
 )
@@ -107,9 +109,8 @@ def test_channels_can_be_mapped() -> None:
 
 
 def test_availability_and_announce() -> None:
-    changes: list[AvailabilityChange] = []
     shelly = adapter()
-    shelly.on_availability = changes.append
+    changes = record_availability(shelly)
     for name in ("gen1_offline", "gen2_online", "announce"):
         assert readings(shelly.adapt(MSG[name].topic, MSG[name].payload, T0)) == []
     assert [(c.device, c.online) for c in changes] == [
@@ -141,10 +142,12 @@ def test_through_a_real_broker(mosquitto: MosquittoBroker, topic_root: str) -> N
     settings = AdapterSettings.model_validate(
         {"shelly": {"enabled": True, "gen1_prefix": gen1, "gen2_prefixes": [f"{gen2}/+"]}}
     )
-    changes: list[AvailabilityChange] = []
-    registry = AdapterRegistry.from_settings(settings, on_availability=changes.append)
+    registry = AdapterRegistry.from_settings(settings)
     results = broker_roundtrip(mosquitto.port, registry, fix["messages"] + fix["malformed"])
-    found: list[Reading] = [r for _, res in results if isinstance(res, list) for r in res]
+    changes = availability(results)
+    found: list[Reading] = [
+        r for _, res in results if isinstance(res, Adapted) for r in res.readings
+    ]
     dead = [res.reason for _, res in results if isinstance(res, DeadLetter)]
     assert sorted((r.device, r.metric, round(r.value, 9)) for r in found) == sorted(
         (d, m, round(v, 9)) for _, _, d, m, _, v in EXPECTED_GEN1 + EXPECTED_GEN2

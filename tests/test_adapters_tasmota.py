@@ -5,16 +5,18 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from gateway.adapters import AdapterRegistry, AdapterSettings, AvailabilityChange
+from gateway.adapters import Adapted, AdapterRegistry, AdapterSettings
 from gateway.adapters.tasmota import TasmotaAdapter
 from gateway.records import DeadLetter, Reading
 from tests.conftest import MosquittoBroker
 from tests.fixtures.adapters.support import (
     T0,
+    availability,
     broker_roundtrip,
     expected,
     load,
     readings,
+    record_availability,
     run_all,
     table,
 )
@@ -105,9 +107,8 @@ def test_two_probes_of_one_quantity() -> None:
 
 
 def test_lwt_is_availability() -> None:
-    changes: list[AvailabilityChange] = []
     tas = adapter()
-    tas.on_availability = changes.append
+    changes = record_availability(tas)
     for name in ("lwt_offline", "lwt_online"):
         assert readings(tas.adapt(MSG[name].topic, MSG[name].payload, T0)) == []
     assert [(c.device, c.online, c.ts) for c in changes] == [
@@ -143,10 +144,12 @@ def test_through_a_real_broker(mosquitto: MosquittoBroker, topic_root: str) -> N
     settings = AdapterSettings.model_validate(
         {"tasmota": {"enabled": True, "tele_prefix": tele, "stat_prefix": stat}}
     )
-    changes: list[AvailabilityChange] = []
-    registry = AdapterRegistry.from_settings(settings, on_availability=changes.append)
+    registry = AdapterRegistry.from_settings(settings)
     results = broker_roundtrip(mosquitto.port, registry, fix["messages"] + fix["malformed"])
-    found: list[Reading] = [r for _, res in results if isinstance(res, list) for r in res]
+    changes = availability(results)
+    found: list[Reading] = [
+        r for _, res in results if isinstance(res, Adapted) for r in res.readings
+    ]
     dead = [res.reason for _, res in results if isinstance(res, DeadLetter)]
     assert len(found) == 13
     assert {(r.device, r.metric, r.ts, round(r.value, 9)) for r in found if r.ts == T8} == {

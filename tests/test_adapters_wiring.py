@@ -14,11 +14,11 @@ import pytest
 
 from gateway.app import create_gateway
 from gateway.config import ConfigError, MqttConfig, load_config
-from gateway.ingest import Adapter, MessageDecoder, ReadingsIn, StateIn
+from gateway.ingest import Adapted, AvailabilityChange, MessageDecoder, ReadingsIn, StateIn
 from gateway.monitoring import GatewayMetrics
 from gateway.mqtt import MqttBridge
-from gateway.records import Reading
 from schemas.state import Availability
+from tests.adapter_fakes import FnAdapter
 from tests.conftest import MosquittoBroker
 from tests.fixtures.adapters.support import load
 from tests.test_adapters_gateway import publish, wait_rows
@@ -137,30 +137,27 @@ class _FakeWriter:
 
 def test_side_item_goes_ahead_of_its_message_or_holds_it_back(tmp_path: Path) -> None:
     """A unit test of the bridge's contract for adapter side effects (no broker): the
-    availability an adapter reports while its message is decoded is queued BEFORE the message
-    (so it commits no later than the message's ack); when it cannot be queued, the message is
-    not queued either (never acked, so redelivered)."""
-    bridge: MqttBridge
+    availability an adapter returns with its message is queued BEFORE the message (so it
+    commits no later than the message's ack); when it cannot be queued, the message is not
+    queued either (never acked, so redelivered)."""
     state = StateIn("h", "r", "plug", Availability.OFFLINE, 1.0)
 
-    def adapt(topic: str, payload: bytes, at: float) -> list[Reading]:
-        bridge.put_side_item(state)
-        return []
+    def adapt(topic: str, payload: bytes, at: float) -> Adapted:
+        return Adapted([], [AvailabilityChange("fake", "h", "r", "plug", False, 1.0)])
 
     writer = _FakeWriter()
     bridge = MqttBridge(
         MqttConfig(),
         client_id="unit",
         status_topic="homeedge/gw/gateway/status",
-        extra_filters=["tele/+/LWT"],
-        decoder=MessageDecoder(topic_root="homeedge", adapters=[Adapter("tele/+/LWT", adapt)]),
+        decoder=MessageDecoder(topic_root="homeedge", adapters=[FnAdapter("tele/+/LWT", adapt)]),
         writer=writer,  # type: ignore[arg-type]
         metrics=GatewayMetrics(),
     )
     msg = paho.MQTTMessage(mid=7, topic=b"tele/plug/LWT")
     msg.qos, msg.payload = 1, b"Offline"
     bridge._on_message(bridge._client, None, msg)
-    assert writer.queued[0][1] is state
+    assert writer.queued[0][1] == state
     assert writer.queued[0][0] is None  # no ack of its own
     assert writer.queued[1][0] == (0, 7) and isinstance(writer.queued[1][1], ReadingsIn)
 

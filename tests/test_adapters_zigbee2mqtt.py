@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from gateway.adapters import AdapterRegistry, AdapterSettings, AvailabilityChange
+from gateway.adapters import Adapted, AdapterRegistry, AdapterSettings, AvailabilityChange
 from gateway.adapters.zigbee2mqtt import Zigbee2MqttAdapter
 from gateway.records import DeadLetter, Reading
 from tests.conftest import MosquittoBroker
 from tests.fixtures.adapters.support import (
     T0,
+    availability,
     broker_roundtrip,
     expected,
     load,
     readings,
+    record_availability,
     run_all,
     table,
 )
@@ -84,9 +86,8 @@ def test_configured_fields_are_stored_under_their_metric_and_devices_mapped() ->
 
 
 def test_availability_bridge_and_commands_yield_no_readings() -> None:
-    changes: list[AvailabilityChange] = []
     z2m = adapter()
-    z2m.on_availability = changes.append
+    changes = record_availability(z2m)
     for name in ("offline", "online_plain", "bridge_state", "bridge_devices", "command"):
         assert readings(z2m.adapt(MSG[name].topic, MSG[name].payload, T0)) == []
     assert changes == [
@@ -126,11 +127,13 @@ def test_through_a_real_broker(mosquitto: MosquittoBroker, topic_root: str) -> N
     settings = AdapterSettings.model_validate(
         {"zigbee2mqtt": {"enabled": True, "base_topic": base}}
     )
-    changes: list[AvailabilityChange] = []
-    registry = AdapterRegistry.from_settings(settings, on_availability=changes.append)
+    registry = AdapterRegistry.from_settings(settings)
     traffic = fix["messages"] + fix["malformed"][:1]
     results = broker_roundtrip(mosquitto.port, registry, traffic)
-    found: list[Reading] = [r for _, res in results if isinstance(res, list) for r in res]
+    changes = availability(results)
+    found: list[Reading] = [
+        r for _, res in results if isinstance(res, Adapted) for r in res.readings
+    ]
     dead = [res for _, res in results if isinstance(res, DeadLetter)]
     # Same readings as in-process, except that receive-time-stamped ones carry the real time.
     assert sorted((r.device, r.metric, r.value) for r in found) == sorted(

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from gateway.ingest import (
-    Adapter,
+    Adapted,
     AudioIn,
+    AvailabilityChange,
     Ignored,
     MessageDecoder,
     ReadingsIn,
@@ -18,16 +19,23 @@ from gateway.records import DeadLetter, Reading
 from schemas.audio import encode_audio_frame
 from schemas.state import Availability
 from schemas.telemetry import encode_telemetry
+from tests.adapter_fakes import FnAdapter
 
 ROOT = "unit"
 T = "unit/h1/kitchen/thermostat-1/telemetry"
 NOW = 1764403300.0
 
 
-def decode(topic: str, payload: bytes, *adapters: Adapter) -> object:
-    return MessageDecoder(topic_root=ROOT, adapters=adapters, max_dead_letter_bytes=100).decode(
-        topic, payload, NOW
-    )
+def decode_all(topic: str, payload: bytes, *adapters: FnAdapter) -> list[object]:
+    decoder = MessageDecoder(topic_root=ROOT, adapters=adapters, max_dead_letter_bytes=100)
+    return list(decoder.decode(topic, payload, NOW))
+
+
+def decode(topic: str, payload: bytes, *adapters: FnAdapter) -> object:
+    """The one item a message without side items decodes to."""
+    items = decode_all(topic, payload, *adapters)
+    assert len(items) == 1, items
+    return items[0]
 
 
 def test_telemetry_becomes_one_reading_per_metric() -> None:
@@ -105,7 +113,7 @@ def fake_adapter(topic: str, payload: bytes, received_at: float) -> list[Reading
 
 
 def test_adapter_hook() -> None:
-    adapter = Adapter("fake/+/temp", fake_adapter, "fake")
+    adapter = FnAdapter("fake/+/temp", fake_adapter)
     out = decode("fake/probe-1/temp", b"19.5", adapter)
     assert isinstance(out, ReadingsIn)
     assert [(r.device, r.value) for r in out.readings] == [("probe-1", 19.5)]
@@ -119,3 +127,35 @@ def test_adapter_hook() -> None:
     assert "ValueError" in broken.detail
     unknown = decode("other/thing", b"1", adapter)
     assert isinstance(unknown, DeadLetter) and unknown.reason == "unknown_topic"
+
+
+def test_adapter_availability_is_stored_ahead_of_the_message() -> None:
+    def adapt(topic: str, payload: bytes, at: float) -> Adapted:
+        change = AvailabilityChange("fake", "h1", "lab", "plug-1", False, at - 1)
+        return Adapted([], [change])
+
+    state, message = decode_all("fake/plug-1/LWT", b"Offline", FnAdapter("fake/+/LWT", adapt))
+    assert state == StateIn("h1", "lab", "plug-1", Availability.OFFLINE, NOW - 1)
+    assert isinstance(message, ReadingsIn) and message.readings == [] and message.seen == []
+
+
+def test_one_route_per_topic_first_adapter_wins() -> None:
+    calls: list[str] = []
+
+    def first(topic: str, payload: bytes, at: float) -> list[Reading]:
+        calls.append("first")
+        return []
+
+    def second(topic: str, payload: bytes, at: float) -> list[Reading]:
+        calls.append("second")
+        return []
+
+    decoder = MessageDecoder(
+        topic_root=ROOT,
+        adapters=[FnAdapter("a/#", first, "a"), FnAdapter("a/+/b", second, "b")],
+    )
+    for _ in range(3):
+        decoder.decode("a/x/b", b"1", NOW)
+    decoder.decode("a", b"1", NOW)  # "a/#" also matches its parent level
+    assert calls == ["first"] * 4
+    assert decoder.adapters.filters == ["a/#", "a/+/b"]

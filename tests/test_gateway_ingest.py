@@ -29,6 +29,7 @@ from gateway.records import DeadLetter, Reading
 from schemas.audio import encode_audio_frame
 from schemas.telemetry import encode_telemetry
 from schemas.topics import device_topic
+from tests.adapter_fakes import FnAdapter
 from tests.conftest import MosquittoBroker
 
 TS0 = 1764403200.0
@@ -284,7 +285,7 @@ async def test_adapter_hook_subscribes_and_stores(
     tmp_path: Path, mosquitto: MosquittoBroker, topic_root: str, publisher: Publisher
 ) -> None:
     gw = Gateway(gateway_config(tmp_path, mosquitto, topic_root))
-    gw.add_adapter(f"{topic_root}-fake/+/temp", fake_adapter, "fake")
+    gw.add_adapter(FnAdapter(f"{topic_root}-fake/+/temp", fake_adapter))
     async with gw:
         assert await asyncio.to_thread(gw.mqtt.subscribed.wait, 10), "never subscribed"
         publisher.publish(f"{topic_root}-fake/probe-1/temp", b"19.5")
@@ -298,19 +299,19 @@ async def test_adapter_hook_subscribes_and_stores(
         assert query(db, "SELECT reason FROM dead_letters") == [("adapter_error",)]
 
 
-async def test_writer_run_tasks_and_cleanup_ctx(
+async def test_writer_run_tasks_and_lifetimes(
     tmp_path: Path, mosquitto: MosquittoBroker, topic_root: str
 ) -> None:
     gw = Gateway(gateway_config(tmp_path, mosquitto, topic_root))
     events: list[str] = []
     runs = 0
 
-    async def component(g: Gateway) -> AsyncIterator[None]:
+    async def component() -> AsyncIterator[None]:
         events.append("start")
-        await g.writer.run(lambda c: c.execute(text("CREATE TABLE extra (x INTEGER)")))
+        await gw.run_db(lambda c: c.execute(text("CREATE TABLE extra (x INTEGER)")))
         yield
         # Shutdown runs before the writer stops, so a component can still flush through it.
-        await g.writer.run(lambda c: c.execute(text("INSERT INTO extra VALUES (42)")))
+        await gw.run_db(lambda c: c.execute(text("INSERT INTO extra VALUES (42)")))
         events.append("stop")
 
     async def flaky() -> None:
@@ -320,7 +321,7 @@ async def test_writer_run_tasks_and_cleanup_ctx(
             raise RuntimeError("first run fails")
         await asyncio.Event().wait()
 
-    gw.cleanup_ctx.append(component)
+    gw.add_lifetime(component)
     gw.add_task("flaky", flaky)
     async with gw:
         assert events == ["start"]

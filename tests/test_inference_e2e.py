@@ -17,12 +17,12 @@ from typing import Any
 
 import aiomqtt
 import numpy as np
+import paho.mqtt.client as paho
 from sqlalchemy import Connection, Engine
 
 from devices.clips import CLIP_DIR, read_wav
 from gateway.db import make_engine
 from gateway.inference.engine import InferenceEngine
-from gateway.inference.publisher import EventPublisher
 from gateway.inference.settings import InferenceSettings
 from gateway.records import Reading
 from schemas.audio import decode_audio_frame, encode_audio_frame
@@ -53,17 +53,32 @@ def writer_for(engine: Engine) -> Callable[[Callable[[Connection], None]], Any]:
     return write
 
 
+class BrokerSink:
+    """The engine's event sink on a paho client of its own, as the gateway's session is."""
+
+    def __init__(self, port: int) -> None:
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="inference-test")
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def submit(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
+        return self.client.publish(topic, payload, qos=1, retain=retain).rc == paho.MQTT_ERR_SUCCESS
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
 @contextlib.asynccontextmanager
-async def running(engine: InferenceEngine, publisher: EventPublisher) -> AsyncIterator[None]:
-    tasks = [asyncio.create_task(engine.run()), asyncio.create_task(publisher.run())]
-    await asyncio.wait_for(publisher.connected.wait(), 10)
+async def running(engine: InferenceEngine, publisher: BrokerSink) -> AsyncIterator[None]:
+    task = asyncio.create_task(engine.run())
     try:
         yield
     finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         engine.close()
+        publisher.close()
 
 
 async def ingest(client: aiomqtt.Client, engine: InferenceEngine, root: str, n: int) -> None:
@@ -109,7 +124,7 @@ async def play_clips(
     until: Callable[[dict[str, bytes]], bool],
 ) -> tuple[dict[str, bytes], Path, InferenceEngine]:
     db_path = tmp_path / "gw.db"
-    publisher = EventPublisher(mosquitto.url, client_id="inference-test")
+    publisher = BrokerSink(mosquitto.port)
     engine = InferenceEngine.create(
         InferenceSettings(),
         write=writer_for(make_engine(db_path)),
@@ -193,7 +208,7 @@ async def test_alarm_and_keyword_audio_end_to_end(
 async def test_sensor_windows_end_to_end(mosquitto: Any, topic_root: str, tmp_path: Path) -> None:
     db_path = tmp_path / "gw.db"
     settings = InferenceSettings(sensor_window_s=60.0, baseline_windows=30, baseline_min_windows=20)
-    publisher = EventPublisher(mosquitto.url, client_id="inference-test")
+    publisher = BrokerSink(mosquitto.port)
     engine = InferenceEngine.create(
         settings, write=writer_for(make_engine(db_path)), publisher=publisher, root=topic_root
     )

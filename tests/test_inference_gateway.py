@@ -14,7 +14,6 @@ import aiomqtt
 from devices.clips import CLIP_DIR, read_wav
 from gateway.app import create_gateway
 from gateway.config import load_config
-from gateway.inference.wiring import install_inference
 from schemas.audio import encode_audio_frame
 from schemas.events import decode_event
 from schemas.topics import Kind, device_topic, gateway_events_topic
@@ -81,7 +80,6 @@ def test_inference_section_configures_and_disables_it(tmp_path: Path) -> None:
     names = [name for name, _ in create_gateway(config)._task_factories]
     assert "inference" not in names and "inference-events" not in names
     on = load_config(path, inference={"enabled": True})
-    gw = create_gateway(on)
-    install_inference(gw, on)  # a second install is a no-op: one engine, one events client
+    gw = create_gateway(on)  # the one composition root: one engine, no MQTT client of its own
     names = [name for name, _ in gw._task_factories]
-    assert names.count("inference") == 1 and names.count("inference-events") == 1
+    assert names.count("inference") == 1 and "inference-events" not in names

@@ -97,8 +97,15 @@ def test_event_payload_round_trips() -> None:
 
 
 def test_home_assistant_discovery_payloads() -> None:
+    status = "r/gw-7/gateway/status"  # the gateway's own topic, keyed by its id, not the home
     alarm, keyword = microphone_configs(
-        "home-1", "kitchen", "microphone-1", root="r", prefix="homeassistant", off_delay_s=30
+        "home-1",
+        "kitchen",
+        "microphone-1",
+        root="r",
+        prefix="homeassistant",
+        off_delay_s=30,
+        availability_topic=status,
     )
     assert (
         alarm.topic
@@ -106,7 +113,7 @@ def test_home_assistant_discovery_payloads() -> None:
     )
     body = json.loads(alarm.payload)
     assert body["state_topic"] == "r/home-1/gateway/events/alarm"
-    assert body["availability_topic"] == "r/home-1/gateway/status"
+    assert body["availability_topic"] == status
     assert body["device_class"] == "smoke" and body["off_delay"] == 30
     assert "microphone-1" in body["value_template"]
     kw = json.loads(keyword.payload)
@@ -115,9 +122,17 @@ def test_home_assistant_discovery_payloads() -> None:
         "lights_off",
         "stop",
     ]
-    occ = json.loads(occupancy_config("home-1", "living", root="r", prefix="ha").payload)
+    occ = json.loads(
+        occupancy_config(
+            "home-1", "living", root="r", prefix="ha", availability_topic=status
+        ).payload
+    )
+    assert occ["availability_topic"] == status
     assert occ["device_class"] == "occupancy" and occ["state_topic"].endswith("/events/occupancy")
-    an = anomaly_config("home-1", "living", "thermostat-1", root="r", prefix="ha")
+    an = anomaly_config(
+        "home-1", "living", "thermostat-1", root="r", prefix="ha", availability_topic=status
+    )
+    assert json.loads(an.payload)["availability_topic"] == status
     assert an.topic == "ha/sensor/homeedge_home-1/living_thermostat-1_anomaly/config"
     assert json.loads(an.payload)["state_class"] == "measurement"
     assert len({json.loads(c.payload)["unique_id"] for c in (alarm, keyword)}) == 2
@@ -256,15 +271,3 @@ def test_sound_that_keeps_rising_past_two_cut_offs_gives_no_keyword_inputs_until
     ends = _keyword_input_ends(pcm)
     assert len(ends) == 3, ends
     assert ends[0] < 4.5 and 9.9 < ends[1] < 10.5 and 12.0 < ends[2] < 12.5, ends
-
-
-def test_event_publisher_defaults_to_the_tls_port_like_the_ingest_connection() -> None:
-    import ssl
-
-    from gateway.inference.publisher import EventPublisher
-
-    tls = ssl.create_default_context()
-    assert EventPublisher("mqtt://broker", client_id="t", tls_context=tls).port == 8883
-    assert EventPublisher("mqtt://broker", client_id="t").port == 1883
-    assert EventPublisher("mqtts://broker", client_id="t").port == 8883
-    assert EventPublisher("mqtt://broker:1999", client_id="t", tls_context=tls).port == 1999

@@ -16,11 +16,12 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, select
 
+from gateway.backoff import Backoff
 from gateway.sync import counters
 from gateway.sync.metrics import SyncMetrics
 from gateway.sync.settings import UplinkSettings
 from gateway.sync.tables import outbox
-from gateway.sync.uplink import Backoff, TokenBucket, Uplink, thread_run_db
+from gateway.sync.uplink import TokenBucket, Uplink, thread_run_db
 from schemas.batch import decode_batch
 from tests.conftest import free_port
 from tests.test_sync_outbox import put
@@ -141,7 +142,7 @@ async def test_retries_then_sends_each_batch_once_in_order(tmp_path: Path) -> No
     assert all(status == "sent" for status, _ in statuses(engine).values())
     m = uplink.metrics
     assert m.retries._value.get() == 4 and m.sent._value.get() == 5
-    assert m.outbox_depth._value.get() == 0
+    assert m.depth == 0
     # full jitter within [min, min * 2^n] and never above the cap
     retry_delays = [d for d in sleeps.delays if d >= 0.5]
     assert len(retry_delays) == 4

@@ -18,8 +18,8 @@ matching ``adapter.filters``; that call never raises for bad input.
 - Time: the payload's own timestamp where the ecosystem documents one and it parses to a time in
   [2000, 2100); otherwise the receive time (a device clock that is not set is counted as
   ``bad_time``).
-- Availability (online/offline topics) is not a reading: it is reported to ``on_availability``
-  and counted, and the call returns no readings.
+- Availability (online/offline topics) is not a reading: the call returns it in
+  ``Adapted.availability`` (counted), for the writer to store in ``devices``.
 
 Adapters keep plain counters and are meant to be called by one task at a time.
 """
@@ -33,7 +33,7 @@ import math
 import re
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import Enum
@@ -41,10 +41,10 @@ from typing import Any, ClassVar, Generic, TypeVar
 from zoneinfo import ZoneInfo
 
 import msgspec
-from paho.mqtt.client import topic_matches_sub
 
 from gateway.adapters.settings import AdapterSettings, EcosystemSettings
 from gateway.adapters.units import UnitError, to_metric_unit
+from gateway.ingest import Adapted, AvailabilityChange
 from gateway.records import DeadLetter, Reading
 from schemas.telemetry import TS_MAX, TS_MIN
 
@@ -52,8 +52,8 @@ log = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=EcosystemSettings)
 
-AdaptResult = list[Reading] | DeadLetter
-AdaptFn = Callable[[str, bytes, float], AdaptResult]
+AdaptResult = Adapted | DeadLetter
+
 
 MAX_ABS_VALUE = 1e15
 # Distinct ignored field names remembered per adapter; a device inventing names cannot grow it.
@@ -117,18 +117,6 @@ class Identity:
     home: str
     room: str
     device: str
-
-
-@dataclass(frozen=True, slots=True)
-class AvailabilityChange:
-    """A foreign device said it is online or offline (the gateway may keep it in `devices`)."""
-
-    adapter: str
-    home: str
-    room: str
-    device: str
-    online: bool
-    ts: float
 
 
 # Called for every message with the same few names: memoized (bounded) off the MQTT hot path.
@@ -214,34 +202,6 @@ def coerce(raw: Any, kind: ValueKind, label: str) -> float:
     return value
 
 
-class TopicFilters:
-    """MQTT topic filters, with a memo of which one a topic matches first.
-
-    paho's `topic_matches_sub` builds a matcher per call (about 10 us); devices publish on the
-    same few topics over and over, so each topic is matched once. The memo is bounded (cleared
-    when full) so random topics cannot grow it without limit.
-    """
-
-    MEMO_SIZE = 4096
-
-    def __init__(self, filters: Iterable[str]) -> None:
-        self.filters = tuple(filters)
-        self._memo: dict[str, int] = {}
-
-    def first(self, topic: str) -> int:
-        """Index of the first filter matching `topic`, or -1."""
-        hit = self._memo.get(topic)
-        if hit is None:
-            hit = next((i for i, f in enumerate(self.filters) if topic_matches_sub(f, topic)), -1)
-            if len(self._memo) >= self.MEMO_SIZE:
-                self._memo.clear()
-            self._memo[topic] = hit
-        return hit
-
-    def matches(self, topic: str) -> bool:
-        return self.first(topic) >= 0
-
-
 @dataclass(slots=True)
 class MessageReadings:
     """The readings one message yields, one per (device, metric)."""
@@ -262,19 +222,15 @@ class BaseAdapter(ABC, Generic[E]):
     name: ClassVar[str]
     builtin_rules: ClassVar[Mapping[str, FieldRule]]
 
-    def __init__(
-        self,
-        settings: AdapterSettings,
-        *,
-        on_availability: Callable[[AvailabilityChange], None] | None = None,
-    ) -> None:
+    def __init__(self, settings: AdapterSettings) -> None:
         eco: E = getattr(settings, self.name)
         self.home = settings.home
         self.default_room = eco.default_room or settings.default_room
         self.max_payload_bytes = settings.max_payload_bytes
         self.devices = eco.devices
         self.rules = merge_rules(self.default_rules(eco), eco)
-        self.on_availability = on_availability
+        # Availability reported during the current `adapt` call (one call at a time).
+        self._changes: list[AvailabilityChange] = []
         self.counts: Counter[str] = Counter()
         self.ignored_fields: Counter[str] = Counter()
         self.configure(eco)
@@ -297,8 +253,10 @@ class BaseAdapter(ABC, Generic[E]):
         """Readings of one message; raise `AdapterError` for bad input."""
 
     def adapt(self, topic: str, payload: bytes, received_at: float) -> AdaptResult:
-        """Readings of one message (possibly none), or a dead letter; never raises on input."""
+        """Readings of one message (possibly none) and the availability it reported, or a dead
+        letter; never raises on input."""
         self.counts["messages"] += 1
+        self._changes = []
         try:
             if len(payload) > self.max_payload_bytes:
                 raise AdapterError(
@@ -310,7 +268,7 @@ class BaseAdapter(ABC, Generic[E]):
             log.debug("%s: dead letter on %s: %s", self.name, topic, exc)
             return DeadLetter(topic, payload, exc.reason, exc.detail, received_at)
         self.counts["readings"] += len(readings)
-        return readings
+        return Adapted(readings, self._changes)
 
     # -- identity ---------------------------------------------------------------------------
 
@@ -424,10 +382,9 @@ class BaseAdapter(ABC, Generic[E]):
             self.add(out, who, ts, label, raw, rule, unit=(units or {}).get(label))
 
     def availability(self, who: Identity, online: bool, ts: float) -> list[Reading]:
-        """Report an availability change; availability yields no readings."""
+        """Report an availability change (returned with the call's result); yields no readings."""
         self.counts["availability"] += 1
-        if self.on_availability is not None:
-            self.on_availability(
-                AvailabilityChange(self.name, who.home, who.room, who.device, online, ts)
-            )
+        self._changes.append(
+            AvailabilityChange(self.name, who.home, who.room, who.device, online, ts)
+        )
         return []

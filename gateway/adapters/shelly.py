@@ -36,7 +36,6 @@ from gateway.adapters.base import (
     BaseAdapter,
     FieldRule,
     MessageReadings,
-    TopicFilters,
     ValueKind,
     decode_json,
     decode_text,
@@ -44,6 +43,7 @@ from gateway.adapters.base import (
 )
 from gateway.adapters.settings import ShellySettings
 from gateway.records import Reading
+from gateway.topic_filters import TopicFilters
 
 _METERED = ("relay", "light", "roller")
 _GEN2_METERED = ("switch", "pm1", "cover", "light")

@@ -1,15 +1,15 @@
 """The format adapters inside a running gateway: subscriptions, availability rows, metrics.
 
-`install_adapters(gateway, settings)` builds the `AdapterRegistry` of the ``[adapters]`` section
+`install_adapters(host, settings)` builds the `AdapterRegistry` of the ``[adapters]`` section
 and
 
-- registers every enabled adapter's filters and ``adapt`` with ``gateway.add_adapter`` (the
-  decoder remembers which adapter owns each topic, so paho's matcher runs once per topic);
-- turns each adapter's availability report (Zigbee2MQTT ``/availability``, Tasmota ``LWT``,
-  Shelly ``online``, Home Assistant ``unavailable``) into a ``devices`` row update: the report
-  happens on the MQTT network thread while the message is decoded, and is queued to the writer
-  ahead of that message (`MqttBridge.put_side_item`), so it is committed before the message is
-  acknowledged;
+- hands every enabled adapter to ``host.add_adapter``: the gateway subscribes to its filters and
+  its decoder gives it the topics it owns (the route of each topic is remembered, so the
+  filters are matched once per topic);
+- each adapter's availability report (Zigbee2MQTT ``/availability``, Tasmota ``LWT``, Shelly
+  ``online``, Home Assistant ``unavailable``) comes back with its message's result, and the
+  decoder turns it into a ``devices`` row update queued to the writer ahead of that message,
+  so it is committed no later than the message is acknowledged;
 - exports the adapters' counters (messages, readings, dead letters, ignored fields and topics,
   held Home Assistant states...) on the gateway's Prometheus registry, read at scrape time.
 
@@ -24,19 +24,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from gateway.adapters import AdapterRegistry, AdapterSettings, AvailabilityChange
-from gateway.ingest import StateIn
+from gateway.adapters import AdapterRegistry, AdapterSettings
+from gateway.host import GatewayHost
 from gateway.monitoring import PREFIX
-from schemas.state import Availability
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
-    from gateway.mqtt import MqttBridge
 
 log = logging.getLogger(__name__)
 
@@ -70,32 +64,12 @@ class AdapterCollector(Collector):
         yield fields
 
 
-class _AvailabilityRows:
-    """An adapter's availability report -> a `StateIn` for the writer (MQTT network thread)."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self._gateway = gateway
-        self._bridge: MqttBridge | None = None
-
-    def __call__(self, change: AvailabilityChange) -> None:
-        if self._bridge is None:
-            try:
-                self._bridge = self._gateway.mqtt
-            except RuntimeError:  # stopping: the message being decoded is not acked either
-                log.warning("availability of %s dropped: the gateway is stopping", change.device)
-                return
-        state = Availability.ONLINE if change.online else Availability.OFFLINE
-        self._bridge.put_side_item(
-            StateIn(change.home, change.room, change.device, state, change.ts)
-        )
-
-
-def install_adapters(gateway: Gateway, settings: AdapterSettings) -> AdapterRegistry:
-    """Wire every adapter enabled in `settings` into `gateway` (before it starts)."""
-    registry = AdapterRegistry.from_settings(settings, on_availability=_AvailabilityRows(gateway))
-    for topic_filter, adapt, name in registry.named_hooks():
-        gateway.add_adapter(topic_filter, adapt, name)
-    gateway.metrics.registry.register(AdapterCollector(registry))
+def install_adapters(host: GatewayHost, settings: AdapterSettings) -> AdapterRegistry:
+    """Wire every adapter enabled in `settings` into the gateway (before it starts)."""
+    registry = AdapterRegistry.from_settings(settings)
+    for adapter in registry:
+        host.add_adapter(adapter)
+    host.registry.register(AdapterCollector(registry))
     if len(registry):
         log.info(
             "format adapters: %s (filters %s)",

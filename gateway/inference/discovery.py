@@ -2,7 +2,9 @@
 
 Retained configs under ``<prefix>/<component>/<node>/<object>/config``; every entity reads the
 gateway's event topic of its model, keeps only its own source via the value template, and is
-available while the gateway's status topic says ``online``. Entities:
+available while the gateway's status topic says ``online``: the caller passes that topic (the
+one the gateway's MQTT session really publishes, `gateway.host.GatewayHost.status_topic`),
+since it is keyed by the gateway id, not by a home. Entities:
 
 - alarm: ``binary_sensor`` (device_class smoke) per microphone, auto-off after a delay;
 - keyword: ``event`` per microphone (event types lights_on, lights_off, stop);
@@ -17,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.topics import gateway_events_topic, gateway_status_topic
+from schemas.topics import gateway_events_topic
 
 KEYWORDS = ["lights_on", "lights_off", "stop"]
 
@@ -32,13 +34,15 @@ def _slug(value: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", value)
 
 
-def _base(home: str, model: str, root: str, object_id: str, name: str) -> dict[str, Any]:
+def _base(
+    home: str, model: str, root: str, object_id: str, name: str, availability_topic: str
+) -> dict[str, Any]:
     return {
         "name": name,
         "unique_id": f"homeedge_{_slug(home)}_{object_id}",
         "object_id": f"homeedge_{_slug(home)}_{object_id}",
         "state_topic": gateway_events_topic(home, model, root=root),
-        "availability_topic": gateway_status_topic(home, root=root),
+        "availability_topic": availability_topic,
         "payload_available": "online",
         "payload_not_available": "offline",
         "device": {
@@ -58,11 +62,20 @@ def _config(
 
 
 def microphone_configs(
-    home: str, room: str, device: str, *, root: str, prefix: str, off_delay_s: int
+    home: str,
+    room: str,
+    device: str,
+    *,
+    root: str,
+    prefix: str,
+    off_delay_s: int,
+    availability_topic: str,
 ) -> list[DiscoveryConfig]:
     """The alarm binary_sensor and the keyword event of one microphone."""
     alarm_id = f"{room}_{device}_alarm"
-    alarm = _base(home, "alarm", root, alarm_id, f"{room} {device} smoke/CO alarm")
+    alarm = _base(
+        home, "alarm", root, alarm_id, f"{room} {device} smoke/CO alarm", availability_topic
+    )
     alarm.update(
         device_class="smoke",
         value_template=(f"{{% if value_json.device == '{device}' %}}ON{{% endif %}}"),
@@ -71,7 +84,9 @@ def microphone_configs(
         off_delay=off_delay_s,
     )
     kw_id = f"{room}_{device}_keyword"
-    keyword = _base(home, "keyword", root, kw_id, f"{room} {device} voice command")
+    keyword = _base(
+        home, "keyword", root, kw_id, f"{room} {device} voice command", availability_topic
+    )
     keyword.update(
         event_types=KEYWORDS,
         value_template=(
@@ -86,9 +101,11 @@ def microphone_configs(
     ]
 
 
-def occupancy_config(home: str, room: str, *, root: str, prefix: str) -> DiscoveryConfig:
+def occupancy_config(
+    home: str, room: str, *, root: str, prefix: str, availability_topic: str
+) -> DiscoveryConfig:
     object_id = f"{room}_occupancy"
-    body = _base(home, "occupancy", root, object_id, f"{room} occupancy")
+    body = _base(home, "occupancy", root, object_id, f"{room} occupancy", availability_topic)
     body.update(
         device_class="occupancy",
         value_template=(
@@ -101,9 +118,12 @@ def occupancy_config(home: str, room: str, *, root: str, prefix: str) -> Discove
     return _config(prefix, "binary_sensor", home, object_id, body)
 
 
-def anomaly_config(home: str, room: str, device: str, *, root: str, prefix: str) -> DiscoveryConfig:
+def anomaly_config(
+    home: str, room: str, device: str, *, root: str, prefix: str, availability_topic: str
+) -> DiscoveryConfig:
     object_id = f"{room}_{device}_anomaly"
-    body = _base(home, "sensor_anomaly", root, object_id, f"{room} {device} anomaly score")
+    name = f"{room} {device} anomaly score"
+    body = _base(home, "sensor_anomaly", root, object_id, name, availability_topic)
     body.update(
         state_class="measurement",
         value_template=(

@@ -56,7 +56,7 @@ from gateway.inference.tables import inferences
 from gateway.records import Reading
 from schemas.audio import AudioFrame
 from schemas.events import InferenceEvent, encode_event
-from schemas.topics import ROOT, gateway_events_topic
+from schemas.topics import ROOT, gateway_events_topic, gateway_status_topic
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,7 @@ class InferenceEngine:
         write: WriteFn,
         publisher: EventSink | None = None,
         root: str = ROOT,
+        availability_topic: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -140,6 +141,8 @@ class InferenceEngine:
         self._write = write
         self._publisher = publisher
         self._root = root
+        # The gateway's status topic for HA discovery; standalone: the home's, as before.
+        self._availability = availability_topic
         self._clock = clock
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=settings.queue_size)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
@@ -169,6 +172,7 @@ class InferenceEngine:
         write: WriteFn,
         publisher: EventSink | None = None,
         root: str = ROOT,
+        availability_topic: str | None = None,
     ) -> InferenceEngine:
         """Load (and warm up) the models of `settings`; failures are logged and kept in
         ``engine.runtime.errors``, the other models serve."""
@@ -177,7 +181,14 @@ class InferenceEngine:
             names=settings.models,
             intra_op_threads=settings.intra_op_threads,
         )
-        return cls(settings, runtime, write=write, publisher=publisher, root=root)
+        return cls(
+            settings,
+            runtime,
+            write=write,
+            publisher=publisher,
+            root=root,
+            availability_topic=availability_topic,
+        )
 
     # -- input (event loop; non-blocking) -------------------------------------------------
 
@@ -514,6 +525,7 @@ class InferenceEngine:
     def _announce(self, r: InferenceResult) -> None:
         assert self._publisher is not None
         s = self.settings
+        status = self._availability or gateway_status_topic(r.home, root=self._root)
         if r.kind in (ModelKind.AUDIO_ALARM, ModelKind.AUDIO_KEYWORD, ModelKind.AUDIO_VAD):
             key: tuple[str, ...] = ("mic", r.home, r.device)
             configs = lambda: discovery.microphone_configs(  # noqa: E731
@@ -523,19 +535,29 @@ class InferenceEngine:
                 root=self._root,
                 prefix=s.discovery_prefix,
                 off_delay_s=s.alarm_off_delay_s,
+                availability_topic=status,
             )
         elif r.kind == ModelKind.SENSOR_OCCUPANCY:
             key = ("room", r.home, r.room)
             configs = lambda: [  # noqa: E731
                 discovery.occupancy_config(
-                    r.home, r.room, root=self._root, prefix=s.discovery_prefix
+                    r.home,
+                    r.room,
+                    root=self._root,
+                    prefix=s.discovery_prefix,
+                    availability_topic=status,
                 )
             ]
         else:
             key = ("anomaly", r.home, r.device)
             configs = lambda: [  # noqa: E731
                 discovery.anomaly_config(
-                    r.home, r.room, r.device, root=self._root, prefix=s.discovery_prefix
+                    r.home,
+                    r.room,
+                    r.device,
+                    root=self._root,
+                    prefix=s.discovery_prefix,
+                    availability_topic=status,
                 )
             ]
         if key in self._announced:

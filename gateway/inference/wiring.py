@@ -1,71 +1,71 @@
-"""Edge inference inside a running gateway: `install_inference(gateway, config, settings)`.
+"""Edge inference inside a running gateway: `install_inference(host, settings)`.
 
 - callbacks: committed readings -> `InferenceEngine.on_readings`; audio frames ->
   `InferenceEngine.on_audio` (the frame is handed over and not kept);
-- results are written by the gateway's writer thread (``gateway.writer.run``);
-- tasks ``inference`` (the engine) and ``inference-events`` (its own aiomqtt connection for events
-  and Home Assistant discovery, same broker, url, credentials and TLS as ``[mqtt]``);
+- results are written by the gateway's writer thread (``host.run_db``);
+- events and Home Assistant discovery go out on the gateway's own MQTT session
+  (``host.publish``): one identity, one availability topic, one reconnect schedule;
+- task ``inference`` (the engine);
 - ``/healthz`` gets an ``inference`` object: models loaded, ``load_errors``, counters.
 
-The models load in a cleanup context at start; a model that fails is named in the log and in
+The models load in a lifetime at start; a model that fails is named in the log and in
 ``/healthz`` while the others serve.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 
-from gateway.config import GatewayConfig
-from gateway.inference.publisher import EventPublisher
+from gateway.host import GatewayHost
 from gateway.inference.settings import InferenceSettings
-from gateway.mqtt import build_tls_context
 from gateway.records import Reading
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
     from gateway.inference.engine import InferenceEngine
     from gateway.ingest import AudioIn
 
-# `create_gateway` installs inference; a second call on the same gateway (older call sites, tests
-# that wire by hand) must not start a second engine and a second events client with the same id.
-_INSTALLED: weakref.WeakSet[Gateway] = weakref.WeakSet()
+
+class HostEvents:
+    """The engine's event sink: the gateway's own MQTT session, with counts for /healthz."""
+
+    def __init__(self, host: GatewayHost) -> None:
+        self._host = host
+        self.published = 0
+        self.dropped = 0
+
+    def submit(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
+        if self._host.publish(topic, payload, retain=retain):
+            self.published += 1
+            return True
+        self.dropped += 1
+        return False
 
 
-def install_inference(
-    gateway: Gateway, config: GatewayConfig, settings: InferenceSettings | None = None
-) -> None:
-    """Wire the engine into `gateway` (before it starts); see the module docstring.
-
-    Idempotent: a gateway that already has inference installed is left as it is."""
-    settings = settings or getattr(config, "inference", None) or InferenceSettings()
-    if not settings.enabled or gateway in _INSTALLED:
+def install_inference(host: GatewayHost, settings: InferenceSettings) -> None:
+    """Wire the engine into the gateway (before it starts); see the module docstring."""
+    if not settings.enabled:
         return
-    _INSTALLED.add(gateway)
     # Imported here, not at module level: the engine pulls in onnxruntime (~30 MB resident),
     # which an ingest-only gateway ([inference] enabled = false) must not pay for.
     from gateway.inference.engine import InferenceEngine
 
-    mqtt = config.mqtt
-    publisher = EventPublisher(
-        mqtt.url,
-        client_id=f"{config.client_id}-events",
-        username=mqtt.username,
-        password=mqtt.password.get_secret_value() if mqtt.password else None,
-        tls_context=build_tls_context(mqtt.tls) if mqtt.use_tls else None,
-    )
+    events = HostEvents(host)
     holder: dict[str, InferenceEngine] = {}
 
     async def write(fn: Callable[[Connection], None]) -> None:
-        await gateway.writer.run(fn)
+        await host.run_db(fn)
 
-    async def lifetime(_gw: Gateway) -> AsyncIterator[None]:
+    async def lifetime() -> AsyncIterator[None]:
         engine = InferenceEngine.create(
-            settings, write=write, publisher=publisher, root=mqtt.topic_root
+            settings,
+            write=write,
+            publisher=events,
+            root=host.config.mqtt.topic_root,
+            availability_topic=host.status_topic,
         )
         holder["engine"] = engine
         yield
@@ -90,13 +90,12 @@ def install_inference(
             "models": {n: m.manifest.version for n, m in engine.runtime.models.items()},
             "load_errors": [str(e) for e in engine.runtime.errors],
             **asdict(engine.stats),
-            "events_published": publisher.published,
-            "events_dropped": publisher.dropped,
+            "events_published": events.published,
+            "events_dropped": events.dropped,
         }
 
-    gateway.cleanup_ctx.append(lifetime)
-    gateway.on_readings(on_readings)
-    gateway.on_audio(on_audio)
-    gateway.add_task("inference", run_engine)
-    gateway.add_task("inference-events", publisher.run)
-    gateway.add_health("inference", health)
+    host.add_lifetime(lifetime)
+    host.on_readings(on_readings)
+    host.on_audio(on_audio)
+    host.add_task("inference", run_engine)
+    host.add_health("inference", health)

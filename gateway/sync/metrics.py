@@ -44,7 +44,8 @@ class SyncMetrics:
         self.refused = Counter(
             f"{_P}_outbox_refused", "New batches refused by a full outbox (refuse_new)", registry=r
         )
-        self.outbox_depth = Gauge(f"{_P}_outbox_depth", "Pending batches", registry=r)
+        self._outbox_depth = Gauge(f"{_P}_outbox_depth", "Pending batches", registry=r)
+        self.depth = 0  # the gauge's value, for /healthz (a gauge is not read back)
         self.sent = Counter(
             f"{_P}_batches_sent", "Batches acknowledged by the cloud (2xx)", registry=r
         )
@@ -81,4 +82,8 @@ class SyncMetrics:
         self.dropped.labels(reason="full").inc(result.enqueued.dropped)
         self.dropped.labels(reason="ttl").inc(result.enqueued.expired)
         self.refused.inc(result.enqueued.refused)
-        self.outbox_depth.set(result.outbox_depth)
+        self.set_outbox_depth(result.outbox_depth)
+
+    def set_outbox_depth(self, depth: int) -> None:
+        self.depth = depth
+        self._outbox_depth.set(depth)

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine
 
+from gateway.backoff import Backoff
 from gateway.sync import outbox
 from gateway.sync.metrics import SyncMetrics
 from gateway.sync.outbox import OutboxBatch
@@ -107,24 +108,6 @@ class TokenBucket:
             await self._sleep((1.0 - self._tokens) / self.rate)
             self._refill()
         self._tokens -= 1.0
-
-
-class Backoff:
-    """Exponential backoff with jitter: attempt n waits uniform(min, min(max, min * 2**n))."""
-
-    def __init__(self, min_s: float, max_s: float, rng: random.Random) -> None:
-        self.min_s = min_s
-        self.max_s = max_s
-        self._rng = rng
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        cap = min(self.max_s, self.min_s * 2.0 ** min(self.attempt, 62))
-        self.attempt += 1
-        return self._rng.uniform(self.min_s, cap)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 # Answers that say the batch itself is bad (the cloud read it and refused its content): retrying
@@ -243,7 +226,7 @@ class Uplink:
             )
             self.metrics.dropped.labels(reason="ttl").inc(expired)
             if not batches:
-                self.metrics.outbox_depth.set(0)
+                self.metrics.set_outbox_depth(0)
                 return acked
             for batch in batches:
                 acked += await self._deliver(session, batch)
@@ -251,7 +234,7 @@ class Uplink:
                     # It took retries: the rest of this fetch may have expired or been dropped
                     # for room meanwhile, so read the outbox again.
                     break
-            self.metrics.outbox_depth.set(await self._run_db(outbox.depth))
+            self.metrics.set_outbox_depth(await self._run_db(outbox.depth))
 
     async def _deliver(self, session: aiohttp.ClientSession, batch: OutboxBatch) -> int:
         """Send one batch until it is acknowledged (1), parked, expired or gone (0)."""

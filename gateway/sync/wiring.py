@@ -1,10 +1,10 @@
 """The cloud-sync path inside a running gateway: the aggregation pass, the uplink task, their
 metrics and their part of ``/healthz``.
 
-`install_sync(gateway, config)` (called by `gateway.app.create_gateway`) wires the
+`install_sync(host, config)` (called by `gateway.app.create_gateway`) wires the
 ``[aggregation]``, ``[privacy]`` and ``[uplink]`` sections:
 
-- at start (a cleanup context, so a bad key file stops the start with its message): creates the
+- at start (a lifetime, so a bad key file stops the start with its message): creates the
   sync tables if needed, loads or creates the pseudonym key (default: next to the SQLite file,
   ``storage.path`` with the suffix ``.secret``) and reads the outbox depth;
 - task ``sync-aggregate``: every ``aggregation.interval_s``, one `aggregate_and_enqueue` pass in
@@ -31,12 +31,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, select
 
 from gateway.config import GatewayConfig
 from gateway.db import readings
+from gateway.host import GatewayHost
 from gateway.records import Reading
 from gateway.sync import outbox
 from gateway.sync.metrics import SyncMetrics
@@ -45,14 +46,9 @@ from gateway.sync.retention import Retention, RetentionPolicy
 from gateway.sync.tables import create_sync_tables
 from gateway.sync.uplink import Uplink
 
-if TYPE_CHECKING:
-    from gateway.app import Gateway
-
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-DEPTH_METRIC = "homeedge_gateway_sync_outbox_depth"
 
 
 def secret_file(config: GatewayConfig) -> Path:
@@ -66,10 +62,10 @@ def secret_file(config: GatewayConfig) -> Path:
 class SyncService:
     """The sync path of one gateway; see the module docstring."""
 
-    def __init__(self, gateway: Gateway, config: GatewayConfig) -> None:
-        self._gw = gateway
+    def __init__(self, host: GatewayHost, config: GatewayConfig) -> None:
+        self._host = host
         self._config = config
-        self.metrics = SyncMetrics(gateway.metrics.registry)
+        self.metrics = SyncMetrics(host.registry)
         self.uplink: Uplink | None = None
         if config.uplink.url:
             self.uplink = Uplink(config.uplink, run_db=self._run_db, metrics=self.metrics)
@@ -77,7 +73,7 @@ class SyncService:
         self.retention = Retention(
             RetentionPolicy(storage.retention_s, storage.dead_letter_retention_s),
             run_db=self._run_db,
-            registry=gateway.metrics.registry,
+            registry=host.registry,
         )
         self._pipeline: SyncPipeline | None = None
         self._event_ts: float | None = None
@@ -90,19 +86,19 @@ class SyncService:
         return self._pipeline
 
     async def _run_db(self, fn: Callable[[Connection], T]) -> T:
-        return await self._gw.writer.run(fn)
+        return await self._host.run_db(fn)
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def setup(self, gateway: Gateway) -> AsyncIterator[None]:
-        """Cleanup context: tables, key and outbox depth before the tasks start."""
+    async def setup(self) -> AsyncIterator[None]:
+        """Lifetime: tables, key and outbox depth before the tasks start."""
         cfg = self._config
-        await gateway.writer.run(create_sync_tables)
+        await self._host.run_db(create_sync_tables)
         privacy = cfg.privacy.model_copy(update={"secret_file": secret_file(cfg)})
         self._pipeline = await asyncio.to_thread(
             SyncPipeline.from_settings, cfg.gateway_id, cfg.aggregation, privacy, cfg.uplink
         )
-        self.metrics.outbox_depth.set(await gateway.writer.run(outbox.depth))
+        self.metrics.set_outbox_depth(await self._host.run_db(outbox.depth))
         log.info(
             "sync: %ds windows (%s clock), uplink %s",
             cfg.aggregation.window_s,
@@ -126,11 +122,11 @@ class SyncService:
         event_ts: float | None = None
         if self._config.aggregation.clock == "event":
             if self._event_ts is None:
-                self._event_ts = await self._gw.writer.run(_newest_reading_ts)
+                self._event_ts = await self._host.run_db(_newest_reading_ts)
             if self._event_ts is None:
                 return None
             event_ts = self._event_ts
-        result = await self._gw.writer.run(
+        result = await self._host.run_db(
             functools.partial(_pass, pipeline=self.pipeline, event_ts=event_ts)
         )
         self.last_pass_at = time.time()
@@ -156,9 +152,8 @@ class SyncService:
     # -- health ----------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        depth = self._gw.metrics.registry.get_sample_value(DEPTH_METRIC)
         body: dict[str, Any] = {
-            "outbox_depth": int(depth or 0),
+            "outbox_depth": self.metrics.depth,
             "last_pass_at": self.last_pass_at,
             "clock": self._config.aggregation.clock,
         }
@@ -188,15 +183,15 @@ def _pass(conn: Connection, *, pipeline: SyncPipeline, event_ts: float | None) -
     return aggregate_and_enqueue(conn, now, pipeline, close_at=close_at)
 
 
-def install_sync(gateway: Gateway, config: GatewayConfig) -> SyncService:
-    """Wire the sync path into `gateway` (before it starts); returns it for tests and tools."""
-    service = SyncService(gateway, config)
-    gateway.cleanup_ctx.append(service.setup)
-    gateway.add_task("sync-aggregate", service.aggregate_forever)
-    gateway.add_task("storage-retention", service.retention_forever)
+def install_sync(host: GatewayHost, config: GatewayConfig) -> SyncService:
+    """Wire the sync path into the gateway (before it starts); returns it for tests and tools."""
+    service = SyncService(host, config)
+    host.add_lifetime(service.setup)
+    host.add_task("sync-aggregate", service.aggregate_forever)
+    host.add_task("storage-retention", service.retention_forever)
     if service.uplink is not None:
-        gateway.add_task("sync-uplink", service.uplink.run)
+        host.add_task("sync-uplink", service.uplink.run)
     if config.aggregation.clock == "event":
-        gateway.on_readings(service.on_readings)
-    gateway.add_health("sync", service.health)
+        host.on_readings(service.on_readings)
+    host.add_health("sync", service.health)
     return service

@@ -1,0 +1,91 @@
+"""`GatewayHost`: the small interface a running gateway offers its plug-ins.
+
+Plug-ins (format adapters, the cloud-sync path, edge inference, and the ones to come) are
+installed by `gateway.app.create_gateway`, the one composition root. Each receives a
+`GatewayHost`, never the concrete `gateway.app.Gateway`, so imports point one way (the app
+imports the plug-ins; a plug-in imports only this module and its own), and a plug-in cannot
+reach past the seam. A plug-in gives the host data and functions (adapters, callbacks, tasks,
+health parts, lifetimes); the host calls them.
+
+Registration (`add_*`, `on_*`) happens before `start`; the database and MQTT calls
+(`run_db`, `store`, `publish`) work while the gateway runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from sqlalchemy import Connection
+
+    from gateway.config import GatewayConfig
+    from gateway.ingest import AudioIn, ReadingsIn, TopicAdapter
+    from gateway.records import Reading
+
+T = TypeVar("T")
+
+ReadingsCallback = Callable[["Sequence[Reading]"], Awaitable[None]]
+AudioCallback = Callable[["AudioIn"], Awaitable[None]]
+TaskFactory = Callable[[], Coroutine[Any, Any, None]]
+HealthFn = Callable[[], dict[str, Any]]
+Lifetime = Callable[[], AsyncIterator[None]]
+"""An async generator function: code before its ``yield`` runs at start (after the writer is
+up, before MQTT connects), code after it at shutdown (before the writer stops), in reverse
+order of registration, like aiohttp's ``cleanup_ctx``."""
+
+
+class GatewayHost(Protocol):
+    """What a plug-in may use of the gateway; see the module docstring."""
+
+    @property
+    def config(self) -> GatewayConfig: ...
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The gateway's own Prometheus registry, served on ``/metrics``."""
+        ...
+
+    @property
+    def status_topic(self) -> str:
+        """The retained availability topic of the gateway (``online``/``offline``)."""
+        ...
+
+    def add_adapter(self, adapter: TopicAdapter) -> None:
+        """Subscribe to ``adapter.filters`` and decode those topics with it (before start)."""
+        ...
+
+    def on_readings(self, callback: ReadingsCallback) -> None:
+        """``await callback(readings)`` with the readings each commit newly stored."""
+        ...
+
+    def on_audio(self, callback: AudioCallback) -> None:
+        """``await callback(frame)`` with every valid audio frame after its device's commit."""
+        ...
+
+    def add_task(self, name: str, factory: TaskFactory) -> None:
+        """Run ``factory()`` for the gateway's lifetime; restarted with backoff if it raises."""
+        ...
+
+    def add_health(self, name: str, fn: HealthFn) -> None:
+        """Show ``fn()`` under `name` in ``/healthz`` (informational)."""
+        ...
+
+    def add_lifetime(self, lifetime: Lifetime) -> None:
+        """Set-up before the tasks start and teardown at shutdown; see `Lifetime`."""
+        ...
+
+    async def run_db(self, fn: Callable[[Connection], T]) -> T:
+        """Run ``fn(connection)`` in the writer thread in its own transaction."""
+        ...
+
+    async def store(self, item: ReadingsIn) -> None:
+        """Store readings through the writer's batch path (callbacks and ``last_seen`` hold
+        as for readings from MQTT); returns once they are committed."""
+        ...
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
+        """Publish at QoS 1 on the gateway's own MQTT session (its one identity); False when
+        the outgoing queue is full (the message is dropped and counted)."""
+        ...
