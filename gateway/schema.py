@@ -418,7 +418,7 @@ def _upgrade_locked(conn: Connection, engine: Engine, migrations: tuple[Migratio
     if found > newest:
         raise SchemaVersionError(
             f"the gateway database {engine.url.database} has schema version {found}, newer "
-            f"than this gateway's version {newest}: it was upgraded by a newer gateway. Run "
+            f"than this gateway's version {newest}: it was written by a newer gateway. Run "
             f"that version, or restore a backup made before the upgrade; this gateway does not "
             f"open it, so the newer data is not corrupted"
         )
@@ -430,14 +430,13 @@ def _upgrade_locked(conn: Connection, engine: Engine, migrations: tuple[Migratio
     }
     if found == 0 and not present & set(metadata.tables):
         metadata.create_all(conn)
+        _set_version(conn, newest)
         log.info("created the gateway database schema, version %d", newest)
-    else:
-        for version in range(found, newest):
-            migrations[version](conn)
-            _set_version(conn, version + 1)
-            log.info("migrated the gateway database schema: version %d -> %d", version, version + 1)
         return newest
-    _set_version(conn, newest)
+    for version in range(found, newest):
+        migrations[version](conn)
+        _set_version(conn, version + 1)
+        log.info("migrated the gateway database schema: version %d -> %d", version, version + 1)
     return newest
 
 
