@@ -40,7 +40,6 @@ from sqlalchemy import Engine, func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import gateway.sync  # noqa: F401  (registers the sync tables)
 from gateway.db import make_engine
 from gateway.sync.metrics import SyncMetrics
 from gateway.sync.pipeline import SyncPipeline, aggregate_and_enqueue

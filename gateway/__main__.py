@@ -1,6 +1,7 @@
 """``python -m gateway --config FILE``: run the gateway until SIGTERM or SIGINT.
 
-A configuration error prints one line per bad field (``mqtt.url: ...``) and exits with 2.
+A configuration error prints one line per bad field (``mqtt.url: ...``) and exits with 2; so does
+a database whose schema version is newer than this gateway's (`gateway.schema.SchemaVersionError`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 
 from gateway.app import create_gateway
 from gateway.config import ENV_PREFIX, ConfigError, GatewayConfig, load_config
+from gateway.schema import SchemaVersionError
 
 log = logging.getLogger("gateway")
 
@@ -57,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     # SQLite step and then waits up to the switch interval to get it back. 5 ms (the default)
     # per step made each commit tens of ms; 1 ms keeps commits short at little cost.
     sys.setswitchinterval(0.001)
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except SchemaVersionError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

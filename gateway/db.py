@@ -1,4 +1,5 @@
-"""The gateway's SQLite schema (SQLAlchemy Core) and engine set-up.
+"""The gateway's SQLite engine set-up; `make_engine` creates or upgrades the schema of
+`gateway.schema`, whose ingest tables (`readings`, `dead_letters`, `devices`) are re-exported here.
 
 One writer thread owns the connection that writes readings (see `gateway.writer`); other parts
 submit their writes to it. The database runs in WAL mode.
@@ -18,73 +19,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    Column,
-    Engine,
-    Float,
-    Index,
-    Integer,
-    LargeBinary,
-    MetaData,
-    String,
-    Table,
-    Text,
-    create_engine,
-    event,
-    text,
-)
+from sqlalchemy import Engine, create_engine, event
 
-metadata = MetaData()
+from gateway.schema import dead_letters, devices, metadata, readings, upgrade
 
-readings = Table(
-    "readings",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("home", String(64), nullable=False),
-    Column("room", String(64), nullable=False),
-    Column("device", String(64), nullable=False),
-    Column("metric", String(64), nullable=False),
-    Column("ts", Float, nullable=False),
-    Column("value", Float, nullable=False),
-    Column("seq", Integer, nullable=True),
-    Column("received_at", Float, nullable=False),
-    # A redelivered message (QoS 1 after a crash or reconnect) is stored once.
-    Index("ux_readings_device_metric_ts", "home", "device", "metric", "ts", unique=True),
-    Index(
-        "ux_readings_device_metric_seq",
-        "home",
-        "device",
-        "metric",
-        "seq",
-        unique=True,
-        sqlite_where=text("seq IS NOT NULL"),
-    ),
-    Index("ix_readings_received_at", "received_at"),
-    Index("ix_readings_ts", "ts"),
-)
-
-dead_letters = Table(
-    "dead_letters",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("topic", Text, nullable=False),
-    Column("payload", LargeBinary, nullable=False),
-    Column("reason", String(32), nullable=False),
-    Column("detail", Text, nullable=False),
-    Column("received_at", Float, nullable=False),
-)
-
-devices = Table(
-    "devices",
-    metadata,
-    Column("home", String(64), primary_key=True),
-    Column("device", String(64), primary_key=True),
-    Column("room", String(64), nullable=False),
-    Column("device_class", String(32), nullable=False),
-    Column("last_seen", Float, nullable=True),
-    Column("availability", String(16), nullable=True),
-    Column("availability_at", Float, nullable=True),
-)
+__all__ = ["dead_letters", "devices", "make_engine", "metadata", "readings"]
 
 
 def _set_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -97,8 +36,14 @@ def _set_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def make_engine(path: str | Path) -> Engine:
-    """An engine on the SQLite file `path` with WAL pragmas; creates the tables."""
+    """An engine on the SQLite file `path` with WAL pragmas, its schema created or upgraded to
+    `gateway.schema.SCHEMA_VERSION`; raises `gateway.schema.SchemaVersionError` for a database
+    of a newer version."""
     engine = create_engine(f"sqlite:///{path}", future=True)
     event.listen(engine, "connect", _set_pragmas)
-    metadata.create_all(engine)
+    try:
+        upgrade(engine)
+    except BaseException:
+        engine.dispose()
+        raise
     return engine

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from sqlalchemy import insert, select
 
-import gateway.sync  # noqa: F401  (registers the sync tables on gateway.db.metadata)
 from gateway.db import make_engine, readings
 from gateway.sync import counters
 from gateway.sync.settings import AggregationSettings

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, Engine, func, insert, select
 
-import gateway.sync  # noqa: F401  (registers the sync tables on gateway.db.metadata)
 from gateway.db import devices, make_engine, readings
 from gateway.sync import counters
 from gateway.sync.settings import AggregationSettings

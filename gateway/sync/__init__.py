@@ -1,7 +1,7 @@
 """The gateway's cloud-sync path: window aggregation, privacy filter, durable outbox, uplink.
 
-Importing this package registers its tables on `gateway.db.metadata` (so `make_engine` creates
-them when this package was imported first); `create_sync_tables(engine)` creates them explicitly.
+Its tables (`gateway.sync.tables`) are part of the gateway's schema (`gateway.schema`), which
+`gateway.db.make_engine` creates whatever was imported.
 
 Wiring in the gateway app:
 
@@ -21,7 +21,6 @@ from gateway.sync.settings import (
     RoomClass,
     UplinkSettings,
 )
-from gateway.sync.tables import create_sync_tables
 from gateway.sync.uplink import RunDb, Uplink, thread_run_db
 
 __all__ = [
@@ -35,6 +34,5 @@ __all__ = [
     "Uplink",
     "UplinkSettings",
     "aggregate_and_enqueue",
-    "create_sync_tables",
     "thread_run_db",
 ]

@@ -4,9 +4,9 @@ metrics and their part of ``/healthz``.
 `install_sync(host, config)` (called by `gateway.app.create_gateway`) wires the
 ``[aggregation]``, ``[privacy]`` and ``[uplink]`` sections:
 
-- at start (a lifetime, so a bad key file stops the start with its message): creates the
-  sync tables if needed, loads or creates the pseudonym key (default: next to the SQLite file,
-  ``storage.path`` with the suffix ``.secret``) and reads the outbox depth;
+- at start (a lifetime, so a bad key file stops the start with its message): loads or creates
+  the pseudonym key (default: next to the SQLite file, ``storage.path`` with the suffix
+  ``.secret``) and reads the outbox depth (the sync tables came with the gateway's schema);
 - task ``sync-aggregate``: every ``aggregation.interval_s``, one `aggregate_and_enqueue` pass in
   the writer thread, in its own transaction (aggregates, watermark, privacy ledger and outbox
   batches commit together), then the metrics and a nudge to the uplink when batches were made;
@@ -43,7 +43,6 @@ from gateway.sync import outbox
 from gateway.sync.metrics import SyncMetrics
 from gateway.sync.pipeline import PassResult, SyncPipeline, aggregate_and_enqueue
 from gateway.sync.retention import Retention, RetentionPolicy
-from gateway.sync.tables import create_sync_tables
 from gateway.sync.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -91,9 +90,8 @@ class SyncService:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def setup(self) -> AsyncIterator[None]:
-        """Lifetime: tables, key and outbox depth before the tasks start."""
+        """Lifetime: key and outbox depth before the tasks start."""
         cfg = self._config
-        await self._host.run_db(create_sync_tables)
         privacy = cfg.privacy.model_copy(update={"secret_file": secret_file(cfg)})
         self._pipeline = await asyncio.to_thread(
             SyncPipeline.from_settings, cfg.gateway_id, cfg.aggregation, privacy, cfg.uplink

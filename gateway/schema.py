@@ -1,0 +1,445 @@
+"""The gateway's SQLite schema: every table of the gateway database, its version and migrations.
+
+This module owns the schema (the SQLite tables, not the wire formats of the top-level `schemas`
+package). It imports nothing else of the gateway, so the schema an engine gets never depends on
+which modules happened to be imported first; `gateway.db`, `gateway.sync.tables` and
+`gateway.inference.tables` re-export the tables for the code that uses them.
+
+Versions are counted in SQLite's ``PRAGMA user_version`` (0 in a new file). `upgrade` (called by
+`gateway.db.make_engine` at startup) brings a database to `SCHEMA_VERSION`:
+
+- a database without any gateway table (a new or empty file) is created from `metadata`
+  directly at `SCHEMA_VERSION`;
+- an older database (version 0 is one made before versions existed: gateway tables present,
+  ``user_version`` 0) runs the missing `MIGRATIONS` in order, in one transaction that also sets
+  ``user_version``: a failed migration leaves the database as it was;
+- a database whose version is newer than `SCHEMA_VERSION` (written by a newer gateway) is
+  refused with `SchemaVersionError`: older code would misread or corrupt it.
+
+Adding a migration (the schema change of version N):
+
+1. write ``def _vN_what(conn: Connection) -> None`` with literal SQL (``conn.exec_driver_sql``)
+   that takes a version N-1 database to version N. Never build it from the Table objects below:
+   they describe the newest schema, and a migration must do the same thing whenever it runs;
+2. append it to `MIGRATIONS` (``MIGRATIONS[i]`` takes version i to i+1; `SCHEMA_VERSION`
+   follows);
+3. change the Table definitions so that a new database (created from `metadata`) is the same
+   as a migrated one: ``tests/test_gateway_schema.py`` compares the two.
+
+SQLite alters little in place (``ADD COLUMN``, ``RENAME``, indexes); anything else is the
+documented rebuild: create the new table, copy the rows, drop the old one, rename the new one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+log = logging.getLogger(__name__)
+
+metadata = MetaData()
+
+# -- ingest (written by gateway.writer) --------------------------------------------------------
+
+readings = Table(
+    "readings",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("home", String(64), nullable=False),
+    Column("room", String(64), nullable=False),
+    Column("device", String(64), nullable=False),
+    Column("metric", String(64), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("value", Float, nullable=False),
+    Column("seq", Integer, nullable=True),
+    Column("received_at", Float, nullable=False),
+    # A redelivered message (QoS 1 after a crash or reconnect) is stored once.
+    Index("ux_readings_device_metric_ts", "home", "device", "metric", "ts", unique=True),
+    Index(
+        "ux_readings_device_metric_seq",
+        "home",
+        "device",
+        "metric",
+        "seq",
+        unique=True,
+        sqlite_where=text("seq IS NOT NULL"),
+    ),
+    Index("ix_readings_received_at", "received_at"),
+    Index("ix_readings_ts", "ts"),
+)
+
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("topic", Text, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("received_at", Float, nullable=False),
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("home", String(64), primary_key=True),
+    Column("device", String(64), primary_key=True),
+    Column("room", String(64), nullable=False),
+    Column("device_class", String(32), nullable=False),
+    Column("last_seen", Float, nullable=True),
+    Column("availability", String(16), nullable=True),
+    Column("availability_at", Float, nullable=True),
+)
+
+# -- cloud sync (gateway.sync) ----------------------------------------------------------------
+
+# How far the window aggregation got (one row), so a restarted gateway resumes without losing
+# or double-counting a window.
+sync_watermark = Table(
+    "sync_watermark",
+    metadata,
+    Column("id", Integer, primary_key=True),  # always 1
+    Column("window_s", Integer, nullable=False),
+    # Every window ending at or before `watermark` has been aggregated.
+    Column("watermark", Float, nullable=True),
+    # Highest readings.id seen by the last pass: rows above it with ts < watermark are late.
+    Column("reading_cursor", Integer, nullable=False, default=0),
+    Column("updated_at", Float, nullable=False),
+)
+
+# Every closed window's full statistics, with real home and room names. Local only: what leaves
+# the home is derived from it by the privacy filter.
+aggregates = Table(
+    "aggregates",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("home", String(64), nullable=False),
+    Column("room", String(64), nullable=False),
+    Column("device_class", String(32), nullable=False),
+    Column("metric", String(64), nullable=False),
+    Column("window_start", Float, nullable=False),
+    Column("window_s", Integer, nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("sum", Float, nullable=False),
+    Column("sum_sq", Float, nullable=False),
+    Column("min", Float, nullable=False),
+    Column("max", Float, nullable=False),
+    Column("mean", Float, nullable=False),
+    Column("std", Float, nullable=False),
+    Column("p50", Float, nullable=False),
+    Column("p95", Float, nullable=False),
+    Column("policy", String(16), nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint(
+        "home", "room", "device_class", "metric", "window_start", "window_s", name="ux_aggregates"
+    ),
+    Index("ix_aggregates_window_start", "window_start"),
+)
+
+# Readings stored after their window had been aggregated, counted per window.
+late_readings = Table(
+    "late_readings",
+    metadata,
+    Column("home", String(64), primary_key=True),
+    Column("room", String(64), primary_key=True),
+    Column("device", String(64), primary_key=True),
+    Column("metric", String(64), primary_key=True),
+    Column("window_start", Float, primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("last_seen_at", Float, nullable=False),
+)
+
+# Epsilon spent per home and budget period.
+privacy_ledger = Table(
+    "privacy_ledger",
+    metadata,
+    Column("home", String(64), primary_key=True),
+    Column("period_start", Float, primary_key=True),
+    Column("epsilon_spent", Float, nullable=False),
+    Column("releases", Integer, nullable=False),
+    Column("refused", Integer, nullable=False),
+)
+
+# Durable batches waiting for the uplink.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("seq", Integer, primary_key=True),
+    Column("batch_id", String(32), nullable=False, unique=True),
+    Column("gateway", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("n_aggregates", Integer, nullable=False),
+    # gzip of schemas.batch.encode_batch(...): exactly the bytes the uplink puts on the wire.
+    Column("body_gz", LargeBinary, nullable=False),
+    Column("status", String(16), nullable=False),  # pending | sent | rejected
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text, nullable=True),
+    Column("done_at", Float, nullable=True),
+    Index("ix_outbox_status_seq", "status", "seq"),
+)
+
+# The per-gateway outbox sequence counter, apart from `outbox` so pruning rows never reuses a seq.
+outbox_seq = Table(
+    "outbox_seq",
+    metadata,
+    Column("gateway", String(64), primary_key=True),
+    Column("last_seq", Integer, nullable=False),
+)
+
+# Durable totals (dropped, refused, suppressed, ...) for reports.
+sync_counters = Table(
+    "sync_counters",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Integer, nullable=False),
+)
+
+# -- inference (gateway.inference) ------------------------------------------------------------
+
+# One row per model result; results also become ``inference_<what>`` readings (see
+# gateway.inference.engine) so the window aggregator sends counts and shares upstream.
+inferences = Table(
+    "inferences",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("model", String(64), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("home", String(64), nullable=False),
+    Column("room", String(64), nullable=False),
+    Column("device", String(64), nullable=False),
+    Column("window_start", Float, nullable=False),
+    Column("window_end", Float, nullable=False),
+    Column("score", Float, nullable=False),
+    Column("label", String(64), nullable=False),
+    Index("ix_inferences_home_model_end", "home", "model", "window_end"),
+)
+
+# -- versions and migrations ------------------------------------------------------------------
+
+
+class SchemaVersionError(RuntimeError):
+    """The database's schema version is newer than this code knows; the message names both."""
+
+
+# The schema before versions existed, as the code of that time created it. A version 0
+# database has whichever of these tables the modules imported at its startups registered (the
+# sync tables only once the sync path had started), so every statement is IF NOT EXISTS.
+_V1_DDL = (
+    """CREATE TABLE IF NOT EXISTS readings (
+        id INTEGER NOT NULL,
+        home VARCHAR(64) NOT NULL,
+        room VARCHAR(64) NOT NULL,
+        device VARCHAR(64) NOT NULL,
+        metric VARCHAR(64) NOT NULL,
+        ts FLOAT NOT NULL,
+        value FLOAT NOT NULL,
+        seq INTEGER,
+        received_at FLOAT NOT NULL,
+        PRIMARY KEY (id)
+    )""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS ux_readings_device_metric_ts"
+    " ON readings (home, device, metric, ts)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS ux_readings_device_metric_seq"
+    " ON readings (home, device, metric, seq) WHERE seq IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS ix_readings_received_at ON readings (received_at)",
+    "CREATE INDEX IF NOT EXISTS ix_readings_ts ON readings (ts)",
+    """CREATE TABLE IF NOT EXISTS dead_letters (
+        id INTEGER NOT NULL,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        reason VARCHAR(32) NOT NULL,
+        detail TEXT NOT NULL,
+        received_at FLOAT NOT NULL,
+        PRIMARY KEY (id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS devices (
+        home VARCHAR(64) NOT NULL,
+        device VARCHAR(64) NOT NULL,
+        room VARCHAR(64) NOT NULL,
+        device_class VARCHAR(32) NOT NULL,
+        last_seen FLOAT,
+        availability VARCHAR(16),
+        availability_at FLOAT,
+        PRIMARY KEY (home, device)
+    )""",
+    """CREATE TABLE IF NOT EXISTS sync_watermark (
+        id INTEGER NOT NULL,
+        window_s INTEGER NOT NULL,
+        watermark FLOAT,
+        reading_cursor INTEGER NOT NULL,
+        updated_at FLOAT NOT NULL,
+        PRIMARY KEY (id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS aggregates (
+        id INTEGER NOT NULL,
+        home VARCHAR(64) NOT NULL,
+        room VARCHAR(64) NOT NULL,
+        device_class VARCHAR(32) NOT NULL,
+        metric VARCHAR(64) NOT NULL,
+        window_start FLOAT NOT NULL,
+        window_s INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        sum FLOAT NOT NULL,
+        sum_sq FLOAT NOT NULL,
+        min FLOAT NOT NULL,
+        max FLOAT NOT NULL,
+        mean FLOAT NOT NULL,
+        std FLOAT NOT NULL,
+        p50 FLOAT NOT NULL,
+        p95 FLOAT NOT NULL,
+        policy VARCHAR(16) NOT NULL,
+        created_at FLOAT NOT NULL,
+        PRIMARY KEY (id),
+        CONSTRAINT ux_aggregates UNIQUE (home, room, device_class, metric, window_start, window_s)
+    )""",
+    "CREATE INDEX IF NOT EXISTS ix_aggregates_window_start ON aggregates (window_start)",
+    """CREATE TABLE IF NOT EXISTS late_readings (
+        home VARCHAR(64) NOT NULL,
+        room VARCHAR(64) NOT NULL,
+        device VARCHAR(64) NOT NULL,
+        metric VARCHAR(64) NOT NULL,
+        window_start FLOAT NOT NULL,
+        count INTEGER NOT NULL,
+        last_seen_at FLOAT NOT NULL,
+        PRIMARY KEY (home, room, device, metric, window_start)
+    )""",
+    """CREATE TABLE IF NOT EXISTS privacy_ledger (
+        home VARCHAR(64) NOT NULL,
+        period_start FLOAT NOT NULL,
+        epsilon_spent FLOAT NOT NULL,
+        releases INTEGER NOT NULL,
+        refused INTEGER NOT NULL,
+        PRIMARY KEY (home, period_start)
+    )""",
+    """CREATE TABLE IF NOT EXISTS outbox (
+        seq INTEGER NOT NULL,
+        batch_id VARCHAR(32) NOT NULL,
+        gateway VARCHAR(64) NOT NULL,
+        created_at FLOAT NOT NULL,
+        n_aggregates INTEGER NOT NULL,
+        body_gz BLOB NOT NULL,
+        status VARCHAR(16) NOT NULL,
+        attempts INTEGER NOT NULL,
+        last_error TEXT,
+        done_at FLOAT,
+        PRIMARY KEY (seq),
+        UNIQUE (batch_id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS ix_outbox_status_seq ON outbox (status, seq)",
+    """CREATE TABLE IF NOT EXISTS outbox_seq (
+        gateway VARCHAR(64) NOT NULL,
+        last_seq INTEGER NOT NULL,
+        PRIMARY KEY (gateway)
+    )""",
+    """CREATE TABLE IF NOT EXISTS sync_counters (
+        name VARCHAR(64) NOT NULL,
+        value INTEGER NOT NULL,
+        PRIMARY KEY (name)
+    )""",
+    """CREATE TABLE IF NOT EXISTS inferences (
+        id INTEGER NOT NULL,
+        model VARCHAR(64) NOT NULL,
+        version VARCHAR(64) NOT NULL,
+        home VARCHAR(64) NOT NULL,
+        room VARCHAR(64) NOT NULL,
+        device VARCHAR(64) NOT NULL,
+        window_start FLOAT NOT NULL,
+        window_end FLOAT NOT NULL,
+        score FLOAT NOT NULL,
+        label VARCHAR(64) NOT NULL,
+        PRIMARY KEY (id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS ix_inferences_home_model_end"
+    " ON inferences (home, model, window_end)",
+)
+
+
+def _v1_baseline(conn: Connection) -> None:
+    """Version 1: the schema of version 0 complete, whatever tables a version 0 database lacks."""
+    for ddl in _V1_DDL:
+        conn.exec_driver_sql(ddl)
+
+
+Migration = Callable[[Connection], None]
+
+# MIGRATIONS[i] takes a version i database to version i + 1 (see the module docstring).
+MIGRATIONS: tuple[Migration, ...] = (_v1_baseline,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(conn: Connection) -> int:
+    """The database's ``PRAGMA user_version``."""
+    return int(conn.exec_driver_sql("PRAGMA user_version").scalar_one())
+
+
+def upgrade(engine: Engine, migrations: tuple[Migration, ...] = MIGRATIONS) -> int:
+    """Create or upgrade the database of `engine` to the newest version (see the module
+    docstring) and return that version; `migrations` is for tests."""
+    newest = len(migrations)
+    with engine.connect() as conn:
+        # Up to date (every start but the first after an upgrade): no write lock needed.
+        found = schema_version(conn)
+        if found == newest:
+            return found
+        conn.rollback()  # ends the read's implicit transaction, so the isolation level can change
+        # SQLAlchemy's pysqlite transactions leave DDL outside them; autocommit plus our own
+        # BEGIN makes the whole upgrade one transaction. IMMEDIATE takes the write lock before
+        # the version is read again, so two processes starting together cannot both migrate.
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        try:
+            found = _upgrade_locked(conn, engine, migrations)
+        except BaseException:
+            conn.exec_driver_sql("ROLLBACK")
+            raise
+        conn.exec_driver_sql("COMMIT")
+    return found
+
+
+def _upgrade_locked(conn: Connection, engine: Engine, migrations: tuple[Migration, ...]) -> int:
+    newest = len(migrations)
+    found = schema_version(conn)
+    if found > newest:
+        raise SchemaVersionError(
+            f"the gateway database {engine.url.database} has schema version {found}, newer "
+            f"than this gateway's version {newest}: it was written by a newer gateway. Run "
+            f"that version, or restore a backup made before the upgrade; this gateway does not "
+            f"open it, so the newer data is not corrupted"
+        )
+    if found == newest:  # another process upgraded it meanwhile
+        return found
+    present = {
+        name
+        for (name,) in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
+    if found == 0 and not present & set(metadata.tables):
+        metadata.create_all(conn)
+        _set_version(conn, newest)
+        log.info("created the gateway database schema, version %d", newest)
+        return newest
+    for version in range(found, newest):
+        migrations[version](conn)
+        _set_version(conn, version + 1)
+        log.info("migrated the gateway database schema: version %d -> %d", version, version + 1)
+    return newest
+
+
+def _set_version(conn: Connection, version: int) -> None:
+    # PRAGMA takes no bound parameters; `version` is an int.
+    conn.exec_driver_sql(f"PRAGMA user_version = {version:d}")
