@@ -112,7 +112,7 @@ def audio_quality(regenerate: bool) -> dict[str, Any]:
     if regenerate:
         import onnxruntime as ort
 
-        from gateway.inference.training import audio_data, train_audio
+        from training import audio_data, train_audio
 
         audio_data.require_tools()
         test = train_audio.make_clips("test", 1.0, 8)
@@ -134,7 +134,7 @@ def audio_quality(regenerate: bool) -> dict[str, Any]:
 
 def sensor_quality(days: int = 3, homes: int = 2) -> dict[str, Any]:
     from devices.world import World
-    from gateway.inference.training.sensor_eval import event_scores, model_flag, windows
+    from training.sensor_eval import event_scores, model_flag, windows
 
     runtime = ModelRuntime.load(DEFAULT_MODELS_DIR)
     anomaly, occ = runtime.models["sensor_anomaly"], runtime.models["occupancy"]
@@ -164,7 +164,7 @@ def sensor_quality(days: int = 3, homes: int = 2) -> dict[str, Any]:
     out["world"]["occupancy_accuracy"] = ok / max(n, 1)
     out["world"]["days"], out["world"]["homes"] = days, homes
     try:
-        from gateway.inference.training.train_sensors import uci_with_faults
+        from training.train_sensors import uci_with_faults
 
         r, f = uci_with_faults(11)
         uw = list(
