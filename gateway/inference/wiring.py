@@ -2,7 +2,9 @@
 
 - callbacks: committed readings -> `InferenceEngine.on_readings`; audio frames ->
   `InferenceEngine.on_audio` (the frame is handed over and not kept);
-- results are written by the gateway's writer thread (``gateway.writer.run``);
+- results are written by the gateway's writer thread: ``inferences`` rows as a job
+  (``gateway.writer.run``), ``inference_*`` readings through its batch commit
+  (``gateway.writer.store``, so the committed-readings callbacks see them too);
 - tasks ``inference`` (the engine) and ``inference-events`` (its own aiomqtt connection for events
   and Home Assistant discovery, same broker, url, credentials and TLS as ``[mqtt]``);
 - ``/healthz`` gets an ``inference`` object: models loaded, ``load_errors``, counters.
@@ -29,7 +31,7 @@ from gateway.records import Reading
 if TYPE_CHECKING:
     from gateway.app import Gateway
     from gateway.inference.engine import InferenceEngine
-    from gateway.ingest import AudioIn
+    from gateway.ingest import AudioIn, ReadingsIn
 
 # `create_gateway` installs inference; a second call on the same gateway (older call sites, tests
 # that wire by hand) must not start a second engine and a second events client with the same id.
@@ -63,9 +65,12 @@ def install_inference(
     async def write(fn: Callable[[Connection], None]) -> None:
         await gateway.writer.run(fn)
 
+    async def store(item: ReadingsIn) -> None:
+        await gateway.writer.store(item)
+
     async def lifetime(_gw: Gateway) -> AsyncIterator[None]:
         engine = InferenceEngine.create(
-            settings, write=write, publisher=publisher, root=mqtt.topic_root
+            settings, write=write, store=store, publisher=publisher, root=mqtt.topic_root
         )
         holder["engine"] = engine
         yield
