@@ -2,8 +2,8 @@
 
 The event loop only queues (`put`, never blocking: a full queue drops and counts) and, in `run`,
 takes what is queued up to ``batch_max`` items at a time, runs ``process(items)`` in the one
-inference thread (models are not thread-safe to share, and one thread keeps the CPU budget
-bounded) and awaits ``handle(results)`` on the loop before the next batch.
+inference thread (so the per-device stream state has one owner and the models one CPU's
+worth of time at most) and awaits ``handle(results)`` on the loop before the next batch.
 """
 
 from __future__ import annotations
