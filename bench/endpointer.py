@@ -3,7 +3,7 @@
     .venv/bin/python bench/endpointer.py [--json] [--negatives 40]
 
 Needs the ``train`` extra and espeak-ng + sox (it makes the clips of the keyword recipe's choice
-set, seed 8, and long negatives of seed 9, as gateway/inference/training/train_audio.py does).
+set, seed 8, and long negatives of seed 9, as training/train_audio.py does).
 Each clip goes through the serving code (`AudioStream`, 0.1 s pushes); the embedding does not
 matter for where segments close, so the frame embeddings are zeros. Prints, for the endpointer
 as it is ("level") and with the level rule off ("floor only"):
@@ -85,7 +85,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--negatives", type=int, default=40, help="30 s negatives to make")
     args = parser.parse_args()
-    from gateway.inference.training import audio_data, train_audio
+    from training import audio_data, train_audio
 
     audio_data.require_tools()
     clips = train_audio.make_clips("test", 1.0, 8)

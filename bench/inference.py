@@ -44,6 +44,10 @@ from schemas.audio import AudioFrame  # noqa: E402
 T0 = 1_767_225_600.0
 
 
+async def discard(_: object) -> None:
+    """The engine's `write` and `store` where a figure runs the models only (`_process`)."""
+
+
 def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
@@ -85,8 +89,8 @@ def audio_cost(seconds: float = 60.0, frame_s: float = 0.5, repeats: int = 5) ->
     step = int(frame_s * 16000)
 
     def run(mics: int, length: int) -> float:
-        engine = InferenceEngine.create(InferenceSettings(), write=lambda fn: None)
-        engine._speech.embed(np.zeros((1, KW_SAMPLES), np.float32))
+        engine = InferenceEngine.create(InferenceSettings(), write=discard, store=discard)
+        engine._audio.speech.embed(np.zeros((1, KW_SAMPLES), np.float32))
         t, cpu = time.perf_counter(), time.thread_time()
         for i in range(0, length, step):
             frame = AudioFrame(T0 + i / 16000, i, 16000, pcm[i : i + step])
@@ -112,7 +116,7 @@ def audio_quality(regenerate: bool) -> dict[str, Any]:
     if regenerate:
         import onnxruntime as ort
 
-        from gateway.inference.training import audio_data, train_audio
+        from training import audio_data, train_audio
 
         audio_data.require_tools()
         test = train_audio.make_clips("test", 1.0, 8)
@@ -134,7 +138,7 @@ def audio_quality(regenerate: bool) -> dict[str, Any]:
 
 def sensor_quality(days: int = 3, homes: int = 2) -> dict[str, Any]:
     from devices.world import World
-    from gateway.inference.training.sensor_eval import event_scores, model_flag, windows
+    from training.sensor_eval import event_scores, model_flag, windows
 
     runtime = ModelRuntime.load(DEFAULT_MODELS_DIR)
     anomaly, occ = runtime.models["sensor_anomaly"], runtime.models["occupancy"]
@@ -164,7 +168,7 @@ def sensor_quality(days: int = 3, homes: int = 2) -> dict[str, Any]:
     out["world"]["occupancy_accuracy"] = ok / max(n, 1)
     out["world"]["days"], out["world"]["homes"] = days, homes
     try:
-        from gateway.inference.training.train_sensors import uci_with_faults
+        from training.train_sensors import uci_with_faults
 
         r, f = uci_with_faults(11)
         uw = list(
@@ -205,7 +209,7 @@ async def alarm_e2e(trials: int, frame_s: float = 0.5) -> list[float]:
     frame = int(frame_s * 16000)
     pcm = read_wav(CLIP_DIR / "alarm_smoke_t3.wav")
     # The frame that completes the first pattern: where a fresh engine first fires.
-    probe = InferenceEngine.create(InferenceSettings(), write=lambda fn: None)
+    probe = InferenceEngine.create(InferenceSettings(), write=discard, store=discard)
     trigger = next(
         i
         for i in range(0, len(pcm), frame)
@@ -356,11 +360,12 @@ def rss_mb() -> float:
         "import psutil, gc\n"
         "from gateway.inference.engine import InferenceEngine\n"
         "from gateway.inference.settings import InferenceSettings\n"
-        "e = InferenceEngine.create(InferenceSettings(), write=lambda fn: None)\n"
+        "async def discard(_): pass\n"
+        "e = InferenceEngine.create(InferenceSettings(), write=discard, store=discard)\n"
         "assert not e.runtime.errors\n"
         "import numpy as np\n"
         "for _ in range(3):\n"
-        "    e._speech.embed(np.zeros((1, 32000), np.float32))\n"
+        "    e._audio.speech.embed(np.zeros((1, 32000), np.float32))\n"
         "    for m in e.runtime.models.values():\n"
         "        m.run(np.zeros((1, m.manifest.n_features), np.float32))\n"
         "gc.collect(); print(psutil.Process().memory_info().rss / 2**20)\n"

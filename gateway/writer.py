@@ -12,8 +12,10 @@ transactions never contend:
 - only AFTER the commit are the batch's messages acknowledged (the `ack` callable, which the
   MQTT bridge provides and which skips acks of an earlier connection), and then `on_committed`
   gets the committed readings and audio frames (the app forwards them to the asyncio side).
-- readings that do not come over MQTT (inference results) go the same way with
-  ``await writer.store(item)``, so every write to ``readings`` has the same callbacks;
+- other components store readings with ``await writer.store(ReadingsIn(...))``: queued like a
+  message without an ack token, so they go through the same batch commit (``INSERT OR IGNORE``,
+  the ``last_seen`` upserts of its ``seen``, `on_committed`); it returns once that batch is
+  committed and `on_committed` has been called.
 - other components run their own writes with ``await writer.run(fn)``: ``fn(connection)`` runs in
   the writer thread inside its own transaction (committed when fn returns, rolled back if it
   raises) and its result or exception comes back to the awaiting coroutine.
@@ -122,7 +124,9 @@ class _Stop:
 
 
 _STOP = _Stop()
-_Message = tuple["AckToken | None", Ingested]
+_Stored = concurrent.futures.Future[None]
+"""In a message's token slot: a `Writer.store` caller waiting for the batch's commit."""
+_Message = tuple["AckToken | _Stored | None", Ingested]
 _Item = _Message | _Job | _Barrier | _Stop
 
 
@@ -216,6 +220,16 @@ class Writer:
                 continue
         return False
 
+    async def store(self, item: ReadingsIn) -> None:
+        """Store `item` in the next batch commit, like a message without an ack token, and
+        return once that batch is committed (after `on_committed`, which gets its new readings).
+
+        Raises `WriterStopped` when the writer is not running or gave up on the batch at
+        shutdown (nothing of it is then stored)."""
+        fut: _Stored = concurrent.futures.Future()
+        await self._put_async((fut, item))
+        await asyncio.wrap_future(fut)
+
     async def run(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(connection)`` in the writer thread in its own transaction; return its result.
 
@@ -224,14 +238,6 @@ class Writer:
         fut: concurrent.futures.Future[T] = concurrent.futures.Future()
         await self._put_async(_Job(fn, fut))
         return await asyncio.wrap_future(fut)
-
-    async def store(self, item: ReadingsIn) -> None:
-        """Store readings that did not come over MQTT (derived ones, e.g. inference results)
-        through the same batch path as messages, so the unique indexes, ``last_seen`` (from
-        ``item.seen``) and the `on_committed` callbacks hold for them too; returns once they
-        are committed. Nothing is acknowledged for them."""
-        await self._put_async((None, item))
-        await self.flush()
 
     async def flush(self) -> None:
         """Return once everything queued before this call is committed (and acked)."""
@@ -355,6 +361,7 @@ class Writer:
                 )
                 if self._stopping.wait(delay):
                     log.error("shutting down: %d messages left un-acked for redelivery", len(batch))
+                    _resolve(batch, WriterStopped("shut down before the batch was committed"))
                     return
                 delay = min(delay * 2, _RETRY_MAX_S)
         m = self._metrics
@@ -367,11 +374,12 @@ class Writer:
             m.duplicates.inc(len(readings) - len(new))
         for d in dead:
             m.dead_letters.labels(d.reason).inc()
-        tokens = [token for token, _ in batch if token is not None]
+        tokens = [token for token, _ in batch if isinstance(token, tuple)]
         if tokens and self.ack is not None:
             self.ack(tokens)
         if (new or audio) and self.on_committed is not None:
             self.on_committed(new, audio)
+        _resolve(batch, None)
 
     @staticmethod
     def _write(
@@ -461,6 +469,16 @@ def checkpoint_wal(path: str | Path) -> tuple[int, int, int]:
     with contextlib.closing(sqlite3.connect(path, timeout=10)) as conn:
         busy, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         return int(busy), int(frames), int(done)
+
+
+def _resolve(batch: list[_Message], error: BaseException | None) -> None:
+    """Tell the batch's `Writer.store` callers how it ended."""
+    for token, _ in batch:
+        if isinstance(token, concurrent.futures.Future) and token.set_running_or_notify_cancel():
+            if error is None:
+                token.set_result(None)
+            else:
+                token.set_exception(error)
 
 
 def _rows(item: Ingested) -> int:

@@ -18,13 +18,14 @@ from typing import Any
 import aiomqtt
 import numpy as np
 import paho.mqtt.client as paho
-from sqlalchemy import Connection, Engine
 
 from devices.clips import CLIP_DIR, read_wav
 from gateway.db import make_engine
 from gateway.inference.engine import InferenceEngine
 from gateway.inference.settings import InferenceSettings
+from gateway.monitoring import GatewayMetrics
 from gateway.records import Reading
+from gateway.writer import Writer
 from schemas.audio import decode_audio_frame, encode_audio_frame
 from schemas.events import decode_event
 from schemas.telemetry import decode_telemetry, encode_telemetry
@@ -40,17 +41,14 @@ HOME = "home-1"
 T0 = 1_767_225_600.0
 
 
-def writer_for(engine: Engine) -> Callable[[Callable[[Connection], None]], Any]:
-    """A stand-in for the gateway's `Writer.run`: fn(conn) in a thread, one transaction."""
-
-    def run(fn: Callable[[Connection], None]) -> None:
-        with engine.begin() as conn:
-            fn(conn)
-
-    async def write(fn: Callable[[Connection], None]) -> None:
-        await asyncio.to_thread(run, fn)
-
-    return write
+@contextlib.asynccontextmanager
+async def writing(writer: Writer) -> AsyncIterator[Writer]:
+    """The gateway's writer thread on the test's database, for the engine's `write`/`store`."""
+    writer.start()
+    try:
+        yield writer
+    finally:
+        await writer.stop()
 
 
 class BrokerSink:
@@ -62,7 +60,8 @@ class BrokerSink:
         self.client.loop_start()
 
     def submit(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
-        return self.client.publish(topic, payload, qos=1, retain=retain).rc == paho.MQTT_ERR_SUCCESS
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        return info.rc == paho.MQTT_ERR_SUCCESS
 
     def close(self) -> None:
         self.client.disconnect()
@@ -125,9 +124,11 @@ async def play_clips(
 ) -> tuple[dict[str, bytes], Path, InferenceEngine]:
     db_path = tmp_path / "gw.db"
     publisher = BrokerSink(mosquitto.port)
+    writer = Writer(make_engine(db_path), metrics=GatewayMetrics())
     engine = InferenceEngine.create(
         InferenceSettings(),
-        write=writer_for(make_engine(db_path)),
+        write=writer.run,
+        store=writer.store,
         publisher=publisher,
         root=topic_root,
     )
@@ -140,6 +141,7 @@ async def play_clips(
             for i in range(0, len(pcm), 8000)
         ]
     async with (
+        writing(writer),
         running(engine, publisher),
         aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="ha-listener") as listener,
         aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="ingest") as ingest_client,
@@ -209,8 +211,11 @@ async def test_sensor_windows_end_to_end(mosquitto: Any, topic_root: str, tmp_pa
     db_path = tmp_path / "gw.db"
     settings = InferenceSettings(sensor_window_s=60.0, baseline_windows=30, baseline_min_windows=20)
     publisher = BrokerSink(mosquitto.port)
+    writer = Writer(make_engine(db_path), metrics=GatewayMetrics())
+    committed: list[Reading] = []  # what the gateway's committed-readings callbacks would get
+    writer.on_committed = lambda readings, _audio: committed.extend(readings)
     engine = InferenceEngine.create(
-        settings, write=writer_for(make_engine(db_path)), publisher=publisher, root=topic_root
+        settings, write=writer.run, store=writer.store, publisher=publisher, root=topic_root
     )
     rng = np.random.default_rng(3)
     messages = []
@@ -235,6 +240,7 @@ async def test_sensor_windows_end_to_end(mosquitto: Any, topic_root: str, tmp_pa
         return bool(late) and any(e.label == "occupied" for e in events(got, "occupancy"))
 
     async with (
+        writing(writer),
         running(engine, publisher),
         aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="ha-listener") as listener,
         aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="ingest") as ingest_client,
@@ -248,6 +254,16 @@ async def test_sensor_windows_end_to_end(mosquitto: Any, topic_root: str, tmp_pa
         got = await asyncio.wait_for(collect(listener, done), 30)
         await engine.drain()
         await asyncio.sleep(0.2)
+        # The engine's own readings come back through the committed-readings callback like any
+        # other (as the gateway app forwards them): they are not sensor model inputs.
+        derived = [r for r in committed if r.metric.startswith("inference_")]
+        assert derived and {r.seq for r in derived} == {None}
+        sent = sum(len(decode_telemetry(payload).readings) for _, payload in messages)
+        batches = engine.stats.batches
+        assert engine.stats.readings == sent
+        engine.on_readings(derived)
+        await engine.drain()
+        assert (engine.stats.readings, engine.stats.batches) == (sent, batches)
     anomalies = events(got, "sensor_anomaly")
     normal = [
         e.score for e in anomalies if e.window_end <= T0 + 38 * 60 and e.device == "air-quality-1"
@@ -261,6 +277,8 @@ async def test_sensor_windows_end_to_end(mosquitto: Any, topic_root: str, tmp_pa
     db = sqlite3.connect(db_path)
     got_metrics = {m for (m,) in db.execute("SELECT DISTINCT metric FROM readings")}
     assert {"inference_anomaly", "inference_occupancy"} <= got_metrics
+    # Derived readings are not the device being heard from: no devices row, no last_seen.
+    assert db.execute("SELECT count(*) FROM devices").fetchone()[0] == 0
     n = db.execute(
         "SELECT count(*) FROM inferences WHERE model='sensor_anomaly' AND device='air-quality-1'"
     ).fetchone()[0]

@@ -138,6 +138,10 @@ def test_home_assistant_discovery_payloads() -> None:
     assert len({json.loads(c.payload)["unique_id"] for c in (alarm, keyword)}) == 2
 
 
+async def discard(_: object) -> None:
+    """The engine's `write` and `store` where a test only runs the models (`_process`)."""
+
+
 def test_raw_audio_is_kept_only_with_the_local_debug_option(tmp_path: Path) -> None:
     from gateway.inference.engine import InferenceEngine
     from schemas.audio import AudioFrame
@@ -145,7 +149,9 @@ def test_raw_audio_is_kept_only_with_the_local_debug_option(tmp_path: Path) -> N
     samples = (np.sin(np.arange(8000) / 5.0) * 8000).astype(np.int16)
     frame = AudioFrame(1_767_225_600.0, 0, 16000, samples)
     for debug in (None, tmp_path / "debug"):
-        engine = InferenceEngine.create(InferenceSettings(debug_audio_dir=debug), write=print)
+        engine = InferenceEngine.create(
+            InferenceSettings(debug_audio_dir=debug), write=discard, store=discard
+        )
         engine._process([("audio", ("home-1", "hall", "microphone-1", frame))])
         engine.close()
     assert [p.name for p in tmp_path.iterdir()] == ["debug"]

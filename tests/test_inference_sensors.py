@@ -22,7 +22,7 @@ from gateway.inference.sensors import (
     anomaly_features,
 )
 from gateway.inference.settings import DEFAULT_MODELS_DIR
-from gateway.inference.training.sensor_eval import fault_oracle, model_flag, windows
+from training.sensor_eval import fault_oracle, model_flag, windows
 
 T0 = 1_767_225_600.0  # midnight UTC
 WINDOW = 300.0

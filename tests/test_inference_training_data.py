@@ -12,8 +12,8 @@ import shutil
 import numpy as np
 import pytest
 
-from gateway.inference.training import audio_data as data
 from tests.conftest import need
+from training import audio_data as data
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@
 Retained configs under ``<prefix>/<component>/<node>/<object>/config``; every entity reads the
 gateway's event topic of its model, keeps only its own source via the value template, and is
 available while the gateway's status topic says ``online``: the caller passes that topic (the
-one the gateway's MQTT session really publishes, `gateway.host.GatewayHost.status_topic`),
-since it is keyed by the gateway id, not by a home. Entities:
+one the gateway's MQTT session really publishes, `gateway.host.GatewayHost.status_topic`,
+keyed by the gateway id, not by a home); without one the entities carry no availability. Entities:
 
 - alarm: ``binary_sensor`` (device_class smoke) per microphone, auto-off after a delay;
 - keyword: ``event`` per microphone (event types lights_on, lights_off, stop);
@@ -35,16 +35,13 @@ def _slug(value: str) -> str:
 
 
 def _base(
-    home: str, model: str, root: str, object_id: str, name: str, availability_topic: str
+    home: str, model: str, root: str, object_id: str, name: str, availability_topic: str | None
 ) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "name": name,
         "unique_id": f"homeedge_{_slug(home)}_{object_id}",
         "object_id": f"homeedge_{_slug(home)}_{object_id}",
         "state_topic": gateway_events_topic(home, model, root=root),
-        "availability_topic": availability_topic,
-        "payload_available": "online",
-        "payload_not_available": "offline",
         "device": {
             "identifiers": [f"homeedge_{_slug(home)}_gateway"],
             "name": f"homeedge gateway {home}",
@@ -52,6 +49,13 @@ def _base(
             "model": "edge gateway",
         },
     }
+    if availability_topic is not None:
+        body.update(
+            availability_topic=availability_topic,
+            payload_available="online",
+            payload_not_available="offline",
+        )
+    return body
 
 
 def _config(
@@ -69,7 +73,7 @@ def microphone_configs(
     root: str,
     prefix: str,
     off_delay_s: int,
-    availability_topic: str,
+    availability_topic: str | None,
 ) -> list[DiscoveryConfig]:
     """The alarm binary_sensor and the keyword event of one microphone."""
     alarm_id = f"{room}_{device}_alarm"
@@ -102,7 +106,7 @@ def microphone_configs(
 
 
 def occupancy_config(
-    home: str, room: str, *, root: str, prefix: str, availability_topic: str
+    home: str, room: str, *, root: str, prefix: str, availability_topic: str | None
 ) -> DiscoveryConfig:
     object_id = f"{room}_occupancy"
     body = _base(home, "occupancy", root, object_id, f"{room} occupancy", availability_topic)
@@ -119,7 +123,7 @@ def occupancy_config(
 
 
 def anomaly_config(
-    home: str, room: str, device: str, *, root: str, prefix: str, availability_topic: str
+    home: str, room: str, device: str, *, root: str, prefix: str, availability_topic: str | None
 ) -> DiscoveryConfig:
     object_id = f"{room}_{device}_anomaly"
     name = f"{room} {device} anomaly score"

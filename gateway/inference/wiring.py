@@ -2,7 +2,9 @@
 
 - callbacks: committed readings -> `InferenceEngine.on_readings`; audio frames ->
   `InferenceEngine.on_audio` (the frame is handed over and not kept);
-- results are written by the gateway's writer thread (``host.run_db``);
+- results are written by the gateway's writer thread: ``inferences`` rows as a job
+  (``host.run_db``), ``inference_*`` readings through its batch commit (``host.store``, so
+  the committed-readings callbacks and the unique indexes hold for them too);
 - events and Home Assistant discovery go out on the gateway's own MQTT session
   (``host.publish``): one identity, one availability topic, one reconnect schedule;
 - task ``inference`` (the engine);
@@ -26,7 +28,7 @@ from gateway.records import Reading
 
 if TYPE_CHECKING:
     from gateway.inference.engine import InferenceEngine
-    from gateway.ingest import AudioIn
+    from gateway.ingest import AudioIn, ReadingsIn
 
 
 class HostEvents:
@@ -59,10 +61,14 @@ def install_inference(host: GatewayHost, settings: InferenceSettings) -> None:
     async def write(fn: Callable[[Connection], None]) -> None:
         await host.run_db(fn)
 
+    async def store(item: ReadingsIn) -> None:
+        await host.store(item)
+
     async def lifetime() -> AsyncIterator[None]:
         engine = InferenceEngine.create(
             settings,
             write=write,
+            store=store,
             publisher=events,
             root=host.config.mqtt.topic_root,
             availability_topic=host.status_topic,

@@ -84,8 +84,7 @@ def write_model(
         lines.append(f"- {key}: {text}")
     lines += [
         "",
-        "Made by the seeded training scripts in gateway/inference/training/; "
-        "regenerate, do not edit.",
+        "Made by the seeded training scripts in training/; regenerate, do not edit.",
         "",
     ]
     (directory / f"{name}.md").write_text("\n".join(lines), encoding="utf-8")

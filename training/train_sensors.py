@@ -1,6 +1,6 @@
 """Train the sensor models: anomaly (a forest on baseline z-features) and occupancy.
 
-    nice -n 15 .venv/bin/python -m gateway.inference.training.train_sensors
+    nice -n 15 .venv/bin/python -m training.train_sensors
 
 Seeded. Trains the anomaly model on synthetic homes (`sensor_data`) and on the device
 simulators' world (`devices.world`, a training tool: the gateway never imports it; seed 5 is the
@@ -37,9 +37,9 @@ from gateway.inference.sensors import (
     STUCK_RARE,
     window_flagged,
 )
-from gateway.inference.training import progress, sensor_data
-from gateway.inference.training.export import export_classifier, write_model
-from gateway.inference.training.sensor_eval import (
+from training import progress, sensor_data
+from training.export import export_classifier, write_model
+from training.sensor_eval import (
     IsAnomalous,
     ScoredWindow,
     event_scores,
@@ -48,7 +48,7 @@ from gateway.inference.training.sensor_eval import (
     windows,
 )
 
-MODELS = Path(__file__).resolve().parents[2] / "models"
+MODELS = Path(__file__).resolve().parents[1] / "gateway" / "models"
 WINDOW_S = 300.0
 BASELINE = 288
 MIN_WINDOWS = 288  # a day: a shorter history calls every evening routine an anomaly
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(metrics, indent=1), flush=True)
 
     data = (
-        f"synthetic homes (gateway/inference/training/sensor_data.py), {args.days} days each "
+        f"synthetic homes (training/sensor_data.py), {args.days} days each "
         "at 60 s, "
         f"seeds {args.seed}..{args.seed + 4} train, +5..+6 threshold validation, +7..+9 held-out"
     )

@@ -1,7 +1,7 @@
 """Train the audio models: shared embedding (PCA of log-mel context) + VAD and alarm heads, and the
 keyword head on the pretrained speech embedding (`gateway.inference.speech_embedding`).
 
-    nice -n 15 .venv/bin/python -m gateway.inference.training.train_audio [--scale 1.0] [--cache D]
+    nice -n 15 .venv/bin/python -m training.train_audio [--scale 1.0] [--cache D]
 
 Seeded end to end. Writes gateway/models/{audio_embedding,vad,keyword,alarm}.onnx with their
 manifests and model cards, and the demo clip set in devices/clips/. Needs the ``train`` extra
@@ -34,12 +34,12 @@ from gateway.inference.audio import (
 )
 from gateway.inference.frontend import SAMPLE_RATE, context_stack, frames_of
 from gateway.inference.speech_embedding import SpeechEmbedder
-from gateway.inference.training import audio_data as data
-from gateway.inference.training import progress
-from gateway.inference.training.export import export_classifier, export_transformer, write_model
-from gateway.inference.training.keyword_head import train_keyword_head
+from training import audio_data as data
+from training import progress
+from training.export import export_classifier, export_transformer, write_model
+from training.keyword_head import train_keyword_head
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "gateway" / "models"
 CLIPS = ROOT / "devices" / "clips"
 CHUNK = 1600  # 0.1 s pushes, like a microphone's frames
@@ -485,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
             "of the last 4 s (gateway/inference/audio.py): the average of "
             f"{KW_ENSEMBLE} temporal convolution heads (seeds {args.seed}.., PyTorch at training "
             "time only: two 3-step convolutions of 64 channels over the 16 embeddings, max over "
-            "time and mean of the last 4 steps, + log duration; gateway/inference/training/"
+            "time and mean of the last 4 steps, + log duration; training/"
             "keyword_head.py) on the speech embedding less its window mean; training utterances "
             f"also with {KW_AUGMENT} noisy copies (gain, white/pink/brown noise at 5-25 dB) and "
             f"{KW_RESAMPLE} copies played 5-15 % slower or faster, windows shifted by up to 2 "

@@ -1,0 +1,85 @@
+"""`InferenceScheduler`: the engine's bounded queue, its batching and its single inference thread.
+
+The event loop only queues (`put`, never blocking: a full queue drops and counts) and, in `run`,
+takes what is queued up to ``batch_max`` items at a time, runs ``process(items)`` in the one
+inference thread (so the per-device stream state has one owner and the models one CPU's
+worth of time at most) and awaits ``handle(results)`` on the loop before the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from gateway.inference.results import InferenceResult
+from gateway.inference.stats import EngineStats
+
+log = logging.getLogger(__name__)
+
+Item = tuple[str, Any]
+"""``("audio", (home, room, device, frame))`` or ``("reading", reading)``."""
+ProcessFn = Callable[[list[Item]], list[InferenceResult]]
+HandleFn = Callable[[list[InferenceResult]], Awaitable[None]]
+
+
+class InferenceScheduler:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        queue_size: int,
+        batch_max: int,
+        process: ProcessFn,
+        handle: HandleFn,
+        stats: EngineStats,
+    ) -> None:
+        self._queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=queue_size)
+        self._batch_max = batch_max
+        self._process = process
+        self._handle = handle
+        self._stats = stats
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def put(self, item: Item) -> None:
+        try:
+            self._queue.put_nowait(item)
+            self._idle.clear()
+        except asyncio.QueueFull:
+            self._stats.dropped += 1
+            if self._stats.dropped % 1000 == 1:
+                log.warning(
+                    "inference queue full (%d): dropped %d items so far",
+                    self._queue.maxsize,
+                    self._stats.dropped,
+                )
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                items = [await self._queue.get()]
+                while len(items) < self._batch_max and not self._queue.empty():
+                    items.append(self._queue.get_nowait())
+                try:
+                    results = await loop.run_in_executor(self._pool, self._process, items)
+                    await self._handle(results)
+                except Exception:  # a task's top level: log, count, keep serving
+                    self._stats.errors += 1
+                    log.exception("inference batch of %d items failed", len(items))
+                if self._queue.empty():
+                    self._idle.set()
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def drain(self) -> None:
+        """Wait until everything queued so far is processed and handled (tests, shutdown)."""
+        await self._idle.wait()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

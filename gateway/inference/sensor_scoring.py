@@ -1,0 +1,134 @@
+"""`SensorScorer`: committed sensor readings -> anomaly and occupancy decisions (inference thread).
+
+Each reading goes into its sensor's `SensorStream`; a window that closes is scored against the
+device's baseline, all windows closed in one batch in one model call per model (a device's
+second window in a batch waits for its first to be learned); a window the anomaly model flagged
+does not move the device's normal (`SensorStream.commit`). Occupancy results are events only
+when a sensor's decision changed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gateway.inference.manifest import ModelKind
+from gateway.inference.results import InferenceResult
+from gateway.inference.runtime import ModelRuntime
+from gateway.inference.sensors import (
+    WindowStats,
+    anomaly_features,
+    occupancy_applies,
+    occupancy_features,
+    window_flagged,
+)
+from gateway.inference.settings import InferenceSettings
+from gateway.inference.streams import DeviceStreams, Sensor
+from gateway.records import Reading
+
+
+class SensorScorer:
+    """See the module docstring."""
+
+    def __init__(
+        self, settings: InferenceSettings, runtime: ModelRuntime, streams: DeviceStreams
+    ) -> None:
+        self._settings = settings
+        self._streams = streams
+        self._anomaly = runtime.of_kind(ModelKind.SENSOR_ANOMALY)
+        self._occupancy = runtime.of_kind(ModelKind.SENSOR_OCCUPANCY)
+
+    def process(self, readings: list[Reading]) -> list[InferenceResult]:
+        results: list[InferenceResult] = []
+        closed: list[tuple[Sensor, WindowStats]] = []
+        in_round: set[tuple[str, str]] = set()
+        for r in readings:
+            key = (r.home, r.device)
+            sensor = self._streams.sensor(r.home, r.room, r.device)
+            w = sensor.stream.add(r.metric, r.ts, r.value)
+            if w is None:
+                continue
+            if key in in_round:  # its previous window must be learned first
+                results += self._score_windows(closed)
+                closed, in_round = [], set()
+            closed.append((sensor, w))
+            in_round.add(key)
+        return results + self._score_windows(closed)
+
+    def _score_windows(self, closed: list[tuple[Sensor, WindowStats]]) -> list[InferenceResult]:
+        s = self._settings
+        ready = []
+        for sensor, w in closed:
+            if sensor.stream.ready(s.baseline_min_windows):
+                ready.append((sensor, w))
+            else:
+                sensor.stream.commit(w, False)
+        if not ready:
+            return []
+        results: list[InferenceResult] = []
+        rows: list[np.ndarray] = []
+        owners: list[int] = []
+        row_metrics: list[str] = []
+        occ_rows: list[np.ndarray] = []
+        occ_owners: list[int] = []
+        for i, (sensor, w) in enumerate(ready):
+            names, feats = anomaly_features(w, sensor.stream.baseline, sensor.stream.stuck_runs)
+            rows += list(feats)
+            owners += [i] * len(names)
+            row_metrics += names
+            if occupancy_applies(w):
+                occ_rows.append(occupancy_features(w, sensor.stream.baseline, sensor.stream.prev))
+                occ_owners.append(i)
+        flagged = [False] * len(ready)
+        if self._anomaly is not None and rows:
+            man = self._anomaly.manifest
+            p = self._anomaly.probabilities(np.vstack(rows))[:, 1]
+            worst = np.zeros(len(ready))
+            np.maximum.at(worst, np.asarray(owners), p)
+            owner_arr = np.asarray(owners)
+            for i in sorted(set(owners)):
+                sensor, w = ready[i]
+                mine = np.flatnonzero(owner_arr == i)
+                flagged[i] = window_flagged([row_metrics[j] for j in mine], p[mine], man.thresholds)
+                results.append(
+                    InferenceResult(
+                        man.name,
+                        man.version,
+                        man.kind,
+                        sensor.home,
+                        sensor.room,
+                        sensor.device,
+                        w.start,
+                        w.end,
+                        float(worst[i]),
+                        "anomaly" if flagged[i] else "normal",
+                        float(worst[i]),
+                        True,
+                    )
+                )
+        if self._occupancy is not None and occ_rows:
+            man = self._occupancy.manifest
+            p = self._occupancy.probabilities(np.vstack(occ_rows))[:, 1]
+            for i, q in zip(occ_owners, p, strict=True):
+                sensor, w = ready[i]
+                occupied = bool(q >= man.thresholds.get("threshold", 0.5))
+                changed = occupied != sensor.occupied
+                sensor.occupied = occupied
+                results.append(
+                    InferenceResult(
+                        man.name,
+                        man.version,
+                        man.kind,
+                        sensor.home,
+                        sensor.room,
+                        sensor.device,
+                        w.start,
+                        w.end,
+                        float(q),
+                        "occupied" if occupied else "empty",
+                        1.0 if occupied else 0.0,
+                        changed,
+                    )
+                )
+        for i, (sensor, w) in enumerate(ready):
+            sensor.stream.commit(w, flagged[i])
+        return results

@@ -1,0 +1,18 @@
+"""`EngineStats`: the inference engine's counters, one object shared by its parts and shown
+under ``inference`` on ``/healthz``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class EngineStats:
+    audio_frames: int = 0  # frames processed (inference thread)
+    readings: int = 0  # sensor readings processed (inference thread)
+    dropped: int = 0  # items refused by the full queue (scheduler)
+    results: int = 0  # model decisions (result handling)
+    events: int = 0  # events handed to the publisher (result handling)
+    errors: int = 0  # batches that failed (scheduler)
+    batches: int = 0  # batches processed (inference thread)
+    rows_written: int = 0  # `inferences` rows stored (result handling)
