@@ -41,7 +41,8 @@ from tests.test_e2e_sync import (
     gateway_config,
     get_json,
 )
-from tests.test_gateway_ingest import Publisher, metric_value, query, wait_for
+from tests.test_gateway_ingest import Publisher, metric_value, query
+from tests.waiting import wait_for
 
 LIVE_SYNC: dict[str, dict[str, Any]] = {
     # Live readings: 1 s windows closed 0.5 s after their end, a pass every 0.25 s; first pass

@@ -18,7 +18,8 @@ from gateway.app import Gateway
 from schemas.telemetry import encode_telemetry
 from schemas.topics import device_topic, gateway_status_topic
 from tests.conftest import MosquittoBroker
-from tests.test_gateway_ingest import TS0, Publisher, gateway_config, metric_value, query, wait_for
+from tests.test_gateway_ingest import TS0, Publisher, gateway_config, metric_value, query
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
