@@ -41,7 +41,8 @@ from tests.test_e2e_sync import (
     gateway_config,
     get_json,
 )
-from tests.test_gateway_ingest import Publisher, metric_value, query, wait_for
+from tests.test_gateway_ingest import Publisher, metric_value, query
+from tests.waiting import wait_for
 
 LIVE_SYNC: dict[str, dict[str, Any]] = {
     # Live readings: 1 s windows closed 0.5 s after their end, a pass every 0.25 s; first pass
@@ -157,6 +158,15 @@ def outbox_rows(db: Path) -> list[tuple[int, str, str, int, int]]:
     ]
 
 
+def synced(db: Path) -> bool:
+    """Every window holding a stored reading has been aggregated (the watermark is past the
+    newest reading) and no batch waits in the outbox."""
+    ((watermark,),) = query(db, "SELECT watermark FROM sync_watermark WHERE id = 1") or [(None,)]
+    ((newest,),) = query(db, "SELECT max(ts) FROM readings")
+    ((pending,),) = query(db, "SELECT count(*) FROM outbox WHERE status = 'pending'")
+    return watermark is not None and newest is not None and watermark > newest and pending == 0
+
+
 async def cloud_batch_count(url: str) -> int:
     try:
         body = await get_json(url, "/api/v1/gateways")
@@ -228,7 +238,7 @@ async def test_cloud_killed_and_restarted_every_batch_arrives_once(
             live.stop()
             live = None
             # The last windows close (grace 0.5 s) and their batches drain.
-            await asyncio.sleep(2.0)
+            await wait_for(lambda: synced(db), within=30, what="the last windows sent")
             await wait_for(lambda: sync.health()["outbox_depth"] == 0, what="an empty outbox")
             assert sync.health()["uplink"] == "ok"
         rows = outbox_rows(db)
@@ -337,7 +347,7 @@ async def test_gateway_killed_before_recording_a_sent_batch_resends_it_once(
         )
         live.stop()
         live = None
-        await asyncio.sleep(2.0)
+        await wait_for(lambda: synced(tmp_path / "gateway.db"), 30, "the last windows sent")
 
         async def drained() -> bool:
             return (await admin_health(gateway.port))["sync"]["outbox_depth"] == 0

@@ -52,7 +52,8 @@ from schemas.batch import decode_batch
 from schemas.telemetry import encode_telemetry
 from schemas.topics import device_topic
 from tests.conftest import MosquittoBroker
-from tests.test_gateway_ingest import Publisher, metric_value, query, wait_for
+from tests.test_gateway_ingest import Publisher, metric_value, query
+from tests.waiting import wait_for
 
 GATEWAY_ID = "gw-e2e"
 GW_TOKEN = "e2e-gateway-token-0123456789"

@@ -87,11 +87,14 @@ async def test_metrics_head_and_errors(server: AdminServer) -> None:
 
 
 async def open_idle(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A client that starts a request head and never ends it."""
+    """A client that starts a request head and never ends it.
+
+    No wait for the server to take it: the server accepts connections in the order they were
+    made, and its handler takes a slot before its first await, so a client opened after this
+    one is handled after this one holds its slot (which is what the tests then check)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /healthz HTTP/1.1\r\n")
     await writer.drain()
-    await asyncio.sleep(0.1)  # let the server accept it before the next client
     return reader, writer
 
 

@@ -31,9 +31,9 @@ from tests.test_gateway_ingest import (
     metric_value,
     query,
     rows,
-    wait_for,
 )
 from tests.test_mqtt_security import max_attempts
+from tests.waiting import wait_for
 
 
 class StatusWatcher:
@@ -151,6 +151,11 @@ def _shared_config(
     )
 
 
+def markers(gw: Gateway) -> int:
+    sql = "SELECT count(*) FROM readings WHERE device = 'marker-1'"
+    return int(query(gw.config.storage.path, sql)[0][0])
+
+
 @pytest.mark.parametrize("proto", ["3.1.1", "5"])
 async def test_shared_subscription_splits_the_stream(
     tmp_path: Path, mosquitto: MosquittoBroker, topic_root: str, proto: str
@@ -170,11 +175,26 @@ async def test_shared_subscription_splits_the_stream(
                     encode_telemetry(TS0 + seq, {"temperature": 20.0}, seq=seq),
                 )
             await asyncio.to_thread(pub.wait_acked, 30)
+            await wait_for(lambda: rows(a) + rows(b) >= total, what="the whole stream")
+            # Would anything arrive twice? Markers, sent after the whole stream was acked,
+            # until each member has stored one: the broker hands out one publisher's messages
+            # in the order it got them and each member's session delivers in that order, the
+            # writer commits in arrival order; so a member that stored a marker has stored
+            # every stream message the broker ever routed to it.
+            marker = device_topic("h1", "lab", "marker-1", "telemetry", root=topic_root)
+
+            async def send_marker(n: int) -> None:
+                pub.publish(marker, encode_telemetry(TS0 + total + n, {"power": 1.0}, seq=n))
+                await wait_for(lambda: markers(a) + markers(b) > n, what=f"marker {n}")
+
+            for n in range(20):
+                await send_marker(n)
+                if markers(a) and markers(b):
+                    break
+            assert markers(a) and markers(b), "the markers all went to one member"
         finally:
             pub.close()
-        await wait_for(lambda: rows(a) + rows(b) >= total, what="the whole stream")
-        await asyncio.sleep(0.3)  # would anything arrive twice?
-    sql = "SELECT device, seq FROM readings"
+    sql = "SELECT device, seq FROM readings WHERE device != 'marker-1'"
     got_a = set(query(a.config.storage.path, sql))
     got_b = set(query(b.config.storage.path, sql))
     assert got_a and got_b, (len(got_a), len(got_b))  # both took part

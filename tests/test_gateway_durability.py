@@ -18,7 +18,8 @@ from gateway.app import Gateway
 from schemas.telemetry import encode_telemetry
 from schemas.topics import device_topic, gateway_status_topic
 from tests.conftest import MosquittoBroker
-from tests.test_gateway_ingest import TS0, Publisher, gateway_config, metric_value, query, wait_for
+from tests.test_gateway_ingest import TS0, Publisher, gateway_config, metric_value, query
+from tests.waiting import wait_for, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -92,6 +93,23 @@ def publish_stream(pub: Publisher, topic_root: str, total: int) -> None:
             time.sleep(0.002)  # a steady stream, not one burst: the kill lands in the middle
 
 
+def publish_markers(pub: Publisher, topic_root: str, first_seq: int) -> None:
+    """After a stream is acked: one more message on each of its four topics (seq `first_seq`
+    ..+3). Each is delivered after everything sent on its topic before it (MQTT keeps one
+    publisher's QoS 1 messages to a subscription in order, redeliveries of un-acked ones first),
+    and the writer commits in arrival order: once the four rows are stored, nothing of the
+    stream, duplicate or extra, is still on its way."""
+    for d in range(4):
+        seq = first_seq + d
+        topic = device_topic("h1", "lab", f"thermostat-{d}", "telemetry", root=topic_root)
+        # A ts away from the stream's (TS0 + seq * 0.001): the unique index is on ts.
+        pub.publish(topic, encode_telemetry(TS0 + 1000.0 + d, {"temperature": 20.0}, seq=seq))
+
+
+def markers(db: Path, first_seq: int) -> int:
+    return int(query(db, "SELECT count(*) FROM readings WHERE seq >= ?", first_seq)[0][0])
+
+
 def test_kill_9_mid_stream_loses_nothing(
     tmp_path: Path, mosquitto: MosquittoBroker, topic_root: str
 ) -> None:
@@ -112,15 +130,14 @@ def test_kill_9_mid_stream_loses_nothing(
         pub.wait_acked(60)
         assert at_kill < total, "the stream ended before the kill: the test proves nothing"
         gw.start()
-        deadline = time.monotonic() + 60
-        while gw.rows() < total and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.5)  # would any duplicate or extra row still arrive?
+        publish_markers(pub, topic_root, total)
+        wait_until(lambda: markers(gw.db, total) == 4, within=60, what="the four markers")
         count, distinct = query(
             gw.db, "SELECT count(*), count(DISTINCT device || ':' || seq) FROM readings"
         )[0]
-        assert (count, distinct) == (total, total)
-        assert sorted(s for (s,) in query(gw.db, "SELECT seq FROM readings")) == list(range(total))
+        assert (count, distinct) == (total + 4, total + 4)
+        seqs = sorted(s for (s,) in query(gw.db, "SELECT seq FROM readings"))
+        assert seqs == list(range(total + 4))
         assert gw.signal(signal.SIGTERM) == 0
     finally:
         gw.close()
@@ -161,9 +178,7 @@ def test_sigterm_flushes_acks_and_says_offline(
         assert status.stdout.strip() == "offline"
         # Whatever was stored was acked: a restart adds only what was still missing, once.
         gw.start()
-        deadline = time.monotonic() + 30
-        while gw.rows() < 2000 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: gw.rows() >= 2000, within=30, what="the 2000 rows after the restart")
         assert gw.rows() == 2000 and stored <= 2000
         assert "Traceback" not in gw.log.read_text()
     finally:
@@ -192,10 +207,11 @@ async def test_broker_restart_mid_stream_loses_nothing(
             assert at_restart < total, "the stream ended before the restart: proves nothing"
             await asyncio.to_thread(pub.wait_acked, 60)
             await wait_for(lambda: rows() >= total, within=60, what="all rows after restart")
-            await asyncio.sleep(0.3)
+            publish_markers(pub, topic_root, total)
+            await wait_for(lambda: markers(db, total) == 4, within=60, what="the four markers")
             assert query(db, "SELECT count(*), count(DISTINCT device || ':' || seq) FROM readings")[
                 0
-            ] == (total, total)
+            ] == (total + 4, total + 4)
             assert metric_value(gw, "homeedge_gateway_mqtt_reconnects_total") >= 1
             assert gw.health()["mqtt_connected"] is True
     finally:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from schemas.telemetry import encode_telemetry
 from schemas.topics import device_topic
 from tests.adapter_fakes import FnAdapter
 from tests.conftest import MosquittoBroker
+from tests.waiting import wait_for
 
 TS0 = 1764403200.0
 
@@ -95,14 +95,6 @@ def query(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         return conn.execute(sql, args).fetchall()
     finally:
         conn.close()
-
-
-async def wait_for(predicate: Any, within: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def metric_value(gw: Gateway, name: str, labels: dict[str, str] | None = None) -> float:
@@ -219,10 +211,14 @@ async def test_duplicates_are_stored_once(
     await wait_for(lambda: metric_value(gateway, "homeedge_gateway_duplicate_rows_total") == 5)
     stored = query(gateway.config.storage.path, "SELECT metric, seq, value FROM readings")
     assert sorted(stored) == [("energy", 1, 5.0), ("power", 1, 100.0), ("power", 2, 101.0)]
-    # Callbacks see each stored reading once, never the duplicates.
-    await wait_for(lambda: len(committed) >= 3)
-    await asyncio.sleep(0.1)
-    assert sorted((r.metric, r.seq, r.value) for r in committed) == sorted(stored)
+    # Callbacks see each stored reading once, never the duplicates. A marker (seq 3) follows
+    # them on the same topic and connection: the broker delivers it after them, the writer
+    # commits in arrival order and the callbacks run in commit order, so once the marker is
+    # seen every callback a duplicate could have caused has run.
+    publisher.publish(tele, encode_telemetry(TS0 + 3, {"power": 102.0}, seq=3))
+    await wait_for(lambda: any(r.seq == 3 for r in committed), what="the marker's callback")
+    before_marker = [(r.metric, r.seq, r.value) for r in committed if r.seq != 3]
+    assert sorted(before_marker) == sorted(stored)
 
 
 async def test_state_audio_and_callbacks(

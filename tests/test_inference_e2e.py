@@ -36,6 +36,7 @@ from schemas.topics import (
     gateway_topic,
     parse_device_topic,
 )
+from tests.waiting import wait_for
 
 HOME = "home-1"
 T0 = 1_767_225_600.0
@@ -111,6 +112,21 @@ async def collect(
     return got
 
 
+async def settled(engine: InferenceEngine, db_path: Path) -> None:
+    """Everything queued is processed (the engine goes idle only after storing a batch's
+    results) and every result it wrote is visible to another connection."""
+    await engine.drain()
+
+    def stored() -> int:
+        with contextlib.closing(sqlite3.connect(db_path)) as db:
+            return int(db.execute("SELECT count(*) FROM inferences").fetchone()[0])
+
+    def visible() -> bool:
+        return engine.stats.rows_written > 0 and stored() == engine.stats.rows_written
+
+    await wait_for(visible, what="the engine's results in the database")
+
+
 def events(got: dict[str, bytes], model: str) -> list[Any]:
     return [decode_event(v) for k, v in got.items() if f"/gateway/events/{model}#" in k]
 
@@ -154,8 +170,7 @@ async def play_clips(
             await mic.publish(topic, payload, qos=1)
         await asyncio.wait_for(ingest(ingest_client, engine, topic_root, len(frames)), 30)
         got = await asyncio.wait_for(collect(listener, until), 30)
-        await engine.drain()
-        await asyncio.sleep(0.2)  # the last write
+        await settled(engine, db_path)
     return got, db_path, engine
 
 
@@ -252,8 +267,7 @@ async def test_sensor_windows_end_to_end(mosquitto: Any, topic_root: str, tmp_pa
             await sensor.publish(topic, payload, qos=1)
         await asyncio.wait_for(ingest(ingest_client, engine, topic_root, len(messages)), 30)
         got = await asyncio.wait_for(collect(listener, done), 30)
-        await engine.drain()
-        await asyncio.sleep(0.2)
+        await settled(engine, db_path)
         # The engine's own readings come back through the committed-readings callback like any
         # other (as the gateway app forwards them): they are not sensor model inputs.
         derived = [r for r in committed if r.metric.startswith("inference_")]

@@ -46,7 +46,8 @@ from gateway.mqtt import build_tls_context
 from schemas.telemetry import encode_telemetry
 from schemas.topics import device_topic, gateway_status_topic
 from tests.conftest import MosquittoBroker, need
-from tests.test_gateway_ingest import TS0, metric_value, query, wait_for
+from tests.test_gateway_ingest import TS0, metric_value, query
+from tests.waiting import wait_for
 
 GATEWAY_USER, GATEWAY_PASSWORD = "gateway", "gw-secret"
 DEVICE_PASSWORD = "dev-secret"
@@ -337,8 +338,14 @@ async def test_tls_password_and_acl(
             allowed = thermo.publish(own, encode_telemetry(TS0, {"temperature": 21.5}, seq=1))
             assert not allowed.is_failure
             db = config.storage.path
-            await wait_for(lambda: query(db, "SELECT count(*) FROM readings")[0][0] >= 1)
-            await asyncio.sleep(0.5)  # would the denied message still arrive?
+            # The allowed message is the marker for the denied one: it was sent only after the
+            # broker had answered the denied one, on the same device connection, and the
+            # gateway's session gets what the broker routes in order (one queue per session),
+            # its writer commits in arrival order. Once its row is there, a routed denied
+            # message would be too (checked below).
+            await wait_for(
+                lambda: query(db, "SELECT count(*) FROM readings")[0][0] >= 1, what="the marker"
+            )
             # The birth message passed the ACL: a device sees it, retained.
             got = threading.Event()
             thermo.client.on_message = lambda _c, _u, m: (status.append(m.payload), got.set())

@@ -19,8 +19,9 @@ from gateway.sync.uplink import RunDb, thread_run_db
 from gateway.sync.windows import close_windows
 from gateway.sync.wiring import install_sync
 from tests.conftest import MosquittoBroker
-from tests.test_gateway_ingest import gateway_config, metric_value, wait_for
+from tests.test_gateway_ingest import gateway_config, metric_value
 from tests.test_sync_windows import T0, add_readings, make_db
+from tests.waiting import wait_for
 
 DAY = 86400.0
 NOW = T0 + 40 * DAY

@@ -6,27 +6,31 @@ from __future__ import annotations
 import asyncio
 import gzip
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from gateway.backoff import Backoff
 from gateway.sync import counters
 from gateway.sync.metrics import SyncMetrics
 from gateway.sync.settings import UplinkSettings
 from gateway.sync.tables import outbox
-from gateway.sync.uplink import TokenBucket, Uplink, thread_run_db
+from gateway.sync.uplink import RunDb, TokenBucket, Uplink, thread_run_db
 from schemas.batch import decode_batch
 from tests.conftest import free_port
 from tests.test_sync_outbox import put
 from tests.test_sync_windows import T0, make_db
+from tests.waiting import wait_for
 
+T = TypeVar("T")
 TOKEN = "gw-secret-token"
 
 
@@ -86,7 +90,9 @@ class Sleeps:
         await asyncio.sleep(0)
 
 
-def make_uplink(engine: Engine, url: str, sleeps: Sleeps, **kw: object) -> Uplink:
+def make_uplink(
+    engine: Engine, url: str, sleeps: Sleeps, run_db: RunDb | None = None, **kw: object
+) -> Uplink:
     settings = UplinkSettings.model_validate(
         {
             "url": url,
@@ -100,7 +106,7 @@ def make_uplink(engine: Engine, url: str, sleeps: Sleeps, **kw: object) -> Uplin
     )
     return Uplink(
         settings,
-        run_db=thread_run_db(engine),
+        run_db=run_db if run_db is not None else thread_run_db(engine),
         metrics=SyncMetrics(CollectorRegistry()),
         rng=random.Random(7),
         sleep=sleeps,
@@ -203,16 +209,26 @@ async def test_run_task_sends_on_notify_and_closes_its_session(tmp_path: Path) -
     engine = make_db(tmp_path)
     cloud = FakeCloud()
     server = await start(cloud)
-    uplink = make_uplink(engine, str(server.make_url("")), Sleeps(), send_interval_s=3600)
+    thread_db = thread_run_db(engine)
+    calls = 0
+
+    async def counted(fn: Callable[[Connection], T]) -> T:
+        nonlocal calls
+        result = await thread_db(fn)
+        calls += 1
+        return result
+
+    uplink = make_uplink(
+        engine, str(server.make_url("")), Sleeps(), run_db=counted, send_interval_s=3600
+    )
     task = asyncio.create_task(uplink.run())
     try:
-        await asyncio.sleep(0.2)
+        # The first pass has read the empty outbox: what is put now is sent only on notify
+        # (the next poll is an hour away).
+        await wait_for(lambda: calls >= 1, what="the run task's first pass")
         put(engine, 2, UplinkSettings())
         uplink.notify()
-        for _ in range(200):
-            if len(cloud.order) == 2:
-                break
-            await asyncio.sleep(0.02)
+        await wait_for(lambda: len(cloud.order) >= 2, what="both batches in the cloud")
         assert cloud.order == [1, 2]
     finally:
         task.cancel()
