@@ -22,7 +22,7 @@ from sqlalchemy import text
 
 from cloud.analytics.rollups import rollup_series, served_by_rollups
 from cloud.auth import authenticated_gateway, require_reader
-from cloud.ingest import BatchConflict, BodySize, StoreOutcome, store_batch
+from cloud.ingest import BatchConflict, BodySize, StoreOutcome
 from cloud.queries import (
     FILTER_COLUMNS,
     GROUP_COLUMNS,
@@ -34,6 +34,7 @@ from cloud.queries import (
 )
 from cloud.responses import GatewaysResponse, Health, SeriesResponse, StoreResult
 from cloud.web import (
+    BATCH_WRITER_KEY,
     CONFIG_KEY,
     ENGINE_KEY,
     METRICS_KEY,
@@ -78,7 +79,7 @@ async def post_batch(request: web.Request) -> web.Response:
         )
     size = BodySize(wire=request.content_length or len(body), decoded=len(body))
     try:
-        outcome = await store_batch(request.app[ENGINE_KEY], batch, size)
+        outcome = await request.app[BATCH_WRITER_KEY].store(batch, size)
     except BatchConflict as exc:
         metrics.batches_rejected.labels("conflict").inc()
         raise ApiError(409, "conflict", str(exc)) from None

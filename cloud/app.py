@@ -1,5 +1,5 @@
 """The cloud HTTP service's composition root: `create_app(config)` wires the middlewares, the
-routes and the app-scoped resources (database engine, analytics task).
+routes and the app-scoped resources (database engine, batch writer, analytics task).
 
 Routes (all JSON; every 4xx/5xx body is ``{"error": {"code": ..., "message": ...}}``):
 
@@ -27,8 +27,9 @@ from cloud.auth import setup_credentials
 from cloud.config import CloudConfig
 from cloud.dashboard import setup_dashboard
 from cloud.db import make_engine, upgrade_to_head
+from cloud.ingest import BatchWriter
 from cloud.metrics import CloudMetrics
-from cloud.web import CONFIG_KEY, ENGINE_KEY, METRICS_KEY, MIDDLEWARES
+from cloud.web import BATCH_WRITER_KEY, CONFIG_KEY, ENGINE_KEY, METRICS_KEY, MIDDLEWARES
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -43,6 +44,14 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     await engine.dispose()
 
 
+async def _batch_writer(app: web.Application) -> AsyncIterator[None]:
+    # After _database: cleanup_ctx tears down in reverse, so every batch the writer accepted is
+    # committed (or has failed) before the engine is disposed.
+    writer = app[BATCH_WRITER_KEY] = BatchWriter(app[ENGINE_KEY])
+    yield
+    await writer.aclose()
+
+
 def create_app(config: CloudConfig) -> web.Application:
     """The cloud service for `config`; the database is opened and migrated on start-up."""
     app = web.Application(middlewares=MIDDLEWARES, client_max_size=config.max_body_bytes)
@@ -52,6 +61,7 @@ def create_app(config: CloudConfig) -> web.Application:
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_batch_writer)
     setup_analytics(app)  # after _database: its background task needs the engine
     setup_dashboard(app)
     return app

@@ -21,6 +21,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloud.config import CloudConfig
+from cloud.ingest import BatchWriter
 from cloud.metrics import CloudMetrics
 from cloud.responses import ErrorBody, ErrorDetail
 
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 CONFIG_KEY = web.AppKey("config", CloudConfig)
 ENGINE_KEY = web.AppKey("engine", AsyncEngine)
+# Set while the app runs, between the engine's set-up and its disposal (see `cloud.app`).
+BATCH_WRITER_KEY = web.AppKey("batch_writer", BatchWriter)
 METRICS_KEY = web.AppKey("metrics", CloudMetrics)
 
 REQUEST_ID = web.RequestKey("request_id", str)
