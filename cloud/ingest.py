@@ -259,6 +259,10 @@ class BatchWriter:
         self._closed = True
         while running := [task for task in self._tasks if not task.done()]:
             await asyncio.wait(running)
+        # Requests are left only if someone cancelled the group writers themselves: fail them
+        # rather than leave their callers waiting.
+        while self._queue:
+            _settle(self._queue.popleft(), RuntimeError("the batch writer closed before storing"))
 
     def _track(self, task: asyncio.Task[_T]) -> asyncio.Task[_T]:
         self._tasks.add(task)
