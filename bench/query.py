@@ -6,7 +6,7 @@
 
 Creates a fresh database on the server (default postgresql://postgres@127.0.0.1:5432), migrates
 it, bulk-loads batches and aggregates with COPY (asyncpg), builds the rollups with the bulk
-INSERT ... SELECT (rollup throughput), measures the incremental path (store_batch, rollups
+INSERT ... SELECT (rollup throughput), measures the incremental path (BatchWriter.store, rollups
 folded in the ingest transaction), runs the analytics once, then times the HTTP requests the
 dashboard makes (real app, real HTTP on loopback) and drops the database.
 """
@@ -30,7 +30,7 @@ from cloud.analytics.rollups import backfill
 from cloud.app import create_app
 from cloud.config import CloudConfig
 from cloud.db import make_engine, upgrade_to_head
-from cloud.ingest import AGGREGATE_COLUMNS, BodySize, store_batch
+from cloud.ingest import AGGREGATE_COLUMNS, BatchWriter, BodySize
 from schemas.batch import Batch, WindowAggregate
 
 READ_TOKEN = "bench-read-token-0123456789"
@@ -238,11 +238,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
         batches = incremental_batches(40, 1000, T0 + minutes * 60)
         started = time.perf_counter()
-        for batch in batches:
-            await store_batch(engine, batch, BodySize(wire=1, decoded=1))
+        async with BatchWriter(engine) as writer:
+            for batch in batches:
+                await writer.store(batch, BodySize(wire=1, decoded=1))
         inc_s = time.perf_counter() - started
         inc_rows = sum(len(b.aggregates) for b in batches)
-        log(f"incremental: {inc_rows:,} rows via store_batch in {inc_s:.2f} s")
+        log(f"incremental: {inc_rows:,} rows via BatchWriter.store in {inc_s:.2f} s")
         await engine.dispose()
 
         config = CloudConfig.model_validate(

@@ -4,13 +4,17 @@ Idempotency lives in the database, not in process memory: `batches.batch_id` is 
 when two workers (or one worker twice) receive the same batch, exactly one insert wins and the
 other reports a duplicate. The batch row is inserted first, so a duplicate writes no aggregate.
 
-On PostgreSQL the batches that arrive while a transaction is running are stored together in the
-next one (group commit, per engine): one multi-row insert of their batch rows, one COPY of all
-their aggregates and one statement folding them into the rollups. Most of a store's cost is the
-rollup upsert, whose size is the number of distinct hour keys, and batches of the same
-gateways share most keys, so a group of N batches costs far less than N transactions. A caller
-still returns only once its batch is committed, rollups included. SQLite (one writer anyway)
-stores each batch in its own transaction.
+A `BatchWriter` stores them. On PostgreSQL the batches that arrive while a transaction is
+running are stored together in the next one (group commit): one multi-row insert of their batch
+rows, one COPY of all their aggregates and one statement folding them into the rollups. Most of
+a store's cost is the rollup upsert, whose size is the number of distinct hour keys, and batches
+of the same gateways share most keys, so a group of N batches costs far less than N
+transactions. A caller still returns only once its batch is committed, rollups included. SQLite
+(one writer anyway) stores each batch in its own transaction.
+
+The writer is a resource of its owner (the app creates one per engine in a cleanup_ctx entry):
+this module keeps no state, and `BatchWriter.aclose()` finishes every accepted batch before
+the owner disposes of the engine.
 """
 
 from __future__ import annotations
@@ -20,10 +24,9 @@ import collections
 import enum
 import logging
 import time
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import BigInteger, any_, bindparam, insert, select, text
 from sqlalchemy.dialects import postgresql
@@ -35,6 +38,8 @@ from cloud.db import aggregates, batches
 from schemas.batch import Batch
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 # Aggregates written in one group transaction at most (each batch holds at most 5,000): large
 # enough to share the rollup keys of many batches, small enough to keep a transaction short.
@@ -152,19 +157,6 @@ async def _raw_connection(conn: AsyncConnection) -> Any:
     return raw
 
 
-async def store_batch(
-    engine: AsyncEngine, batch: Batch, size: BodySize, received_at: float | None = None
-) -> StoreOutcome:
-    """Store `batch` once; raise BatchConflict when its id belongs to another gateway.
-
-    Returns once the batch, its aggregates and its rollups are committed (or it was a duplicate).
-    """
-    received_at = time.time() if received_at is None else received_at
-    if engine.dialect.driver == "asyncpg":
-        return await _group_writer(engine).store(engine, batch, size, received_at)
-    return await _store_one(engine, batch, size, received_at)
-
-
 async def _store_one(
     engine: AsyncEngine, batch: Batch, size: BodySize, received_at: float
 ) -> StoreOutcome:
@@ -203,32 +195,79 @@ class _Request:
     done: asyncio.Future[StoreOutcome] = field(repr=False)
 
 
-class _GroupWriter:
-    """Stores the batches handed to one engine, those that queue up meanwhile in one transaction.
+class BatchWriter:
+    """Stores the uploaded batches of one engine; one per app, from start-up until just before
+    the engine is disposed (see `cloud.app`).
 
-    Up to GROUP_WRITERS group transactions per engine (process) run at a time, so the database
-    works on two groups while this process decodes the next requests. Concurrent groups, here
-    or in other worker processes, are safe: batch rows are inserted in batch_id order and rollup
-    rows upserted in key order, so groups sharing keys wait for each other, never deadlock.
-    The writer keeps no reference to its engine (it is the value of a weak-keyed map); only its
-    running task does.
+    On PostgreSQL the batches handed over while a group transaction runs are stored together in
+    the next one. Up to GROUP_WRITERS group transactions run at a time, so the database works on
+    two groups while this process decodes the next requests. Concurrent groups, here or in other
+    worker processes, are safe: batch rows are inserted in batch_id order and rollup rows
+    upserted in key order, so groups sharing keys wait for each other, never deadlock.
+    On SQLite each batch is stored in its own transaction.
+
+    `aclose()` refuses new batches and returns once every accepted one is committed or has
+    failed (its caller told either way); nothing is cancelled on the way.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._grouped = engine.dialect.driver == "asyncpg"
         self._queue: collections.deque[_Request] = collections.deque()
-        self._tasks: set[asyncio.Task[None]] = set()
+        # The tasks writing to the database: group writers (PostgreSQL) or one per batch (SQLite).
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    async def __aenter__(self) -> BatchWriter:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no write running."""
+        return not self._queue and all(task.done() for task in self._tasks)
 
     async def store(
-        self, engine: AsyncEngine, batch: Batch, size: BodySize, received_at: float
+        self, batch: Batch, size: BodySize, received_at: float | None = None
     ) -> StoreOutcome:
+        """Store `batch` once; raise BatchConflict when its id belongs to another gateway.
+
+        Returns once the batch, its aggregates and its rollups are committed (or it was a
+        duplicate).
+        """
+        if self._closed:
+            raise RuntimeError("the batch writer is closed")
+        received_at = time.time() if received_at is None else received_at
         loop = asyncio.get_running_loop()
+        if not self._grouped:
+            # A task of its own only so that aclose() sees it; cancelling the caller cancels it.
+            return await self._track(
+                loop.create_task(_store_one(self._engine, batch, size, received_at))
+            )
         request = _Request(batch, size, received_at, loop.create_future())
         self._queue.append(request)
-        if len(self._tasks) < GROUP_WRITERS:
-            task = loop.create_task(self._drain(engine), name="homeedge-ingest-group")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        # Done tasks count as gone: their discard callback may not have run yet, and a request
+        # must never wait in the queue with no writer left to take it.
+        if sum(not task.done() for task in self._tasks) < GROUP_WRITERS:
+            self._track(loop.create_task(self._drain(), name="homeedge-ingest-group"))
         return await request.done
+
+    async def aclose(self) -> None:
+        """Refuse new batches; return once every accepted one is committed or has failed."""
+        self._closed = True
+        while running := [task for task in self._tasks if not task.done()]:
+            await asyncio.wait(running)
+        # Requests are left only if someone cancelled the group writers themselves: fail them
+        # rather than leave their callers waiting.
+        while self._queue:
+            _settle(self._queue.popleft(), RuntimeError("the batch writer closed before storing"))
+
+    def _track(self, task: asyncio.Task[_T]) -> asyncio.Task[_T]:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     def _take_group(self) -> list[_Request]:
         # An even share of what is queued, so the other writer gets work too.
@@ -244,13 +283,13 @@ class _GroupWriter:
             rows += len(request.batch.aggregates)
         return group
 
-    async def _drain(self, engine: AsyncEngine) -> None:
+    async def _drain(self) -> None:
         group: list[_Request] = []
         try:
             while self._queue:
                 group = self._take_group()
                 if group:
-                    await _write(engine, group)
+                    await _write(self._engine, group)
                 group = []
         finally:
             # Only reached with requests left when this task itself was cancelled; the others
@@ -289,16 +328,6 @@ def _settle(request: _Request, outcome: StoreOutcome | Exception) -> None:
         request.done.set_exception(outcome)
     else:
         request.done.set_result(outcome)
-
-
-_writers: weakref.WeakKeyDictionary[AsyncEngine, _GroupWriter] = weakref.WeakKeyDictionary()
-
-
-def _group_writer(engine: AsyncEngine) -> _GroupWriter:
-    writer = _writers.get(engine)
-    if writer is None:
-        writer = _writers[engine] = _GroupWriter()
-    return writer
 
 
 # The aggregates' id sequence: a value taken before the COPY bounds this transaction's rows.

@@ -23,7 +23,8 @@ from aiohttp.test_utils import TestClient
 
 from cloud.analytics.anomalies import Z_CAP, robust_z
 from cloud.analytics.fleet import percentile_rank
-from cloud.app import SESSION_COOKIE, create_app, issue_session
+from cloud.app import create_app
+from cloud.auth import SESSION_COOKIE, issue_session
 from schemas.batch import Batch, BatchStats, WindowAggregate, encode_batch
 from tests.test_cloud_api import (
     GW1_TOKEN,

@@ -28,7 +28,7 @@ from cloud.db import (
     upgrade_to_head,
 )
 from cloud.db import batches as batches_table
-from cloud.ingest import BatchConflict, BodySize, StoreOutcome, store_batch
+from cloud.ingest import BatchConflict, BatchWriter, BodySize, StoreOutcome
 from cloud.queries import Bucket, SeriesQuery, query_series
 from schemas.batch import Batch, WindowAggregate
 from tests.test_cloud_api import T0, make_aggregate
@@ -132,13 +132,14 @@ async def test_ingest_keeps_rollups_equal_to_a_direct_computation(url: str) -> N
         await upgrade_to_head(engine)
         windows = random_windows(1, 600)
         stored: list[tuple[str, WindowAggregate]] = []
-        for seq, start in enumerate(range(0, 600, 100), start=1):
-            gateway = ("gw-1", "gw-2")[seq % 2]
-            batch = batch_of(gateway, seq, windows[start : start + 100])
-            assert await store_batch(engine, batch, SIZE) is StoreOutcome.STORED
-            stored += [(gateway, a) for a in batch.aggregates]
-            # A resent batch changes nothing.
-            assert await store_batch(engine, batch, SIZE) is StoreOutcome.DUPLICATE
+        async with BatchWriter(engine) as writer:
+            for seq, start in enumerate(range(0, 600, 100), start=1):
+                gateway = ("gw-1", "gw-2")[seq % 2]
+                batch = batch_of(gateway, seq, windows[start : start + 100])
+                assert await writer.store(batch, SIZE) is StoreOutcome.STORED
+                stored += [(gateway, a) for a in batch.aggregates]
+                # A resent batch changes nothing.
+                assert await writer.store(batch, SIZE) is StoreOutcome.DUPLICATE
         incremental = await table_rows(engine)
         assert_matches(incremental, direct_rollups(stored))
 
@@ -182,9 +183,11 @@ async def test_two_workers_ingesting_the_same_keys_concurrently_lose_nothing(
         await upgrade_to_head(engines[0])
         windows = random_windows(2, 1200)
         batches = [batch_of("gw-1", i + 1, windows[i * 30 : (i + 1) * 30]) for i in range(40)]
-        outcomes = await asyncio.gather(
-            *(store_batch(engines[i % 2], b, SIZE) for i, b in enumerate(batches))
-        )
+        async with BatchWriter(engines[0]) as first, BatchWriter(engines[1]) as second:
+            writers = (first, second)
+            outcomes = await asyncio.gather(
+                *(writers[i % 2].store(b, SIZE) for i, b in enumerate(batches))
+            )
         assert set(outcomes) == {StoreOutcome.STORED}
         stored = [("gw-1", a) for b in batches for a in b.aggregates]
         assert_matches(await table_rows(engines[0]), direct_rollups(stored))
@@ -194,7 +197,7 @@ async def test_two_workers_ingesting_the_same_keys_concurrently_lose_nothing(
 
 
 async def test_uploads_stored_together_keep_duplicates_and_conflicts_apart(pg_url: str) -> None:
-    # Concurrent calls on one engine are stored in shared transactions (group commit); a resend
+    # Concurrent calls on one writer are stored in shared transactions (group commit); a resend
     # and another gateway's clashing id among them must not cost the other batches anything.
     engine = make_engine(pg_url)
     try:
@@ -205,10 +208,11 @@ async def test_uploads_stored_together_keep_duplicates_and_conflicts_apart(pg_ur
         clash = Batch(
             batch_id=batches[1].batch_id, gateway="gw-2", seq=1, created_at=T0, aggregates=[]
         )
-        outcomes = await asyncio.gather(
-            *(store_batch(engine, b, SIZE) for b in [*batches, resend, clash]),
-            return_exceptions=True,
-        )
+        async with BatchWriter(engine) as writer:
+            outcomes = await asyncio.gather(
+                *(writer.store(b, SIZE) for b in [*batches, resend, clash]),
+                return_exceptions=True,
+            )
         assert outcomes[:6] == [StoreOutcome.STORED] * 6
         assert outcomes[6] is StoreOutcome.DUPLICATE
         assert isinstance(outcomes[7], BatchConflict)

@@ -20,9 +20,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from sqlalchemy import func, select
 
-from cloud.app import ENGINE_KEY, create_app
+from cloud.app import create_app
 from cloud.config import CloudConfig
 from cloud.db import aggregates, batches
+from cloud.web import ENGINE_KEY
 from schemas.batch import Batch, WindowAggregate, encode_batch
 from tests.conftest import PG_DSN
 

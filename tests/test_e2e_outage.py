@@ -23,8 +23,8 @@ from typing import IO, Any
 import aiohttp
 from sqlalchemy import select
 
-from cloud.app import ENGINE_KEY
 from cloud.db import batches as cloud_batches
+from cloud.web import ENGINE_KEY
 from gateway.app import Gateway
 from gateway.sync.wiring import install_sync
 from schemas.telemetry import encode_telemetry

@@ -32,9 +32,10 @@ import pytest
 from aiohttp import web
 from sqlalchemy import select
 
-from cloud.app import ENGINE_KEY, create_app
+from cloud.app import create_app
 from cloud.config import CloudConfig
 from cloud.db import aggregates as cloud_aggregates
+from cloud.web import ENGINE_KEY
 from devices.world import World
 from gateway.app import Gateway, create_gateway
 from gateway.config import (

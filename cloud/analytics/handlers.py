@@ -25,15 +25,9 @@ from cloud.analytics.models import (
 )
 from cloud.analytics.rollups import newest_window_end, rollup_metrics
 from cloud.analytics.runner import AnalyticsSettings, SnapshotCache, run_once, run_periodically
-from cloud.app import (
-    CONFIG_KEY,
-    ENGINE_KEY,
-    ApiError,
-    Handler,
-    json_response,
-    require_reader,
-)
+from cloud.auth import require_reader
 from cloud.config import CloudConfig
+from cloud.web import CONFIG_KEY, ENGINE_KEY, ApiError, Handler, json_response
 
 log = logging.getLogger(__name__)
 

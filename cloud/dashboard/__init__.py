@@ -16,15 +16,14 @@ from functools import cache
 
 from aiohttp import web
 
-from cloud.app import (
+from cloud.auth import (
     SESSION_COOKIE,
     SESSION_MAX_AGE_S,
-    ApiError,
-    Handler,
     is_read_token,
     issue_session,
     require_reader,
 )
+from cloud.web import ApiError, Handler
 
 STATIC = importlib.resources.files(__package__) / "static"
 # name -> (package, path inside it, content type); a fixed list, so no path ever reaches disk.

@@ -1,0 +1,183 @@
+"""The core API's handlers and routes: batch uploads, time series, gateway health, liveness
+and metrics (the analytics and dashboard routes live in `cloud.analytics.handlers` and
+`cloud.dashboard`).
+
+- ``POST /api/v1/batches``    gateway upload, ``Authorization: Bearer <gateway token>``
+- ``GET  /api/v1/aggregates`` time series, ``Authorization: Bearer <read_token>``
+- ``GET  /api/v1/gateways``   per-gateway health (sequence gaps, lag), read token
+- ``GET  /healthz``           liveness + database check, no credential
+- ``GET  /metrics``           Prometheus text format, no credential
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from cloud.analytics.rollups import rollup_series, served_by_rollups
+from cloud.auth import authenticated_gateway, require_reader
+from cloud.ingest import BatchConflict, BodySize, StoreOutcome
+from cloud.queries import (
+    FILTER_COLUMNS,
+    GROUP_COLUMNS,
+    Bucket,
+    SeriesQuery,
+    TooManyPoints,
+    gateway_status,
+    query_series,
+)
+from cloud.responses import GatewaysResponse, Health, SeriesResponse, StoreResult
+from cloud.web import (
+    BATCH_WRITER_KEY,
+    CONFIG_KEY,
+    ENGINE_KEY,
+    METRICS_KEY,
+    ApiError,
+    Handler,
+    json_response,
+)
+from schemas.batch import decode_batch
+from schemas.errors import PayloadError
+
+log = logging.getLogger(__name__)
+
+_METRIC_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+async def post_batch(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS_KEY]
+    try:
+        gateway = authenticated_gateway(request)
+    except ApiError:
+        metrics.batches_rejected.labels("unauthorized").inc()
+        raise
+    try:
+        # aiohttp undoes Content-Encoding: gzip and stops at client_max_size (decompressed).
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        metrics.batches_rejected.labels("oversized").inc()
+        raise
+    except web.RequestPayloadError as exc:  # e.g. Content-Encoding: gzip on a non-gzip body
+        metrics.batches_rejected.labels("bad_encoding").inc()
+        raise ApiError(400, "bad_encoding", f"cannot read the body: {exc}") from None
+    try:
+        batch = decode_batch(body)
+    except PayloadError as exc:
+        metrics.batches_rejected.labels(exc.reason).inc()
+        status = {"invalid_json": 400, "oversized": 413}.get(exc.reason, 422)
+        raise ApiError(status, exc.reason, exc.detail) from None
+    if batch.gateway != gateway:
+        metrics.batches_rejected.labels("forbidden").inc()
+        raise ApiError(
+            403, "forbidden", f"token of gateway {gateway!r} cannot upload for {batch.gateway!r}"
+        )
+    size = BodySize(wire=request.content_length or len(body), decoded=len(body))
+    try:
+        outcome = await request.app[BATCH_WRITER_KEY].store(batch, size)
+    except BatchConflict as exc:
+        metrics.batches_rejected.labels("conflict").inc()
+        raise ApiError(409, "conflict", str(exc)) from None
+    if outcome is StoreOutcome.DUPLICATE:
+        metrics.batches_duplicate.inc()
+        return json_response(StoreResult("duplicate", batch.batch_id), status=200)
+    metrics.batches_stored.inc()
+    metrics.aggregate_rows.inc(len(batch.aggregates))
+    log.debug("stored batch %s seq %d of %s", batch.batch_id, batch.seq, gateway)
+    return json_response(StoreResult("stored", batch.batch_id), status=201)
+
+
+def _float_param(request: web.Request, name: str) -> float | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise ApiError(400, "bad_query", f"{name} must be unix seconds, got {raw!r}") from None
+
+
+def parse_series_query(request: web.Request) -> SeriesQuery:
+    q = request.query
+    metric = q.get("metric", "")
+    if not _METRIC_RE.match(metric):
+        raise ApiError(400, "bad_query", "metric is required (lower-case name, e.g. temperature)")
+    try:
+        bucket = Bucket(q.get("bucket", "raw"))
+    except ValueError:
+        choices = ", ".join(b.value for b in Bucket)
+        raise ApiError(400, "bad_query", f"bucket must be one of {choices}") from None
+    group_by: tuple[str, ...] = SeriesQuery.group_by
+    if "group_by" in q:
+        group_by = tuple(name for name in q["group_by"].split(",") if name)
+        unknown = [name for name in group_by if name not in GROUP_COLUMNS]
+        if unknown or len(set(group_by)) != len(group_by):
+            raise ApiError(
+                400, "bad_query", f"group_by takes distinct names from {', '.join(GROUP_COLUMNS)}"
+            )
+    filters = {name: q[name] for name in FILTER_COLUMNS if q.get(name)}
+    return SeriesQuery(
+        metric=metric,
+        bucket=bucket,
+        group_by=group_by,
+        filters=filters,
+        start=_float_param(request, "start"),
+        end=_float_param(request, "end"),
+    )
+
+
+async def get_aggregates(request: web.Request) -> web.Response:
+    require_reader(request)
+    query = parse_series_query(request)
+    # Hour/day buckets on bucket edges come from the rollups: the same answer, far fewer rows.
+    read = rollup_series if served_by_rollups(query) else query_series
+    try:
+        series = await read(request.app[ENGINE_KEY], query)
+    except TooManyPoints as exc:
+        raise ApiError(400, "too_many_points", str(exc)) from None
+    return json_response(
+        SeriesResponse(
+            metric=query.metric,
+            bucket=query.bucket.value,
+            group_by=list(query.group_by),
+            filters=query.filters,
+            start=query.start,
+            end=query.end,
+            series=series,
+        )
+    )
+
+
+async def get_gateways(request: web.Request) -> web.Response:
+    require_reader(request)
+    now = time.time()
+    configured = list(request.app[CONFIG_KEY].gateways)
+    statuses = await gateway_status(request.app[ENGINE_KEY], configured, now=now)
+    return json_response(GatewaysResponse(now=now, gateways=statuses))
+
+
+async def get_healthz(request: web.Request) -> web.Response:
+    async with request.app[ENGINE_KEY].connect() as conn:
+        await conn.execute(text("SELECT 1"))  # errors become 503 in error_middleware
+    return json_response(Health(status="ok", database="ok", pid=os.getpid()))
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    response = web.Response(body=generate_latest(request.app[METRICS_KEY].registry))
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+# Method, path, handler: the single list both the router and the OpenAPI test read.
+ROUTES: tuple[tuple[str, str, Handler], ...] = (
+    ("POST", "/api/v1/batches", post_batch),
+    ("GET", "/api/v1/aggregates", get_aggregates),
+    ("GET", "/api/v1/gateways", get_gateways),
+    ("GET", "/healthz", get_healthz),
+    ("GET", "/metrics", get_metrics),
+)
