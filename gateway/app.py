@@ -61,8 +61,11 @@ _FLUSH_TIMEOUT_S = 30.0
 class Gateway:
     """One gateway, a `gateway.host.GatewayHost`: see the module docstring."""
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, *, mqtt_backoff: Backoff | None = None) -> None:
+        """`mqtt_backoff`: the reconnect schedule (default: ``mqtt.reconnect_min_s`` to
+        ``mqtt.reconnect_max_s``); tests inject one to see the delays it draws."""
         self._config = config
+        self._mqtt_backoff = mqtt_backoff
         self.metrics = GatewayMetrics()
         self.admin_port: int | None = None
         self._status_topic = gateway_status_topic(config.gateway_id, root=config.mqtt.topic_root)
@@ -237,6 +240,7 @@ class Gateway:
                 decoder=decoder,
                 writer=self._writer,
                 metrics=self.metrics,
+                backoff=self._mqtt_backoff,
             )
             self._writer.ack = self._bridge.ack_many
             self._bridge.start()

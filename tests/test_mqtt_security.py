@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import ipaddress
 import logging
+import random
 import shutil
 import ssl
 import subprocess
@@ -34,6 +35,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.app import Gateway
+from gateway.backoff import Backoff
 from gateway.config import (
     AdminConfig,
     GatewayConfig,
@@ -303,16 +305,25 @@ class Device:
         self.client.loop_stop()
 
 
-def max_attempts(window: float, low: float, high: float) -> int:
-    """The most connection attempts the bridge's schedule allows in `window` seconds: the first
-    at once, then each after at least half of min(high, low * 2**n) (equal jitter)."""
-    t, n, attempts = 0.0, 1, 1
-    while True:
-        t += min(high, low * 2**n) / 2
-        if t > window:
-            return attempts
-        attempts += 1
-        n += 1
+class RecordingBackoff(Backoff):
+    """The gateway's reconnect `Backoff`, keeping every delay it draws and the attempt number
+    (since the last reset) each was drawn for, so a test checks the schedule itself instead of
+    counting attempts against the wall clock."""
+
+    def __init__(self, min_s: float, max_s: float) -> None:
+        super().__init__(min_s, max_s, random.Random(7))
+        self.drawn: list[tuple[int, float]] = []
+
+    def next_delay(self) -> float:
+        attempt = self.attempt
+        delay = super().next_delay()
+        self.drawn.append((attempt, delay))
+        return delay
+
+    def assert_on_schedule(self) -> None:
+        for attempt, delay in self.drawn:
+            assert self.min_s <= delay <= self.cap(attempt), (attempt, delay)
+        assert max(a for a, _ in self.drawn) >= 1, "the schedule never grew"
 
 
 # -- tests ------------------------------------------------------------------------------------
@@ -370,27 +381,28 @@ async def test_wrong_password_is_a_clear_error_retried_with_backoff(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     config = secure_config(tmp_path, secure_broker, topic_root, pki, password="wrong")
-    window = 3.0
+    backoff = RecordingBackoff(0.2, 1.0)
     with caplog.at_level(logging.ERROR, logger="gateway.mqtt"):
-        started = time.monotonic()
-        async with Gateway(config) as gw:
-            await asyncio.sleep(window)
-            attempts = metric_value(gw, "homeedge_gateway_mqtt_connect_attempts_total")
-            refused = metric_value(
-                gw, "homeedge_gateway_mqtt_connect_failures_total", {"reason": "refused"}
+        async with Gateway(config, mqtt_backoff=backoff) as gw:
+            name = "homeedge_gateway_mqtt_connect_failures_total"
+            await wait_for(
+                lambda: metric_value(gw, name, {"reason": "refused"}) >= 3,
+                what="three refused attempts",
             )
+            attempts = metric_value(gw, "homeedge_gateway_mqtt_connect_attempts_total")
+            refused = metric_value(gw, name, {"reason": "refused"})
+            drawn = len(backoff.drawn)
             assert not gw.mqtt.connected
-            # The bound follows the time that really passed: a loaded machine oversleeps.
-            window = time.monotonic() - started
     errors = [r.getMessage() for r in caplog.records if "refused the connection" in r.getMessage()]
     assert errors, "no error line for the refused connection"
     assert "Not authorized" in errors[0] or "Bad user name or password" in errors[0], errors[0]
     assert "mqtt.username/mqtt.password" in errors[0]
-    # It keeps trying, but on the schedule: never more than the backoff allows (no busy loop).
-    bound = max_attempts(window + 0.3, 0.2, 1.0)  # + start-up and shutdown slack
-    assert 2 <= attempts <= bound, (attempts, bound)
+    # It keeps trying, but on the schedule: every attempt after the first waited a delay the
+    # backoff drew (paho waits what the bridge set), and the delays grow within their bounds.
+    assert 3 <= attempts <= drawn, (attempts, drawn)
     assert refused >= attempts - 1
-    assert len(errors) <= bound
+    assert len(errors) <= drawn
+    backoff.assert_on_schedule()
 
 
 async def test_wrong_ca_fails_verification_with_a_clear_error(
