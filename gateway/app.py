@@ -78,6 +78,9 @@ class Gateway:
         self._engine: Engine | None = None
         self._writer: Writer | None = None
         self._bridge: MqttBridge | None = None
+        # The bridge that publishes: kept through the shutdown's writer flush (whose commits
+        # still make events) until the bridge is closed, unlike `_bridge`, which stops intake.
+        self._outbound: MqttBridge | None = None
         self._admin: AdminServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._contexts: list[AsyncIterator[None]] = []
@@ -140,7 +143,7 @@ class Gateway:
         await self.writer.store(item)
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
-        bridge = self._bridge
+        bridge = self._outbound
         if bridge is None:
             self.metrics.published.labels("dropped").inc()
             return False
@@ -243,6 +246,7 @@ class Gateway:
                 backoff=self._mqtt_backoff,
             )
             self._writer.ack = self._bridge.ack_many
+            self._outbound = self._bridge
             self._bridge.start()
         except BaseException:
             await self.stop()
@@ -264,6 +268,7 @@ class Gateway:
             except Exception:  # a dead writer: nothing more can be committed or acked
                 log.exception("final writer flush failed")
         if bridge is not None:
+            self._outbound = None
             await asyncio.to_thread(bridge.close)
         tasks, self._tasks = self._tasks, []
         for task in tasks:

@@ -27,10 +27,10 @@ Threads and hand-offs (why paho and not aiomqtt: aiomqtt cannot delay a QoS 1 ac
    different message on the new one, so acking it would be wrong.
 
 Publishing (`publish`, from any thread): QoS 1 through paho's outgoing queue, bounded by
-``mqtt.publish_queue``; paho sends what waits once connected and sends again what was in
-flight when a connection dropped (persistent session), so events are delivered at least once;
-a full queue drops the new message, counted (``mqtt_published{outcome}``) and logged at most
-every 10 s.
+``mqtt.publish_queue`` for events and discovery (status messages are never refused); paho
+sends what waits once connected and sends again what was in flight when a connection dropped
+(persistent session), so events are delivered at least once; a full queue drops the new
+message, counted (``mqtt_published{outcome}``) and logged at most every 10 s.
 
 Session: ``clean_session=False`` (3.1.1) or ``clean_start=False`` with a session expiry and a
 Receive Maximum (5), so messages published while the gateway is down wait at the broker.
@@ -65,7 +65,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -168,7 +168,6 @@ class MqttBridge:
             self._client.username_pw_set(config.username, password)
         if config.use_tls:
             self._client.tls_set_context(build_tls_context(config.tls))
-        self._client.max_queued_messages_set(config.publish_queue)
         self._client.will_set(status_topic, encode_state(Availability.OFFLINE), qos=1, retain=True)
         self._client.on_connect = self._on_connect
         self._client.on_pre_connect = self._on_pre_connect
@@ -207,8 +206,9 @@ class MqttBridge:
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
         """Queue a QoS 1 message on the gateway's session (any thread); False when dropped.
         See the module docstring."""
-        info = self._client.publish(topic, payload, qos=1, retain=retain)
-        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+        # Bounded here, not by paho's max_queued_messages: that would also refuse the status
+        # messages (birth, offline), leaving the will's "offline" retained while we are up.
+        if self._client.outgoing() >= self._config.publish_queue:
             self._publish_dropped.inc()
             now = time.monotonic()
             if now - self._last_drop_log > _DROP_LOG_EVERY_S:
@@ -219,6 +219,7 @@ class MqttBridge:
                     topic,
                 )
             return False
+        self._client.publish(topic, payload, qos=1, retain=retain)
         self._published.inc()
         return True
 

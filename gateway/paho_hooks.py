@@ -13,6 +13,9 @@ against the installed paho, so an upgrade that moves them fails there first, not
   per retry until collected).
 - ``_packet_queue`` (called): the PUBACKs of a committed batch leave as ONE queued packet, so
   a batch of 1000 acks costs one wake-up and one ``send`` instead of 1000 of each.
+- ``_out_messages`` (read): how many QoS 1 messages wait for their PUBACK, so the gateway can
+  bound its events and discovery without paho's ``max_queued_messages``, which would bound the
+  status messages (birth, ``offline``) too and drop them behind a queue of events.
 """
 
 from __future__ import annotations
@@ -111,6 +114,10 @@ class HookedClient(paho.Client):
             ssl_sock.close()
             raise
         return ssl_sock
+
+    def outgoing(self) -> int:
+        """Outgoing QoS > 0 messages not yet acknowledged by the broker (queued or in flight)."""
+        return len(self._out_messages)
 
     def ack_many(self, mids: Sequence[int]) -> None:
         """Queue the PUBACKs of `mids` as ONE outgoing packet. Same bytes as paho's PUBACK

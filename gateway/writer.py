@@ -273,6 +273,19 @@ class Writer:
         except Exception:  # the thread's top level: log; /healthz then reports the writer dead
             log.exception("writer thread crashed")
             raise
+        finally:
+            self._fail_pending()
+
+    def _fail_pending(self) -> None:
+        """The thread is ending: whoever awaits a job, a flush or a store left in the queue gets
+        `WriterStopped` instead of waiting forever (queued messages stay un-acked)."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Job | _Barrier) and item.future.set_running_or_notify_cancel():
+                item.future.set_exception(WriterStopped("the writer stopped before this ran"))
 
     def _loop(self, conn: Connection) -> None:
         get = self._queue.get

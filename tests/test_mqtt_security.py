@@ -313,17 +313,31 @@ class RecordingBackoff(Backoff):
     def __init__(self, min_s: float, max_s: float) -> None:
         super().__init__(min_s, max_s, random.Random(7))
         self.drawn: list[tuple[int, float]] = []
+        self.drawn_at: list[float] = []
 
     def next_delay(self) -> float:
         attempt = self.attempt
         delay = super().next_delay()
         self.drawn.append((attempt, delay))
+        self.drawn_at.append(time.monotonic())
         return delay
 
     def assert_on_schedule(self) -> None:
+        """Delays within [min, cap(n)], and really waited: a delay drawn after a failure
+        (attempt n >= 1) is followed by the next failure's draw (n + 1) no sooner than that
+        delay, since paho waits it before trying again. A lower bound only: a loaded machine
+        can only make the gap longer, never shorter."""
         for attempt, delay in self.drawn:
             assert self.min_s <= delay <= self.cap(attempt), (attempt, delay)
         assert max(a for a, _ in self.drawn) >= 1, "the schedule never grew"
+        paced = 0
+        for i in range(len(self.drawn) - 1):
+            (a0, d0), (a1, _) = self.drawn[i], self.drawn[i + 1]
+            if a0 >= 1 and a1 == a0 + 1:
+                gap = self.drawn_at[i + 1] - self.drawn_at[i]
+                assert gap >= d0 - 0.01, f"retried after {gap:.3f}s, the delay was {d0:.3f}s"
+                paced += 1
+        assert paced >= 1, "no retry was paced"
 
 
 # -- tests ------------------------------------------------------------------------------------

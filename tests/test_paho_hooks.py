@@ -134,3 +134,33 @@ def test_connect_errors_are_kept_as_text(scheme: str) -> None:
     assert client.last_connect_error is not None
     label, text = client.last_connect_error
     assert label == "unreachable" and "refused" in text
+
+
+def test_a_full_event_queue_never_refuses_the_status_messages() -> None:
+    """Events and discovery are bounded by ``mqtt.publish_queue`` (through the ``outgoing``
+    hook); birth and ``offline`` go through paho's queue unbounded, so a backlog of events from
+    an outage cannot leave the will's ``offline`` retained while the gateway is up."""
+    metrics = GatewayMetrics()
+    bridge = MqttBridge(
+        MqttConfig(publish_queue=2),
+        client_id="unit",
+        status_topic="homeedge/gw/gateway/status",
+        decoder=MessageDecoder(topic_root="homeedge"),
+        writer=None,  # type: ignore[arg-type]  # never used: nothing is received
+        metrics=metrics,
+    )
+    try:
+        # Not connected: QoS 1 messages wait in paho's queue for the connection.
+        accepted = [bridge.publish("homeedge/h1/gateway/events/x", b"{}") for _ in range(5)]
+        assert accepted == [True, True, False, False, False]
+        assert bridge._client.outgoing() == 2
+        status = bridge._client.publish("homeedge/gw/gateway/status", b"online", 1, True)
+        # Queued for the connection (paho says NO_CONN while it is down), not refused.
+        assert status.rc != paho.MQTT_ERR_QUEUE_SIZE
+        assert bridge._client.outgoing() == 3
+        dropped = metrics.registry.get_sample_value(
+            "homeedge_gateway_mqtt_published_total", {"outcome": "dropped"}
+        )
+        assert dropped == 3
+    finally:
+        bridge.close()

@@ -161,9 +161,11 @@ class ResultHandler:
             ]
         if key in self._announced:
             return
-        self._announced.add(key)
-        for c in configs():
-            self._publisher.submit(c.topic, c.payload, retain=True)
+        # Remembered only once every config was queued: a dropped one is tried again with the
+        # next result of that source instead of never (HA would not know the entity).
+        sent = [self._publisher.submit(c.topic, c.payload, retain=True) for c in configs()]
+        if all(sent):
+            self._announced.add(key)
 
     async def store(self, results: Sequence[InferenceResult]) -> None:
         now = self._clock()
