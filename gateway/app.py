@@ -78,9 +78,6 @@ class Gateway:
         self._engine: Engine | None = None
         self._writer: Writer | None = None
         self._bridge: MqttBridge | None = None
-        # The bridge that publishes: kept through the shutdown's writer flush (whose commits
-        # still make events) until the bridge is closed, unlike `_bridge`, which stops intake.
-        self._outbound: MqttBridge | None = None
         self._admin: AdminServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._contexts: list[AsyncIterator[None]] = []
@@ -143,7 +140,7 @@ class Gateway:
         await self.writer.store(item)
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
-        bridge = self._outbound
+        bridge = self._bridge
         if bridge is None:
             self.metrics.published.labels("dropped").inc()
             return False
@@ -246,7 +243,6 @@ class Gateway:
                 backoff=self._mqtt_backoff,
             )
             self._writer.ack = self._bridge.ack_many
-            self._outbound = self._bridge
             self._bridge.start()
         except BaseException:
             await self.stop()
@@ -255,7 +251,9 @@ class Gateway:
 
     async def stop(self) -> None:
         """Shut down in the order of the module docstring; safe to call twice."""
-        bridge, self._bridge = self._bridge, None
+        # The bridge stops taking messages now but keeps publishing until it is closed: the
+        # flush's commits still make events.
+        bridge = self._bridge
         if bridge is not None:
             bridge.stop_consuming()
         writer = self._writer
@@ -268,7 +266,7 @@ class Gateway:
             except Exception:  # a dead writer: nothing more can be committed or acked
                 log.exception("final writer flush failed")
         if bridge is not None:
-            self._outbound = None
+            self._bridge = None
             await asyncio.to_thread(bridge.close)
         tasks, self._tasks = self._tasks, []
         for task in tasks:

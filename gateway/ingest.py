@@ -193,12 +193,13 @@ class MessageDecoder:
     def decode(self, topic: str, payload: bytes, received_at: float) -> list[Ingested]:
         route = self._routes.get(topic)
         if route is None:
-            found = self._route(topic)
-            if isinstance(found, DeadLetter):
-                return [self.dead(topic, payload, found.reason, found.detail, received_at)]
+            try:
+                route = self._route(topic)
+            except TopicError as exc:  # not remembered: random bad topics must not fill it
+                return [self.dead(topic, payload, "bad_topic", str(exc), received_at)]
             if len(self._routes) >= _TOPIC_CACHE:
                 self._routes.clear()
-            self._routes[topic] = route = found
+            self._routes[topic] = route
         if isinstance(route, DeviceTopic):
             return [self._decode_native(route, topic, payload, received_at)]
         if route is _IGNORED:
@@ -210,15 +211,13 @@ class MessageDecoder:
         assert not isinstance(route, _Route)
         return self._decode_adapter(route, topic, payload, received_at)
 
-    def _route(self, topic: str) -> DeviceTopic | TopicAdapter | _Route | DeadLetter:
+    def _route(self, topic: str) -> DeviceTopic | TopicAdapter | _Route:
+        """Where `topic` goes; `TopicError` for a malformed topic under the root."""
         if topic.startswith(self._prefix):
             levels = topic[len(self._prefix) :].split("/", 2)
             if len(levels) > 2 and levels[1] == GATEWAY_SEGMENT:
                 return _IGNORED
-            try:
-                return parse_device_topic(topic, root=self._root)
-            except TopicError as exc:
-                return DeadLetter(topic, b"", "bad_topic", str(exc), 0.0)
+            return parse_device_topic(topic, root=self._root)
         owner = self.adapters.owner(topic)
         return _NOBODY if owner is None else owner
 

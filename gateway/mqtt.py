@@ -389,9 +389,10 @@ class MqttBridge:
         self._kind_counters.get(type(item), self._dead_counter).inc()
         if type(item) is AudioIn:
             self._metrics.audio_frames.inc()
-        for side in items[:-1]:  # no ack of their own; see the module docstring
-            if not self._writer.put_message(None, side, self._stopped):
-                return  # not queued: leave the message un-acked (redelivered)
+        if len(items) > 1:  # side items (an adapter's availability): no ack of their own
+            for side in items[:-1]:
+                if not self._writer.put_message(None, side, self._stopped):
+                    return  # not queued: leave the message un-acked (redelivered)
         token = (self._generation, msg.mid) if msg.qos > 0 else None
         self._writer.put_message(token, item, self._stopped)
 

@@ -1,11 +1,14 @@
 """`TopicFilters`: MQTT topic filters compiled once, matched without building anything per call.
 
-paho's `topic_matches_sub` builds a matcher object on every call (~10 us), which is why the
-ingest path used to keep several memo caches of "which filter matched this topic". Matching
-against pre-split filters costs about a microsecond, so the only topic cache left is the
-decoder's route cache (`gateway.ingest.MessageDecoder`). The rules are MQTT's: ``+`` matches
-one level, a trailing ``#`` matches the parent and any number of levels below it, and a filter
-starting with a wildcard does not match topics starting with ``$`` (MQTT 3.1.1 section 4.7.2).
+paho's `topic_matches_sub` builds a matcher object on every call, which is why the ingest path
+used to keep several memo caches of "which filter matched this topic". Matching against
+pre-split filters is about 4x cheaper (timed here: the 11 filters of every adapter, a topic that
+only the last matches, 7.9 us against 32.9 us with `topic_matches_sub`), and a topic is routed
+once anyway, so the only topic cache left is the decoder's route cache
+(`gateway.ingest.MessageDecoder`). The rules are MQTT's: ``+`` matches one level, a trailing
+``#`` matches the parent and any number of levels below it, and a filter starting with a
+wildcard does not match topics starting with ``$`` (MQTT 3.1.1 section 4.7.2);
+``tests/test_topic_filters.py`` checks them against paho's matcher.
 """
 
 from __future__ import annotations
