@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gateway.inference.manifest import ModelKind
+from gateway.inference.manifest import ModelKind, ModelManifest
 from gateway.inference.results import InferenceResult
 from gateway.inference.runtime import ModelRuntime
 from gateway.inference.sensors import (
@@ -89,22 +89,9 @@ class SensorScorer:
                 sensor, w = ready[i]
                 mine = np.flatnonzero(owner_arr == i)
                 flagged[i] = window_flagged([row_metrics[j] for j in mine], p[mine], man.thresholds)
-                results.append(
-                    InferenceResult(
-                        man.name,
-                        man.version,
-                        man.kind,
-                        sensor.home,
-                        sensor.room,
-                        sensor.device,
-                        w.start,
-                        w.end,
-                        float(worst[i]),
-                        "anomaly" if flagged[i] else "normal",
-                        float(worst[i]),
-                        True,
-                    )
-                )
+                label = "anomaly" if flagged[i] else "normal"
+                score = float(worst[i])
+                results.append(_result(man, sensor, w, score, label, score, event=True))
         if self._occupancy is not None and occ_rows:
             man = self._occupancy.manifest
             p = self._occupancy.probabilities(np.vstack(occ_rows))[:, 1]
@@ -113,22 +100,36 @@ class SensorScorer:
                 occupied = bool(q >= man.thresholds.get("threshold", 0.5))
                 changed = occupied != sensor.occupied
                 sensor.occupied = occupied
-                results.append(
-                    InferenceResult(
-                        man.name,
-                        man.version,
-                        man.kind,
-                        sensor.home,
-                        sensor.room,
-                        sensor.device,
-                        w.start,
-                        w.end,
-                        float(q),
-                        "occupied" if occupied else "empty",
-                        1.0 if occupied else 0.0,
-                        changed,
-                    )
-                )
+                label = "occupied" if occupied else "empty"
+                value = 1.0 if occupied else 0.0
+                results.append(_result(man, sensor, w, float(q), label, value, event=changed))
         for i, (sensor, w) in enumerate(ready):
             sensor.stream.commit(w, flagged[i])
         return results
+
+
+def _result(
+    man: ModelManifest,
+    sensor: Sensor,
+    w: WindowStats,
+    score: float,
+    label: str,
+    value: float,
+    *,
+    event: bool,
+) -> InferenceResult:
+    """One model's decision about one sensor window."""
+    return InferenceResult(
+        man.name,
+        man.version,
+        man.kind,
+        sensor.home,
+        sensor.room,
+        sensor.device,
+        w.start,
+        w.end,
+        score,
+        label,
+        value,
+        event,
+    )
