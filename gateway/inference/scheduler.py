@@ -60,22 +60,21 @@ class InferenceScheduler:
                 )
 
     async def run(self) -> None:
+        """Serve until cancelled. The thread is ended by `close`, not here, so a supervisor
+        that restarts this task finds it still there."""
         loop = asyncio.get_running_loop()
-        try:
-            while True:
-                items = [await self._queue.get()]
-                while len(items) < self._batch_max and not self._queue.empty():
-                    items.append(self._queue.get_nowait())
-                try:
-                    results = await loop.run_in_executor(self._pool, self._process, items)
-                    await self._handle(results)
-                except Exception:  # a task's top level: log, count, keep serving
-                    self._stats.errors += 1
-                    log.exception("inference batch of %d items failed", len(items))
-                if self._queue.empty():
-                    self._idle.set()
-        finally:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        while True:
+            items = [await self._queue.get()]
+            while len(items) < self._batch_max and not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            try:
+                results = await loop.run_in_executor(self._pool, self._process, items)
+                await self._handle(results)
+            except Exception:  # a task's top level: log, count, keep serving
+                self._stats.errors += 1
+                log.exception("inference batch of %d items failed", len(items))
+            if self._queue.empty():
+                self._idle.set()
 
     async def drain(self) -> None:
         """Wait until everything queued so far is processed and handled (tests, shutdown)."""
