@@ -13,6 +13,10 @@ Delivery rules behind the callbacks:
 - ``add_task``: a task that raises is logged, counted (``task_restarts{task=name}``) and
   restarted on the gateway's `Backoff` schedule; it is cancelled at shutdown.
 
+Device ids: one `DeviceTable` (``[devices]``) admits every device a message names, in the
+decoder (``too_many_devices`` dead letters beyond ``devices.max_devices``); task
+``device-sweep`` forgets idle ones while no message arrives.
+
 Shutdown order: stop taking messages, flush the writer (commit + ack), publish ``offline`` and
 disconnect, cancel tasks, run lifetimes' exits, stop the writer, stop admin HTTP.
 """
@@ -33,6 +37,7 @@ from gateway.admin import AdminServer, create_admin_app
 from gateway.backoff import Backoff
 from gateway.config import GatewayConfig
 from gateway.db import make_engine
+from gateway.device_table import DeviceTable
 from gateway.host import (
     AudioCallback,
     HealthFn,
@@ -89,6 +94,15 @@ class Gateway:
         self._audio_q: asyncio.Queue[AudioIn] = asyncio.Queue(ingest.audio_queue_frames)
         self.metrics.watch_queue("readings", self._readings_q.qsize)
         self.metrics.watch_queue("audio", self._audio_q.qsize)
+        dev = config.devices
+        self.devices = DeviceTable(
+            max_devices=dev.max_devices,
+            max_microphones=dev.max_microphones,
+            idle_s=dev.idle_s,
+            on_evicted=self.metrics.devices_evicted.inc,
+        )
+        table = self.devices
+        self.metrics.watch_devices(table.__len__, lambda: table.microphones)
 
     # -- GatewayHost: identity ---------------------------------------------------------------
 
@@ -218,6 +232,7 @@ class Gateway:
             self._spawn("audio-callbacks", self._dispatch_audio)
             if cfg.storage.checkpoint_interval_ms:
                 self._spawn("wal-checkpoint", self._checkpoint_wal)
+            self._spawn("device-sweep", self._sweep_devices)
             for name, factory in self._task_factories:
                 self._spawn(name, factory)
             self._admin = AdminServer(
@@ -232,6 +247,7 @@ class Gateway:
                 topic_root=cfg.mqtt.topic_root,
                 adapters=self._adapters,
                 max_dead_letter_bytes=cfg.storage.max_dead_letter_bytes,
+                devices=self.devices,
             )
             self._bridge = MqttBridge(
                 cfg.mqtt,
@@ -320,6 +336,15 @@ class Gateway:
             self.metrics.checkpoints.inc()
             if busy or done < frames:
                 log.debug("WAL checkpoint partial: %d of %d frames", done, frames)
+
+    async def _sweep_devices(self) -> None:
+        # Messages evict idle devices as they arrive; this covers a quiet gateway, so the gauge
+        # and the slots are right after a flood stops. A quarter of idle_s: a device is
+        # forgotten at most 25 % late (at most a minute for long idle times).
+        interval = min(self.config.devices.idle_s / 4, 60.0)
+        while True:
+            await asyncio.sleep(interval)
+            self.devices.sweep()
 
     # -- committed data to the asyncio side ------------------------------------------------
 

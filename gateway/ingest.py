@@ -11,12 +11,20 @@ becomes a list of items to store, in order, the last of which is the message's o
 - `Ignored`: gateway output topics under the root (status, events), acked and not stored;
 - `DeadLetter`: anything unusable, with a reason (``invalid_json``, ``validation``,
   ``non_finite``, ``oversized``, ``bad_header``, ``bad_samples``, ``bad_topic``,
-  ``unknown_topic``, ``adapter_error``...).
+  ``unknown_topic``, ``adapter_error``, ``too_many_devices``...).
 
 Adapters: topics outside ``<topic_root>/`` are offered to the `TopicAdapter`s (the first whose
 filter matches owns the topic); a topic nobody claims is a dead letter (``unknown_topic``). An
 adapter returns data, never calls back: `Adapted` (readings, possibly none, and availability
 changes) or a `DeadLetter`.
+
+Admission: with a `gateway.device_table.DeviceTable`, every device an item names (a native
+topic's device, each device of an adapter's readings and availability) must be admitted by it
+first: a device the table refuses (new, and the table is full) has its part of the message
+turned into a dead letter ``too_many_devices`` (the whole message when nothing else is left; a
+side dead letter naming the refused devices, ahead of the rest, when an adapter's message also
+names admitted devices). Items the gateway makes itself (``Writer.store``) are not admitted:
+they are about devices it already tracks.
 
 One cache: each topic's route (a parsed device topic, the owning adapter, "ignored" or
 "nobody") is remembered, bounded, so the same few topics are parsed and matched once.
@@ -29,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from gateway.device_table import REFUSED, DeviceTable
 from gateway.records import DeadLetter, Reading
 from gateway.topic_filters import TopicFilters
 from schemas.errors import PayloadError, TopicError
@@ -171,8 +180,10 @@ class MessageDecoder:
         topic_root: str,
         adapters: Sequence[TopicAdapter] = (),
         max_dead_letter_bytes: int = 65536,
+        devices: DeviceTable | None = None,
     ) -> None:
         self._root = topic_root
+        self._devices = devices
         self._prefix = topic_root + "/"
         self.adapters = AdapterTable(adapters)
         self._max_dl = max_dead_letter_bytes
@@ -201,7 +212,14 @@ class MessageDecoder:
                 self._routes.clear()
             self._routes[topic] = route
         if isinstance(route, DeviceTopic):
-            return [self._decode_native(route, topic, payload, received_at)]
+            item = self._decode_native(route, topic, payload, received_at)
+            table = self._devices
+            if table is None or type(item) is DeadLetter:
+                return [item]
+            audio = type(item) is AudioIn
+            if table.admit(route.home, route.device, audio=audio):
+                return [item]
+            return [self.dead(topic, payload, REFUSED, table.refusal(audio=audio), received_at)]
         if route is _IGNORED:
             return [Ignored(topic)]
         if route is _NOBODY:
@@ -277,4 +295,40 @@ class MessageDecoder:
         for r in out.readings:
             seen[(r.home, r.device)] = DeviceSeen(r.home, r.room, r.device, at)
         items.append(ReadingsIn(readings=list(out.readings), seen=list(seen.values())))
-        return items
+        if self._devices is None:
+            return items
+        return self._admit_adapted(items, topic, payload, at)
+
+    def _admit_adapted(
+        self, items: list[Ingested], topic: str, payload: bytes, at: float
+    ) -> list[Ingested]:
+        """`items` (availability, then the readings) without the refused devices' parts."""
+        table = self._devices
+        assert table is not None
+        refused: dict[tuple[str, str], None] = {}
+        verdicts: dict[tuple[str, str], bool] = {}
+
+        def admitted(home: str, device: str) -> bool:
+            key = (home, device)
+            ok = verdicts.get(key)
+            if ok is None:
+                ok = verdicts[key] = table.admit(home, device)
+                if not ok:
+                    refused[key] = None
+            return ok
+
+        kept: list[Ingested] = [
+            i for i in items[:-1] if isinstance(i, StateIn) and admitted(i.home, i.device)
+        ]
+        last = items[-1]
+        assert isinstance(last, ReadingsIn)
+        readings = [r for r in last.readings if admitted(r.home, r.device)]
+        if not refused:
+            return items
+        names = ", ".join(f"{h}/{d}" for h, d in refused)
+        detail = f"{names}: {table.refusal(audio=False)}"
+        dead = self.dead(topic, payload, REFUSED, detail, at)
+        if not readings and not kept:
+            return [dead]
+        seen = [s for s in last.seen if (s.home, s.device) not in refused]
+        return [dead, *kept, ReadingsIn(readings=readings, seen=seen)]
