@@ -219,7 +219,13 @@ class MessageDecoder:
             audio = type(item) is AudioIn
             if table.admit(route.home, route.device, audio=audio):
                 return [item]
-            return [self.dead(topic, payload, REFUSED, table.refusal(audio=audio), received_at)]
+            detail = table.refusal(audio=audio)
+            if audio:  # raw audio is never stored: a refused microphone's frame keeps its header
+                from schemas.audio import HEADER_SIZE
+
+                payload = payload[:HEADER_SIZE]
+                detail += " (audio samples not kept)"
+            return [self.dead(topic, payload, REFUSED, detail, received_at)]
         if route is _IGNORED:
             return [Ignored(topic)]
         if route is _NOBODY:

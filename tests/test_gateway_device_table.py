@@ -82,6 +82,9 @@ def test_the_decoder_admits_every_native_kind_and_dead_letters_the_refused() -> 
     frame = encode_audio_frame(TS0, 0, np.zeros(1600, np.int16))
     assert isinstance(dec.decode(*telemetry("r", "a"), TS0)[-1], ReadingsIn)
     assert isinstance(dec.decode("r/h/lab/m/audio", frame, TS0)[-1], AudioIn)
+    [dead] = dec.decode("r/h/lab/m2/audio", frame, TS0)  # max_microphones = 1
+    assert isinstance(dead, DeadLetter) and dead.reason == "too_many_devices"
+    assert dead.payload == frame[:24] and "samples not kept" in dead.detail  # never raw audio
     [dead] = dec.decode(*telemetry("r", "c"), TS0)
     assert isinstance(dead, DeadLetter) and dead.reason == "too_many_devices"
     assert "devices.max_devices" in dead.detail and dead.topic == "r/h/lab/c/telemetry"
