@@ -13,7 +13,8 @@ table about every device a message names before anything else sees it:
   sensor's state;
 - a device not heard from for ``idle_s`` is forgotten (evicted, counted): it is new again when it
   comes back. Eviction is in last-heard order, so it is O(1) per message (an idle device is
-  always at the front), and `sweep` runs it when no message arrives.
+  always at the front); it runs when a new device arrives and in `sweep` (the gateway calls it
+  every quarter of ``idle_s``, at most a minute apart).
 
 The table holds ids and times only; the structures it protects evict their own idle state after
 the same ``idle_s`` (and keep at most the same number of devices), each in its own thread.
@@ -78,9 +79,10 @@ class DeviceTable:
                         if len(self._microphones) >= self.max_microphones:
                             return False
                     self._microphones.add(key)
+                # The known device's path is the hot one: no eviction here (only a new device
+                # needs room; `sweep` forgets the idle ones meanwhile).
                 seen[key] = now
                 seen.move_to_end(key)
-                self._evict_idle(now)
                 return True
             self._evict_idle(now)
             if len(seen) >= self.max_devices:
