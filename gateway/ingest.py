@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from gateway.logs import RateLimitedLog
 from gateway.records import DeadLetter, Reading
 from gateway.topic_filters import TopicFilters
 from schemas.errors import PayloadError, TopicError
@@ -180,6 +181,7 @@ class MessageDecoder:
         # (cleared when full) so random topics cannot grow it without limit; bad topics are
         # not remembered.
         self._routes: dict[str, DeviceTopic | TopicAdapter | _Route] = {}
+        self._adapter_log = RateLimitedLog(log)  # a broken adapter fails on every message
 
     def dead(self, topic: str, payload: bytes, reason: str, detail: str, at: float) -> DeadLetter:
         """A dead letter whose payload is cut to the configured size (the detail says so)."""
@@ -257,7 +259,7 @@ class MessageDecoder:
         try:
             out = adapter.adapt(topic, payload, at)
         except Exception as exc:  # a foreign adapter's bug must not stop ingest: dead-letter it
-            log.warning("adapter %s failed on %s: %r", adapter.name, topic, exc)
+            self._adapter_log.warning("adapter %s failed on %s: %r", adapter.name, topic, exc)
             return [self.dead(topic, payload, "adapter_error", repr(exc), at)]
         if isinstance(out, DeadLetter):
             return [self.dead(out.topic, out.payload, out.reason, out.detail, out.received_at)]

@@ -91,6 +91,11 @@ class GatewayMetrics:
         self.checkpoints = Counter(
             f"{PREFIX}_wal_checkpoints", "WAL checkpoints run beside the writer", registry=r
         )
+        self.checkpoint_failures = Counter(
+            f"{PREFIX}_wal_checkpoint_failures",
+            "WAL checkpoints that failed (e.g. the disk full); the task tries again next interval",
+            registry=r,
+        )
         self.writer_errors = Counter(
             f"{PREFIX}_writer_errors", "batches or jobs that failed in the writer", registry=r
         )

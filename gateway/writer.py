@@ -26,10 +26,13 @@ by default: a commit, and so an ack, means on disk even across a power cut; see 
 A commit that fails (disk full, I/O error) is retried with a growing delay, holding its acks, so
 backpressure reaches the broker instead of anything being dropped; at shutdown an uncommitted
 batch is simply not acknowledged and the broker delivers it again on the next connection.
+While it fails, `Writer.failure` says why and since when (``/healthz`` shows it: the ``writer``
+check, `gateway.health`) and the retries are logged at most every 10 s; the first commit that
+works again clears it and logs how long it failed.
 
 Full policy of the queue: `put_message` waits (the MQTT thread stops reading, the broker stops
 sending once its in-flight window of un-acked messages is full); each time it finds the queue
-full it is logged (at most every 10 s) and counted (``queue_full{queue="writer"}``).
+full it is logged (at most every 10 s, `gateway.logs`) and counted (``queue_full{queue="writer"}``).
 """
 
 from __future__ import annotations
@@ -50,7 +53,9 @@ from typing import Any, Literal, TypeVar
 import msgspec
 from sqlalchemy import Connection, Engine
 
+from gateway.health import Failure, failed
 from gateway.ingest import AudioIn, DeviceSeen, Ingested, ReadingsIn, StateIn
+from gateway.logs import RateLimitedLog
 from gateway.monitoring import GatewayMetrics
 from gateway.records import DeadLetter, Reading
 from schemas.metrics import infer_device_class
@@ -102,7 +107,6 @@ _INSERT_DEAD = (
     "INSERT INTO dead_letters (topic, payload, reason, detail, received_at) VALUES (?, ?, ?, ?, ?)"
 )
 
-_FULL_LOG_EVERY_S = 10.0
 _RETRY_MAX_S = 5.0
 
 
@@ -163,7 +167,12 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._auto_checkpoint = auto_checkpoint
         self._stopping = threading.Event()
-        self._last_full_log = 0.0
+        self._full_log = RateLimitedLog(log)
+        self._commit_log = RateLimitedLog(log)
+        # Replaced, never mutated (a frozen value): the event loop reads it without a lock.
+        self.failure: Failure | None = None
+        """Set while batch commits fail (the streak: reason, since, attempts); None once one
+        works again."""
         metrics.watch_queue("writer", self._queue.qsize)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -206,12 +215,9 @@ class Writer:
             return True
         except queue.Full:
             self._metrics.queue_full.labels("writer").inc()
-            now = time.monotonic()
-            if now - self._last_full_log > _FULL_LOG_EVERY_S:
-                self._last_full_log = now
-                log.warning(
-                    "writer queue full (%d): MQTT intake waits for the writer", self._queue.maxsize
-                )
+            self._full_log.warning(
+                "writer queue full (%d): MQTT intake waits for the writer", self._queue.maxsize
+            )
         while not give_up():
             try:
                 self._queue.put(msg, timeout=0.2)
@@ -369,14 +375,26 @@ class Writer:
                 break
             except Exception as exc:  # disk full, I/O error: keep the batch and its acks, retry
                 self._metrics.writer_errors.inc()
-                log.error(
-                    "commit of %d messages failed (%r); retrying in %.2fs", len(batch), exc, delay
+                self.failure = failed(self.failure, exc)
+                self._commit_log.error(
+                    "commit of %d messages failed: %s (attempt %d); retrying in %.2fs",
+                    len(batch),
+                    self.failure.reason,
+                    self.failure.failures,
+                    delay,
                 )
                 if self._stopping.wait(delay):
                     log.error("shutting down: %d messages left un-acked for redelivery", len(batch))
                     _resolve(batch, WriterStopped("shut down before the batch was committed"))
                     return
                 delay = min(delay * 2, _RETRY_MAX_S)
+        if self.failure is not None:
+            log.warning(
+                "commits work again after %d failed attempts over %.1fs",
+                self.failure.failures,
+                time.time() - self.failure.since,
+            )
+            self.failure = None
         m = self._metrics
         m.commit_seconds.observe(time.perf_counter() - started)
         m.commits.inc()
