@@ -78,6 +78,8 @@ sys.path.insert(0, str(ROOT))
 
 from ingest import start_broker  # noqa: E402  (bench/ingest.py, beside this file)
 
+from schemas.metrics import METRICS  # noqa: E402
+
 PG_DSN = os.environ.get("HOMEEDGE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 CACHE = Path(os.environ.get("HOMEEDGE_BENCH_CACHE", Path.home() / ".cache" / "homeedge-bench"))
 GATEWAY_TOKEN = "fuzz-gateway-token-0123456789"
@@ -135,6 +137,7 @@ class Failures:
         ]
 
 
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(?::|$)")
 _RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (?:\d+ )?")
 
 
@@ -154,11 +157,13 @@ def tracebacks(log: str) -> tuple[int, list[tuple[str, str]]]:
             return
         last = ""
         for i, line in enumerate(body):
-            if line.strip() and not line.startswith((" ", "\t")) and "Traceback" not in line:
+            # "module.Error: message" (SQLAlchemy's [SQL: ...] and [parameters: ...] lines after
+            # it are not what went wrong)
+            if _EXCEPTION.match(line) and "Traceback" not in line:
                 last = line
                 if line.endswith("message:") and i + 1 < len(body):
                     last += " " + body[i + 1].strip()
-        found.append((head, last))
+        found.append((head, re.sub(r"\d{6,}", "N", last)))  # one entry for any big number
 
     for line in log.splitlines():
         count += "Traceback" in line
@@ -842,15 +847,36 @@ def topic_family(topic: str, root: str) -> str:
     return "/".join(["+", *levels[1:]])
 
 
+def device_count(db: Path) -> int:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM devices").fetchone()[0])
+    finally:
+        conn.close()
+
+
 def account(db: Path, expects: list[Expect], root: str, failures: Failures) -> dict[str, Any]:
     """Match what the oracle expected against the gateway's tables."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     fixed_ts: set[tuple[str, str, str, float]] = set()
     fixed_seq: set[tuple[str, str, str, int]] = set()
     by_value: Counter[tuple[str, str, str, float]] = Counter()
+    # What was stored that a strict reading of the contract would refuse: a metric name that
+    # only Python's `$` (which matches before a trailing newline) lets through, a value outside
+    # the metric registry's plausible range, a timestamp more than a day ahead.
+    strict_name = re.compile(r"\A[a-z][a-z0-9_]{0,63}\Z")
+    future = time.time() + 86400
+    odd: Counter[str] = Counter()
     for home, device, metric, ts, value, seq in conn.execute(
         "SELECT home, device, metric, ts, value, seq FROM readings"
     ):
+        if not strict_name.match(metric):
+            odd["bad_metric_name"] += 1
+        known = METRICS.get(metric)
+        if known is not None and not known.plausible(value):
+            odd["implausible_value"] += 1
+        if ts > future:
+            odd["future_ts"] += 1
         fixed_ts.add((home, device, metric, ts))
         if seq is not None:
             fixed_seq.add((home, device, metric, seq))
@@ -910,6 +936,8 @@ def account(db: Path, expects: list[Expect], root: str, failures: Failures) -> d
         "lost": sum(lost.values()),
         "expected": dict(kinds),
         "lost_examples": examples,
+        "stored_odd": dict(sorted(odd.items())),
+        "devices": device_count(db),
     }
 
 
@@ -982,6 +1010,8 @@ def run_mqtt(args: argparse.Namespace, workdir: Path, failures: Failures) -> dic
         where = topic_family(m.group(1), root) if m else context[:120]
         failures.add("mqtt", where, "traceback", last)
     internal = acc["reasons"].get("internal_error", 0)
+    for what, n in acc["stored_odd"].items():
+        failures.add("mqtt", "readings", "stored", what, n=n)
     if not alive:
         failures.add("mqtt", "gateway", "process", f"exited with {gw.proc.returncode}")
     elif not seen:
@@ -1010,6 +1040,8 @@ def run_mqtt(args: argparse.Namespace, workdir: Path, failures: Failures) -> dic
         "dead_letters_by_reason": acc["reasons"],
         "dead_letters_counted_not_kept": not_kept,
         "expected_outcomes": acc["expected"],
+        "stored_odd_readings": acc["stored_odd"],
+        "gateway_devices": acc["devices"],
         "gateway_rss_before_mb": mb(rss_before),
         "gateway_rss_after_mb": mb(rss_after),
         "gateway_rss_peak_mb": mb(rss_peak),
@@ -1521,7 +1553,7 @@ class HttpCorpus:
         for _ in range(rng.randint(0, 4)):
             params.append(f"{rng.choice(names)}={rng.choice(self.QUERY_VALUES)}")
         query = "&".join(params)
-        cls = "query:" + ",".join(sorted({p.split("=")[0] for p in params})) if params else "query"
+        cls = "query:fuzzed" if params else "query:none"
         return Req(path, cls, "GET", path + ("?" + query if query else ""), self.reader_headers())
 
     def methods_paths(self) -> Req:
