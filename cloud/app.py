@@ -12,7 +12,8 @@ Routes (all JSON; every 4xx/5xx body is ``{"error": {"code": ..., "message": ...
 - ``GET  /healthz``           liveness + database check, no credential
 - ``GET  /metrics``           Prometheus text format; ``Bearer <metrics_token>`` when one is set
 
-The core handlers live in `cloud.api`, what handlers share in `cloud.web` and `cloud.auth`.
+The core handlers live in `cloud.api`, what handlers share in `cloud.web`, `cloud.auth` and
+`cloud.bodies`; `cloud.protocol` answers what never reaches the app (parser errors).
 """
 
 from __future__ import annotations
