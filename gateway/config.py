@@ -242,7 +242,8 @@ class StorageConfig(Section):
     dead_letter_retention_s: float = Field(
         default=7 * 86400.0,
         ge=0,
-        description="dead letters received longer ago than this are deleted; 0 keeps them forever",
+        description="dead letters last received longer ago than this are deleted; 0 keeps "
+        "them forever",
     )
     retention_interval_s: float = Field(
         default=600.0,

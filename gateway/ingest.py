@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 from gateway.logs import RateLimitedLog
@@ -280,3 +280,23 @@ class MessageDecoder:
             seen[(r.home, r.device)] = DeviceSeen(r.home, r.room, r.device, at)
         items.append(ReadingsIn(readings=list(out.readings), seen=list(seen.values())))
         return items
+
+
+def as_replay(item: Ingested, topic: str, *, retained: bool) -> Ingested:
+    """`item` of a message the broker may have delivered before: an MQTT redelivery (DUP flag)
+    or, when `retained`, a retained message the broker replays on every subscription.
+
+    A dead letter becomes a replay (stored once, never counted again: `DeadLetter`). Readings
+    need nothing for a redelivery (their identity dedupes them), but a retained message is not
+    the device being heard now: its readings are stored without moving ``last_seen``, and a
+    retained audio frame (old sound) is dropped. A retained availability is the state itself
+    and is kept."""
+    if isinstance(item, DeadLetter):
+        return replace(item, replay=True)
+    if not retained:
+        return item
+    if isinstance(item, ReadingsIn):
+        return ReadingsIn(readings=item.readings, seen=[])
+    if isinstance(item, AudioIn):
+        return Ignored(topic)
+    return item

@@ -35,7 +35,8 @@ class GatewayMetrics:
         )
         self.dead_letters = Counter(
             f"{PREFIX}_dead_letters",
-            "messages stored as dead letters, by reason",
+            "messages stored as dead letters or counted again on their row, by reason "
+            "(a redelivered or retained copy of a stored one is not)",
             ["reason"],
             registry=r,
         )

@@ -5,7 +5,9 @@ transactions never contend:
 
 - decoded MQTT messages (`put_message`, from the MQTT network thread) are grouped into a batch
   and committed in ONE transaction: readings with ``INSERT OR IGNORE`` (the unique indexes in
-  `gateway.db` absorb redeliveries), device ``last_seen``/availability upserts, dead letters.
+  `gateway.schema` absorb redeliveries: a reading is identified by its seq, or by its ts when it
+  has none), device ``last_seen``/availability upserts, dead letters (one row per message, see
+  `gateway.records.DeadLetter`).
   A batch is committed when it holds `batch_rows` rows, when `commit_interval` has passed since
   its first message, or when no message arrived for `idle_commit` (then the broker is probably
   waiting for our acks, its in-flight window being full, so waiting longer only adds latency).
@@ -57,7 +59,7 @@ from gateway.health import Failure, failed
 from gateway.ingest import AudioIn, DeviceSeen, Ingested, ReadingsIn, StateIn
 from gateway.logs import RateLimitedLog
 from gateway.monitoring import GatewayMetrics
-from gateway.records import DeadLetter, Reading
+from gateway.records import DeadLetter, Reading, dead_letter_digest
 from schemas.metrics import infer_device_class
 
 log = logging.getLogger(__name__)
@@ -89,9 +91,8 @@ _INSERT_READINGS = (
 _encode = msgspec.json.Encoder().encode
 
 
-_STORED_ROW = (
-    "SELECT received_at, seq FROM readings WHERE home = ? AND device = ? AND metric = ? AND ts = ?"
-)
+# The rows one INSERT added (see `_inserted`).
+_INSERTED_ROWS = f"SELECT {', '.join(_FIELDS)} FROM readings WHERE id > ? ORDER BY id"
 _UPSERT_SEEN = (
     "INSERT INTO devices (home, device, room, device_class, last_seen) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (home, device) DO UPDATE SET room = excluded.room, "
@@ -103,8 +104,13 @@ _UPSERT_STATE = (
     "ON CONFLICT (home, device) DO UPDATE SET room = excluded.room, "
     "availability = excluded.availability, availability_at = excluded.availability_at"
 )
-_INSERT_DEAD = (
-    "INSERT INTO dead_letters (topic, payload, reason, detail, received_at) VALUES (?, ?, ?, ?, ?)"
+# One row per message (its digest): a fresh copy adds 1 to the count; a replay (the last
+# parameter 0) only fills a row that is missing. One statement for both keeps the batch's order.
+_UPSERT_DEAD = (
+    "INSERT INTO dead_letters (topic, payload, reason, detail, received_at, digest, count, "
+    "last_received_at) VALUES (?, ?, ?, ?, ?, ?, 1, ?) "
+    "ON CONFLICT (digest) DO UPDATE SET count = dead_letters.count + 1, "
+    "last_received_at = max(dead_letters.last_received_at, excluded.last_received_at) WHERE ?"
 )
 
 _RETRY_MAX_S = 5.0
@@ -371,7 +377,7 @@ class Writer:
         while True:
             started = time.perf_counter()
             try:
-                new = self._write(conn, readings, seen, states, dead)
+                new, dead_counted = self._write(conn, readings, seen, states, dead)
                 break
             except Exception as exc:  # disk full, I/O error: keep the batch and its acks, retry
                 self._metrics.writer_errors.inc()
@@ -403,7 +409,7 @@ class Writer:
             m.rows_stored.inc(len(new))
         if len(readings) > len(new):
             m.duplicates.inc(len(readings) - len(new))
-        for d in dead:
+        for d in dead_counted:
             m.dead_letters.labels(d.reason).inc()
         tokens = [token for token, _ in batch if isinstance(token, tuple)]
         if tokens and self.ack is not None:
@@ -419,8 +425,9 @@ class Writer:
         seen: dict[tuple[str, str], DeviceSeen],
         states: list[StateIn],
         dead: list[DeadLetter],
-    ) -> list[Reading]:
-        """One transaction; returns the readings that were new (not stored before)."""
+    ) -> tuple[list[Reading], list[DeadLetter]]:
+        """One transaction; returns the readings that were new (not stored before) and the dead
+        letters stored or counted (not the replays of stored ones)."""
         # The hot path uses the DB-API cursor directly: SQLAlchemy's executemany costs ~2x more
         # per row, and the statements are fixed.
         with conn.begin():
@@ -435,7 +442,7 @@ class Writer:
                     cur.execute(_INSERT_READINGS, (_encode(rows),))
                     inserted = cur.rowcount
                     if inserted < len(readings):
-                        new = _stored_now(cur, readings)
+                        new = _inserted(cur, inserted)
                 if seen:
                     cur.executemany(
                         _UPSERT_SEEN,
@@ -459,35 +466,35 @@ class Writer:
                             for s in states
                         ],
                     )
-                if dead:
-                    cur.executemany(
-                        _INSERT_DEAD,
-                        [(d.topic, d.payload, d.reason, d.detail, d.received_at) for d in dead],
-                    )
+                counted: list[DeadLetter] = []
+                for d in dead:  # rare: one statement each, to know which ones counted
+                    digest = dead_letter_digest(d.topic, d.payload)
+                    at = d.received_at
+                    row = (d.topic, d.payload, d.reason, d.detail, at, digest, at, not d.replay)
+                    if cur.execute(_UPSERT_DEAD, row).rowcount:
+                        counted.append(d)
             finally:
                 cur.close()
-        return new
+        return new, counted
 
     def request_stop(self) -> None:
         """Make a failing commit give up at its next retry (used at shutdown)."""
         self._stopping.set()
 
 
-def _stored_now(cur: sqlite3.Cursor, readings: list[Reading]) -> list[Reading]:
-    """Which of `readings` this transaction inserted (the rest were duplicates). Only called
-    when some were duplicates (after a redelivery), so the per-row queries are rare: a row is
-    new when the stored row with its key carries its own received_at and seq."""
-    new: list[Reading] = []
-    taken: set[tuple[str, str, str, float]] = set()
-    for r in readings:
-        key = (r.home, r.device, r.metric, r.ts)
-        if key in taken:
-            continue
-        row = cur.execute(_STORED_ROW, key).fetchone()
-        if row is not None and row[0] == r.received_at and row[1] == r.seq:
-            new.append(r)
-            taken.add(key)
-    return new
+def _inserted(cur: sqlite3.Cursor, inserted: int) -> list[Reading]:
+    """The `inserted` rows the INSERT just run on `cur` added, in batch order (the rest of the
+    batch were duplicates). Only called when some were duplicates (after a redelivery).
+
+    The new rows are exactly the ones with the highest ids: SQLite gives each inserted row the
+    largest rowid + 1, this thread is the only writer, and the last one inserted has
+    ``lastrowid``. So one range read on the primary key finds them whatever identity (seq or
+    ts) made the others duplicates, even duplicates inside the batch."""
+    if inserted == 0:
+        return []
+    last = cur.lastrowid
+    assert last is not None
+    return [Reading(*row) for row in cur.execute(_INSERTED_ROWS, (last - inserted,))]
 
 
 def checkpoint_wal(path: str | Path) -> tuple[int, int, int]:

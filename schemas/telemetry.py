@@ -7,7 +7,10 @@
   message once.
 - ``readings``: metric name -> finite number, at least one entry. Unknown metric names are kept.
 
-The gateway dedupes on (home, device, metric, seq) as well as on (home, device, metric, ts), so
+A reading's identity at the gateway (what makes a redelivered message a duplicate): with a
+``seq``, (home, device, metric, seq) and nothing else, so ``ts`` may repeat (a stuck clock, a
+clock stepping back, several messages within one clock tick are all kept); without one,
+(home, device, metric, ts), so two messages of a device with the same ``ts`` are one. So
 ``seq`` must not repeat for a device: a device that restarts its counter at 0 after a reboot
 would have its new readings dropped as duplicates. Persist it across reboots, or derive it from
 the clock, as the simulators do (milliseconds x 1000 at start); omit it if the device cannot

@@ -8,7 +8,8 @@ What goes, per `StorageConfig` (``[storage]``):
   is deleted. Late readings (below the watermark when stored) are never aggregated anyway.
 - local window aggregates (and their late-reading tallies) that ended more than `retention_s`
   before now. Batches already in the outbox carry their own copy of what they send.
-- dead letters received more than `dead_letter_retention_s` ago.
+- dead letters last received more than `dead_letter_retention_s` ago (``last_received_at``: a
+  bad message that keeps arriving keeps its one row and its count).
 
 ``retention_s = 0`` (or ``dead_letter_retention_s = 0``) keeps those rows forever.
 
@@ -77,10 +78,10 @@ def delete_aggregates(conn: Connection, *, now: float, retention_s: float, limit
 
 
 def delete_dead_letters(conn: Connection, *, now: float, retention_s: float, limit: int) -> int:
-    """One chunk of dead letters received before the cutoff."""
+    """One chunk of dead letters last received before the cutoff."""
     ids = (
         select(dead_letters.c.id)
-        .where(dead_letters.c.received_at < now - retention_s)
+        .where(dead_letters.c.last_received_at < now - retention_s)
         .limit(limit)
         .scalar_subquery()
     )

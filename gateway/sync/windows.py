@@ -374,7 +374,8 @@ def _aggregate_window(
     messages = int(
         conn.execute(
             select(func.count()).select_from(
-                select(readings.c.home, readings.c.device, readings.c.ts)
+                # A message's readings share its ts and seq (several messages may share a ts).
+                select(readings.c.home, readings.c.device, readings.c.ts, readings.c.seq)
                 .where(*in_window)
                 .distinct()
                 .subquery()
