@@ -47,7 +47,7 @@ from schemas.errors import PayloadError
 
 log = logging.getLogger(__name__)
 
-_METRIC_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_METRIC_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")  # \Z: "$" matches before a final newline
 
 
 async def post_batch(request: web.Request) -> web.Response:
