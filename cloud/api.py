@@ -49,7 +49,7 @@ from schemas.errors import PayloadError
 
 log = logging.getLogger(__name__)
 
-_METRIC_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_METRIC_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")  # \Z: "$" matches before a final newline
 BATCH_MEDIA_TYPES = frozenset({"application/json"})
 
 

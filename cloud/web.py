@@ -35,7 +35,7 @@ BATCH_WRITER_KEY = web.AppKey("batch_writer", BatchWriter)
 METRICS_KEY = web.AppKey("metrics", CloudMetrics)
 
 REQUEST_ID = web.RequestKey("request_id", str)
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}\Z")  # \Z: "$" matches before a final newline
 _ERROR_CODES = {
     400: "bad_request",
     401: "unauthorized",

@@ -260,6 +260,7 @@ class Gateway:
                 topic_root=cfg.mqtt.topic_root,
                 adapters=self._adapters,
                 max_dead_letter_bytes=cfg.storage.max_dead_letter_bytes,
+                checks=cfg.ingest.reading_checks(),
             )
             self._bridge = MqttBridge(
                 cfg.mqtt,

@@ -8,10 +8,18 @@ becomes a list of items to store, in order, the last of which is the message's o
   reported by a format adapter (then it comes before the message's `ReadingsIn`);
 - `AudioIn`: a validated audio frame; it is NOT stored (raw audio never leaves memory), only the
   device's ``last_seen`` is, and the frame goes to the inference callbacks;
-- `Ignored`: gateway output topics under the root (status, events), acked and not stored;
-- `DeadLetter`: anything unusable, with a reason (``invalid_json``, ``validation``,
-  ``non_finite``, ``oversized``, ``bad_header``, ``bad_samples``, ``bad_topic``,
-  ``unknown_topic``, ``adapter_error``...).
+- `Ignored`: the gateways' own output topics under the root (``<root>/<home>/gateway/status``
+  and ``.../gateway/events/<model>``), acked and not stored; any other topic under a
+  ``gateway`` room (a device configured into the reserved room) is ``bad_topic``;
+- `DeadLetter`: anything unusable, with a reason: ``invalid_json``, ``validation``,
+  ``non_finite``, ``oversized``, ``too_deep`` (JSON nested deeper than 32 levels),
+  ``bad_header``, ``bad_samples``, ``bad_topic``, ``unknown_topic``, ``adapter_error``, the
+  adapters' ``adapter_*`` reasons (``adapter_invalid_json``, ``adapter_validation``,
+  ``adapter_unit``, ``adapter_oversized``, ``adapter_too_deep``), and, per reading
+  (`gateway.validation`), ``ts_out_of_range`` (beyond ``[ingest] max_clock_skew_s`` ahead of
+  the receive time or ``max_age_s`` behind it) and ``out_of_range`` (outside the metric's
+  plausible range or a sensor error value, ``[ingest.ranges.<metric>]``). A message's
+  rejected readings are dead letters stored ahead of its good ones, which are kept.
 
 Adapters: topics outside ``<topic_root>/`` are offered to the `TopicAdapter`s (the first whose
 filter matches owns the topic); a topic nobody claims is a dead letter (``unknown_topic``). An
@@ -32,10 +40,17 @@ from typing import TYPE_CHECKING, Protocol
 from gateway.logs import RateLimitedLog
 from gateway.records import DeadLetter, Reading
 from gateway.topic_filters import TopicFilters
+from gateway.validation import ReadingChecks, Rejections
 from schemas.errors import PayloadError, TopicError
 from schemas.state import Availability, decode_state
 from schemas.telemetry import decode_telemetry
-from schemas.topics import GATEWAY_SEGMENT, DeviceTopic, Kind, parse_device_topic
+from schemas.topics import (
+    GATEWAY_SEGMENT,
+    DeviceTopic,
+    Kind,
+    is_gateway_output,
+    parse_device_topic,
+)
 
 if TYPE_CHECKING:
     from schemas.audio import AudioFrame
@@ -172,11 +187,13 @@ class MessageDecoder:
         topic_root: str,
         adapters: Sequence[TopicAdapter] = (),
         max_dead_letter_bytes: int = 65536,
+        checks: ReadingChecks | None = None,
     ) -> None:
         self._root = topic_root
         self._prefix = topic_root + "/"
         self.adapters = AdapterTable(adapters)
         self._max_dl = max_dead_letter_bytes
+        self.checks = checks if checks is not None else ReadingChecks()
         # Devices publish on the same few topics over and over: route each once. Bounded
         # (cleared when full) so random topics cannot grow it without limit; bad topics are
         # not remembered.
@@ -203,6 +220,8 @@ class MessageDecoder:
                 self._routes.clear()
             self._routes[topic] = route
         if isinstance(route, DeviceTopic):
+            if route.kind is Kind.TELEMETRY:
+                return self._decode_telemetry(route, topic, payload, received_at)
             return [self._decode_native(route, topic, payload, received_at)]
         if route is _IGNORED:
             return [Ignored(topic)]
@@ -218,30 +237,74 @@ class MessageDecoder:
         if topic.startswith(self._prefix):
             levels = topic[len(self._prefix) :].split("/", 2)
             if len(levels) > 2 and levels[1] == GATEWAY_SEGMENT:
-                return _IGNORED
+                if is_gateway_output(levels[2]):
+                    return _IGNORED
+                raise TopicError(
+                    f"room {GATEWAY_SEGMENT!r} is reserved for the gateway's own topics "
+                    f"({self._prefix}<home>/{GATEWAY_SEGMENT}/status, .../events/<model>): "
+                    "configure the device in another room"
+                )
             return parse_device_topic(topic, root=self._root)
         owner = self.adapters.owner(topic)
         return _NOBODY if owner is None else owner
 
+    def _decode_telemetry(
+        self, where: DeviceTopic, topic: str, payload: bytes, at: float
+    ) -> list[Ingested]:
+        try:
+            msg = decode_telemetry(payload)
+        except PayloadError as exc:
+            return [self.dead(topic, payload, exc.reason, exc.detail, at)]
+        checks = self.checks
+        too_old_or_new = checks.ts_problem(msg.ts, at)  # one time for the whole message
+        if too_old_or_new is not None:
+            return [self.dead(topic, payload, "ts_out_of_range", too_old_or_new, at)]
+        readings: list[Reading] = []
+        rejected = Rejections()
+        for name, value in msg.readings.items():
+            problem = checks.value_problem(name, value)
+            if problem is not None:
+                rejected.add("out_of_range", problem)
+                continue
+            readings.append(
+                Reading(
+                    home=where.home,
+                    room=where.room,
+                    device=where.device,
+                    metric=name,
+                    ts=msg.ts,
+                    value=value,
+                    seq=msg.seq,
+                    received_at=at,
+                )
+            )
+        seen = [DeviceSeen(where.home, where.room, where.device, at)]
+        return self._with_rejections([], readings, seen, rejected, topic, payload, at)
+
+    def _with_rejections(
+        self,
+        items: list[Ingested],
+        readings: list[Reading],
+        seen: list[DeviceSeen],
+        rejected: Rejections,
+        topic: str,
+        payload: bytes,
+        at: float,
+    ) -> list[Ingested]:
+        """`items` + a dead letter per reason of `rejected` + the readings, unless every
+        reading was rejected (the last dead letter is then the message's own item)."""
+        if rejected:
+            items += [
+                self.dead(topic, payload, reason, detail, at)
+                for reason, detail in rejected.dead_letter_details()
+            ]
+            if not readings:
+                return items
+        items.append(ReadingsIn(readings=readings, seen=seen))
+        return items
+
     def _decode_native(self, where: DeviceTopic, topic: str, payload: bytes, at: float) -> Ingested:
         try:
-            if where.kind is Kind.TELEMETRY:
-                msg = decode_telemetry(payload)
-                readings = [
-                    Reading(
-                        home=where.home,
-                        room=where.room,
-                        device=where.device,
-                        metric=name,
-                        ts=msg.ts,
-                        value=value,
-                        seq=msg.seq,
-                        received_at=at,
-                    )
-                    for name, value in msg.readings.items()
-                ]
-                seen = [DeviceSeen(where.home, where.room, where.device, at)]
-                return ReadingsIn(readings=readings, seen=seen)
             if where.kind is Kind.AUDIO:
                 # Imported on the first frame: schemas.audio needs numpy (~14 MB resident),
                 # which a gateway without microphones never has to load.
@@ -275,11 +338,13 @@ class MessageDecoder:
         ]
         # An empty list is a message with nothing numeric in it (a Zigbee2MQTT "state": "ON"):
         # not an error, nothing to store, acked after the batch commits.
+        readings, rejected = self.checks.split(list(out.readings), at)
         seen: dict[tuple[str, str], DeviceSeen] = {}
-        for r in out.readings:
+        for r in readings:
             seen[(r.home, r.device)] = DeviceSeen(r.home, r.room, r.device, at)
-        items.append(ReadingsIn(readings=list(out.readings), seen=list(seen.values())))
-        return items
+        return self._with_rejections(
+            items, readings, list(seen.values()), rejected, topic, payload, at
+        )
 
 
 def as_replay(item: Ingested, topic: str, *, retained: bool) -> Ingested:

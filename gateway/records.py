@@ -28,7 +28,8 @@ class Reading:
 class DeadLetter:
     """An input that could not be used, kept with the reason (a row of `dead_letters`).
 
-    One row per message, identified by `dead_letter_digest` of its topic and (stored) payload:
+    One row per message and reason, identified by `dead_letter_digest` of its topic, reason and
+    (stored) payload (a message whose readings fail two checks gives two dead letters):
     the same bad message arriving again fresh adds 1 to the row's ``count``; a `replay` (a copy
     the broker may have delivered before: an MQTT redelivery, DUP flag, or a retained message
     replayed on subscribing) is stored only when no row has its digest yet, and never counted.
@@ -42,10 +43,11 @@ class DeadLetter:
     replay: bool = False
 
 
-def dead_letter_digest(topic: str, payload: bytes) -> bytes:
-    """A dead letter's identity: the first 16 bytes of SHA-256 over topic, NUL, payload.
+def dead_letter_digest(topic: str, reason: str, payload: bytes) -> bytes:
+    """A dead letter's identity: the first 16 bytes of SHA-256 over topic, NUL, reason, NUL,
+    payload.
 
     The payload is the one stored (cut to ``storage.max_dead_letter_bytes``), so every row of
     the table can be checked against it; `gateway.schema`'s version 2 migration computed the
     same for the rows it found (a test holds the two together)."""
-    return hashlib.sha256(topic.encode() + b"\0" + payload).digest()[:16]
+    return hashlib.sha256(topic.encode() + b"\0" + reason.encode() + b"\0" + payload).digest()[:16]

@@ -395,11 +395,10 @@ def _v1_baseline(conn: Connection) -> None:
         conn.exec_driver_sql(ddl)
 
 
-def _v2_digest(topic: str | bytes, payload: bytes | str) -> bytes:
+def _v2_digest(topic: str | bytes, reason: str | bytes, payload: bytes | str) -> bytes:
     """`gateway.records.dead_letter_digest` as of version 2, frozen here for the migration."""
-    t = topic.encode() if isinstance(topic, str) else bytes(topic)
-    p = payload.encode() if isinstance(payload, str) else bytes(payload)
-    return hashlib.sha256(t + b"\0" + p).digest()[:16]
+    t, r, p = (v.encode() if isinstance(v, str) else bytes(v) for v in (topic, reason, payload))
+    return hashlib.sha256(t + b"\0" + r + b"\0" + p).digest()[:16]
 
 
 _V2_DDL = (
@@ -424,7 +423,8 @@ _V2_DDL = (
         PRIMARY KEY (id)
     )""",
     "CREATE TEMP TABLE v2_dead_letter_digests AS"
-    " SELECT id, received_at, homeedge_v2_digest(topic, payload) AS digest FROM dead_letters_v1",
+    " SELECT id, received_at, homeedge_v2_digest(topic, reason, payload) AS digest"
+    " FROM dead_letters_v1",
     # Copies of one message that version 1 stored again (redeliveries, retained replays) become
     # one row: the first copy, counted as many times as it was stored, last seen at the last.
     """INSERT INTO dead_letters
@@ -447,7 +447,7 @@ def _v2_identity(conn: Connection) -> None:
     raw = conn.connection.driver_connection
     # The digest is computed by SQLite row by row (no table read into memory), with a function
     # of this connection; deterministic, so SQLite may use it anywhere.
-    raw.create_function("homeedge_v2_digest", 2, _v2_digest, deterministic=True)  # type: ignore[union-attr]
+    raw.create_function("homeedge_v2_digest", 3, _v2_digest, deterministic=True)  # type: ignore[union-attr]
     for ddl in _V2_DDL:
         conn.exec_driver_sql(ddl)
 

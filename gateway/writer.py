@@ -468,7 +468,7 @@ class Writer:
                     )
                 counted: list[DeadLetter] = []
                 for d in dead:  # rare: one statement each, to know which ones counted
-                    digest = dead_letter_digest(d.topic, d.payload)
+                    digest = dead_letter_digest(d.topic, d.reason, d.payload)
                     at = d.received_at
                     row = (d.topic, d.payload, d.reason, d.detail, at, digest, at, not d.replay)
                     if cur.execute(_UPSERT_DEAD, row).rowcount:

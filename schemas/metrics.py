@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 
-METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# \Z, not $: "$" also matches before a final newline.
+METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")
 
 
 class DeviceClass(StrEnum):

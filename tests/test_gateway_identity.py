@@ -186,19 +186,21 @@ async def test_a_fresh_identical_dead_letter_counts_and_a_replay_is_ignored(
         "SELECT topic, payload, count, received_at, last_received_at, digest FROM dead_letters"
         " ORDER BY id"
     ) == [
-        ("t/x", b"{bad", 2, TS0, TS0 + 5, dead_letter_digest("t/x", b"{bad")),
-        ("t/y", b"{bad", 1, TS0 + 1, TS0 + 1, dead_letter_digest("t/y", b"{bad")),
-        ("t/z", b"{bad", 1, TS0 + 2, TS0 + 2, dead_letter_digest("t/z", b"{bad")),
+        ("t/x", b"{bad", 2, TS0, TS0 + 5, dead_letter_digest("t/x", "invalid_json", b"{bad")),
+        ("t/y", b"{bad", 1, TS0 + 1, TS0 + 1, dead_letter_digest("t/y", "invalid_json", b"{bad")),
+        ("t/z", b"{bad", 1, TS0 + 2, TS0 + 2, dead_letter_digest("t/z", "invalid_json", b"{bad")),
     ]
     # Counted as stored or counted again; the ignored replay is not.
     assert harness.metric("homeedge_gateway_dead_letters_total", {"reason": "invalid_json"}) == 4
     assert len(harness.acked) == 5  # every message acked, the ignored one too
 
 
-def test_the_digest_is_of_topic_and_payload_apart() -> None:
-    d = dead_letter_digest("a/b", b"c")
+def test_the_digest_is_of_topic_reason_and_payload_apart() -> None:
+    d = dead_letter_digest("a/b", "r", b"c")
     assert len(d) == 16
-    assert d != dead_letter_digest("a/", b"bc") and d != dead_letter_digest("a/b", b"c ")
+    assert d != dead_letter_digest("a/", "r", b"bc") and d != dead_letter_digest("a/b", "r", b"c ")
+    # One message's readings can fail two checks: two dead letters, two rows.
+    assert d != dead_letter_digest("a/b", "s", b"c")
 
 
 TOPIC = "homeedge/h1/lab/t1/telemetry"

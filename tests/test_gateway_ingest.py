@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,9 @@ from tests.adapter_fakes import FnAdapter
 from tests.conftest import MosquittoBroker
 from tests.waiting import wait_for
 
-TS0 = 1764403200.0
+# An hour ago, on a whole hour: inside the time range the gateway accepts ([ingest] max_age_s,
+# 7 days by default) on whatever day the tests run.
+TS0 = float(int(time.time()) // 3600 * 3600 - 3600)
 
 
 class Publisher:

@@ -355,7 +355,7 @@ def test_a_version_1_database_migrates_to_one_identity_per_reading_and_dead_lett
             "decode",
             "bad json",
             1.7e9,
-            dead_letter_digest(x, b"\x00\xffnot json"),
+            dead_letter_digest(x, "decode", b"\x00\xffnot json"),
             1,
             1.7e9,
         ),
@@ -366,7 +366,7 @@ def test_a_version_1_database_migrates_to_one_identity_per_reading_and_dead_lett
             "schema",
             "missing ts",
             1.7e9 + 1,
-            dead_letter_digest(y, b"{}"),
+            dead_letter_digest(y, "schema", b"{}"),
             1,
             1.7e9 + 1,
         ),
@@ -377,7 +377,7 @@ def test_a_version_1_database_migrates_to_one_identity_per_reading_and_dead_lett
             "validation",
             "ajar?",
             1.7e9 + 10,
-            dead_letter_digest(door, b"ajar"),
+            dead_letter_digest(door, "validation", b"ajar"),
             3,
             1.7e9 + 12,
         ),
@@ -398,7 +398,7 @@ def test_a_version_1_database_migrates_to_one_identity_per_reading_and_dead_lett
             db.execute(
                 "INSERT INTO dead_letters (topic, payload, reason, detail, received_at, digest,"
                 " count, last_received_at) VALUES (?, ?, 'r', 'd', 1.8e9, ?, 1, 1.8e9)",
-                (door, b"ajar", dead_letter_digest(door, b"ajar")),
+                (door, b"ajar", dead_letter_digest(door, "validation", b"ajar")),
             )
     db.close()
 

@@ -56,7 +56,7 @@ def add_dead(conn: Connection, received_at: float, last_received_at: float | Non
             reason="invalid_json",
             detail="",
             received_at=received_at,
-            digest=dead_letter_digest("t", payload),
+            digest=dead_letter_digest("t", "invalid_json", payload),
             count=1,
             last_received_at=received_at if last_received_at is None else last_received_at,
         )

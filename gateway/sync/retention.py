@@ -6,6 +6,9 @@ What goes, per `StorageConfig` (``[storage]``):
   whose window has been aggregated (``ts`` below the sync watermark), so nothing leaves the
   database before the aggregation pass has read it; without a watermark (no pass yet) no reading
   is deleted. Late readings (below the watermark when stored) are never aggregated anyway.
+  Ingest accepts no reading more than ``[ingest] max_clock_skew_s`` ahead of its receive time
+  (`gateway.validation`), so the watermark passes every stored reading soon after it arrives:
+  none stays above it, undeletable (a reading dated 2099 used to).
 - local window aggregates (and their late-reading tallies) that ended more than `retention_s`
   before now. Batches already in the outbox carry their own copy of what they send.
 - dead letters last received more than `dead_letter_retention_s` ago (``last_received_at``: a
