@@ -195,6 +195,19 @@ async def test_a_fresh_identical_dead_letter_counts_and_a_replay_is_ignored(
     assert len(harness.acked) == 5  # every message acked, the ignored one too
 
 
+async def test_one_message_rejected_for_two_reasons_keeps_both_rows(harness: Harness) -> None:
+    # The decoder dead-letters each reason of a message's rejected readings apart (same topic
+    # and payload): both are stored, and a replay of the message adds neither again.
+    for replay in (False, True):
+        harness.put(DeadLetter("t/x", b"{}", "out_of_range", "temperature", TS0, replay))
+        harness.put(DeadLetter("t/x", b"{}", "ts_out_of_range", "ts", TS0, replay))
+    await harness.writer.flush()
+    assert harness.rows("SELECT reason, count FROM dead_letters ORDER BY id") == [
+        ("out_of_range", 1),
+        ("ts_out_of_range", 1),
+    ]
+
+
 def test_the_digest_is_of_topic_reason_and_payload_apart() -> None:
     d = dead_letter_digest("a/b", "r", b"c")
     assert len(d) == 16
