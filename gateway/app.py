@@ -42,7 +42,7 @@ from gateway.admin import AdminServer, create_admin_app
 from gateway.backoff import Backoff
 from gateway.config import GatewayConfig
 from gateway.db import make_engine
-from gateway.health import Failure, check, down, failed
+from gateway.health import Failure, check, down, error_reason, failed
 from gateway.host import (
     AudioCallback,
     HealthFn,
@@ -330,14 +330,24 @@ class Gateway:
 
     async def _supervise(self, name: str, factory: TaskFactory) -> None:
         backoff = Backoff(_RESTART_MIN_S, _RESTART_MAX_S)
+        last: str | None = None
         while True:
             try:
                 await factory()
                 return
-            except Exception:  # a task's top level: log, count, restart
+            except Exception as exc:  # a task's top level: log, count, restart
                 delay = backoff.next_delay()
-                log.exception("task %s crashed; restarting in %.1fs", name, delay)
                 self.metrics.task_restarts.labels(name).inc()
+                # The traceback once per kind of failure: a task failing the same way again (a
+                # full disk under the aggregation, for hours) logs one line each time.
+                failure = error_reason(exc)
+                if failure == last:
+                    log.error(
+                        "task %s failed again (%s); restarting in %.1fs", name, failure, delay
+                    )
+                else:
+                    log.exception("task %s crashed; restarting in %.1fs", name, delay)
+                last = failure
                 await asyncio.sleep(delay)
 
     async def _checkpoint_wal(self) -> None:

@@ -116,7 +116,13 @@ def test_implausible_values_are_dead_letters(metric: str, value: float, words: s
 
 
 def test_plausible_values_and_unknown_metrics_are_kept() -> None:
-    values = {"temperature": 84.9, "humidity": 100.0, "co2": 0.0, "pm25": 1e12, "power": -4000.0}  # solar export
+    values = {
+        "temperature": 84.9,
+        "humidity": 100.0,
+        "co2": 0.0,
+        "pm25": 1e12,
+        "power": -4000.0,
+    }  # solar export
     assert stored(decode(T, telemetry(NOW, **values))) == values
 
 
