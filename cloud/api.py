@@ -6,12 +6,13 @@ and metrics (the analytics and dashboard routes live in `cloud.analytics.handler
 - ``GET  /api/v1/aggregates`` time series, ``Authorization: Bearer <read_token>``
 - ``GET  /api/v1/gateways``   per-gateway health (sequence gaps, lag), read token
 - ``GET  /healthz``           liveness + database check, no credential
-- ``GET  /metrics``           Prometheus text format, no credential
+- ``GET  /metrics``           Prometheus text format; ``Bearer <metrics_token>`` when one is set
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import time
@@ -21,7 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from cloud.analytics.rollups import rollup_series, served_by_rollups
-from cloud.auth import authenticated_gateway, require_reader
+from cloud.auth import authenticated_gateway, require_metrics_reader, require_reader
+from cloud.bodies import read_body
 from cloud.ingest import BatchConflict, BodySize, StoreOutcome
 from cloud.queries import (
     FILTER_COLUMNS,
@@ -47,7 +49,8 @@ from schemas.errors import PayloadError
 
 log = logging.getLogger(__name__)
 
-_METRIC_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_METRIC_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")  # \Z: "$" matches before a final newline
+BATCH_MEDIA_TYPES = frozenset({"application/json"})
 
 
 async def post_batch(request: web.Request) -> web.Response:
@@ -58,16 +61,15 @@ async def post_batch(request: web.Request) -> web.Response:
         metrics.batches_rejected.labels("unauthorized").inc()
         raise
     try:
-        # aiohttp undoes Content-Encoding: gzip and stops at client_max_size (decompressed).
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        metrics.batches_rejected.labels("oversized").inc()
+        # At most max_body_bytes both on the wire and inflated (cloud.bodies).
+        body = await read_body(
+            request, media_types=BATCH_MEDIA_TYPES, limit=request.app[CONFIG_KEY].max_body_bytes
+        )
+    except ApiError as exc:
+        metrics.batches_rejected.labels("oversized" if exc.status == 413 else exc.code).inc()
         raise
-    except web.RequestPayloadError as exc:  # e.g. Content-Encoding: gzip on a non-gzip body
-        metrics.batches_rejected.labels("bad_encoding").inc()
-        raise ApiError(400, "bad_encoding", f"cannot read the body: {exc}") from None
     try:
-        batch = decode_batch(body)
+        batch = decode_batch(body.data)
     except PayloadError as exc:
         metrics.batches_rejected.labels(exc.reason).inc()
         status = {"invalid_json": 400, "oversized": 413}.get(exc.reason, 422)
@@ -77,7 +79,7 @@ async def post_batch(request: web.Request) -> web.Response:
         raise ApiError(
             403, "forbidden", f"token of gateway {gateway!r} cannot upload for {batch.gateway!r}"
         )
-    size = BodySize(wire=request.content_length or len(body), decoded=len(body))
+    size = BodySize(wire=body.wire_bytes, decoded=len(body.data))
     try:
         outcome = await request.app[BATCH_WRITER_KEY].store(batch, size)
     except BatchConflict as exc:
@@ -97,9 +99,12 @@ def _float_param(request: web.Request, name: str) -> float | None:
     if raw is None or raw == "":
         return None
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise ApiError(400, "bad_query", f"{name} must be unix seconds, got {raw!r}") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise ApiError(400, "bad_query", f"{name} must be unix seconds, got {raw[:40]!r}")
+    return value
 
 
 def parse_series_query(request: web.Request) -> SeriesQuery:
@@ -168,6 +173,7 @@ async def get_healthz(request: web.Request) -> web.Response:
 
 
 async def get_metrics(request: web.Request) -> web.Response:
+    require_metrics_reader(request)
     response = web.Response(body=generate_latest(request.app[METRICS_KEY].registry))
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response

@@ -10,26 +10,48 @@ Routes (all JSON; every 4xx/5xx body is ``{"error": {"code": ..., "message": ...
 - ``GET  /``                  the dashboard (see `cloud.dashboard`); the read token or its
                               session cookie
 - ``GET  /healthz``           liveness + database check, no credential
-- ``GET  /metrics``           Prometheus text format, no credential
+- ``GET  /metrics``           Prometheus text format; ``Bearer <metrics_token>`` when one is set
 
-The core handlers live in `cloud.api`, what handlers share in `cloud.web` and `cloud.auth`.
+The core handlers live in `cloud.api`, what handlers share in `cloud.web`, `cloud.auth` and
+`cloud.bodies`; `cloud.protocol` answers what never reaches the app (parser errors).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
 from cloud.analytics.handlers import setup_analytics
 from cloud.api import ROUTES
-from cloud.auth import setup_credentials
-from cloud.config import CloudConfig
+from cloud.auth import session_middleware, setup_credentials
+from cloud.bodies import body_middleware
+from cloud.config import CloudConfig, HttpLimits
 from cloud.dashboard import setup_dashboard
 from cloud.db import make_engine, upgrade_to_head
 from cloud.ingest import BatchWriter
 from cloud.metrics import CloudMetrics
-from cloud.web import BATCH_WRITER_KEY, CONFIG_KEY, ENGINE_KEY, METRICS_KEY, MIDDLEWARES
+from cloud.web import (
+    BATCH_WRITER_KEY,
+    CONFIG_KEY,
+    ENGINE_KEY,
+    METRICS_KEY,
+    error_middleware,
+    latency_middleware,
+    request_id_middleware,
+)
+
+# Outermost first. body_middleware sits outside error_middleware so that it sees every answer,
+# errors included, when it ends keep-alive after an unread body; session_middleware inside it,
+# so that a session lookup the database cannot answer is a 503.
+MIDDLEWARES = (
+    request_id_middleware,
+    latency_middleware,
+    body_middleware,
+    error_middleware,
+    session_middleware,
+)
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -52,9 +74,31 @@ async def _batch_writer(app: web.Application) -> AsyncIterator[None]:
     await writer.aclose()
 
 
+def handler_args(limits: HttpLimits) -> dict[str, Any]:
+    """aiohttp's per-connection settings for `limits`."""
+    return {
+        # Never inflate a body as it arrives: only a route that reads it does, within its limit
+        # (cloud.bodies), so an unread gzip bomb costs nothing.
+        "auto_decompress": False,
+        # The timer runs from the connection's start (and from each answer) until a request's
+        # head is complete; data arriving does not reset it, so a client trickling header
+        # bytes is cut as surely as an idle one.
+        "keepalive_timeout": limits.header_timeout_s,
+        "lingering_time": limits.lingering_s,
+        "max_line_size": limits.max_header_bytes,
+        "max_field_size": limits.max_header_bytes,
+        "max_headers": limits.max_headers,
+    }
+
+
 def create_app(config: CloudConfig) -> web.Application:
     """The cloud service for `config`; the database is opened and migrated on start-up."""
-    app = web.Application(middlewares=MIDDLEWARES, client_max_size=config.max_body_bytes)
+    app = web.Application(
+        middlewares=MIDDLEWARES,
+        client_max_size=config.max_body_bytes,
+        # handler_args reach every runner's connections, the test client's included.
+        handler_args=handler_args(config.http),
+    )
     app[CONFIG_KEY] = config
     app[METRICS_KEY] = CloudMetrics()
     setup_credentials(app, config)

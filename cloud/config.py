@@ -9,6 +9,9 @@
     [gateways]
     gw-home-1 = "a-long-random-gateway-token"
 
+    [http]
+    header_timeout_s = 30
+
 Environment variables win over the file: ``HOMEEDGE_CLOUD__PORT=9000``,
 ``HOMEEDGE_CLOUD__GATEWAYS='{"gw-1": "..."}'``. Unknown fields are errors, so a typo never
 silently falls back to a default.
@@ -22,6 +25,8 @@ from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
+    BaseModel,
+    ConfigDict,
     Field,
     SecretStr,
     StringConstraints,
@@ -57,6 +62,50 @@ class ConfigError(Exception):
     """A configuration that cannot be used; the message names the offending field."""
 
 
+class HttpLimits(BaseModel):
+    """How long and how much one connection may take (the ``[http]`` table).
+
+    A slow or hostile client holds a connection and a little memory only this long: a
+    connection that has not sent a complete request head within `header_timeout_s` of
+    connecting or of its previous answer is closed (aiohttp's keep-alive timer, which covers
+    the idle wait and the head's arrival alike); a body the handler reads must arrive within
+    `body_timeout_s` (408); a body the handler does not read is never inflated, and is drained
+    for at most `lingering_s` so the client sees the answer, then the connection closes.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    header_timeout_s: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description="seconds a connection may take to send a request's head, idle keep-alive "
+        "included (longer than clients' own idle timeout: aiohttp's client keeps 15 s)",
+    )
+    body_timeout_s: float = Field(
+        default=60.0,
+        ge=1,
+        le=3600,
+        description="seconds to receive a body the route reads (408 after)",
+    )
+    lingering_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=60,
+        description="seconds an unread body is drained (not inflated) before the connection "
+        "closes; 0 closes at once (the client may then miss the answer)",
+    )
+    max_header_bytes: int = Field(
+        default=8190,
+        ge=1024,
+        le=65536,
+        description="longest request line and header field (400 above)",
+    )
+    max_headers: int = Field(
+        default=64, ge=8, le=1024, description="most header fields per request"
+    )
+
+
 class CloudConfig(BaseSettings):
     """Everything `python -m cloud` needs."""
 
@@ -81,6 +130,11 @@ class CloudConfig(BaseSettings):
         default_factory=dict, description="gateway id -> bearer token that gateway uploads with"
     )
     read_token: Token = Field(description="bearer token of the dashboard and the query API")
+    metrics_token: Token | None = Field(
+        None,
+        description="bearer token /metrics requires; unset: /metrics needs no credential "
+        "(fine on the default loopback bind; set it when the cloud listens beyond loopback)",
+    )
     max_body_bytes: int = Field(
         MAX_BATCH_BYTES,
         ge=1024,
@@ -116,11 +170,18 @@ class CloudConfig(BaseSettings):
     dashboard_poll_s: float = Field(
         5.0, ge=0.5, le=3600, description="seconds between the dashboard's live updates"
     )
+    http: HttpLimits = Field(
+        default_factory=HttpLimits, description="per-connection time and size limits"
+    )
 
     @model_validator(mode="after")
     def _tokens_are_distinct(self) -> CloudConfig:
         # A token must name exactly one principal, or one gateway could write as another.
         seen: dict[str, str] = {self.read_token.get_secret_value(): "read_token"}
+        if self.metrics_token is not None:
+            other = seen.setdefault(self.metrics_token.get_secret_value(), "metrics_token")
+            if other != "metrics_token":
+                raise ValueError(f"metrics_token reuses the token of {other}")
         for gateway, token in self.gateways.items():
             other = seen.setdefault(token.get_secret_value(), f"gateways.{gateway}")
             if other != f"gateways.{gateway}":

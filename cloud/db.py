@@ -154,6 +154,19 @@ analytics_results = Table(
     Column("payload", Text, nullable=False),
 )
 
+# Dashboard sessions, so a logout ends one in every worker process and across restarts. The key
+# is an HMAC of the cookie under a key derived from the read token: the table holds nothing a
+# browser could present, and a new read token voids every session at once.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("issued_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    # Expired rows are deleted by expiry time at each login.
+    Index("ix_sessions_expires_at", "expires_at"),
+)
+
 
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")

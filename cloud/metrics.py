@@ -29,6 +29,14 @@ class CloudMetrics:
         self.aggregate_rows = Counter(
             "homeedge_cloud_aggregate_rows", "Aggregate rows stored", registry=self.registry
         )
+        # What the routes that read a body received and inflated: a body no route reads is in
+        # neither (a gzip bomb sent to a route that does not read it inflates nothing).
+        self.request_body_bytes = Counter(
+            "homeedge_cloud_request_body_bytes",
+            "Bytes of request bodies read by routes, as received (wire) and after gzip (inflated)",
+            ["stage"],
+            registry=self.registry,
+        )
         self.request_seconds = Histogram(
             "homeedge_cloud_request_seconds",
             "Request latency by route and status",

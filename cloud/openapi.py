@@ -28,7 +28,7 @@ from cloud.analytics.models import (
     RollupsReport,
     RunResult,
 )
-from cloud.dashboard import ASSETS
+from cloud.dashboard import ASSETS, MAX_LOGIN_BODY_BYTES
 from cloud.queries import FILTER_COLUMNS, GROUP_COLUMNS, Bucket
 from cloud.responses import ErrorBody, GatewaysResponse, Health, SeriesResponse, StoreResult
 from schemas.batch import MAX_AGGREGATES_PER_BATCH, Batch
@@ -51,9 +51,11 @@ def _errors(*statuses: int) -> dict[str, Any]:
         400: "malformed request (invalid JSON, undecodable gzip, bad query parameter)",
         401: "missing or unknown bearer token",
         403: "the batch names another gateway than the token's",
-        409: "the batch id is already stored for another gateway",
         404: "no such asset",
-        413: "body larger than max_body_bytes after decompression",
+        408: "the body did not arrive within http.body_timeout_s",
+        409: "the batch id is already stored for another gateway",
+        413: "body larger than max_body_bytes, as received or after decompression",
+        415: "Content-Type is not application/json, or Content-Encoding is not gzip/identity",
         422: "valid JSON that does not follow the batch schema",
         503: "the database does not answer",
     }
@@ -100,7 +102,7 @@ def _operations() -> dict[str, dict[str, Any]]:
                 "responses": {
                     "201": _json("StoreResult", "stored now"),
                     "200": _json("StoreResult", "already stored before; nothing stored twice"),
-                    **_errors(400, 401, 403, 409, 413, 422),
+                    **_errors(400, 401, 403, 408, 409, 413, 415, 422),
                 },
             }
         },
@@ -160,13 +162,15 @@ def _operations() -> dict[str, dict[str, Any]]:
         "/metrics": {
             "get": {
                 "operationId": "metrics",
-                "summary": "Prometheus metrics of this worker process (no credential)",
-                "security": [],
+                "summary": "Prometheus metrics of this worker process (the metrics token when "
+                "one is configured, else no credential)",
+                "security": [{}, {"metricsToken": []}],
                 "responses": {
                     "200": {
                         "description": "Prometheus text exposition format",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
+                    },
+                    "401": _json("ErrorBody", "metrics_token is set and was not presented"),
                 },
             }
         },
@@ -250,6 +254,7 @@ def _analytics_operations() -> dict[str, dict[str, Any]]:
 
 def _dashboard_operations() -> dict[str, dict[str, Any]]:
     html = {"text/html": {"schema": {"type": "string"}}}
+    json_error = {"application/json": {"schema": _ref("ErrorBody")}}
     see_other = {"description": "redirect to the dashboard", "headers": {"Location": {}}}
     return {
         "/": {
@@ -279,17 +284,28 @@ def _dashboard_operations() -> dict[str, dict[str, Any]]:
                 },
                 "responses": {
                     "303": see_other,
-                    "400": {"description": "no token given", "content": html},
+                    "400": {
+                        "description": "no token given (the form again, HTML), or a form that "
+                        "is not valid UTF-8 or has too many fields (JSON)",
+                        "content": {**html, **json_error},
+                    },
                     "401": {"description": "not the read token", "content": html},
+                    "408": _json("ErrorBody", "the form did not arrive within body_timeout_s"),
+                    "413": _json("ErrorBody", f"form larger than {MAX_LOGIN_BODY_BYTES} bytes"),
+                    "415": _json(
+                        "ErrorBody",
+                        "not application/x-www-form-urlencoded, not UTF-8, or an encoding "
+                        "other than gzip/identity",
+                    ),
                 },
             }
         },
         "/logout": {
             "post": {
                 "operationId": "logout",
-                "summary": "Clear the session cookie",
+                "summary": "End the session (in every worker process) and clear its cookie",
                 "security": [],
-                "responses": {"303": see_other},
+                "responses": {"303": see_other, **_errors(503)},
             }
         },
         "/assets/{name}": {
@@ -344,7 +360,11 @@ def build_openapi() -> dict[str, Any]:
             "description": (
                 "Gateways upload privacy-filtered window aggregates; the dashboard reads series "
                 "and gateway health. Every 4xx/5xx body is "
-                '{"error": {"code": ..., "message": ...}}.'
+                '{"error": {"code": ..., "message": ...}} (the login form\'s own two answers '
+                "aside). Any route may answer 400 to a request that cannot be parsed (bad "
+                "chunking, a header past the size limit) and 415 to a Content-Encoding other "
+                "than gzip or identity; a connection that does not complete a request's head "
+                "within http.header_timeout_s is closed."
             ),
         },
         "paths": {**_operations(), **_analytics_operations(), **_dashboard_operations()},
@@ -361,6 +381,11 @@ def build_openapi() -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "dashboard and query credential (config: read_token)",
+                },
+                "metricsToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the Prometheus scraper's token (config: metrics_token)",
                 },
                 "readSession": {
                     "type": "apiKey",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -27,6 +28,7 @@ from aiohttp import web
 from cloud.app import create_app
 from cloud.config import CloudConfig, ConfigError
 from cloud.db import make_engine, upgrade_to_head
+from cloud.protocol import CloudRunner
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,28 @@ def write_port_file(path: Path, port: int) -> None:
     tmp.replace(path)
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+async def start(config: CloudConfig, *, reuse_port: bool = False) -> tuple[web.AppRunner, int]:
+    """The app listening on config.host:config.port; returns its runner and the port."""
+    runner = CloudRunner(create_app(config))
+    await runner.setup()  # runs the app's cleanup_ctx set-up: database open and migrated
+    try:
+        site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port or None)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, int(runner.addresses[0][1])
+
+
 async def serve(
     config: CloudConfig,
     *,
@@ -55,12 +79,13 @@ async def serve(
     on_ready: Callable[[int], None] | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT; `on_ready(port)` runs once the socket listens."""
-    runner = web.AppRunner(create_app(config), access_log=None)
-    await runner.setup()  # runs the app's cleanup_ctx set-up: database open and migrated
+    if config.metrics_token is None and not _is_loopback(config.host):
+        log.warning(
+            "/metrics needs no credential and %s is not a loopback address: set metrics_token",
+            config.host,
+        )
+    runner, port = await start(config, reuse_port=reuse_port)
     try:
-        site = web.TCPSite(runner, config.host, config.port, reuse_port=reuse_port or None)
-        await site.start()
-        port = int(runner.addresses[0][1])
         log.info(
             "homeedge cloud listening on http://%s:%d (pid %d)", config.host, port, os.getpid()
         )

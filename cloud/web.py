@@ -1,6 +1,7 @@
 """What every cloud request handler shares: the typed app keys of the app's state, JSON answers,
 `ApiError`, and the middlewares that give each request an id, time it and turn every error into
-``{"error": {"code": ..., "message": ...}}``.
+``{"error": {"code": ..., "message": ...}}`` (`cloud.app` puts them in order, with those of
+`cloud.bodies` and `cloud.auth`).
 
 Handlers import from here (and from `cloud.auth`), never from `cloud.app`, which wires them.
 """
@@ -34,13 +35,14 @@ BATCH_WRITER_KEY = web.AppKey("batch_writer", BatchWriter)
 METRICS_KEY = web.AppKey("metrics", CloudMetrics)
 
 REQUEST_ID = web.RequestKey("request_id", str)
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}\Z")  # \Z: "$" matches before a final newline
 _ERROR_CODES = {
     400: "bad_request",
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
@@ -65,6 +67,11 @@ def json_response(payload: Any, status: int = 200) -> web.Response:
     return web.Response(
         body=msgspec.json.encode(payload), status=status, content_type="application/json"
     )
+
+
+def error_code(status: int) -> str:
+    """The generic code of an HTTP error status (handlers usually name a more precise one)."""
+    return _ERROR_CODES.get(status, f"http_{status}")
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
@@ -110,7 +117,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = _ERROR_CODES.get(exc.status, f"http_{exc.status}")
+        code = error_code(exc.status)
         if exc.status == 404:
             message = f"nothing at {request.path}"
         elif exc.status == 405:
@@ -131,9 +138,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return response
     except Exception:  # the request's top level: log with its id, answer 500, keep serving
         return _internal_error(request)
-
-
-MIDDLEWARES = (request_id_middleware, latency_middleware, error_middleware)
 
 
 def _database_unavailable(exc: Exception) -> bool:

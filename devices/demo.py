@@ -62,6 +62,9 @@ _START_TIMEOUT_S = 30.0
 _STOP_TIMEOUT_S = 15.0
 _DRAIN_S = 5.0  # at most this long waiting for the gateway to store what was published
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+# The gateway refuses readings older than its [ingest] max_age_s (7 days by default): a replay
+# reaching further back raises it in the demo gateway's config.
+_GATEWAY_MAX_AGE_S = 7 * 86400.0
 
 
 class DemoError(RuntimeError):
@@ -126,8 +129,10 @@ def gateway_toml(
     topic_root: str,
     cloud: CloudInfo | None = None,
     aggregation: dict[str, Any] | None = None,
+    replay_from: float | None = None,
 ) -> str:
-    """The demo gateway's configuration (see gateway/config.py)."""
+    """The demo gateway's configuration (see gateway/config.py); `replay_from` is the simulated
+    time of the first reading, when the devices replay history."""
     lines = [
         f"gateway_id = {_toml(GATEWAY_ID)}",
         "",
@@ -148,6 +153,9 @@ def gateway_toml(
     ]
     if aggregation:
         lines += ["[aggregation]", *(f"{k} = {_toml(v)}" for k, v in aggregation.items()), ""]
+    if replay_from is not None and time.time() - replay_from > _GATEWAY_MAX_AGE_S - 3600.0:
+        max_age = round(time.time() - replay_from + 86400.0)
+        lines += ["[ingest]", f"max_age_s = {max_age}  # the replayed history is that old", ""]
     if cloud is not None:
         lines += [
             "[uplink]",
@@ -257,6 +265,7 @@ async def start_gateway(
     topic_root: str,
     cloud: CloudInfo | None = None,
     aggregation: dict[str, Any] | None = None,
+    replay_from: float | None = None,
 ) -> tuple[Child, str]:
     config = data_dir / "gateway.toml"
     text = gateway_toml(
@@ -265,6 +274,7 @@ async def start_gateway(
         topic_root=topic_root,
         cloud=cloud,
         aggregation=aggregation,
+        replay_from=replay_from,
     )
     config.write_text(text)
     config.chmod(0o600)  # it holds the uplink token
@@ -451,8 +461,19 @@ async def run(args: argparse.Namespace) -> int:
             _say(f"dashboard {cloud.url}/  read token {cloud.read_token}")
             resume = _resume(args, db)
             aggregation = demo_aggregation(args.speed, args.rate)
+            if args.start is not None:
+                replay_from = args.start
+            elif args.history is not None:
+                replay_from = time.time() - args.history * 3600.0
+            else:
+                replay_from = None
             gateway, admin = await start_gateway(
-                data_dir, broker, args.topic_root, cloud=cloud, aggregation=aggregation
+                data_dir,
+                broker,
+                args.topic_root,
+                cloud=cloud,
+                aggregation=aggregation,
+                replay_from=replay_from,
             )
             children.append(gateway)
             _say(f"gateway  {admin}/healthz  {admin}/metrics  log {gateway.log_path}")

@@ -1,9 +1,10 @@
 """The gateway's admin HTTP endpoint: ``/healthz`` and Prometheus ``/metrics``.
 
-``/healthz`` answers 200 with ``{"status": "ok", ...}`` when the MQTT session is up and the
-writer thread runs, else 503 with ``"status": "degraded"``; the body always carries
-``mqtt_connected``, ``mqtt_subscribed``, ``writer_alive`` and ``queue_depth``. A health function
-that raises (or returns what JSON cannot encode) gives 500 ``{"status": "error"}``, logged.
+``/healthz`` answers 200 when the body's ``status`` is ``"ok"``, else 503 (``"degraded"``:
+load balancers and watchdogs act on the status code); the gateway's body (`gateway.health`)
+carries ``checks`` with the reason and since when of each failing one, and ``mqtt_connected``,
+``mqtt_subscribed``, ``writer_alive``, ``queue_depth``. A health function that raises (or
+returns what JSON cannot encode) gives 500 ``{"status": "error"}``, logged.
 
 Two read-only GET endpoints on a local port do not need a web framework: this is a small
 HTTP/1.1 server on `asyncio.start_server` (one request per connection, answered with

@@ -12,6 +12,14 @@ Delivery rules behind the callbacks:
   (``queue_dropped{queue="audio"}``).
 - ``add_task``: a task that raises is logged, counted (``task_restarts{task=name}``) and
   restarted on the gateway's `Backoff` schedule; it is cancelled at shutdown.
+- ``add_health``: an informational part of ``/healthz``; the ``status`` comes from the
+  gateway's own checks (`gateway.health`).
+
+The drops and callback failures above can happen per message: each is logged through a
+`gateway.logs.RateLimitedLog` (at most one line per 10 s, saying how many it suppressed).
+The WAL checkpoint task (``storage.checkpoint_interval_ms``) survives a failing checkpoint (a
+full disk): one line per 10 s at most, counted (``wal_checkpoint_failures``), the
+``wal_checkpoint`` check failing until a checkpoint works again.
 
 Device ids: one `DeviceTable` (``[devices]``) admits every device a message names, in the
 decoder (``too_many_devices`` dead letters beyond ``devices.max_devices``); task
@@ -26,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -38,6 +47,7 @@ from gateway.backoff import Backoff
 from gateway.config import GatewayConfig
 from gateway.db import make_engine
 from gateway.device_table import DeviceTable
+from gateway.health import Failure, check, down, error_reason, failed
 from gateway.host import (
     AudioCallback,
     HealthFn,
@@ -47,6 +57,7 @@ from gateway.host import (
 )
 from gateway.inference.wiring import install_inference
 from gateway.ingest import AudioIn, MessageDecoder, ReadingsIn, TopicAdapter
+from gateway.logs import RateLimitedLog
 from gateway.monitoring import GatewayMetrics
 from gateway.mqtt import MqttBridge
 from gateway.records import Reading
@@ -103,6 +114,10 @@ class Gateway:
         )
         table = self.devices
         self.metrics.watch_devices(table.__len__, lambda: table.microphones)
+        self._drop_logs = {"readings": RateLimitedLog(log), "audio": RateLimitedLog(log)}
+        self._callback_logs = {"readings": RateLimitedLog(log), "audio": RateLimitedLog(log)}
+        self._checkpoint_log = RateLimitedLog(log)
+        self._checkpoint_failure: Failure | None = None
 
     # -- GatewayHost: identity ---------------------------------------------------------------
 
@@ -181,16 +196,29 @@ class Gateway:
         return self._bridge
 
     def health(self) -> dict[str, Any]:
-        connected = self._bridge is not None and self._bridge.connected
-        alive = self._writer is not None and self._writer.alive
+        """The ``/healthz`` body: ``status`` is ``ok`` when every check is (`gateway.health`)."""
+        bridge, writer = self._bridge, self._writer
+        connected = bridge is not None and bridge.connected
+        alive = writer is not None and writer.alive
+        checks = {
+            "mqtt": {"ok": True}
+            if connected
+            else down("not connected to the broker", bridge.down_since if bridge else None),
+            "writer": check(writer.failure)
+            if writer is not None and alive
+            else down("the writer thread is not running", None),
+        }
+        if self.config.storage.checkpoint_interval_ms:
+            checks["wal_checkpoint"] = check(self._checkpoint_failure)
         body: dict[str, Any] = {
-            "status": "ok" if connected and alive else "degraded",
+            "status": "ok" if all(c["ok"] for c in checks.values()) else "degraded",
             "gateway_id": self.config.gateway_id,
             "mqtt_connected": connected,
             # Granted subscriptions (SUBACK): before that, a new session receives nothing.
-            "mqtt_subscribed": self._bridge is not None and self._bridge.subscribed.is_set(),
+            "mqtt_subscribed": bridge is not None and bridge.subscribed.is_set(),
             "writer_alive": alive,
-            "queue_depth": self._writer.depth if self._writer is not None else 0,
+            "queue_depth": writer.depth if writer is not None else 0,
+            "checks": checks,
         }
         for name, part in self._health_parts:
             body[name] = part()
@@ -248,6 +276,7 @@ class Gateway:
                 adapters=self._adapters,
                 max_dead_letter_bytes=cfg.storage.max_dead_letter_bytes,
                 devices=self.devices,
+                checks=cfg.ingest.reading_checks(),
             )
             self._bridge = MqttBridge(
                 cfg.mqtt,
@@ -317,14 +346,24 @@ class Gateway:
 
     async def _supervise(self, name: str, factory: TaskFactory) -> None:
         backoff = Backoff(_RESTART_MIN_S, _RESTART_MAX_S)
+        last: str | None = None
         while True:
             try:
                 await factory()
                 return
-            except Exception:  # a task's top level: log, count, restart
+            except Exception as exc:  # a task's top level: log, count, restart
                 delay = backoff.next_delay()
-                log.exception("task %s crashed; restarting in %.1fs", name, delay)
                 self.metrics.task_restarts.labels(name).inc()
+                # The traceback once per kind of failure: a task failing the same way again (a
+                # full disk under the aggregation, for hours) logs one line each time.
+                failure = error_reason(exc)
+                if failure == last:
+                    log.error(
+                        "task %s failed again (%s); restarting in %.1fs", name, failure, delay
+                    )
+                else:
+                    log.exception("task %s crashed; restarting in %.1fs", name, delay)
+                last = failure
                 await asyncio.sleep(delay)
 
     async def _checkpoint_wal(self) -> None:
@@ -332,7 +371,25 @@ class Gateway:
         path = self.config.storage.path
         while True:
             await asyncio.sleep(interval)
-            busy, frames, done = await asyncio.to_thread(checkpoint_wal, path)
+            try:
+                busy, frames, done = await asyncio.to_thread(checkpoint_wal, path)
+            except sqlite3.Error as exc:  # a full disk, an I/O error: try again next interval
+                self.metrics.checkpoint_failures.inc()
+                failure = self._checkpoint_failure = failed(self._checkpoint_failure, exc)
+                self._checkpoint_log.warning(
+                    "WAL checkpoint of %s failed: %s (attempt %d); trying again every %.1fs",
+                    path,
+                    failure.reason,
+                    failure.failures,
+                    interval,
+                )
+                continue
+            if self._checkpoint_failure is not None:
+                log.warning(
+                    "WAL checkpoints work again after %d failed attempts",
+                    self._checkpoint_failure.failures,
+                )
+                self._checkpoint_failure = None
             self.metrics.checkpoints.inc()
             if busy or done < frames:
                 log.debug("WAL checkpoint partial: %d of %d frames", done, frames)
@@ -360,39 +417,40 @@ class Gateway:
 
     def _enqueue(self, readings: list[Reading], audio: list[AudioIn]) -> None:
         if readings and self._reading_callbacks:
-            _put_drop_oldest(self._readings_q, readings, self.metrics, "readings")
+            self._put_drop_oldest(self._readings_q, readings, "readings")
         if self._audio_callbacks:
             for frame in audio:
-                _put_drop_oldest(self._audio_q, frame, self.metrics, "audio")
+                self._put_drop_oldest(self._audio_q, frame, "audio")
+
+    def _put_drop_oldest(self, q: asyncio.Queue[Any], item: Any, name: str) -> None:
+        if q.full():
+            q.get_nowait()
+            self.metrics.queue_full.labels(name).inc()
+            self.metrics.dropped.labels(name).inc()
+            self._drop_logs[name].warning(
+                "%s callback queue full (%d): dropped the oldest item", name, q.maxsize
+            )
+        q.put_nowait(item)
 
     async def _dispatch_readings(self) -> None:
         while True:
             batch = await self._readings_q.get()
             for cb in self._reading_callbacks:
-                await _call(cb, batch, self.metrics, "readings")
+                await self._call(cb, batch, "readings")
 
     async def _dispatch_audio(self) -> None:
         while True:
             frame = await self._audio_q.get()
             for cb in self._audio_callbacks:
-                await _call(cb, frame, self.metrics, "audio")
+                await self._call(cb, frame, "audio")
 
-
-async def _call(cb: Callable[[Any], Awaitable[None]], arg: Any, m: GatewayMetrics, q: str) -> None:
-    try:
-        await cb(arg)
-    except Exception:  # one callback's bug must not stop delivery to the others
-        log.exception("%s callback %r failed", q, cb)
-        m.task_restarts.labels(f"{q}-callback").inc()
-
-
-def _put_drop_oldest(q: asyncio.Queue[Any], item: Any, m: GatewayMetrics, name: str) -> None:
-    if q.full():
-        q.get_nowait()
-        m.queue_full.labels(name).inc()
-        m.dropped.labels(name).inc()
-        log.warning("%s callback queue full: dropped the oldest item", name)
-    q.put_nowait(item)
+    async def _call(self, cb: Callable[[Any], Awaitable[None]], arg: Any, q: str) -> None:
+        try:
+            await cb(arg)
+        except Exception:  # one callback's bug must not stop delivery to the others
+            # Per batch or frame: a broken callback would write a traceback per message.
+            self._callback_logs[q].error("%s callback %r failed", q, cb, exc_info=True)
+            self.metrics.task_restarts.labels(f"{q}-callback").inc()
 
 
 def _write_port_file(path: Any, port: int) -> None:

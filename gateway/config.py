@@ -36,6 +36,13 @@ from pydantic import (
 from gateway.adapters.settings import AdapterSettings
 from gateway.inference.settings import InferenceSettings
 from gateway.sync.settings import AggregationSettings, PrivacySettings, UplinkSettings
+from gateway.validation import (
+    DEFAULT_MAX_AGE_S,
+    DEFAULT_MAX_CLOCK_SKEW_S,
+    MetricRange,
+    ReadingChecks,
+)
+from schemas.metrics import METRIC_NAME
 from schemas.topics import ROOT, TopicError, device_subscription, valid_segment
 
 ENV_PREFIX = "HOMEEDGE_GATEWAY__"
@@ -242,7 +249,8 @@ class StorageConfig(Section):
     dead_letter_retention_s: float = Field(
         default=7 * 86400.0,
         ge=0,
-        description="dead letters received longer ago than this are deleted; 0 keeps them forever",
+        description="dead letters last received longer ago than this are deleted; 0 keeps "
+        "them forever",
     )
     retention_interval_s: float = Field(
         default=600.0,
@@ -263,7 +271,28 @@ class AdminConfig(Section):
 
 
 class IngestConfig(Section):
-    """Hand-off queues towards the asyncio side (inference, aggregation)."""
+    """What ingest accepts as a reading (`gateway.validation`), and its hand-off queues towards
+    the asyncio side (inference, aggregation)."""
+
+    max_clock_skew_s: float = Field(
+        default=DEFAULT_MAX_CLOCK_SKEW_S,
+        ge=0,
+        le=86400,
+        description="a reading timed more than this ahead of the gateway's receive time is a "
+        "dead letter (ts_out_of_range); the gateway's own clock must be right (NTP)",
+    )
+    max_age_s: float = Field(
+        default=DEFAULT_MAX_AGE_S,
+        gt=0,
+        description="a reading timed more than this before the gateway's receive time is a "
+        "dead letter (ts_out_of_range); default 7 days, as long as mqtt.session_expiry_s "
+        "keeps our queued messages at the broker",
+    )
+    ranges: dict[str, MetricRange] = Field(
+        default_factory=dict,
+        description="per metric ([ingest.ranges.<metric>]): min, max, error_values overriding "
+        "the registry's plausible range; a reading outside is a dead letter (out_of_range)",
+    )
 
     callback_queue_batches: int = Field(
         default=256,
@@ -276,6 +305,19 @@ class IngestConfig(Section):
         ge=1,
         description="audio frames waiting for callbacks; when full the oldest is dropped, counted",
     )
+
+    @field_validator("ranges")
+    @classmethod
+    def _check_metric_names(cls, value: dict[str, MetricRange]) -> dict[str, MetricRange]:
+        bad = [name for name in value if not METRIC_NAME.match(name)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a metric name ([a-z][a-z0-9_]{{0,63}})")
+        return value
+
+    def reading_checks(self) -> ReadingChecks:
+        return ReadingChecks(
+            max_clock_skew_s=self.max_clock_skew_s, max_age_s=self.max_age_s, ranges=self.ranges
+        )
 
 
 class DevicesConfig(Section):

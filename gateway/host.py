@@ -69,7 +69,8 @@ class GatewayHost(Protocol):
         ...
 
     def add_health(self, name: str, fn: HealthFn) -> None:
-        """Show ``fn()`` under `name` in ``/healthz`` (informational)."""
+        """Show ``fn()`` under `name` in ``/healthz`` (informational: the ``status`` comes
+        from the gateway's own checks, `gateway.health`)."""
         ...
 
     def add_lifetime(self, lifetime: Lifetime) -> None:

@@ -8,10 +8,19 @@ becomes a list of items to store, in order, the last of which is the message's o
   reported by a format adapter (then it comes before the message's `ReadingsIn`);
 - `AudioIn`: a validated audio frame; it is NOT stored (raw audio never leaves memory), only the
   device's ``last_seen`` is, and the frame goes to the inference callbacks;
-- `Ignored`: gateway output topics under the root (status, events), acked and not stored;
-- `DeadLetter`: anything unusable, with a reason (``invalid_json``, ``validation``,
-  ``non_finite``, ``oversized``, ``bad_header``, ``bad_samples``, ``bad_topic``,
-  ``unknown_topic``, ``adapter_error``, ``too_many_devices``...).
+- `Ignored`: the gateways' own output topics under the root (``<root>/<home>/gateway/status``
+  and ``.../gateway/events/<model>``), acked and not stored; any other topic under a
+  ``gateway`` room (a device configured into the reserved room) is ``bad_topic``;
+- `DeadLetter`: anything unusable, with a reason: ``invalid_json``, ``validation``,
+  ``non_finite``, ``oversized``, ``too_deep`` (JSON nested deeper than 32 levels),
+  ``bad_header``, ``bad_samples``, ``bad_topic``, ``unknown_topic``, ``adapter_error``, the
+  adapters' ``adapter_*`` reasons (``adapter_invalid_json``, ``adapter_validation``,
+  ``adapter_unit``, ``adapter_oversized``, ``adapter_too_deep``), and, per reading
+  (`gateway.validation`), ``ts_out_of_range`` (beyond ``[ingest] max_clock_skew_s`` ahead of
+  the receive time or ``max_age_s`` behind it) and ``out_of_range`` (outside the metric's
+  plausible range or a sensor error value, ``[ingest.ranges.<metric>]``), and
+  ``too_many_devices`` (a new device beyond ``[devices] max_devices``). A message's
+  rejected readings are dead letters stored ahead of its good ones, which are kept.
 
 Adapters: topics outside ``<topic_root>/`` are offered to the `TopicAdapter`s (the first whose
 filter matches owns the topic); a topic nobody claims is a dead letter (``unknown_topic``). An
@@ -34,16 +43,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 from gateway.device_table import REFUSED, DeviceTable
+from gateway.logs import RateLimitedLog
 from gateway.records import DeadLetter, Reading
 from gateway.topic_filters import TopicFilters
+from gateway.validation import ReadingChecks, Rejections
 from schemas.errors import PayloadError, TopicError
 from schemas.state import Availability, decode_state
 from schemas.telemetry import decode_telemetry
-from schemas.topics import GATEWAY_SEGMENT, DeviceTopic, Kind, parse_device_topic
+from schemas.topics import (
+    GATEWAY_SEGMENT,
+    DeviceTopic,
+    Kind,
+    is_gateway_output,
+    parse_device_topic,
+)
 
 if TYPE_CHECKING:
     from schemas.audio import AudioFrame
@@ -181,16 +198,19 @@ class MessageDecoder:
         adapters: Sequence[TopicAdapter] = (),
         max_dead_letter_bytes: int = 65536,
         devices: DeviceTable | None = None,
+        checks: ReadingChecks | None = None,
     ) -> None:
         self._root = topic_root
         self._devices = devices
         self._prefix = topic_root + "/"
         self.adapters = AdapterTable(adapters)
         self._max_dl = max_dead_letter_bytes
+        self.checks = checks if checks is not None else ReadingChecks()
         # Devices publish on the same few topics over and over: route each once. Bounded
         # (cleared when full) so random topics cannot grow it without limit; bad topics are
         # not remembered.
         self._routes: dict[str, DeviceTopic | TopicAdapter | _Route] = {}
+        self._adapter_log = RateLimitedLog(log)  # a broken adapter fails on every message
 
     def dead(self, topic: str, payload: bytes, reason: str, detail: str, at: float) -> DeadLetter:
         """A dead letter whose payload is cut to the configured size (the detail says so)."""
@@ -212,13 +232,17 @@ class MessageDecoder:
                 self._routes.clear()
             self._routes[topic] = route
         if isinstance(route, DeviceTopic):
-            item = self._decode_native(route, topic, payload, received_at)
+            if route.kind is Kind.TELEMETRY:
+                items = self._decode_telemetry(route, topic, payload, received_at)
+            else:
+                items = [self._decode_native(route, topic, payload, received_at)]
             table = self._devices
+            item = items[-1]
             if table is None or type(item) is DeadLetter:
-                return [item]
+                return items
             audio = type(item) is AudioIn
             if table.admit(route.home, route.device, audio=audio):
-                return [item]
+                return items
             detail = table.refusal(audio=audio)
             if audio:  # raw audio is never stored: a refused microphone's frame keeps its header
                 from schemas.audio import HEADER_SIZE
@@ -240,30 +264,74 @@ class MessageDecoder:
         if topic.startswith(self._prefix):
             levels = topic[len(self._prefix) :].split("/", 2)
             if len(levels) > 2 and levels[1] == GATEWAY_SEGMENT:
-                return _IGNORED
+                if is_gateway_output(levels[2]):
+                    return _IGNORED
+                raise TopicError(
+                    f"room {GATEWAY_SEGMENT!r} is reserved for the gateway's own topics "
+                    f"({self._prefix}<home>/{GATEWAY_SEGMENT}/status, .../events/<model>): "
+                    "configure the device in another room"
+                )
             return parse_device_topic(topic, root=self._root)
         owner = self.adapters.owner(topic)
         return _NOBODY if owner is None else owner
 
+    def _decode_telemetry(
+        self, where: DeviceTopic, topic: str, payload: bytes, at: float
+    ) -> list[Ingested]:
+        try:
+            msg = decode_telemetry(payload)
+        except PayloadError as exc:
+            return [self.dead(topic, payload, exc.reason, exc.detail, at)]
+        checks = self.checks
+        too_old_or_new = checks.ts_problem(msg.ts, at)  # one time for the whole message
+        if too_old_or_new is not None:
+            return [self.dead(topic, payload, "ts_out_of_range", too_old_or_new, at)]
+        readings: list[Reading] = []
+        rejected = Rejections()
+        for name, value in msg.readings.items():
+            problem = checks.value_problem(name, value)
+            if problem is not None:
+                rejected.add("out_of_range", problem)
+                continue
+            readings.append(
+                Reading(
+                    home=where.home,
+                    room=where.room,
+                    device=where.device,
+                    metric=name,
+                    ts=msg.ts,
+                    value=value,
+                    seq=msg.seq,
+                    received_at=at,
+                )
+            )
+        seen = [DeviceSeen(where.home, where.room, where.device, at)]
+        return self._with_rejections([], readings, seen, rejected, topic, payload, at)
+
+    def _with_rejections(
+        self,
+        items: list[Ingested],
+        readings: list[Reading],
+        seen: list[DeviceSeen],
+        rejected: Rejections,
+        topic: str,
+        payload: bytes,
+        at: float,
+    ) -> list[Ingested]:
+        """`items` + a dead letter per reason of `rejected` + the readings, unless every
+        reading was rejected (the last dead letter is then the message's own item)."""
+        if rejected:
+            items += [
+                self.dead(topic, payload, reason, detail, at)
+                for reason, detail in rejected.dead_letter_details()
+            ]
+            if not readings:
+                return items
+        items.append(ReadingsIn(readings=readings, seen=seen))
+        return items
+
     def _decode_native(self, where: DeviceTopic, topic: str, payload: bytes, at: float) -> Ingested:
         try:
-            if where.kind is Kind.TELEMETRY:
-                msg = decode_telemetry(payload)
-                readings = [
-                    Reading(
-                        home=where.home,
-                        room=where.room,
-                        device=where.device,
-                        metric=name,
-                        ts=msg.ts,
-                        value=value,
-                        seq=msg.seq,
-                        received_at=at,
-                    )
-                    for name, value in msg.readings.items()
-                ]
-                seen = [DeviceSeen(where.home, where.room, where.device, at)]
-                return ReadingsIn(readings=readings, seen=seen)
             if where.kind is Kind.AUDIO:
                 # Imported on the first frame: schemas.audio needs numpy (~14 MB resident),
                 # which a gateway without microphones never has to load.
@@ -281,7 +349,7 @@ class MessageDecoder:
         try:
             out = adapter.adapt(topic, payload, at)
         except Exception as exc:  # a foreign adapter's bug must not stop ingest: dead-letter it
-            log.warning("adapter %s failed on %s: %r", adapter.name, topic, exc)
+            self._adapter_log.warning("adapter %s failed on %s: %r", adapter.name, topic, exc)
             return [self.dead(topic, payload, "adapter_error", repr(exc), at)]
         if isinstance(out, DeadLetter):
             return [self.dead(out.topic, out.payload, out.reason, out.detail, out.received_at)]
@@ -297,10 +365,13 @@ class MessageDecoder:
         ]
         # An empty list is a message with nothing numeric in it (a Zigbee2MQTT "state": "ON"):
         # not an error, nothing to store, acked after the batch commits.
+        readings, rejected = self.checks.split(list(out.readings), at)
         seen: dict[tuple[str, str], DeviceSeen] = {}
-        for r in out.readings:
+        for r in readings:
             seen[(r.home, r.device)] = DeviceSeen(r.home, r.room, r.device, at)
-        items.append(ReadingsIn(readings=list(out.readings), seen=list(seen.values())))
+        items = self._with_rejections(
+            items, readings, list(seen.values()), rejected, topic, payload, at
+        )
         if self._devices is None:
             return items
         return self._admit_adapted(items, topic, payload, at)
@@ -308,7 +379,8 @@ class MessageDecoder:
     def _admit_adapted(
         self, items: list[Ingested], topic: str, payload: bytes, at: float
     ) -> list[Ingested]:
-        """`items` (availability, then the readings) without the refused devices' parts."""
+        """`items` (availability and the rejected readings' dead letters, then the readings or
+        the last dead letter) without the refused devices' parts."""
         table = self._devices
         assert table is not None
         refused: dict[tuple[str, str], None] = {}
@@ -324,10 +396,15 @@ class MessageDecoder:
             return ok
 
         kept: list[Ingested] = [
-            i for i in items[:-1] if isinstance(i, StateIn) and admitted(i.home, i.device)
+            i for i in items[:-1] if not isinstance(i, StateIn) or admitted(i.home, i.device)
         ]
         last = items[-1]
-        assert isinstance(last, ReadingsIn)
+        if not isinstance(last, ReadingsIn):  # every reading rejected: the dead letter stays
+            if not refused:
+                return items
+            names = ", ".join(f"{h}/{d}" for h, d in refused)
+            dead = self.dead(topic, payload, REFUSED, f"{names}: {table.refusal(audio=False)}", at)
+            return [dead, *kept, last]
         readings = [r for r in last.readings if admitted(r.home, r.device)]
         if not refused:
             return items
@@ -338,3 +415,23 @@ class MessageDecoder:
             return [dead]
         seen = [s for s in last.seen if (s.home, s.device) not in refused]
         return [dead, *kept, ReadingsIn(readings=readings, seen=seen)]
+
+
+def as_replay(item: Ingested, topic: str, *, retained: bool) -> Ingested:
+    """`item` of a message the broker may have delivered before: an MQTT redelivery (DUP flag)
+    or, when `retained`, a retained message the broker replays on every subscription.
+
+    A dead letter becomes a replay (stored once, never counted again: `DeadLetter`). Readings
+    need nothing for a redelivery (their identity dedupes them), but a retained message is not
+    the device being heard now: its readings are stored without moving ``last_seen``, and a
+    retained audio frame (old sound) is dropped. A retained availability is the state itself
+    and is kept."""
+    if isinstance(item, DeadLetter):
+        return replace(item, replay=True)
+    if not retained:
+        return item
+    if isinstance(item, ReadingsIn):
+        return ReadingsIn(readings=item.readings, seen=[])
+    if isinstance(item, AudioIn):
+        return Ignored(topic)
+    return item

@@ -35,7 +35,8 @@ class GatewayMetrics:
         )
         self.dead_letters = Counter(
             f"{PREFIX}_dead_letters",
-            "messages stored as dead letters, by reason",
+            "messages stored as dead letters or counted again on their row, by reason "
+            "(a redelivered or retained copy of a stored one is not)",
             ["reason"],
             registry=r,
         )
@@ -90,6 +91,11 @@ class GatewayMetrics:
         )
         self.checkpoints = Counter(
             f"{PREFIX}_wal_checkpoints", "WAL checkpoints run beside the writer", registry=r
+        )
+        self.checkpoint_failures = Counter(
+            f"{PREFIX}_wal_checkpoint_failures",
+            "WAL checkpoints that failed (e.g. the disk full); the task tries again next interval",
+            registry=r,
         )
         self.writer_errors = Counter(
             f"{PREFIX}_writer_errors", "batches or jobs that failed in the writer", registry=r

@@ -25,12 +25,16 @@ Threads and hand-offs (why paho and not aiomqtt: aiomqtt cannot delay a QoS 1 ac
    that message on the new connection (persistent session), the unique indexes ignore the
    duplicate row, and the redelivered copy is acked. A mid of an old connection could name a
    different message on the new one, so acking it would be wrong.
+4. a message with the DUP flag (redelivered) or the RETAIN flag (a retained message replayed
+   because we subscribed) may have been stored already: `gateway.ingest.as_replay` marks it, so
+   a dead letter is not stored or counted twice and a retained message does not move the
+   device's ``last_seen``.
 
 Publishing (`publish`, from any thread): QoS 1 through paho's outgoing queue, bounded by
 ``mqtt.publish_queue`` for events and discovery (status messages are never refused); paho
 sends what waits once connected and sends again what was in flight when a connection dropped
 (persistent session), so events are delivered at least once; a full queue drops the new
-message, counted (``mqtt_published{outcome}``) and logged at most every 10 s.
+message, counted (``mqtt_published{outcome}``) and logged at most every 10 s (`gateway.logs`).
 
 Session: ``clean_session=False`` (3.1.1) or ``clean_start=False`` with a session expiry and a
 Receive Maximum (5), so messages published while the gateway is down wait at the broker.
@@ -72,7 +76,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.backoff import Backoff
 from gateway.config import MqttConfig, TlsConfig
-from gateway.ingest import AudioIn, Ignored, MessageDecoder, ReadingsIn, StateIn
+from gateway.ingest import AudioIn, Ignored, MessageDecoder, ReadingsIn, StateIn, as_replay
+from gateway.logs import RateLimitedLog
 from gateway.monitoring import GatewayMetrics
 from gateway.paho_hooks import HookedClient, describe_connect_error
 from gateway.writer import AckToken, Writer
@@ -81,8 +86,6 @@ from schemas.state import Availability, encode_state
 log = logging.getLogger(__name__)
 
 __all__ = ["MqttBridge", "build_tls_context", "describe_connect_error"]
-
-_DROP_LOG_EVERY_S = 10.0
 
 
 def build_tls_context(tls: TlsConfig | None) -> ssl.SSLContext:
@@ -140,11 +143,13 @@ class MqttBridge:
         # An Event, not a bool, so the gauge below reads it without holding the bridge (a
         # bridge <-> metrics cycle would keep the client and its sockets until a GC).
         self._link_up = threading.Event()
+        self._down_since: float | None = time.time()
         self._ever_connected = False
         self._consuming = True
         self._backoff = backoff or Backoff(config.reconnect_min_s, config.reconnect_max_s)
         self._refused = False
-        self._last_drop_log = 0.0
+        self._drop_log = RateLimitedLog(log)
+        self._decode_log = RateLimitedLog(log)
         self._published = metrics.published.labels("queued")
         self._publish_dropped = metrics.published.labels("dropped")
         self._subscribed = threading.Event()
@@ -183,6 +188,11 @@ class MqttBridge:
         return self._link_up.is_set()
 
     @property
+    def down_since(self) -> float | None:
+        """When the session to the broker was lost (or the bridge made); None while it is up."""
+        return self._down_since
+
+    @property
     def subscribed(self) -> threading.Event:
         """Set once the subscription of the current connection is granted."""
         return self._subscribed
@@ -210,14 +220,11 @@ class MqttBridge:
         # messages (birth, offline), leaving the will's "offline" retained while we are up.
         if self._client.outgoing() >= self._config.publish_queue:
             self._publish_dropped.inc()
-            now = time.monotonic()
-            if now - self._last_drop_log > _DROP_LOG_EVERY_S:
-                self._last_drop_log = now
-                log.warning(
-                    "outgoing MQTT queue full (%d): dropped a message for %s",
-                    self._config.publish_queue,
-                    topic,
-                )
+            self._drop_log.warning(
+                "outgoing MQTT queue full (%d): dropped a message for %s",
+                self._config.publish_queue,
+                topic,
+            )
             return False
         self._client.publish(topic, payload, qos=1, retain=retain)
         self._published.inc()
@@ -311,6 +318,7 @@ class MqttBridge:
         with self._lock:
             self._generation += 1
             self._link_up.set()
+        self._down_since = None
         if self._ever_connected:
             self._metrics.reconnects.inc()
         self._ever_connected = True
@@ -349,6 +357,8 @@ class MqttBridge:
         with self._lock:
             self._generation += 1
             self._link_up.clear()
+        if self._down_since is None:
+            self._down_since = time.time()
         self._subscribed.clear()
         if self._refused:  # a refused CONNACK: logged and paced in _on_connect already
             self._refused = False
@@ -382,13 +392,16 @@ class MqttBridge:
         try:
             items = self._decoder.decode(topic, payload, received_at)
         except Exception as exc:  # a decoder bug: keep the message, never kill paho's thread
-            log.exception("decoding a message on %s failed", topic)
+            self._decode_log.error("decoding a message on %s failed", topic, exc_info=True)
             items = [self._decoder.dead(topic, payload, "internal_error", repr(exc), received_at)]
         item = items[-1]
         # Dead letters are counted by reason when committed; here only as received.
         self._kind_counters.get(type(item), self._dead_counter).inc()
         if type(item) is AudioIn:
             self._metrics.audio_frames.inc()
+        if msg.dup or msg.retain:  # a copy that may have come before: see as_replay
+            items = [as_replay(i, topic, retained=bool(msg.retain)) for i in items]
+            item = items[-1]
         if len(items) > 1:  # side items (an adapter's availability): no ack of their own
             for side in items[:-1]:
                 if not self._writer.put_message(None, side, self._stopped):

@@ -32,6 +32,7 @@ documented rebuild: create the new table, copy the rows, drop the old one, renam
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 
@@ -69,8 +70,19 @@ readings = Table(
     Column("value", Float, nullable=False),
     Column("seq", Integer, nullable=True),
     Column("received_at", Float, nullable=False),
-    # A redelivered message (QoS 1 after a crash or reconnect) is stored once.
-    Index("ux_readings_device_metric_ts", "home", "device", "metric", "ts", unique=True),
+    # A reading's identity, so a redelivered message (QoS 1 after a crash or reconnect) is
+    # stored once: (home, device, metric, seq) when the device sends a seq, and then ts may
+    # repeat (a stuck clock, a clock stepping back, several messages per clock tick); else
+    # (home, device, metric, ts).
+    Index(
+        "ux_readings_device_metric_ts",
+        "home",
+        "device",
+        "metric",
+        "ts",
+        unique=True,
+        sqlite_where=text("seq IS NULL"),
+    ),
     Index(
         "ux_readings_device_metric_seq",
         "home",
@@ -92,7 +104,14 @@ dead_letters = Table(
     Column("payload", LargeBinary, nullable=False),
     Column("reason", String(32), nullable=False),
     Column("detail", Text, nullable=False),
-    Column("received_at", Float, nullable=False),
+    Column("received_at", Float, nullable=False),  # the first arrival
+    # One row per message (see gateway.records.DeadLetter): its identity, how many times it
+    # arrived fresh (replays of it are not counted) and when it last did.
+    Column("digest", LargeBinary, nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("last_received_at", Float, nullable=False),
+    Index("ux_dead_letters_digest", "digest", unique=True),
+    Index("ix_dead_letters_last_received_at", "last_received_at"),  # retention
 )
 
 devices = Table(
@@ -376,10 +395,67 @@ def _v1_baseline(conn: Connection) -> None:
         conn.exec_driver_sql(ddl)
 
 
+def _v2_digest(topic: str | bytes, reason: str | bytes, payload: bytes | str) -> bytes:
+    """`gateway.records.dead_letter_digest` as of version 2, frozen here for the migration."""
+    t, r, p = (v.encode() if isinstance(v, str) else bytes(v) for v in (topic, reason, payload))
+    return hashlib.sha256(t + b"\0" + r + b"\0" + p).digest()[:16]
+
+
+_V2_DDL = (
+    # Readings: with a seq, (home, device, metric, seq) alone is the identity; ts dedupes only
+    # rows without one. Every version 1 row satisfies the weaker constraint.
+    "DROP INDEX ux_readings_device_metric_ts",
+    "CREATE UNIQUE INDEX ux_readings_device_metric_ts"
+    " ON readings (home, device, metric, ts) WHERE seq IS NULL",
+    # Dead letters: rebuilt with digest, count, last_received_at. The old table is renamed
+    # first so that the new one's stored DDL is exactly what a new database gets.
+    "ALTER TABLE dead_letters RENAME TO dead_letters_v1",
+    """CREATE TABLE dead_letters (
+        id INTEGER NOT NULL,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        reason VARCHAR(32) NOT NULL,
+        detail TEXT NOT NULL,
+        received_at FLOAT NOT NULL,
+        digest BLOB NOT NULL,
+        count INTEGER NOT NULL,
+        last_received_at FLOAT NOT NULL,
+        PRIMARY KEY (id)
+    )""",
+    "CREATE TEMP TABLE v2_dead_letter_digests AS"
+    " SELECT id, received_at, homeedge_v2_digest(topic, reason, payload) AS digest"
+    " FROM dead_letters_v1",
+    # Copies of one message that version 1 stored again (redeliveries, retained replays) become
+    # one row: the first copy, counted as many times as it was stored, last seen at the last.
+    """INSERT INTO dead_letters
+        (id, topic, payload, reason, detail, received_at, digest, count, last_received_at)
+    SELECT o.id, o.topic, o.payload, o.reason, o.detail, o.received_at, g.digest, g.n, g.last
+    FROM (
+        SELECT digest, min(id) AS first, count(*) AS n, max(received_at) AS last
+        FROM v2_dead_letter_digests GROUP BY digest
+    ) AS g JOIN dead_letters_v1 AS o ON o.id = g.first""",
+    "DROP TABLE v2_dead_letter_digests",
+    "DROP TABLE dead_letters_v1",
+    "CREATE UNIQUE INDEX ux_dead_letters_digest ON dead_letters (digest)",
+    "CREATE INDEX ix_dead_letters_last_received_at ON dead_letters (last_received_at)",
+)
+
+
+def _v2_identity(conn: Connection) -> None:
+    """Version 2: a reading with a seq is identified by it, not by its ts; one dead-letter row
+    per message (digest, count, last_received_at)."""
+    raw = conn.connection.driver_connection
+    # The digest is computed by SQLite row by row (no table read into memory), with a function
+    # of this connection; deterministic, so SQLite may use it anywhere.
+    raw.create_function("homeedge_v2_digest", 3, _v2_digest, deterministic=True)  # type: ignore[union-attr]
+    for ddl in _V2_DDL:
+        conn.exec_driver_sql(ddl)
+
+
 Migration = Callable[[Connection], None]
 
 # MIGRATIONS[i] takes a version i database to version i + 1 (see the module docstring).
-MIGRATIONS: tuple[Migration, ...] = (_v1_baseline,)
+MIGRATIONS: tuple[Migration, ...] = (_v1_baseline, _v2_identity)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

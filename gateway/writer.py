@@ -5,7 +5,9 @@ transactions never contend:
 
 - decoded MQTT messages (`put_message`, from the MQTT network thread) are grouped into a batch
   and committed in ONE transaction: readings with ``INSERT OR IGNORE`` (the unique indexes in
-  `gateway.db` absorb redeliveries), device ``last_seen``/availability upserts, dead letters.
+  `gateway.schema` absorb redeliveries: a reading is identified by its seq, or by its ts when it
+  has none), device ``last_seen``/availability upserts, dead letters (one row per message, see
+  `gateway.records.DeadLetter`).
   A batch is committed when it holds `batch_rows` rows, when `commit_interval` has passed since
   its first message, or when no message arrived for `idle_commit` (then the broker is probably
   waiting for our acks, its in-flight window being full, so waiting longer only adds latency).
@@ -26,10 +28,13 @@ by default: a commit, and so an ack, means on disk even across a power cut; see 
 A commit that fails (disk full, I/O error) is retried with a growing delay, holding its acks, so
 backpressure reaches the broker instead of anything being dropped; at shutdown an uncommitted
 batch is simply not acknowledged and the broker delivers it again on the next connection.
+While it fails, `Writer.failure` says why and since when (``/healthz`` shows it: the ``writer``
+check, `gateway.health`) and the retries are logged at most every 10 s; the first commit that
+works again clears it and logs how long it failed.
 
 Full policy of the queue: `put_message` waits (the MQTT thread stops reading, the broker stops
 sending once its in-flight window of un-acked messages is full); each time it finds the queue
-full it is logged (at most every 10 s) and counted (``queue_full{queue="writer"}``).
+full it is logged (at most every 10 s, `gateway.logs`) and counted (``queue_full{queue="writer"}``).
 """
 
 from __future__ import annotations
@@ -50,9 +55,11 @@ from typing import Any, Literal, TypeVar
 import msgspec
 from sqlalchemy import Connection, Engine
 
+from gateway.health import Failure, failed
 from gateway.ingest import AudioIn, DeviceSeen, Ingested, ReadingsIn, StateIn
+from gateway.logs import RateLimitedLog
 from gateway.monitoring import GatewayMetrics
-from gateway.records import DeadLetter, Reading
+from gateway.records import DeadLetter, Reading, dead_letter_digest
 from schemas.metrics import infer_device_class
 
 log = logging.getLogger(__name__)
@@ -84,9 +91,8 @@ _INSERT_READINGS = (
 _encode = msgspec.json.Encoder().encode
 
 
-_STORED_ROW = (
-    "SELECT received_at, seq FROM readings WHERE home = ? AND device = ? AND metric = ? AND ts = ?"
-)
+# The rows one INSERT added (see `_inserted`).
+_INSERTED_ROWS = f"SELECT {', '.join(_FIELDS)} FROM readings WHERE id > ? ORDER BY id"
 _UPSERT_SEEN = (
     "INSERT INTO devices (home, device, room, device_class, last_seen) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (home, device) DO UPDATE SET room = excluded.room, "
@@ -98,11 +104,15 @@ _UPSERT_STATE = (
     "ON CONFLICT (home, device) DO UPDATE SET room = excluded.room, "
     "availability = excluded.availability, availability_at = excluded.availability_at"
 )
-_INSERT_DEAD = (
-    "INSERT INTO dead_letters (topic, payload, reason, detail, received_at) VALUES (?, ?, ?, ?, ?)"
+# One row per message (its digest): a fresh copy adds 1 to the count; a replay (the last
+# parameter 0) only fills a row that is missing. One statement for both keeps the batch's order.
+_UPSERT_DEAD = (
+    "INSERT INTO dead_letters (topic, payload, reason, detail, received_at, digest, count, "
+    "last_received_at) VALUES (?, ?, ?, ?, ?, ?, 1, ?) "
+    "ON CONFLICT (digest) DO UPDATE SET count = dead_letters.count + 1, "
+    "last_received_at = max(dead_letters.last_received_at, excluded.last_received_at) WHERE ?"
 )
 
-_FULL_LOG_EVERY_S = 10.0
 _RETRY_MAX_S = 5.0
 
 
@@ -163,7 +173,12 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._auto_checkpoint = auto_checkpoint
         self._stopping = threading.Event()
-        self._last_full_log = 0.0
+        self._full_log = RateLimitedLog(log)
+        self._commit_log = RateLimitedLog(log)
+        # Replaced, never mutated (a frozen value): the event loop reads it without a lock.
+        self.failure: Failure | None = None
+        """Set while batch commits fail (the streak: reason, since, attempts); None once one
+        works again."""
         metrics.watch_queue("writer", self._queue.qsize)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -206,12 +221,9 @@ class Writer:
             return True
         except queue.Full:
             self._metrics.queue_full.labels("writer").inc()
-            now = time.monotonic()
-            if now - self._last_full_log > _FULL_LOG_EVERY_S:
-                self._last_full_log = now
-                log.warning(
-                    "writer queue full (%d): MQTT intake waits for the writer", self._queue.maxsize
-                )
+            self._full_log.warning(
+                "writer queue full (%d): MQTT intake waits for the writer", self._queue.maxsize
+            )
         while not give_up():
             try:
                 self._queue.put(msg, timeout=0.2)
@@ -365,18 +377,30 @@ class Writer:
         while True:
             started = time.perf_counter()
             try:
-                new = self._write(conn, readings, seen, states, dead)
+                new, dead_counted = self._write(conn, readings, seen, states, dead)
                 break
             except Exception as exc:  # disk full, I/O error: keep the batch and its acks, retry
                 self._metrics.writer_errors.inc()
-                log.error(
-                    "commit of %d messages failed (%r); retrying in %.2fs", len(batch), exc, delay
+                self.failure = failed(self.failure, exc)
+                self._commit_log.error(
+                    "commit of %d messages failed: %s (attempt %d); retrying in %.2fs",
+                    len(batch),
+                    self.failure.reason,
+                    self.failure.failures,
+                    delay,
                 )
                 if self._stopping.wait(delay):
                     log.error("shutting down: %d messages left un-acked for redelivery", len(batch))
                     _resolve(batch, WriterStopped("shut down before the batch was committed"))
                     return
                 delay = min(delay * 2, _RETRY_MAX_S)
+        if self.failure is not None:
+            log.warning(
+                "commits work again after %d failed attempts over %.1fs",
+                self.failure.failures,
+                time.time() - self.failure.since,
+            )
+            self.failure = None
         m = self._metrics
         m.commit_seconds.observe(time.perf_counter() - started)
         m.commits.inc()
@@ -385,7 +409,7 @@ class Writer:
             m.rows_stored.inc(len(new))
         if len(readings) > len(new):
             m.duplicates.inc(len(readings) - len(new))
-        for d in dead:
+        for d in dead_counted:
             m.dead_letters.labels(d.reason).inc()
         tokens = [token for token, _ in batch if isinstance(token, tuple)]
         if tokens and self.ack is not None:
@@ -401,8 +425,9 @@ class Writer:
         seen: dict[tuple[str, str], DeviceSeen],
         states: list[StateIn],
         dead: list[DeadLetter],
-    ) -> list[Reading]:
-        """One transaction; returns the readings that were new (not stored before)."""
+    ) -> tuple[list[Reading], list[DeadLetter]]:
+        """One transaction; returns the readings that were new (not stored before) and the dead
+        letters stored or counted (not the replays of stored ones)."""
         # The hot path uses the DB-API cursor directly: SQLAlchemy's executemany costs ~2x more
         # per row, and the statements are fixed.
         with conn.begin():
@@ -417,7 +442,7 @@ class Writer:
                     cur.execute(_INSERT_READINGS, (_encode(rows),))
                     inserted = cur.rowcount
                     if inserted < len(readings):
-                        new = _stored_now(cur, readings)
+                        new = _inserted(cur, inserted)
                 if seen:
                     cur.executemany(
                         _UPSERT_SEEN,
@@ -441,35 +466,35 @@ class Writer:
                             for s in states
                         ],
                     )
-                if dead:
-                    cur.executemany(
-                        _INSERT_DEAD,
-                        [(d.topic, d.payload, d.reason, d.detail, d.received_at) for d in dead],
-                    )
+                counted: list[DeadLetter] = []
+                for d in dead:  # rare: one statement each, to know which ones counted
+                    digest = dead_letter_digest(d.topic, d.reason, d.payload)
+                    at = d.received_at
+                    row = (d.topic, d.payload, d.reason, d.detail, at, digest, at, not d.replay)
+                    if cur.execute(_UPSERT_DEAD, row).rowcount:
+                        counted.append(d)
             finally:
                 cur.close()
-        return new
+        return new, counted
 
     def request_stop(self) -> None:
         """Make a failing commit give up at its next retry (used at shutdown)."""
         self._stopping.set()
 
 
-def _stored_now(cur: sqlite3.Cursor, readings: list[Reading]) -> list[Reading]:
-    """Which of `readings` this transaction inserted (the rest were duplicates). Only called
-    when some were duplicates (after a redelivery), so the per-row queries are rare: a row is
-    new when the stored row with its key carries its own received_at and seq."""
-    new: list[Reading] = []
-    taken: set[tuple[str, str, str, float]] = set()
-    for r in readings:
-        key = (r.home, r.device, r.metric, r.ts)
-        if key in taken:
-            continue
-        row = cur.execute(_STORED_ROW, key).fetchone()
-        if row is not None and row[0] == r.received_at and row[1] == r.seq:
-            new.append(r)
-            taken.add(key)
-    return new
+def _inserted(cur: sqlite3.Cursor, inserted: int) -> list[Reading]:
+    """The `inserted` rows the INSERT just run on `cur` added, in batch order (the rest of the
+    batch were duplicates). Only called when some were duplicates (after a redelivery).
+
+    The new rows are exactly the ones with the highest ids: SQLite gives each inserted row the
+    largest rowid + 1, this thread is the only writer, and the last one inserted has
+    ``lastrowid``. So one range read on the primary key finds them whatever identity (seq or
+    ts) made the others duplicates, even duplicates inside the batch."""
+    if inserted == 0:
+        return []
+    last = cur.lastrowid
+    assert last is not None
+    return [Reading(*row) for row in cur.execute(_INSERTED_ROWS, (last - inserted,))]
 
 
 def checkpoint_wal(path: str | Path) -> tuple[int, int, int]:

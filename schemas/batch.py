@@ -22,8 +22,14 @@ BATCH_VERSION = 1
 MAX_AGGREGATES_PER_BATCH = 5000
 MAX_BATCH_BYTES = 4 * 1024 * 1024  # decompressed
 
-Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
+# msgspec matches a pattern with Python's re.search, where "$" also matches before a final
+# newline: "(?!\n)" rejects that and keeps the pattern valid ECMA-262 for the JSON Schema.
+Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.\-]{1,64}$(?!\n)")]
 Finite = Annotated[float, msgspec.Meta(ge=-1e15, le=1e15)]
+# JSON integers have no size, the cloud's columns do: a count beyond its column is a 422 here,
+# not an overflow in the database (BIGINT and INTEGER, as on PostgreSQL).
+Count64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+Count32 = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
 
 
 class Policy(StrEnum):
@@ -46,7 +52,7 @@ class WindowAggregate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     home: Name
     room_class: Name
     device_class: Name
-    metric: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+    metric: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$(?!\n)")]
     unit: Annotated[str, msgspec.Meta(max_length=16)]
     policy: Literal["aggregate", "noised"]
     count: Finite
@@ -64,24 +70,24 @@ class BatchPrivacy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """What the privacy filter did for this batch."""
 
     epsilon_spent: Annotated[float, msgspec.Meta(ge=0)] = 0.0
-    suppressed_windows: Annotated[int, msgspec.Meta(ge=0)] = 0
-    refused_noised: Annotated[int, msgspec.Meta(ge=0)] = 0
-    min_window_count: Annotated[int, msgspec.Meta(ge=0)] = 0
+    suppressed_windows: Count32 = 0
+    refused_noised: Count32 = 0
+    min_window_count: Count32 = 0
 
 
 class BatchStats(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Traffic the gateway took in for the windows of this batch (for the bandwidth report)."""
 
-    ingested_messages: Annotated[int, msgspec.Meta(ge=0)] = 0
-    ingested_bytes: Annotated[int, msgspec.Meta(ge=0)] = 0
+    ingested_messages: Count64 = 0
+    ingested_bytes: Count64 = 0
 
 
 class Batch(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One upload."""
 
-    batch_id: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}$", description="uuid4 hex")]
+    batch_id: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}$(?!\n)", description="uuid4 hex")]
     gateway: Name
-    seq: Annotated[int, msgspec.Meta(ge=1)]
+    seq: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
     created_at: Annotated[float, msgspec.Meta(ge=0, le=4102444800.0)]
     aggregates: Annotated[list[WindowAggregate], msgspec.Meta(max_length=MAX_AGGREGATES_PER_BATCH)]
     privacy: BatchPrivacy = BatchPrivacy()

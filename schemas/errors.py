@@ -15,8 +15,8 @@ class PayloadError(ContractError):
     """A payload that cannot be decoded or fails validation.
 
     `reason` is a short machine-friendly class (``invalid_json``, ``validation``, ``oversized``,
-    ``non_finite``, ``bad_header``...) and `detail` is the human-readable explanation; both are
-    stored with a dead letter.
+    ``too_deep``, ``non_finite``, ``bad_header``...) and `detail` is the human-readable
+    explanation; both are stored with a dead letter.
     """
 
     def __init__(self, reason: str, detail: str) -> None:

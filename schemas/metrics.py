@@ -2,7 +2,9 @@
 
 An unknown metric name is still stored by the gateway; the registry only adds meaning (unit,
 range, sensitivity) where it has some. The range is what the privacy filter uses to bound a
-reading's influence when it adds noise.
+reading's influence when it adds noise, and the gateway's ingest check (`gateway.validation`)
+rejects a reading outside it as ``out_of_range``: so a range is what real devices can report,
+not what a room usually sees (a sensor's own limits, a house's largest supply, solar export).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 
-METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# \Z, not $: "$" also matches before a final newline.
+METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")
 
 
 class DeviceClass(StrEnum):
@@ -45,12 +48,13 @@ class Metric:
 
 
 _ALL = (
-    Metric("temperature", "°C", -40.0, 85.0, "air temperature"),
+    Metric("temperature", "°C", -55.0, 125.0, "air temperature"),  # DS18B20/SHT limits
     Metric("humidity", "%", 0.0, 100.0, "relative humidity"),
     Metric("co2", "ppm", 0.0, 10000.0, "CO2 concentration"),
-    Metric("light", "lx", 0.0, 100000.0, "illuminance"),
+    Metric("light", "lx", 0.0, 200000.0, "illuminance"),  # direct sun: ~120 klx
     Metric("motion", "", 0.0, 1.0, "motion detected (0/1)"),
-    Metric("power", "W", 0.0, 10000.0, "active power"),
+    # Negative: a meter exporting (solar); 50 kW: a 3-phase 63 A supply is ~44 kW.
+    Metric("power", "W", -50000.0, 50000.0, "active power"),
     Metric("energy", "kWh", 0.0, 1000000.0, "cumulative energy"),
     Metric("heart_rate", "bpm", 20.0, 250.0, "heart rate", health=True),
     Metric("battery", "%", 0.0, 100.0, "battery level"),

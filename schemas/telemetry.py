@@ -7,14 +7,18 @@
   message once.
 - ``readings``: metric name -> finite number, at least one entry. Unknown metric names are kept.
 
-The gateway dedupes on (home, device, metric, seq) as well as on (home, device, metric, ts), so
+A reading's identity at the gateway (what makes a redelivered message a duplicate): with a
+``seq``, (home, device, metric, seq) and nothing else, so ``ts`` may repeat (a stuck clock, a
+clock stepping back, several messages within one clock tick are all kept); without one,
+(home, device, metric, ts), so two messages of a device with the same ``ts`` are one. So
 ``seq`` must not repeat for a device: a device that restarts its counter at 0 after a reboot
 would have its new readings dropped as duplicates. Persist it across reboots, or derive it from
 the clock, as the simulators do (milliseconds x 1000 at start); omit it if the device cannot
 guarantee that (``ts`` alone then dedupes redeliveries).
 
-Unknown top-level fields are ignored, so devices may add fields without breaking older gateways.
-Decoding uses msgspec (compiled, validating in one pass).
+Unknown top-level fields are ignored, so devices may add fields without breaking older gateways;
+the payload may nest at most `MAX_JSON_DEPTH` (32) levels (``too_deep`` otherwise). Decoding uses
+msgspec (compiled, validating in one pass).
 """
 
 from __future__ import annotations
@@ -25,13 +29,16 @@ from typing import Annotated
 import msgspec
 
 from schemas.errors import PayloadError
+from schemas.json_input import decode_error_detail, nesting_problem
 
 MAX_TELEMETRY_BYTES = 16 * 1024
 TS_MIN = 946684800.0  # 2000-01-01
 TS_MAX = 4102444800.0  # 2100-01-01
 MAX_SEQ = 2**63 - 1
 
-MetricName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+# msgspec matches a pattern with Python's re.search, where "$" also matches before a final
+# newline: "(?!\n)" rejects "temp\n" and keeps the pattern valid ECMA-262 for the JSON Schema.
+MetricName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$(?!\n)")]
 Value = Annotated[float, msgspec.Meta(ge=-1e15, le=1e15)]
 
 
@@ -56,12 +63,15 @@ def decode_telemetry(payload: bytes, *, max_bytes: int = MAX_TELEMETRY_BYTES) ->
     """Decode and validate a telemetry payload; raise `PayloadError` with the reason."""
     if len(payload) > max_bytes:
         raise PayloadError("oversized", f"{len(payload)} bytes > limit {max_bytes}")
+    too_deep = nesting_problem(payload)
+    if too_deep is not None:
+        raise PayloadError("too_deep", too_deep)
     try:
         msg = _decoder.decode(payload)
     except msgspec.ValidationError as exc:
         raise PayloadError("validation", str(exc)) from None
     except msgspec.DecodeError as exc:
-        raise PayloadError("invalid_json", str(exc)) from None
+        raise PayloadError("invalid_json", decode_error_detail(payload, str(exc))) from None
     # JSON has no NaN/inf literals, but a huge exponent decodes to inf; the range check above
     # rejects that, and this keeps the guarantee explicit.
     for name, value in msg.readings.items():

@@ -2,22 +2,30 @@
 
 Device topics are ``<root>/<home>/<room>/<device>/<kind>``; the root defaults to ``homeedge`` and
 may itself contain slashes (tests use a unique root each). Gateway output lives under
-``<root>/<home>/gateway/...``, so ``gateway`` is not a valid room name. Every topic string in the
-code base comes from these functions.
+``<root>/<home>/gateway/...``: ``status`` and ``events/<model>`` (`GATEWAY_OUTPUTS`), so
+``gateway`` is not a valid room name. Every topic string in the code base comes from these
+functions.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
+from types import MappingProxyType
 
 from schemas.errors import TopicError
 
 ROOT = "homeedge"
 GATEWAY_SEGMENT = "gateway"
-_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+# The gateway's outputs under <root>/<home>/gateway/, and whether each has levels below it
+# (``events/<model>``) or not (``status``). A gateway ignores these topics on its ``<root>/#``
+# subscription; anything else under a "gateway" room is a device misconfigured into it.
+GATEWAY_OUTPUTS: Mapping[str, bool] = MappingProxyType({"status": False, "events": True})
+# \Z, not $: "$" also matches before a final newline ("kitchen\n" is no room name).
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
 
 
 class Kind(StrEnum):
@@ -100,9 +108,28 @@ def device_subscription(kind: Kind | str | None = None, *, root: str = ROOT) -> 
     return f"{_check_root(root)}/+/+/+/{Kind(kind).value}"
 
 
+_KINDS = frozenset(k.value for k in Kind)
+
+
+def is_gateway_output(levels: str) -> bool:
+    """True when `levels`, what follows ``<root>/<home>/gateway/`` in a topic, names one of the
+    gateway's own outputs (``status``, ``events/<model>``)."""
+    head, sep, rest = levels.partition("/")
+    nested = GATEWAY_OUTPUTS.get(head)
+    if nested is None:
+        return False
+    # events/telemetry would be a device "events" in the reserved room: no model has that name.
+    return bool(rest) and rest not in _KINDS if nested else not sep
+
+
 def gateway_topic(home: str, *parts: str, root: str = ROOT) -> str:
-    """A topic the gateway publishes on: ``<root>/<home>/gateway/<parts...>``."""
+    """A topic the gateway publishes on: ``<root>/<home>/gateway/<parts...>``, where the first
+    part is one of `GATEWAY_OUTPUTS` (other gateways ignore exactly those)."""
     _check("home", home)
+    if not parts or parts[0] not in GATEWAY_OUTPUTS:
+        raise TopicError(f"gateway topics start with one of {sorted(GATEWAY_OUTPUTS)}")
+    if parts[1:] and parts[1] in _KINDS:
+        raise TopicError(f"{parts[1]!r} is a device topic kind, not a gateway topic level")
     for part in parts:
         _check("gateway topic level", part)
     return "/".join([_check_root(root), home, GATEWAY_SEGMENT, *parts])

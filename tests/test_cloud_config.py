@@ -51,6 +51,10 @@ def test_toml_is_read_and_the_environment_wins(
         (GOOD + 'gw-2 = "gateway-token-0123456789"\n', "gateways.gw-2"),
         (GOOD.replace("gw-1 =", '"bad id!" ='), "gateways"),
         (GOOD.replace("port = 0", "workers = 0"), "workers"),
+        (GOOD + "[http]\nheader_timeout_s = 0\n", "http.header_timeout_s"),
+        (GOOD + "[http]\nbody_timeout = 5\n", "http.body_timeout"),
+        (GOOD.replace("port = 0", 'metrics_token = "read-token-0123456789"'), "metrics_token"),
+        (GOOD.replace("port = 0", 'metrics_token = "short"'), "metrics_token"),
     ],
 )
 def test_a_bad_field_is_named(tmp_path: Path, text: str, named: str) -> None:
@@ -83,3 +87,17 @@ def test_the_shipped_example_config_loads() -> None:
     config = load_config(Path(__file__).parent.parent / "cloud" / "example.toml")
     assert config.database_url.startswith("sqlite+aiosqlite://")
     assert list(config.gateways) == ["gw-demo"]
+
+
+def test_the_http_limits_come_from_the_http_table_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOMEEDGE_CLOUD__HTTP__BODY_TIMEOUT_S", "7.5")
+    text = GOOD.replace("port = 0", 'metrics_token = "metrics-token-0123456789"')
+    config = load_config(
+        _write(tmp_path, text + "[http]\nheader_timeout_s = 12\nmax_headers = 40\n")
+    )
+    assert (config.http.header_timeout_s, config.http.body_timeout_s) == (12.0, 7.5)
+    assert (config.http.max_headers, config.http.lingering_s) == (40, 2.0)
+    assert config.metrics_token is not None
+    assert "metrics-token" not in repr(config)

@@ -36,7 +36,9 @@ from tests.test_cloud_api import (
 START_TIMEOUT_S = 60.0
 
 
-def _write_config(path: Path, database_url: str, port_file: Path, workers: int = 1) -> Path:
+def _write_config(
+    path: Path, database_url: str, port_file: Path, workers: int = 1, extra: str = ""
+) -> Path:
     path.write_text(
         f"database_url = {json.dumps(database_url)}\n"
         "host = '127.0.0.1'\n"
@@ -45,6 +47,7 @@ def _write_config(path: Path, database_url: str, port_file: Path, workers: int =
         f"read_token = {json.dumps(READ_TOKEN)}\n"
         f"workers = {workers}\n"
         "log_level = 'INFO'\n"
+        f"{extra}"
         "[gateways]\n"
         f"gw-1 = {json.dumps(GW1_TOKEN)}\n"
         f"gw-2 = {json.dumps(GW2_TOKEN)}\n",
@@ -54,10 +57,13 @@ def _write_config(path: Path, database_url: str, port_file: Path, workers: int =
 
 
 @contextmanager
-def cloud_process(tmp_path: Path, name: str, database_url: str, workers: int = 1) -> Iterator[int]:
-    """Run `python -m cloud` and yield its port; SIGTERM it afterwards and expect exit 0."""
+def cloud_process(
+    tmp_path: Path, name: str, database_url: str, workers: int = 1, extra: str = ""
+) -> Iterator[int]:
+    """Run `python -m cloud` and yield its port; SIGTERM it afterwards and expect exit 0.
+    `extra`: more top-level TOML lines of the config."""
     port_file = tmp_path / f"{name}.port"
-    config = _write_config(tmp_path / f"{name}.toml", database_url, port_file, workers)
+    config = _write_config(tmp_path / f"{name}.toml", database_url, port_file, workers, extra)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOMEEDGE_CLOUD__")}
     with open(tmp_path / f"{name}.log", "wb") as log:
         proc = subprocess.Popen(

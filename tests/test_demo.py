@@ -8,9 +8,12 @@ import re
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from devices.demo import gateway_toml
 from devices.world import World
+from gateway.config import load_config
 
 
 def test_demo_stores_every_published_reading(tmp_path: Path) -> None:
@@ -61,10 +64,12 @@ def test_demo_stores_every_published_reading(tmp_path: Path) -> None:
         ).fetchone()[0]
         homes = {r[0] for r in conn.execute("SELECT DISTINCT home FROM readings")}
         devices = {tuple(r) for r in conn.execute("SELECT home, device FROM devices")}
+        dead = conn.execute("SELECT reason, count(*) FROM dead_letters GROUP BY reason").fetchall()
     finally:
         conn.close()
     # Every telemetry message the devices published (QoS 1, acknowledged) was stored.
     assert stored == telemetry
+    assert dead == []  # every reading in its range and time bounds, none rejected
     assert homes == {"home-001", "home-002"}
     world = World(homes=2, seed=0)
     assert devices == {(d.home, d.device) for d in world.devices}
@@ -88,3 +93,19 @@ def test_demo_stores_every_published_reading(tmp_path: Path) -> None:
     # two homes; four if the replay crossed a pseudonym rotation (every 30 days)
     assert len(cloud_homes) in (2, 4) and all(h.startswith("h-") for h in cloud_homes)
     assert not cloud_homes & homes
+
+
+def test_a_replay_older_than_the_gateways_age_bound_raises_it(tmp_path: Path) -> None:
+    def config(replay_from: float | None) -> Path:
+        path = tmp_path / "gateway.toml"
+        text = gateway_toml(
+            broker="mqtt://127.0.0.1:1", data_dir=tmp_path, topic_root="t", replay_from=replay_from
+        )
+        path.write_text(text)
+        return path
+
+    ten_days_ago = time.time() - 10 * 86400
+    assert load_config(config(ten_days_ago)).ingest.max_age_s > 10 * 86400
+    default = load_config(config(None)).ingest.max_age_s
+    assert default == 7 * 86400  # the demo's constant follows the gateway's default
+    assert load_config(config(time.time() - 86400)).ingest.max_age_s == default

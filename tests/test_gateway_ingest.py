@@ -7,8 +7,10 @@ round trip, dead letters, duplicates, state, audio, adapters, Writer.run, callba
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,9 @@ from tests.adapter_fakes import FnAdapter
 from tests.conftest import MosquittoBroker
 from tests.waiting import wait_for
 
-TS0 = 1764403200.0
+# An hour ago, on a whole hour: inside the time range the gateway accepts ([ingest] max_age_s,
+# 7 days by default) on whatever day the tests run.
+TS0 = float(int(time.time()) // 3600 * 3600 - 3600)
 
 
 class Publisher:
@@ -463,3 +467,37 @@ async def test_writer_commits_with_synchronous_full_unless_told(
     )
     async with Gateway(cfg) as gw:
         assert await gw.writer.run(mode) == 1  # NORMAL
+
+
+async def test_a_task_failing_the_same_way_logs_its_traceback_once(
+    tmp_path: Path,
+    mosquitto: MosquittoBroker,
+    topic_root: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A full disk fails the aggregation on every restart for hours: one traceback, then a line.
+    monkeypatch.setattr("gateway.app._RESTART_MIN_S", 0.01)
+    gw = Gateway(gateway_config(tmp_path, mosquitto, topic_root))
+    failures = ["disk full", "disk full", "disk full", "other"]
+
+    async def failing() -> None:
+        if failures:
+            raise OSError(failures.pop(0))
+        await asyncio.Event().wait()
+
+    gw.add_task("failing", failing)
+    with caplog.at_level(logging.ERROR, logger="gateway.app"):
+        async with gw:
+            await wait_for(lambda: not failures, within=10, what="four failures")
+            await wait_for(
+                lambda: (
+                    metric_value(gw, "homeedge_gateway_task_restarts_total", {"task": "failing"})
+                    == 4
+                ),
+                within=10,
+                what="restarts counted",
+            )
+    records = [r for r in caplog.records if "task failing" in r.getMessage()]
+    assert [r.exc_info is not None for r in records] == [True, False, False, True]
+    assert "failed again (disk full)" in records[1].getMessage()

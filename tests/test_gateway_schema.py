@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import Connection, create_engine
 
 from gateway.db import make_engine
+from gateway.records import dead_letter_digest
 from gateway.schema import MIGRATIONS, SCHEMA_VERSION, SchemaVersionError, upgrade
 
 REPO = Path(__file__).resolve().parents[1]
@@ -240,6 +241,12 @@ def rows_of(path: Path) -> dict[str, list[tuple[object, ...]]]:
     return rows
 
 
+def as_before(rows: list[tuple[object, ...]], before: list[tuple[object, ...]]) -> list[object]:
+    """`rows` cut to the columns `before` had (columns that migrations add go at the end)."""
+    width = len(before[0]) if before else 0
+    return [row[:width] for row in rows]
+
+
 def version_of(path: Path) -> int:
     with sqlite3.connect(path) as db:
         (version,) = db.execute("PRAGMA user_version").fetchone()
@@ -287,7 +294,7 @@ def test_a_version_0_database_upgrades_with_its_rows_intact(
     # The same schema as a new database: the migrations and the Table definitions agree.
     assert schema_of(path) == fresh_schema(tmp_path)
     after = rows_of(path)
-    assert {n: after[n] for n in before} == before
+    assert {n: as_before(after[n], before[n]) for n in before} == before
     assert all(not after[n] for n in TABLES - set(before))  # the tables it lacked, empty
 
 
@@ -301,6 +308,99 @@ def test_version_1_is_the_version_0_schema_complete(tmp_path: Path) -> None:
         MIGRATIONS[0](conn)
     engine.dispose()
     assert schema_of(v1) == schema_of(v0)
+
+
+def v1_database(path: Path) -> None:
+    """A version 1 database with what version 1's code stored: `v0_database`'s rows, and one bad
+    message stored three times (a redelivery after a crash and two retained replays)."""
+    v0_database(path)
+    engine = create_engine(f"sqlite:///{path}")
+    assert upgrade(engine, MIGRATIONS[:1]) == 1
+    engine.dispose()
+    with sqlite3.connect(path) as db:
+        db.executemany(
+            "INSERT INTO dead_letters (topic, payload, reason, detail, received_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [
+                ("homeedge/h1/hall/door-1/state", b"ajar", "validation", "ajar?", 1.7e9 + 10 + i)
+                for i in range(3)
+            ],
+        )
+    db.close()
+
+
+def test_a_version_1_database_migrates_to_one_identity_per_reading_and_dead_letter(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "gateway.db"
+    v1_database(path)
+    assert version_of(path) == 1
+    before = rows_of(path)
+
+    make_engine(path).dispose()
+
+    assert version_of(path) == SCHEMA_VERSION
+    assert schema_of(path) == fresh_schema(tmp_path)
+    after = rows_of(path)
+    assert {n: rows for n, rows in after.items() if n != "dead_letters"} == {
+        n: rows for n, rows in before.items() if n != "dead_letters"
+    }
+    x, y, door = "homeedge/h1/x", "homeedge/h1/y", "homeedge/h1/hall/door-1/state"
+    # The copies of one message become its first row, counted; the digest is the writer's.
+    assert after["dead_letters"] == [
+        (
+            1,
+            x,
+            b"\x00\xffnot json",
+            "decode",
+            "bad json",
+            1.7e9,
+            dead_letter_digest(x, "decode", b"\x00\xffnot json"),
+            1,
+            1.7e9,
+        ),
+        (
+            2,
+            y,
+            b"{}",
+            "schema",
+            "missing ts",
+            1.7e9 + 1,
+            dead_letter_digest(y, "schema", b"{}"),
+            1,
+            1.7e9 + 1,
+        ),
+        (
+            3,
+            door,
+            b"ajar",
+            "validation",
+            "ajar?",
+            1.7e9 + 10,
+            dead_letter_digest(door, "validation", b"ajar"),
+            3,
+            1.7e9 + 12,
+        ),
+    ]
+    # The new identity holds in the migrated file. Stored: ts 1.7e9 + 0..4 with seq 1, 2, None,
+    # 4, None.
+    insert = (
+        "INSERT OR IGNORE INTO readings (home, room, device, metric, ts, value, seq, received_at)"
+        " VALUES ('h1', 'lab', 'plug-1', 'power', ?, 0.0, ?, 1.8e9)"
+    )
+    with sqlite3.connect(path) as db:
+        assert db.execute(insert, (1_700_000_000.0, 9)).rowcount == 1  # seq 1's ts, a new seq
+        assert db.execute(insert, (1_700_000_002.0, 10)).rowcount == 1  # a ts-only row's ts
+        assert db.execute(insert, (1_700_000_009.0, 1)).rowcount == 0  # seq 1 again
+        assert db.execute(insert, (1_700_000_004.0, None)).rowcount == 0  # ts-only duplicate
+        assert db.execute(insert, (1_700_000_000.0, None)).rowcount == 1  # seq rows' ts, no seq
+        with pytest.raises(sqlite3.IntegrityError):
+            db.execute(
+                "INSERT INTO dead_letters (topic, payload, reason, detail, received_at, digest,"
+                " count, last_received_at) VALUES (?, ?, 'r', 'd', 1.8e9, ?, 1, 1.8e9)",
+                (door, b"ajar", dead_letter_digest(door, "validation", b"ajar")),
+            )
+    db.close()
 
 
 def test_upgrading_twice_is_a_no_op(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Engine, func, insert, select, update
 from gateway.app import Gateway
 from gateway.config import StorageConfig
 from gateway.db import dead_letters, readings
+from gateway.records import dead_letter_digest
 from gateway.sync.retention import Retention, RetentionPolicy
 from gateway.sync.settings import AggregationSettings
 from gateway.sync.tables import aggregates, sync_watermark
@@ -44,10 +45,20 @@ def counting(engine: Engine) -> tuple[RunDb, list[int]]:
     return run, calls
 
 
-def add_dead(conn: Connection, received_at: float) -> None:
+def add_dead(conn: Connection, received_at: float, last_received_at: float | None = None) -> None:
+    """A dead letter (its own payload) first received at `received_at`, last at
+    `last_received_at` (default: the same)."""
+    payload = repr((received_at, last_received_at)).encode()
     conn.execute(
         insert(dead_letters).values(
-            topic="t", payload=b"x", reason="invalid_json", detail="", received_at=received_at
+            topic="t",
+            payload=payload,
+            reason="invalid_json",
+            detail="",
+            received_at=received_at,
+            digest=dead_letter_digest("t", "invalid_json", payload),
+            count=1,
+            last_received_at=received_at if last_received_at is None else last_received_at,
         )
     )
 
@@ -68,6 +79,7 @@ async def test_readings_go_only_when_old_and_aggregated(tmp_path: Path) -> None:
         )
         add_dead(conn, NOW - 8 * DAY)
         add_dead(conn, NOW - 1 * DAY)
+        add_dead(conn, NOW - 9 * DAY, NOW - 1 * DAY)  # old, but it came again recently: kept
     run_db, calls = counting(engine)
     policy = RetentionPolicy(30 * DAY, 7 * DAY, chunk_rows=3)
     registry = CollectorRegistry()
@@ -75,7 +87,7 @@ async def test_readings_go_only_when_old_and_aggregated(tmp_path: Path) -> None:
 
     # no pass yet: no watermark, so no reading may go
     assert (await retention.run_once())["readings"] == 0
-    assert count(engine, readings) == 12 and count(engine, dead_letters) == 1
+    assert count(engine, readings) == 12 and count(engine, dead_letters) == 2
 
     s = AggregationSettings(window_s=60, grace_s=0, windows_per_batch=1, backfill_s=1e9)
     with engine.begin() as conn:

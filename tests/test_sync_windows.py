@@ -303,3 +303,30 @@ def test_a_pass_reads_at_most_max_rows_per_pass(tmp_path: Path) -> None:
             ]
 
     assert table(capped) == table(whole) and len(table(whole)) == 5
+
+
+def test_messages_sharing_a_timestamp_all_count(tmp_path: Path) -> None:
+    # A stuck device clock: 50 messages, one ts, seqs 0..49 (all stored: seq is their identity).
+    engine = make_db(tmp_path)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(readings),
+            [
+                {
+                    "home": "h1",
+                    "room": "lab",
+                    "device": "thermostat-1",
+                    "metric": "temperature",
+                    "ts": T0 + 5,
+                    "value": float(seq),
+                    "seq": seq,
+                    "received_at": T0 + 5 + seq,
+                }
+                for seq in range(50)
+            ],
+        )
+    with engine.begin() as conn:
+        closed = close_windows(conn, T0 + 70, settings(backfill_s=1e6))
+    assert closed.rows == 50 and closed.messages == 50
+    (group,) = closed.groups
+    assert (group.stats.count, group.stats.sum) == (50, float(sum(range(50))))

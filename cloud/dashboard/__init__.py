@@ -1,9 +1,10 @@
 """The dashboard: a static page plus our own script, drawing the query API with plotly.js.
 
 - ``GET /``            the dashboard for a reader (session cookie or Bearer), else the login form
-- ``POST /login``      form field ``token`` = the read token; sets an HttpOnly, SameSite=Strict
-                       session cookie (a value derived from the token, never the token itself)
-- ``POST /logout``     clears the cookie
+- ``POST /login``      form field ``token`` = the read token (``application/x-www-form-urlencoded``,
+                       UTF-8); opens a session (`cloud.sessions`) and sets its HttpOnly,
+                       SameSite=Strict cookie (random, never derived from the token)
+- ``POST /logout``     ends the session in the database and clears the cookie
 - ``GET /assets/{name}``  dashboard.js, dashboard.css, and plotly.min.js served from the
                        installed plotly package (nothing is fetched from a CDN)
 """
@@ -12,20 +13,21 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import urllib.parse
 from functools import cache
 
 from aiohttp import web
 
-from cloud.auth import (
-    SESSION_COOKIE,
-    SESSION_MAX_AGE_S,
-    is_read_token,
-    issue_session,
-    require_reader,
-)
-from cloud.web import ApiError, Handler
+from cloud.auth import SESSION_KEY, is_read_token, require_reader
+from cloud.bodies import read_body
+from cloud.sessions import SESSION_COOKIE, SESSION_MAX_AGE_S, close_session, open_session
+from cloud.web import ENGINE_KEY, ApiError, Handler
 
 STATIC = importlib.resources.files(__package__) / "static"
+FORM = "application/x-www-form-urlencoded"
+# The login form holds one token: a body past this is no login.
+MAX_LOGIN_BODY_BYTES = 4096
+_UTF8 = ("utf-8", "utf8", "us-ascii", "ascii")
 # name -> (package, path inside it, content type); a fixed list, so no path ever reaches disk.
 ASSETS: dict[str, tuple[str, str, str]] = {
     "dashboard.js": (__package__, "static/dashboard.js", "text/javascript"),
@@ -69,17 +71,33 @@ async def get_index(request: web.Request) -> web.Response:
     return _page("login.html")
 
 
+def _form_token(body: bytes, charset: str | None) -> str:
+    """The form's token field; a malformed form is a 4xx ApiError (the browser's own form is
+    always urlencoded UTF-8, so only other clients meet these)."""
+    if charset is not None and charset.lower() not in _UTF8:
+        raise ApiError(415, "unsupported_charset", "the form must be UTF-8")
+    try:
+        fields = urllib.parse.parse_qs(
+            body.decode("utf-8"), encoding="utf-8", errors="strict", max_num_fields=8
+        )
+    except UnicodeDecodeError:
+        raise ApiError(400, "bad_form", "the form is not valid UTF-8") from None
+    except ValueError:  # more fields than max_num_fields
+        raise ApiError(400, "bad_form", "the form has too many fields") from None
+    return fields.get("token", [""])[0]
+
+
 async def post_login(request: web.Request) -> web.Response:
-    form = await request.post()
-    token = form.get("token")
-    if not isinstance(token, str) or not token:
+    body = await read_body(request, media_types=(FORM,), limit=MAX_LOGIN_BODY_BYTES)
+    token = _form_token(body.data, request.charset).strip()
+    if not token:
         return _page("login.html", 400, "Enter the read token.")
-    if not is_read_token(request.app, token.strip()):
+    if not is_read_token(request.app, token):
         return _page("login.html", 401, "That token is not the read token.")
     response = _see_other()
     response.set_cookie(
         SESSION_COOKIE,
-        issue_session(request.app),
+        await open_session(request.app[ENGINE_KEY], request.app[SESSION_KEY]),
         max_age=SESSION_MAX_AGE_S,
         path="/",
         httponly=True,
@@ -90,6 +108,9 @@ async def post_login(request: web.Request) -> web.Response:
 
 
 async def post_logout(request: web.Request) -> web.Response:
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie is not None:
+        await close_session(request.app[ENGINE_KEY], request.app[SESSION_KEY], cookie)
     response = _see_other()
     response.del_cookie(SESSION_COOKIE, path="/")
     return response

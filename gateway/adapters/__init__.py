@@ -8,8 +8,8 @@ it the topics it owns (the first adapter whose filter matches a topic owns it: o
 
 ``adapter.adapt(topic, payload, received_at)`` never raises for bad input: it returns `Adapted`
 (readings, possibly none, and availability changes) or a dead letter with a reason
-(``adapter_invalid_json``, ``adapter_validation``, ``adapter_unit``, ``adapter_oversized``), and
-counts in ``adapter.counts`` what it ignored.
+(``adapter_invalid_json``, ``adapter_validation``, ``adapter_unit``, ``adapter_oversized``,
+``adapter_too_deep``), and counts in ``adapter.counts`` what it ignored.
 """
 
 from __future__ import annotations

@@ -13,8 +13,11 @@ matching ``adapter.filters``; that call never raises for bad input.
   ``ignored_fields``), so an operator can see what a device sends that homeedge drops.
 - Values: finite floats within +-1e15; booleans and on/off words become 0/1 where the rule says
   the field is binary. A wrong type on a mapped field dead-letters the whole message
-  (``adapter_validation``); undecodable JSON is ``adapter_invalid_json``; a unit that cannot be
-  converted is ``adapter_unit``; too large a payload is ``adapter_oversized``.
+  (``adapter_validation``); undecodable JSON is ``adapter_invalid_json``, JSON nested deeper than
+  `schemas.json_input.MAX_JSON_DEPTH` (32) is ``adapter_too_deep``; a unit that cannot be
+  converted is ``adapter_unit``; too large a payload is ``adapter_oversized``. The decoder then
+  checks each reading's time and value (`gateway.validation`: ``ts_out_of_range``,
+  ``out_of_range``), keeping the message's other readings.
 - Time: the payload's own timestamp where the ecosystem documents one and it parses to a time in
   [2000, 2100); otherwise the receive time (a device clock that is not set is counted as
   ``bad_time``).
@@ -46,6 +49,7 @@ from gateway.adapters.settings import AdapterSettings, EcosystemSettings
 from gateway.adapters.units import UnitError, to_metric_unit
 from gateway.ingest import Adapted, AvailabilityChange
 from gateway.records import DeadLetter, Reading
+from schemas.json_input import decode_error_detail, nesting_problem
 from schemas.telemetry import TS_MAX, TS_MIN
 
 log = logging.getLogger(__name__)
@@ -61,7 +65,7 @@ MAX_IGNORED_NAMES = 256
 _OTHER = "<other>"
 
 _INVALID_CHARS = re.compile(r"[^A-Za-z0-9_.\-]+")
-_PLAIN_NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
+_PLAIN_NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\Z")
 _TRUE_WORDS = frozenset({"on", "true", "open", "detected", "yes", "online"})
 _FALSE_WORDS = frozenset({"off", "false", "close", "closed", "clear", "no", "offline"})
 
@@ -138,11 +142,15 @@ def sanitize_device(name: str) -> str:
 
 
 def decode_json(payload: bytes) -> Any:
-    """The JSON value of `payload`; `AdapterError` ``adapter_invalid_json`` otherwise."""
+    """The JSON value of `payload`; `AdapterError` ``adapter_invalid_json`` otherwise, or
+    ``adapter_too_deep`` when it nests deeper than `MAX_JSON_DEPTH`."""
+    too_deep = nesting_problem(payload)
+    if too_deep is not None:
+        raise AdapterError("adapter_too_deep", too_deep)
     try:
         return msgspec.json.decode(payload)
     except msgspec.DecodeError as exc:
-        raise AdapterError("adapter_invalid_json", str(exc)) from None
+        raise AdapterError("adapter_invalid_json", decode_error_detail(payload, str(exc))) from None
 
 
 def decode_text(payload: bytes) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 
 from gateway.inference.results import InferenceResult
 from gateway.inference.stats import EngineStats
+from gateway.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class InferenceScheduler:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._idle = asyncio.Event()
         self._idle.set()
+        self._full_log = RateLimitedLog(log)
+        self._error_log = RateLimitedLog(log)
 
     def put(self, item: Item) -> None:
         try:
@@ -53,12 +56,11 @@ class InferenceScheduler:
             self._idle.clear()
         except asyncio.QueueFull:
             self._stats.dropped += 1
-            if self._stats.dropped % 1000 == 1:
-                log.warning(
-                    "inference queue full (%d): dropped %d items so far",
-                    self._queue.maxsize,
-                    self._stats.dropped,
-                )
+            self._full_log.warning(
+                "inference queue full (%d): dropped %d items so far",
+                self._queue.maxsize,
+                self._stats.dropped,
+            )
 
     def nudge(self) -> None:
         """Give `process` a turn soon with an empty ``sweep`` item, unless items wait anyway."""
@@ -78,7 +80,9 @@ class InferenceScheduler:
                 await self._handle(results)
             except Exception:  # a task's top level: log, count, keep serving
                 self._stats.errors += 1
-                log.exception("inference batch of %d items failed", len(items))
+                self._error_log.error(
+                    "inference batch of %d items failed", len(items), exc_info=True
+                )
             if self._queue.empty():
                 self._idle.set()
 

@@ -21,7 +21,7 @@ from gateway.sync.stats import LaplaceNoise, NoiseSource
 from gateway.sync.windows import ClosedWindows, close_windows
 from schemas.batch import BatchPrivacy, BatchStats
 
-_GATEWAY_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_GATEWAY_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}\Z")  # \Z: "$" matches before a final newline
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,9 +6,13 @@ What goes, per `StorageConfig` (``[storage]``):
   whose window has been aggregated (``ts`` below the sync watermark), so nothing leaves the
   database before the aggregation pass has read it; without a watermark (no pass yet) no reading
   is deleted. Late readings (below the watermark when stored) are never aggregated anyway.
+  Ingest accepts no reading more than ``[ingest] max_clock_skew_s`` ahead of its receive time
+  (`gateway.validation`), so the watermark passes every stored reading soon after it arrives:
+  none stays above it, undeletable (a reading dated 2099 used to).
 - local window aggregates (and their late-reading tallies) that ended more than `retention_s`
   before now. Batches already in the outbox carry their own copy of what they send.
-- dead letters received more than `dead_letter_retention_s` ago.
+- dead letters last received more than `dead_letter_retention_s` ago (``last_received_at``: a
+  bad message that keeps arriving keeps its one row and its count).
 
 ``retention_s = 0`` (or ``dead_letter_retention_s = 0``) keeps those rows forever.
 
@@ -77,10 +81,10 @@ def delete_aggregates(conn: Connection, *, now: float, retention_s: float, limit
 
 
 def delete_dead_letters(conn: Connection, *, now: float, retention_s: float, limit: int) -> int:
-    """One chunk of dead letters received before the cutoff."""
+    """One chunk of dead letters last received before the cutoff."""
     ids = (
         select(dead_letters.c.id)
-        .where(dead_letters.c.received_at < now - retention_s)
+        .where(dead_letters.c.last_received_at < now - retention_s)
         .limit(limit)
         .scalar_subquery()
     )

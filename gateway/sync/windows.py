@@ -17,7 +17,9 @@ A reading stored after its window was aggregated is *late*: it is counted (``lat
 table, ``late_readings`` durable counter) and not re-aggregated, since the window's figures may
 already have left the home. Late rows are found by ``readings.id``, which SQLite assigns in
 increasing order: every row above the last pass's highest id with ``ts`` below the watermark
-arrived late.
+arrived late. Ingest accepts readings up to ``[ingest] max_age_s`` (7 days) old and at most
+``max_clock_skew_s`` ahead (`gateway.validation`): an old one lands in an aggregated window and
+is counted late; none is so far ahead that its window never closes.
 """
 
 from __future__ import annotations
@@ -374,7 +376,8 @@ def _aggregate_window(
     messages = int(
         conn.execute(
             select(func.count()).select_from(
-                select(readings.c.home, readings.c.device, readings.c.ts)
+                # A message's readings share its ts and seq (several messages may share a ts).
+                select(readings.c.home, readings.c.device, readings.c.ts, readings.c.seq)
                 .where(*in_window)
                 .distinct()
                 .subquery()
