@@ -61,7 +61,7 @@ class StuckClockDevices:
                 seq = self.sent
                 topic = thermostat(seq % DEVICES, self.topic_root)
                 ts = TS0 + seq // 50
-                self.pub.publish(topic, encode_telemetry(ts, {"temperature": float(seq)}, seq=seq))
+                self.pub.publish(topic, encode_telemetry(ts, {"count": float(seq)}, seq=seq))
                 self.sent += 1
                 if seq % 97 == 0:
                     self.pub.publish(topic, b'{"ts": %d, "bad' % seq)
@@ -85,7 +85,9 @@ def publish_markers(pub: Publisher, topic_root: str, first_seq: int) -> None:
     for d in range(DEVICES):
         pub.publish(
             thermostat(d, topic_root),
-            encode_telemetry(TS0 + 10**6, {"temperature": 0.0}, seq=first_seq + d),
+            # A seq the stream never reaches marks it (the ts must stay inside the gateway's
+            # accepted range: the identity is the seq).
+            encode_telemetry(TS0, {"count": 0.0}, seq=first_seq + d),
         )
 
 
