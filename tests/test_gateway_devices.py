@@ -146,7 +146,7 @@ def flood(root: str, prefix: str, count: int, known_seq: int) -> list[tuple[str,
         if i % 200 == 0:
             for device in KNOWN:
                 topic = device_topic("h", "lab", device, "telemetry", root=root)
-                out.append((topic, encode_telemetry(TS0 + known_seq + i, {"temperature": 20.0})))
+                out.append((topic, encode_telemetry(TS0 + (known_seq + i) * 1e-3, {"temperature": 20.0})))
     return out
 
 
@@ -203,7 +203,7 @@ def test_a_flood_of_device_ids_is_capped_evicted_and_costs_no_memory(
     )
     pub = LoopPublisher(mosquitto.port)
     try:
-        pub.publish([(topic, encode_telemetry(TS0 + 10**6, {"temperature": 19.0}))])
+        pub.publish([(topic, encode_telemetry(TS0 + 500, {"temperature": 19.0}))])
     finally:
         pub.close()
     device = topic.split("/")[3]
