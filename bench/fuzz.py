@@ -661,6 +661,7 @@ class Oracle:
 
         from gateway.adapters import AdapterRegistry
         from gateway.config import load_config
+        from gateway.device_table import DeviceTable
         from gateway.ingest import MessageDecoder
         from gateway.topic_filters import TopicFilters
         from schemas.topics import device_subscription
@@ -673,6 +674,14 @@ class Oracle:
             topic_root=cfg.mqtt.topic_root,
             adapters=list(registry),
             max_dead_letter_bytes=cfg.storage.max_dead_letter_bytes,
+            # Same cap, same message order: the same devices are refused (nothing goes idle
+            # within a run).
+            devices=DeviceTable(
+                max_devices=cfg.devices.max_devices,
+                max_microphones=cfg.devices.max_microphones,
+                idle_s=cfg.devices.idle_s,
+            ),
+            checks=cfg.ingest.reading_checks(),
         )
         self.subscribed = TopicFilters(
             [device_subscription(None, root=cfg.mqtt.topic_root), *registry.filters()]

@@ -21,6 +21,10 @@ The WAL checkpoint task (``storage.checkpoint_interval_ms``) survives a failing 
 full disk): one line per 10 s at most, counted (``wal_checkpoint_failures``), the
 ``wal_checkpoint`` check failing until a checkpoint works again.
 
+Device ids: one `DeviceTable` (``[devices]``) admits every device a message names, in the
+decoder (``too_many_devices`` dead letters beyond ``devices.max_devices``); task
+``device-sweep`` forgets idle ones while no message arrives.
+
 Shutdown order: stop taking messages, flush the writer (commit + ack), publish ``offline`` and
 disconnect, cancel tasks, run lifetimes' exits, stop the writer, stop admin HTTP.
 """
@@ -42,6 +46,7 @@ from gateway.admin import AdminServer, create_admin_app
 from gateway.backoff import Backoff
 from gateway.config import GatewayConfig
 from gateway.db import make_engine
+from gateway.device_table import DeviceTable
 from gateway.health import Failure, check, down, error_reason, failed
 from gateway.host import (
     AudioCallback,
@@ -100,6 +105,15 @@ class Gateway:
         self._audio_q: asyncio.Queue[AudioIn] = asyncio.Queue(ingest.audio_queue_frames)
         self.metrics.watch_queue("readings", self._readings_q.qsize)
         self.metrics.watch_queue("audio", self._audio_q.qsize)
+        dev = config.devices
+        self.devices = DeviceTable(
+            max_devices=dev.max_devices,
+            max_microphones=dev.max_microphones,
+            idle_s=dev.idle_s,
+            on_evicted=self.metrics.devices_evicted.inc,
+        )
+        table = self.devices
+        self.metrics.watch_devices(table.__len__, lambda: table.microphones)
         self._drop_logs = {"readings": RateLimitedLog(log), "audio": RateLimitedLog(log)}
         self._callback_logs = {"readings": RateLimitedLog(log), "audio": RateLimitedLog(log)}
         self._checkpoint_log = RateLimitedLog(log)
@@ -246,6 +260,7 @@ class Gateway:
             self._spawn("audio-callbacks", self._dispatch_audio)
             if cfg.storage.checkpoint_interval_ms:
                 self._spawn("wal-checkpoint", self._checkpoint_wal)
+            self._spawn("device-sweep", self._sweep_devices)
             for name, factory in self._task_factories:
                 self._spawn(name, factory)
             self._admin = AdminServer(
@@ -260,6 +275,7 @@ class Gateway:
                 topic_root=cfg.mqtt.topic_root,
                 adapters=self._adapters,
                 max_dead_letter_bytes=cfg.storage.max_dead_letter_bytes,
+                devices=self.devices,
                 checks=cfg.ingest.reading_checks(),
             )
             self._bridge = MqttBridge(
@@ -377,6 +393,15 @@ class Gateway:
             self.metrics.checkpoints.inc()
             if busy or done < frames:
                 log.debug("WAL checkpoint partial: %d of %d frames", done, frames)
+
+    async def _sweep_devices(self) -> None:
+        # Messages evict idle devices as they arrive; this covers a quiet gateway, so the gauge
+        # and the slots are right after a flood stops. A quarter of idle_s: a device is
+        # forgotten at most 25 % late (at most a minute for long idle times).
+        interval = min(self.config.devices.idle_s / 4, 60.0)
+        while True:
+            await asyncio.sleep(interval)
+            self.devices.sweep()
 
     # -- committed data to the asyncio side ------------------------------------------------
 

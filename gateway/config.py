@@ -320,6 +320,40 @@ class IngestConfig(Section):
         )
 
 
+class DevicesConfig(Section):
+    """How many device ids the gateway keeps state for, and for how long (the ``[devices]``
+    table). Every message that names a device (native telemetry, audio and state topics, and
+    every format adapter's readings and availability) is admitted by the decoder first; see
+    `gateway.device_table`."""
+
+    max_devices: int = Field(
+        default=2000,
+        ge=1,
+        le=1_000_000,
+        description="device ids (home, device) tracked at once; a message of a new device "
+        "beyond this is a dead letter 'too_many_devices' (known devices keep working; one "
+        "forgotten after idle_s is new again). Several times a large home's devices; raise it "
+        "for a gateway of many homes. A sensor costs ~2.5 KB until its inference baseline "
+        "fills, then ~40 KB per model metric (~200 KB with five)",
+    )
+    max_microphones: int = Field(
+        default=64,
+        ge=0,
+        le=100_000,
+        description="of those, devices that send audio (an audio stream holds ~40-250 KB and "
+        "~1 % of a core); the audio of a device beyond this is a dead letter "
+        "'too_many_devices', its other messages are admitted as usual",
+    )
+    idle_s: float = Field(
+        default=86400.0,
+        gt=0,
+        description="a device not heard from for this long is forgotten: its slot, its "
+        "inference windows (an open window is scored first) and baseline (relearned when it "
+        "comes back). A day: far above any reporting interval (hourly heartbeats, a 16-minute "
+        "sensor), and the span of the default baseline",
+    )
+
+
 class GatewayConfig(BaseModel):
     """The whole gateway configuration (`load_config` reads it from the file and environment)."""
 
@@ -332,6 +366,7 @@ class GatewayConfig(BaseModel):
     storage: StorageConfig = StorageConfig()
     admin: AdminConfig = AdminConfig()
     ingest: IngestConfig = IngestConfig()
+    devices: DevicesConfig = DevicesConfig()
     adapters: AdapterSettings = AdapterSettings()
     # Cloud sync (gateway/sync): what leaves the home, and how. An empty uplink.url keeps
     # everything local (windows are still aggregated into the outbox).

@@ -18,13 +18,22 @@ becomes a list of items to store, in order, the last of which is the message's o
   ``adapter_unit``, ``adapter_oversized``, ``adapter_too_deep``), and, per reading
   (`gateway.validation`), ``ts_out_of_range`` (beyond ``[ingest] max_clock_skew_s`` ahead of
   the receive time or ``max_age_s`` behind it) and ``out_of_range`` (outside the metric's
-  plausible range or a sensor error value, ``[ingest.ranges.<metric>]``). A message's
+  plausible range or a sensor error value, ``[ingest.ranges.<metric>]``), and
+  ``too_many_devices`` (a new device beyond ``[devices] max_devices``). A message's
   rejected readings are dead letters stored ahead of its good ones, which are kept.
 
 Adapters: topics outside ``<topic_root>/`` are offered to the `TopicAdapter`s (the first whose
 filter matches owns the topic); a topic nobody claims is a dead letter (``unknown_topic``). An
 adapter returns data, never calls back: `Adapted` (readings, possibly none, and availability
 changes) or a `DeadLetter`.
+
+Admission: with a `gateway.device_table.DeviceTable`, every device an item names (a native
+topic's device, each device of an adapter's readings and availability) must be admitted by it
+first: a device the table refuses (new, and the table is full) has its part of the message
+turned into a dead letter ``too_many_devices`` (the whole message when nothing else is left; a
+side dead letter naming the refused devices, ahead of the rest, when an adapter's message also
+names admitted devices). Items the gateway makes itself (``Writer.store``) are not admitted:
+they are about devices it already tracks.
 
 One cache: each topic's route (a parsed device topic, the owning adapter, "ignored" or
 "nobody") is remembered, bounded, so the same few topics are parsed and matched once.
@@ -37,6 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
+from gateway.device_table import REFUSED, DeviceTable
 from gateway.logs import RateLimitedLog
 from gateway.records import DeadLetter, Reading
 from gateway.topic_filters import TopicFilters
@@ -187,9 +197,11 @@ class MessageDecoder:
         topic_root: str,
         adapters: Sequence[TopicAdapter] = (),
         max_dead_letter_bytes: int = 65536,
+        devices: DeviceTable | None = None,
         checks: ReadingChecks | None = None,
     ) -> None:
         self._root = topic_root
+        self._devices = devices
         self._prefix = topic_root + "/"
         self.adapters = AdapterTable(adapters)
         self._max_dl = max_dead_letter_bytes
@@ -221,8 +233,23 @@ class MessageDecoder:
             self._routes[topic] = route
         if isinstance(route, DeviceTopic):
             if route.kind is Kind.TELEMETRY:
-                return self._decode_telemetry(route, topic, payload, received_at)
-            return [self._decode_native(route, topic, payload, received_at)]
+                items = self._decode_telemetry(route, topic, payload, received_at)
+            else:
+                items = [self._decode_native(route, topic, payload, received_at)]
+            table = self._devices
+            item = items[-1]
+            if table is None or type(item) is DeadLetter:
+                return items
+            audio = type(item) is AudioIn
+            if table.admit(route.home, route.device, audio=audio):
+                return items
+            detail = table.refusal(audio=audio)
+            if audio:  # raw audio is never stored: a refused microphone's frame keeps its header
+                from schemas.audio import HEADER_SIZE
+
+                payload = payload[:HEADER_SIZE]
+                detail += " (audio samples not kept)"
+            return [self.dead(topic, payload, REFUSED, detail, received_at)]
         if route is _IGNORED:
             return [Ignored(topic)]
         if route is _NOBODY:
@@ -342,9 +369,52 @@ class MessageDecoder:
         seen: dict[tuple[str, str], DeviceSeen] = {}
         for r in readings:
             seen[(r.home, r.device)] = DeviceSeen(r.home, r.room, r.device, at)
-        return self._with_rejections(
+        items = self._with_rejections(
             items, readings, list(seen.values()), rejected, topic, payload, at
         )
+        if self._devices is None:
+            return items
+        return self._admit_adapted(items, topic, payload, at)
+
+    def _admit_adapted(
+        self, items: list[Ingested], topic: str, payload: bytes, at: float
+    ) -> list[Ingested]:
+        """`items` (availability and the rejected readings' dead letters, then the readings or
+        the last dead letter) without the refused devices' parts."""
+        table = self._devices
+        assert table is not None
+        refused: dict[tuple[str, str], None] = {}
+        verdicts: dict[tuple[str, str], bool] = {}
+
+        def admitted(home: str, device: str) -> bool:
+            key = (home, device)
+            ok = verdicts.get(key)
+            if ok is None:
+                ok = verdicts[key] = table.admit(home, device)
+                if not ok:
+                    refused[key] = None
+            return ok
+
+        kept: list[Ingested] = [
+            i for i in items[:-1] if not isinstance(i, StateIn) or admitted(i.home, i.device)
+        ]
+        last = items[-1]
+        if not isinstance(last, ReadingsIn):  # every reading rejected: the dead letter stays
+            if not refused:
+                return items
+            names = ", ".join(f"{h}/{d}" for h, d in refused)
+            dead = self.dead(topic, payload, REFUSED, f"{names}: {table.refusal(audio=False)}", at)
+            return [dead, *kept, last]
+        readings = [r for r in last.readings if admitted(r.home, r.device)]
+        if not refused:
+            return items
+        names = ", ".join(f"{h}/{d}" for h, d in refused)
+        detail = f"{names}: {table.refusal(audio=False)}"
+        dead = self.dead(topic, payload, REFUSED, detail, at)
+        if not readings and not kept:
+            return [dead]
+        seen = [s for s in last.seen if (s.home, s.device) not in refused]
+        return [dead, *kept, ReadingsIn(readings=readings, seen=seen)]
 
 
 def as_replay(item: Ingested, topic: str, *, retained: bool) -> Ingested:

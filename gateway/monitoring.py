@@ -118,10 +118,28 @@ class GatewayMetrics:
             f"{PREFIX}_queue_depth", "items waiting in a queue", ["queue"], registry=r
         )
         self._connected = Gauge(f"{PREFIX}_mqtt_connected", "1 when connected", registry=r)
+        # The device table (gateway.device_table): admission of device ids on the ingest path.
+        self.devices_evicted = Counter(
+            f"{PREFIX}_devices_evicted",
+            "device ids forgotten after devices.idle_s without a message",
+            registry=r,
+        )
+        self._devices_tracked = Gauge(
+            f"{PREFIX}_devices_tracked",
+            "device ids the gateway keeps state for, by kind (all; microphone: those that sent "
+            "audio); new ones beyond devices.max_devices are dead letters 'too_many_devices'",
+            ["kind"],
+            registry=r,
+        )
 
     def watch_queue(self, name: str, depth: Callable[[], float]) -> None:
         """Report `depth()` as the current depth of queue `name` at scrape time."""
         self._queue_depth.labels(name).set_function(depth)
+
+    def watch_devices(self, tracked: Callable[[], float], microphones: Callable[[], float]) -> None:
+        """Report the device table's sizes at scrape time."""
+        self._devices_tracked.labels("all").set_function(tracked)
+        self._devices_tracked.labels("microphone").set_function(microphones)
 
     def watch_connected(self, connected: Callable[[], bool]) -> None:
         self._connected.set_function(lambda: 1.0 if connected() else 0.0)

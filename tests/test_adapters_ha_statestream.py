@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from gateway.adapters import Adapted, AdapterRegistry, AdapterSettings
+import pytest
+
+from gateway.adapters import Adapted, AdapterRegistry, AdapterSettings, ha_statestream
 from gateway.adapters.ha_statestream import HaStatestreamAdapter
 from gateway.records import DeadLetter, Reading
 from tests.conftest import MosquittoBroker
@@ -86,6 +88,21 @@ def test_held_states_are_bounded() -> None:
         topic = f"homeassistant/sensor/probe_{i}/state"
         assert readings(ha.adapt(topic, b'"1.5"', T0)) == []
     assert ha.counts["pending"] == 1 and ha.counts["pending_dropped"] == 2
+
+
+def test_the_least_recently_heard_entity_is_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flood of entity ids forgets the idle entities, never the one in use (its device class
+    and unit arrive once, retained: forgetting them would silence it until HA restarts)."""
+    monkeypatch.setattr(ha_statestream, "MAX_ENTITIES", 3)
+    ha = adapter()
+    base = "homeassistant/sensor/in_use"
+    ha.adapt(f"{base}/device_class", b'"temperature"', T0)
+    ha.adapt(f"{base}/unit_of_measurement", b'"\xc2\xb0C"', T0)
+    for i in range(10):
+        ha.adapt(f"homeassistant/sensor/flood_{i}/state", b'"1.5"', T0)
+        [reading] = readings(ha.adapt(f"{base}/state", b'"21.5"', T0 + i))
+        assert (reading.metric, reading.value) == ("temperature", 21.5)
+    assert ha.counts["entities_forgotten"] == 8
 
 
 def test_malformed_payloads_are_dead_letters_with_reasons() -> None:

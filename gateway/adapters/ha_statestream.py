@@ -26,6 +26,7 @@ the object id; ``devices`` maps entity ids (several entities may share one devic
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -64,7 +65,8 @@ BUILTIN_CLASSES = MappingProxyType(
     }
 )
 
-# Entities remembered (device class, unit, availability); the oldest is forgotten beyond this.
+# Entities remembered (device class, unit, availability); the least recently heard one is
+# forgotten beyond this (with its held state, counted): a flood of entity ids cannot grow it.
 MAX_ENTITIES = 10_000
 _DISCOVERY_LEAF = "config"  # <base>/<component>/<object_id>/config is MQTT discovery, not state
 _BINARY_WORDS = frozenset({"on", "off"})
@@ -106,7 +108,7 @@ class HaStatestreamAdapter(BaseAdapter[HaStatestreamSettings]):
         self.entity_metrics = eco.entity_metrics
         self.entity_units = eco.field_units
         self.max_pending = eco.max_pending
-        self._entities: dict[str, _Entity] = {}
+        self._entities: OrderedDict[str, _Entity] = OrderedDict()
         self._pending_count = 0
 
     @property
@@ -131,12 +133,17 @@ class HaStatestreamAdapter(BaseAdapter[HaStatestreamSettings]):
 
     def _entity(self, entity_id: str) -> _Entity:
         entity = self._entities.get(entity_id)
-        if entity is None:
-            if len(self._entities) >= MAX_ENTITIES:
-                oldest = next(iter(self._entities))
-                if self._entities.pop(oldest).pending is not None:
-                    self._pending_count -= 1
-            entity = self._entities[entity_id] = _Entity()
+        if entity is not None:
+            # Least recently heard first: an entity in use is never the one forgotten.
+            self._entities.move_to_end(entity_id)
+            return entity
+        if len(self._entities) >= MAX_ENTITIES:
+            _, oldest = self._entities.popitem(last=False)
+            self.counts["entities_forgotten"] += 1
+            if oldest.pending is not None:
+                self._pending_count -= 1
+                self.counts["pending_dropped"] += 1
+        entity = self._entities[entity_id] = _Entity()
         return entity
 
     def _hold(self, entity: _Entity, value: float | str, received_at: float) -> None:

@@ -189,7 +189,7 @@ class HeadInput:
     audio: F32 | None = None  # keyword: the last KW_SAMPLES samples (features = log duration)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Endpointer:
     """Energy endpointer: speech is 9 dB above a slowly rising noise floor *and* 7 dB above the
     sound's typical level (the median frame energy of the last 4 s).
@@ -235,7 +235,7 @@ class _Endpointer:
         return None
 
 
-@dataclass
+@dataclass(slots=True)
 class AudioStream:
     """Feature state of one microphone."""
 
@@ -350,7 +350,7 @@ KEYWORD_LABELS = ("other", "lights_on", "lights_off", "stop")
 ALARM_LABELS = ("none", "smoke_t3", "co_t4")
 
 
-@dataclass
+@dataclass(slots=True)
 class AlarmDebouncer:
     """One event per alarm: fire when the T3/T4 timing matched and the head's score is at least
     `threshold`, then hold off `cooldown_s` (a sounder repeats its group)."""

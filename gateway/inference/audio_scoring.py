@@ -6,6 +6,7 @@ heads once per batch of the inputs the streams produced, and each head's output 
 decision: a speech share per ``speech_summary_s``, a keyword, an alarm that passed the
 microphone's debouncer. The keyword head reads a pretrained speech embedding, loaded at the
 first utterance; if that fails, keyword spotting turns off and the error joins the runtime's.
+A microphone the streams evict has its partial speech summary published by `flush`.
 """
 
 from __future__ import annotations
@@ -82,6 +83,39 @@ class AudioScorer:
                 offset += n
         return self._run_heads(heads)
 
+    def flush(self, mics: list[Microphone]) -> list[InferenceResult]:
+        """The partial speech summaries of `mics`, which are being evicted."""
+        vad = self._heads["vad"]
+        if vad is None:
+            return []
+        out = []
+        for mic in mics:
+            if mic.speech_blocks and mic.speech_start is not None and mic.speech_end is not None:
+                out.append(self._speech_summary(vad, mic))
+        return out
+
+    def _speech_summary(self, model: LoadedModel, mic: Microphone) -> InferenceResult:
+        """The speech share since the summary began; the next one starts afresh."""
+        assert mic.speech_start is not None and mic.speech_end is not None
+        man = model.manifest
+        share = mic.speech_hits / mic.speech_blocks
+        result = InferenceResult(
+            man.name,
+            man.version,
+            man.kind,
+            mic.home,
+            mic.room,
+            mic.device,
+            mic.speech_start,
+            mic.speech_end,
+            float(min(max(share, 0.0), 1.0)),
+            "speech" if share > 0 else "quiet",
+            share,
+            True,
+        )
+        mic.speech_start, mic.speech_end, mic.speech_blocks, mic.speech_hits = None, None, 0, 0
+        return result
+
     def _run_heads(self, inputs: list[tuple[Microphone, HeadInput]]) -> list[InferenceResult]:
         results: list[InferenceResult] = []
         for name in ("vad", "keyword", "alarm"):
@@ -147,14 +181,12 @@ class AudioScorer:
         if man.kind == ModelKind.AUDIO_VAD:
             if mic.speech_start is None:
                 mic.speech_start = h.start
+            mic.speech_end = h.end
             mic.speech_blocks += 1
             mic.speech_hits += int(p[1] >= man.thresholds.get("threshold", 0.5))
             if h.end - mic.speech_start < self._settings.speech_summary_s:
                 return None
-            share = mic.speech_hits / mic.speech_blocks
-            start = mic.speech_start
-            mic.speech_start, mic.speech_blocks, mic.speech_hits = None, 0, 0
-            return result("speech" if share > 0 else "quiet", share, share, start, True)
+            return self._speech_summary(model, mic)
         if man.kind == ModelKind.AUDIO_KEYWORD:
             label, score = keyword_decision(p, man.thresholds.get("threshold", 0.5))
             return None if label == "other" else result(label, score, 1.0, h.start, True)

@@ -10,7 +10,9 @@ the engine's single inference thread: the event loop only queues and publishes.
 The engine coordinates its parts, each in a module of its own:
 
 - `gateway.inference.streams`: per-device stream state (microphones' audio streams and
-  debouncers, sensors' windows and baselines);
+  debouncers, sensors' windows and baselines), bounded by `DeviceLimits`: after every batch the
+  idle (and surplus) devices are evicted, their open windows scored first; `sweep` queues an
+  empty batch so that happens when no input arrives;
 - `gateway.inference.scheduler`: the queue, batching, the inference thread, run/drain/close;
 - `gateway.inference.audio_scoring` and `gateway.inference.sensor_scoring`: the models over
   those streams, producing `InferenceResult`s;
@@ -35,7 +37,7 @@ from gateway.inference.sensor_scoring import SensorScorer
 from gateway.inference.sensors import ANOMALY_METRICS, OCCUPANCY_METRICS
 from gateway.inference.settings import InferenceSettings
 from gateway.inference.stats import EngineStats
-from gateway.inference.streams import DeviceStreams
+from gateway.inference.streams import DeviceLimits, DeviceStreams
 from gateway.records import Reading
 from schemas.audio import AudioFrame
 from schemas.topics import ROOT
@@ -59,11 +61,17 @@ class InferenceEngine:
         root: str = ROOT,
         availability_topic: str | None = None,
         clock: Callable[[], float] = time.time,
+        limits: DeviceLimits | None = None,
+        idle_clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`clock` stamps stored results; `idle_clock` times the devices' idleness."""
         self.settings = settings
         self.runtime = runtime
         self.stats = EngineStats()
-        streams = DeviceStreams(settings, alarm=runtime.of_kind(ModelKind.AUDIO_ALARM))
+        limits = limits or DeviceLimits()
+        self.streams = streams = DeviceStreams(
+            settings, alarm=runtime.of_kind(ModelKind.AUDIO_ALARM), limits=limits, clock=idle_clock
+        )
         self._audio = AudioScorer(settings, runtime, streams)
         self._sensors = SensorScorer(settings, runtime, streams)
         self._results = ResultHandler(
@@ -75,6 +83,9 @@ class InferenceEngine:
             root=root,
             availability_topic=availability_topic,
             clock=clock,
+            # Every tracked device's key (a microphone or a sensor) and a room each, so a
+            # tracked device is never announced twice.
+            max_announced=2 * (limits.max_devices + limits.max_microphones),
         )
         self._scheduler = InferenceScheduler(
             queue_size=settings.queue_size,
@@ -94,6 +105,7 @@ class InferenceEngine:
         publisher: EventSink | None = None,
         root: str = ROOT,
         availability_topic: str | None = None,
+        limits: DeviceLimits | None = None,
     ) -> InferenceEngine:
         """Load (and warm up) the models of `settings`; failures are logged and kept in
         ``engine.runtime.errors``, the other models serve."""
@@ -110,6 +122,7 @@ class InferenceEngine:
             publisher=publisher,
             root=root,
             availability_topic=availability_topic,
+            limits=limits,
         )
 
     # -- input (event loop; non-blocking) -------------------------------------------------
@@ -124,6 +137,11 @@ class InferenceEngine:
         """A decoded audio frame (the ingest core's callback); the samples are not kept."""
         if self._audio.embed is not None:
             self._scheduler.put(("audio", (home, room, device, frame)))
+
+    def sweep(self) -> None:
+        """Queue an empty batch, so idle devices are evicted when no input arrives
+        (non-blocking; nothing is queued while inputs wait: their batches evict anyway)."""
+        self._scheduler.nudge()
 
     # -- the background task ----------------------------------------------------------------
 
@@ -150,4 +168,10 @@ class InferenceEngine:
         if readings:
             self.stats.readings += len(readings)
             results += self._sensors.process(readings)
+        evicted = self.streams.evict()
+        if evicted:
+            self.stats.evicted_sensors += len(evicted.sensors)
+            self.stats.evicted_microphones += len(evicted.microphones)
+            results += self._sensors.flush(evicted.sensors)
+            results += self._audio.flush(evicted.microphones)
         return results

@@ -14,6 +14,7 @@ Storage, both through the gateway's writer thread:
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -76,6 +77,7 @@ class ResultHandler:
         root: str = ROOT,
         availability_topic: str | None = None,
         clock: Callable[[], float] = time.time,
+        max_announced: int = 20_000,
     ) -> None:
         self._settings = settings
         self._write = write
@@ -87,7 +89,10 @@ class ResultHandler:
         # an engine without a gateway names none, so HA takes its entities as always available.
         self._availability = availability_topic
         self._clock = clock
-        self._announced: set[tuple[str, ...]] = set()
+        # Sources whose discovery configs were published, least recently used first, bounded:
+        # one forgotten is announced again with its next result (the same retained configs).
+        self._announced: OrderedDict[tuple[str, ...], None] = OrderedDict()
+        self._max_announced = max_announced
 
     async def handle(self, results: list[InferenceResult]) -> None:
         """Publish `results`, then store them."""
@@ -160,12 +165,15 @@ class ResultHandler:
                 )
             ]
         if key in self._announced:
+            self._announced.move_to_end(key)
             return
         # Remembered only once every config was queued: a dropped one is tried again with the
         # next result of that source instead of never (HA would not know the entity).
         sent = [self._publisher.submit(c.topic, c.payload, retain=True) for c in configs()]
         if all(sent):
-            self._announced.add(key)
+            self._announced[key] = None
+            if len(self._announced) > self._max_announced:
+                self._announced.popitem(last=False)
 
     async def store(self, results: Sequence[InferenceResult]) -> None:
         now = self._clock()

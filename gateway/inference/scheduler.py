@@ -21,7 +21,8 @@ from gateway.logs import RateLimitedLog
 log = logging.getLogger(__name__)
 
 Item = tuple[str, Any]
-"""``("audio", (home, room, device, frame))`` or ``("reading", reading)``."""
+"""``("audio", (home, room, device, frame))``, ``("reading", reading)`` or ``("sweep", None)``
+(nothing to process: the batch only gives the engine a turn)."""
 ProcessFn = Callable[[list[Item]], list[InferenceResult]]
 HandleFn = Callable[[list[InferenceResult]], Awaitable[None]]
 
@@ -60,6 +61,11 @@ class InferenceScheduler:
                 self._queue.maxsize,
                 self._stats.dropped,
             )
+
+    def nudge(self) -> None:
+        """Give `process` a turn soon with an empty ``sweep`` item, unless items wait anyway."""
+        if self._queue.empty():
+            self.put(("sweep", None))
 
     async def run(self) -> None:
         """Serve until cancelled. The thread is ended by `close`, not here, so a supervisor

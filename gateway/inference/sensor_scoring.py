@@ -4,7 +4,8 @@ Each reading goes into its sensor's `SensorStream`; a window that closes is scor
 device's baseline, all windows closed in one batch in one model call per model (a device's
 second window in a batch waits for its first to be learned); a window the anomaly model flagged
 does not move the device's normal (`SensorStream.commit`). Occupancy results are events only
-when a sensor's decision changed.
+when a sensor's decision changed. A sensor the streams evict has its open window scored by
+`flush` (its readings count; the window's time is long past), then its state is dropped.
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ class SensorScorer:
             closed.append((sensor, w))
             in_round.add(key)
         return results + self._score_windows(closed)
+
+    def flush(self, sensors: list[Sensor]) -> list[InferenceResult]:
+        """Score the open windows of `sensors`, which are being evicted (each one once)."""
+        closed = [(sensor, w) for sensor in sensors if (w := sensor.stream.flush()) is not None]
+        return self._score_windows(closed)
 
     def _score_windows(self, closed: list[tuple[Sensor, WindowStats]]) -> list[InferenceResult]:
         s = self._settings

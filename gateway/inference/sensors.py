@@ -56,7 +56,7 @@ class WindowStats:
     count: dict[str, int]
 
 
-@dataclass
+@dataclass(slots=True)
 class Baseline:
     """The device's recent normal per metric (window means, window stds, repeats)."""
 
@@ -214,7 +214,7 @@ def occupancy_applies(w: WindowStats) -> bool:
     return any(m in w.mean for m in ("co2", "motion"))
 
 
-@dataclass
+@dataclass(slots=True)
 class SensorStream:
     """Windows and baseline of one device."""
 
@@ -239,6 +239,15 @@ class SensorStream:
             closed = self._close()
             self.start = ts - ts % self.window_s
         self.acc.setdefault(metric, []).append(value)
+        return closed
+
+    def flush(self) -> WindowStats | None:
+        """Close the open window now (the stream is being dropped: its readings are scored
+        instead of lost); None when it holds no model metric."""
+        if self.start is None or not self.acc:
+            return None
+        closed = self._close()
+        self.start = None
         return closed
 
     def _close(self) -> WindowStats | None:

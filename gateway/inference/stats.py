@@ -16,3 +16,5 @@ class EngineStats:
     errors: int = 0  # batches that failed (scheduler)
     batches: int = 0  # batches processed (inference thread)
     rows_written: int = 0  # `inferences` rows stored (result handling)
+    evicted_sensors: int = 0  # sensors' state dropped after devices.idle_s (inference thread)
+    evicted_microphones: int = 0  # microphones' state dropped likewise

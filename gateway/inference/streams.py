@@ -3,11 +3,24 @@
 last occupancy decision.
 
 Only the inference thread touches it. A device's room is refreshed from its newest input (a
-device moved to another room keeps its stream)."""
+device moved to another room keeps its stream).
+
+Bounded (`DeviceLimits`, the gateway's ``[devices]`` section): a device with no input for
+``idle_s`` is evicted, and beyond ``max_devices`` sensors or ``max_microphones`` microphones
+the least recently used one is, whether idle or not (a backstop: the decoder's admission
+already keeps the gateway's devices under those numbers). `evict` hands the evicted state to
+the caller, which scores what it still holds (a sensor's open window, a microphone's partial
+speech summary) before it is dropped. An evicted sensor's baseline is lost: it is learned again
+from its next windows (``baseline_min_windows`` before it is scored).
+"""
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from gateway.inference.audio import AlarmDebouncer, AudioStream
 from gateway.inference.runtime import LoadedModel
@@ -15,7 +28,16 @@ from gateway.inference.sensors import SensorStream
 from gateway.inference.settings import InferenceSettings
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
+class DeviceLimits:
+    """How much per-device state the engine keeps (from the gateway's ``[devices]``)."""
+
+    idle_s: float = 86400.0
+    max_devices: int = 2000
+    max_microphones: int = 64
+
+
+@dataclass(slots=True)
 class Microphone:
     home: str
     room: str
@@ -23,44 +45,98 @@ class Microphone:
     stream: AudioStream = field(default_factory=AudioStream)
     debouncer: AlarmDebouncer | None = None
     speech_start: float | None = None
+    speech_end: float | None = None
     speech_blocks: int = 0
     speech_hits: int = 0
+    used: float = 0.0  # the clock of its last input
 
 
-@dataclass
+@dataclass(slots=True)
 class Sensor:
     home: str
     room: str
     device: str
     stream: SensorStream
     occupied: bool | None = None
+    used: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Evicted:
+    """State `DeviceStreams.evict` dropped, for the scorers to flush."""
+
+    sensors: list[Sensor]
+    microphones: list[Microphone]
+
+    def __bool__(self) -> bool:
+        return bool(self.sensors or self.microphones)
 
 
 class DeviceStreams:
-    """The registry: a device's state is made at its first input and kept for the process."""
+    """The registry: a device's state is made at its first input, kept in least recently used
+    order and evicted by `evict` (see the module docstring)."""
 
-    def __init__(self, settings: InferenceSettings, *, alarm: LoadedModel | None) -> None:
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        *,
+        alarm: LoadedModel | None,
+        limits: DeviceLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._settings = settings
         self._alarm = alarm  # its thresholds set each microphone's debouncer
-        self.microphones: dict[tuple[str, str], Microphone] = {}
-        self.sensors: dict[tuple[str, str], Sensor] = {}
+        self.limits = limits or DeviceLimits()
+        self._clock = clock
+        self.microphones: OrderedDict[tuple[str, str], Microphone] = OrderedDict()
+        self.sensors: OrderedDict[tuple[str, str], Sensor] = OrderedDict()
 
     def microphone(self, home: str, room: str, device: str) -> Microphone:
-        mic = self.microphones.get((home, device))
+        key = (home, device)
+        mic = self.microphones.get(key)
         if mic is None:
             deb = None
             if self._alarm is not None:
                 t = self._alarm.manifest.thresholds
                 deb = AlarmDebouncer(t.get("threshold", 0.8), t.get("cooldown_s", 3.5))
-            mic = self.microphones[(home, device)] = Microphone(home, room, device, debouncer=deb)
+            mic = self.microphones[key] = Microphone(home, room, device, debouncer=deb)
+        else:
+            self.microphones.move_to_end(key)
         mic.room = room
+        mic.used = self._clock()
         return mic
 
     def sensor(self, home: str, room: str, device: str) -> Sensor:
-        sensor = self.sensors.get((home, device))
+        key = (home, device)
+        sensor = self.sensors.get(key)
         if sensor is None:
             s = self._settings
             stream = SensorStream(s.sensor_window_s, s.baseline_windows)
-            sensor = self.sensors[(home, device)] = Sensor(home, room, device, stream)
+            sensor = self.sensors[key] = Sensor(home, room, device, stream)
+        else:
+            self.sensors.move_to_end(key)
         sensor.room = room
+        sensor.used = self._clock()
         return sensor
+
+    def evict(self) -> Evicted:
+        """Drop the idle devices and those beyond the limits; O(1) when there are none."""
+        cutoff = self._clock() - self.limits.idle_s
+        return Evicted(
+            _evict(self.sensors, cutoff, self.limits.max_devices),
+            _evict(self.microphones, cutoff, self.limits.max_microphones),
+        )
+
+
+S = TypeVar("S", Sensor, Microphone)
+
+
+def _evict(table: OrderedDict[tuple[str, str], S], cutoff: float, limit: int) -> list[S]:
+    out: list[S] = []
+    while table:
+        key, state = next(iter(table.items()))
+        if state.used > cutoff and len(table) <= limit:
+            break
+        del table[key]
+        out.append(state)
+    return out

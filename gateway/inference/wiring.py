@@ -7,7 +7,9 @@
   the committed-readings callbacks and the unique indexes hold for them too);
 - events and Home Assistant discovery go out on the gateway's own MQTT session
   (``host.publish``): one identity, one availability topic, one reconnect schedule;
-- task ``inference`` (the engine);
+- task ``inference`` (the engine) and ``inference-sweep`` (idle devices' state is evicted also
+  when no input arrives; `gateway.inference.streams`, limits from ``[devices]``);
+- gauge ``homeedge_gateway_inference_streams{kind="sensor"|"microphone"}``: devices with state;
 - ``/healthz`` gets an ``inference`` object: models loaded, ``load_errors``, counters.
 
 The models load in a lifetime at start; a model that fails is named in the log and in
@@ -16,6 +18,7 @@ The models load in a lifetime at start; a model that fails is named in the log a
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -53,8 +56,15 @@ def install_inference(host: GatewayHost, settings: InferenceSettings) -> None:
         return
     # Imported here, not at module level: the engine pulls in onnxruntime (~30 MB resident),
     # which an ingest-only gateway ([inference] enabled = false) must not pay for.
-    from gateway.inference.engine import InferenceEngine
+    from prometheus_client import Gauge
 
+    from gateway.inference.engine import InferenceEngine
+    from gateway.inference.streams import DeviceLimits
+
+    dev = host.config.devices
+    limits = DeviceLimits(
+        idle_s=dev.idle_s, max_devices=dev.max_devices, max_microphones=dev.max_microphones
+    )
     events = HostEvents(host)
     holder: dict[str, InferenceEngine] = {}
 
@@ -72,6 +82,7 @@ def install_inference(host: GatewayHost, settings: InferenceSettings) -> None:
             publisher=events,
             root=host.config.mqtt.topic_root,
             availability_topic=host.status_topic,
+            limits=limits,
         )
         holder["engine"] = engine
         yield
@@ -87,6 +98,32 @@ def install_inference(host: GatewayHost, settings: InferenceSettings) -> None:
 
     async def run_engine() -> None:
         await holder["engine"].run()
+
+    async def sweep() -> None:
+        # As the device table's sweep: at most a minute (or a quarter of idle_s) late.
+        while True:
+            await asyncio.sleep(min(limits.idle_s / 4, 60.0))
+            holder["engine"].sweep()
+
+    def tracked(kind: str) -> Callable[[], float]:
+        def size() -> float:
+            engine = holder.get("engine")
+            if engine is None:
+                return 0.0
+            streams = engine.streams
+            return float(len(streams.sensors if kind == "sensor" else streams.microphones))
+
+        return size
+
+    gauge = Gauge(
+        "homeedge_gateway_inference_streams",
+        "devices whose inference state (windows, baselines, audio streams) is kept, by kind; "
+        "evicted after devices.idle_s without input",
+        ["kind"],
+        registry=host.registry,
+    )
+    for kind in ("sensor", "microphone"):
+        gauge.labels(kind).set_function(tracked(kind))
 
     def health() -> dict[str, Any]:
         engine = holder.get("engine")
@@ -104,4 +141,5 @@ def install_inference(host: GatewayHost, settings: InferenceSettings) -> None:
     host.on_readings(on_readings)
     host.on_audio(on_audio)
     host.add_task("inference", run_engine)
+    host.add_task("inference-sweep", sweep)
     host.add_health("inference", health)
