@@ -23,7 +23,7 @@ def agg(i: int) -> WindowAggregate:
     return WindowAggregate(
         window_start=T0 + 60 * i,
         window_s=60,
-        home="h-abc",
+        home="h-" + "abc0" * 5,  # a pseudonym: prefix + 20 hex digits
         room_class="kitchen",
         device_class="plug",
         metric="power",
