@@ -32,6 +32,7 @@ from cloud.dashboard import ASSETS
 from cloud.queries import FILTER_COLUMNS, GROUP_COLUMNS, Bucket
 from cloud.responses import ErrorBody, GatewaysResponse, Health, SeriesResponse, StoreResult
 from schemas.batch import MAX_AGGREGATES_PER_BATCH, Batch
+from schemas.batch_rules import Rule
 from schemas.generate import clean_descriptions
 
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "schemas" / "openapi.json"
@@ -51,10 +52,14 @@ def _errors(*statuses: int) -> dict[str, Any]:
         400: "malformed request (invalid JSON, undecodable gzip, bad query parameter)",
         401: "missing or unknown bearer token",
         403: "the batch names another gateway than the token's",
-        409: "the batch id is already stored for another gateway",
+        409: "the batch id is already stored for another gateway (code conflict) or with "
+        "another body (code content_conflict); a resend of the same body is a 200",
         404: "no such asset",
         413: "body larger than max_body_bytes after decompression",
-        422: "valid JSON that does not follow the batch schema",
+        422: "valid JSON that does not follow the batch schema (code validation), or a batch "
+        "that breaks a rule of the batch contract: the code names the rule ("
+        + ", ".join(Rule)
+        + ") and `aggregate` the index of the first aggregate that breaks it",
         503: "the database does not answer",
     }
     return {str(s): _json("ErrorBody", meaning[s]) for s in statuses}
