@@ -25,6 +25,8 @@ Privacy:
 Plausibility:
 
 - ``min_above_max``: min <= max when both are present.
+- ``tiny_statistic``: mean and std are 0 or at least `TINY` in magnitude: the rollups square
+  them, and PostgreSQL refuses a product that underflows to zero (no sensor reads 1e-160).
 - ``unit_not_printable``: a unit has no control or formatting characters (NUL, bidi overrides,
   zero-width marks): it ends up in dashboards and logs.
 - ``window_in_future`` / ``created_in_future``: no window ends, and no batch was made, later
@@ -64,6 +66,7 @@ PSEUDONYM = re.compile(rf"^{PSEUDONYM_PREFIX}[0-9a-f]{{{PSEUDONYM_HEX_MIN},{PSEU
 MIN_WINDOW_COUNT = 5
 MAX_CLOCK_SKEW_S = 300.0
 ORDER_STATISTICS = ("min", "max", "std", "p50", "p95")
+TINY = 1e-150
 
 ROOM_CLASSES = frozenset(c.value for c in RoomClass)
 DEVICE_CLASSES = frozenset(c.value for c in DeviceClass)
@@ -81,6 +84,7 @@ class Rule(StrEnum):
     NOISED_ORDER_STATISTICS = "noised_order_statistics"
     NOISED_WITHOUT_EPSILON = "noised_without_epsilon"
     MIN_ABOVE_MAX = "min_above_max"
+    TINY_STATISTIC = "tiny_statistic"
     UNIT_NOT_PRINTABLE = "unit_not_printable"
     WINDOW_IN_FUTURE = "window_in_future"
     CREATED_IN_FUTURE = "created_in_future"
@@ -163,6 +167,11 @@ def aggregate_violation(
             return Rule.NOISED_WITHOUT_EPSILON, "a noised aggregate does not name its epsilon"
     elif a.min is not None and a.max is not None and a.min > a.max:
         return Rule.MIN_ABOVE_MAX, f"min {a.min:g} is above max {a.max:g}"
+    mean, std = a.mean, a.std
+    if (mean and -TINY < mean < TINY) or (std and -TINY < std < TINY):
+        return Rule.TINY_STATISTIC, (
+            f"mean {mean:g} / std {std} is nonzero but below {TINY:g} in magnitude (send 0)"
+        )
     unit = a.unit
     if good_units is None or unit not in good_units:
         if not unit.isprintable():
