@@ -30,7 +30,7 @@ from cloud.analytics.rollups import backfill
 from cloud.app import create_app
 from cloud.config import CloudConfig
 from cloud.db import make_engine, upgrade_to_head
-from cloud.ingest import AGGREGATE_COLUMNS, BatchWriter, BodySize
+from cloud.ingest import AGGREGATE_COLUMNS, BatchWriter, Body
 from schemas.batch import Batch, WindowAggregate
 
 READ_TOKEN = "bench-read-token-0123456789"
@@ -240,7 +240,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         async with BatchWriter(engine) as writer:
             for batch in batches:
-                await writer.store(batch, BodySize(wire=1, decoded=1))
+                await writer.store(batch, Body(wire=1, decoded=1, sha256="0" * 64))
         inc_s = time.perf_counter() - started
         inc_rows = sum(len(b.aggregates) for b in batches)
         log(f"incremental: {inc_rows:,} rows via BatchWriter.store in {inc_s:.2f} s")

@@ -24,7 +24,7 @@ from sqlalchemy import text
 from cloud.analytics.rollups import rollup_series, served_by_rollups
 from cloud.auth import authenticated_gateway, require_metrics_reader, require_reader
 from cloud.bodies import read_body
-from cloud.ingest import BatchConflict, BodySize, StoreOutcome
+from cloud.ingest import BatchConflict, Body, StoreOutcome
 from cloud.queries import (
     FILTER_COLUMNS,
     GROUP_COLUMNS,
@@ -34,7 +34,14 @@ from cloud.queries import (
     gateway_status,
     query_series,
 )
-from cloud.responses import GatewaysResponse, Health, SeriesResponse, StoreResult
+from cloud.responses import (
+    ErrorBody,
+    ErrorDetail,
+    GatewaysResponse,
+    Health,
+    SeriesResponse,
+    StoreResult,
+)
 from cloud.web import (
     BATCH_WRITER_KEY,
     CONFIG_KEY,
@@ -45,6 +52,7 @@ from cloud.web import (
     json_response,
 )
 from schemas.batch import decode_batch
+from schemas.batch_rules import batch_violation
 from schemas.errors import PayloadError
 
 log = logging.getLogger(__name__)
@@ -79,12 +87,25 @@ async def post_batch(request: web.Request) -> web.Response:
         raise ApiError(
             403, "forbidden", f"token of gateway {gateway!r} cannot upload for {batch.gateway!r}"
         )
-    size = BodySize(wire=body.wire_bytes, decoded=len(body.data))
+    # The batch contract's rules (privacy, plausible values, times), whatever the gateway did.
+    config = request.app[CONFIG_KEY]
+    violation = batch_violation(
+        batch,
+        now=time.time(),
+        max_skew_s=config.max_clock_skew_s,
+        min_window_count=config.min_window_count,
+    )
+    if violation is not None:
+        metrics.batches_rejected.labels(violation.rule.value).inc()
+        log.warning("batch %s of %s refused: %s", batch.batch_id, gateway, violation)
+        detail = ErrorDetail(violation.rule.value, str(violation), aggregate=violation.index)
+        return json_response(ErrorBody(detail), status=422)
+    size = Body.of(body.data, wire=body.wire_bytes)
     try:
         outcome = await request.app[BATCH_WRITER_KEY].store(batch, size)
     except BatchConflict as exc:
-        metrics.batches_rejected.labels("conflict").inc()
-        raise ApiError(409, "conflict", str(exc)) from None
+        metrics.batches_rejected.labels(exc.code).inc()
+        raise ApiError(409, exc.code, str(exc)) from None
     if outcome is StoreOutcome.DUPLICATE:
         metrics.batches_duplicate.inc()
         return json_response(StoreResult("duplicate", batch.batch_id), status=200)

@@ -41,6 +41,7 @@ from pydantic_settings import (
 )
 
 from schemas.batch import MAX_BATCH_BYTES
+from schemas.batch_rules import MAX_CLOCK_SKEW_S, MIN_WINDOW_COUNT
 
 ENV_PREFIX = "HOMEEDGE_CLOUD__"
 
@@ -140,6 +141,19 @@ class CloudConfig(BaseSettings):
         ge=1024,
         le=64 * 1024 * 1024,
         description="largest accepted request body, after gzip decompression (413 above it)",
+    )
+    min_window_count: int = Field(
+        MIN_WINDOW_COUNT,
+        ge=1,
+        description="a batch with a window of fewer readings is refused (422 window_too_small), "
+        "whatever the gateway's own min_window_count; keep it <= the gateways' setting",
+    )
+    max_clock_skew_s: float = Field(
+        MAX_CLOCK_SKEW_S,
+        ge=0,
+        le=86400,
+        description="a batch with a window ending (or made) later than now plus this many "
+        "seconds is refused (422 window_in_future / created_in_future)",
     )
     workers: int = Field(
         1, ge=1, le=64, description="processes serving the same port (SO_REUSEPORT, Linux)"

@@ -61,6 +61,9 @@ batches = Table(
     Column("ingested_messages", BigInteger, nullable=False),
     Column("ingested_bytes", BigInteger, nullable=False),
     Column("version", Integer, nullable=False),
+    # SHA-256 (hex) of the decompressed body: a resend carries the same bytes, another body
+    # under a stored id is refused. NULL for batches stored before migration 0005 (matches any).
+    Column("body_sha256", String(64), nullable=True),
     UniqueConstraint("batch_id", name="batches_batch_id_key"),
     Index("ix_batches_gateway_seq", "gateway", "seq"),
 )

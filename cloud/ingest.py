@@ -3,6 +3,9 @@
 Idempotency lives in the database, not in process memory: `batches.batch_id` is UNIQUE, so
 when two workers (or one worker twice) receive the same batch, exactly one insert wins and the
 other reports a duplicate. The batch row is inserted first, so a duplicate writes no aggregate.
+A duplicate is a resend only when its body is the stored one (`batches.body_sha256`, the digest
+of the decompressed body: a gateway retries with the bytes kept in its outbox); the same id with
+another body, or of another gateway, is a `BatchConflict`, never silently dropped.
 
 A `BatchWriter` stores them. On PostgreSQL the batches that arrive while a transaction is
 running are stored together in the next one (group commit): one multi-row insert of their batch
@@ -22,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -55,18 +59,34 @@ class StoreOutcome(enum.Enum):
 
 
 class BatchConflict(Exception):
-    """The batch id is already stored, but for another gateway."""
+    """The batch id is already stored, for another gateway (`code` ``conflict``) or with
+    another body (``content_conflict``)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
-class BodySize:
-    """Bytes of a request body as received and after decompression."""
+class Body:
+    """What is kept of an upload's request body: its bytes as received and after
+    decompression, and the SHA-256 (hex) of the decompressed bytes (equal for a resend)."""
 
     wire: int
     decoded: int
+    sha256: str
+
+    @classmethod
+    def of(cls, decoded: bytes, wire: int | None = None) -> Body:
+        """The body whose decompressed bytes are `decoded` (`wire` bytes on the wire)."""
+        return cls(
+            wire=len(decoded) if wire is None else wire,
+            decoded=len(decoded),
+            sha256=hashlib.sha256(decoded).hexdigest(),
+        )
 
 
-def _batch_row(batch: Batch, size: BodySize, received_at: float) -> dict[str, object]:
+def _batch_row(batch: Batch, size: Body, received_at: float) -> dict[str, object]:
     starts = [a.window_start for a in batch.aggregates]
     ends = [a.window_start + a.window_s for a in batch.aggregates]
     return {
@@ -87,6 +107,7 @@ def _batch_row(batch: Batch, size: BodySize, received_at: float) -> dict[str, ob
         "ingested_messages": batch.stats.ingested_messages,
         "ingested_bytes": batch.stats.ingested_bytes,
         "version": batch.version,
+        "body_sha256": size.sha256,
     }
 
 
@@ -158,7 +179,7 @@ async def _raw_connection(conn: AsyncConnection) -> Any:
 
 
 async def _store_one(
-    engine: AsyncEngine, batch: Batch, size: BodySize, received_at: float
+    engine: AsyncEngine, batch: Batch, size: Body, received_at: float
 ) -> StoreOutcome:
     """One batch in its own transaction (SQLite)."""
     try:
@@ -172,25 +193,45 @@ async def _store_one(
     except IntegrityError:
         # engine.begin() has rolled back. Decide whether this was our unique key.
         async with engine.connect() as conn:
-            owner = await conn.scalar(
-                select(batches.c.gateway).where(batches.c.batch_id == batch.batch_id)
-            )
-        if owner is None:
+            stored = (
+                await conn.execute(
+                    select(batches.c.gateway, batches.c.body_sha256).where(
+                        batches.c.batch_id == batch.batch_id
+                    )
+                )
+            ).first()
+        if stored is None:
             raise
-        return _outcome_for_existing(batch, owner)
+        return _outcome_for_existing(batch, size, _Stored(stored.gateway, stored.body_sha256))
     return StoreOutcome.STORED
 
 
-def _outcome_for_existing(batch: Batch, owner: str) -> StoreOutcome:
-    if owner != batch.gateway:
-        raise BatchConflict(f"batch_id {batch.batch_id} is stored for another gateway")
+@dataclass(frozen=True)
+class _Stored:
+    """What decides whether a batch id stored before is this upload again."""
+
+    gateway: str
+    sha256: str | None  # None: stored before migration 0005
+
+
+def _outcome_for_existing(batch: Batch, size: Body, stored: _Stored) -> StoreOutcome:
+    if stored.gateway != batch.gateway:
+        raise BatchConflict("conflict", f"batch_id {batch.batch_id} is stored for another gateway")
+    # NULL: a batch stored before the digest was kept; its resend is taken as one (0005).
+    if stored.sha256 is not None and stored.sha256 != size.sha256:
+        raise BatchConflict(
+            "content_conflict",
+            f"batch_id {batch.batch_id} is stored with another body (sha256 "
+            f"{stored.sha256[:12]}..., this one {size.sha256[:12]}...): a batch id names one "
+            "batch, a new batch needs a new id",
+        )
     return StoreOutcome.DUPLICATE
 
 
 @dataclass(eq=False)
 class _Request:
     batch: Batch
-    size: BodySize
+    size: Body
     received_at: float
     done: asyncio.Future[StoreOutcome] = field(repr=False)
 
@@ -230,9 +271,10 @@ class BatchWriter:
         return not self._queue and all(task.done() for task in self._tasks)
 
     async def store(
-        self, batch: Batch, size: BodySize, received_at: float | None = None
+        self, batch: Batch, size: Body, received_at: float | None = None
     ) -> StoreOutcome:
-        """Store `batch` once; raise BatchConflict when its id belongs to another gateway.
+        """Store `batch` once; raise BatchConflict when its id is stored for another gateway or
+        with another body (`size.sha256`).
 
         Returns once the batch, its aggregates and its rollups are committed (or it was a
         duplicate).
@@ -356,13 +398,14 @@ async def _store_group(
     async with engine.begin() as conn:
         inserted = {bid: pk for bid, pk in (await conn.execute(stmt, rows)).all()}
         stored = [r.batch for bid, r in first.items() if bid in inserted]
-        existing: dict[str, str] = {}
+        existing: dict[str, _Stored] = {}
         if len(inserted) < len(first):
             others = [bid for bid in first if bid not in inserted]
+            b = batches.c
             result = await conn.execute(
-                select(batches.c.batch_id, batches.c.gateway).where(batches.c.batch_id.in_(others))
+                select(b.batch_id, b.gateway, b.body_sha256).where(b.batch_id.in_(others))
             )
-            existing = {bid: gateway for bid, gateway in result.all()}
+            existing = {bid: _Stored(gateway, sha) for bid, gateway, sha in result.all()}
         if stored:
             pks = [inserted[batch.batch_id] for batch in stored]
             records = [
@@ -395,14 +438,16 @@ async def _store_group(
             if first[bid] is request:
                 outcomes.append(StoreOutcome.STORED)
                 continue
-            owner: str | None = first[bid].batch.gateway  # the same id twice in this group
+            # The same id twice in this group: compared with the one stored now.
+            winner = first[bid]
+            before: _Stored | None = _Stored(winner.batch.gateway, winner.size.sha256)
         else:
-            owner = existing.get(bid)
-        if owner is None:  # cannot happen: DO NOTHING skipped it, so a committed row has it
+            before = existing.get(bid)
+        if before is None:  # cannot happen: DO NOTHING skipped it, so a committed row has it
             outcomes.append(RuntimeError(f"batch_id {bid} neither stored nor found"))
             continue
         try:
-            outcomes.append(_outcome_for_existing(request.batch, owner))
+            outcomes.append(_outcome_for_existing(request.batch, request.size, before))
         except BatchConflict as exc:
             outcomes.append(exc)
     return outcomes

@@ -32,6 +32,7 @@ from cloud.dashboard import ASSETS, MAX_LOGIN_BODY_BYTES
 from cloud.queries import FILTER_COLUMNS, GROUP_COLUMNS, Bucket
 from cloud.responses import ErrorBody, GatewaysResponse, Health, SeriesResponse, StoreResult
 from schemas.batch import MAX_AGGREGATES_PER_BATCH, Batch
+from schemas.batch_rules import Rule
 from schemas.generate import clean_descriptions
 
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "schemas" / "openapi.json"
@@ -53,10 +54,14 @@ def _errors(*statuses: int) -> dict[str, Any]:
         403: "the batch names another gateway than the token's",
         404: "no such asset",
         408: "the body did not arrive within http.body_timeout_s",
-        409: "the batch id is already stored for another gateway",
+        409: "the batch id is already stored for another gateway (code conflict) or with "
+        "another body (code content_conflict); a resend of the same body is a 200",
         413: "body larger than max_body_bytes, as received or after decompression",
         415: "Content-Type is not application/json, or Content-Encoding is not gzip/identity",
-        422: "valid JSON that does not follow the batch schema",
+        422: "valid JSON that does not follow the batch schema (code validation), or a batch "
+        "that breaks a rule of the batch contract: the code names the rule ("
+        + ", ".join(Rule)
+        + ") and `aggregate` the index of the first aggregate that breaks it",
         503: "the database does not answer",
     }
     return {str(s): _json("ErrorBody", meaning[s]) for s in statuses}

@@ -17,9 +17,12 @@ class StoreResult(msgspec.Struct, frozen=True):
     batch_id: str
 
 
-class ErrorDetail(msgspec.Struct, frozen=True):
+class ErrorDetail(msgspec.Struct, frozen=True, omit_defaults=True):
     code: str
     message: str
+    # A batch refused for a rule of `schemas.batch_rules`: the index of the first aggregate
+    # that breaks it (absent for the other errors and for rules of the batch itself).
+    aggregate: int | None = None
 
 
 class ErrorBody(msgspec.Struct, frozen=True):

@@ -5,8 +5,10 @@ gateway's bearer token. It carries only window aggregates that passed the gatewa
 filter: the home appears as a keyed pseudonym, rooms and devices only as categories, and no raw
 reading, device id or audio byte is ever part of it.
 
-`batch_id` is unique: the cloud stores a batch id once, so a gateway may resend freely.
-`seq` increases by one per batch of a gateway, so the cloud can report gaps.
+`batch_id` is unique: the cloud stores a batch id once, so a gateway may resend the same body
+freely (200); the same id with another body is refused (409). `seq` increases by one per batch
+of a gateway, so the cloud can report gaps. What the values may be (pseudonyms, room and device
+classes, noised health metrics, window counts, times) is `schemas.batch_rules`.
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ class WindowAggregate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Statistics of one metric over one tumbling window of one (home, room class, device class).
 
     For ``noised`` aggregates, `count`, `sum` and `mean` are noised and the order statistics
-    (min, max, std, p50, p95) are omitted, since they would leak single readings.
+    (min, max, std, p50, p95) are omitted, since they would leak single readings. `home` is a
+    pseudonym, `room_class` and `device_class` come from fixed vocabularies (the rules are in
+    `schemas.batch_rules`).
     """
 
     window_start: Annotated[float, msgspec.Meta(ge=0, le=4102444800.0)]

@@ -36,6 +36,7 @@ from tests.test_cloud_api import (
     T0,
     AiohttpClient,
     db_url,
+    home_id,
     make_config,
     upload_headers,
 )
@@ -43,15 +44,17 @@ from tests.test_cloud_api import (
 __all__ = ["db_url"]  # the fixture, imported for pytest
 
 HOURS = 48
+HOME = {i: home_id(f"home-{i:02d}") for i in range(1, 10)}  # the homes' pseudonyms
+INDEX = {home: i for i, home in HOME.items()}
 GROUPS = {  # planted clusters: the hour (UTC) their power and motion peak
-    7: ["home-01", "home-02", "home-03"],
-    19: ["home-04", "home-05", "home-06"],
-    1: ["home-07", "home-08", "home-09"],
+    7: [HOME[1], HOME[2], HOME[3]],
+    19: [HOME[4], HOME[5], HOME[6]],
+    1: [HOME[7], HOME[8], HOME[9]],
 }
-GATEWAY_OF = {f"home-0{i}": ("gw-1" if i <= 5 else "gw-2") for i in range(1, 10)}
+GATEWAY_OF = {HOME[i]: ("gw-1" if i <= 5 else "gw-2") for i in range(1, 10)}
 TOKENS = {"gw-1": GW1_TOKEN, "gw-2": GW2_TOKEN}
-ANOMALOUS_HOME = "home-08"
-ALARMS = {("home-03", 10): 2.0, ("home-03", 30): 1.0}  # (home, hour index) -> alarms
+ANOMALOUS_HOME = HOME[8]
+ALARMS = {(HOME[3], 10): 2.0, (HOME[3], 30): 1.0}  # (home, hour index) -> alarms
 
 
 def _peak(hour: int, at: int) -> float:
@@ -86,7 +89,7 @@ def fleet_windows() -> list[WindowAggregate]:
     for peak, homes in GROUPS.items():
         for n, home in enumerate(homes):
             level = 1.0 + 0.5 * n  # homes differ in level, not in the shape of their day
-            index = int(home[-1])
+            index = INDEX[home]
             for i in range(HOURS):
                 t = T0 + 3600 * i
                 shape = _peak(i % 24, peak)
@@ -198,8 +201,8 @@ async def test_analytics_on_a_seeded_fleet_give_the_known_answers(
         assert ranks[home]["value"] == pytest.approx(value, rel=1e-9)
         assert ranks[home]["rank_pct"] == percentile_rank(list(means.values()), value)
         assert ranks[home]["days"] == 2
-    one = await get(client, "/api/v1/analytics/fleet", metric="power", home="home-05")
-    assert [s["home"] for s in one["homes"]] == ["home-05"]
+    one = await get(client, "/api/v1/analytics/fleet", metric="power", home=HOME[5])
+    assert [s["home"] for s in one["homes"]] == [HOME[5]]
     assert one["stats"][0]["device_class"] == "plug"
 
     # The planted groups come back as the clusters, chosen by silhouette.
@@ -231,14 +234,14 @@ async def test_analytics_on_a_seeded_fleet_give_the_known_answers(
     # Edge events: alarms per home and day, the speech share, the alarm timeline.
     events = (await get(client, "/api/v1/analytics/events"))["report"]
     alarms = {(d["home"], d["day"]): d["alarms"] for d in events["days"]}
-    assert alarms[("home-03", T0)] == pytest.approx(2.0)
-    assert alarms[("home-03", T0 + 86400)] == pytest.approx(1.0)
+    assert alarms[(HOME[3], T0)] == pytest.approx(2.0)
+    assert alarms[(HOME[3], T0 + 86400)] == pytest.approx(1.0)
     assert sum(alarms.values()) == pytest.approx(3.0)
     assert events["alarms_per_home_day"] == pytest.approx(3.0 / 18)
     assert events["speech_share"] == pytest.approx(0.2)
     assert [(p["t"], p["home"], p["alarms"]) for p in events["timeline"]] == [
-        (T0 + 3600 * 10, "home-03", pytest.approx(2.0)),
-        (T0 + 3600 * 30, "home-03", pytest.approx(1.0)),
+        (T0 + 3600 * 10, HOME[3], pytest.approx(2.0)),
+        (T0 + 3600 * 30, HOME[3], pytest.approx(1.0)),
     ]
 
     # Bandwidth: bytes ingested at the edge vs bytes uplinked, per gateway and in total.

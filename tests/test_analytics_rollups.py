@@ -13,6 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from alembic import command
 from sqlalchemy import delete, func, select
@@ -28,12 +29,12 @@ from cloud.db import (
     upgrade_to_head,
 )
 from cloud.db import batches as batches_table
-from cloud.ingest import BatchConflict, BatchWriter, BodySize, StoreOutcome
+from cloud.ingest import BatchConflict, BatchWriter, Body, StoreOutcome
 from cloud.queries import Bucket, SeriesQuery, query_series
-from schemas.batch import Batch, WindowAggregate
-from tests.test_cloud_api import T0, make_aggregate
+from schemas.batch import Batch, WindowAggregate, encode_batch
+from tests.test_cloud_api import T0, home_id, make_aggregate
 
-SIZE = BodySize(wire=100, decoded=1000)
+SIZE = Body(wire=100, decoded=1000, sha256="0" * 64)
 
 
 def random_windows(seed: int, n: int) -> list[WindowAggregate]:
@@ -47,7 +48,7 @@ def random_windows(seed: int, n: int) -> list[WindowAggregate]:
             make_aggregate(
                 T0 + rng.randrange(0, 3 * 86400, 300),
                 window_s=300,
-                home=rng.choice(["home-a", "home-b", "home-c"]),
+                home=rng.choice([home_id("a"), home_id("b"), home_id("c")]),
                 room_class=rng.choice(["kitchen", "bedroom"]),
                 metric=rng.choice(["temperature", "co2"]),
                 unit="x",
@@ -196,9 +197,14 @@ async def test_two_workers_ingesting_the_same_keys_concurrently_lose_nothing(
             await engine.dispose()
 
 
+def body_of(batch: Batch) -> Body:
+    return Body.of(encode_batch(batch))
+
+
 async def test_uploads_stored_together_keep_duplicates_and_conflicts_apart(pg_url: str) -> None:
-    # Concurrent calls on one writer are stored in shared transactions (group commit); a resend
-    # and another gateway's clashing id among them must not cost the other batches anything.
+    # Concurrent calls on one writer are stored in shared transactions (group commit); a resend,
+    # another gateway's clashing id and an id reused for other content among them must not cost
+    # the other batches anything, and only the resend is a duplicate.
     engine = make_engine(pg_url)
     try:
         await upgrade_to_head(engine)
@@ -208,19 +214,34 @@ async def test_uploads_stored_together_keep_duplicates_and_conflicts_apart(pg_ur
         clash = Batch(
             batch_id=batches[1].batch_id, gateway="gw-2", seq=1, created_at=T0, aggregates=[]
         )
+        # The same id twice in one group (the empty batches queue up together), other content.
+        fresh = batch_of("gw-1", 7, [])
+        reused = msgspec.structs.replace(fresh, created_at=T0 + 1)
         async with BatchWriter(engine) as writer:
             outcomes = await asyncio.gather(
-                *(writer.store(b, SIZE) for b in [*batches, resend, clash]),
+                *(writer.store(b, body_of(b)) for b in [*batches, resend, clash, fresh, reused]),
                 return_exceptions=True,
             )
+            # An id stored by an earlier transaction, other content.
+            later = msgspec.structs.replace(batches[2], created_at=T0 + 1)
+            with pytest.raises(BatchConflict) as raised:
+                await writer.store(later, body_of(later))
+            assert raised.value.code == "content_conflict"
+            assert await writer.store(batches[2], body_of(batches[2])) is StoreOutcome.DUPLICATE
         assert outcomes[:6] == [StoreOutcome.STORED] * 6
         assert outcomes[6] is StoreOutcome.DUPLICATE
-        assert isinstance(outcomes[7], BatchConflict)
+        assert isinstance(outcomes[7], BatchConflict) and outcomes[7].code == "conflict"
+        assert outcomes[8] is StoreOutcome.STORED
+        assert isinstance(outcomes[9], BatchConflict) and outcomes[9].code == "content_conflict"
         stored = [("gw-1", a) for b in batches for a in b.aggregates]
         assert_matches(await table_rows(engine), direct_rollups(stored))
         async with engine.connect() as conn:
             assert await conn.scalar(select(func.count()).select_from(aggregates)) == 240
-            assert await conn.scalar(select(func.count()).select_from(batches_table)) == 6
+            assert await conn.scalar(select(func.count()).select_from(batches_table)) == 7
+            created = await conn.scalar(
+                select(batches_table.c.created_at).where(batches_table.c.batch_id == fresh.batch_id)
+            )
+            assert created == T0  # the first one's content stays
     finally:
         await engine.dispose()
 

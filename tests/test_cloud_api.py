@@ -6,6 +6,7 @@ Also holds the small builders (batches, configs, upload helper) the other cloud 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import random
 import uuid
@@ -35,6 +36,15 @@ T0 = 1_764_374_400.0  # 2025-11-29 00:00:00 UTC, a day boundary
 AiohttpClient = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 
 
+def home_id(label: str) -> str:
+    """A home pseudonym as a gateway makes them (``h-`` + 20 hex digits), derived from `label`."""
+    return "h-" + hashlib.sha256(label.encode()).hexdigest()[:20]
+
+
+HOME_A = home_id("a")
+HOME_B = home_id("b")
+
+
 def make_config(database_url: str, **overrides: Any) -> CloudConfig:
     values: dict[str, Any] = {
         "database_url": database_url,
@@ -49,9 +59,9 @@ def make_config(database_url: str, **overrides: Any) -> CloudConfig:
 def make_aggregate(window_start: float, **fields: Any) -> WindowAggregate:
     values: dict[str, Any] = {
         "window_s": 60,
-        "home": "home-a",
+        "home": HOME_A,
         "room_class": "kitchen",
-        "device_class": "thermometer",
+        "device_class": "thermostat",
         "metric": "temperature",
         "unit": "C",
         "policy": "aggregate",
@@ -123,18 +133,19 @@ async def post(client: TestClient[Any, Any], batch: Batch, token: str = GW1_TOKE
 async def test_store_then_query_returns_the_exact_numbers(
     aiohttp_client: AiohttpClient, db_url: str
 ) -> None:
-    client = await aiohttp_client(create_app(make_config(db_url)))
+    # Windows of 1 to 4 readings: the exact numbers are the point, so the floor is lowered.
+    client = await aiohttp_client(create_app(make_config(db_url, min_window_count=1)))
     aggs = [
         make_aggregate(T0, count=4, sum=82.0, mean=20.5, min=19.5, max=21.25, std=0.75),
         make_aggregate(T0 + 60, count=2, sum=43.0, mean=21.5, min=21.0, max=22.0, std=0.5),
-        make_aggregate(T0, home="home-b", count=1, sum=18.0, mean=18.0, min=18.0, max=18.0),
+        make_aggregate(T0, home=HOME_B, count=1, sum=18.0, mean=18.0, min=18.0, max=18.0),
         make_aggregate(T0, metric="humidity", unit="%", count=3, sum=120.0, mean=40.0),
     ]
     status, body = await post(client, make_batch(aggs=aggs))
     assert (status, body["status"]) == (201, "stored")
 
     resp = await client.get(
-        "/api/v1/aggregates", params={"metric": "temperature", "home": "home-a"}, headers=READ
+        "/api/v1/aggregates", params={"metric": "temperature", "home": HOME_A}, headers=READ
     )
     assert resp.status == 200
     result = await resp.json()
@@ -143,9 +154,9 @@ async def test_store_then_query_returns_the_exact_numbers(
     series = result["series"][0]
     assert series["key"] == {
         "gateway": "gw-1",
-        "home": "home-a",
+        "home": HOME_A,
         "room_class": "kitchen",
-        "device_class": "thermometer",
+        "device_class": "thermostat",
         "unit": "C",
     }
     first, second = series["points"]
@@ -163,10 +174,10 @@ async def test_store_then_query_returns_the_exact_numbers(
     }
     assert (second["t"], second["count"], second["mean"], second["max"]) == (T0 + 60, 2, 21.5, 22)
 
-    # No filter on home: two series (home-a, home-b); humidity never mixes in.
+    # No filter on home: two series (HOME_A, HOME_B); humidity never mixes in.
     resp = await client.get("/api/v1/aggregates", params={"metric": "temperature"}, headers=READ)
     keys = [s["key"]["home"] for s in (await resp.json())["series"]]
-    assert keys == ["home-a", "home-b"]
+    assert keys == sorted([HOME_A, HOME_B])
 
 
 async def test_the_same_batch_twice_is_stored_once(
@@ -294,14 +305,14 @@ async def test_hour_and_day_buckets_equal_a_direct_computation(
     aggs = []
     for i in range(400):
         # 10-minute windows over ~1.4 days, two room classes, three homes, odd counts.
-        count = rng.randint(1, 30)
+        count = rng.randint(5, 30)
         mean = rng.uniform(15, 25)
         std = rng.uniform(0, 2)
         aggs.append(
             make_aggregate(
                 T0 + 600 * (i // 2) + 30,
                 window_s=600,
-                home=f"home-{i % 3}",
+                home=home_id(str(i % 3)),
                 room_class=("kitchen", "bedroom")[i % 2],
                 count=count,
                 sum=count * mean,

@@ -60,4 +60,4 @@ def test_the_alembic_command_line_path_works_with_an_async_url(tmp_path: Path) -
 
     with sqlite3.connect(tmp_path / "cli.db") as conn:
         (version,) = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-    assert version == "0006"  # head: 0006 stores dashboard sessions
+    assert version == "0006"  # head: 0005 adds the batch body digest, 0006 sessions

@@ -16,14 +16,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloud.app import create_app
 from cloud.db import aggregates, batches, make_engine, rollups, upgrade_to_head
-from cloud.ingest import BatchWriter, BodySize, StoreOutcome
+from cloud.ingest import BatchWriter, Body, StoreOutcome
 from cloud.web import BATCH_WRITER_KEY, ENGINE_KEY
 from schemas.batch import Batch, encode_batch
 from tests.import_graph import find_cycles, import_graph
-from tests.test_cloud_api import T0, make_aggregate, make_batch, make_config, upload_headers
+from tests.test_cloud_api import (
+    T0,
+    home_id,
+    make_aggregate,
+    make_batch,
+    make_config,
+    upload_headers,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-SIZE = BodySize(wire=100, decoded=1000)
+SIZE = Body(wire=100, decoded=1000, sha256="0" * 64)
 
 
 def batches_of(n: int, windows: int) -> list[Batch]:
@@ -32,7 +39,8 @@ def batches_of(n: int, windows: int) -> list[Batch]:
         make_batch(
             seq=i + 1,
             aggs=[
-                make_aggregate(T0 + 3600 * i + 60 * j, home=f"home-{j % 7}") for j in range(windows)
+                make_aggregate(T0 + 3600 * i + 60 * j, home=home_id(str(j % 7)))
+                for j in range(windows)
             ],
         )
         for i in range(n)

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
+import msgspec
 
-from schemas.batch import encode_batch
+from schemas.batch import Batch, encode_batch
 from tests.test_cloud_api import (
     GW1_TOKEN,
     GW2_TOKEN,
@@ -133,6 +134,60 @@ def test_two_worker_processes_store_each_concurrent_batch_once(tmp_path: Path, p
         again = asyncio.run(post_everything_to_both((port_a,)))
         assert again == [[200]] * len(batches)
     assert asyncio.run(_counts(pg_url)) == (50, 500)
+
+
+def test_one_batch_id_with_two_bodies_at_two_workers_stores_one_and_refuses_the_other(
+    tmp_path: Path, pg_url: str
+) -> None:
+    # The same id uploaded with other content to each worker at once: whichever insert wins,
+    # the other worker sees another body under that id (409), never a "duplicate".
+    firsts = [
+        make_batch(seq=i + 1, aggs=[make_aggregate(T0 + 60 * (3 * i + j)) for j in range(2)])
+        for i in range(20)
+    ]
+    pairs = [
+        (first, msgspec.structs.replace(first, aggregates=[*first.aggregates, first.aggregates[0]]))
+        for first in firsts
+    ]
+
+    async def race(ports: tuple[int, int]) -> list[dict[int, int]]:
+        async with aiohttp.ClientSession() as session:
+
+            async def post(port: int, body: bytes) -> int:
+                url = f"http://127.0.0.1:{port}/api/v1/batches"
+                async with session.post(url, data=body, headers=upload_headers()) as resp:
+                    await resp.read()
+                    return resp.status
+
+            async def one(pair: tuple[Batch, Batch]) -> dict[int, int]:
+                bodies = [gzip.compress(encode_batch(b)) for b in pair]
+                sends = (post(p, b) for p, b in zip(ports, bodies, strict=True))
+                statuses = await asyncio.gather(*sends)
+                # status -> aggregates in the body that got it
+                return {s: len(b.aggregates) for s, b in zip(statuses, pair, strict=True)}
+
+            return list(await asyncio.gather(*(one(pair) for pair in pairs)))
+
+    with (
+        cloud_process(tmp_path, "a", pg_url) as port_a,
+        cloud_process(tmp_path, "b", pg_url) as port_b,
+    ):
+        answers = asyncio.run(race((port_a, port_b)))
+    assert all(sorted(a) == [201, 409] for a in answers), answers
+    stored = asyncio.run(_aggregate_counts(pg_url))
+    assert stored == {pair[0].batch_id: a[201] for pair, a in zip(pairs, answers, strict=True)}
+
+
+async def _aggregate_counts(pg_url: str) -> dict[str, int]:
+    conn = await asyncpg.connect(pg_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        rows = await conn.fetch(
+            "SELECT b.batch_id, count(a.id) FROM batches b JOIN aggregates a ON a.batch = b.id"
+            " GROUP BY b.batch_id"
+        )
+    finally:
+        await conn.close()
+    return {r[0]: int(r[1]) for r in rows}
 
 
 def test_workers_setting_serves_one_port_from_several_processes(

@@ -16,7 +16,7 @@ import pytest
 from cloud.app import create_app
 from schemas.batch import Batch
 from tests.conftest import need
-from tests.test_analytics_api import HOURS, _window, seed_fleet
+from tests.test_analytics_api import ANOMALOUS_HOME, HOME, HOURS, _window, seed_fleet
 from tests.test_cloud_api import READ, READ_TOKEN, T0, AiohttpClient, make_config, post
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -113,7 +113,7 @@ async def test_the_dashboard_draws_the_seeded_fleet_and_follows_the_pickers(
             )
             assert clusters == 3
             first_anomaly = await page.inner_text("#anomalies tbody tr:first-child")
-            assert "home-08" in first_anomaly and "temperature" in first_anomaly
+            assert ANOMALOUS_HOME in first_anomaly and "temperature" in first_anomaly
 
             # The bucket picker: daily means of the last day; the range picker: every day.
             async def pick(selector: str, value: str) -> list[dict[str, Any]]:
@@ -132,19 +132,19 @@ async def test_the_dashboard_draws_the_seeded_fleet_and_follows_the_pickers(
 
             # Live: a new hour arrives and the chart picks it up on its own.
             await pick("#bucket", "hour")
-            fresh = _window("home-01", end, "temperature", 23.5, unit="°C")
+            fresh = _window(HOME[1], end, "temperature", 23.5, unit="°C")
             batch = Batch(
                 batch_id="f" * 32, gateway="gw-1", seq=99, created_at=end, aggregates=[fresh]
             )
             assert (await post(client, batch))[0] == 201
             await page.wait_for_function(
-                "(x) => document.getElementById('chart-series').data"
-                ".some(t => t.name === 'home-01' && Array.from(t.x).includes(x))",
-                arg=iso(end),
+                "([x, home]) => document.getElementById('chart-series').data"
+                ".some(t => t.name === home && Array.from(t.x).includes(x))",
+                arg=[iso(end), HOME[1]],
                 timeout=15_000,
             )
             traces = await page.evaluate(SERIES_JS)
-            home1 = next(t for t in traces if t["name"] == "home-01")
+            home1 = next(t for t in traces if t["name"] == HOME[1])
             assert home1["y"][home1["x"].index(iso(end))] == 23.5
 
             await page.select_option("#range", "86400")

@@ -54,9 +54,13 @@ LIVE_SYNC: dict[str, dict[str, Any]] = {
         "backfill_s": 2,
         "windows_per_batch": 1,
     },
-    "privacy": {"min_window_count": 1},
+    "privacy": {"min_window_count": 1},  # the cloud's floor is lowered to match (CLOUD_FLOOR)
     "uplink": {"catchup_batches_per_s": 100, "catchup_burst": 20},
 }
+
+
+# The cloud refuses windows under its own floor (5 by default): lowered to the gateway's here.
+CLOUD_FLOOR = LIVE_SYNC["privacy"]["min_window_count"]
 
 
 class LivePublisher:
@@ -144,6 +148,7 @@ def cloud_child(workdir: Path, port: int = 0) -> Child:
         f'database_url = "sqlite+aiosqlite:///{workdir / "cloud.db"}"\n'
         f'host = "127.0.0.1"\nport = {port}\nport_file = "{workdir / "port"}"\n'
         f'read_token = "{READ_TOKEN}"\nanalytics_interval_s = 0\n'
+        f"min_window_count = {CLOUD_FLOOR}\n"
         f'[gateways]\n{GATEWAY_ID} = "{GW_TOKEN}"\n'
     )
     return Child(["-m", "cloud", "--config", str(config)], workdir / "port", workdir / "cloud.log")
@@ -316,7 +321,9 @@ async def admin_health(port: int) -> dict[str, Any]:
 async def test_gateway_killed_before_recording_a_sent_batch_resends_it_once(
     tmp_path: Path, mosquitto: MosquittoBroker, topic_root: str
 ) -> None:
-    cloud = InProcessCloud(cloud_config(f"sqlite+aiosqlite:///{tmp_path / 'cloud.db'}"))
+    cloud = InProcessCloud(
+        cloud_config(f"sqlite+aiosqlite:///{tmp_path / 'cloud.db'}", min_window_count=CLOUD_FLOOR)
+    )
     await cloud.start()
     hook = KillOnce(at_seq=3)
     proxy = RecordingProxy(cloud.url, after_forward=hook)

@@ -146,7 +146,9 @@ def flood(root: str, prefix: str, count: int, known_seq: int) -> list[tuple[str,
         if i % 200 == 0:
             for device in KNOWN:
                 topic = device_topic("h", "lab", device, "telemetry", root=root)
-                out.append((topic, encode_telemetry(TS0 + (known_seq + i) * 1e-3, {"temperature": 20.0})))
+                out.append(
+                    (topic, encode_telemetry(TS0 + (known_seq + i) * 1e-3, {"temperature": 20.0}))
+                )
     return out
 
 

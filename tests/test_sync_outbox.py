@@ -23,7 +23,7 @@ def agg(i: int) -> WindowAggregate:
     return WindowAggregate(
         window_start=T0 + 60 * i,
         window_s=60,
-        home="h-abc",
+        home="h-" + "abc0" * 5,  # a pseudonym: prefix + 20 hex digits
         room_class="kitchen",
         device_class="plug",
         metric="power",
@@ -220,3 +220,33 @@ def test_aggregates_the_wire_refuses_are_dropped_not_batched(tmp_path: Path) -> 
         assert counters.read_all(conn)["invalid_aggregates"] == 2
     assert res.seqs == (1,) and res.invalid == 2
     assert outbox.wire_error(huge) is not None and outbox.wire_error(agg(0)) is None
+
+
+def test_aggregates_breaking_the_batch_contract_are_dropped_not_batched(tmp_path: Path) -> None:
+    # A bug upstream of the outbox (a home id instead of a pseudonym, exact heart rate, a window
+    # under the declared minimum count): the cloud would refuse the whole batch with a 422.
+    import msgspec
+
+    engine = make_db(tmp_path)
+    broken = [
+        msgspec.structs.replace(agg(1), home="smith-residence"),
+        msgspec.structs.replace(agg(2), metric="heart_rate", unit="bpm"),
+        msgspec.structs.replace(agg(3), count=4, sum=40.0),
+        msgspec.structs.replace(agg(4), room_class="annas lounge"),
+    ]
+    with engine.begin() as conn:
+        res = outbox.enqueue(
+            conn,
+            [agg(0), *broken, agg(5)],
+            now=T0 + 3600,
+            gateway="gw-1",
+            settings=UplinkSettings(),
+            privacy=BatchPrivacy(min_window_count=5),
+            stats=BatchStats(),
+        )
+    with engine.connect() as conn:
+        body = conn.execute(select(outbox_table.c.body_gz)).scalar_one()
+        batch = decode_batch(gzip.decompress(body))
+        assert [a.window_start for a in batch.aggregates] == [T0, T0 + 300]
+        assert counters.read_all(conn)["invalid_aggregates"] == 4
+    assert res.invalid == 4

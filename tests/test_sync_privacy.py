@@ -34,6 +34,7 @@ from gateway.sync.settings import (
 from gateway.sync.tables import outbox, privacy_ledger
 from gateway.sync.windows import WindowGroup, WindowStats
 from schemas.batch import decode_batch
+from schemas.batch_rules import batch_violation
 from schemas.metrics import metric
 from tests.test_sync_windows import T0, add_readings, make_db
 
@@ -180,7 +181,10 @@ def test_no_identity_leaves_in_batches(tmp_path: Path) -> None:
         low = body.lower()
         for word in forbidden:
             assert word.lower().encode() not in low, word
-        released.extend(decode_batch(body).aggregates)
+        batch = decode_batch(body)
+        # what the cloud checks before storing: the batch contract's rules hold
+        assert batch_violation(batch, now=T0 + 400) is None
+        released.extend(batch.aggregates)
     # the identities became categories and pseudonyms
     assert {a.room_class for a in released} <= {c.value for c in RoomClass}
     assert len({a.home for a in released}) == 2
@@ -268,6 +272,23 @@ def test_small_windows_suppressed(tmp_path: Path) -> None:
         )
         assert [(a.room_class, a.count) for a in merged.aggregates] == [("bedroom", 6)]
         assert counters.read_all(conn)["suppressed_windows"] == 1
+
+
+class NoNoise:
+    def laplace(self, loc: float, scale: float) -> float:
+        return loc
+
+
+def test_a_noised_window_is_suppressed_on_its_count_as_released(tmp_path: Path) -> None:
+    # epsilon 0.01: the count's noise scale is 200, so it is released rounded to tens. A noisy
+    # count of exactly 5 passes a threshold of 5 but rounds (half to even) to 0: released, it
+    # would be a window under min_window_count, which the cloud refuses.
+    settings = privacy(epsilon=0.01, min_window_count=5)
+    filt = PrivacyFilter(settings, SECRET.encode(), NoNoise())
+    with make_db(tmp_path).begin() as conn:
+        rel = filt.release(conn, [group("heart_rate", 5), group("heart_rate", 15, home="h2")])
+    assert [(a.count, a.policy) for a in rel.aggregates] == [(20.0, "noised")]
+    assert rel.suppressed == 1
 
 
 def test_local_and_unknown_metrics_never_leave(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ summing at most 24 rows per point on a read.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -293,9 +294,20 @@ async def rollup_metrics(engine: AsyncEngine) -> list[MetricSpan]:
     ]
 
 
-async def newest_window_end(engine: AsyncEngine) -> float | None:
-    """End of the newest hour bucket with data: where the dashboard's time ranges end."""
+async def newest_window_end(engine: AsyncEngine, *, now: float | None = None) -> float | None:
+    """End of the newest hour bucket with data that has begun by `now` (default: the clock):
+    where the analytics' look-back and the dashboard's time ranges end.
+
+    Anchored on the data, so a fleet replaying history is still analysed, but never past the
+    clock: one gateway's windows dated in the future (ingest refuses those now, but older rows
+    may hold them) cannot move the period away from every other gateway's data. A gateway can
+    only move this towards `now`, where a live fleet's data ends anyway. One index range read
+    (bucket_s, bucket_start).
+    """
+    now = time.time() if now is None else now
     r = rollups.c
     async with engine.connect() as conn:
-        newest = await conn.scalar(select(func.max(r.bucket_start)).where(r.bucket_s == STORED_S))
+        newest = await conn.scalar(
+            select(func.max(r.bucket_start)).where(r.bucket_s == STORED_S, r.bucket_start <= now)
+        )
     return None if newest is None else float(newest) + STORED_S

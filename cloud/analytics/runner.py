@@ -1,7 +1,8 @@
 """Running the analytics: one snapshot from the rollups, stored for every worker, on a schedule.
 
 A run reads the rollups of the look-back period (which ends at the newest data, not at the
-wall clock, so a fleet that uploads late is still analysed), computes fleet standings,
+wall clock, so a fleet that uploads late is still analysed; but never later than the clock, so
+one gateway's future-dated windows cannot move it off the fleet), computes fleet standings,
 clusters, anomalies and event statistics, and upserts the result as JSON into
 `analytics_results`. Every worker process serves the stored snapshot, so all of them answer
 alike; a worker skips its run when another stored a fresh snapshot less than an interval ago.
@@ -48,7 +49,7 @@ async def compute_snapshot(
     """Analyse the rollups of the look-back period that ends with the newest data."""
     started = time.perf_counter()
     computed_at = time.time() if now is None else now
-    until = await newest_window_end(engine)
+    until = await newest_window_end(engine, now=computed_at)
     if until is None:
         return msgspec.structs.replace(EMPTY_SNAPSHOT, computed_at=computed_at)
     # Whole days, so every home's daily means cover the same days.

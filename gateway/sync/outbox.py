@@ -13,9 +13,12 @@ aggregates stay in the local ``aggregates`` table). Pending batches older than `
 expire. Every drop, refusal and expiry is counted in ``sync_counters`` and logged.
 
 Every aggregate is checked against the wire schema before it joins a batch (msgspec Structs do
-not check their constraints at construction): one that the cloud would refuse (a sum beyond the
-schema's bound, a NaN) is dropped and counted (``invalid_aggregates``) instead of spoiling the
-batch, which the cloud would park with all its other aggregates.
+not check their constraints at construction) and against the batch contract's rules
+(`schemas.batch_rules`: pseudonym, room and device classes, health metrics noised, window count,
+no order statistics on noised windows): one that the cloud would refuse (a sum beyond the
+schema's bound, a NaN, a rule broken by a bug upstream) is dropped and counted
+(``invalid_aggregates``) instead of spoiling the batch, which the cloud would park with all its
+other aggregates.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from gateway.sync import counters
 from gateway.sync.settings import UplinkSettings
 from gateway.sync.tables import outbox, outbox_seq
 from schemas.batch import Batch, BatchPrivacy, BatchStats, WindowAggregate, encode_batch
+from schemas.batch_rules import MAX_CLOCK_SKEW_S, aggregate_violation
 
 log = logging.getLogger(__name__)
 
@@ -84,18 +88,29 @@ def wire_error(aggregate: WindowAggregate) -> str | None:
 
 
 def _drop_invalid(
-    conn: Connection, aggregates: Sequence[WindowAggregate]
+    conn: Connection, aggregates: Sequence[WindowAggregate], *, min_count: int, now: float
 ) -> tuple[list[WindowAggregate], int]:
     valid: list[WindowAggregate] = []
     invalid = 0
+    homes: set[str] = set()
+    units: set[str] = set()
     for a in aggregates:
         error = wire_error(a)
         if error is None:
-            valid.append(a)
-            continue
+            broken = aggregate_violation(
+                a,
+                min_count=min_count,
+                latest_end=now + MAX_CLOCK_SKEW_S,
+                good_homes=homes,
+                good_units=units,
+            )
+            if broken is None:
+                valid.append(a)
+                continue
+            error = f"{broken[0]}: {broken[1]}"
         invalid += 1
         log.warning(
-            "aggregate %s/%s %s window %.0f not sent, the wire schema refuses it: %s",
+            "aggregate %s/%s %s window %.0f not sent, the batch contract refuses it: %s",
             a.room_class,
             a.device_class,
             a.metric,
@@ -184,7 +199,9 @@ def enqueue(
     stay right); each batch's `epsilon_spent` is that of its own aggregates.
     """
     expired = expire_and_prune(conn, now, settings)
-    aggregates, invalid = _drop_invalid(conn, aggregates)
+    aggregates, invalid = _drop_invalid(
+        conn, aggregates, min_count=privacy.min_window_count, now=now
+    )
     seqs: list[int] = []
     dropped = refused = 0
     size = settings.batch_max_aggregates

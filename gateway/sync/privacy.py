@@ -15,8 +15,10 @@
   ``privacy_ledger`` table (sequential composition, the conservative choice); once a period's
   budget is spent further noised releases are refused and counted.
 - Suppression: an ``aggregate`` window with fewer than `min_window_count` readings is not
-  released; a ``noised`` one is suppressed on its *noisy* count, so the threshold test is itself
-  covered by the noise (its epsilon is spent all the same).
+  released; a ``noised`` one is suppressed on its *noisy* count as released (rounded), so the
+  threshold test is itself covered by the noise (its epsilon is spent all the same).
+- What comes out follows the batch contract's rules (`schemas.batch_rules`): the room classes,
+  device classes, pseudonym format and health rule used here are the ones the cloud checks.
 """
 
 from __future__ import annotations
@@ -39,11 +41,12 @@ from sqlalchemy import Connection, select, update
 from sqlalchemy.dialects.sqlite import insert
 
 from gateway.sync import counters
-from gateway.sync.settings import PrivacySettings, RoomClass
+from gateway.sync.settings import PrivacySettings
 from gateway.sync.stats import NoiseSource, as_float_array, exact_sum
 from gateway.sync.tables import privacy_ledger
 from gateway.sync.windows import WindowGroup, WindowStats
 from schemas.batch import Policy, WindowAggregate
+from schemas.batch_rules import RoomClass
 from schemas.metrics import DeviceClass, Metric, metric
 
 log = logging.getLogger(__name__)
@@ -285,7 +288,11 @@ class PrivacyFilter:
             vals = parts[0].values if values is None else values
             count, total = noised_count_sum(vals, known, s.epsilon, self._rng)
             count_scale, sum_scale = laplace_scales(known, s.epsilon)
-            if count < s.min_window_count:
+            # The threshold applies to the count as released (rounding is post-processing, so
+            # privacy is unchanged): rounding down must not release a window under it, which
+            # the batch contract and the cloud refuse.
+            released_count = round_to_noise(count, count_scale)
+            if released_count < s.min_window_count:
                 suppressed += 1
                 continue
             mean = min(max(total / max(count, 1.0), known.low), known.high)
@@ -299,7 +306,7 @@ class PrivacyFilter:
                     metric=name,
                     unit=unit,
                     policy="noised",
-                    count=round_to_noise(count, count_scale),
+                    count=released_count,
                     sum=round_to_noise(total, sum_scale),
                     mean=round_to_noise(mean, sum_scale / max(count, 1.0)),
                     epsilon=s.epsilon,

@@ -13,32 +13,30 @@ Decisions recorded here:
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from schemas.batch import MAX_AGGREGATES_PER_BATCH, Policy
+from schemas.batch_rules import (
+    MIN_WINDOW_COUNT,
+    PSEUDONYM_HEX_MAX,
+    PSEUDONYM_HEX_MIN,
+    PSEUDONYM_PREFIX,
+    RoomClass,
+    must_be_noised,
+)
 from schemas.metrics import METRICS, metric
 
-
-class RoomClass(StrEnum):
-    """The only thing the cloud learns about a room."""
-
-    KITCHEN = "kitchen"
-    LIVING = "living"
-    BEDROOM = "bedroom"
-    BATHROOM = "bathroom"
-    OFFICE = "office"
-    HALL = "hall"
-    GARAGE = "garage"
-    OUTDOOR = "outdoor"
-    OTHER = "other"
+__all__ = ["AggregationSettings", "PrivacySettings", "RoomClass", "UplinkSettings"]
 
 
 def _default_policies() -> dict[str, Policy]:
-    return {m.name: Policy.NOISED if m.health else Policy.AGGREGATE for m in METRICS.values()}
+    return {
+        m.name: Policy.NOISED if must_be_noised(m.name) else Policy.AGGREGATE
+        for m in METRICS.values()
+    }
 
 
 class AggregationSettings(BaseModel):
@@ -117,16 +115,21 @@ class PrivacySettings(BaseModel):
         30, ge=0, description="Home pseudonyms change every this many days; 0 = never."
     )
     pseudonym_prefix: str = Field(
-        "h-", pattern=r"^[A-Za-z0-9_.\-]{0,16}$", description="Prefix of home pseudonyms."
+        "h-", pattern=f"^{PSEUDONYM_PREFIX}$", description="Prefix of home pseudonyms."
     )
     pseudonym_hex_chars: int = Field(
-        20, ge=8, le=48, description="Length of the HMAC-SHA256 hex digest kept in a pseudonym."
+        PSEUDONYM_HEX_MIN,
+        ge=PSEUDONYM_HEX_MIN,
+        le=PSEUDONYM_HEX_MAX,
+        description="Length of the HMAC-SHA256 hex digest kept in a pseudonym (the batch "
+        "contract's bounds, schemas.batch_rules).",
     )
     min_window_count: int = Field(
-        5,
+        MIN_WINDOW_COUNT,
         ge=1,
         description="Windows with fewer readings than this are suppressed (for noised metrics: "
-        "fewer than this noisy count).",
+        "fewer than this noisy count). Below the cloud's own floor (its min_window_count, 5 by "
+        "default) the cloud refuses the windows that pass here.",
     )
     policies: dict[str, Policy] = Field(
         default_factory=_default_policies,
@@ -174,7 +177,7 @@ class PrivacySettings(BaseModel):
                 raise ValueError(
                     f"policy of {name!r} is noised but the metric has no registered range"
                 )
-            if known is not None and known.health and policy is Policy.AGGREGATE:
+            if must_be_noised(name) and policy is Policy.AGGREGATE:
                 raise ValueError(f"{name!r} is health data: its policy is noised or local")
         if self.budget_epsilon < self.epsilon:
             raise ValueError("budget_epsilon is smaller than one release's epsilon")
@@ -184,9 +187,8 @@ class PrivacySettings(BaseModel):
         policy = self.policies.get(name)
         if policy is not None:
             return policy
-        known = metric(name)
         # A health metric left out of an explicit `policies` table stays private.
-        if known is not None and known.health:
+        if must_be_noised(name):
             return Policy.NOISED
         return Policy(self.default_policy)
 
