@@ -978,8 +978,9 @@ def run_mqtt(args: argparse.Namespace, workdir: Path, failures: Failures) -> dic
         all_acked = pub.drain()
         # The sentinel: once its row is committed, every message before it has been handled.
         sentinel_ts = time.time()
+        sentinel_topic = f"{root}/{SENTINEL_HOME}/lab/sentinel-1/telemetry"
         pub.publish(
-            f"{root}/{SENTINEL_HOME}/lab/sentinel-1/telemetry",
+            sentinel_topic,
             json.dumps({"ts": sentinel_ts, "readings": {"temperature": 20.0}}).encode(),
         )
         pub.drain()
@@ -989,8 +990,12 @@ def run_mqtt(args: argparse.Namespace, workdir: Path, failures: Failures) -> dic
         conn = sqlite3.connect(f"file:{gw.db}?mode=ro", uri=True, timeout=10)
         while time.monotonic() < deadline and gw.proc.poll() is None:
             with contextlib.suppress(sqlite3.OperationalError):
+                # Stored, or refused as a new device past max_devices (a dead letter): either
+                # way committed after everything published before it.
                 if conn.execute(
-                    "SELECT 1 FROM readings WHERE home = ? LIMIT 1", (SENTINEL_HOME,)
+                    "SELECT 1 FROM readings WHERE home = ? UNION ALL "
+                    "SELECT 1 FROM dead_letters WHERE topic = ? LIMIT 1",
+                    (SENTINEL_HOME, sentinel_topic),
                 ).fetchone():
                     seen = True
                     break
