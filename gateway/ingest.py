@@ -213,7 +213,17 @@ class MessageDecoder:
         self._adapter_log = RateLimitedLog(log)  # a broken adapter fails on every message
 
     def dead(self, topic: str, payload: bytes, reason: str, detail: str, at: float) -> DeadLetter:
-        """A dead letter whose payload is cut to the configured size (the detail says so)."""
+        """A dead letter whose payload is cut to the configured size (the detail says so).
+
+        Raw audio is never stored: whatever is wrong with a message on one of our ``audio``
+        topics (its header, its samples, its topic, its device refused), only the frame's
+        header is kept."""
+        if topic.endswith("/audio") and topic.startswith(self._prefix):
+            from schemas.audio import HEADER_SIZE  # numpy: only gateways that get audio
+
+            if len(payload) > HEADER_SIZE:
+                detail = f"{detail} (audio samples not kept)"
+                payload = payload[:HEADER_SIZE]
         if len(payload) > self._max_dl:
             detail = f"{detail} (payload cut from {len(payload)} to {self._max_dl} bytes)"
             payload = payload[: self._max_dl]
@@ -244,11 +254,6 @@ class MessageDecoder:
             if table.admit(route.home, route.device, audio=audio):
                 return items
             detail = table.refusal(audio=audio)
-            if audio:  # raw audio is never stored: a refused microphone's frame keeps its header
-                from schemas.audio import HEADER_SIZE
-
-                payload = payload[:HEADER_SIZE]
-                detail += " (audio samples not kept)"
             return [self.dead(topic, payload, REFUSED, detail, received_at)]
         if route is _IGNORED:
             return [Ignored(topic)]

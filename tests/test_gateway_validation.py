@@ -381,3 +381,25 @@ async def test_a_reading_from_2099_does_not_stop_its_devices_inference(
     assert (
         query(db, "SELECT max(ts) FROM readings WHERE device = 'air-quality-1'")[0][0] < time.time()
     )
+
+
+@pytest.mark.parametrize(
+    ("topic", "mangle", "reason"),
+    [
+        ("homeedge/h1/kitchen/mic-1/audio", lambda f: f[:-1], "bad_samples"),
+        ("homeedge/h1/kitchen/mic-1/audio", lambda f: b"\x00" * 24 + f[24:], "bad_header"),
+        ("homeedge/h1/gateway/mic-1/audio", lambda f: f, "bad_topic"),  # the reserved room
+        ("homeedge/h1/kitchen/mic 1/audio", lambda f: f, "bad_topic"),
+    ],
+)
+def test_an_audio_dead_letter_keeps_the_header_never_the_samples(
+    topic: str, mangle: Any, reason: str
+) -> None:
+    import numpy as np
+
+    from schemas.audio import HEADER_SIZE, encode_audio_frame
+
+    frame = encode_audio_frame(NOW, 1, np.full(8000, 1234, dtype=np.int16))
+    (dead,) = MessageDecoder(topic_root="homeedge").decode(topic, mangle(frame), NOW)
+    assert isinstance(dead, DeadLetter) and dead.reason == reason
+    assert len(dead.payload) <= HEADER_SIZE and "audio samples not kept" in dead.detail
