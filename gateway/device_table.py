@@ -65,9 +65,16 @@ class DeviceTable:
     def __contains__(self, key: tuple[str, str]) -> bool:
         return key in self._seen
 
-    def admit(self, home: str, device: str, *, audio: bool = False) -> bool:
+    def admit(self, home: str, device: str, *, audio: bool = False, replay: bool = False) -> bool:
         """True when the device may be stored and processed (it is then tracked as heard now);
-        False when it is new and the table is full (nothing changes)."""
+        False when it is new and the table is full (nothing changes).
+
+        A `replay` (a retained message the broker sends again on every subscription) is always
+        admitted and changes nothing: it is old state, not the device heard now, so it neither
+        takes a slot nor keeps one alive (thousands of retained topics must not lock new
+        devices out after a reconnect)."""
+        if replay:
+            return True
         key = (home, device)
         now = self._clock()
         with self._lock:

@@ -231,7 +231,11 @@ class MessageDecoder:
             topic=topic, payload=payload, reason=reason, detail=detail, received_at=at
         )
 
-    def decode(self, topic: str, payload: bytes, received_at: float) -> list[Ingested]:
+    def decode(
+        self, topic: str, payload: bytes, received_at: float, *, retained: bool = False
+    ) -> list[Ingested]:
+        """The items of one message; `retained`: the broker replayed it from its store (see
+        `as_replay`), so it is admitted without taking a device slot (`DeviceTable.admit`)."""
         route = self._routes.get(topic)
         if route is None:
             try:
@@ -251,7 +255,7 @@ class MessageDecoder:
             if table is None or type(item) is DeadLetter:
                 return items
             audio = type(item) is AudioIn
-            if table.admit(route.home, route.device, audio=audio):
+            if table.admit(route.home, route.device, audio=audio, replay=retained):
                 return items
             detail = table.refusal(audio=audio)
             return [self.dead(topic, payload, REFUSED, detail, received_at)]
@@ -262,7 +266,7 @@ class MessageDecoder:
                 self.dead(topic, payload, "unknown_topic", "no decoder for this topic", received_at)
             ]
         assert not isinstance(route, _Route)
-        return self._decode_adapter(route, topic, payload, received_at)
+        return self._decode_adapter(route, topic, payload, received_at, retained)
 
     def _route(self, topic: str) -> DeviceTopic | TopicAdapter | _Route:
         """Where `topic` goes; `TopicError` for a malformed topic under the root."""
@@ -349,7 +353,7 @@ class MessageDecoder:
             return self.dead(topic, payload, exc.reason, exc.detail, at)
 
     def _decode_adapter(
-        self, adapter: TopicAdapter, topic: str, payload: bytes, at: float
+        self, adapter: TopicAdapter, topic: str, payload: bytes, at: float, retained: bool
     ) -> list[Ingested]:
         try:
             out = adapter.adapt(topic, payload, at)
@@ -377,7 +381,7 @@ class MessageDecoder:
         items = self._with_rejections(
             items, readings, list(seen.values()), rejected, topic, payload, at
         )
-        if self._devices is None:
+        if self._devices is None or retained:  # a replay takes no slot: `DeviceTable.admit`
             return items
         return self._admit_adapted(items, topic, payload, at)
 

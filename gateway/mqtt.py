@@ -390,7 +390,7 @@ class MqttBridge:
             topic = "<topic is not UTF-8>"
         payload = bytes(msg.payload)
         try:
-            items = self._decoder.decode(topic, payload, received_at)
+            items = self._decoder.decode(topic, payload, received_at, retained=bool(msg.retain))
         except Exception as exc:  # a decoder bug: keep the message, never kill paho's thread
             self._decode_log.error("decoding a message on %s failed", topic, exc_info=True)
             items = [self._decoder.dead(topic, payload, "internal_error", repr(exc), received_at)]

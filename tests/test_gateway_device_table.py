@@ -127,3 +127,28 @@ def test_an_adapters_message_keeps_the_admitted_devices_and_dead_letters_the_res
     dec = MessageDecoder(topic_root="r", adapters=[FnAdapter("eco/#", only_new)], devices=t)
     [dead] = dec.decode("eco/y", b"p", TS0)  # nothing left: the message is the dead letter
     assert isinstance(dead, DeadLetter) and dead.reason == "too_many_devices"
+
+
+def test_retained_replays_take_no_slot_so_a_new_device_still_gets_in() -> None:
+    # After a reconnect the broker replays every retained topic (statestream states, stale
+    # last wills): old state, not devices heard now.
+    clock = Clock()
+    t = table(clock, max_devices=2)
+    dec = MessageDecoder(topic_root="r", devices=t)
+    for d in range(10):
+        *_, item = dec.decode(*telemetry("r", f"old-{d}"), TS0, retained=True)
+        assert isinstance(item, ReadingsIn)  # stored, like any replay
+        [state] = dec.decode(f"r/h/lab/gone-{d}/state", b"offline", TS0, retained=True)
+        assert isinstance(state, StateIn)
+
+    def adapt(topic: str, payload: bytes, at: float) -> Adapted:
+        return Adapted([Reading("h", "lab", topic[4:], "power", TS0, 1.0, None, at)])
+
+    eco = MessageDecoder(topic_root="r", adapters=[FnAdapter("eco/#", adapt)], devices=t)
+    for d in range(10):
+        *_, item = eco.decode(f"eco/entity-{d}", b"1", TS0, retained=True)
+        assert isinstance(item, ReadingsIn)
+    assert len(t) == 0
+    assert isinstance(dec.decode(*telemetry("r", "live-1"), TS0)[-1], ReadingsIn)
+    assert isinstance(eco.decode("eco/live-2", b"1", TS0)[-1], ReadingsIn)
+    assert len(t) == 2
