@@ -892,11 +892,12 @@ def account(db: Path, expects: list[Expect], root: str, failures: Failures) -> d
         by_value[(home, device, metric, value)] += 1
     dead: dict[tuple[str, bytes], list[tuple[str, str]]] = {}
     reasons: Counter[str] = Counter()
-    for topic, payload, reason, detail in conn.execute(
-        "SELECT topic, payload, reason, detail FROM dead_letters"
+    # One row per distinct bad message (and reason): `count` says how many times it came fresh.
+    for topic, payload, reason, detail, count in conn.execute(
+        "SELECT topic, payload, reason, detail, count FROM dead_letters"
     ):
-        dead.setdefault((topic, bytes(payload)), []).append((reason, detail))
-        reasons[reason] += 1
+        dead.setdefault((topic, bytes(payload)), []).extend([(reason, detail)] * count)
+        reasons[reason] += count
     conn.close()
     lost: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
