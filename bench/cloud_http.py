@@ -22,45 +22,21 @@ import argparse
 import asyncio
 import json
 import os
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
 import psutil
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.gzip_bombs import gzip_bomb, inflate_cpu_s  # noqa: E402  (after the path)
+
 READ_TOKEN = "bench-read-token-0123456789"
 GATEWAY_TOKEN = "bench-gateway-token-0123456789"
-
-
-def gzip_bomb(inflated_mib: int) -> bytes:
-    """A valid gzip stream of `inflated_mib` MiB of zeros, about 1 KB per MiB. Each MiB is
-    compressed after a full flush, which resets the compressor, so one compressed MiB repeats."""
-    block = bytes(1 << 20)
-    deflater = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    first = deflater.compress(block) + deflater.flush(zlib.Z_FULL_FLUSH)
-    again = deflater.compress(block) + deflater.flush(zlib.Z_FULL_FLUSH)
-    end = deflater.flush()[:-8]  # the final block, without the trailer of two MiB
-    crc = 0
-    for _ in range(inflated_mib):
-        crc = zlib.crc32(block, crc)
-    trailer = struct.pack("<II", crc, (inflated_mib << 20) & 0xFFFFFFFF)
-    return first + again * (inflated_mib - 1) + end + trailer
-
-
-def inflate_cpu_s(bomb: bytes) -> float:
-    started = time.process_time()
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    pending = bomb
-    while not inflater.eof:
-        piece = inflater.decompress(pending, 1 << 20)
-        pending = inflater.unconsumed_tail
-        if not piece and not pending:
-            break
-    return time.process_time() - started
 
 
 async def _bomb(port: int, bomb: bytes) -> tuple[bytes, bool]:

@@ -14,9 +14,7 @@ import contextlib
 import gzip
 import json
 import socket
-import struct
 import threading
-import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -33,6 +31,7 @@ from hypothesis import strategies as st
 
 from cloud.app import create_app
 from cloud.server import start
+from tests.gzip_bombs import gzip_bomb, inflate_cpu_s
 from tests.test_cloud_api import (
     GW1_TOKEN,
     READ_TOKEN,
@@ -431,35 +430,6 @@ async def test_encodings_but_gzip_and_identity_and_other_media_types_are_415(
 
 
 # --- the gzip bomb --------------------------------------------------------------------------
-
-
-def gzip_bomb(inflated_mib: int) -> bytes:
-    """A valid gzip stream of `inflated_mib` MiB of zeros, about 1 KB per MiB (each MiB is
-    compressed after a full flush, which resets the compressor, so one compressed MiB repeats)."""
-    block = bytes(1 << 20)
-    deflater = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    first = deflater.compress(block) + deflater.flush(zlib.Z_FULL_FLUSH)
-    again = deflater.compress(block) + deflater.flush(zlib.Z_FULL_FLUSH)
-    end = deflater.flush()[:-8]  # the final block, without the trailer of two MiB
-    crc = 0
-    for _ in range(inflated_mib):
-        crc = zlib.crc32(block, crc)
-    trailer = struct.pack("<II", crc, (inflated_mib << 20) & 0xFFFFFFFF)
-    return first + again * (inflated_mib - 1) + end + trailer
-
-
-def inflate_cpu_s(bomb: bytes) -> float:
-    """This process's CPU time to inflate `bomb` (output dropped as it comes)."""
-    started = time.process_time()
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    pending = bomb
-    while not inflater.eof:
-        piece = inflater.decompress(pending, 1 << 20)
-        pending = inflater.unconsumed_tail
-        if not piece and not pending:
-            break
-    assert inflater.eof
-    return time.process_time() - started
 
 
 def _metric(text: str, name: str) -> float:
