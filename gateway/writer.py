@@ -467,12 +467,22 @@ class Writer:
                         ],
                     )
                 counted: list[DeadLetter] = []
-                for d in dead:  # rare: one statement each, to know which ones counted
+                fresh: list[tuple[object, ...]] = []  # consecutive fresh ones: one executemany
+                for d in dead:
                     digest = dead_letter_digest(d.topic, d.reason, d.payload)
                     at = d.received_at
                     row = (d.topic, d.payload, d.reason, d.detail, at, digest, at, not d.replay)
-                    if cur.execute(_UPSERT_DEAD, row).rowcount:
+                    if not d.replay:  # always stored or counted
+                        fresh.append(row)
                         counted.append(d)
+                        continue
+                    if fresh:  # in the batch's order: a replay may meet a fresh copy's row
+                        cur.executemany(_UPSERT_DEAD, fresh)
+                        fresh = []
+                    if cur.execute(_UPSERT_DEAD, row).rowcount:  # a replay counts when new
+                        counted.append(d)
+                if fresh:
+                    cur.executemany(_UPSERT_DEAD, fresh)
             finally:
                 cur.close()
         return new, counted
