@@ -232,10 +232,25 @@ class MessageDecoder:
         )
 
     def decode(
-        self, topic: str, payload: bytes, received_at: float, *, retained: bool = False
+        self,
+        topic: str,
+        payload: bytes,
+        received_at: float,
+        *,
+        retained: bool = False,
+        redelivered: bool = False,
     ) -> list[Ingested]:
-        """The items of one message; `retained`: the broker replayed it from its store (see
-        `as_replay`), so it is admitted without taking a device slot (`DeviceTable.admit`)."""
+        """The items of one message. `retained` (the broker replayed it from its store) and
+        `redelivered` (MQTT DUP: it may have come before) mark them with `as_replay`; a retained
+        one is admitted without taking a device slot (`DeviceTable.admit`)."""
+        items = self._decode(topic, payload, received_at, retained)
+        if retained or redelivered:
+            return [as_replay(i, topic, retained=retained) for i in items]
+        return items
+
+    def _decode(
+        self, topic: str, payload: bytes, received_at: float, retained: bool
+    ) -> list[Ingested]:
         route = self._routes.get(topic)
         if route is None:
             try:

@@ -26,7 +26,7 @@ Threads and hand-offs (why paho and not aiomqtt: aiomqtt cannot delay a QoS 1 ac
    duplicate row, and the redelivered copy is acked. A mid of an old connection could name a
    different message on the new one, so acking it would be wrong.
 4. a message with the DUP flag (redelivered) or the RETAIN flag (a retained message replayed
-   because we subscribed) may have been stored already: `gateway.ingest.as_replay` marks it, so
+   because we subscribed) may have been stored already: the decoder marks it (`as_replay`), so
    a dead letter is not stored or counted twice and a retained message does not move the
    device's ``last_seen``.
 
@@ -76,7 +76,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.backoff import Backoff
 from gateway.config import MqttConfig, TlsConfig
-from gateway.ingest import AudioIn, Ignored, MessageDecoder, ReadingsIn, StateIn, as_replay
+from gateway.ingest import AudioIn, Ignored, MessageDecoder, ReadingsIn, StateIn
 from gateway.logs import RateLimitedLog
 from gateway.monitoring import GatewayMetrics
 from gateway.paho_hooks import HookedClient, describe_connect_error
@@ -390,7 +390,9 @@ class MqttBridge:
             topic = "<topic is not UTF-8>"
         payload = bytes(msg.payload)
         try:
-            items = self._decoder.decode(topic, payload, received_at, retained=bool(msg.retain))
+            items = self._decoder.decode(
+                topic, payload, received_at, retained=bool(msg.retain), redelivered=bool(msg.dup)
+            )
         except Exception as exc:  # a decoder bug: keep the message, never kill paho's thread
             self._decode_log.error("decoding a message on %s failed", topic, exc_info=True)
             items = [self._decoder.dead(topic, payload, "internal_error", repr(exc), received_at)]
@@ -399,9 +401,6 @@ class MqttBridge:
         self._kind_counters.get(type(item), self._dead_counter).inc()
         if type(item) is AudioIn:
             self._metrics.audio_frames.inc()
-        if msg.dup or msg.retain:  # a copy that may have come before: see as_replay
-            items = [as_replay(i, topic, retained=bool(msg.retain)) for i in items]
-            item = items[-1]
         if len(items) > 1:  # side items (an adapter's availability): no ack of their own
             for side in items[:-1]:
                 if not self._writer.put_message(None, side, self._stopped):
