@@ -16,8 +16,11 @@ table about every device a message names before anything else sees it:
   always at the front); it runs when a new device arrives and in `sweep` (the gateway calls it
   every quarter of ``idle_s``, at most a minute apart).
 
-The table holds ids and times only; the structures it protects evict their own idle state after
-the same ``idle_s`` (and keep at most the same number of devices), each in its own thread.
+The table holds ids and times only; the inference streams it protects evict their own idle state
+after the same ``idle_s`` (and keep at most the same number of devices), in their own thread.
+Two memories are bounded by count instead, least recently used first: the Home Assistant
+statestream adapter's entities (``MAX_ENTITIES``) and the discovery configs announced
+(``max_announced``).
 
 Thread-safe: the MQTT thread admits, the event loop sweeps and scrapes.
 """
