@@ -59,6 +59,25 @@ _ALL = (
     Metric("heart_rate", "bpm", 20.0, 250.0, "heart rate", health=True),
     Metric("battery", "%", 0.0, 100.0, "battery level"),
     Metric("door", "", 0.0, 1.0, "door open (0/1)"),
+    # Barometric: the lowest and highest sea-level pressures recorded are ~870 and ~1084 hPa;
+    # a station pressure in the mountains reads lower.
+    Metric("pressure", "hPa", 300.0, 1100.0, "air pressure"),
+    Metric("voltage", "V", 0.0, 500.0, "mains voltage (RMS)"),  # a device's battery: not this
+    Metric("current", "A", 0.0, 200.0, "mains current (RMS)"),
+    Metric("apparent_power", "VA", 0.0, 50000.0, "apparent power"),
+    Metric("reactive_power", "var", -50000.0, 50000.0, "reactive power"),
+    Metric("power_factor", "", -1.0, 1.0, "power factor"),
+    Metric("frequency", "Hz", 0.0, 100.0, "mains frequency"),
+    Metric("voc", "ppb", 0.0, 100000.0, "volatile organic compounds"),
+    Metric("formaldehyde", "µg/m³", 0.0, 10000.0, "formaldehyde concentration"),
+    Metric("pm1", "µg/m³", 0.0, 2000.0, "particulate matter < 1 µm"),
+    Metric("pm25", "µg/m³", 0.0, 2000.0, "particulate matter < 2.5 µm"),
+    Metric("pm10", "µg/m³", 0.0, 2000.0, "particulate matter < 10 µm"),
+    Metric("noise", "dB", 0.0, 150.0, "sound level"),
+    # Cumulative meter readings, like energy.
+    Metric("water", "m³", 0.0, 1000000.0, "cumulative water volume"),
+    Metric("gas", "m³", 0.0, 1000000.0, "cumulative gas volume"),
+    Metric("device_temperature", "°C", -55.0, 150.0, "a device's own (chip) temperature"),
 )
 
 METRICS: Mapping[str, Metric] = MappingProxyType({m.name: m for m in _ALL})

@@ -94,7 +94,12 @@ def test_unit_conversions() -> None:
     assert to_metric_unit(120000.0, "Wmin", "energy") == 2.0
     assert to_metric_unit(1.2, "kW", "power") == 1200.0
     assert to_metric_unit(21.0, "C", "temperature") == 21.0
-    assert to_metric_unit(5.0, "dB", "noise") == 5.0  # unknown metric: kept as it is
+    assert to_metric_unit(5.0, "dB", "radon_bq") == 5.0  # unknown metric: kept as it is
+    assert to_metric_unit(750.06, "mmHg", "pressure") == pytest.approx(1000.0, abs=0.01)
+    assert to_metric_unit(29.92, "inHg", "pressure") == pytest.approx(1013.2, abs=0.1)
+    assert to_metric_unit(3000.0, "mV", "voltage") == 3.0
+    assert to_metric_unit(0.05, "mg/m³", "formaldehyde") == pytest.approx(50.0)
+    assert to_metric_unit(1500.0, "L", "water") == 1.5
     with pytest.raises(UnitError):
         to_metric_unit(1.0, "W", "energy")
     with pytest.raises(UnitError):

@@ -3,7 +3,9 @@
 Only conversions that a documented payload needs are here: °F and K to °C (Tasmota ``TempUnit``,
 Home Assistant ``unit_of_measurement``, Shelly Gen1 H&T set to °F), Wh, watt-minutes and MWh to
 kWh (Shelly Gen2 ``aenergy.total``, Shelly Gen1 ``relay/<n>/energy``, Shelly EM, Home Assistant),
-kW to W. A unit homeedge cannot convert is an error, never a silently wrong number.
+kW to W, and the pressure, electrical, particulate and volume units of the registry's newer
+metrics (Pa/kPa/mmHg/inHg to hPa, mV to V, mA to A, mg/m³ to µg/m³, L/ft³/US gal to m³).
+A unit homeedge cannot convert is an error, never a silently wrong number.
 """
 
 from __future__ import annotations
@@ -36,6 +38,38 @@ _ALIASES = MappingProxyType(
         "lux": "lx",
         "ppm": "ppm",
         "bpm": "bpm",
+        "hPa": "hPa",
+        "mbar": "hPa",
+        "Pa": "Pa",
+        "kPa": "kPa",
+        "mmHg": "mmHg",
+        "inHg": "inHg",
+        "V": "V",
+        "mV": "mV",
+        "A": "A",
+        "mA": "mA",
+        "VA": "VA",
+        "var": "var",
+        "VAr": "var",
+        "kVA": "kVA",
+        "Hz": "Hz",
+        "ppb": "ppb",
+        "µg/m³": "µg/m³",
+        "μg/m³": "µg/m³",  # Greek mu, as Home Assistant writes it
+        "ug/m3": "µg/m³",
+        "µg/m3": "µg/m³",
+        "mg/m³": "mg/m³",
+        "mg/m3": "mg/m³",
+        "dB": "dB",
+        "dBA": "dB",
+        "dB(A)": "dB",
+        "m³": "m³",
+        "m3": "m³",
+        "L": "L",
+        "l": "L",
+        "ft³": "ft³",
+        "ft3": "ft³",
+        "gal": "gal",
         "": "",
     }
 )
@@ -48,6 +82,17 @@ _CONVERSIONS: MappingProxyType[tuple[str, str], Callable[[float], float]] = Mapp
         ("Wmin", "kWh"): lambda v: v / 60000.0,
         ("MWh", "kWh"): lambda v: v * 1000.0,
         ("kW", "W"): lambda v: v * 1000.0,
+        ("Pa", "hPa"): lambda v: v / 100.0,
+        ("kPa", "hPa"): lambda v: v * 10.0,
+        ("mmHg", "hPa"): lambda v: v * 1.333223684,
+        ("inHg", "hPa"): lambda v: v * 33.86388158,
+        ("mV", "V"): lambda v: v / 1000.0,
+        ("mA", "A"): lambda v: v / 1000.0,
+        ("kVA", "VA"): lambda v: v * 1000.0,
+        ("mg/m³", "µg/m³"): lambda v: v * 1000.0,
+        ("L", "m³"): lambda v: v / 1000.0,
+        ("ft³", "m³"): lambda v: v * 0.028316846592,
+        ("gal", "m³"): lambda v: v * 0.003785411784,  # US gallon, as Home Assistant's
     }
 )
 
