@@ -9,6 +9,8 @@ Routes (all JSON; every 4xx/5xx body is ``{"error": {"code": ..., "message": ...
 - ``/api/v1/analytics/...``   fleet analytics, read token (see `cloud.analytics.handlers`)
 - ``GET  /``                  the dashboard (see `cloud.dashboard`); the read token or its
                               session cookie
+- ``GET  /api/v1/openapi.json`` this API's OpenAPI document; ``/api/v1/docs`` a page to
+                              browse it; no credential (see `cloud.apidocs`)
 - ``GET  /healthz``           liveness + database check, no credential
 - ``GET  /metrics``           Prometheus text format; ``Bearer <metrics_token>`` when one is set
 
@@ -25,6 +27,7 @@ from aiohttp import web
 
 from cloud.analytics.handlers import setup_analytics
 from cloud.api import ROUTES
+from cloud.apidocs import setup_apidocs
 from cloud.auth import session_middleware, setup_credentials
 from cloud.bodies import body_middleware
 from cloud.config import CloudConfig, HttpLimits
@@ -108,4 +111,5 @@ def create_app(config: CloudConfig) -> web.Application:
     app.cleanup_ctx.append(_batch_writer)
     setup_analytics(app)  # after _database: its background task needs the engine
     setup_dashboard(app)
+    setup_apidocs(app)
     return app

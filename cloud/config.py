@@ -49,6 +49,10 @@ GatewayId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
 MIN_TOKEN_CHARS = 16
 
 
+# What the shipped examples' tokens contain (cloud/example.toml, docker-compose.yml).
+PLACEHOLDER = "change-me"
+
+
 def _long_enough(token: SecretStr) -> SecretStr:
     # Tokens are compared in constant time, but a short token can still be guessed.
     if len(token.get_secret_value()) < MIN_TOKEN_CHARS:
@@ -187,6 +191,30 @@ class CloudConfig(BaseSettings):
     http: HttpLimits = Field(
         default_factory=HttpLimits, description="per-connection time and size limits"
     )
+    demo: bool = Field(
+        False,
+        description="a throw-away demo: accept the placeholder tokens of the shipped examples "
+        "(any token containing 'change-me'), which a real deployment must replace",
+    )
+
+    @model_validator(mode="after")
+    def _no_placeholder_tokens(self) -> CloudConfig:
+        # The example files' tokens are public: a cloud started with one is open to anyone who
+        # read the README. Refuse, naming the field, unless the operator says this is a demo.
+        if self.demo:
+            return self
+        named = [("read_token", self.read_token)]
+        if self.metrics_token is not None:
+            named.append(("metrics_token", self.metrics_token))
+        named += [(f"gateways.{g}", t) for g, t in self.gateways.items()]
+        for field, token in named:
+            if PLACEHOLDER in token.get_secret_value().lower():
+                raise ValueError(
+                    f"{field} is a placeholder ({PLACEHOLDER!r}) from an example file: set a "
+                    "random token (python -c 'import secrets; print(secrets.token_urlsafe(24))'), "
+                    "or demo = true for a throw-away demo"
+                )
+        return self
 
     @model_validator(mode="after")
     def _tokens_are_distinct(self) -> CloudConfig:

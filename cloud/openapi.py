@@ -336,6 +336,30 @@ def _dashboard_operations() -> dict[str, dict[str, Any]]:
     }
 
 
+def _self_operations() -> dict[str, dict[str, Any]]:
+    return {
+        "/api/v1/openapi.json": {
+            "get": {
+                "operationId": "openapiDocument",
+                "summary": "This document (OpenAPI 3.1)",
+                "security": [],
+                "responses": {
+                    "200": {"description": "the document", "content": {"application/json": {}}},
+                    "304": {"description": "unchanged (If-None-Match)"},
+                },
+            }
+        },
+        "/api/v1/docs": {
+            "get": {
+                "operationId": "apiDocsPage",
+                "summary": "A page that lists this document's operations and schemas",
+                "security": [],
+                "responses": {"200": {"description": "the page", "content": {"text/html": {}}}},
+            }
+        },
+    }
+
+
 def build_openapi() -> dict[str, Any]:
     """The document as a JSON-ready dict."""
     _, components = msgspec.json.schema_components(
@@ -372,7 +396,12 @@ def build_openapi() -> dict[str, Any]:
                 "within http.header_timeout_s is closed."
             ),
         },
-        "paths": {**_operations(), **_analytics_operations(), **_dashboard_operations()},
+        "paths": {
+            **_operations(),
+            **_analytics_operations(),
+            **_dashboard_operations(),
+            **_self_operations(),
+        },
         "components": {
             # Same docstring dedent whatever the msgspec version (schemas.generate explains).
             "schemas": clean_descriptions(components),

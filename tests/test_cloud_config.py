@@ -83,10 +83,34 @@ def test_the_cli_exits_2_with_one_clear_message(tmp_path: Path) -> None:
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
-def test_the_shipped_example_config_loads() -> None:
-    config = load_config(Path(__file__).parent.parent / "cloud" / "example.toml")
+EXAMPLE = Path(__file__).parent.parent / "cloud" / "example.toml"
+
+
+def test_the_shipped_example_config_refuses_its_placeholder_tokens() -> None:
+    with pytest.raises(ConfigError, match=r"read_token is a placeholder \('change-me'\)"):
+        load_config(EXAMPLE)
+
+
+def test_the_shipped_example_config_loads_as_a_demo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOMEEDGE_CLOUD__DEMO", "true")
+    config = load_config(EXAMPLE)
+    assert config.demo
     assert config.database_url.startswith("sqlite+aiosqlite://")
     assert list(config.gateways) == ["gw-demo"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "named"),
+    [
+        ("port = 0", 'port = 0\nmetrics_token = "my-Change-Me-metrics-token"', "metrics_token"),
+        ("gateway-token-0123456789", "gateway-token-change-me-1", "gateways.gw-1"),
+    ],
+)
+def test_every_placeholder_token_is_named(tmp_path: Path, old: str, new: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{named} is a placeholder"):
+        load_config(_write(tmp_path, GOOD.replace(old, new)))
 
 
 def test_the_http_limits_come_from_the_http_table_and_the_environment(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cloud.app import create_app
 from cloud.openapi import OPENAPI_PATH, build_openapi, render_openapi
-from tests.test_cloud_api import make_config
+from tests.test_cloud_api import AiohttpClient, make_config
 
 
 def test_checked_in_openapi_matches_the_code() -> None:
@@ -41,3 +41,21 @@ def test_the_upload_body_schema_is_the_batch_model() -> None:
         part.split('"')[0] for part in json.dumps(doc).split('"$ref": "#/components/schemas/')[1:]
     }
     assert refs <= doc["components"]["schemas"].keys()
+
+
+async def test_the_document_is_served_without_a_credential(
+    aiohttp_client: AiohttpClient, tmp_path: Path
+) -> None:
+    client = await aiohttp_client(create_app(make_config(f"sqlite+aiosqlite:///{tmp_path}/c.db")))
+    response = await client.get("/api/v1/openapi.json")
+    assert response.status == 200
+    assert response.content_type == "application/json"
+    assert await response.text() == OPENAPI_PATH.read_text(encoding="utf-8")
+    etag = response.headers["ETag"]
+    again = await client.get("/api/v1/openapi.json", headers={"If-None-Match": etag})
+    assert again.status == 304
+    page = await client.get("/api/v1/docs")
+    assert page.status == 200 and page.content_type == "text/html"
+    assert '<script src="/assets/api-docs.js"></script>' in await page.text()
+    script = await client.get("/assets/api-docs.js")
+    assert script.status == 200 and "openapi.json" in await script.text()

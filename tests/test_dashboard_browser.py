@@ -152,3 +152,40 @@ async def test_the_dashboard_draws_the_seeded_fleet_and_follows_the_pickers(
             await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
         finally:
             await browser.close()
+
+
+async def test_the_api_docs_page_lists_every_operation_in_a_browser(
+    aiohttp_client: AiohttpClient, tmp_path: Path, chromium: Path
+) -> None:
+    from playwright.async_api import async_playwright
+
+    from cloud.openapi import build_openapi
+
+    client = await aiohttp_client(
+        create_app(make_config(f"sqlite+aiosqlite:///{tmp_path / 'cloud.db'}"))
+    )
+    doc = build_openapi()
+    expected = sorted(
+        f"{method.upper()} {path}" for path, item in doc["paths"].items() for method in item
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        try:
+            # A phone-sized screen: nothing may be wider than it.
+            page = await browser.new_page(viewport={"width": 390, "height": 844})
+            await page.goto(str(client.make_url("/api/v1/docs")))
+            await page.wait_for_function("document.body.dataset.ready === 'true'")
+            headings = await page.eval_on_selector_all(
+                ".operation h2", "hs => hs.map(h => h.textContent.replace(/\\s+/g, ' ').trim())"
+            )
+            assert sorted(headings) == expected
+            upload = await page.inner_text("#uploadBatch")
+            assert "gatewayToken" in upload and "422" in upload
+            schemas = await page.eval_on_selector_all("#schemas details", "ds => ds.length")
+            assert schemas == len(doc["components"]["schemas"])
+            width = await page.evaluate("() => document.documentElement.scrollWidth")
+            assert width <= 390
+            await page.screenshot(path=str(ARTIFACTS / "api-docs.png"), full_page=False)
+        finally:
+            await browser.close()

@@ -5,7 +5,8 @@
                        UTF-8); opens a session (`cloud.sessions`) and sets its HttpOnly,
                        SameSite=Strict cookie (random, never derived from the token)
 - ``POST /logout``     ends the session in the database and clears the cookie
-- ``GET /assets/{name}``  dashboard.js, dashboard.css, and plotly.min.js served from the
+- ``GET /assets/{name}``  dashboard.js, dashboard.css, api-docs.js (the page of
+                       `cloud.apidocs`), and plotly.min.js served from the
                        installed plotly package (nothing is fetched from a CDN)
 """
 
@@ -32,6 +33,7 @@ _UTF8 = ("utf-8", "utf8", "us-ascii", "ascii")
 ASSETS: dict[str, tuple[str, str, str]] = {
     "dashboard.js": (__package__, "static/dashboard.js", "text/javascript"),
     "dashboard.css": (__package__, "static/dashboard.css", "text/css"),
+    "api-docs.js": (__package__, "static/api-docs.js", "text/javascript"),
     "plotly.min.js": ("plotly", "package_data/plotly.min.js", "text/javascript"),
 }
 
