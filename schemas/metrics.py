@@ -78,6 +78,15 @@ _ALL = (
     Metric("water", "m³", 0.0, 1000000.0, "cumulative water volume"),
     Metric("gas", "m³", 0.0, 1000000.0, "cumulative gas volume"),
     Metric("device_temperature", "°C", -55.0, 150.0, "a device's own (chip) temperature"),
+    # The gateway's own inference results, one reading per decision: 1 positive, 0 negative
+    # (gateway.inference.results). A window's sum counts detections and its mean is their
+    # share; they say what happened in a room, never who or what was said, so they are uploaded
+    # like any other registered metric (a home's [privacy] policies can keep them local).
+    Metric("inference_alarm", "", 0.0, 1.0, "smoke/CO alarm pattern heard (0/1)"),
+    Metric("inference_keyword", "", 0.0, 1.0, "voice command recognised (0/1)"),
+    Metric("inference_speech", "", 0.0, 1.0, "speech in an audio block (0/1)"),
+    Metric("inference_anomaly", "", 0.0, 1.0, "sensor window flagged as anomalous (0/1)"),
+    Metric("inference_occupancy", "", 0.0, 1.0, "room occupied (0/1)"),
 )
 
 METRICS: Mapping[str, Metric] = MappingProxyType({m.name: m for m in _ALL})

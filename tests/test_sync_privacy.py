@@ -34,7 +34,7 @@ from gateway.sync.settings import (
 from gateway.sync.tables import outbox, privacy_ledger
 from gateway.sync.windows import WindowGroup, WindowStats
 from schemas.batch import decode_batch
-from schemas.batch_rules import batch_violation
+from schemas.batch_rules import batch_violation, first_violation
 from schemas.metrics import metric
 from tests.test_sync_windows import T0, add_readings, make_db
 
@@ -299,3 +299,37 @@ def test_local_and_unknown_metrics_never_leave(tmp_path: Path) -> None:
     with engine.begin() as conn:
         rel = filt.release(conn, [group("co2", 50), group("vibes", 50), group("humidity", 50)])
     assert [a.metric for a in rel.aggregates] == ["humidity"] and rel.local == 2
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["inference_alarm", "inference_keyword", "inference_speech", "inference_anomaly"],
+)
+def test_edge_event_counts_are_uploaded_by_default_and_can_stay_local(
+    tmp_path: Path, name: str
+) -> None:
+    # One detection among 59 negative decisions: the window's sum says one alarm was heard.
+    values = np.zeros(60)
+    values[17] = 1.0
+    events = WindowGroup(
+        home="h1",
+        room="kitchen",
+        device_class="microphone",
+        metric=name,
+        window_start=T0,
+        window_s=60,
+        values=values,
+        stats=WindowStats.of(values),
+    )
+    engine = make_db(tmp_path)
+    default = PrivacyFilter(privacy(), SECRET.encode(), np.random.default_rng(0))
+    with engine.begin() as conn:
+        rel = default.release(conn, [events])
+    (agg,) = rel.aggregates
+    assert (agg.metric, agg.policy, agg.count, agg.sum, agg.max) == (name, "aggregate", 60, 1, 1)
+    assert first_violation([agg], min_count=5, latest_end=math.inf) is None
+    kept = PrivacyFilter(
+        privacy(policies={name: "local"}), SECRET.encode(), np.random.default_rng(0)
+    )
+    with engine.begin() as conn:
+        assert not kept.release(conn, [events]).aggregates
