@@ -40,6 +40,7 @@ GEN2 = ["gen2_switch", "gen2_ht_full", "gen2_pro3"]
 EXPECTED_GEN1 = [
     ("home", U, "shellyplug-s-7F3A21", "power", T0, 42.17),
     ("home", U, "shellyplug-s-7F3A21", "energy", T0, 2.05),  # 123000 Wmin
+    ("home", U, "shellyplug-s-7F3A21", "device_temperature", T0, 38.5),  # the plug's own chip
     ("home", U, "shellyht-5C9E01", "temperature", T0, 21.75),
     ("home", U, "shellyht-5C9E01", "humidity", T0, 52.5),
     ("home", U, "shellyht-5C9E01", "battery", T0, 88.0),
@@ -67,8 +68,9 @@ def adapter(**shelly: object) -> ShellyAdapter:
 def test_gen1_plain_values_with_watt_minutes_and_channels() -> None:
     shelly = adapter()
     assert table(run_all(shelly, [MSG[n] for n in GEN1])) == expected(EXPECTED_GEN1)
-    # the relay's on/off state and the plug's internal temperature are not mapped
-    assert shelly.ignored_fields == {"relay": 1, "temperature": 1}
+    # the relay's on/off state is not mapped; the plug's own temperature is device_temperature
+    # (issue 13: it used to be ignored, it must never be the room's temperature)
+    assert shelly.ignored_fields == {"relay": 1}
 
 
 def test_gen1_fahrenheit_setting_converts() -> None:
