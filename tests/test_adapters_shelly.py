@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
 from gateway.adapters import Adapted, AdapterRegistry, AdapterSettings
 from gateway.adapters.shelly import ShellyAdapter
 from gateway.records import DeadLetter, Reading
+from schemas.metrics import metric
 from tests.conftest import MosquittoBroker
 from tests.fixtures.adapters.support import (
     T0,
@@ -161,3 +169,84 @@ def test_through_a_real_broker(mosquitto: MosquittoBroker, topic_root: str) -> N
         ("shellyplug-s-7F3A21", False),
         ("shellyplus1pm-a8032ab1c2d3", True),
     ]
+
+
+# -- the ecosystem corpus (tests/fixtures/ecosystems/shelly*.yaml), replayed through the adapter --
+
+CORPUS_DIR = Path(__file__).parent / "fixtures" / "ecosystems"
+CORPUS_FILES = sorted(CORPUS_DIR.glob("shelly*.yaml"))
+
+
+def _corpus(path: Path) -> dict[str, Any]:
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert isinstance(doc, dict) and isinstance(doc.get("entries"), list), path
+    return doc
+
+
+def _wire(payload: object) -> bytes:
+    if isinstance(payload, dict | list):
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    assert isinstance(payload, str), payload
+    return payload.encode()
+
+
+def _stored(result: object) -> tuple[dict[tuple[str, str], float], str | None]:
+    """Readings (device, metric) -> value that the gateway would keep, and a dead letter's reason.
+
+    The gateway's ingest check drops a reading outside its metric's range; the pure replay does
+    the same so that a value the registry refuses is not counted as stored."""
+    if isinstance(result, DeadLetter):
+        return {}, result.reason
+    assert isinstance(result, Adapted)
+    kept: dict[tuple[str, str], float] = {}
+    for r in result.readings:
+        known = metric(r.metric)
+        if known is None or known.plausible(r.value):
+            kept[(r.device, r.metric)] = r.value
+    return kept, None
+
+
+def test_corpus_files_are_well_formed() -> None:
+    ids: list[str] = []
+    for path in CORPUS_FILES:
+        doc = _corpus(path)
+        assert doc["ecosystem"] == "shelly"
+        for entry in doc["entries"]:
+            ids.append(entry["id"])
+            assert str(entry["source"]).startswith("https://"), entry["id"]
+            assert entry["messages"], entry["id"]
+            for reading in entry["expect"]:
+                assert {"device", "metric", "value"} <= set(reading), entry["id"]
+    assert len(ids) == len(set(ids)), "entry ids must be unique"
+    assert len(ids) >= 30
+
+
+def test_corpus_entries_adapt_exactly() -> None:
+    """Every corpus entry yields exactly its expected readings (or dead letter) through
+    `ShellyAdapter.adapt`; the corpus runner replays the same files through the real gateway."""
+    wrong: list[str] = []
+    for path in CORPUS_FILES:
+        doc = _corpus(path)
+        overrides = dict(doc.get("settings") or {})
+        shelly_over = dict(overrides.pop("shelly", {}))
+        settings = AdapterSettings.model_validate(
+            {**overrides, "shelly": {"enabled": True, **shelly_over}}
+        )
+        shelly = ShellyAdapter(settings)
+        for entry in doc["entries"]:
+            got: dict[tuple[str, str], float] = {}
+            dead: list[str] = []
+            for message in entry["messages"]:
+                result = shelly.adapt(message["topic"], _wire(message["payload"]), T0)
+                kept, reason = _stored(result)
+                got.update(kept)
+                if reason is not None:
+                    dead.append(reason)
+            want = {(e["device"], e["metric"]): float(e["value"]) for e in entry["expect"]}
+            same = got.keys() == want.keys() and all(
+                math.isclose(got[k], want[k], rel_tol=1e-6, abs_tol=1e-12) for k in want
+            )
+            expected_dead = [entry["expect_dead_letter"]] if "expect_dead_letter" in entry else []
+            if not same or dead != expected_dead:
+                wrong.append(f"{entry['id']}: got {sorted(got.items())} dead {dead}")
+    assert wrong == []
