@@ -411,3 +411,12 @@ def test_external_power_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> No
     # the device still remembered keeps its battery ignored
     overlay = b'{"id":0,"battery":{"percent":0}}'
     assert run_all(shelly, [Message("o", "shellyhtg3-2/status/devicepower:0", overlay)]) == []
+
+
+def test_status_topics_of_unknown_components_are_not_decoded() -> None:
+    shelly = adapter()
+    # A foreign device's <x>/status/<y> matches '+/status/+': ignored, not a dead letter.
+    assert readings(shelly.adapt("printer/status/state", b"idle", T0)) == []
+    assert shelly.ignored_fields["state"] == 1
+    bad = shelly.adapt("shellyplus1-a1/status/switch:0", b"on", T0)
+    assert isinstance(bad, DeadLetter) and bad.reason == "adapter_invalid_json"

@@ -360,6 +360,11 @@ class ShellyAdapter(BaseAdapter[ShellySettings]):
     def _gen2_status_topic(
         self, topic: Gen2Topic, component: str, payload: bytes, received_at: float
     ) -> list[Reading]:
+        if component.partition(":")[0] not in self._gen2_components:
+            # sys, wifi, input:0... carry no reading; not decoding them also keeps a foreign
+            # device's <x>/status/<y> (matched by the '+' prefix) out of the dead letters.
+            self.ignore_field(component.partition(":")[0])
+            return []
         status = decode_json(payload)
         if not isinstance(status, dict):
             raise AdapterError("adapter_validation", f"status of {component[:40]} is not an object")
