@@ -335,8 +335,8 @@ async def test_gen2_status_under_a_two_level_prefix_reaches_sqlite(
 
 def test_default_filters_cover_the_device_id_and_shellies_prefixes_once() -> None:
     shelly = adapter()
-    # shellies/+ is under the Gen1 'shellies/#': subscribing to it again would make the broker
-    # deliver those messages twice.
+    # shellies/+ is under the Gen1 'shellies/#': no overlapping subscription (which MQTT lets a
+    # broker answer with one copy per subscription).
     assert shelly.filters == ("shellies/#", "+/events/rpc", "+/status/+", "+/online")
     alone = adapter(gen1_prefix=None)
     assert alone.filters == (

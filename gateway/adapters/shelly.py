@@ -232,8 +232,9 @@ class ShellyAdapter(BaseAdapter[ShellySettings]):
         gen1_all = f"{self.gen1_prefix}/" if self.gen1_prefix else None
         filters: list[str] = [f"{self.gen1_prefix}/#"] if self.gen1_prefix else []
         for prefix in self.gen2_prefixes:
-            # Under the Gen1 prefix, `shellies/#` already delivers these; a second, overlapping
-            # subscription would make the broker deliver each message twice.
+            # Under the Gen1 prefix, `shellies/#` already delivers these. MQTT lets a broker
+            # deliver a message once per overlapping subscription (Mosquitto 2.0.11 sends one
+            # copy; others may not), so none is added.
             if gen1_all is not None and prefix.text.startswith(gen1_all):
                 continue
             for tail in ("events/rpc", "status/+", "online"):
