@@ -420,3 +420,25 @@ def test_status_topics_of_unknown_components_are_not_decoded() -> None:
     assert shelly.ignored_fields["state"] == 1
     bad = shelly.adapt("shellyplus1-a1/status/switch:0", b"on", T0)
     assert isinstance(bad, DeadLetter) and bad.reason == "adapter_invalid_json"
+
+
+def test_gen1_custom_prefixes_under_or_beside_shellies() -> None:
+    shelly = adapter(gen1_custom_prefixes=["shellies/office/+/+", "garden/+"])
+    # under shellies/#: no second subscription; beside it: its own
+    assert shelly.filters[0] == "shellies/#" and "garden/+/#" in shelly.filters
+    assert not any(f.startswith("shellies/office") for f in shelly.filters)
+    found = run_all(
+        shelly,
+        [
+            Message("a", "shellies/office/roller/window/roller/0/power", b"120.5"),
+            Message("b", "garden/pump/relay/0/power", b"640"),
+            Message("c", "shellies/shelly1pm-84CCA8B1C2D3/temperature", b"37.35"),
+            Message("d", "garden/pump/temperature", b"41.0"),
+        ],
+    )
+    assert sorted((r.device, r.metric, r.value) for r in found) == [
+        ("pump", "device_temperature", 41.0),
+        ("pump", "power", 640.0),
+        ("roller-window", "power", 120.5),
+        ("shelly1pm-84CCA8B1C2D3", "device_temperature", 37.35),
+    ]

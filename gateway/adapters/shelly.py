@@ -17,7 +17,11 @@ Gen1 (``shellies/<id>/...``, one plain value per topic, no timestamp: the receiv
   a negative battery (firmware 1.11 reports -1 on USB): a powered device has no flat battery;
 - ``-``, ``unknown``, ``null`` or an empty payload is "not known": ignored (``null_values``);
 - ``online`` (true/false, the last will) -> availability; ``announce``, ``info``, ``settings``
-  and ``shellies/announce`` carry no new reading (the same values come on the plain topics).
+  and ``shellies/announce`` carry no new reading (the same values come on the plain topics);
+- a Gen1 device publishing under another prefix than ``shellies/<id>`` (a custom MQTT id, which
+  may contain ``/``): ``gen1_custom_prefixes`` lists the whole prefix that stands before
+  ``relay/0/power``...; ``+`` levels name the device as for Gen2+; matched before
+  ``gen1_prefix``, so give it literal levels that no ``shellies/<id>/...`` topic has.
 
 Gen2+ (Plus, Pro, Gen3, Gen4; ``<prefix>`` is the device's ``mqtt.topic_prefix``, which may have
 several levels and defaults to the device id ``<model>-<mac>``):
@@ -173,13 +177,13 @@ def _phase(field: str) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
-class Gen2Prefix:
-    """One configured Gen2+ topic prefix (``+`` levels allowed) and how it names devices."""
+class TopicPrefix:
+    """One configured device topic prefix (``+`` levels allowed) and how it names devices."""
 
     levels: tuple[str, ...]
 
     @classmethod
-    def parse(cls, prefix: str) -> Gen2Prefix:
+    def parse(cls, prefix: str) -> TopicPrefix:
         return cls(tuple(prefix.split("/")))
 
     @property
@@ -224,7 +228,8 @@ class ShellyAdapter(BaseAdapter[ShellySettings]):
 
     def configure(self, eco: ShellySettings) -> None:
         self.gen1_prefix = eco.gen1_prefix
-        self.gen2_prefixes = [Gen2Prefix.parse(p) for p in eco.gen2_prefixes]
+        self.gen2_prefixes = [TopicPrefix.parse(p) for p in eco.gen2_prefixes]
+        self.gen1_custom = [TopicPrefix.parse(p) for p in eco.gen1_custom_prefixes]
         self._gen2_components = {label.split(".", 1)[0] for label in self.rules if "." in label}
         self._gen2_components.discard("status")  # Gen1 Motion's labels
         # device id -> on external power (USB): its battery reading means nothing then.
@@ -241,6 +246,11 @@ class ShellyAdapter(BaseAdapter[ShellySettings]):
                 topic_filter = f"{prefix.text}/{tail}"
                 if topic_filter not in filters:
                     filters.append(topic_filter)
+        for prefix in self.gen1_custom:
+            topic_filter = f"{prefix.text}/#"
+            covered = gen1_all is not None and prefix.text.startswith(gen1_all)
+            if not covered and topic_filter not in filters:
+                filters.append(topic_filter)
         self._filters = tuple(filters)
 
     @property
@@ -270,8 +280,16 @@ class ShellyAdapter(BaseAdapter[ShellySettings]):
             if gen2.rest[1] == "rpc":
                 return self._gen2_response(gen2, payload, received_at)
             return self._gen2_status_topic(gen2, gen2.rest[1], payload, received_at)
+        # Custom Gen1 prefixes first: one may sit under `shellies/` (an MQTT id with '/').
+        parts = topic.split("/")
+        for prefix in self.gen1_custom:
+            name = prefix.device(parts)
+            if name is not None and len(parts) > len(prefix.levels):
+                path = "/".join(parts[len(prefix.levels) :])
+                return self._gen1(name, path, payload, received_at)
         if self.gen1_prefix and topic.startswith(self.gen1_prefix + "/"):
-            return self._gen1(topic[len(self.gen1_prefix) + 1 :], payload, received_at)
+            device_id, _, path = topic[len(self.gen1_prefix) + 1 :].partition("/")
+            return self._gen1(device_id, path, payload, received_at)
         return self.ignore_topic()
 
     def _online(self, who: Identity, payload: bytes, received_at: float) -> list[Reading]:
@@ -297,8 +315,7 @@ class ShellyAdapter(BaseAdapter[ShellySettings]):
 
     # -- Gen1 -------------------------------------------------------------------------------
 
-    def _gen1(self, rest: str, payload: bytes, received_at: float) -> list[Reading]:
-        device_id, _, path = rest.partition("/")
+    def _gen1(self, device_id: str, path: str, payload: bytes, received_at: float) -> list[Reading]:
         if not device_id or not path or path in _GEN1_SUMMARIES:
             return self.ignore_topic()  # shellies/announce, shellies/command, <id>/info
         who = self.channel_identity(device_id, 0)
