@@ -553,7 +553,7 @@ class MqttCorpus:
         sub = rng.random()
         if sub < 0.1:
             return f"{sid}/online", rng.choice((b"true", b"false", b"maybe")), "shelly_gen2:online"
-        if sub < 0.2:  # Gen2 also publishes these; the gateway does not subscribe to them
+        if sub < 0.2:  # a component status topic (the device's status_ntf on)
             return f"{sid}/status/switch:0", b'{"apower": 1.0}', "shelly_gen2:status"
         frame = {
             "src": sid,

@@ -45,6 +45,7 @@ def test_filters_and_dispatch() -> None:
         "stat/+/STATUS10",
         "shellies/#",
         "+/events/rpc",
+        "+/status/+",
         "+/online",
         "homeassistant/sensor/+/+",
         "homeassistant/binary_sensor/+/+",
@@ -54,6 +55,8 @@ def test_filters_and_dispatch() -> None:
         "tele/plug/SENSOR": "tasmota",
         "shellies/shelly1-AB12/relay/0/power": "shelly",
         "shellyplus1-a1b2/events/rpc": "shelly",
+        "shellyplus1-a1b2/status/switch:0": "shelly",
+        "shellies/shellyplus1-a1b2/status/switch:0": "shelly",
         "homeassistant/sensor/temp/state": "ha_statestream",
     }
     for topic, name in owner.items():

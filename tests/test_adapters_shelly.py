@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
 from gateway.adapters import Adapted, AdapterRegistry, AdapterSettings
+from gateway.adapters import shelly as shelly_module
 from gateway.adapters.shelly import ShellyAdapter
+from gateway.app import Gateway
+from gateway.config import (
+    AdminConfig,
+    GatewayConfig,
+    IngestConfig,
+    MqttConfig,
+    StorageConfig,
+)
 from gateway.records import DeadLetter, Reading
+from schemas.metrics import metric
 from tests.conftest import MosquittoBroker
 from tests.fixtures.adapters.support import (
     T0,
+    Message,
     availability,
     broker_roundtrip,
     expected,
@@ -17,6 +37,7 @@ from tests.fixtures.adapters.support import (
     run_all,
     table,
 )
+from tests.test_adapters_gateway import publish, wait_rows
 
 FIX = load("shelly")
 MSG = {m.name: m for m in FIX["messages"]}
@@ -40,6 +61,7 @@ GEN2 = ["gen2_switch", "gen2_ht_full", "gen2_pro3"]
 EXPECTED_GEN1 = [
     ("home", U, "shellyplug-s-7F3A21", "power", T0, 42.17),
     ("home", U, "shellyplug-s-7F3A21", "energy", T0, 2.05),  # 123000 Wmin
+    ("home", U, "shellyplug-s-7F3A21", "device_temperature", T0, 38.5),  # the plug's own chip
     ("home", U, "shellyht-5C9E01", "temperature", T0, 21.75),
     ("home", U, "shellyht-5C9E01", "humidity", T0, 52.5),
     ("home", U, "shellyht-5C9E01", "battery", T0, 88.0),
@@ -67,8 +89,9 @@ def adapter(**shelly: object) -> ShellyAdapter:
 def test_gen1_plain_values_with_watt_minutes_and_channels() -> None:
     shelly = adapter()
     assert table(run_all(shelly, [MSG[n] for n in GEN1])) == expected(EXPECTED_GEN1)
-    # the relay's on/off state and the plug's internal temperature are not mapped
-    assert shelly.ignored_fields == {"relay": 1, "temperature": 1}
+    # the relay's on/off state is not mapped; the plug's own temperature is device_temperature
+    # (issue 13: it used to be ignored, it must never be the room's temperature)
+    assert shelly.ignored_fields == {"relay": 1}
 
 
 def test_gen1_fahrenheit_setting_converts() -> None:
@@ -158,4 +181,264 @@ def test_through_a_real_broker(mosquitto: MosquittoBroker, topic_root: str) -> N
     assert [(c.device, c.online) for c in changes] == [
         ("shellyplug-s-7F3A21", False),
         ("shellyplus1pm-a8032ab1c2d3", True),
+    ]
+
+
+# -- the ecosystem corpus (tests/fixtures/ecosystems/shelly*.yaml), replayed through the adapter --
+
+CORPUS_DIR = Path(__file__).parent / "fixtures" / "ecosystems"
+CORPUS_FILES = sorted(CORPUS_DIR.glob("shelly*.yaml"))
+
+
+def _corpus(path: Path) -> dict[str, Any]:
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert isinstance(doc, dict) and isinstance(doc.get("entries"), list), path
+    return doc
+
+
+def _wire(payload: object) -> bytes:
+    if isinstance(payload, dict | list):
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    assert isinstance(payload, str), payload
+    return payload.encode()
+
+
+def _stored(result: object) -> tuple[dict[tuple[str, str], float], str | None]:
+    """Readings (device, metric) -> value that the gateway would keep, and a dead letter's reason.
+
+    The gateway's ingest check drops a reading outside its metric's range; the pure replay does
+    the same so that a value the registry refuses is not counted as stored."""
+    if isinstance(result, DeadLetter):
+        return {}, result.reason
+    assert isinstance(result, Adapted)
+    kept: dict[tuple[str, str], float] = {}
+    for r in result.readings:
+        known = metric(r.metric)
+        if known is None or known.plausible(r.value):
+            kept[(r.device, r.metric)] = r.value
+    return kept, None
+
+
+def test_corpus_files_are_well_formed() -> None:
+    ids: list[str] = []
+    for path in CORPUS_FILES:
+        doc = _corpus(path)
+        assert doc["ecosystem"] == "shelly"
+        for entry in doc["entries"]:
+            ids.append(entry["id"])
+            assert str(entry["source"]).startswith("https://"), entry["id"]
+            assert entry["messages"], entry["id"]
+            for reading in entry["expect"]:
+                assert {"device", "metric", "value"} <= set(reading), entry["id"]
+    assert len(ids) == len(set(ids)), "entry ids must be unique"
+    assert len(ids) >= 30
+
+
+def test_corpus_entries_adapt_exactly() -> None:
+    """Every corpus entry yields exactly its expected readings (or dead letter) through
+    `ShellyAdapter.adapt`; the corpus runner replays the same files through the real gateway."""
+    wrong: list[str] = []
+    for path in CORPUS_FILES:
+        doc = _corpus(path)
+        overrides = dict(doc.get("settings") or {})
+        shelly_over = dict(overrides.pop("shelly", {}))
+        settings = AdapterSettings.model_validate(
+            {**overrides, "shelly": {"enabled": True, **shelly_over}}
+        )
+        shelly = ShellyAdapter(settings)
+        for entry in doc["entries"]:
+            got: dict[tuple[str, str], float] = {}
+            dead: list[str] = []
+            for message in entry["messages"]:
+                result = shelly.adapt(message["topic"], _wire(message["payload"]), T0)
+                kept, reason = _stored(result)
+                got.update(kept)
+                if reason is not None:
+                    dead.append(reason)
+            want = {(e["device"], e["metric"]): float(e["value"]) for e in entry["expect"]}
+            same = got.keys() == want.keys() and all(
+                math.isclose(got[k], want[k], rel_tol=1e-6, abs_tol=1e-12) for k in want
+            )
+            expected_dead = [entry["expect_dead_letter"]] if "expect_dead_letter" in entry else []
+            if not same or dead != expected_dead:
+                wrong.append(f"{entry['id']}: got {sorted(got.items())} dead {dead}")
+    assert wrong == []
+
+
+async def test_gen2_status_under_a_two_level_prefix_reaches_sqlite(
+    mosquitto: MosquittoBroker, topic_root: str, tmp_path: Path
+) -> None:
+    """The real gateway and Mosquitto: a Gen2 status/switch:0 topic under a two-level prefix,
+    a NotifyStatus overlay, a USB-powered H&T and a Gen1 plug end as the right rows."""
+    # Not under topic_root itself: that is the gateway's own topic tree.
+    root = f"{topic_root}-g2"
+    plug, ht = f"{root}/shellyplus1pm-a8032ab1d0e1", f"{root}/shellyplusht-08b61fd0e1f2"
+    gen1 = f"{topic_root}-shellies"
+    settings = AdapterSettings.model_validate(
+        {"shelly": {"enabled": True, "gen1_prefix": gen1, "gen2_prefixes": [f"{root}/+"]}}
+    )
+    switch = {
+        "id": 0,
+        "output": True,
+        "apower": 8.9,
+        "voltage": 237.5,
+        "current": 0.068,
+        "aenergy": {"total": 6.532, "by_minute": [45.2, 47.1, 88.4], "minute_ts": 1764403140},
+        "temperature": {"tC": 23.5, "tF": 74.4},
+    }
+    overlay = {
+        "src": "shellyplus1pm-a8032ab1d0e1",
+        "method": "NotifyStatus",
+        "params": {"ts": 1764403200.5, "switch:0": {"id": 0, "apower": 0.0}},
+    }
+    usb = {"id": 0, "battery": {"V": 0.0, "percent": 0}, "external": {"present": True}}
+    traffic = [
+        Message("status", f"{plug}/status/switch:0", json.dumps(switch).encode()),
+        Message("overlay", f"{plug}/events/rpc", json.dumps(overlay).encode()),
+        Message("online", f"{plug}/online", b"true"),
+        Message("usb", f"{ht}/status/devicepower:0", json.dumps(usb).encode()),
+        Message("ht", f"{ht}/status/temperature:0", b'{"id":0,"tC":21.9,"tF":71.4}'),
+        Message("gen1", f"{gen1}/shellyplug-s-C45BBE5F1A2B/temperature", b"47.12"),
+    ]
+    db = tmp_path / "gateway.db"
+    config = GatewayConfig(
+        gateway_id="gw-shelly",
+        mqtt=MqttConfig(url=mosquitto.url, topic_root=topic_root),
+        storage=StorageConfig(path=db),
+        admin=AdminConfig(port=0),
+        # The overlay's params.ts is from 2025: accept readings that old.
+        ingest=IngestConfig(max_age_s=20 * 365 * 86400.0),
+    )
+    gw = Gateway(config)
+    for adapter in AdapterRegistry.from_settings(settings):
+        gw.add_adapter(adapter)
+    async with gw:
+        assert await asyncio.to_thread(gw.mqtt.subscribed.wait, 20), "gateway never subscribed"
+        await asyncio.to_thread(publish, mosquitto.port, traffic)
+        sql = "SELECT device, metric, value FROM readings ORDER BY device, metric, ts"
+        stored = await wait_rows(db, sql, 8)
+        seen = await wait_rows(
+            db, "SELECT device, availability FROM devices WHERE availability IS NOT NULL", 1
+        )
+    assert [(d, m, round(float(v), 9)) for d, m, v in stored] == [
+        ("shellyplug-s-C45BBE5F1A2B", "device_temperature", 47.12),
+        ("shellyplus1pm-a8032ab1d0e1", "current", 0.068),
+        ("shellyplus1pm-a8032ab1d0e1", "device_temperature", 23.5),
+        ("shellyplus1pm-a8032ab1d0e1", "energy", 0.006532),
+        ("shellyplus1pm-a8032ab1d0e1", "power", 0.0),  # the overlay, at its params.ts (2025)
+        ("shellyplus1pm-a8032ab1d0e1", "power", 8.9),  # the status topic, at the receive time
+        ("shellyplus1pm-a8032ab1d0e1", "voltage", 237.5),
+        ("shellyplusht-08b61fd0e1f2", "temperature", 21.9),  # no 0 % battery: on USB
+    ]
+    assert seen == [("shellyplus1pm-a8032ab1d0e1", "online")]
+
+
+def test_default_filters_cover_the_device_id_and_shellies_prefixes_once() -> None:
+    shelly = adapter()
+    # shellies/+ is under the Gen1 'shellies/#': no overlapping subscription (which MQTT lets a
+    # broker answer with one copy per subscription).
+    assert shelly.filters == ("shellies/#", "+/events/rpc", "+/status/+", "+/online")
+    alone = adapter(gen1_prefix=None)
+    assert alone.filters == (
+        "+/events/rpc",
+        "+/status/+",
+        "+/online",
+        "shellies/+/events/rpc",
+        "shellies/+/status/+",
+        "shellies/+/online",
+    )
+
+
+def test_multi_level_prefix_names_the_device_by_its_wildcards() -> None:
+    status = b'{"id":0,"apower":5.5}'
+    shelly = adapter(gen2_prefixes=["home/+/+", "flat/hall/meter"])
+    found = run_all(
+        shelly,
+        [
+            Message("a", "home/kitchen/shellyplus1pm-x1/status/switch:0", status),
+            Message("b", "flat/hall/meter/status/switch:1", status),
+        ],
+    )
+    assert sorted((r.device, r.value) for r in found) == [
+        ("kitchen-shellyplus1pm-x1", 5.5),
+        ("meter-ch1", 5.5),  # a prefix without '+' names one device: its last level
+    ]
+    # A topic of another depth is not this prefix's.
+    assert readings(shelly.adapt("home/kitchen/status/switch:0", status, T0)) == []
+    assert shelly.counts["ignored_topics"] == 1
+
+
+def test_devices_map_by_name_full_prefix_or_rpc_src() -> None:
+    shelly = adapter(
+        gen2_prefixes=["home/+/+"],
+        devices={
+            "home/kitchen/plug": {"device": "kettle", "room": "kitchen"},
+            "shellyplusplugs-e1": {"device": "tv", "room": "living"},
+        },
+    )
+    frame = {
+        "src": "shellyplusplugs-e1",
+        "method": "NotifyStatus",
+        "params": {"ts": T0, "switch:0": {"id": 0, "apower": 80.0}},
+    }
+    found = run_all(
+        shelly,
+        [
+            Message("a", "home/kitchen/plug/status/switch:0", b'{"id":0,"apower":1800.0}'),
+            Message("b", "home/living/x/events/rpc", json.dumps(frame).encode()),
+        ],
+    )
+    assert sorted((r.room, r.device, r.value) for r in found) == [
+        ("kitchen", "kettle", 1800.0),
+        ("living", "tv", 80.0),
+    ]
+
+
+def test_bad_prefixes_are_config_errors() -> None:
+    for bad in ["home/+x", "home//x", "/x", "x/#"]:
+        with pytest.raises(ValueError, match="prefix"):
+            adapter(gen2_prefixes=[bad])
+
+
+def test_external_power_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shelly_module, "MAX_POWERED_DEVICES", 2)
+    shelly = adapter()
+    usb = b'{"id":0,"battery":{"percent":0},"external":{"present":true}}'
+    for n in range(3):
+        run_all(shelly, [Message("usb", f"shellyhtg3-{n}/status/devicepower:0", usb)])
+    assert list(shelly._powered) == ["shellyhtg3-1", "shellyhtg3-2"]
+    assert shelly.counts["external_power_battery"] == 3
+    # the device still remembered keeps its battery ignored
+    overlay = b'{"id":0,"battery":{"percent":0}}'
+    assert run_all(shelly, [Message("o", "shellyhtg3-2/status/devicepower:0", overlay)]) == []
+
+
+def test_status_topics_of_unknown_components_are_not_decoded() -> None:
+    shelly = adapter()
+    # A foreign device's <x>/status/<y> matches '+/status/+': ignored, not a dead letter.
+    assert readings(shelly.adapt("printer/status/state", b"idle", T0)) == []
+    assert shelly.ignored_fields["state"] == 1
+    bad = shelly.adapt("shellyplus1-a1/status/switch:0", b"on", T0)
+    assert isinstance(bad, DeadLetter) and bad.reason == "adapter_invalid_json"
+
+
+def test_gen1_custom_prefixes_under_or_beside_shellies() -> None:
+    shelly = adapter(gen1_custom_prefixes=["shellies/office/+/+", "garden/+"])
+    # under shellies/#: no second subscription; beside it: its own
+    assert shelly.filters[0] == "shellies/#" and "garden/+/#" in shelly.filters
+    assert not any(f.startswith("shellies/office") for f in shelly.filters)
+    found = run_all(
+        shelly,
+        [
+            Message("a", "shellies/office/roller/window/roller/0/power", b"120.5"),
+            Message("b", "garden/pump/relay/0/power", b"640"),
+            Message("c", "shellies/shelly1pm-84CCA8B1C2D3/temperature", b"37.35"),
+            Message("d", "garden/pump/temperature", b"41.0"),
+        ],
+    )
+    assert sorted((r.device, r.metric, r.value) for r in found) == [
+        ("pump", "device_temperature", 41.0),
+        ("pump", "power", 640.0),
+        ("roller-window", "power", 120.5),
+        ("shelly1pm-84CCA8B1C2D3", "device_temperature", 37.35),
     ]

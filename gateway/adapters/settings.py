@@ -152,7 +152,7 @@ class TasmotaSettings(EcosystemSettings):
 
 
 class ShellySettings(EcosystemSettings):
-    """Shelly: Gen1 plain-value topics and Gen2+ RPC ``NotifyStatus`` frames."""
+    """Shelly: Gen1 plain-value topics, Gen2+ ``status/<component>`` topics and RPC frames."""
 
     gen1_prefix: str | None = Field(
         default="shellies", description="Gen1 topic prefix (``shellies``); None disables Gen1"
@@ -160,10 +160,22 @@ class ShellySettings(EcosystemSettings):
     gen1_temperature_unit: Literal["°C", "°F"] = Field(
         default="°C", description="unit of Gen1 sensor/temperature (set on the device)"
     )
+    gen1_custom_prefixes: list[str] = Field(
+        default_factory=list,
+        description="Gen1 devices publishing under another prefix than shellies/<id> (a "
+        "custom MQTT id, which may contain '/'): the whole prefix before relay/0/power..., "
+        "e.g. 'shellies/office/+/+' for shellies/office/roller/window/roller/0/power; "
+        "matched before gen1_prefix (give it literal levels no shellies/<id>/... topic has); "
+        "the '+' levels, joined by '-', name the device (a prefix without '+': its last level)",
+    )
     gen2_prefixes: list[str] = Field(
-        default_factory=lambda: ["+"],
-        description="Gen2+ topic prefixes (the device id by default, hence '+'); the adapter "
-        "subscribes to <prefix>/events/rpc and <prefix>/online; empty disables Gen2+",
+        default_factory=lambda: ["+", "shellies/+"],
+        description="Gen2+ topic prefixes (the device's mqtt.topic_prefix), '+' matching one "
+        "level: '+' is the default prefix (the device id), 'shellies/+' the Gen1-style one; a "
+        "multi-level custom prefix such as 'home/kitchen/shellyplus1pm-a8032ab12345' needs "
+        "'home/+/+' (or the prefix itself). The adapter subscribes to <prefix>/events/rpc, "
+        "<prefix>/status/+ and <prefix>/online; the '+' levels, joined by '-', name the "
+        "device; empty disables Gen2+",
     )
 
     @field_validator("gen1_prefix")
@@ -171,10 +183,16 @@ class ShellySettings(EcosystemSettings):
     def _gen1(cls, value: str | None) -> str | None:
         return None if value is None else _check_plain_topic(value)
 
-    @field_validator("gen2_prefixes")
+    @field_validator("gen2_prefixes", "gen1_custom_prefixes")
     @classmethod
-    def _gen2(cls, value: list[str]) -> list[str]:
-        return [_check_base_topic(v) for v in value]
+    def _device_prefixes(cls, value: list[str]) -> list[str]:
+        for prefix in value:
+            _check_base_topic(prefix)
+            if any(not level or ("+" in level and level != "+") for level in prefix.split("/")):
+                raise ValueError(
+                    f"topic prefix {prefix!r}: empty level, or '+' that is not a whole level"
+                )
+        return value
 
 
 class HaStatestreamSettings(EcosystemSettings):
