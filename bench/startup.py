@@ -37,7 +37,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -261,7 +260,8 @@ def start_cloud(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     cfg.write_text(
         f'database_url = "sqlite+aiosqlite:///{workdir / "cloud.db"}"\nport = 0\n'
         f'port_file = "{port_file}"\nworkers = 1\nread_token = "bench-startup-read-token"\n'
-        f'analytics_interval_s = 0\nlog_level = "WARNING"\n[gateways]\n"{GATEWAY_ID}" = "{TOKEN}"\n',
+        'analytics_interval_s = 0\nlog_level = "WARNING"\n'
+        f'[gateways]\n"{GATEWAY_ID}" = "{TOKEN}"\n',
         encoding="utf-8",
     )
     proc = subprocess.Popen(
