@@ -94,6 +94,17 @@ def test_every_homeedge_service_runs_a_homeedge_module() -> None:
     assert (ROOT / "Dockerfile").exists()
 
 
+def test_each_image_installs_only_its_roles_extra() -> None:
+    # The gateway's image must not carry the cloud's scikit-learn, SciPy, plotly, asyncpg...:
+    # the Dockerfile installs `.[ROLE]` and each service builds with its own module as ROLE.
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "ARG ROLE" in dockerfile and 'pip install ".[${ROLE}]"' in dockerfile
+    for name, svc in homeedge_services().items():
+        build = svc["build"]
+        assert isinstance(build, dict), f"{name}: build with args"
+        assert build["args"]["ROLE"] == svc["command"][2], name
+
+
 def test_mounted_configs_load_and_point_at_each_other(clean_env: pytest.MonkeyPatch) -> None:
     svcs = services()
     by_module = {svc["command"][2]: (name, svc) for name, svc in homeedge_services().items()}

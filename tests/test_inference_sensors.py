@@ -220,3 +220,24 @@ def test_the_flag_gets_the_window_device_and_span_and_oracle_flags_freeze_the_ba
     assert all(v == 1.0 for t, v in kept.items() if t - T0 >= start + 3600.0)
     # Learned (the old training path): past 5 % of the baseline's windows it is no longer rare.
     assert faded[max(faded)] == 0.0
+
+
+def test_a_window_keeps_only_model_metrics_packed_and_its_stats_are_numpys() -> None:
+    # A busy device's open window is the engine's largest per-device state: values are kept as
+    # 8-byte doubles, and metrics no model reads (battery, voltage...) are not kept at all.
+    stream = SensorStream(window_s=300.0, baseline_windows=12)
+    rng = np.random.default_rng(3)
+    values = rng.normal(21.0, 0.5, 5000)
+    t0 = 1_764_403_200.0
+    for i, v in enumerate(values):
+        assert stream.add("temperature", t0 + i * 0.05, float(v)) is None
+        assert stream.add("battery", t0 + i * 0.05, 97.0) is None
+    assert set(stream.acc) == {"temperature"}
+    assert stream.acc["temperature"].itemsize == 8 and len(stream.acc["temperature"]) == 5000
+    closed = stream.add("temperature", t0 + 300.0, 21.0)
+    assert closed is not None and closed.count == {"temperature": 5000}
+    assert closed.mean["temperature"] == float(values.mean())
+    assert closed.std["temperature"] == float(values.std())
+    assert (closed.first["temperature"], closed.last["temperature"]) == (values[0], values[-1])
+    far = values[np.argmax(np.abs(values - np.median(values)))]
+    assert closed.extreme["temperature"] == far
