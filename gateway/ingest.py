@@ -275,6 +275,9 @@ class _DecoderClaims:
         self._adapter = adapter
 
     def claim(self, topic_filter: str) -> bool:
+        root = self._decoder.topic_root
+        if topic_filter.split("/", 1)[0] in (root, "#"):
+            return False  # our own topics are ours: <root>/# is subscribed and decoded already
         ok = self._decoder.adapters.claim(self._adapter, topic_filter)
         self._decoder.forget_routes()
         return ok
@@ -305,6 +308,7 @@ class MessageDecoder:
         checks: ReadingChecks | None = None,
     ) -> None:
         self._root = topic_root
+        self.topic_root = topic_root
         self._devices = devices
         self._prefix = topic_root + "/"
         self.adapters = AdapterTable(adapters)

@@ -22,6 +22,8 @@ from gateway.adapters.ha_templates import NoValue, TemplateProblem, compile_temp
 from gateway.app import Gateway
 from gateway.config import AdminConfig, GatewayConfig, IngestConfig, MqttConfig, StorageConfig
 from gateway.inference import discovery
+from gateway.ingest import MessageDecoder, ReadingsIn
+from gateway.records import DeadLetter
 from tests.conftest import MosquittoBroker
 from tests.waiting import wait_for
 
@@ -314,3 +316,60 @@ def test_unsupported_templates_are_refused_at_config_time(source: str) -> None:
 def test_sandbox_and_bounds_refuse_at_render_time(source: str) -> None:
     with pytest.raises(TemplateProblem):
         compile_template(source).render("x", {"t": "n/a"})
+
+
+# -- claims: who owns a discovered state topic (pure) -------------------------------------------
+
+
+def config_bytes(state_topic: str, **extra: Any) -> bytes:
+    body = {
+        "dev_cla": "temperature",
+        "unit_of_meas": "°C",
+        "stat_t": state_topic,
+        "uniq_id": "u-" + state_topic.replace("/", "_"),
+        "dev": {"ids": ["dev-1"]},
+        **extra,
+    }
+    return json.dumps(body).encode()
+
+
+def test_a_native_adapters_topic_and_our_root_are_not_claimed() -> None:
+    settings = AdapterSettings.model_validate({"zigbee2mqtt": {"enabled": True}})
+    registry = AdapterRegistry.from_settings(settings)
+    decoder = MessageDecoder(topic_root="homeedge", adapters=list(registry))
+    subscribed: list[str] = []
+    decoder.adapters.watch_claims(subscribed.append, lambda f: subscribed.remove(f))
+    ha = next(a for a in registry if isinstance(a, HaDiscoveryAdapter))
+    cases = {
+        "homeassistant/sensor/a/t/config": "zigbee2mqtt/living_thermo",  # z2m adapter owns it
+        "homeassistant/sensor/b/t/config": "homeedge/home/living/th-1/telemetry",  # ours
+        "homeassistant/sensor/c/t/config": "esp-c/sensor/t/state",
+        "homeassistant/sensor/d/t/config": "+/+/BTtoMQTT/A4C138000001",
+    }
+    for topic, state in cases.items():
+        decoder.decode(topic, config_bytes(state), 0.0)
+    assert ha.counts["state_topic_taken"] == 2
+    assert subscribed == ["esp-c/sensor/t/state", "+/+/BTtoMQTT/A4C138000001"]
+    assert decoder.adapters.owner("zigbee2mqtt/living_thermo") is not ha
+    assert decoder.adapters.owner("esp-c/sensor/t/state") is ha
+    assert decoder.adapters.owner("home/OMG/BTtoMQTT/A4C138000001") is ha
+    # The route of a topic that was nobody's is forgotten once it is claimed.
+    dead = decoder.decode("esp-e/sensor/t/state", b"20", 0.0)
+    assert isinstance(dead[-1], DeadLetter) and dead[-1].reason == "unknown_topic"
+    decoder.decode("homeassistant/sensor/e/t/config", config_bytes("esp-e/sensor/t/state"), 0.0)
+    items = decoder.decode("esp-e/sensor/t/state", b"20", 0.0)
+    assert isinstance(items[-1], ReadingsIn) and items[-1].readings[0].value == 20.0
+    # Removing the only entity of a topic releases (unsubscribes) it.
+    decoder.decode("homeassistant/sensor/e/t/config", b"", 0.0)
+    assert "esp-e/sensor/t/state" not in subscribed
+    assert decoder.adapters.owner("esp-e/sensor/t/state") is None
+
+
+def test_the_entity_cap_is_counted() -> None:
+    ha = HaDiscoveryAdapter(AdapterSettings.model_validate({"ha_discovery": {"max_entities": 2}}))
+    for i in range(4):
+        ha.adapt(f"homeassistant/sensor/n{i}/t/config", config_bytes(f"n{i}/t"), 0.0)
+    assert len(ha.entities) == 2 and ha.counts["entities_refused"] == 2
+    # A config sent again (every reconnect replays the retained ones) is no new entity.
+    ha.adapt("homeassistant/sensor/n0/t/config", config_bytes("n0/t"), 0.0)
+    assert len(ha.entities) == 2 and ha.counts["entities_refused"] == 2
