@@ -17,8 +17,9 @@ becomes a list of items to store, in order, the last of which is the message's o
   adapters' ``adapter_*`` reasons (``adapter_invalid_json``, ``adapter_validation``,
   ``adapter_unit``, ``adapter_oversized``, ``adapter_too_deep``, ``adapter_template``), and,
   per reading (`gateway.validation`), ``ts_out_of_range`` (beyond ``[ingest]
-  max_clock_skew_s`` ahead of the receive time or ``max_age_s`` behind it) and ``out_of_range`` (outside the metric's
-  plausible range or a sensor error value, ``[ingest.ranges.<metric>]``), and
+  max_clock_skew_s`` ahead of the receive time or ``max_age_s`` behind it) and
+  ``out_of_range`` (outside the metric's plausible range or a sensor error value,
+  ``[ingest.ranges.<metric>]``), and
   ``too_many_devices`` (a new device beyond ``[devices] max_devices``). A message's
   rejected readings are dead letters stored ahead of its good ones, which are kept.
 
