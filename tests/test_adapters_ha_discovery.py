@@ -373,3 +373,36 @@ def test_the_entity_cap_is_counted() -> None:
     # A config sent again (every reconnect replays the retained ones) is no new entity.
     ha.adapt("homeassistant/sensor/n0/t/config", config_bytes("n0/t"), 0.0)
     assert len(ha.entities) == 2 and ha.counts["entities_refused"] == 2
+
+
+def test_one_failing_template_does_not_cost_the_others_reading() -> None:
+    """Two entities on one state topic: the one whose template fails is a side dead letter
+    (adapter_template), the other's reading is kept."""
+    registry = AdapterRegistry.from_settings(AdapterSettings())
+    decoder = MessageDecoder(topic_root="homeedge", adapters=list(registry))
+    good = config_bytes("dev1/state", val_tpl="{{ value_json.t }}")
+    bad = json.dumps(
+        {
+            "dev_cla": "humidity",
+            "unit_of_meas": "%",
+            "stat_t": "dev1/state",
+            "val_tpl": "{{ value_json.h | float }}",
+            "uniq_id": "u-h",
+            "dev": {"ids": ["dev-1"]},
+        }
+    ).encode()
+    decoder.decode("homeassistant/sensor/dev1/t/config", good, 0.0)
+    decoder.decode("homeassistant/sensor/dev1/h/config", bad, 0.0)
+    items = decoder.decode("dev1/state", b'{"t": 19.5, "h": "err"}', 0.0)
+    assert [type(i) for i in items] == [DeadLetter, ReadingsIn]
+    dead, kept = items
+    assert isinstance(dead, DeadLetter) and dead.reason == "adapter_template"
+    assert "u-h" in dead.detail and "float" in dead.detail
+    assert isinstance(kept, ReadingsIn)
+    assert [(r.device, r.metric, r.value) for r in kept.readings] == [
+        ("dev-1", "temperature", 19.5)
+    ]
+    # Both failing: the message itself is the dead letter.
+    only_bad = decoder.decode("dev1/state", b'{"h": "err"}', 0.0)
+    assert len(only_bad) == 1 and isinstance(only_bad[0], DeadLetter)
+    assert only_bad[0].reason == "adapter_template"

@@ -565,7 +565,8 @@ class HaDiscoveryAdapter(BaseAdapter[HaDiscoverySettings]):
             with contextlib.suppress(msgspec.DecodeError):
                 value_json = msgspec.json.decode(payload)
         out = MessageReadings(received_at)
-        problems: list[str] = []
+        problems: list[str] = []  # templates that failed on this message
+        unusable: list[tuple[str, str]] = []  # rendered values that failed (reason, detail)
         told: set[tuple[str, bool]] = set()
         done: set[int] = set()
         for entity in readers:
@@ -573,7 +574,7 @@ class HaDiscoveryAdapter(BaseAdapter[HaDiscoverySettings]):
                 continue
             done.add(id(entity))
             if _matches(entity.state_topic, topic):
-                self._entity_state(entity, text, value_json, out, received_at, problems)
+                self._entity_state(entity, text, value_json, out, received_at, problems, unusable)
             for avail in entity.availability:
                 if _matches(avail.topic, topic):
                     online = self._online(avail, text, value_json, problems, entity)
@@ -581,11 +582,12 @@ class HaDiscoveryAdapter(BaseAdapter[HaDiscoverySettings]):
                         told.add((entity.who.device, online))
                         self.availability(entity.who, online, received_at)
         readings = out.as_list()
-        if problems:
-            self.counts["template_errors"] += len(problems)
-            if not readings and not told:
-                raise AdapterError("adapter_template", "; ".join(problems[:5]))
-            self._rejected.append(("adapter_template", "; ".join(problems[:5])))
+        self.counts["template_errors"] += len(problems)
+        failed = [("adapter_template", p) for p in problems] + unusable
+        if failed and not readings and not told:
+            reason = failed[0][0]
+            raise AdapterError(reason, "; ".join(d for r, d in failed[:5] if r == reason))
+        self._rejected.extend(failed)
         return readings
 
     def _render(self, template: ValueTemplate | None, text: str, value_json: Any) -> str:
@@ -603,6 +605,7 @@ class HaDiscoveryAdapter(BaseAdapter[HaDiscoverySettings]):
         out: MessageReadings,
         received_at: float,
         problems: list[str],
+        unusable: list[tuple[str, str]],
     ) -> None:
         try:
             rendered = self._render(entity.template, text, value_json)
@@ -633,7 +636,7 @@ class HaDiscoveryAdapter(BaseAdapter[HaDiscoverySettings]):
                 out, entity.who, received_at, entity.label, value, entity.rule, unit=entity.unit
             )
         except AdapterError as exc:
-            problems.append(f"{entity.label}: {exc.detail}")
+            unusable.append((exc.reason, f"{entity.label}: {exc.detail}"))
 
     def _online(
         self,
