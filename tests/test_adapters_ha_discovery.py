@@ -84,7 +84,9 @@ def make_gateway(mosquitto: MosquittoBroker, topic_root: str, db: Path, settings
     registry = AdapterRegistry.from_settings(AdapterSettings.model_validate(settings))
     config = GatewayConfig(
         gateway_id=f"gw-{uuid.uuid4().hex[:6]}",
-        mqtt=MqttConfig(url=mosquitto.url, topic_root="homeedge"),
+        mqtt=MqttConfig(
+            url=mosquitto.url, topic_root="homeedge", reconnect_min_s=0.1, reconnect_max_s=0.5
+        ),
         storage=StorageConfig(path=db),
         admin=AdminConfig(port=0),
         ingest=IngestConfig(max_age_s=30 * 365 * 86400.0),
@@ -406,3 +408,45 @@ def test_one_failing_template_does_not_cost_the_others_reading() -> None:
     only_bad = decoder.decode("dev1/state", b'{"h": "err"}', 0.0)
     assert len(only_bad) == 1 and isinstance(only_bad[0], DeadLetter)
     assert only_bad[0].reason == "adapter_template"
+
+
+async def test_claimed_topics_are_subscribed_again_on_a_new_connection(
+    mosquitto: MosquittoBroker, topic_root: str, tmp_path: Path
+) -> None:
+    """A broker that lost the gateway's session (restarted without its database) still gets
+    the discovered state topics subscribed: every connection subscribes to the claimed ones."""
+    db = tmp_path / "gw.db"
+    gw, adapter = make_gateway(mosquitto, topic_root, db, {})
+    config = {
+        "dev_cla": "temperature",
+        "unit_of_meas": "°C",
+        "stat_t": "esp-r/sensor/t/state",
+        "uniq_id": "esp-r-t",
+        "dev": {"ids": "esp-r", "name": "esp-r"},
+    }
+    async with gw:
+        assert gw.mqtt is not None
+        assert await asyncio.to_thread(gw.mqtt.subscribed.wait, 20)
+        pub = await Replay(mosquitto.port, gw).start()
+        try:
+            await pub.send("homeassistant/sensor/esp-r/t/config", encode(config), retain=True)
+            await pub.send("esp-r/sensor/t/state", b"20.5")
+        finally:
+            pub.close()
+        mosquitto.stop()
+        (mosquitto.workdir / "mosquitto.db").unlink(missing_ok=True)  # session and retained gone
+        await wait_for(lambda: not gw.mqtt.subscribed.is_set(), what="the gateway to notice")
+        mosquitto.start()
+        await wait_for(lambda: gw.mqtt.subscribed.is_set(), what="the gateway to resubscribe")
+        assert "homeassistant/sensor/esp-r/t/config" in adapter.entities  # kept in memory
+        pub2 = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pub-after-restart")
+        pub2.connect("127.0.0.1", mosquitto.port)
+        pub2.loop_start()
+        try:
+            pub2.publish("esp-r/sensor/t/state", b"21.5", qos=1).wait_for_publish(10)
+            query = "SELECT value FROM readings WHERE device = 'esp-r' ORDER BY id"
+            await wait_for(lambda: len(rows(db, query)) == 2, what="the state after the restart")
+        finally:
+            pub2.loop_stop()
+            pub2.disconnect()
+    assert rows(db, query) == [(20.5,), (21.5,)]
