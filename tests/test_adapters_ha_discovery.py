@@ -450,3 +450,28 @@ async def test_claimed_topics_are_subscribed_again_on_a_new_connection(
             pub2.loop_stop()
             pub2.disconnect()
     assert rows(db, query) == [(20.5,), (21.5,)]
+
+
+@pytest.mark.parametrize(
+    ("source", "value_json"),
+    [
+        ("{{ value_json.temperature }}", {"temperature": 21.9}),
+        ("{{value_json['AM2301'].Temperature}}", {"AM2301": {"Temperature": 22}}),
+        ("{{ value_json.contact }}", {"contact": False}),
+        ("{{ value_json.x }}", {}),
+        ("{{ value_json.a[0] }}", {"a": [1.5]}),
+        ("{{ value_json.n }}", {"n": None}),
+        ("{{ value_json.d }}", {"d": {"a": 1}}),
+        ("{{ value_json.s }}", {"s": " x "}),
+        ("{{ value_json.t.x }}", {"t": "text"}),
+        ("{{ value_json['DS18B20-2'].Temperature }}", {"DS18B20-2": {"Temperature": -3}}),
+    ],
+)
+def test_bare_paths_render_as_jinja_does(source: str, value_json: Any) -> None:
+    """The direct lookup of ``{{ value_json.a.b }}`` gives what the sandbox's render gives."""
+    from jinja2.sandbox import SandboxedEnvironment
+
+    template = compile_template(source)
+    assert template._path is not None  # the fast path is the one under test
+    want = SandboxedEnvironment().from_string(source).render(value_json=value_json).strip()
+    assert template.render("", value_json) == want

@@ -26,6 +26,9 @@ machine (``states()``, ``is_state()``, ``state_attr()``, ``this``...), time (``n
 ``as_timestamp``, ``timestamp_custom``: HA's time zone) and any other name HA defines outside
 this list.
 
+A template that is a bare JSON path (``{{ value_json.a['b'] }}``, what Zigbee2MQTT, Tasmota
+and Shelly scripts publish) is looked up directly, with jinja's result (jinja renders the rest).
+
 Rendering outcomes: a string (HA's own result, e.g. ``"21.5"`` or ``"True"``); `NoValue` when
 the message does not carry the entity's value (an undefined JSON path, ``is_defined`` of an
 absent key, ``float`` of null: HA logs and keeps the old state, homeedge stores nothing and
@@ -293,17 +296,60 @@ _ENV = _environment()
 _KNOWN_NAMES = VARIABLES | frozenset(_ENV.globals)
 
 
+# ``{{ value_json.a['b'].c }}``: most discovery templates (Zigbee2MQTT, Tasmota, Shelly) are a
+# bare JSON path, which is looked up directly: a jinja render costs a context per call.
+_PATH_TEMPLATE = re.compile(
+    r"""^\{\{-?\s*value_json((?:\.[A-Za-z_][A-Za-z0-9_]*|\[(?:'[^'\\]*'|"[^"\\]*"|\d+)\])+)\s*-?\}\}$"""
+)
+_PATH_PART = re.compile(r"""\.([A-Za-z_][A-Za-z0-9_]*)|\[(?:'([^']*)'|"([^"]*)"|(\d+))\]""")
+
+
+def _json_path(source: str) -> tuple[str | int, ...] | None:
+    match = _PATH_TEMPLATE.match(source.strip())
+    if match is None:
+        return None
+    path: list[str | int] = []
+    for attr, single, double, index in _PATH_PART.findall(match.group(1)):
+        key = attr or single or double
+        if attr and hasattr(dict, attr):
+            return None  # value_json.items is the dict's method in jinja: leave it to jinja
+        path.append(int(index) if index else key)
+    return tuple(path)
+
+
 class ValueTemplate:
     """One compiled value template."""
 
-    __slots__ = ("_template", "source")
+    __slots__ = ("_path", "_template", "source")
 
     def __init__(self, source: str, template: jinja2.Template) -> None:
         self.source = source
         self._template = template
+        self._path = _json_path(source)
+
+    def _lookup(self, path: tuple[str | int, ...], value_json: Any) -> str | None:
+        """The bare path's result as jinja renders it; None: ask jinja (an odd shape)."""
+        node = value_json
+        last = len(path) - 1
+        for i, key in enumerate(path):
+            if isinstance(key, int) and isinstance(node, list) and -len(node) <= key < len(node):
+                node = node[key]
+            elif isinstance(node, dict) and not isinstance(key, int):
+                if key not in node:
+                    if i < last:
+                        raise NoValue(f"no {key!r} in value_json")
+                    return ""  # jinja's undefined renders as nothing
+                node = node[key]
+            else:
+                return None
+        return str(node)  # what jinja's rendering does with a value (None -> "None")
 
     def render(self, value: str, value_json: Any = _SENTINEL) -> str:
         """HA's result as text; `NoValue` or `TemplateProblem` (see the module docstring)."""
+        if self._path is not None and value_json is not _SENTINEL:
+            fast = self._lookup(self._path, value_json)
+            if fast is not None:
+                return fast.strip()
         variables: dict[str, Any] = {"value": value}
         if value_json is not _SENTINEL:
             variables["value_json"] = value_json
