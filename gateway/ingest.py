@@ -15,15 +15,18 @@ becomes a list of items to store, in order, the last of which is the message's o
   ``non_finite``, ``oversized``, ``too_deep`` (JSON nested deeper than 32 levels),
   ``bad_header``, ``bad_samples``, ``bad_topic``, ``unknown_topic``, ``adapter_error``, the
   adapters' ``adapter_*`` reasons (``adapter_invalid_json``, ``adapter_validation``,
-  ``adapter_unit``, ``adapter_oversized``, ``adapter_too_deep``), and, per reading
-  (`gateway.validation`), ``ts_out_of_range`` (beyond ``[ingest] max_clock_skew_s`` ahead of
-  the receive time or ``max_age_s`` behind it) and ``out_of_range`` (outside the metric's
-  plausible range or a sensor error value, ``[ingest.ranges.<metric>]``), and
+  ``adapter_unit``, ``adapter_oversized``, ``adapter_too_deep``, ``adapter_template``), and,
+  per reading (`gateway.validation`), ``ts_out_of_range`` (beyond ``[ingest]
+  max_clock_skew_s`` ahead of the receive time or ``max_age_s`` behind it) and
+  ``out_of_range`` (outside the metric's plausible range or a sensor error value,
+  ``[ingest.ranges.<metric>]``), and
   ``too_many_devices`` (a new device beyond ``[devices] max_devices``). A message's
   rejected readings are dead letters stored ahead of its good ones, which are kept.
 
 Adapters: topics outside ``<topic_root>/`` are offered to the `TopicAdapter`s (the first whose
-filter matches owns the topic); a topic nobody claims is a dead letter (``unknown_topic``). An
+filter matches owns the topic, then the filters adapters claimed at run time: `TopicClaims`,
+e.g. Home Assistant discovery's state topics); a topic nobody claims is a dead letter
+(``unknown_topic``). An
 adapter returns data, never calls back: `Adapted` (readings, possibly none, and availability
 changes) or a `DeadLetter`.
 
@@ -42,7 +45,7 @@ One cache: each topic's route (a parsed device topic, the owning adapter, "ignor
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -144,6 +147,9 @@ class Adapted:
 
     readings: list[Reading]
     availability: list[AvailabilityChange] = field(default_factory=list)
+    # Parts of the message the adapter could not use, as (reason, detail): each reason becomes
+    # a dead letter ahead of the readings (e.g. one entity's failing template among several).
+    rejected: list[tuple[str, str]] = field(default_factory=list)
 
 
 class TopicAdapter(Protocol):
@@ -160,24 +166,126 @@ class TopicAdapter(Protocol):
         ...
 
 
+class TopicClaims(Protocol):
+    """What an adapter with topics known only at run time is handed (`ClaimingAdapter`).
+
+    Home Assistant discovery learns its entities' state and availability topics from retained
+    config messages: `claim` asks the gateway to route a topic filter to the adapter and to
+    subscribe to it (now, and again on every new connection); `release` undoes it. Both are
+    called from the decoding thread, during ``adapt``."""
+
+    def claim(self, topic_filter: str) -> bool:
+        """True when the filter is routed to the adapter; False when another adapter owns it
+        (a static filter of an enabled adapter matches it, or another adapter claimed it)."""
+        ...
+
+    def release(self, topic_filter: str) -> None: ...
+
+
+class ClaimingAdapter(TopicAdapter, Protocol):
+    """A `TopicAdapter` whose topics grow at run time: the decoder binds it to its table."""
+
+    def bind_claims(self, claims: TopicClaims) -> None: ...
+
+
+ClaimListener = Callable[[str], None]
+
+
 class AdapterTable:
     """Which adapter owns a topic: the first whose filter matches (adapters in priority order,
-    each filter in the adapter's order). The one dispatch rule, used by the decoder."""
+    each filter in the adapter's order), then the filters adapters claimed at run time
+    (`claim`). The one dispatch rule, used by the decoder.
+
+    A claimed filter never takes a topic from a static filter: an exact topic that a static
+    filter matches cannot be claimed, and a claimed wildcard filter only gets the topics no
+    static filter matches (the native adapter of an ecosystem knows its payloads best, and one
+    owner per topic means one reading per value)."""
 
     def __init__(self, adapters: Sequence[TopicAdapter]) -> None:
         self.adapters = tuple(adapters)
         owners = [(f, a) for a in self.adapters for f in a.filters]
         self._filters = TopicFilters(f for f, _ in owners)
         self._owners = [a for _, a in owners]
+        # Claimed at run time: exact topics in a dict, wildcard filters matched in order.
+        self._exact: dict[str, TopicAdapter] = {}
+        self._wild: dict[str, TopicAdapter] = {}
+        self._wild_filters = TopicFilters(())
+        self._on_claim: list[tuple[ClaimListener, ClaimListener]] = []
 
     @property
     def filters(self) -> list[str]:
         """Every adapter's filters, without duplicates, in priority order (to subscribe to)."""
         return list(dict.fromkeys(self._filters.filters))
 
+    @property
+    def claimed(self) -> list[str]:
+        """The filters claimed at run time (to subscribe to on a new connection)."""
+        return [*self._exact, *self._wild]
+
     def owner(self, topic: str) -> TopicAdapter | None:
         index = self._filters.first(topic)
-        return None if index < 0 else self._owners[index]
+        if index >= 0:
+            return self._owners[index]
+        exact = self._exact.get(topic)
+        if exact is not None or not self._wild:
+            return exact
+        index = self._wild_filters.first(topic)
+        return None if index < 0 else list(self._wild.values())[index]
+
+    def watch_claims(self, subscribe: ClaimListener, unsubscribe: ClaimListener) -> None:
+        """Call `subscribe`/`unsubscribe` with each filter claimed/released from now on."""
+        self._on_claim.append((subscribe, unsubscribe))
+
+    def unwatch_claims(self, subscribe: ClaimListener) -> None:
+        self._on_claim = [pair for pair in self._on_claim if pair[0] != subscribe]
+
+    def claim(self, adapter: TopicAdapter, topic_filter: str) -> bool:
+        """Route `topic_filter` to `adapter` (see the class docstring); idempotent."""
+        wild = "+" in topic_filter or "#" in topic_filter
+        claims = self._wild if wild else self._exact
+        holder = claims.get(topic_filter)
+        if holder is not None:
+            return holder is adapter
+        if not wild and self._filters.first(topic_filter) >= 0:
+            return False
+        claims[topic_filter] = adapter
+        if wild:
+            self._wild_filters = TopicFilters(self._wild)
+        for subscribe, _ in self._on_claim:
+            subscribe(topic_filter)
+        return True
+
+    def release(self, adapter: TopicAdapter, topic_filter: str) -> None:
+        wild = "+" in topic_filter or "#" in topic_filter
+        claims = self._wild if wild else self._exact
+        if claims.get(topic_filter) is not adapter:
+            return
+        del claims[topic_filter]
+        if wild:
+            self._wild_filters = TopicFilters(self._wild)
+        for _, unsubscribe in self._on_claim:
+            unsubscribe(topic_filter)
+
+
+class _DecoderClaims:
+    """One adapter's `TopicClaims` on a decoder: claims change routes, so the route cache of
+    the decoder is dropped with each (claims are rare: a discovery config, not a reading)."""
+
+    def __init__(self, decoder: MessageDecoder, adapter: TopicAdapter) -> None:
+        self._decoder = decoder
+        self._adapter = adapter
+
+    def claim(self, topic_filter: str) -> bool:
+        root = self._decoder.topic_root
+        if topic_filter.split("/", 1)[0] in (root, "#"):
+            return False  # our own topics are ours: <root>/# is subscribed and decoded already
+        ok = self._decoder.adapters.claim(self._adapter, topic_filter)
+        self._decoder.forget_routes()
+        return ok
+
+    def release(self, topic_filter: str) -> None:
+        self._decoder.adapters.release(self._adapter, topic_filter)
+        self._decoder.forget_routes()
 
 
 class _Route:
@@ -201,6 +309,7 @@ class MessageDecoder:
         checks: ReadingChecks | None = None,
     ) -> None:
         self._root = topic_root
+        self.topic_root = topic_root
         self._devices = devices
         self._prefix = topic_root + "/"
         self.adapters = AdapterTable(adapters)
@@ -211,6 +320,14 @@ class MessageDecoder:
         # not remembered.
         self._routes: dict[str, DeviceTopic | TopicAdapter | _Route] = {}
         self._adapter_log = RateLimitedLog(log)  # a broken adapter fails on every message
+        for adapter in adapters:
+            bind = getattr(adapter, "bind_claims", None)
+            if callable(bind):
+                bind(_DecoderClaims(self, adapter))
+
+    def forget_routes(self) -> None:
+        """Drop the remembered routes (the adapters' claimed topics changed)."""
+        self._routes.clear()
 
     def dead(self, topic: str, payload: bytes, reason: str, detail: str, at: float) -> DeadLetter:
         """A dead letter whose payload is cut to the configured size (the detail says so).
@@ -390,6 +507,8 @@ class MessageDecoder:
         # An empty list is a message with nothing numeric in it (a Zigbee2MQTT "state": "ON"):
         # not an error, nothing to store, acked after the batch commits.
         readings, rejected = self.checks.split(list(out.readings), at)
+        for reason, detail in out.rejected:
+            rejected.add(reason, detail)
         seen: dict[tuple[str, str], DeviceSeen] = {}
         for r in readings:
             seen[(r.home, r.device)] = DeviceSeen(r.home, r.room, r.device, at)

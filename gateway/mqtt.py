@@ -52,6 +52,10 @@ Security: username/password (``mqtt.username``/``mqtt.password``) and TLS (``mqt
 system store) and must name the url's host unless ``tls.insecure``; an optional client
 certificate and key authenticate the gateway itself.
 
+Filters claimed at run time (`gateway.ingest.TopicClaims`: Home Assistant discovery's state
+and availability topics) are subscribed when claimed and again on every new connection, and
+unsubscribed when released; their SUBACKs are told apart from the connection's main one.
+
 Shared subscriptions: with ``mqtt.shared_group`` every filter is subscribed as
 ``$share/<group>/<filter>``, so gateways of one group split the stream between them (the
 broker gives each message to one member). Each member needs its own client id (its session).
@@ -135,6 +139,12 @@ class MqttBridge:
         if config.shared_group is not None:
             filters = [f"$share/{config.shared_group}/{f}" for f in filters]
         self._filters = filters
+        self._share = f"$share/{config.shared_group}/" if config.shared_group is not None else ""
+        # SUBSCRIBE packets of filters claimed at run time (discovery), by mid: their SUBACK is
+        # not the connection's main one (which publishes the birth).
+        self._claim_mids: dict[int, str] = {}
+        self._main_mid: int | None = None
+        decoder.adapters.watch_claims(self._subscribe_claimed, self._unsubscribe_claimed)
         self._decoder = decoder
         self._writer = writer
         self._metrics = metrics
@@ -153,6 +163,7 @@ class MqttBridge:
         self._published = metrics.published.labels("queued")
         self._publish_dropped = metrics.published.labels("dropped")
         self._subscribed = threading.Event()
+        self._subscribing: list[str] = list(filters)
         self._kind_counters = {
             ReadingsIn: metrics.received.labels("readings"),
             AudioIn: metrics.received.labels("audio"),
@@ -250,6 +261,7 @@ class MqttBridge:
                 log.warning("could not publish offline status: %s", exc)
         self._client.disconnect()
         self._client.loop_stop()
+        self._decoder.adapters.unwatch_claims(self._subscribe_claimed)
         # Our bound-method callbacks make client and bridge a reference cycle; without them the
         # client is freed (and paho closes its sockets) as soon as the bridge is, not at some
         # later garbage collection.
@@ -331,7 +343,11 @@ class MqttBridge:
             self._filters,
         )
         # Subscribing again on a resumed session is harmless and covers a broker that lost it.
-        client.subscribe([(f, self._config.qos) for f in self._filters])
+        self._subscribing = [
+            *self._filters,
+            *(self._share + f for f in self._decoder.adapters.claimed),
+        ]
+        _, self._main_mid = client.subscribe([(f, self._config.qos) for f in self._subscribing])
 
     def _on_connect_fail(self, _client: paho.Client, _userdata: Any) -> None:
         label, text = self._client.last_connect_error or describe_connect_error(None)
@@ -374,11 +390,29 @@ class MqttBridge:
         reasons: list[ReasonCode],
         _props: Properties | None,
     ) -> None:
-        failed = [f for f, r in zip(self._filters, reasons, strict=False) if r.is_failure]
+        claimed = self._claim_mids.pop(_mid, None)
+        if claimed is not None or _mid != self._main_mid:
+            if any(r.is_failure for r in reasons):
+                log.error("broker refused the subscription to %s", claimed)
+            return
+        failed = [f for f, r in zip(self._subscribing, reasons, strict=False) if r.is_failure]
         if failed:
             log.error("broker refused subscriptions %s", failed)
         client.publish(self._status_topic, encode_state(Availability.ONLINE), qos=1, retain=True)
         self._subscribed.set()
+
+    def _subscribe_claimed(self, topic_filter: str) -> None:
+        """An adapter claimed a filter (decoding thread, connected): subscribe now. When not
+        connected the next connection subscribes to every claimed filter anyway."""
+        if not self._link_up.is_set():
+            return
+        result, mid = self._client.subscribe(self._share + topic_filter, self._config.qos)
+        if result == paho.MQTT_ERR_SUCCESS and mid is not None:
+            self._claim_mids[mid] = topic_filter
+
+    def _unsubscribe_claimed(self, topic_filter: str) -> None:
+        if self._link_up.is_set():
+            self._client.unsubscribe(self._share + topic_filter)
 
     def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
         if not self._consuming:

@@ -26,8 +26,11 @@ def all_enabled(**extra: object) -> AdapterSettings:
 
 
 def test_only_enabled_adapters_are_built() -> None:
-    assert len(AdapterRegistry.from_settings(AdapterSettings())) == 0
-    settings = AdapterSettings.model_validate({"tasmota": {"enabled": True}})
+    # Home Assistant discovery is the one adapter on by default (devices describe themselves).
+    assert [a.name for a in AdapterRegistry.from_settings(AdapterSettings())] == ["ha_discovery"]
+    settings = AdapterSettings.model_validate(
+        {"tasmota": {"enabled": True}, "ha_discovery": {"enabled": False}}
+    )
     registry = AdapterRegistry.from_settings(settings)
     assert [a.name for a in registry] == ["tasmota"]
     assert registry.match("zigbee2mqtt/lamp") is None
@@ -47,6 +50,8 @@ def test_filters_and_dispatch() -> None:
         "+/events/rpc",
         "+/status/+",
         "+/online",
+        "homeassistant/+/+/config",
+        "homeassistant/+/+/+/config",
         "homeassistant/sensor/+/+",
         "homeassistant/binary_sensor/+/+",
     ]
@@ -58,6 +63,9 @@ def test_filters_and_dispatch() -> None:
         "shellyplus1-a1b2/status/switch:0": "shelly",
         "shellies/shellyplus1-a1b2/status/switch:0": "shelly",
         "homeassistant/sensor/temp/state": "ha_statestream",
+        # statestream's filter matches discovery configs too: discovery comes first
+        "homeassistant/sensor/temp/config": "ha_discovery",
+        "homeassistant/sensor/node/temp/config": "ha_discovery",
     }
     for topic, name in owner.items():
         adapter = registry.match(topic)

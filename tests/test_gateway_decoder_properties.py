@@ -52,6 +52,7 @@ REASONS = frozenset(
         "adapter_unit",
         "adapter_oversized",
         "adapter_too_deep",
+        "adapter_template",
         "ts_out_of_range",
         "out_of_range",
     }

@@ -1,7 +1,8 @@
 """Format adapters: real smart-home ecosystems' MQTT payloads as homeedge readings.
 
 `AdapterRegistry.from_settings(settings)` builds the adapters enabled in the ``[adapters]``
-settings (`AdapterSettings`), in the order Zigbee2MQTT, Tasmota, Shelly, Home Assistant. Each is
+settings (`AdapterSettings`), in the order Zigbee2MQTT, Tasmota, Shelly, Home Assistant
+discovery (on by default), Home Assistant statestream. Each is
 a `gateway.ingest.TopicAdapter`: the gateway subscribes to its ``filters`` and its decoder gives
 it the topics it owns (the first adapter whose filter matches a topic owns it: one rule,
 `gateway.ingest.AdapterTable`, which ``registry.match`` uses too).
@@ -9,7 +10,7 @@ it the topics it owns (the first adapter whose filter matches a topic owns it: o
 ``adapter.adapt(topic, payload, received_at)`` never raises for bad input: it returns `Adapted`
 (readings, possibly none, and availability changes) or a dead letter with a reason
 (``adapter_invalid_json``, ``adapter_validation``, ``adapter_unit``, ``adapter_oversized``,
-``adapter_too_deep``), and counts in ``adapter.counts`` what it ignored.
+``adapter_too_deep``, ``adapter_template``), and counts in ``adapter.counts`` what it ignored.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from gateway.adapters.base import AdaptResult, BaseAdapter
+from gateway.adapters.ha_discovery import HaDiscoveryAdapter
 from gateway.adapters.ha_statestream import HaStatestreamAdapter
 from gateway.adapters.settings import AdapterSettings
 from gateway.adapters.shelly import ShellyAdapter
@@ -33,6 +35,7 @@ __all__ = [
     "AdapterSettings",
     "AvailabilityChange",
     "BaseAdapter",
+    "HaDiscoveryAdapter",
     "HaStatestreamAdapter",
     "ShellyAdapter",
     "TasmotaAdapter",
@@ -44,6 +47,9 @@ ADAPTER_TYPES: dict[str, type[BaseAdapter[Any]]] = {
     "zigbee2mqtt": Zigbee2MqttAdapter,
     "tasmota": TasmotaAdapter,
     "shelly": ShellyAdapter,
+    # Before ha_statestream: with both on the default "homeassistant" prefix, the config
+    # topics are discovery's (statestream's <base>/sensor/+/+ matches them too).
+    "ha_discovery": HaDiscoveryAdapter,
     "ha_statestream": HaStatestreamAdapter,
 }
 

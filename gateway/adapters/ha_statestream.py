@@ -9,10 +9,17 @@ retained topics. The adapter remembers both per entity; a numeric state that arr
 is held (at most ``max_pending`` entities, the latest state each) and turned into a reading by
 the attribute message that completes it, with the state's own receive time.
 
-Built-in device classes (field names ``<domain>.<device_class>``): sensor.temperature,
-.humidity, .carbon_dioxide -> co2, .illuminance -> light, .power, .energy, .battery (values
-converted from the entity's unit, e.g. °F -> °C, Wh -> kWh); binary_sensor.motion, .occupancy,
-.presence -> motion, binary_sensor.door, .garage_door, .opening -> door (``on`` = 1). Other
+Built-in device classes (field names ``<domain>.<device_class>``), the same table as Home
+Assistant discovery's (`gateway.adapters.ha_discovery.BUILTIN_CLASSES`): sensor.temperature,
+.humidity, .carbon_dioxide -> co2, .illuminance -> light, .power, .energy, .battery,
+.pressure/.atmospheric_pressure -> pressure, .voltage, .current, .apparent_power,
+.reactive_power, .power_factor (``%`` -> ratio), .frequency, .volatile_organic_compounds_parts
+-> voc, .pm1, .pm25, .pm10, .sound_pressure -> noise, .water, .gas (values converted from the
+entity's unit, e.g. °F -> °C, Wh -> kWh, inHg -> hPa); binary_sensor.motion, .occupancy,
+.presence -> motion, binary_sensor.door, .garage_door, .opening -> door (``on`` = 1).
+Statestream does not publish an entity's ``entity_category``, so a device's own temperature
+sensor (a diagnostic entity) cannot be told from a room's here: map it with ``entity_metrics``
+(``device_temperature``). Other
 device classes, text sensors and attributes are ignored and counted. ``entity_metrics`` maps an
 entity without a published device class (its unit then comes from the attribute if published,
 else ``field_units[<entity id>]``, else the value is taken as it is).
@@ -42,26 +49,18 @@ from gateway.adapters.base import (
     decode_text,
     plain_value,
 )
+from gateway.adapters.ha_discovery import BUILTIN_CLASSES as DEVICE_CLASSES
 from gateway.adapters.settings import HaStatestreamSettings
 from gateway.records import Reading
 
 log = logging.getLogger(__name__)
 
+# The device classes Home Assistant discovery maps (one table for both HA adapters); binary
+# sensors' states are "on"/"off" here.
 BUILTIN_CLASSES = MappingProxyType(
     {
-        "sensor.temperature": FieldRule("temperature"),
-        "sensor.humidity": FieldRule("humidity"),
-        "sensor.carbon_dioxide": FieldRule("co2"),
-        "sensor.illuminance": FieldRule("light"),
-        "sensor.power": FieldRule("power"),
-        "sensor.energy": FieldRule("energy"),
-        "sensor.battery": FieldRule("battery"),
-        "binary_sensor.motion": FieldRule("motion", ValueKind.BINARY),
-        "binary_sensor.occupancy": FieldRule("motion", ValueKind.BINARY),
-        "binary_sensor.presence": FieldRule("motion", ValueKind.BINARY),
-        "binary_sensor.door": FieldRule("door", ValueKind.BINARY),
-        "binary_sensor.garage_door": FieldRule("door", ValueKind.BINARY),
-        "binary_sensor.opening": FieldRule("door", ValueKind.BINARY),
+        name: FieldRule(rule.metric, ValueKind.BINARY) if name.startswith("binary_") else rule
+        for name, rule in DEVICE_CLASSES.items()
     }
 )
 

@@ -229,6 +229,39 @@ class HaStatestreamSettings(EcosystemSettings):
         return value
 
 
+class HaDiscoverySettings(EcosystemSettings):
+    """Home Assistant MQTT discovery, consumed: retained ``<prefix>/<component>/[<node>/]<object>
+    /config`` messages announce sensors and binary sensors (ESPHome, Tasmota, Zigbee2MQTT,
+    OpenMQTTGateway, Shelly scripts...), whose state topics the gateway then subscribes to."""
+
+    enabled: bool = Field(
+        default=True,
+        description="adopt every sensor/binary_sensor announced under the prefix (the devices "
+        "describe their own metric and unit; the gateway's own entities are ignored)",
+    )
+    prefix: str = Field(default="homeassistant", description="Home Assistant's discovery_prefix")
+    device_id: Literal["identifier", "name"] = Field(
+        default="identifier",
+        description="homeedge device id from the config's device identifiers (unique by HA's "
+        "rule) or from its name (readable, but e.g. every Tasmota is called 'Tasmota')",
+    )
+    max_entities: int = Field(
+        default=2000,
+        ge=0,
+        description="entities adopted at most; configs beyond are refused and counted",
+    )
+    own_prefix: str = Field(
+        default="homeedge_",
+        description="unique_id / device identifier prefix of the gateway's own published "
+        "entities (gateway.inference.discovery), which are ignored: no loop",
+    )
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return _check_plain_topic(value)
+
+
 class AdapterSettings(BaseModel):
     """The ``[adapters]`` section: one home, a default room, one sub-section per ecosystem."""
 
@@ -242,6 +275,7 @@ class AdapterSettings(BaseModel):
     zigbee2mqtt: Zigbee2MqttSettings = Field(default_factory=Zigbee2MqttSettings)
     tasmota: TasmotaSettings = Field(default_factory=TasmotaSettings)
     shelly: ShellySettings = Field(default_factory=ShellySettings)
+    ha_discovery: HaDiscoverySettings = Field(default_factory=HaDiscoverySettings)
     ha_statestream: HaStatestreamSettings = Field(default_factory=HaStatestreamSettings)
 
     @field_validator("home")

@@ -93,6 +93,7 @@ _CONVERSIONS: MappingProxyType[tuple[str, str], Callable[[float], float]] = Mapp
         ("L", "m³"): lambda v: v / 1000.0,
         ("ft³", "m³"): lambda v: v * 0.028316846592,
         ("gal", "m³"): lambda v: v * 0.003785411784,  # US gallon, as Home Assistant's
+        ("%", ""): lambda v: v / 100.0,  # Home Assistant's power_factor in %, ours a ratio
     }
 )
 

@@ -7,9 +7,9 @@ and
   its decoder gives it the topics it owns (the route of each topic is remembered, so the
   filters are matched once per topic);
 - each adapter's availability report (Zigbee2MQTT ``/availability``, Tasmota ``LWT``, Shelly
-  ``online``, Home Assistant ``unavailable``) comes back with its message's result, and the
-  decoder turns it into a ``devices`` row update queued to the writer ahead of that message,
-  so it is committed no later than the message is acknowledged;
+  ``online``, Home Assistant ``unavailable``, discovered availability topics) comes back with
+  its message's result, and the decoder turns it into a ``devices`` row update queued to the
+  writer ahead of that message, so it is committed no later than the message is acknowledged;
 - exports the adapters' counters (messages, readings, dead letters, ignored fields and topics,
   held Home Assistant states...) on the gateway's Prometheus registry, read at scrape time.
 
