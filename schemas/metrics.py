@@ -78,6 +78,11 @@ _ALL = (
     Metric("water", "m³", 0.0, 1000000.0, "cumulative water volume"),
     Metric("gas", "m³", 0.0, 1000000.0, "cumulative gas volume"),
     Metric("device_temperature", "°C", -55.0, 150.0, "a device's own (chip) temperature"),
+    # A battery-powered device's cell voltage (Zigbee2MQTT reports it in mV): never "voltage".
+    Metric("battery_voltage", "V", 0.0, 100.0, "a device's battery voltage"),
+    # Tasmota's ENERGY day counters (reset at midnight): kWh like energy, but not cumulative.
+    Metric("energy_today", "kWh", 0.0, 1000.0, "energy used since midnight"),
+    Metric("energy_yesterday", "kWh", 0.0, 1000.0, "energy used yesterday"),
 )
 
 METRICS: Mapping[str, Metric] = MappingProxyType({m.name: m for m in _ALL})

@@ -24,6 +24,8 @@ STATES = ["thermo", "motion", "door", "plug", "co2"]
 
 EXPECTED = [
     ("home", "unassigned", "living-thermo_1", "battery", T0, 91.0),
+    # voltage on a battery device is the battery's, in mV
+    ("home", "unassigned", "living-thermo_1", "battery_voltage", T0, 2.985),
     ("home", "unassigned", "living-thermo_1", "humidity", T0, 48.25),
     ("home", "unassigned", "living-thermo_1", "temperature", T0, 21.37),
     # last_seen (ISO 8601, UTC) is the reading time; illuminance_lux wins over illuminance
@@ -33,8 +35,11 @@ EXPECTED = [
     # last_seen as epoch milliseconds; contact false = door open = 1
     ("home", "unassigned", "front_door", "battery", 1764403210.0, 67.0),
     ("home", "unassigned", "front_door", "door", 1764403210.0, 1.0),
+    # a metering plug: mains voltage and current
+    ("home", "unassigned", "desk_plug", "current", T0, 0.27),
     ("home", "unassigned", "desk_plug", "energy", T0, 12.34),
     ("home", "unassigned", "desk_plug", "power", T0, 61.5),
+    ("home", "unassigned", "desk_plug", "voltage", T0, 229.0),
     ("home", "unassigned", "study-co2-sensor", "co2", T0, 812.0),
     ("home", "unassigned", "study-co2-sensor", "temperature", T0, 22.1),
 ]
@@ -55,14 +60,8 @@ def test_state_objects_become_readings_with_units_and_times() -> None:
 def test_unmapped_fields_are_ignored_and_counted() -> None:
     z2m = adapter()
     run_all(z2m, [MSG[n] for n in STATES])
-    assert z2m.ignored_fields == {
-        "linkquality": 2,
-        "voltage": 2,
-        "illuminance": 1,
-        "state": 1,
-        "current": 1,
-    }
-    assert z2m.counts["ignored_fields"] == 7
+    assert z2m.ignored_fields == {"linkquality": 2, "illuminance": 1, "state": 1}
+    assert z2m.counts["ignored_fields"] == 4
     assert z2m.counts["null_values"] == 1  # co2 sensor's humidity: null
     assert z2m.counts["readings"] == len(EXPECTED)
 
@@ -76,6 +75,7 @@ def test_configured_fields_are_stored_under_their_metric_and_devices_mapped() ->
     found = run_all(z2m, [MSG["thermo"], MSG["door"]])
     assert table(found) == expected(
         [
+            ("home", "living", "thermostat-1", "battery_voltage", T0, 2.985),
             ("home", "living", "thermostat-1", "humidity", T0, 48.25),
             ("home", "living", "thermostat-1", "linkquality", T0, 120.0),
             ("home", "living", "thermostat-1", "temperature", T0, 21.37),

@@ -117,6 +117,33 @@ class Zigbee2MqttSettings(EcosystemSettings):
     """Zigbee2MQTT: JSON state objects on ``<base_topic>/<friendly_name>``."""
 
     base_topic: str = Field(default="zigbee2mqtt", description="Zigbee2MQTT's mqtt.base_topic")
+    output: Literal["auto", "json", "attribute", "attribute_and_json"] = Field(
+        default="auto",
+        description="Zigbee2MQTT's advanced.output: 'json' and 'attribute_and_json' read the "
+        "JSON state only, 'attribute' reads the per-property topics <name>/<property> too; "
+        "'auto' reads a device's property topics until it has sent a JSON state (then its "
+        "JSON state alone, so attribute_and_json never stores a value twice)",
+    )
+    device_temperature_markers: list[str] = Field(
+        default_factory=lambda: [
+            "contact",
+            "state",
+            "power",
+            "energy",
+            "water_leak",
+            "vibration",
+            "smoke",
+            "gas",
+        ],
+        description="fields that make a device's 'temperature' its own (chip) temperature, "
+        "stored as metric device_temperature, when the device reports no humidity: a contact "
+        "sensor, a plug or relay; an empty list keeps every 'temperature' as the room's",
+    )
+    room_temperature_devices: list[str] = Field(
+        default_factory=list,
+        description="friendly names whose 'temperature' is always the room's, whatever else "
+        "they report",
+    )
 
     @field_validator("base_topic")
     @classmethod
