@@ -156,6 +156,19 @@ class TasmotaSettings(EcosystemSettings):
 
     tele_prefix: str = Field(default="tele", description="Tasmota's %prefix% for telemetry")
     stat_prefix: str = Field(default="stat", description="Tasmota's %prefix% for status replies")
+    full_topics: list[str] = Field(
+        default_factory=lambda: ["%prefix%/%topic%/", "%topic%/%prefix%/"],
+        description="Tasmota FullTopic patterns in use (tokens %prefix%, %topic%, %hostname%, "
+        "%id%; e.g. 'home/cellar/%topic%/%prefix%/'): the adapter subscribes to each with the "
+        "tele and stat prefixes; the device id is %topic% (else %hostname%, else %id%)",
+    )
+    sensor_devices: bool = Field(
+        default=True,
+        description="store each sensor object of a payload (AM2301, DS18B20-2, BME280...) as "
+        "its own device '<topic>.<Sensor>' (ENERGY and the chip's own ESP32/ESP8266 object "
+        "stay on '<topic>'); false: every field on '<topic>', a second probe of one quantity "
+        "then ignored as a duplicate",
+    )
     naive_time_zone: str | None = Field(
         default=None,
         description="IANA zone of the devices' clocks, used for a 'Time' without UTC offset; "
@@ -166,6 +179,20 @@ class TasmotaSettings(EcosystemSettings):
     @classmethod
     def _prefixes(cls, value: str) -> str:
         return _check_plain_topic(value)
+
+    @field_validator("full_topics")
+    @classmethod
+    def _full_topics(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            levels = pattern.strip("/").split("/")
+            if "%prefix%" not in levels or not {"%topic%", "%hostname%", "%id%"} & set(levels):
+                raise ValueError(
+                    f"FullTopic {pattern!r} needs %prefix% and one of %topic%, %hostname%, %id% "
+                    "as whole levels"
+                )
+            if any(c in pattern for c in "+#\0"):
+                raise ValueError(f"FullTopic {pattern!r} must not contain MQTT wildcards")
+        return value
 
     @field_validator("naive_time_zone")
     @classmethod
