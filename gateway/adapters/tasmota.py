@@ -124,7 +124,7 @@ class _Pattern:
         self.regex = re.compile("/".join(parts) + "/(?P<kind>[^/]+)")
 
     def filters(self) -> list[str]:
-        out = []
+        out: list[str] = []
         for role, kinds in _KINDS.items():
             levels = [
                 self.prefixes[role]
