@@ -81,8 +81,8 @@ _ALL = (
     # A battery-powered device's cell voltage (Zigbee2MQTT reports it in mV): never "voltage".
     Metric("battery_voltage", "V", 0.0, 100.0, "a device's battery voltage"),
     # Tasmota's ENERGY day counters (reset at midnight): kWh like energy, but not cumulative.
-    Metric("energy_today", "kWh", 0.0, 1000.0, "energy used since midnight"),
-    Metric("energy_yesterday", "kWh", 0.0, 1000.0, "energy used yesterday"),
+    Metric("energy_today", "kWh", 0.0, 1000000.0, "energy used since midnight"),
+    Metric("energy_yesterday", "kWh", 0.0, 1000000.0, "energy used yesterday"),
 )
 
 METRICS: Mapping[str, Metric] = MappingProxyType({m.name: m for m in _ALL})
