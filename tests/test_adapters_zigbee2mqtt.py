@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from gateway.adapters import Adapted, AdapterRegistry, AdapterSettings, AvailabilityChange
 from gateway.adapters.zigbee2mqtt import Zigbee2MqttAdapter
 from gateway.records import DeadLetter, Reading
@@ -145,3 +149,84 @@ def test_through_a_real_broker(mosquitto: MosquittoBroker, topic_root: str) -> N
         ("living-thermo_1", False),
         ("front_door", True),
     ]
+
+
+def _rows(z2m: Zigbee2MqttAdapter, topic: str, payload: bytes) -> list[tuple[str, str, float]]:
+    return sorted((r.device, r.metric, r.value) for r in readings(z2m.adapt(topic, payload, T0)))
+
+
+def test_attribute_output_modes() -> None:
+    auto = adapter()
+    assert _rows(auto, "zigbee2mqtt/a/b/temperature", b"21.5") == [("a-b", "temperature", 21.5)]
+    assert _rows(auto, "zigbee2mqtt/a/b", b'{"temperature": 21.6}') == [
+        ("a-b", "temperature", 21.6)
+    ]
+    # attribute_and_json: once the JSON state is seen, its property topics repeat it
+    assert _rows(auto, "zigbee2mqtt/a/b/temperature", b"21.6") == []
+    assert auto.counts["attribute_duplicates"] == 1
+    json_only = adapter(output="json")
+    assert _rows(json_only, "zigbee2mqtt/c/temperature", b"21.5") == []
+    both = adapter(output="attribute")
+    assert _rows(both, "zigbee2mqtt/c", b'{"humidity": 40}') == [("c", "humidity", 40.0)]
+    assert _rows(both, "zigbee2mqtt/c/humidity", b"41") == [("c", "humidity", 41.0)]
+    # a JSON array is never attribute output (that joins arrays with commas)
+    bad = both.adapt("zigbee2mqtt/c/humidity", b"[1, 2]", T0)
+    assert isinstance(bad, DeadLetter) and bad.reason == "adapter_validation"
+    # commands, even with a property level, are not attributes
+    assert _rows(both, "zigbee2mqtt/c/set/state", b"ON") == []
+    assert _rows(both, "zigbee2mqtt/c/get", b'{"state": ""}') == []
+
+
+def test_device_temperature_is_configurable() -> None:
+    contact = b'{"contact": true, "temperature": 27, "battery": 90}'
+    assert ("door_1", "device_temperature", 27.0) in _rows(adapter(), "zigbee2mqtt/door_1", contact)
+    for z2m in (
+        adapter(room_temperature_devices=["door_1"]),
+        adapter(device_temperature_markers=[]),
+    ):
+        assert ("door_1", "temperature", 27.0) in _rows(z2m, "zigbee2mqtt/door_1", contact)
+    # a humidity sensor's temperature is the room's, whatever else it reports
+    th_relay = b'{"state": "ON", "temperature": 22, "humidity": 40}'
+    assert ("th", "temperature", 22.0) in _rows(adapter(), "zigbee2mqtt/th", th_relay)
+
+
+def test_bridge_devices_give_units_and_power_source() -> None:
+    z2m = adapter()
+    devices = [
+        {
+            "friendly_name": "cr2032_button",
+            "power_source": "Battery",
+            "definition": {"exposes": [{"property": "voltage", "unit": "V"}]},
+        },
+        {
+            "friendly_name": "air",
+            "power_source": "Mains (single phase)",
+            "definition": {
+                "exposes": [{"type": "composite", "features": [{"property": "voc", "unit": "ppm"}]}]
+            },
+        },
+        # Padding as a large network's list would have: over the 64 KiB state limit.
+        *({"friendly_name": f"pad-{i}", "definition": None} for i in range(2500)),
+    ]
+    body = json.dumps(devices).encode()
+    assert len(body) > z2m.max_payload_bytes
+    assert readings(z2m.adapt("zigbee2mqtt/bridge/devices", body, T0)) == []
+    assert z2m.counts["bridge_devices"] == 1
+    # Battery per power source, in V per its expose: no battery field needed.
+    assert _rows(z2m, "zigbee2mqtt/cr2032_button", b'{"voltage": 3.0, "action": "single"}') == [
+        ("cr2032_button", "battery_voltage", 3.0)
+    ]
+    assert _rows(z2m, "zigbee2mqtt/air", b'{"voc": 0.25}') == [("air", "voc", 250.0)]
+    # A broken list is metadata lost, not a device's dead letter.
+    assert readings(z2m.adapt("zigbee2mqtt/bridge/devices", b"[{", T0)) == []
+    assert z2m.counts["bad_bridge_devices"] == 1
+
+
+def test_remembered_devices_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.adapters.zigbee2mqtt as module
+
+    monkeypatch.setattr(module, "MAX_REMEMBERED_DEVICES", 2)
+    z2m = adapter()
+    for name in ("a", "b", "c"):
+        z2m.adapt(f"zigbee2mqtt/{name}/battery", b"50", T0)
+    assert len(z2m._known) == 2 and z2m.counts["devices_forgotten"] == 1

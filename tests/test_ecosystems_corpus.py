@@ -319,3 +319,40 @@ async def test_corpus_is_stored_exactly(tmp_path: Path) -> None:
     # Counted over every file present: the whole corpus, not one ecosystem's.
     assert total >= MIN_ENTRIES, f"only {total} entries in the corpus\n{report}"
     assert exact >= MIN_EXACT * total, report
+
+
+def test_judge_tells_wrong_from_missing() -> None:
+    """The runner's own rules, on made-up outcomes (no broker)."""
+    entry = Entry(
+        "e",
+        "https://example.org",
+        [],
+        [Expected("d", "temperature", 21.5), Expected("d", "humidity", 40.0, room="attic")],
+        None,
+    )
+
+    def judged(stored: list[tuple[str, str, str, float]], dead: list[str]) -> Outcome:
+        outcome = Outcome(entry, stored, dead)
+        judge(outcome)
+        return outcome
+
+    exact = judged(
+        [("attic", "d", "temperature", 21.5 * (1 + 1e-8)), ("attic", "d", "humidity", 40)], []
+    )
+    assert exact.exact and not exact.wrong
+    missing = judged([("attic", "d", "temperature", 21.5)], [])
+    assert not missing.exact and not missing.wrong
+    assert judged([("r", "d", "temperature", 21.6)], []).wrong  # another value
+    assert judged([("r", "d", "pressure", 1000.0)], []).wrong  # not expected at all
+    assert judged([("hall", "d", "humidity", 40.0)], []).wrong  # another room
+    twice = judged(
+        [
+            ("r", "d", "temperature", 21.5),
+            ("r", "d", "temperature", 21.5),
+            ("attic", "d", "humidity", 40),
+        ],
+        [],
+    )
+    assert not twice.exact and not twice.wrong  # stored twice: not exact, not wrong
+    dead = judged([("attic", "d", "temperature", 21.5), ("attic", "d", "humidity", 40)], ["x"])
+    assert not dead.exact

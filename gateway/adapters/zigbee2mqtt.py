@@ -46,6 +46,7 @@ The optional ``last_seen`` field (ISO 8601 or epoch milliseconds, per
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -65,6 +66,8 @@ from gateway.adapters.base import (
 )
 from gateway.adapters.settings import Zigbee2MqttSettings
 from gateway.records import Reading
+
+log = logging.getLogger(__name__)
 
 BUILTIN_FIELDS = MappingProxyType(
     {
@@ -283,7 +286,7 @@ class Zigbee2MqttAdapter(BaseAdapter[Zigbee2MqttSettings]):
         except AdapterError as exc:
             # Metadata only: a broken list changes nothing and is not a device's message.
             self.counts["bad_bridge_devices"] += 1
-            self.bad_field("bridge/devices", exc)
+            log.warning("%s: bridge/devices not read: %s", self.name, exc.detail)
             return
         if not isinstance(devices, list):
             self.counts["bad_bridge_devices"] += 1
