@@ -157,9 +157,16 @@ def _rows(z2m: Zigbee2MqttAdapter, topic: str, payload: bytes) -> list[tuple[str
 
 def test_attribute_output_modes() -> None:
     auto = adapter()
-    assert _rows(auto, "zigbee2mqtt/a/b/temperature", b"21.5") == [("a-b", "temperature", 21.5)]
+    # First round: temperature's meaning (room or chip) waits for the device's other properties
+    assert _rows(auto, "zigbee2mqtt/a/b/temperature", b"21.5") == []
+    assert _rows(auto, "zigbee2mqtt/a/b/contact", b"true") == [("a-b", "door", 0.0)]
+    assert auto.counts["context_unknown"] == 1
+    # the next round: a contact sensor's temperature is its own
+    assert _rows(auto, "zigbee2mqtt/a/b/temperature", b"21.5") == [
+        ("a-b", "device_temperature", 21.5)
+    ]
     assert _rows(auto, "zigbee2mqtt/a/b", b'{"temperature": 21.6}') == [
-        ("a-b", "temperature", 21.6)
+        ("a-b", "device_temperature", 21.6)  # the properties seen before still count
     ]
     # attribute_and_json: once the JSON state is seen, its property topics repeat it
     assert _rows(auto, "zigbee2mqtt/a/b/temperature", b"21.6") == []

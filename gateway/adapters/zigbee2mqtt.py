@@ -39,7 +39,10 @@ Context rules, because one name means two things:
   neither sign it is ambiguous and ignored (counted).
 
 In attribute output one topic carries one property: the device's other properties are
-remembered (names only, bounded) from its earlier property topics and ``bridge/devices``.
+remembered (names only, bounded) from its property topics and ``bridge/devices``. Until they
+are all known (the device is in ``bridge/devices``, or one of its property topics comes round
+again), its ``temperature`` and ``voltage`` topics are skipped and counted
+(``context_unknown``), never guessed.
 The optional ``last_seen`` field (ISO 8601 or epoch milliseconds, per
 ``advanced.last_seen``) is the reading time of a JSON state when present.
 """
@@ -103,6 +106,8 @@ _COMMANDS = frozenset({"set", "get"})
 _UNIT_REQUIRED = frozenset({"voc"})
 _MAINS_MARKERS = frozenset({"power", "current", "energy"})
 _BATTERY_MARKERS = frozenset({"battery", "battery_low"})
+# Fields whose meaning depends on the device's other properties (see the module docstring).
+_CONTEXT_FIELDS = frozenset({"temperature", "voltage"})
 # Devices whose property names and exposes are remembered; the oldest is forgotten beyond.
 MAX_REMEMBERED_DEVICES = 4096
 # bridge/devices lists every device with its definition: far larger than a state object.
@@ -117,6 +122,9 @@ class _Device:
     units: dict[str, str] = field(default_factory=dict)  # from bridge/devices exposes
     power_source: str | None = None
     sent_json: bool = False
+    # Every property name is known: listed in bridge/devices, or a property topic repeated
+    # (Zigbee2MQTT publishes all of a device's properties each time: a repeat starts a new round).
+    complete: bool = False
 
 
 def _exposed_units(exposes: Any, out: dict[str, str]) -> None:
@@ -226,8 +234,15 @@ class Zigbee2MqttAdapter(BaseAdapter[Zigbee2MqttSettings]):
             # Its JSON state carries the same values.
             self.counts["attribute_duplicates"] += 1
             return self.ignore_topic()
+        if leaf in known.properties:
+            known.complete = True
         known.properties.add(leaf)
         if leaf in _META_FIELDS:
+            return []
+        if leaf in _CONTEXT_FIELDS and not known.complete:
+            # Whether it is the room's temperature or mains voltage depends on properties that
+            # may not have arrived yet: skipped (never guessed) until the device is known.
+            self.counts["context_unknown"] += 1
             return []
         rule = self.rules.get(leaf)
         if rule is not None and rule.unless is not None and rule.unless in known.properties:
@@ -306,6 +321,7 @@ class Zigbee2MqttAdapter(BaseAdapter[Zigbee2MqttSettings]):
                 _exposed_units(definition.get("exposes"), units)
             known.units = {k: v for k, v in units.items() if v}
             known.properties |= set(units)
+            known.complete = True
         self.counts["bridge_devices"] += 1
 
     def _availability(self, name: str, payload: bytes, received_at: float) -> list[Reading]:
