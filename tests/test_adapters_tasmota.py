@@ -156,14 +156,15 @@ def test_two_probes_of_one_quantity() -> None:
     )
     mapped = adapter(
         devices={
-            "boiler/DS18B20-1": {"device": "boiler-flow", "room": "cellar"},
-            "boiler/DS18B20-2": {"device": "boiler-return", "room": "cellar"},
+            "boiler": {"device": "heater", "room": "cellar"},
+            "boiler/DS18B20-2": {"device": "boiler-return", "room": "utility"},
         }
     )
     assert table(run_all(mapped, [MSG["two_probes"]])) == expected(
         [
-            ("home", "cellar", "boiler-flow", "temperature", T8, 55.2),
-            ("home", "cellar", "boiler-return", "temperature", T8, 41.7),
+            # the device's own mapping places a sensor that has none
+            ("home", "cellar", "heater.DS18B20-1", "temperature", T8, 55.2),
+            ("home", "utility", "boiler-return", "temperature", T8, 41.7),
         ]
     )
 

@@ -22,7 +22,8 @@ Devices: with ``sensor_devices`` (the default) every sensor object is its own de
 ``<topic>.<Sensor>`` (``boiler.DS18B20-2``, ``sonoff_th.AM2301``: the topic segment charset
 allows ``.``, which Tasmota topics rarely use, so the split stays readable), so three probes
 or a DHT11 beside an SHT3X all keep their values; ``ENERGY`` and the chip's ``ESP32`` /
-``ESP8266`` object stay on ``<topic>``. ``devices`` maps ``<topic>/<Sensor>`` or ``<topic>``.
+``ESP8266`` object stay on ``<topic>``. ``devices`` maps ``<topic>/<Sensor>``, or ``<topic>``:
+then its sensors are ``<device>.<Sensor>`` in its room.
 Multi-channel ENERGY arrays (``"Power": [12, 0]``) go to ``<topic>-ch1``, ``<topic>-ch2``...
 
 Field rules (``<Sensor>.<Field>`` first, then ``<Field>``): Temperature (unit from
@@ -57,6 +58,7 @@ from gateway.adapters.base import (
     decode_json,
     decode_text,
     parse_iso_time,
+    sanitize_device,
 )
 from gateway.adapters.settings import TasmotaSettings
 from gateway.records import Reading
@@ -214,6 +216,10 @@ class TasmotaAdapter(BaseAdapter[TasmotaSettings]):
     def _sensor_identity(self, device_topic: str, key: str, split: bool) -> Identity:
         if not (split and self.sensor_devices) or key in _OWN_OBJECTS:
             return self.identity([f"{device_topic}/{key}", device_topic], device_topic)
+        if f"{device_topic}/{key}" not in self.devices and device_topic in self.devices:
+            # The device's own mapping places its sensors too: <device>.<Sensor> in its room.
+            base = self.identity([device_topic], device_topic)
+            return Identity(base.home, base.room, sanitize_device(f"{base.device}.{key}"))
         return self.identity([f"{device_topic}/{key}"], f"{device_topic}.{key}")
 
     def _sensors(
