@@ -201,6 +201,9 @@ def test_settings_reject_bad_values() -> None:
         AdapterSettings.model_validate({"tasmota": {"devices": {"x": {"room": "gateway"}}}})
     with pytest.raises(ValidationError):
         AdapterSettings.model_validate({"tasmota": {"surprise": True}})
+    for bad in ("%topic%/", "%prefix%/%topic%/%topic%/", "+/%prefix%/%topic%/", "tele/x/"):
+        with pytest.raises(ValidationError, match="full_topics"):
+            AdapterSettings.model_validate({"tasmota": {"full_topics": [bad]}})
 
 
 def test_through_a_real_broker(mosquitto: MosquittoBroker, topic_root: str) -> None:

@@ -190,6 +190,9 @@ class TasmotaSettings(EcosystemSettings):
                     f"FullTopic {pattern!r} needs %prefix% and one of %topic%, %hostname%, %id% "
                     "as whole levels"
                 )
+            tokens = [level for level in levels if level.startswith("%")]
+            if len(tokens) != len(set(tokens)):
+                raise ValueError(f"FullTopic {pattern!r} repeats a token")
             if any(c in pattern for c in "+#\0"):
                 raise ValueError(f"FullTopic {pattern!r} must not contain MQTT wildcards")
         return value
