@@ -56,8 +56,13 @@ _ALL = (
     # Negative: a meter exporting (solar); 50 kW: a 3-phase 63 A supply is ~44 kW.
     Metric("power", "W", -50000.0, 50000.0, "active power"),
     Metric("energy", "kWh", 0.0, 1000000.0, "cumulative energy"),
+    # Tasmota's ENERGY day counters (reset at midnight): kWh like energy, but not cumulative.
+    Metric("energy_today", "kWh", 0.0, 1000000.0, "energy used since midnight"),
+    Metric("energy_yesterday", "kWh", 0.0, 1000000.0, "energy used yesterday"),
     Metric("heart_rate", "bpm", 20.0, 250.0, "heart rate", health=True),
     Metric("battery", "%", 0.0, 100.0, "battery level"),
+    # A battery-powered device's cell voltage (Zigbee2MQTT reports it in mV): never "voltage".
+    Metric("battery_voltage", "V", 0.0, 100.0, "a device's battery voltage"),
     Metric("door", "", 0.0, 1.0, "door open (0/1)"),
     # Barometric: the lowest and highest sea-level pressures recorded are ~870 and ~1084 hPa;
     # a station pressure in the mountains reads lower.

@@ -74,9 +74,9 @@ async def test_gateway_stores_adapted_readings_and_dead_letters(
     async with gw:
         assert await asyncio.to_thread(gw.mqtt.subscribed.wait, 20), "gateway never subscribed"
         traffic = [
-            z2m["messages"][0],  # thermo: 3 readings
+            z2m["messages"][0],  # thermo: 4 readings (battery_voltage among them)
             z2m["messages"][2],  # front door: 2 readings at last_seen
-            tas["messages"][2],  # plug energy: 2 readings
+            tas["messages"][2],  # plug energy: 9 readings
             z2m["malformed"][0],
             tas["malformed"][3],
         ]
@@ -84,17 +84,30 @@ async def test_gateway_stores_adapted_readings_and_dead_letters(
         stored = await wait_rows(
             db,
             "SELECT home, device, metric, ts, value, seq FROM readings ORDER BY device, metric",
-            7,
+            15,
         )
         dead = await wait_rows(db, "SELECT topic, reason FROM dead_letters ORDER BY id", 2)
     assert [r[:3] for r in stored] == [
         ("flat-7", "front_door", "battery"),
         ("flat-7", "front_door", "door"),
         ("flat-7", "living-thermo_1", "battery"),
+        ("flat-7", "living-thermo_1", "battery_voltage"),
         ("flat-7", "living-thermo_1", "humidity"),
         ("flat-7", "living-thermo_1", "temperature"),
-        ("flat-7", "plug_tv", "energy"),
-        ("flat-7", "plug_tv", "power"),
+        *[
+            ("flat-7", "plug_tv", m)
+            for m in (
+                "apparent_power",
+                "current",
+                "energy",
+                "energy_today",
+                "energy_yesterday",
+                "power",
+                "power_factor",
+                "reactive_power",
+                "voltage",
+            )
+        ],
     ]
     assert {r[4] for r in stored if r[1] == "front_door"} == {67.0, 1.0}
     assert {r[3] for r in stored if r[1] == "front_door"} == {1764403210.0}

@@ -46,6 +46,12 @@ def test_filters_and_dispatch() -> None:
         "tele/+/LWT",
         "stat/+/STATUS8",
         "stat/+/STATUS10",
+        # Tasmota's other documented FullTopic order, %topic%/%prefix%/
+        "+/tele/SENSOR",
+        "+/tele/STATE",
+        "+/tele/LWT",
+        "+/stat/STATUS8",
+        "+/stat/STATUS10",
         "shellies/#",
         "+/events/rpc",
         "+/status/+",
@@ -58,6 +64,7 @@ def test_filters_and_dispatch() -> None:
     owner = {
         "zigbee2mqtt/kitchen/floor_light": "zigbee2mqtt",
         "tele/plug/SENSOR": "tasmota",
+        "plug/tele/SENSOR": "tasmota",
         "shellies/shelly1-AB12/relay/0/power": "shelly",
         "shellyplus1-a1b2/events/rpc": "shelly",
         "shellyplus1-a1b2/status/switch:0": "shelly",

@@ -20,7 +20,7 @@ from gateway.mqtt import MqttBridge
 from schemas.state import Availability
 from tests.adapter_fakes import FnAdapter
 from tests.conftest import MosquittoBroker
-from tests.fixtures.adapters.support import load
+from tests.fixtures.adapters.support import Message, load
 from tests.test_adapters_gateway import publish, wait_rows
 from tests.test_gateway_ingest import metric_value
 
@@ -63,12 +63,14 @@ async def test_adapters_section_wires_readings_availability_and_metrics(
             tas[2],  # plug_tv energy: power, energy
             tas[5],  # plug_tv LWT Offline
             tas[6],  # plug_tv LWT Online
+            # a numeric string is read; a word where a number belongs is a bad field, counted
+            Message("bad", f"{z2m_base}/attic", b'{"battery":"37.00","temperature":"warm"}'),
         ]
         await asyncio.to_thread(publish, mosquitto.port, traffic)
         devices = await wait_rows(
             db, "SELECT device, availability FROM devices WHERE availability IS NOT NULL", 3
         )
-        stored = await wait_rows(db, "SELECT device, metric FROM readings", 5)
+        stored = await wait_rows(db, "SELECT device, metric FROM readings", 14)
         events = {
             (adapter, event): metric_value(
                 gw,
@@ -78,6 +80,16 @@ async def test_adapters_section_wires_readings_availability_and_metrics(
             for adapter in ("zigbee2mqtt", "tasmota")
             for event in ("messages", "readings", "availability")
         }
+        bad_temperature = metric_value(
+            gw,
+            "homeedge_gateway_adapter_bad_fields_total",
+            {"adapter": "zigbee2mqtt", "field": "temperature"},
+        )
+        bad_events = metric_value(
+            gw,
+            "homeedge_gateway_adapter_events_total",
+            {"adapter": "zigbee2mqtt", "event": "bad_fields"},
+        )
         linkquality = metric_value(
             gw,
             "homeedge_gateway_adapter_ignored_fields_total",
@@ -94,21 +106,40 @@ async def test_adapters_section_wires_readings_availability_and_metrics(
         ("plug_tv", "online"),  # Offline then Online: the later one wins
     ]
     assert sorted(stored) == [
+        ("attic", "battery"),
         ("living-thermo_1", "battery"),
+        ("living-thermo_1", "battery_voltage"),
         ("living-thermo_1", "humidity"),
         ("living-thermo_1", "temperature"),
-        ("plug_tv", "energy"),
-        ("plug_tv", "power"),
+        *[
+            ("plug_tv", m)
+            for m in (
+                "apparent_power",
+                "current",
+                "energy",
+                "energy_today",
+                "energy_yesterday",
+                "power",
+                "power_factor",
+                "reactive_power",
+                "voltage",
+            )
+        ],
     ]
     assert events == {
-        ("zigbee2mqtt", "messages"): 3,
-        ("zigbee2mqtt", "readings"): 3,
+        ("zigbee2mqtt", "messages"): 4,
+        ("zigbee2mqtt", "readings"): 5,
         ("zigbee2mqtt", "availability"): 2,
         ("tasmota", "messages"): 3,
-        ("tasmota", "readings"): 2,
+        ("tasmota", "readings"): 9,
         ("tasmota", "availability"): 2,
     }
     assert linkquality == 1
+    assert bad_temperature == 1 and bad_events == 1
+    assert (
+        'homeedge_gateway_adapter_bad_fields_total{adapter="zigbee2mqtt",field="temperature"}'
+        in (exposition)
+    )
     assert 'homeedge_gateway_adapter_events_total{adapter="tasmota",event="messages"} 3.0' in (
         exposition
     )

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+import pytest
+
 from gateway.adapters import Adapted, AdapterRegistry, AdapterSettings, AvailabilityChange
 from gateway.adapters.zigbee2mqtt import Zigbee2MqttAdapter
 from gateway.records import DeadLetter, Reading
@@ -24,6 +28,8 @@ STATES = ["thermo", "motion", "door", "plug", "co2"]
 
 EXPECTED = [
     ("home", "unassigned", "living-thermo_1", "battery", T0, 91.0),
+    # voltage on a battery device is the battery's, in mV
+    ("home", "unassigned", "living-thermo_1", "battery_voltage", T0, 2.985),
     ("home", "unassigned", "living-thermo_1", "humidity", T0, 48.25),
     ("home", "unassigned", "living-thermo_1", "temperature", T0, 21.37),
     # last_seen (ISO 8601, UTC) is the reading time; illuminance_lux wins over illuminance
@@ -33,8 +39,11 @@ EXPECTED = [
     # last_seen as epoch milliseconds; contact false = door open = 1
     ("home", "unassigned", "front_door", "battery", 1764403210.0, 67.0),
     ("home", "unassigned", "front_door", "door", 1764403210.0, 1.0),
+    # a metering plug: mains voltage and current
+    ("home", "unassigned", "desk_plug", "current", T0, 0.27),
     ("home", "unassigned", "desk_plug", "energy", T0, 12.34),
     ("home", "unassigned", "desk_plug", "power", T0, 61.5),
+    ("home", "unassigned", "desk_plug", "voltage", T0, 229.0),
     ("home", "unassigned", "study-co2-sensor", "co2", T0, 812.0),
     ("home", "unassigned", "study-co2-sensor", "temperature", T0, 22.1),
 ]
@@ -55,14 +64,8 @@ def test_state_objects_become_readings_with_units_and_times() -> None:
 def test_unmapped_fields_are_ignored_and_counted() -> None:
     z2m = adapter()
     run_all(z2m, [MSG[n] for n in STATES])
-    assert z2m.ignored_fields == {
-        "linkquality": 2,
-        "voltage": 2,
-        "illuminance": 1,
-        "state": 1,
-        "current": 1,
-    }
-    assert z2m.counts["ignored_fields"] == 7
+    assert z2m.ignored_fields == {"linkquality": 2, "illuminance": 1, "state": 1}
+    assert z2m.counts["ignored_fields"] == 4
     assert z2m.counts["null_values"] == 1  # co2 sensor's humidity: null
     assert z2m.counts["readings"] == len(EXPECTED)
 
@@ -76,6 +79,7 @@ def test_configured_fields_are_stored_under_their_metric_and_devices_mapped() ->
     found = run_all(z2m, [MSG["thermo"], MSG["door"]])
     assert table(found) == expected(
         [
+            ("home", "living", "thermostat-1", "battery_voltage", T0, 2.985),
             ("home", "living", "thermostat-1", "humidity", T0, 48.25),
             ("home", "living", "thermostat-1", "linkquality", T0, 120.0),
             ("home", "living", "thermostat-1", "temperature", T0, 21.37),
@@ -145,3 +149,91 @@ def test_through_a_real_broker(mosquitto: MosquittoBroker, topic_root: str) -> N
         ("living-thermo_1", False),
         ("front_door", True),
     ]
+
+
+def _rows(z2m: Zigbee2MqttAdapter, topic: str, payload: bytes) -> list[tuple[str, str, float]]:
+    return sorted((r.device, r.metric, r.value) for r in readings(z2m.adapt(topic, payload, T0)))
+
+
+def test_attribute_output_modes() -> None:
+    auto = adapter()
+    # First round: temperature's meaning (room or chip) waits for the device's other properties
+    assert _rows(auto, "zigbee2mqtt/a/b/temperature", b"21.5") == []
+    assert _rows(auto, "zigbee2mqtt/a/b/contact", b"true") == [("a-b", "door", 0.0)]
+    assert auto.counts["context_unknown"] == 1
+    # the next round: a contact sensor's temperature is its own
+    assert _rows(auto, "zigbee2mqtt/a/b/temperature", b"21.5") == [
+        ("a-b", "device_temperature", 21.5)
+    ]
+    assert _rows(auto, "zigbee2mqtt/a/b", b'{"temperature": 21.6}') == [
+        ("a-b", "device_temperature", 21.6)  # the properties seen before still count
+    ]
+    # attribute_and_json: once the JSON state is seen, its property topics repeat it
+    assert _rows(auto, "zigbee2mqtt/a/b/temperature", b"21.6") == []
+    assert auto.counts["attribute_duplicates"] == 1
+    json_only = adapter(output="json")
+    assert _rows(json_only, "zigbee2mqtt/c/temperature", b"21.5") == []
+    both = adapter(output="attribute")
+    assert _rows(both, "zigbee2mqtt/c", b'{"humidity": 40}') == [("c", "humidity", 40.0)]
+    assert _rows(both, "zigbee2mqtt/c/humidity", b"41") == [("c", "humidity", 41.0)]
+    # a JSON array is never attribute output (that joins arrays with commas)
+    bad = both.adapt("zigbee2mqtt/c/humidity", b"[1, 2]", T0)
+    assert isinstance(bad, DeadLetter) and bad.reason == "adapter_validation"
+    # commands, even with a property level, are not attributes
+    assert _rows(both, "zigbee2mqtt/c/set/state", b"ON") == []
+    assert _rows(both, "zigbee2mqtt/c/get", b'{"state": ""}') == []
+
+
+def test_device_temperature_is_configurable() -> None:
+    contact = b'{"contact": true, "temperature": 27, "battery": 90}'
+    assert ("door_1", "device_temperature", 27.0) in _rows(adapter(), "zigbee2mqtt/door_1", contact)
+    for z2m in (
+        adapter(room_temperature_devices=["door_1"]),
+        adapter(device_temperature_markers=[]),
+    ):
+        assert ("door_1", "temperature", 27.0) in _rows(z2m, "zigbee2mqtt/door_1", contact)
+    # a humidity sensor's temperature is the room's, whatever else it reports
+    th_relay = b'{"state": "ON", "temperature": 22, "humidity": 40}'
+    assert ("th", "temperature", 22.0) in _rows(adapter(), "zigbee2mqtt/th", th_relay)
+
+
+def test_bridge_devices_give_units_and_power_source() -> None:
+    z2m = adapter()
+    devices = [
+        {
+            "friendly_name": "cr2032_button",
+            "power_source": "Battery",
+            "definition": {"exposes": [{"property": "voltage", "unit": "V"}]},
+        },
+        {
+            "friendly_name": "air",
+            "power_source": "Mains (single phase)",
+            "definition": {
+                "exposes": [{"type": "composite", "features": [{"property": "voc", "unit": "ppm"}]}]
+            },
+        },
+        # Padding as a large network's list would have: over the 64 KiB state limit.
+        *({"friendly_name": f"pad-{i}", "definition": None} for i in range(2500)),
+    ]
+    body = json.dumps(devices).encode()
+    assert len(body) > z2m.max_payload_bytes
+    assert readings(z2m.adapt("zigbee2mqtt/bridge/devices", body, T0)) == []
+    assert z2m.counts["bridge_devices"] == 1
+    # Battery per power source, in V per its expose: no battery field needed.
+    assert _rows(z2m, "zigbee2mqtt/cr2032_button", b'{"voltage": 3.0, "action": "single"}') == [
+        ("cr2032_button", "battery_voltage", 3.0)
+    ]
+    assert _rows(z2m, "zigbee2mqtt/air", b'{"voc": 0.25}') == [("air", "voc", 250.0)]
+    # A broken list is metadata lost, not a device's dead letter.
+    assert readings(z2m.adapt("zigbee2mqtt/bridge/devices", b"[{", T0)) == []
+    assert z2m.counts["bad_bridge_devices"] == 1
+
+
+def test_remembered_devices_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.adapters.zigbee2mqtt as module
+
+    monkeypatch.setattr(module, "MAX_REMEMBERED_DEVICES", 2)
+    z2m = adapter()
+    for name in ("a", "b", "c"):
+        z2m.adapt(f"zigbee2mqtt/{name}/battery", b"50", T0)
+    assert len(z2m._known) == 2 and z2m.counts["devices_forgotten"] == 1

@@ -10,7 +10,10 @@ it the topics it owns (the first adapter whose filter matches a topic owns it: o
 ``adapter.adapt(topic, payload, received_at)`` never raises for bad input: it returns `Adapted`
 (readings, possibly none, and availability changes) or a dead letter with a reason
 (``adapter_invalid_json``, ``adapter_validation``, ``adapter_unit``, ``adapter_oversized``,
-``adapter_too_deep``, ``adapter_template``), and counts in ``adapter.counts`` what it ignored.
+``adapter_too_deep``, ``adapter_template``), and counts in ``adapter.counts`` what it ignored
+(``ignored_fields``, by name in ``adapter.ignored_fields``) and the mapped fields whose value it
+could not use (``bad_fields``, by name in ``adapter.bad_fields``: skipped, the message's other
+fields kept).
 """
 
 from __future__ import annotations

@@ -11,13 +11,22 @@ matching ``adapter.filters``; that call never raises for bad input.
   the value, unit it comes in), merged with the ecosystem's ``field_metrics``/``field_units``.
   Fields in no rule are ignored and counted (``counts["ignored_fields"]`` and, per field name,
   ``ignored_fields``), so an operator can see what a device sends that homeedge drops.
-- Values: finite floats within +-1e15; booleans and on/off words become 0/1 where the rule says
-  the field is binary. A wrong type on a mapped field dead-letters the whole message
-  (``adapter_validation``); undecodable JSON is ``adapter_invalid_json``, JSON nested deeper than
-  `schemas.json_input.MAX_JSON_DEPTH` (32) is ``adapter_too_deep``; a unit that cannot be
-  converted is ``adapter_unit``; too large a payload is ``adapter_oversized``. The decoder then
-  checks each reading's time and value (`gateway.validation`: ``ts_out_of_range``,
-  ``out_of_range``), keeping the message's other readings.
+- Values, read leniently but exactly: a field's value is a finite float within +-1e15, a
+  JSON number or a numeric string (``"37.00"``, ``" 21.5 "``, as older Zigbee2MQTT and some
+  Tasmota sensors send); where the rule says the field is binary, booleans, ``1``/``0`` and the
+  ecosystems' words (on/off, open/close(d), true/false, detected/clear, yes/no) become 1/0. A
+  mapped field whose value does not fit (``"warm"``, ``"nan"``, a number where a word is
+  expected, a unit that cannot be converted) is *bad*: it is skipped and counted
+  (``counts["bad_fields"]`` and, per field name, ``bad_fields``), and the message's other
+  fields are still stored. Only a message that yields no reading at all because of its bad
+  fields becomes a dead letter (with the first problem: ``adapter_validation`` or
+  ``adapter_unit``), so its payload can be inspected and nothing else is lost. Whole-message
+  problems stay dead letters: undecodable JSON is ``adapter_invalid_json``, JSON nested deeper
+  than `schemas.json_input.MAX_JSON_DEPTH` (32) is ``adapter_too_deep``, too large a payload
+  is ``adapter_oversized``, a payload of the wrong shape (a list where a state object belongs)
+  is ``adapter_validation``. The decoder then checks each reading's time and value
+  (`gateway.validation`: ``ts_out_of_range``, ``out_of_range``), keeping the message's other
+  readings.
 - Time: the payload's own timestamp where the ecosystem documents one and it parses to a time in
   [2000, 2100); otherwise the receive time (a device clock that is not set is counted as
   ``bad_time``).
@@ -66,8 +75,15 @@ _OTHER = "<other>"
 
 _INVALID_CHARS = re.compile(r"[^A-Za-z0-9_.\-]+")
 _PLAIN_NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\Z")
-_TRUE_WORDS = frozenset({"on", "true", "open", "detected", "yes", "online"})
-_FALSE_WORDS = frozenset({"off", "false", "close", "closed", "clear", "no", "offline"})
+_TRUE_WORDS = frozenset({"on", "true", "open", "opened", "detected", "yes", "online", "1"})
+_FALSE_WORDS = frozenset({"off", "false", "close", "closed", "clear", "no", "offline", "0"})
+
+
+def _count_name(counter: Counter[str], name: str) -> None:
+    if name in counter or len(counter) < MAX_IGNORED_NAMES:
+        counter[name] += 1
+    else:
+        counter[_OTHER] += 1
 
 
 class AdapterError(Exception):
@@ -186,18 +202,34 @@ def _short(raw: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _number(raw: Any) -> float | None:
+    """A JSON number or a numeric string as a float; None otherwise (booleans included)."""
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return float(raw)
+    if isinstance(raw, str):
+        text = raw.strip()
+        if _PLAIN_NUMBER.match(text):
+            return float(text)
+    return None
+
+
 def coerce(raw: Any, kind: ValueKind, label: str) -> float:
-    """`raw` as a finite float according to `kind`; `AdapterError` when it does not fit."""
+    """`raw` as a finite float according to `kind`; `AdapterError` when it does not fit.
+
+    NUMBER: a JSON number or a numeric string. BINARY/INVERTED: a boolean, 0/1 (number or
+    string) or an on/off word. AUTO: a number, a numeric string or an on/off word.
+    """
     value: float | None = None
     if kind is ValueKind.NUMBER:
-        if isinstance(raw, int | float) and not isinstance(raw, bool):
-            value = float(raw)
+        value = _number(raw)
     else:
         if isinstance(raw, bool):
             value = 1.0 if raw else 0.0
         elif isinstance(raw, str):
             word = raw.strip().lower()
             value = 1.0 if word in _TRUE_WORDS else 0.0 if word in _FALSE_WORDS else None
+            if value is None and kind is ValueKind.AUTO:
+                value = _number(raw)
         elif isinstance(raw, int | float) and (kind is ValueKind.AUTO or raw in (0, 1)):
             value = float(raw)
         if value is not None and kind is ValueKind.INVERTED:
@@ -241,6 +273,10 @@ class BaseAdapter(ABC, Generic[E]):
         self._changes: list[AvailabilityChange] = []
         self.counts: Counter[str] = Counter()
         self.ignored_fields: Counter[str] = Counter()
+        self.bad_fields: Counter[str] = Counter()
+        # The first bad field of the current `adapt` call: the dead letter's reason when the
+        # message yields no reading at all.
+        self._first_bad: AdapterError | None = None
         self.configure(eco)
 
     def default_rules(self, eco: E) -> Mapping[str, FieldRule]:
@@ -256,6 +292,11 @@ class BaseAdapter(ABC, Generic[E]):
     def filters(self) -> tuple[str, ...]:
         """The MQTT topic filters this adapter needs to be subscribed to."""
 
+    def payload_limit(self, topic: str) -> int:
+        """The largest payload accepted on `topic` (``max_payload_bytes`` unless an ecosystem's
+        metadata topic is known to be larger)."""
+        return self.max_payload_bytes
+
     @abstractmethod
     def _adapt(self, topic: str, payload: bytes, received_at: float) -> list[Reading]:
         """Readings of one message; raise `AdapterError` for bad input."""
@@ -265,12 +306,15 @@ class BaseAdapter(ABC, Generic[E]):
         letter; never raises on input."""
         self.counts["messages"] += 1
         self._changes = []
+        self._first_bad = None
         try:
-            if len(payload) > self.max_payload_bytes:
-                raise AdapterError(
-                    "adapter_oversized", f"{len(payload)} bytes > limit {self.max_payload_bytes}"
-                )
+            limit = self.payload_limit(topic)
+            if len(payload) > limit:
+                raise AdapterError("adapter_oversized", f"{len(payload)} bytes > limit {limit}")
             readings = self._adapt(topic, payload, received_at)
+            if not readings and self._first_bad is not None:
+                # Every mapped field was unusable: keep the payload for inspection.
+                raise self._first_bad
         except AdapterError as exc:
             self.counts["dead_letters"] += 1
             log.debug("%s: dead letter on %s: %s", self.name, topic, exc)
@@ -304,11 +348,18 @@ class BaseAdapter(ABC, Generic[E]):
     # -- counting ---------------------------------------------------------------------------
 
     def ignore_field(self, name: str) -> None:
+        """Count a field no rule maps (by name, bounded)."""
         self.counts["ignored_fields"] += 1
-        if name in self.ignored_fields or len(self.ignored_fields) < MAX_IGNORED_NAMES:
-            self.ignored_fields[name] += 1
-        else:
-            self.ignored_fields[_OTHER] += 1
+        _count_name(self.ignored_fields, name)
+
+    def bad_field(self, name: str, error: AdapterError) -> None:
+        """Count a mapped field whose value is unusable (by name, bounded); the message's other
+        fields are kept."""
+        self.counts["bad_fields"] += 1
+        _count_name(self.bad_fields, name)
+        if self._first_bad is None:
+            self._first_bad = error
+        log.debug("%s: bad field %s", self.name, error.detail)
 
     def ignore_topic(self) -> list[Reading]:
         self.counts["ignored_topics"] += 1
@@ -347,17 +398,21 @@ class BaseAdapter(ABC, Generic[E]):
             # Zigbee2MQTT and Home Assistant publish null for "not known yet".
             self.counts["null_values"] += 1
             return
-        value = coerce(raw, rule.kind, label)
         try:
-            value = to_metric_unit(value, unit or rule.unit, rule.metric)
-        except UnitError as exc:
-            raise AdapterError("adapter_unit", f"{label}: {exc}") from None
-        if not math.isfinite(value) or abs(value) > MAX_ABS_VALUE:
-            raise AdapterError("adapter_validation", f"{label}: {value!r} is out of range")
+            value = coerce(raw, rule.kind, label)
+            try:
+                value = to_metric_unit(value, unit or rule.unit, rule.metric)
+            except UnitError as exc:
+                raise AdapterError("adapter_unit", f"{label}: {exc}") from None
+            if not math.isfinite(value) or abs(value) > MAX_ABS_VALUE:
+                raise AdapterError("adapter_validation", f"{label}: {value!r} is out of range")
+        except AdapterError as exc:
+            self.bad_field(label, exc)
+            return
         key = (who.device, rule.metric)
         if key in out.readings:
-            # Two fields of one message claim the same metric (e.g. Tasmota with two
-            # temperature probes): the first wins; map the second to its own device.
+            # Two fields of one message claim the same metric for one device (e.g. two Tasmota
+            # probes mapped onto one device): the first wins.
             self.counts["duplicate_fields"] += 1
             self.ignore_field(label)
             return

@@ -117,6 +117,33 @@ class Zigbee2MqttSettings(EcosystemSettings):
     """Zigbee2MQTT: JSON state objects on ``<base_topic>/<friendly_name>``."""
 
     base_topic: str = Field(default="zigbee2mqtt", description="Zigbee2MQTT's mqtt.base_topic")
+    output: Literal["auto", "json", "attribute", "attribute_and_json"] = Field(
+        default="auto",
+        description="Zigbee2MQTT's advanced.output: 'json' and 'attribute_and_json' read the "
+        "JSON state only, 'attribute' reads the per-property topics <name>/<property> too; "
+        "'auto' reads a device's property topics until it has sent a JSON state (then its "
+        "JSON state alone, so attribute_and_json never stores a value twice)",
+    )
+    device_temperature_markers: list[str] = Field(
+        default_factory=lambda: [
+            "contact",
+            "state",
+            "power",
+            "energy",
+            "water_leak",
+            "vibration",
+            "smoke",
+            "gas",
+        ],
+        description="fields that make a device's 'temperature' its own (chip) temperature, "
+        "stored as metric device_temperature, when the device reports no humidity: a contact "
+        "sensor, a plug or relay; an empty list keeps every 'temperature' as the room's",
+    )
+    room_temperature_devices: list[str] = Field(
+        default_factory=list,
+        description="friendly names whose 'temperature' is always the room's, whatever else "
+        "they report",
+    )
 
     @field_validator("base_topic")
     @classmethod
@@ -129,6 +156,19 @@ class TasmotaSettings(EcosystemSettings):
 
     tele_prefix: str = Field(default="tele", description="Tasmota's %prefix% for telemetry")
     stat_prefix: str = Field(default="stat", description="Tasmota's %prefix% for status replies")
+    full_topics: list[str] = Field(
+        default_factory=lambda: ["%prefix%/%topic%/", "%topic%/%prefix%/"],
+        description="Tasmota FullTopic patterns in use (tokens %prefix%, %topic%, %hostname%, "
+        "%id%; e.g. 'home/cellar/%topic%/%prefix%/'): the adapter subscribes to each with the "
+        "tele and stat prefixes; the device id is %topic% (else %hostname%, else %id%)",
+    )
+    sensor_devices: bool = Field(
+        default=True,
+        description="store each sensor object of a payload (AM2301, DS18B20-2, BME280...) as "
+        "its own device '<topic>.<Sensor>' (ENERGY and the chip's own ESP32/ESP8266 object "
+        "stay on '<topic>'); false: every field on '<topic>', a second probe of one quantity "
+        "then ignored as a duplicate",
+    )
     naive_time_zone: str | None = Field(
         default=None,
         description="IANA zone of the devices' clocks, used for a 'Time' without UTC offset; "
@@ -139,6 +179,23 @@ class TasmotaSettings(EcosystemSettings):
     @classmethod
     def _prefixes(cls, value: str) -> str:
         return _check_plain_topic(value)
+
+    @field_validator("full_topics")
+    @classmethod
+    def _full_topics(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            levels = pattern.strip("/").split("/")
+            if "%prefix%" not in levels or not {"%topic%", "%hostname%", "%id%"} & set(levels):
+                raise ValueError(
+                    f"FullTopic {pattern!r} needs %prefix% and one of %topic%, %hostname%, %id% "
+                    "as whole levels"
+                )
+            tokens = [level for level in levels if level.startswith("%")]
+            if len(tokens) != len(set(tokens)):
+                raise ValueError(f"FullTopic {pattern!r} repeats a token")
+            if any(c in pattern for c in "+#\0"):
+                raise ValueError(f"FullTopic {pattern!r} must not contain MQTT wildcards")
+        return value
 
     @field_validator("naive_time_zone")
     @classmethod

@@ -4,7 +4,7 @@ Only conversions that a documented payload needs are here: °F and K to °C (Tas
 Home Assistant ``unit_of_measurement``, Shelly Gen1 H&T set to °F), Wh, watt-minutes and MWh to
 kWh (Shelly Gen2 ``aenergy.total``, Shelly Gen1 ``relay/<n>/energy``, Shelly EM, Home Assistant),
 kW to W, and the pressure, electrical, particulate and volume units of the registry's newer
-metrics (Pa/kPa/mmHg/inHg to hPa, mV to V, mA to A, mg/m³ to µg/m³, L/ft³/US gal to m³).
+metrics (Pa/kPa/mmHg/inHg to hPa, mV to V, mA to A, mg/m³ to µg/m³, ppm to ppb, L/ft³/US gal to m³).
 A unit homeedge cannot convert is an error, never a silently wrong number.
 """
 
@@ -90,6 +90,7 @@ _CONVERSIONS: MappingProxyType[tuple[str, str], Callable[[float], float]] = Mapp
         ("mA", "A"): lambda v: v / 1000.0,
         ("kVA", "VA"): lambda v: v * 1000.0,
         ("mg/m³", "µg/m³"): lambda v: v * 1000.0,
+        ("ppm", "ppb"): lambda v: v * 1000.0,  # a VOC sensor reporting ppm (Zigbee2MQTT)
         ("L", "m³"): lambda v: v / 1000.0,
         ("ft³", "m³"): lambda v: v * 0.028316846592,
         ("gal", "m³"): lambda v: v * 0.003785411784,  # US gallon, as Home Assistant's

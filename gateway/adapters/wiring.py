@@ -10,8 +10,13 @@ and
   ``online``, Home Assistant ``unavailable``, discovered availability topics) comes back with
   its message's result, and the decoder turns it into a ``devices`` row update queued to the
   writer ahead of that message, so it is committed no later than the message is acknowledged;
-- exports the adapters' counters (messages, readings, dead letters, ignored fields and topics,
-  held Home Assistant states...) on the gateway's Prometheus registry, read at scrape time.
+- exports the adapters' counters on the gateway's Prometheus registry, read at scrape time:
+  ``homeedge_gateway_adapter_events_total{adapter, event}`` is every key of each adapter's
+  ``counts`` (messages, readings = mapped readings, ignored_fields, bad_fields, dead_letters,
+  ignored_topics, null_values, availability, and whatever an adapter adds, e.g. held Home
+  Assistant states or template errors: a new key needs no change here), and
+  ``..._adapter_ignored_fields_total`` / ``..._adapter_bad_fields_total{adapter, field}`` name
+  the fields.
 
 Caveat (Home Assistant statestream): a numeric state that arrives before its entity's
 ``device_class``/``unit_of_measurement`` is held in memory and its message is acknowledged; the
@@ -44,8 +49,9 @@ class AdapterCollector(Collector):
     def collect(self) -> Iterator[CounterMetricFamily]:
         events = CounterMetricFamily(
             f"{PREFIX}_adapter_events",
-            "format adapter events by adapter and kind (messages, readings, dead_letters, "
-            "ignored_fields, ignored_topics, null_values, availability, pending...)",
+            "format adapter events by adapter and kind (messages, readings: mapped readings, "
+            "ignored_fields, bad_fields, dead_letters, ignored_topics, null_values, "
+            "availability, and each adapter's own kinds)",
             labels=["adapter", "event"],
         )
         fields = CounterMetricFamily(
@@ -54,14 +60,23 @@ class AdapterCollector(Collector):
             "at most 256 names per adapter, the rest as '<other>'",
             labels=["adapter", "field"],
         )
+        bad = CounterMetricFamily(
+            f"{PREFIX}_adapter_bad_fields",
+            "mapped foreign fields whose value was unusable (skipped; the message's other "
+            "fields kept), by name; at most 256 names per adapter, the rest as '<other>'",
+            labels=["adapter", "field"],
+        )
         for adapter in self._registry:
             # dict() of a Counter is one C-level copy: safe against the MQTT thread's updates.
             for event, count in dict(adapter.counts).items():
                 events.add_metric([adapter.name, event], count)
             for name, count in dict(adapter.ignored_fields).items():
                 fields.add_metric([adapter.name, name], count)
+            for name, count in dict(adapter.bad_fields).items():
+                bad.add_metric([adapter.name, name], count)
         yield events
         yield fields
+        yield bad
 
 
 def install_adapters(host: GatewayHost, settings: AdapterSettings) -> AdapterRegistry:
