@@ -9,15 +9,16 @@ the aggregation pass runs, as in every gateway):
 - 300 readings/s: 20 devices x 3 metrics, 5 messages a second each;
 - 10 readings/s: 5 devices x 2 metrics, 1 message a second each.
 
-Each phase warms up (the schema, the first pages), then publishes QoS 1 at a steady pace for
-``--seconds`` (``--quick``: 30 s), waits until every reading is committed and one more WAL
-checkpoint interval has passed, and reads the gateway process's ``write_bytes`` from
-``/proc/<pid>/io`` before and after: every byte the process caused to be written to the block
-device (the database file, its WAL, checkpoints, anything else), counted by the kernel in 4 KB
-page-cache pages as they are dirtied. bytes per reading = that difference / readings committed
-in the window. Publish->commit latency: each payload's ``ts`` is its publish time; the bench
-polls the database every 20 ms and takes (time the row is first seen - ts), so figures include
-up to one poll interval.
+Each phase warms up (the schema, the first pages), reads the gateway process's ``write_bytes``
+from ``/proc/<pid>/io``, publishes QoS 1 at a steady pace for ``--seconds`` (``--quick``: 30 s),
+waits until every reading is committed, stops the gateway (its shutdown checkpoints the WAL
+into the database file) and takes the reaped process's total from the kernel (``ru_oublock``,
+the same counter): every byte the process caused to be written to the block device (the
+database file, its WAL, checkpoints, anything else), counted in 4 KB page-cache pages as they
+are dirtied. bytes per reading = the difference / readings committed in the window.
+Publish->commit latency: each payload's ``ts`` is its publish time; the bench polls the
+database every 20 ms and takes (time the row is first seen - ts), so figures include up to one
+poll interval.
 
 ``--json`` keys: ``bytes_per_reading_300``, ``bytes_per_reading_10``, ``commit_p99_ms_300``,
 ``commit_p99_ms_10``, plus ``write_bytes_*``, ``readings_*``, ``commits_per_s_*`` and
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sqlite3
 import statistics
 import sys
@@ -174,7 +176,8 @@ def run_phase(load: Load, seconds: float, *, inference: bool) -> dict[str, float
             try:
                 return _measure(gw, port, load, seconds)
             finally:
-                gw.stop()
+                if gw.proc.poll() is None:
+                    gw.stop()
         finally:
             broker.terminate()
             broker.wait(timeout=10)
@@ -196,13 +199,16 @@ def _measure(gw: GatewayProcess, port: int, load: Load, seconds: float) -> dict[
         pub.run(seconds)
         want = base_rows + int(seconds * load.devices * load.hz) * load.metrics
         watch.wait_rows(want, timeout=60)
-        # One more checkpoint interval, so the window's WAL frames reach the database file and
-        # are counted.
-        time.sleep(_checkpoint_wait_s())
-        after = write_bytes(gw.proc.pid)
         commits = gateway_commits(gw.port_file) - commits_before
         readings = watch.rows - base_rows
         delays = watch.delays
+        watch.close()
+        watch = None
+        # Stop the gateway and count what it wrote over its whole life (the kernel's rusage of
+        # the reaped process: ru_oublock is write_bytes in 512-byte units). Its shutdown
+        # checkpoints the WAL into the database file, so the window's WAL frames are counted
+        # twice, as a periodic checkpoint would have counted them.
+        after = stop_counting_writes(gw)
     finally:
         pub.close()
         if watch is not None:
@@ -217,10 +223,13 @@ def _measure(gw: GatewayProcess, port: int, load: Load, seconds: float) -> dict[
     }
 
 
-def _checkpoint_wait_s() -> float:
-    from gateway.config import StorageConfig
-
-    return StorageConfig().checkpoint_interval_ms / 1000 + 1.0
+def stop_counting_writes(gw: GatewayProcess) -> int:
+    """SIGTERM the gateway, reap it, and return the bytes it wrote in its life."""
+    gw.proc.send_signal(signal.SIGTERM)
+    _, status, usage = os.wait4(gw.proc.pid, 0)
+    if status != 0:
+        raise RuntimeError(f"the gateway exited with wait status {status}")
+    return int(usage.ru_oublock) * 512
 
 
 def percentile(values: list[float], q: float) -> float:
