@@ -9,7 +9,9 @@ transactions never contend:
   has none), device ``last_seen``/availability upserts, dead letters (one row per message, see
   `gateway.records.DeadLetter`).
   A batch is committed by size or by time, whichever comes first: when it holds `batch_rows`
-  rows, or when `commit_interval` has passed since its first message. Two more triggers end it
+  rows (plus, without waiting, what already waits in the queue behind them, up to 5 times
+  `batch_rows`: a backlog is committed with one fsync), or when `commit_interval` has passed
+  since its first message. Two more triggers end it
   early: the batch holds `inflight_window` messages waiting for their ack (the broker's window
   of un-acked QoS 1 messages is full: it sends nothing more until we ack, so waiting would only
   stall ingest; known with MQTT 5, whose Receive Maximum we announce), and a stall: no message
@@ -128,6 +130,7 @@ _RETRY_MAX_S = 5.0
 # (even a jittery one) does not pause that long, a broker waiting for our acks does.
 _STALL_GAPS = 8.0
 _GAP_WEIGHT = 0.1  # of the newest gap in the moving average
+_BACKLOG_BATCHES = 5  # a backlog's commit holds up to this many times batch_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,6 +362,23 @@ class Writer:
                     control = nxt
                     break
                 self._arrived(time.monotonic())
+                batch.append(nxt)
+                rows += _rows(nxt[1])
+                if type(nxt[0]) is tuple:
+                    unacked += 1
+            # Group commit: what already waits in the queue (a backlog: the disk is slower than
+            # the stream) joins this commit, up to `_BACKLOG_BATCHES` batches, without waiting
+            # for more. Its messages wait for a commit anyway; one fsync for all of them instead
+            # of one per `batch_rows` keeps a slow SD card from throttling ingest.
+            limit = batch_rows * _BACKLOG_BATCHES
+            while control is None and batch_rows <= rows < limit and unacked < window:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if not isinstance(nxt, tuple):
+                    control = nxt
+                    break
                 batch.append(nxt)
                 rows += _rows(nxt[1])
                 if type(nxt[0]) is tuple:
