@@ -274,6 +274,7 @@ class StorageConfig(Section):
         if value & (value - 1):
             raise ValueError("must be a power of two (512, 1024, ..., 65536)")
         return value
+
     max_dead_letter_bytes: int = Field(
         default=65536, ge=0, description="payload bytes kept with a dead letter (the rest is cut)"
     )
