@@ -239,16 +239,22 @@ class Gateway:
         self._loop = asyncio.get_running_loop()
         cfg = self.config
         try:
-            self._engine = await asyncio.to_thread(make_engine, cfg.storage.path)
+            self._engine = await asyncio.to_thread(
+                make_engine, cfg.storage.path, page_size=cfg.storage.page_size
+            )
+            for warning in cfg.commit_policy_warnings():
+                log.warning("%s", warning)
             self._writer = Writer(
                 self._engine,
                 metrics=self.metrics,
                 batch_rows=cfg.storage.batch_rows,
                 commit_interval=cfg.storage.commit_interval_ms / 1000,
                 idle_commit=cfg.storage.idle_commit_ms / 1000,
+                inflight_window=cfg.mqtt.inflight_window,
                 queue_size=cfg.storage.queue_size,
                 on_committed=self._from_writer,
                 auto_checkpoint=cfg.storage.checkpoint_interval_ms == 0,
+                wal_autocheckpoint=cfg.storage.wal_max_pages,
                 synchronous=cfg.storage.synchronous,
             )
             self._writer.start()

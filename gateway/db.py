@@ -16,6 +16,7 @@ is slow and losing the last moments of data is acceptable. Other connections of 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,19 @@ from sqlalchemy import Engine, create_engine, event
 from gateway.schema import dead_letters, devices, metadata, readings, upgrade
 
 __all__ = ["dead_letters", "devices", "make_engine", "metadata", "readings"]
+
+
+def _pragmas(page_size: int | None) -> Callable[[Any, Any], None]:
+    def set_pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        if page_size is not None:
+            # Only a file without content takes it, and only before WAL mode is set (WAL mode
+            # writes the header): an existing database keeps its page size.
+            cur.execute(f"PRAGMA page_size={int(page_size):d}")
+        cur.close()
+        _set_pragmas(dbapi_conn, _record)
+
+    return set_pragmas
 
 
 def _set_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -35,12 +49,12 @@ def _set_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def make_engine(path: str | Path) -> Engine:
+def make_engine(path: str | Path, *, page_size: int | None = None) -> Engine:
     """An engine on the SQLite file `path` with WAL pragmas, its schema created or upgraded to
     `gateway.schema.SCHEMA_VERSION`; raises `gateway.schema.SchemaVersionError` for a database
-    of a newer version."""
+    of a newer version. `page_size` applies to a new file only (``storage.page_size``)."""
     engine = create_engine(f"sqlite:///{path}", future=True)
-    event.listen(engine, "connect", _set_pragmas)
+    event.listen(engine, "connect", _pragmas(page_size))
     try:
         upgrade(engine)
     except BaseException:

@@ -8,9 +8,21 @@ transactions never contend:
   `gateway.schema` absorb redeliveries: a reading is identified by its seq, or by its ts when it
   has none), device ``last_seen``/availability upserts, dead letters (one row per message, see
   `gateway.records.DeadLetter`).
-  A batch is committed when it holds `batch_rows` rows, when `commit_interval` has passed since
-  its first message, or when no message arrived for `idle_commit` (then the broker is probably
-  waiting for our acks, its in-flight window being full, so waiting longer only adds latency).
+  A batch is committed by size or by time, whichever comes first: when it holds `batch_rows`
+  rows (plus, without waiting, what already waits in the queue behind them, up to 5 times
+  `batch_rows`: a backlog is committed with one fsync), or when `commit_interval` has passed
+  since its first message. Two more triggers end it
+  early: the batch holds `inflight_window` messages waiting for their ack (the broker's window
+  of un-acked QoS 1 messages is full: it sends nothing more until we ack, so waiting would only
+  stall ingest; known with MQTT 5, whose Receive Maximum we announce), and a stall: no message
+  for `idle_commit` and for `_STALL_GAPS` times the stream's recent gap between messages (an
+  average over messages). A steady stream of any pace never pauses that long, so its batches
+  end by size or time; a broker that stopped because its window is full (a window the gateway
+  cannot know with MQTT 3.1.1: Mosquitto's ``max_inflight_messages``) pauses at once, so its
+  batch commits after `idle_commit` (0 turns the stall trigger off). Few, large
+  commits are what spares an SD card: each commit rewrites every page it touches (the table's
+  tail, each index leaf, ``devices``) in the WAL, so a commit per message wrote ~12 KB per
+  reading where a commit per second writes a few hundred bytes (``bench/wear.py``).
 - only AFTER the commit are the batch's messages acknowledged (the `ack` callable, which the
   MQTT bridge provides and which skips acks of an earlier connection), and then `on_committed`
   gets the committed readings and audio frames (the app forwards them to the asyncio side).
@@ -114,6 +126,11 @@ _UPSERT_DEAD = (
 )
 
 _RETRY_MAX_S = 5.0
+# A batch ends early after a silence of this many recent gaps between messages: a steady stream
+# (even a jittery one) does not pause that long, a broker waiting for our acks does.
+_STALL_GAPS = 8.0
+_GAP_WEIGHT = 0.1  # of the newest gap in the moving average
+_BACKLOG_BATCHES = 5  # a backlog's commit holds up to this many times batch_rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,10 +172,12 @@ class Writer:
         batch_rows: int = 1000,
         commit_interval: float = 0.02,
         idle_commit: float = 0.002,
+        inflight_window: int | None = None,
         queue_size: int = 2000,
         ack: AckFn | None = None,
         on_committed: CommittedFn | None = None,
         auto_checkpoint: bool = True,
+        wal_autocheckpoint: int = 0,
         synchronous: Literal["full", "normal"] = "full",
     ) -> None:
         self._engine = engine
@@ -167,11 +186,17 @@ class Writer:
         self._batch_rows = batch_rows
         self._interval = commit_interval
         self._idle = idle_commit
+        # No window: never reached (the other triggers decide).
+        self._window = inflight_window if inflight_window is not None else 1 << 62
+        # Moving average of the time between messages (writer thread only).
+        self._gap = 0.0
+        self._last_at = time.monotonic()
         self._queue: queue.Queue[_Item] = queue.Queue(maxsize=queue_size)
         self.ack: AckFn | None = ack
         self.on_committed: CommittedFn | None = on_committed
         self._thread: threading.Thread | None = None
         self._auto_checkpoint = auto_checkpoint
+        self._wal_backstop = wal_autocheckpoint
         self._stopping = threading.Event()
         self._full_log = RateLimitedLog(log)
         self._commit_log = RateLimitedLog(log)
@@ -279,8 +304,11 @@ class Writer:
                 mode = "FULL" if self._synchronous == "full" else "NORMAL"
                 raw.execute(f"PRAGMA synchronous={mode}")  # type: ignore[union-attr]
                 if not self._auto_checkpoint:
-                    # `checkpoint_wal` runs on another connection instead (see there).
-                    raw.execute("PRAGMA wal_autocheckpoint=0")  # type: ignore[union-attr]
+                    # `checkpoint_wal` runs on another connection instead (see there); a WAL
+                    # grown past `wal_autocheckpoint` pages (a burst) is checkpointed by the
+                    # commit that crosses it, so it cannot grow without bound meanwhile.
+                    backstop = int(self._wal_backstop)
+                    raw.execute(f"PRAGMA wal_autocheckpoint={backstop:d}")  # type: ignore[union-attr]
                 self._loop(conn)
         except Exception:  # the thread's top level: log; /healthz then reports the writer dead
             log.exception("writer thread crashed")
@@ -309,13 +337,21 @@ class Writer:
                 continue
             batch: list[_Message] = [item]
             rows = _rows(item[1])
-            deadline = time.monotonic() + self._interval
+            unacked = 1 if type(item[0]) is tuple else 0
+            now = time.monotonic()
+            deadline = now + self._interval
+            self._arrived(now)
             control: _Item | None = None
-            while rows < self._batch_rows:
+            window, batch_rows, idle = self._window, self._batch_rows, self._idle
+            while rows < batch_rows and unacked < window:
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
-                    wait = min(deadline - time.monotonic(), self._idle)
+                    now = time.monotonic()
+                    wait = deadline - now
+                    if idle > 0:  # the stall trigger (module docstring)
+                        silence = max(idle, _STALL_GAPS * self._gap)
+                        wait = min(wait, self._last_at + silence - now)
                     if wait <= 0:
                         break
                     try:
@@ -325,11 +361,39 @@ class Writer:
                 if not isinstance(nxt, tuple):
                     control = nxt
                     break
+                self._arrived(time.monotonic())
                 batch.append(nxt)
                 rows += _rows(nxt[1])
+                if type(nxt[0]) is tuple:
+                    unacked += 1
+            # Group commit: what already waits in the queue (a backlog: the disk is slower than
+            # the stream) joins this commit, up to `_BACKLOG_BATCHES` batches, without waiting
+            # for more. Its messages wait for a commit anyway; one fsync for all of them instead
+            # of one per `batch_rows` keeps a slow SD card from throttling ingest.
+            limit = batch_rows * _BACKLOG_BATCHES
+            while control is None and batch_rows <= rows < limit and unacked < window:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if not isinstance(nxt, tuple):
+                    control = nxt
+                    break
+                batch.append(nxt)
+                rows += _rows(nxt[1])
+                if type(nxt[0]) is tuple:
+                    unacked += 1
             self._commit_batch(conn, batch)
             if control is not None and self._control(conn, control):
                 return
+
+    def _arrived(self, now: float) -> None:
+        """A message was taken from the queue at `now`: update the average gap (a pause longer
+        than the commit interval counts as one interval, so a quiet night does not make the
+        stall trigger wait for hours)."""
+        gap = min(now - self._last_at, self._interval)
+        self._last_at = now
+        self._gap += (gap - self._gap) * _GAP_WEIGHT
 
     def _control(self, conn: Connection, item: _Item) -> bool:
         """Handle a non-message item; True means stop."""

@@ -414,15 +414,16 @@ async def test_writer_acks_only_committed_messages(tmp_path: Path) -> None:
     writer = Writer(make_engine(db), metrics=GatewayMetrics(), ack=ack, batch_rows=10)
     writer.start()
     try:
-        for seq in range(25):
+        for seq in range(125):
             r = Reading("h", "r", "plug-1", "power", TS0 + seq, 1.0, seq, TS0)
             item = ReadingsIn([r], [DeviceSeen("h", "r", "plug-1", TS0)])
             assert writer.put_message((7, seq + 1), item, lambda: False)
         await writer.flush()
     finally:
         await writer.stop()
-    assert sorted(acked) == [(7, mid) for mid in range(1, 26)]
-    # Batches of at most 10 rows; every acked message's row was committed before its ack.
+    assert sorted(acked) == [(7, mid) for mid in range(1, 126)]
+    # Batches of at most 50 rows (10, plus a queued backlog up to 5 x 10); every acked
+    # message's row was committed before its ack.
     assert len(visible_at_ack) >= 3
     assert all(visible >= acked_so_far for visible, acked_so_far in visible_at_ack)
 
