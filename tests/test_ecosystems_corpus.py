@@ -145,7 +145,9 @@ def gateway_config(broker: MosquittoBroker, db: Path, settings: dict[str, Any]) 
         {
             "gateway_id": "gw-corpus",
             "mqtt": {"url": broker.url, "client_id": f"gw-corpus-{uuid.uuid4().hex[:8]}"},
-            "storage": {"path": str(db)},
+            # A quiet stream commits after commit_interval_ms (1 s by default, for SD cards);
+            # the replay waits for every entry's commit, so commit sooner to keep it short.
+            "storage": {"path": str(db), "commit_interval_ms": 20},
             "admin": {"port": 0},
             # Documented payloads carry old times: accept readings up to 30 years old.
             "ingest": {"max_age_s": 30 * 365 * 86400.0},
@@ -234,13 +236,25 @@ async def replay(corpus: CorpusFile, workdir: Path) -> list[Outcome]:
             assert await asyncio.to_thread(gw.mqtt.subscribed.wait, 20), "never subscribed"
             pub = await asyncio.to_thread(_Publisher, broker.port)
             last_reading = last_dead = 0
+            n = 0
+
+            async def mark(what: str) -> None:
+                nonlocal n
+                n += 1
+                marker = json.dumps({"ts": time.time(), "seq": n, "readings": {"mark": n}})
+                await asyncio.to_thread(pub.publish, marker_topic, marker.encode())
+                await _marker_stored(db, n, f"{what}: marker {n} stored")
+
             try:
-                for n, entry in enumerate(corpus.entries, start=1):
+                for entry in corpus.entries:
                     for topic, payload, retain in entry.messages:
                         await asyncio.to_thread(pub.publish, topic, payload, retain)
-                    marker = json.dumps({"ts": time.time(), "seq": n, "readings": {"mark": n}})
-                    await asyncio.to_thread(pub.publish, marker_topic, marker.encode())
-                    await _marker_stored(db, n, f"{entry.id}: marker {n} stored")
+                        if topic.endswith("/config"):
+                            # A discovery config subscribes its state topics as it is adopted:
+                            # the states that follow must wait until it has been (a device
+                            # publishes its config at boot, its states later).
+                            await mark(f"{entry.id} config")
+                    await mark(entry.id)
                     stored = await asyncio.to_thread(
                         _rows,
                         db,
