@@ -151,9 +151,12 @@ class Leg:
     lost: int | None = None
 
 
-def probe_until_stored(port: int, root: str, db: Path, *, timeout: float = 60.0) -> None:
+def probe_until_stored(
+    port: int, root: str, db: Path, *, settle_s: float, timeout: float = 60.0
+) -> None:
     """Publish probe messages until one is committed to `db`: the consumer is subscribed and its
-    path to SQLite works (a subscription before its SUBACK, or a clean session, drops messages)."""
+    path to SQLite works (a subscription before its SUBACK, or a clean session, drops messages).
+    Then wait `settle_s` for the probes still in a batch, so none counts towards the stream."""
     topic = f"{root}/h1/lab/probe/telemetry"
     deadline = time.monotonic() + timeout
     k = 0
@@ -168,7 +171,7 @@ def probe_until_stored(port: int, root: str, db: Path, *, timeout: float = 60.0)
         until = time.monotonic() + 0.5
         while time.monotonic() < until:
             if db.exists() and count_rows(db, "device = 'probe'") > 0:
-                time.sleep(1.2)  # a later probe may still be in a batch (join waits 1 s)
+                time.sleep(settle_s)
                 return
             time.sleep(0.05)
     raise TimeoutError(f"no probe message reached {db} in {timeout:.0f} s")
@@ -243,7 +246,7 @@ def homeedge_leg(workdir: Path, port: int, root: str, total: int) -> Leg:
     gw = GatewayProcess(workdir, port, root)  # inference off; no uplink url: the uplink is off
     meter = TreeMeter(gw.proc.pid)
     try:
-        probe_until_stored(port, root, gw.db)
+        probe_until_stored(port, root, gw.db, settle_s=0.2)
         return consumer_leg(meter, port, root, total, gw.db, lambda: "see the gateway's log")
     finally:
         meter.finish()
@@ -491,7 +494,7 @@ def nodered_leg(workdir: Path, port: int, root: str, total: int, red: Path) -> L
     with nodered_process(workdir, port, root, red) as (pid, db):
         meter = TreeMeter(pid)
         try:
-            probe_until_stored(port, root, db)
+            probe_until_stored(port, root, db, settle_s=1.2)  # join waits up to 1 s
             return consumer_leg(
                 meter,
                 port,
@@ -566,8 +569,8 @@ def summarize(rounds: list[dict[str, Leg]], total: int, load_before: str) -> dic
         result[f"{leg}_cpu_us_per_msg"] = _median(rounds, leg, "cpu_us_per_msg")
         result[f"{leg}_cpu_core_pct"] = _median(rounds, leg, "cpu_core_pct")
         result[f"{leg}_rss_mb"] = _median(rounds, leg, "rss_mb")
-        lost = [r[leg].lost for r in rounds if leg in r]
-        result[f"{leg}_lost"] = max(lost) if lost else None  # type: ignore[type-var]
+        lost = [r[leg].lost or 0 for r in rounds if leg in r]
+        result[f"{leg}_lost"] = max(lost) if lost else None
     result["per_round"] = [{leg: asdict(f) for leg, f in r.items()} for r in rounds]
     result["broker_subscriber"] = "mosquitto_sub (libmosquitto, C)"
     result["nodered_version"] = NODE_RED_VERSION
