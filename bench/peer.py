@@ -31,9 +31,10 @@ also does less per message: no dead letters, no device table, no schema beyond "
 
 Node-RED (pinned below) and better-sqlite3 are installed with npm, on first use, into
 ``$HOMEEDGE_BENCH_CACHE/nodered`` (default ~/.cache/homeedge-bench/nodered), never into the repo
-and never by the gateway; the command is printed. better-sqlite3 12 is the SQLite binding that
-installs from the npm registry alone on Node.js 20 (without a prebuilt binary it compiles its
-bundled SQLite, a few minutes); node-red-node-sqlite's ``sqlite3`` fetches its binary elsewhere.
+and never by the gateway; the command is printed. The SQLite binding is better-sqlite3 12: it
+installs from the npm registry alone on Node.js 20 (with no prebuilt binary to download, it
+compiles its bundled SQLite, a few minutes) and binds a whole batch in one synchronous
+transaction.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import sqlite3
@@ -73,10 +75,11 @@ NODE_RED_VERSION = "4.1.15"
 BETTER_SQLITE3_VERSION = "12.11.1"  # 13 needs Node.js 22 (on 20 it installs, then segfaults)
 CACHE = Path(os.environ.get("HOMEEDGE_BENCH_CACHE", Path.home() / ".cache" / "homeedge-bench"))
 NODERED_DIR = CACHE / "nodered"
-INSTALL_CMD = (
-    f"npm install --prefix {NODERED_DIR} --no-audit --no-fund "
-    f"node-red@{NODE_RED_VERSION} better-sqlite3@{BETTER_SQLITE3_VERSION}"
-)
+INSTALL = [
+    *("npm", "install", "--prefix", str(NODERED_DIR), "--save-exact", "--no-audit", "--no-fund"),
+    *(f"node-red@{NODE_RED_VERSION}", f"better-sqlite3@{BETTER_SQLITE3_VERSION}"),
+]
+INSTALL_CMD = shlex.join(INSTALL)
 LEGS = ("broker", "homeedge", "nodered")
 POLL_S = 0.01
 STALL_S = 30.0  # no new row for this long after the publishers finished: the rest is lost
@@ -278,7 +281,7 @@ def ensure_nodered() -> Path:
         package = NODERED_DIR / "package.json"
         if not package.exists():
             package.write_text('{"name": "homeedge-bench-nodered", "private": true}\n')
-        subprocess.run(INSTALL_CMD.split(), check=True, stdout=sys.stderr)
+        subprocess.run(INSTALL, check=True, stdout=sys.stderr)
     check = subprocess.run(
         ["node", "-e", "new (require('better-sqlite3'))(':memory:').pragma('user_version')"],
         cwd=NODERED_DIR,
