@@ -152,6 +152,7 @@ class Leg:
     cpu_core_pct: float | None = None
     rss_mb: float | None = None
     lost: int | None = None
+    loadavg: str = ""  # the machine's 1, 5 and 15 min load average when the leg ended
 
 
 def probe_until_stored(
@@ -536,13 +537,14 @@ def run_round(
             assert red is not None
             out[leg] = nodered_leg(legdir, port, root, total, red)
         f = out[leg]
+        f.loadavg = _load()
         extra = (
             f", {f.cpu_us_per_msg:.1f} us CPU/msg ({f.cpu_core_pct:.0f} % of a core), "
             f"peak RSS {f.rss_mb:.1f} MB, lost {f.lost}"
             if f.cpu_us_per_msg is not None
             else ""
         )
-        say(f"round {n + 1} {leg}: {f.rate:,.0f} msg/s{extra}  (load {_load()})")
+        say(f"round {n + 1} {leg}: {f.rate:,.0f} msg/s{extra}  (load {f.loadavg})")
     return out
 
 
