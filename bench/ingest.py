@@ -39,9 +39,9 @@ import psutil
 from gateway.admin import fetch_health
 
 CHUNK = 50_000
-# Readings are timed an hour before the run: inside the gateway's accepted age (ingest.max_age_s,
-# 7 days by default), which a fixed date falls out of once the calendar moves on.
-TS0 = float(int(time.time()) - 3600)
+# An hour ago, on a whole hour: the gateway dead-letters a reading timed more than [ingest]
+# max_age_s (7 days by default) before it arrives, so a fixed date stops working a week later.
+TS0 = float(int(time.time()) // 3600 * 3600 - 3600)
 
 
 def free_port() -> int:
