@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cloud.analytics.models import MetricSpan
 from cloud.db import ROLLUP_KEY, aggregates, rollups
-from cloud.queries import Series, SeriesQuery, TimeBucket, read_series
+from cloud.queries import Series, SeriesQuery, TimeBucket, read_series, series_select
 from schemas.batch import WindowAggregate
 
 STORED_S = 3600  # the finest rollup width; other whole-hour buckets can be grouped from it
@@ -252,11 +252,10 @@ def served_by_rollups(q: SeriesQuery) -> bool:
     return all(edge is None or edge % width == 0 for edge in (q.start, q.end))
 
 
-async def rollup_series(engine: AsyncEngine, q: SeriesQuery) -> list[Series]:
-    """The answer of `cloud.queries.query_series` for `q`, read from the rollups."""
+def rollup_series_select(q: SeriesQuery) -> Any:
+    """The statement `rollup_series` runs for `q`."""
     assert served_by_rollups(q), "the caller checks served_by_rollups first"
     r = rollups.c
-    assert q.bucket.seconds is not None  # served_by_rollups
     measures = [
         func.sum(r.count).label("n"),
         func.sum(r.sum).label("total"),
@@ -274,16 +273,18 @@ async def rollup_series(engine: AsyncEngine, q: SeriesQuery) -> list[Series]:
     # row per point and series, read through the unique key's index (width, metric, start).
     width = q.bucket.seconds
     assert width in STORED_WIDTHS, f"no rollup rows of {width} s"
-    return await read_series(
-        engine, q, rollups, r.bucket_start, r.bucket_start, measures, r.bucket_s == width
-    )
+    return series_select(q, rollups, r.bucket_start, r.bucket_start, measures, r.bucket_s == width)
 
 
-async def rollup_metrics(engine: AsyncEngine) -> list[MetricSpan]:
-    """Per metric and unit: the days covered, homes and windows (from the day rollups: one row
-    per series and day, 24x fewer than the hours; the rows read are bounded by the retention)."""
+async def rollup_series(engine: AsyncEngine, q: SeriesQuery) -> list[Series]:
+    """The answer of `cloud.queries.query_series` for `q`, read from the rollups."""
+    return await read_series(engine, q, rollup_series_select(q))
+
+
+def rollup_metrics_select() -> Any:
+    """The statement `rollup_metrics` runs: per metric and unit over the day rows."""
     r = rollups.c
-    stmt = (
+    return (
         select(
             r.metric,
             r.unit,
@@ -296,8 +297,13 @@ async def rollup_metrics(engine: AsyncEngine) -> list[MetricSpan]:
         .group_by(r.metric, r.unit)
         .order_by(r.metric, r.unit)
     )
+
+
+async def rollup_metrics(engine: AsyncEngine) -> list[MetricSpan]:
+    """Per metric and unit: the days covered, homes and windows (from the day rollups: one row
+    per series and day, 24x fewer than the hours; the rows read are bounded by the retention)."""
     async with engine.connect() as conn:
-        rows = (await conn.execute(stmt)).all()
+        rows = (await conn.execute(rollup_metrics_select())).all()
     return [
         MetricSpan(m, u, bucket_start(first, DAY_S), bucket_start(last, DAY_S), int(homes), int(w))
         for m, u, first, last, homes, w in rows
