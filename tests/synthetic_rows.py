@@ -48,12 +48,6 @@ class Fleet:
         return f"home-{h:05d}"
 
 
-def _metrics_values() -> str:
-    return ", ".join(
-        f"('{m}', '{u}', '{d}', {level}, {spread})" for m, u, d, level, spread in METRICS
-    )
-
-
 def batches_sql(fleet: Fleet) -> str:
     """One batch row per gateway and hour (ids 1..); set the id sequence after it."""
     per_batch = math.ceil(fleet.homes / fleet.gateways) * len(METRICS) * 3600 // fleet.window_s
@@ -72,23 +66,37 @@ def batches_sql(fleet: Fleet) -> str:
     )
 
 
+def _array(values: list[str]) -> str:
+    return "ARRAY[" + ", ".join(values) + "]"
+
+
 def aggregates_sql(fleet: Fleet, first: int, last: int) -> str:
-    """The aggregates of windows `first` to `last` (exclusive) of every home and metric."""
+    """The aggregates of windows `first` to `last` (exclusive) of every home and metric, in
+    time order (one series over the row number, so the heap is in time order, as ingest
+    leaves it, and BRIN summaries are tight)."""
     w = fleet.window_s
-    t = f"({fleet.t0} + m * {w})"
+    per_window = fleet.homes * len(METRICS)
+    k = len(METRICS)
+    names = _array([f"'{m[0]}'" for m in METRICS])
+    units = _array([f"'{m[1]}'" for m in METRICS])
+    classes = _array([f"'{m[2]}'" for m in METRICS])
+    levels = _array([repr(m[3]) for m in METRICS])
+    spreads = _array([repr(m[4]) for m in METRICS])
     return (
         "INSERT INTO aggregates (batch, gateway, window_start, window_s, home, room_class,"
         " device_class, metric, unit, policy, count, sum, mean, min, max, std, p50, p95, epsilon)"
-        f" SELECT floor(m * {w} / 3600)::bigint * {fleet.gateways} + h % {fleet.gateways} + 1,"
-        f" 'gw-' || lpad((h % {fleet.gateways})::text, 3, '0'), {t}, {w},"
-        " 'home-' || lpad(h::text, 5, '0'), 'living', d, metric, unit, 'aggregate',"
-        " 6.0, 6.0 * x.mean, x.mean, x.mean - spread * 0.1, x.mean + spread * 0.1,"
-        " spread * 0.05, x.mean, x.mean + spread * 0.08, NULL"
-        f" FROM generate_series({first}, {last - 1}) m,"
-        f" generate_series(0, {fleet.homes - 1}) h,"
-        f" (VALUES {_metrics_values()}) AS s(metric, unit, d, level, spread),"
-        f" LATERAL (SELECT greatest(0.0, level + spread * (0.5 * sin(2 * pi() * ({t}::bigint"
-        " % 86400) / 86400.0) + 0.3 * (random() - 0.5))) AS mean) x"
+        f" SELECT (i.m * {w} / 3600) * {fleet.gateways} + i.h % {fleet.gateways} + 1,"
+        f" 'gw-' || lpad((i.h % {fleet.gateways})::text, 3, '0'), i.t, {w},"
+        " 'home-' || lpad(i.h::text, 5, '0'), 'living', s.d, s.metric, s.unit, 'aggregate',"
+        " 6.0, 6.0 * x.mean, x.mean, x.mean - s.spread * 0.1, x.mean + s.spread * 0.1,"
+        " s.spread * 0.05, x.mean, x.mean + s.spread * 0.08, NULL"
+        f" FROM generate_series({first * per_window}::bigint, {last * per_window - 1}) n,"
+        f" LATERAL (SELECT n / {per_window} AS m, (n / {k}) % {fleet.homes} AS h,"
+        f" (n % {k})::int + 1 AS j, {fleet.t0} + (n / {per_window}) * {w} AS t) i,"
+        f" LATERAL (SELECT ({names})[i.j] AS metric, ({units})[i.j] AS unit,"
+        f" ({classes})[i.j] AS d, ({levels})[i.j] AS level, ({spreads})[i.j] AS spread) s,"
+        " LATERAL (SELECT greatest(0.0, s.level + s.spread * (0.5 * sin(2 * pi() *"
+        " (i.t::bigint % 86400) / 86400.0) + 0.3 * (random() - 0.5))) AS mean) x"
     )
 
 

@@ -408,7 +408,7 @@ async def test_a_duplicate_batch_never_doubles_a_rollup(url: str) -> None:
 
 # --- query plans -----------------------------------------------------------------------------
 
-PLAN_FLEET = Fleet(t0=T0, homes=120, gateways=12, windows=6 * 144, window_s=600)
+PLAN_FLEET = Fleet(t0=T0, homes=40, gateways=4, windows=3 * 144, window_s=600)
 
 
 def _nodes(plan: dict[str, Any]) -> list[dict[str, Any]]:
@@ -439,7 +439,8 @@ async def _explain(engine: AsyncEngine, stmt: Any, *, generic: bool) -> dict[str
             args = ", ".join(_literal(compiled.params[n]) for n in compiled.positiontup or [])
             await raw.execute(f"PREPARE dashboard_query AS {compiled}")
             await raw.execute("SET plan_cache_mode = force_generic_plan")
-            out = await raw.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE dashboard_query({args})")
+            call = f"dashboard_query({args})" if args else "dashboard_query"
+            out = await raw.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE {call}")
             await raw.execute("DEALLOCATE dashboard_query")
             await raw.execute("RESET plan_cache_mode")
     document = json.loads(out) if isinstance(out, str) else out
@@ -462,8 +463,11 @@ async def test_the_dashboard_queries_read_indexes_of_the_partitions_in_range(
     try:
         await upgrade_to_head(engine)
         fleet = PLAN_FLEET
+        first, last = fleet.t0, fleet.t0 + fleet.windows * fleet.window_s
+        # The partitions a live fleet has: the upkeep's, at the end of the data, and the days
+        # before it (created the days before by the same upkeep).
+        await storage.maintain(engine, RetentionConfig(), now=last)
         async with engine.begin() as conn:
-            first, last = fleet.t0, fleet.t0 + fleet.windows * fleet.window_s
             await conn.run_sync(storage.ensure_partitions, "aggregates", first, last)
             await conn.run_sync(storage.ensure_partitions, "rollups", first, last)
             for sql in fleet_statements(fleet):
@@ -504,14 +508,28 @@ async def test_the_dashboard_queries_read_indexes_of_the_partitions_in_range(
             "series_raw_6h_one_home": ("aggregates", end - 6 * 3600, end),
             "series_raw_1h_fleet": ("aggregates", end - 3600, end),
         }
+        async with engine.connect() as conn:
+            empty = {
+                name
+                for (name,) in (
+                    await conn.execute(
+                        text(
+                            "SELECT relname FROM pg_class WHERE relkind = 'r'"
+                            " AND relname ~ '^(aggregates|rollups)_' AND relpages = 0"
+                        )
+                    )
+                ).all()
+            }
         all_aggregates = await _partitions(engine, "aggregates")
-        assert len([s for s in all_aggregates.values() if first <= s < last]) == 6
+        assert len([s for s in all_aggregates.values() if first <= s < last]) == 3
         for name, stmt in queries.items():
             for generic in (False, True):
                 plan = await _explain(engine, stmt, generic=generic)
                 scans = _scanned(plan)
                 assert scans, (name, plan)
-                seq = [rel for node, rel in scans if node == "Seq Scan"]
+                # An empty partition (one ahead of the clock, the default the upkeep keeps
+                # empty) may be scanned: that reads nothing. One with rows never is.
+                seq = [rel for node, rel in scans if node == "Seq Scan" and rel not in empty]
                 assert seq == [], (name, generic, scans)
                 if name not in in_range:
                     continue
@@ -535,6 +553,10 @@ async def test_the_dashboard_queries_read_indexes_of_the_partitions_in_range(
                         allowed,
                     )
                     assert touched & allowed, (name, touched)
+        async with engine.connect() as conn:
+            for table in storage.PARTITIONED:
+                default = storage.default_partition(table)
+                assert await conn.scalar(text(f"SELECT count(*) FROM {default}")) == 0
         # The queries answer too (a plan of an empty result would prove nothing).
         metrics = await rollup_metrics(engine)
         assert {m.metric for m in metrics} >= {"temperature", "co2", "power"}

@@ -252,6 +252,13 @@ def served_by_rollups(q: SeriesQuery) -> bool:
     return all(edge is None or edge % width == 0 for edge in (q.start, q.end))
 
 
+def _width_is(width: int) -> ColumnElement[bool]:
+    """`bucket_s = <width>` with the width in the SQL text, not a parameter: a prepared
+    statement's generic plan then still knows it selects one width (of two) and reads the
+    index, where `bucket_s = $1` is costed as any width and read with a sequential scan."""
+    return rollups.c.bucket_s == literal_column(str(int(width)), Integer)
+
+
 def rollup_series_select(q: SeriesQuery) -> Any:
     """The statement `rollup_series` runs for `q`."""
     assert served_by_rollups(q), "the caller checks served_by_rollups first"
@@ -273,7 +280,7 @@ def rollup_series_select(q: SeriesQuery) -> Any:
     # row per point and series, read through the unique key's index (width, metric, start).
     width = q.bucket.seconds
     assert width in STORED_WIDTHS, f"no rollup rows of {width} s"
-    return series_select(q, rollups, r.bucket_start, r.bucket_start, measures, r.bucket_s == width)
+    return series_select(q, rollups, r.bucket_start, r.bucket_start, measures, _width_is(width))
 
 
 async def rollup_series(engine: AsyncEngine, q: SeriesQuery) -> list[Series]:
@@ -293,7 +300,7 @@ def rollup_metrics_select() -> Any:
             func.count(func.distinct(r.home)),
             func.sum(r.windows),
         )
-        .where(r.bucket_s == DAY_S)
+        .where(_width_is(DAY_S))
         .group_by(r.metric, r.unit)
         .order_by(r.metric, r.unit)
     )
@@ -324,6 +331,6 @@ async def newest_window_end(engine: AsyncEngine, *, now: float | None = None) ->
     r = rollups.c
     async with engine.connect() as conn:
         newest = await conn.scalar(
-            select(func.max(r.bucket_start)).where(r.bucket_s == STORED_S, r.bucket_start <= now)
+            select(func.max(r.bucket_start)).where(_width_is(STORED_S), r.bucket_start <= now)
         )
     return None if newest is None else float(newest) + STORED_S
