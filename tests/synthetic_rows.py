@@ -66,37 +66,37 @@ def batches_sql(fleet: Fleet) -> str:
     )
 
 
-def _array(values: list[str]) -> str:
-    return "ARRAY[" + ", ".join(values) + "]"
+def _metrics_values() -> str:
+    return ", ".join(
+        f"('{m}', '{u}', '{d}', {level}, {spread})" for m, u, d, level, spread in METRICS
+    )
 
 
 def aggregates_sql(fleet: Fleet, first: int, last: int) -> str:
     """The aggregates of windows `first` to `last` (exclusive) of every home and metric, in
-    time order (one series over the row number, so the heap is in time order, as ingest
-    leaves it, and BRIN summaries are tight)."""
+    time order (the heap in time order, as ingest leaves it, keeps BRIN summaries tight).
+
+    The (home, metric) pairs with their names are built once (a materialized CTE); each window
+    reads them and adds only its arithmetic."""
     w = fleet.window_s
-    per_window = fleet.homes * len(METRICS)
-    k = len(METRICS)
-    names = _array([f"'{m[0]}'" for m in METRICS])
-    units = _array([f"'{m[1]}'" for m in METRICS])
-    classes = _array([f"'{m[2]}'" for m in METRICS])
-    levels = _array([repr(m[3]) for m in METRICS])
-    spreads = _array([repr(m[4]) for m in METRICS])
+    g = fleet.gateways
     return (
-        "INSERT INTO aggregates (batch, gateway, window_start, window_s, home, room_class,"
+        "WITH hm AS MATERIALIZED (SELECT h % "
+        f"{g} AS g, 'home-' || lpad(h::text, 5, '0') AS home,"
+        f" 'gw-' || lpad((h % {g})::text, 3, '0') AS gateway, s.*"
+        f" FROM generate_series(0, {fleet.homes - 1}) h,"
+        f" (VALUES {_metrics_values()}) AS s(metric, unit, d, level, spread))"
+        " INSERT INTO aggregates (batch, gateway, window_start, window_s, home, room_class,"
         " device_class, metric, unit, policy, count, sum, mean, min, max, std, p50, p95, epsilon)"
-        f" SELECT (i.m * {w} / 3600) * {fleet.gateways} + i.h % {fleet.gateways} + 1,"
-        f" 'gw-' || lpad((i.h % {fleet.gateways})::text, 3, '0'), i.t, {w},"
-        " 'home-' || lpad(i.h::text, 5, '0'), 'living', s.d, s.metric, s.unit, 'aggregate',"
-        " 6.0, 6.0 * x.mean, x.mean, x.mean - s.spread * 0.1, x.mean + s.spread * 0.1,"
-        " s.spread * 0.05, x.mean, x.mean + s.spread * 0.08, NULL"
-        f" FROM generate_series({first * per_window}::bigint, {last * per_window - 1}) n,"
-        f" LATERAL (SELECT n / {per_window} AS m, (n / {k}) % {fleet.homes} AS h,"
-        f" (n % {k})::int + 1 AS j, {fleet.t0} + (n / {per_window}) * {w} AS t) i,"
-        f" LATERAL (SELECT ({names})[i.j] AS metric, ({units})[i.j] AS unit,"
-        f" ({classes})[i.j] AS d, ({levels})[i.j] AS level, ({spreads})[i.j] AS spread) s,"
-        " LATERAL (SELECT greatest(0.0, s.level + s.spread * (0.5 * sin(2 * pi() *"
-        " (i.t::bigint % 86400) / 86400.0) + 0.3 * (random() - 0.5))) AS mean) x"
+        f" SELECT (x.m * {w} / 3600) * {g} + x.g + 1, x.gateway, x.t, {w}, x.home, 'living',"
+        " x.d, x.metric, x.unit, 'aggregate', 6.0, 6.0 * x.mean, x.mean,"
+        " x.mean - x.spread * 0.1, x.mean + x.spread * 0.1, x.spread * 0.05, x.mean,"
+        " x.mean + x.spread * 0.08, NULL"
+        f" FROM generate_series({first}, {last - 1}) m,"
+        f" LATERAL (SELECT hm.*, m, {fleet.t0} + m * {w} AS t,"
+        " greatest(0.0, hm.level + hm.spread * (0.5 * sin(2 * pi() *"
+        f" (({fleet.t0}::bigint + m * {w}) % 86400) / 86400.0) + 0.3 * (random() - 0.5)))"
+        " AS mean FROM hm) x"
     )
 
 
