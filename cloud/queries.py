@@ -21,6 +21,7 @@ import msgspec
 from sqlalchemy import (
     ColumnElement,
     Float,
+    String,
     Table,
     and_,
     distinct,
@@ -78,6 +79,31 @@ def _time_bucket_sqlite(element: TimeBucket, compiler: SQLCompiler, **kw: Any) -
         f"(CAST({compiler.process(column, **kw)} / {compiler.process(width, **kw)} AS INTEGER)"
         f" * {compiler.process(width, **kw)})"
     )
+
+
+class ByteOrder(FunctionElement[str]):
+    """A text column compared by its bytes: ``col COLLATE "C"`` on PostgreSQL, the column itself
+    on SQLite (whose default BINARY collation is byte order already).
+
+    Grouping and sorting a series' rows by the database's linguistic collation makes every
+    comparison a strcoll() call, half the server time of a 24-hour view of a few hundred
+    homes; by bytes the order is the same on both databases (and, for the ASCII names and
+    UTF-8 units stored, the code point order)."""
+
+    type = String()
+    inherit_cache = True
+
+
+@compiles(ByteOrder)
+def _byte_order_default(element: ByteOrder, compiler: SQLCompiler, **kw: Any) -> str:
+    (column,) = list(element.clauses)
+    return f'({compiler.process(column, **kw)} COLLATE "C")'
+
+
+@compiles(ByteOrder, "sqlite")
+def _byte_order_sqlite(element: ByteOrder, compiler: SQLCompiler, **kw: Any) -> str:
+    (column,) = list(element.clauses)
+    return str(compiler.process(column, **kw))
 
 
 @dataclass(frozen=True)
@@ -152,7 +178,9 @@ def series_select(
     `q.group_by`, unit and bucket `t`, with the range of `q` applied to `time_column` (which
     is what prunes PostgreSQL's time partitions)."""
     c = table.c
-    groups = [c[name] for name in q.group_by] + [c.unit]
+    groups: list[ColumnElement[Any]] = [
+        ByteOrder(c[name]).label(name) for name in (*q.group_by, "unit")
+    ]
     conditions = [c.metric == q.metric, *where]
     conditions += [c[name] == value for name, value in q.filters.items()]
     if q.start is not None:
