@@ -35,6 +35,7 @@ from cloud.dashboard import setup_dashboard
 from cloud.db import make_engine, upgrade_to_head
 from cloud.ingest import BatchWriter
 from cloud.metrics import CloudMetrics
+from cloud.storage import setup_storage_upkeep
 from cloud.web import (
     BATCH_WRITER_KEY,
     CONFIG_KEY,
@@ -109,6 +110,7 @@ def create_app(config: CloudConfig) -> web.Application:
         app.router.add_route(method, path, handler)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_batch_writer)
+    setup_storage_upkeep(app)  # after _database: partitions and retention need the engine
     setup_analytics(app)  # after _database: its background task needs the engine
     setup_dashboard(app)
     setup_apidocs(app)

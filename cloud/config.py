@@ -111,6 +111,45 @@ class HttpLimits(BaseModel):
     )
 
 
+class RetentionConfig(BaseModel):
+    """How long stored rows are kept, and the upkeep that enforces it (the ``[retention]``
+    table; see `cloud.storage`).
+
+    On PostgreSQL expired rows go a whole partition at a time (daily partitions of the
+    aggregates, weekly of the rollups; DROP TABLE, no DELETE scan), on SQLite by DELETE in small
+    chunks. Either way a row is kept at least the days set, at most one partition width more.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    aggregates_days: int = Field(
+        default=0,
+        ge=0,
+        le=36500,
+        description="days of raw window aggregates kept (by window start); 0 keeps them all",
+    )
+    rollups_days: int = Field(
+        default=0,
+        ge=0,
+        le=36500,
+        description="days of hour and day rollups kept (by bucket start); 0 keeps them all. "
+        "Keep it >= aggregates_days and >= analytics_lookback_days: the dashboard's hour and "
+        "day views and the analytics read the rollups",
+    )
+    partitions_ahead_days: int = Field(
+        default=7,
+        ge=1,
+        le=366,
+        description="PostgreSQL: partitions are created this many days ahead of the clock",
+    )
+    interval_s: float = Field(
+        default=3600.0,
+        ge=0,
+        le=86400,
+        description="seconds between upkeep runs (partitions ahead, retention); 0 = never",
+    )
+
+
 class CloudConfig(BaseSettings):
     """Everything `python -m cloud` needs."""
 
@@ -190,6 +229,10 @@ class CloudConfig(BaseSettings):
     )
     http: HttpLimits = Field(
         default_factory=HttpLimits, description="per-connection time and size limits"
+    )
+    retention: RetentionConfig = Field(
+        default_factory=RetentionConfig,
+        description="how long aggregates and rollups are kept; time partitions (PostgreSQL)",
     )
     demo: bool = Field(
         False,

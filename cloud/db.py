@@ -3,11 +3,19 @@
 The tables here describe the schema the Alembic revisions in `cloud/migrations` create; the
 migrations own the schema, these definitions are what the queries are written against (a test
 checks both agree). SQLite and PostgreSQL are served by the same code.
+
+On PostgreSQL `aggregates` and `rollups` are partitioned by time (migration 0007): RANGE
+partitions on `window_start` / `bucket_start` that `cloud.storage` creates ahead and drops after
+the retention period, plus a DEFAULT partition for rows no partition covers yet. A partitioned
+table's primary key must contain the partition column, so there it is (id, time); the logical
+schema (these definitions, and SQLite's tables) keeps `id` alone as the key. The partitions are
+not part of this metadata: `include_name` keeps Alembic's comparison off them.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +106,15 @@ aggregates = Table(
     # on `batch`: batches are not deleted one by one, and each index costs ingest speed.
     Index("ix_aggregates_metric_time", "metric", "window_start"),
     Index("ix_aggregates_home_metric_time", "home", "metric", "window_start"),
+    # Time alone: what retention (SQLite deletes by time) and the sweep of PostgreSQL's default
+    # partition read. BRIN on PostgreSQL: rows arrive in about time order, so a few block ranges
+    # summarise a partition for almost nothing at ingest; a plain b-tree on SQLite (0007).
+    Index("ix_aggregates_time", "window_start", postgresql_using="brin"),
 )
 
 # Columns of a rollup row that identify it: one row per bucket width, metric, bucket start and
-# the finest grouping of the aggregates (so any coarser query re-adds rows exactly).
+# the finest grouping of the aggregates (so any coarser query re-adds rows exactly). Ingest keeps
+# rows of two widths, hours and days (0007), so neither is grouped from the other at read time.
 ROLLUP_KEY = (
     "bucket_s",
     "metric",
@@ -142,7 +155,8 @@ rollups = Table(
     Column("p95", Float, nullable=True),
     Column("windows", Integer, nullable=False),
     UniqueConstraint(*ROLLUP_KEY, name="rollups_key"),
-    # The analytics read whole time ranges of one width, every metric at once.
+    # The analytics read whole time ranges of one width, every metric at once. (The dashboard's
+    # series read the unique key's index: width, metric, then the time range.)
     Index("ix_rollups_width_time", "bucket_s", "bucket_start"),
     # On PostgreSQL the table has fillfactor 50 (migration 0003): ingest updates the same rows
     # over and over, and free space on their page makes those updates HOT.
@@ -169,6 +183,26 @@ sessions = Table(
     # Expired rows are deleted by expiry time at each login.
     Index("ix_sessions_expires_at", "expires_at"),
 )
+
+
+# Time-partitioned tables on PostgreSQL: name, partition column, partition width in seconds.
+# Days for the aggregates (a day of a large fleet is a partition of ~100 M rows; retention is
+# counted in days); weeks for the rollups, 60x fewer rows, so a year's dashboard range spans
+# 53 partitions rather than 365. Both widths are whole days on the epoch, so a day's rollup row
+# and its hours share a partition.
+PARTITIONED: dict[str, tuple[str, int]] = {
+    "aggregates": ("window_start", 86400),
+    "rollups": ("bucket_start", 7 * 86400),
+}
+PARTITION_NAME = re.compile(r"^(aggregates|rollups)_(p\d{8}|default)$")
+
+
+def include_name(name: str | None, type_: str, _parent_names: Any) -> bool:
+    """Alembic's filter: the partitions of the partitioned tables are not schema objects of
+    their own (their indexes are the parent's, made per partition)."""
+    if type_ == "table" and name is not None:
+        return PARTITION_NAME.match(name) is None
+    return True
 
 
 def is_sqlite(url: str) -> bool:

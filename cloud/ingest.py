@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import BigInteger, any_, bindparam, insert, select, text
+from sqlalchemy import BigInteger, ColumnElement, any_, bindparam, false, insert, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -161,6 +161,16 @@ def _aggregate_records(batch: Batch, batch_pk: int) -> list[tuple[object, ...]]:
         )
         for a in batch.aggregates
     ]
+
+
+def _time_range(records: list[tuple[object, ...]]) -> list[ColumnElement[bool]]:
+    """The window-start range of `records`: with it the read-back above touches only the
+    time partitions the rows went to (cloud.storage), not one index per partition."""
+    starts = [record[2] for record in records]
+    if not starts:  # batches without windows: nothing to fold
+        return [false()]
+    a = aggregates.c
+    return [a.window_start >= min(starts), a.window_start <= max(starts)]  # type: ignore[type-var]
 
 
 async def _insert_aggregates(conn: AsyncConnection, records: list[tuple[object, ...]]) -> None:
@@ -430,6 +440,7 @@ async def _store_group(
                 a.id > first_id,
                 a.id <= last_id,
                 a.batch == any_(bindparam("batch_pks", pks, type_=postgresql.ARRAY(BigInteger))),
+                *_time_range(records),
             )
     outcomes: list[StoreOutcome | Exception] = []
     for request in group:

@@ -21,6 +21,7 @@ import msgspec
 from sqlalchemy import (
     ColumnElement,
     Float,
+    String,
     Table,
     and_,
     distinct,
@@ -80,6 +81,31 @@ def _time_bucket_sqlite(element: TimeBucket, compiler: SQLCompiler, **kw: Any) -
     )
 
 
+class ByteOrder(FunctionElement[str]):
+    """A text column compared by its bytes: ``col COLLATE "C"`` on PostgreSQL, the column itself
+    on SQLite (whose default BINARY collation is byte order already).
+
+    Grouping and sorting a series' rows by the database's linguistic collation makes every
+    comparison a strcoll() call, half the server time of a 24-hour view of a few hundred
+    homes; by bytes the order is the same on both databases (and, for the ASCII names and
+    UTF-8 units stored, the code point order)."""
+
+    type = String()
+    inherit_cache = True
+
+
+@compiles(ByteOrder)
+def _byte_order_default(element: ByteOrder, compiler: SQLCompiler, **kw: Any) -> str:
+    (column,) = list(element.clauses)
+    return f'({compiler.process(column, **kw)} COLLATE "C")'
+
+
+@compiles(ByteOrder, "sqlite")
+def _byte_order_sqlite(element: ByteOrder, compiler: SQLCompiler, **kw: Any) -> str:
+    (column,) = list(element.clauses)
+    return str(compiler.process(column, **kw))
+
+
 @dataclass(frozen=True)
 class SeriesQuery:
     metric: str
@@ -112,8 +138,8 @@ class Series:
     points: list[Point]
 
 
-async def query_series(engine: AsyncEngine, q: SeriesQuery) -> list[Series]:
-    """Series per group (plus unit), each with points in time order."""
+def raw_series_select(q: SeriesQuery) -> Any:
+    """The statement `query_series` runs for `q` (rows as `series_from_rows` reads them)."""
     a = aggregates.c
     width = q.bucket.seconds
     t: ColumnElement[float] = (
@@ -132,35 +158,46 @@ async def query_series(engine: AsyncEngine, q: SeriesQuery) -> list[Series]:
         func.min(a.p50).label("p50"),
         func.min(a.p95).label("p95"),
     ]
-    return await read_series(engine, q, aggregates, t, a.window_start, measures)
+    return series_select(q, aggregates, t, a.window_start, measures)
 
 
-async def read_series(
-    engine: AsyncEngine,
+async def query_series(engine: AsyncEngine, q: SeriesQuery) -> list[Series]:
+    """Series per group (plus unit), each with points in time order."""
+    return await read_series(engine, q, raw_series_select(q))
+
+
+def series_select(
     q: SeriesQuery,
     table: Table,
     t: ColumnElement[float],
     time_column: ColumnElement[float],
     measures: Sequence[ColumnElement[Any]],
     *where: ColumnElement[bool],
-) -> list[Series]:
+) -> Any:
     """The series of `q` from `table` (the aggregates or the rollups): `measures` grouped by
-    `q.group_by`, unit and bucket `t`, with the range of `q` applied to `time_column`."""
+    `q.group_by`, unit and bucket `t`, with the range of `q` applied to `time_column` (which
+    is what prunes PostgreSQL's time partitions)."""
     c = table.c
-    groups = [c[name] for name in q.group_by] + [c.unit]
+    groups: list[ColumnElement[Any]] = [
+        ByteOrder(c[name]).label(name) for name in (*q.group_by, "unit")
+    ]
     conditions = [c.metric == q.metric, *where]
     conditions += [c[name] == value for name, value in q.filters.items()]
     if q.start is not None:
         conditions.append(time_column >= q.start)
     if q.end is not None:
         conditions.append(time_column < q.end)
-    stmt = (
+    return (
         select(*groups, t.label("bucket_start"), *measures)
         .where(and_(*conditions))
         .group_by(*groups, t)
         .order_by(*groups, t)
         .limit(q.max_points + 1)
     )
+
+
+async def read_series(engine: AsyncEngine, q: SeriesQuery, stmt: Any) -> list[Series]:
+    """Run `stmt` (from `series_select` for `q`) and build its series."""
     async with engine.connect() as conn:
         rows = (await conn.execute(stmt)).all()
     return series_from_rows(q, rows)

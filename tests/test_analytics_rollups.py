@@ -67,10 +67,10 @@ def random_windows(seed: int, n: int) -> list[WindowAggregate]:
 
 
 def direct_rollups(
-    gateway_windows: list[tuple[str, WindowAggregate]], widths: tuple[int, ...] = (3600,)
+    gateway_windows: list[tuple[str, WindowAggregate]], widths: tuple[int, ...] = (3600, 86400)
 ) -> dict[tuple[Any, ...], Any]:
-    """What the rollup table must hold, computed from the windows in Python (hour rows only
-    since migration 0004: days are grouped from them at read time)."""
+    """What the rollup table must hold, computed from the windows in Python (hour and day rows:
+    0004 dropped the day rows, 0007 keeps them again)."""
     groups: dict[tuple[Any, ...], list[WindowAggregate]] = defaultdict(list)
     for gateway, a in gateway_windows:
         for width in widths:

@@ -61,7 +61,10 @@ async def stored_counts(engine: AsyncEngine) -> dict[str, tuple[int, int]]:
 async def count_sums(engine: AsyncEngine) -> tuple[float, float]:
     async with engine.connect() as conn:
         raw = await conn.scalar(select(func.coalesce(func.sum(aggregates.c.count), 0.0)))
-        rolled = await conn.scalar(select(func.coalesce(func.sum(rollups.c.count), 0.0)))
+        # The hour rows (the day rows hold the same counts again).
+        rolled = await conn.scalar(
+            select(func.coalesce(func.sum(rollups.c.count), 0.0)).where(rollups.c.bucket_s == 3600)
+        )
     return float(raw or 0.0), float(rolled or 0.0)
 
 

@@ -1,4 +1,4 @@
-"""Hourly rollups: kept up to date inside the ingest transaction; hours and days read from them.
+"""Hour and day rollups: kept up to date inside the ingest transaction; hours and days read there.
 
 Each stored batch is folded into the `rollups` table in the same transaction that stores its
 aggregates, so a rollup never misses or double-counts a batch (a duplicate batch rolls back
@@ -9,10 +9,10 @@ same order and cannot deadlock.
 
 The state kept per bucket is additive (count, sum, sum of count*mean, sum of squares, min, max),
 so reading any coarser grouping re-adds rows and gives exactly what `cloud.queries` computes
-from the raw windows. That includes days: only hour rows are stored, and a day is the sum of its
-24 hour rows (days are whole hours, both aligned on the epoch), grouped at read time. Keeping day
-rows at ingest too cost one more upsert per key, about a third of a stored batch's time, to save
-summing at most 24 rows per point on a read.
+from the raw windows. Rows of both widths the dashboard serves are stored, hours and days
+(`STORED_WIDTHS`, migration 0007): a day point reads its one row, not 24 hour rows, so what a
+query reads does not grow with the range's hours. (Migration 0004 had dropped the day rows to
+save ingest their upsert; that made the day views the slowest queries at fleet size.)
 """
 
 from __future__ import annotations
@@ -38,11 +38,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cloud.analytics.models import MetricSpan
 from cloud.db import ROLLUP_KEY, aggregates, rollups
-from cloud.queries import Series, SeriesQuery, TimeBucket, read_series
+from cloud.queries import Series, SeriesQuery, TimeBucket, read_series, series_select
 from schemas.batch import WindowAggregate
 
-STORED_S = 3600  # the width of every rollup row; coarser buckets are grouped from it
+STORED_S = 3600  # the finest rollup width; other whole-hour buckets can be grouped from it
 DAY_S = 86400
+STORED_WIDTHS = (STORED_S, DAY_S)  # the widths ingest keeps a row of
 _STATE = ("count", "sum", "weighted", "sumsq", "without_std", "windows")
 _LOWEST = ("min", "p50", "p95")
 _HIGHEST = ("max",)
@@ -85,35 +86,40 @@ def combine(gateway: str, windows: Iterable[WindowAggregate]) -> list[dict[str, 
     """The rollup rows of some windows of one gateway, one per key and width, in key order."""
     cells: dict[tuple[Any, ...], _Cell] = {}
     for a in windows:
-        key = (
-            STORED_S,
-            a.metric,
-            bucket_start(a.window_start, STORED_S),
-            gateway,
-            a.home,
-            a.room_class,
-            a.device_class,
-            a.unit,
-            a.policy,
-        )
-        cell = cells.get(key)
-        if cell is None:
-            cell = cells[key] = _Cell()
-        cell.count += a.count
-        cell.sum += a.sum
-        cell.weighted += a.count * a.mean
-        if a.std is None:
-            cell.without_std += 1
-        else:
-            cell.sumsq += a.count * (a.std * a.std + a.mean * a.mean)
-        cell.windows += 1
-        cell.min = _lower(cell.min, a.min)
-        cell.max = _higher(cell.max, a.max)
-        cell.p50 = _lower(cell.p50, a.p50)
-        cell.p95 = _lower(cell.p95, a.p95)
+        for width in STORED_WIDTHS:
+            key = (
+                width,
+                a.metric,
+                bucket_start(a.window_start, width),
+                gateway,
+                a.home,
+                a.room_class,
+                a.device_class,
+                a.unit,
+                a.policy,
+            )
+            cell = cells.get(key)
+            if cell is None:
+                cell = cells[key] = _Cell()
+            _add(cell, a)
     return [
         {**dict(zip(ROLLUP_KEY, key, strict=True)), **vars(cells[key])} for key in sorted(cells)
     ]
+
+
+def _add(cell: _Cell, a: WindowAggregate) -> None:
+    cell.count += a.count
+    cell.sum += a.sum
+    cell.weighted += a.count * a.mean
+    if a.std is None:
+        cell.without_std += 1
+    else:
+        cell.sumsq += a.count * (a.std * a.std + a.mean * a.mean)
+    cell.windows += 1
+    cell.min = _lower(cell.min, a.min)
+    cell.max = _higher(cell.max, a.max)
+    cell.p50 = _lower(cell.p50, a.p50)
+    cell.p95 = _lower(cell.p95, a.p95)
 
 
 def _upsert(dialect: str, stmt: Any) -> Any:
@@ -153,10 +159,10 @@ async def fold_batch(
     return len(rows)
 
 
-def _fold_select(dialect: str, conditions: Sequence[ColumnElement[bool]]) -> Any:
-    """The hour rollup rows of the aggregates matching `conditions`, in key order."""
+def _fold_select(dialect: str, conditions: Sequence[ColumnElement[bool]], seconds: int) -> Any:
+    """The `seconds`-wide rollup rows of the aggregates matching `conditions`, in key order."""
     a = aggregates.c
-    width = literal_column(str(STORED_S), Integer)
+    width = literal_column(str(seconds), Integer)
     keys = [width, a.metric, TimeBucket(a.window_start, width), a.gateway, a.home]
     keys += [a.room_class, a.device_class, a.unit, a.policy]
     grouped = (
@@ -191,11 +197,12 @@ def _fold_select(dialect: str, conditions: Sequence[ColumnElement[bool]]) -> Any
 
 
 async def fold_aggregates(conn: AsyncConnection, *conditions: ColumnElement[bool]) -> int:
-    """Fold the stored aggregates matching `conditions` into the rollups in ONE statement.
+    """Fold the stored aggregates matching `conditions` into the rollups, one statement per
+    stored width (hours, days).
 
     The grouping happens in the database, next to the rows it has just written, and each
-    hour key is upserted once however many windows and batches it gathers. Returns the
-    rollup rows touched.
+    key is upserted once however many windows and batches it gathers. Returns the rollup rows
+    touched.
     """
     columns = [*ROLLUP_KEY, *_STATE[:5], "min", "max", "p50", "p95", "windows"]
     dialect = conn.dialect.name
@@ -207,11 +214,15 @@ async def fold_aggregates(conn: AsyncConnection, *conditions: ColumnElement[bool
         # disabled sort inflates the estimated cost past its threshold.
         await conn.execute(text("SET LOCAL enable_sort = off"))
         await conn.execute(text("SET LOCAL jit = off"))
-    stmt = _upsert(
-        dialect, _insert_for(dialect).from_select(columns, _fold_select(dialect, conditions))
-    )
-    result = await conn.execute(stmt)
-    return max(result.rowcount, 0)
+    touched = 0
+    for width in STORED_WIDTHS:
+        stmt = _upsert(
+            dialect,
+            _insert_for(dialect).from_select(columns, _fold_select(dialect, conditions, width)),
+        )
+        result = await conn.execute(stmt)
+        touched += max(result.rowcount, 0)
+    return touched
 
 
 async def backfill(engine: AsyncEngine, after_id: int = 0) -> int:
@@ -224,7 +235,8 @@ async def backfill(engine: AsyncEngine, after_id: int = 0) -> int:
 
 
 def rollup_bucket(width: int) -> ColumnElement[float]:
-    """The start of the `width` bucket (a whole number of hours) a stored hour row lies in."""
+    """The start of the `width` bucket (a whole number of hours) a stored hour row lies in
+    (for buckets no stored width serves; the stored ones read their own rows)."""
     assert width % STORED_S == 0, f"rollups serve whole hours, not {width} s"
     r = rollups.c
     if width == STORED_S:
@@ -240,11 +252,17 @@ def served_by_rollups(q: SeriesQuery) -> bool:
     return all(edge is None or edge % width == 0 for edge in (q.start, q.end))
 
 
-async def rollup_series(engine: AsyncEngine, q: SeriesQuery) -> list[Series]:
-    """The answer of `cloud.queries.query_series` for `q`, read from the rollups."""
+def _width_is(width: int) -> ColumnElement[bool]:
+    """`bucket_s = <width>` with the width in the SQL text, not a parameter: a prepared
+    statement's generic plan then still knows it selects one width (of two) and reads the
+    index, where `bucket_s = $1` is costed as any width and read with a sequential scan."""
+    return rollups.c.bucket_s == literal_column(str(int(width)), Integer)
+
+
+def rollup_series_select(q: SeriesQuery) -> Any:
+    """The statement `rollup_series` runs for `q`."""
     assert served_by_rollups(q), "the caller checks served_by_rollups first"
     r = rollups.c
-    assert q.bucket.seconds is not None  # served_by_rollups
     measures = [
         func.sum(r.count).label("n"),
         func.sum(r.sum).label("total"),
@@ -257,23 +275,23 @@ async def rollup_series(engine: AsyncEngine, q: SeriesQuery) -> list[Series]:
         func.min(r.p50).label("p50"),
         func.min(r.p95).label("p95"),
     ]
-    # The range's edges lie on bucket edges (served_by_rollups), so filtering the hour rows by
-    # their own start keeps exactly the buckets in range.
-    return await read_series(
-        engine,
-        q,
-        rollups,
-        rollup_bucket(q.bucket.seconds),
-        r.bucket_start,
-        measures,
-        r.bucket_s == STORED_S,
-    )
+    # The range's edges lie on bucket edges (served_by_rollups), so filtering the rows by their
+    # own start keeps exactly the buckets in range. Every width the API serves is stored: one
+    # row per point and series, read through the unique key's index (width, metric, start).
+    width = q.bucket.seconds
+    assert width in STORED_WIDTHS, f"no rollup rows of {width} s"
+    return series_select(q, rollups, r.bucket_start, r.bucket_start, measures, _width_is(width))
 
 
-async def rollup_metrics(engine: AsyncEngine) -> list[MetricSpan]:
-    """Per metric and unit: the days covered, homes and windows (from the hour rollups)."""
+async def rollup_series(engine: AsyncEngine, q: SeriesQuery) -> list[Series]:
+    """The answer of `cloud.queries.query_series` for `q`, read from the rollups."""
+    return await read_series(engine, q, rollup_series_select(q))
+
+
+def rollup_metrics_select() -> Any:
+    """The statement `rollup_metrics` runs: per metric and unit over the day rows."""
     r = rollups.c
-    stmt = (
+    return (
         select(
             r.metric,
             r.unit,
@@ -282,12 +300,17 @@ async def rollup_metrics(engine: AsyncEngine) -> list[MetricSpan]:
             func.count(func.distinct(r.home)),
             func.sum(r.windows),
         )
-        .where(r.bucket_s == STORED_S)
+        .where(_width_is(DAY_S))
         .group_by(r.metric, r.unit)
         .order_by(r.metric, r.unit)
     )
+
+
+async def rollup_metrics(engine: AsyncEngine) -> list[MetricSpan]:
+    """Per metric and unit: the days covered, homes and windows (from the day rollups: one row
+    per series and day, 24x fewer than the hours; the rows read are bounded by the retention)."""
     async with engine.connect() as conn:
-        rows = (await conn.execute(stmt)).all()
+        rows = (await conn.execute(rollup_metrics_select())).all()
     return [
         MetricSpan(m, u, bucket_start(first, DAY_S), bucket_start(last, DAY_S), int(homes), int(w))
         for m, u, first, last, homes, w in rows
@@ -308,6 +331,6 @@ async def newest_window_end(engine: AsyncEngine, *, now: float | None = None) ->
     r = rollups.c
     async with engine.connect() as conn:
         newest = await conn.scalar(
-            select(func.max(r.bucket_start)).where(r.bucket_s == STORED_S, r.bucket_start <= now)
+            select(func.max(r.bucket_start)).where(_width_is(STORED_S), r.bucket_start <= now)
         )
     return None if newest is None else float(newest) + STORED_S
