@@ -12,6 +12,12 @@
     [http]
     header_timeout_s = 30
 
+    [database]
+    pool_size = 5
+
+    [ingest]
+    max_in_flight = 64
+
 Environment variables win over the file: ``HOMEEDGE_CLOUD__PORT=9000``,
 ``HOMEEDGE_CLOUD__GATEWAYS='{"gw-1": "..."}'``. Unknown fields are errors, so a typo never
 silently falls back to a default.
@@ -107,6 +113,71 @@ class HttpLimits(BaseModel):
     )
 
 
+class DatabaseLimits(BaseModel):
+    """The serving engine's connection pool and statement limits (the ``[database]`` table).
+
+    Each worker process holds at most `pool_size` + `max_overflow` connections; all workers
+    together (plus a migration connection at start-up) must stay below PostgreSQL's
+    ``max_connections`` minus its ``superuser_reserved_connections`` (100 and 3 by default):
+    with the defaults, 10 workers fit. Ingest itself uses two connections per worker at a time
+    (`cloud.ingest.GROUP_WRITERS`); the rest serve the query API, the dashboard and analytics.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pool_size: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        description="connections each worker keeps open (SQLAlchemy pool_size)",
+    )
+    max_overflow: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="connections a worker may open beyond pool_size under load, closed when "
+        "returned (SQLAlchemy max_overflow)",
+    )
+    pool_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="seconds a request waits for a free connection before it is answered 503 "
+        "with Retry-After (the database is behind); SQLAlchemy's pool_timeout",
+    )
+    statement_timeout_s: float = Field(
+        default=15.0,
+        ge=0,
+        le=3600,
+        description="PostgreSQL statement_timeout of the serving sessions: a statement running "
+        "longer is cancelled and its request answered 503 with Retry-After, before a gateway's "
+        "own request timeout (30 s by default); 0 = none. Migrations and analytics runs are "
+        "not bound by it",
+    )
+
+
+class IngestLimits(BaseModel):
+    """How much upload work one worker holds at once (the ``[ingest]`` table)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_in_flight: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        description="uploads one worker accepts at a time; one more is answered 503 with "
+        "Retry-After before its body is read (each holds up to max_body_bytes in memory)",
+    )
+    retry_after_s: int = Field(
+        default=5,
+        ge=1,
+        le=3600,
+        description="seconds a 503 asks the client to wait (Retry-After), for every "
+        "backpressure answer: uploads over max_in_flight, no free connection, a statement "
+        "timeout, a database that does not answer",
+    )
+
+
 class CloudConfig(BaseSettings):
     """Everything `python -m cloud` needs."""
 
@@ -186,6 +257,12 @@ class CloudConfig(BaseSettings):
     )
     http: HttpLimits = Field(
         default_factory=HttpLimits, description="per-connection time and size limits"
+    )
+    database: DatabaseLimits = Field(
+        default_factory=DatabaseLimits, description="connection pool and statement limits"
+    )
+    ingest: IngestLimits = Field(
+        default_factory=IngestLimits, description="uploads in flight per worker, Retry-After"
     )
 
     @model_validator(mode="after")
