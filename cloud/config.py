@@ -245,6 +245,14 @@ class CloudConfig(BaseSettings):
         0, ge=0, le=20, description="clusters of daily profiles; 0 = choose k by silhouette"
     )
     cluster_k_max: int = Field(6, ge=2, le=20, description="largest k tried when cluster_k = 0")
+    cluster_sample_homes: int = Field(
+        2000,
+        ge=10,
+        le=1_000_000,
+        description="clusters are fitted (and k chosen) on at most this many homes, the same "
+        "ones each run; every home is then assigned to its nearest centroid. Bounds a run's "
+        "clustering cost whatever the fleet's size",
+    )
     anomaly_threshold: float = Field(
         3.5, gt=0, description="robust z-score from which a home's metric counts as anomalous"
     )

@@ -6,10 +6,18 @@ by the shape of their day rather than by their level (a big house and a flat tha
 7 pm belong together). The feature vector is the concatenation of the families' 24-hour
 profiles; a family a home does not report is flat (1.0), and an hour without data is 1.0 too.
 k is configured, or chosen in 2..k_max by the silhouette score.
+
+The bound: KMeans is fitted, and k chosen, on at most `sample` homes (`cluster_sample_homes`,
+default 2,000), the same ones from run to run (the smallest SHA-256 of their pseudonyms, so a
+sample is spread over the fleet and a home stays in or out of it); every home is then assigned
+to its nearest centroid. Fitting costs `sample` x k x restarts and the silhouette `sample`
+squared, whatever the fleet's size; assigning all homes is linear in them. Below `sample` homes
+this is the plain fit of all of them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
@@ -32,6 +40,7 @@ PROFILE_FAMILIES: dict[str, tuple[str, ...]] = {
 }
 HOURS = 24
 SEED = 0  # KMeans restarts are seeded: the same rollups give the same clusters
+DEFAULT_SAMPLE = 2000
 
 
 def daily_profiles(hours: Iterable[Cell]) -> dict[str, dict[str, npt.NDArray[np.float64]]]:
@@ -63,16 +72,28 @@ def _kmeans(features: npt.NDArray[np.float64], k: int) -> KMeans:
     return KMeans(n_clusters=k, n_init=10, random_state=SEED).fit(features)
 
 
-def cluster_homes(hours: Iterable[Cell], *, k: int = 0, k_max: int = 6) -> ClusterReport:
-    """Cluster the homes of `hours` (hourly cells) by daily profile; k = 0 picks k by silhouette."""
+def fit_sample(homes: list[str], sample: int) -> list[int]:
+    """Indices (into `homes`) of the at most `sample` homes a model is fitted on."""
+    if len(homes) <= sample:
+        return list(range(len(homes)))
+    digest = [hashlib.sha256(h.encode()).digest() for h in homes]
+    return sorted(sorted(range(len(homes)), key=digest.__getitem__)[:sample])
+
+
+def cluster_homes(
+    hours: Iterable[Cell], *, k: int = 0, k_max: int = 6, sample: int = DEFAULT_SAMPLE
+) -> ClusterReport:
+    """Cluster the homes of `hours` (hourly cells) by daily profile; k = 0 picks k by silhouette.
+    KMeans is fitted on at most `sample` homes and every home assigned (module docstring)."""
     profiles = daily_profiles(hours)
     homes = sorted(profiles)
     families = [f for f in PROFILE_FAMILIES if any(f in profiles[h] for h in homes)]
     if not homes:
         return ClusterReport(k=0, silhouette=None, families=[], clusters=[], assignments={})
-    features = np.array(
+    every = np.array(
         [np.concatenate([profiles[h].get(f, np.ones(HOURS)) for f in families]) for h in homes]
     )
+    features = every[fit_sample(homes, sample)]
     distinct = len(np.unique(features.round(12), axis=0))
     silhouette: float | None = None
     if k > 0:
@@ -90,9 +111,9 @@ def cluster_homes(hours: Iterable[Cell], *, k: int = 0, k_max: int = 6) -> Clust
         assert best is not None
         silhouette, k = best
     model = _kmeans(features, k)
-    labels = model.labels_
-    if silhouette is None and 1 < k < len(homes):
-        silhouette = float(silhouette_score(features, labels))
+    if silhouette is None and 1 < k < len(features):
+        silhouette = float(silhouette_score(features, model.labels_))
+    labels = model.labels_ if len(features) == len(every) else model.predict(every)
     # Stable ids: the largest cluster is 0; ties by the first home's name.
     members: dict[int, list[str]] = defaultdict(list)
     for home, label in zip(homes, labels, strict=True):

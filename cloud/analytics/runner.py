@@ -23,8 +23,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloud.analytics.anomalies import rank_anomalies
-from cloud.analytics.clusters import cluster_homes
-from cloud.analytics.fleet import event_report, fleet_standings, load_cells
+from cloud.analytics.clusters import DEFAULT_SAMPLE, cluster_homes
+from cloud.analytics.fleet import event_report, fleet_standings_sql, load_cells
 from cloud.analytics.models import EMPTY_SNAPSHOT, Snapshot
 from cloud.analytics.rollups import DAY_S, STORED_S, newest_window_end
 from cloud.db import analytics_results
@@ -41,6 +41,7 @@ class AnalyticsSettings:
     cluster_k_max: int = 6
     anomaly_threshold: float = 3.5
     anomaly_top: int = 50
+    cluster_sample_homes: int = DEFAULT_SAMPLE
 
 
 async def compute_snapshot(
@@ -55,14 +56,19 @@ async def compute_snapshot(
     # Whole days, so every home's daily means cover the same days.
     until_day = math.ceil(until / DAY_S) * DAY_S
     since = until_day - settings.lookback_days * DAY_S
-    days_by_class = await load_cells(engine, DAY_S, since, until_day, by_device_class=True)
+    # Fleet percentiles and ranks: computed in the database, one row per home and metric back.
+    stats, standings = await fleet_standings_sql(engine, since, until_day)
     days = await load_cells(engine, DAY_S, since, until_day, by_device_class=False)
     hours = await load_cells(engine, STORED_S, since, until_day, by_device_class=False)
 
     def analyse() -> Snapshot:
         # CPU work (KMeans restarts) off the event loop.
-        stats, standings = fleet_standings(days_by_class)
-        clusters = cluster_homes(hours, k=settings.cluster_k, k_max=settings.cluster_k_max)
+        clusters = cluster_homes(
+            hours,
+            k=settings.cluster_k,
+            k_max=settings.cluster_k_max,
+            sample=settings.cluster_sample_homes,
+        )
         anomalies = rank_anomalies(
             hours,
             clusters.assignments,
