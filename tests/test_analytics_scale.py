@@ -1,5 +1,6 @@
-"""Analytics that grow with homes: the SQL fleet standings equal the in-memory ones (SQLite and
-PostgreSQL, ties included), clustering fitted on a bounded sample still finds the planted groups
+"""Analytics that grow with homes: the SQL fleet standings, daily profiles and (PostgreSQL) newest
+hours with their history statistics equal the in-memory ones (ties included), clustering fitted
+on a bounded sample still finds the planted groups
 and assigns every home, and the per-group peer statistics of large groups rank like the exact
 leave-one-out ones."""
 
@@ -12,8 +13,20 @@ import numpy as np
 import pytest
 from sqlalchemy import insert
 
-from cloud.analytics.anomalies import PEER_EXACT, rank_anomalies
-from cloud.analytics.clusters import cluster_homes, fit_sample
+from cloud.analytics.anomalies import (
+    PEER_EXACT,
+    latest_from_cells,
+    load_latest,
+    rank_anomalies,
+    rank_latest,
+)
+from cloud.analytics.clusters import (
+    cluster_homes,
+    daily_profiles,
+    fit_sample,
+    load_profile_sums,
+    normalized_profiles,
+)
 from cloud.analytics.fleet import Cell, fleet_standings, fleet_standings_sql, load_cells
 from cloud.analytics.rollups import DAY_S, STORED_S
 from cloud.db import make_engine, rollups, upgrade_to_head
@@ -150,3 +163,46 @@ def test_large_peer_groups_rank_like_the_exact_leave_one_out() -> None:
     assert found[0].home == home_id("peer-17") and found[0].flagged
     assert found[0].peers == "fleet" and found[0].z_peers is not None and found[0].z_peers > 10
     assert not any(a.flagged for a in found[1:])
+
+
+async def test_database_side_profiles_and_latest_hours_equal_the_in_memory_ones(
+    db_url: str,
+) -> None:
+    engine = make_engine(db_url)
+    try:
+        await upgrade_to_head(engine)
+        async with engine.begin() as conn:
+            await conn.execute(insert(rollups), _rollup_rows(homes=30, days=1, seed=9))
+        since, until = T0, T0 + DAY_S
+        hours = await load_cells(engine, STORED_S, since, until, by_device_class=False)
+        sums = await load_profile_sums(engine, since, until)
+        latest_sql = (
+            await load_latest(engine, since, until) if engine.dialect.name == "postgresql" else None
+        )
+    finally:
+        await engine.dispose()
+    want = daily_profiles(hours)
+    got = normalized_profiles(sums)
+    assert set(got) == set(want) and len(got) == 30
+    for home, families in want.items():
+        assert set(got[home]) == set(families) == {"power"}
+        np.testing.assert_allclose(got[home]["power"], families["power"], rtol=1e-12)
+    if latest_sql is None:
+        return  # SQLite takes latest_from_cells itself (no percentile_cont)
+    latest, by_hour = latest_sql
+    want_latest, want_by_hour = latest_from_cells(hours)
+    # Only the hours some home's newest value lies in: the peers the ranking compares with.
+    assert by_hour.keys() == {(w.metric, w.t) for w in want_latest}
+    for key, values in by_hour.items():
+        assert values == pytest.approx(want_by_hour[key], rel=1e-12)
+    got_by = {(x.home, x.metric): x for x in latest}
+    assert len(got_by) == len(want_latest) == 30 * len(SERIES)
+    for w in want_latest:
+        g = got_by[(w.home, w.metric)]
+        assert (g.t, g.history) == (w.t, w.history) and g.value == pytest.approx(w.value)
+        for name in ("history_median", "history_mad", "history_mean_ad"):
+            assert getattr(g, name) == pytest.approx(getattr(w, name), rel=1e-9, abs=1e-12)
+    ranked = rank_latest(latest, by_hour, {}, threshold=3.5, top=20)
+    assert [(a.home, a.metric) for a in ranked] == [
+        (a.home, a.metric) for a in rank_anomalies(hours, {}, threshold=3.5, top=20)
+    ]

@@ -65,9 +65,16 @@ class Cell:
 
 
 async def load_cells(
-    engine: AsyncEngine, width: int, since: float, until: float, *, by_device_class: bool
+    engine: AsyncEngine,
+    width: int,
+    since: float,
+    until: float,
+    *,
+    by_device_class: bool,
+    metrics: Sequence[str] | None = None,
 ) -> list[Cell]:
-    """Rollups of `width` in [since, until), pooled per home, metric (device class) and unit."""
+    """Rollups of `width` in [since, until), pooled per home, metric (device class) and unit;
+    only those of `metrics` when given."""
     r = rollups.c
     device_class = r.device_class if by_device_class else func.min(r.device_class)
     bucket = rollup_bucket(width)  # days are grouped from the stored hour rows
@@ -85,14 +92,19 @@ async def load_cells(
             func.sum(r.sum),
             func.sum(r.weighted),
         )
-        .where(r.bucket_s == STORED_S, r.bucket_start >= since, r.bucket_start < until)
+        .where(
+            r.bucket_s == STORED_S,
+            r.bucket_start >= since,
+            r.bucket_start < until,
+            *([] if metrics is None else [r.metric.in_(metrics)]),
+        )
         .group_by(*keys)
         # No ORDER BY: every consumer sorts what it keeps, and sorting every hour row of the
         # fleet by text keys was most of the query's time at 1,000 homes.
     )
     async with engine.connect() as conn:
         if engine.dialect.name == "postgresql":
-            await _analytics_session(conn)
+            await analytics_session(conn)
         rows = (await conn.execute(stmt)).all()
     return [
         Cell(home, metric, dc, unit, float(t), float(n), float(s), float(w))
@@ -157,7 +169,7 @@ async def fleet_standings_sql(
     percentiles: dict[tuple[str, str, str], tuple[float, float, float, float, int]] = {}
     async with engine.connect() as conn:
         if postgres:
-            await _analytics_session(conn)
+            await analytics_session(conn)
             quantiles = postgresql.array([0.1, 0.5, 0.9])
             stats_stmt = select(
                 h.metric,
@@ -196,7 +208,7 @@ async def fleet_standings_sql(
 ANALYTICS_WORK_MEM = "64MB"
 
 
-async def _analytics_session(conn: AsyncConnection) -> None:
+async def analytics_session(conn: AsyncConnection) -> None:
     """An analytics run reads the whole look-back period: the serving engine's
     statement_timeout (cloud.backpressure), meant for requests, does not apply to it, and its
     groupings get the memory to stay off disk."""
