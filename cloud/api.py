@@ -23,6 +23,7 @@ from sqlalchemy import text
 
 from cloud.analytics.rollups import rollup_series, served_by_rollups
 from cloud.auth import authenticated_gateway, require_metrics_reader, require_reader
+from cloud.backpressure import Overloaded
 from cloud.bodies import read_body
 from cloud.ingest import BatchConflict, Body, StoreOutcome
 from cloud.queries import (
@@ -47,6 +48,7 @@ from cloud.web import (
     CONFIG_KEY,
     ENGINE_KEY,
     METRICS_KEY,
+    UPLOAD_GATE_KEY,
     ApiError,
     Handler,
     json_response,
@@ -68,6 +70,17 @@ async def post_batch(request: web.Request) -> web.Response:
     except ApiError:
         metrics.batches_rejected.labels("unauthorized").inc()
         raise
+    try:
+        # Before the body is read: an overloaded worker spends nothing on what it refuses.
+        with request.app[UPLOAD_GATE_KEY].admit():
+            return await _store_upload(request, gateway)
+    except Overloaded:
+        metrics.batches_rejected.labels("overloaded").inc()
+        raise
+
+
+async def _store_upload(request: web.Request, gateway: str) -> web.Response:
+    metrics = request.app[METRICS_KEY]
     try:
         # At most max_body_bytes both on the wire and inflated (cloud.bodies).
         body = await read_body(

@@ -29,6 +29,7 @@ from cloud.analytics.handlers import setup_analytics
 from cloud.api import ROUTES
 from cloud.apidocs import setup_apidocs
 from cloud.auth import session_middleware, setup_credentials
+from cloud.backpressure import UploadGate, engine_options
 from cloud.bodies import body_middleware
 from cloud.config import CloudConfig, HttpLimits
 from cloud.dashboard import setup_dashboard
@@ -41,6 +42,7 @@ from cloud.web import (
     CONFIG_KEY,
     ENGINE_KEY,
     METRICS_KEY,
+    UPLOAD_GATE_KEY,
     error_middleware,
     latency_middleware,
     request_id_middleware,
@@ -58,13 +60,24 @@ MIDDLEWARES = (
 )
 
 
-async def _database(app: web.Application) -> AsyncIterator[None]:
-    engine = make_engine(app[CONFIG_KEY].database_url)
+async def migrate(url: str) -> None:
+    """Bring the schema at `url` to head on an engine of its own: a migration may run longer
+    than the serving engine's statement_timeout allows, and needs none of its pool."""
+    engine = make_engine(url)
     try:
         await upgrade_to_head(engine)
-    except BaseException:
+    finally:
         await engine.dispose()
-        raise
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG_KEY]
+    await migrate(config.database_url)
+    # The serving engine: a bounded pool and statement time, so a database that falls behind
+    # is answered 503 + Retry-After (cloud.backpressure) instead of holding requests.
+    engine = make_engine(
+        config.database_url, **engine_options(config.database_url, config.database)
+    )
     app[ENGINE_KEY] = engine
     yield
     await engine.dispose()
@@ -105,6 +118,7 @@ def create_app(config: CloudConfig) -> web.Application:
     )
     app[CONFIG_KEY] = config
     app[METRICS_KEY] = CloudMetrics()
+    app[UPLOAD_GATE_KEY] = UploadGate(config.ingest.max_in_flight, config.ingest.retry_after_s)
     setup_credentials(app, config)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)

@@ -12,6 +12,12 @@
     [http]
     header_timeout_s = 30
 
+    [database]
+    pool_size = 5
+
+    [ingest]
+    max_in_flight = 64
+
 Environment variables win over the file: ``HOMEEDGE_CLOUD__PORT=9000``,
 ``HOMEEDGE_CLOUD__GATEWAYS='{"gw-1": "..."}'``. Unknown fields are errors, so a typo never
 silently falls back to a default.
@@ -108,6 +114,71 @@ class HttpLimits(BaseModel):
     )
     max_headers: int = Field(
         default=64, ge=8, le=1024, description="most header fields per request"
+    )
+
+
+class DatabaseLimits(BaseModel):
+    """The serving engine's connection pool and statement limits (the ``[database]`` table).
+
+    Each worker process holds at most `pool_size` + `max_overflow` connections; all workers
+    together (plus a migration connection at start-up) must stay below PostgreSQL's
+    ``max_connections`` minus its ``superuser_reserved_connections`` (100 and 3 by default):
+    with the defaults, 12 workers fit. Ingest itself uses two connections per worker at a time
+    (`cloud.ingest.GROUP_WRITERS`); the rest serve the query API, the dashboard and analytics.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pool_size: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        description="connections each worker keeps open (SQLAlchemy pool_size)",
+    )
+    max_overflow: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="connections a worker may open beyond pool_size under load, closed when "
+        "returned (SQLAlchemy max_overflow)",
+    )
+    pool_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=60,
+        description="seconds a request waits for a free connection before it is answered 503 "
+        "with Retry-After (the database is behind); SQLAlchemy's pool_timeout",
+    )
+    statement_timeout_s: float = Field(
+        default=15.0,
+        ge=0,
+        le=3600,
+        description="PostgreSQL statement_timeout of the serving sessions: a statement running "
+        "longer is cancelled and its request answered 503 with Retry-After, before a gateway's "
+        "own request timeout (30 s by default); 0 = none. Migrations and analytics runs are "
+        "not bound by it",
+    )
+
+
+class IngestLimits(BaseModel):
+    """How much upload work one worker holds at once (the ``[ingest]`` table)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_in_flight: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        description="uploads one worker accepts at a time; one more is answered 503 with "
+        "Retry-After before its body is read (each holds up to max_body_bytes in memory)",
+    )
+    retry_after_s: int = Field(
+        default=5,
+        ge=1,
+        le=3600,
+        description="seconds a 503 asks the client to wait (Retry-After), for every "
+        "backpressure answer: uploads over max_in_flight, no free connection, a statement "
+        "timeout, a database that does not answer",
     )
 
 
@@ -217,6 +288,14 @@ class CloudConfig(BaseSettings):
         0, ge=0, le=20, description="clusters of daily profiles; 0 = choose k by silhouette"
     )
     cluster_k_max: int = Field(6, ge=2, le=20, description="largest k tried when cluster_k = 0")
+    cluster_sample_homes: int = Field(
+        2000,
+        ge=10,
+        le=1_000_000,
+        description="clusters are fitted (and k chosen) on at most this many homes, the same "
+        "ones each run; every home is then assigned to its nearest centroid. Bounds a run's "
+        "clustering cost whatever the fleet's size",
+    )
     anomaly_threshold: float = Field(
         3.5, gt=0, description="robust z-score from which a home's metric counts as anomalous"
     )
@@ -229,6 +308,12 @@ class CloudConfig(BaseSettings):
     )
     http: HttpLimits = Field(
         default_factory=HttpLimits, description="per-connection time and size limits"
+    )
+    database: DatabaseLimits = Field(
+        default_factory=DatabaseLimits, description="connection pool and statement limits"
+    )
+    ingest: IngestLimits = Field(
+        default_factory=IngestLimits, description="uploads in flight per worker, Retry-After"
     )
     retention: RetentionConfig = Field(
         default_factory=RetentionConfig,

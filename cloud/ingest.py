@@ -38,6 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cloud.analytics.rollups import fold_aggregates, fold_batch
+from cloud.backpressure import is_busy
 from cloud.db import aggregates, batches
 from schemas.batch import Batch
 
@@ -355,8 +356,11 @@ async def _write(engine: AsyncEngine, group: list[_Request]) -> None:
     try:
         outcomes = await _store_group(engine, group)
     except Exception as exc:  # delivered to the waiting requests, not lost in the writer task
-        if len(group) == 1:
-            _settle(group[0], exc)
+        if len(group) == 1 or is_busy(exc):
+            # A busy database (pool or statement timeout) would fail them one by one too, and
+            # slower: each is answered 503 now and resent by its gateway after Retry-After.
+            for request in group:
+                _settle(request, exc)
             return
         # One batch must not fail the others (nor a deadlock victim all of them): alone now.
         log.warning(

@@ -26,6 +26,12 @@ class CloudMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.unavailable = Counter(
+            "homeedge_cloud_unavailable",
+            "503 answers with Retry-After (backpressure), by reason",
+            ["reason"],
+            registry=self.registry,
+        )
         self.aggregate_rows = Counter(
             "homeedge_cloud_aggregate_rows", "Aggregate rows stored", registry=self.registry
         )

@@ -62,9 +62,21 @@ def _errors(*statuses: int) -> dict[str, Any]:
         "that breaks a rule of the batch contract: the code names the rule ("
         + ", ".join(Rule)
         + ") and `aggregate` the index of the first aggregate that breaks it",
-        503: "the database does not answer",
+        503: "the database does not answer (code database_unavailable) or is behind "
+        "(database_busy: no free connection within database.pool_timeout_s, or a statement "
+        "timeout), or this worker holds ingest.max_in_flight uploads already (overloaded); "
+        "retry after the Retry-After header's seconds: nothing was lost, and a resend of a "
+        "batch that was stored after all is a 200",
     }
-    return {str(s): _json("ErrorBody", meaning[s]) for s in statuses}
+    answers = {str(s): _json("ErrorBody", meaning[s]) for s in statuses}
+    if 503 in statuses:
+        answers["503"]["headers"] = {
+            "Retry-After": {
+                "description": "seconds to wait before retrying (ingest.retry_after_s)",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        }
+    return answers
 
 
 def _query(name: str, description: str, schema: dict[str, Any], required: bool = False) -> Any:
@@ -107,7 +119,7 @@ def _operations() -> dict[str, dict[str, Any]]:
                 "responses": {
                     "201": _json("StoreResult", "stored now"),
                     "200": _json("StoreResult", "already stored before; nothing stored twice"),
-                    **_errors(400, 401, 403, 408, 409, 413, 415, 422),
+                    **_errors(400, 401, 403, 408, 409, 413, 415, 422, 503),
                 },
             }
         },

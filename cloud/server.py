@@ -25,9 +25,8 @@ from typing import Any
 
 from aiohttp import web
 
-from cloud.app import create_app
+from cloud.app import create_app, migrate
 from cloud.config import CloudConfig, ConfigError
-from cloud.db import make_engine, upgrade_to_head
 from cloud.protocol import CloudRunner
 
 log = logging.getLogger(__name__)
@@ -115,14 +114,6 @@ def _worker_main(config: CloudConfig, ready: Any) -> None:
     asyncio.run(serve(config, reuse_port=True, on_ready=lambda _port: ready.put(os.getpid())))
 
 
-async def _migrate(url: str) -> None:
-    engine = make_engine(url)
-    try:
-        await upgrade_to_head(engine)
-    finally:
-        await engine.dispose()
-
-
 def _reserve_port(host: str, port: int) -> socket.socket:
     """A bound, non-listening SO_REUSEPORT socket: it fixes the port (0 = any free one) for the
     workers and never receives a connection itself."""
@@ -149,7 +140,7 @@ def run_workers(config: CloudConfig) -> int:
     if not hasattr(socket, "SO_REUSEPORT"):
         raise ConfigError("workers > 1 needs SO_REUSEPORT (Linux); set workers = 1")
     # Migrate once here, so N workers never race on the schema (SQLite has no advisory lock).
-    asyncio.run(_migrate(config.database_url))
+    asyncio.run(migrate(config.database_url))
     stopping = False
 
     def on_signal(_sig: int, _frame: object) -> None:

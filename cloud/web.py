@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cloud.backpressure import Overloaded, UploadGate, busy_reason, is_busy
 from cloud.config import CloudConfig
 from cloud.ingest import BatchWriter
 from cloud.metrics import CloudMetrics
@@ -33,6 +34,7 @@ ENGINE_KEY = web.AppKey("engine", AsyncEngine)
 # Set while the app runs, between the engine's set-up and its disposal (see `cloud.app`).
 BATCH_WRITER_KEY = web.AppKey("batch_writer", BatchWriter)
 METRICS_KEY = web.AppKey("metrics", CloudMetrics)
+UPLOAD_GATE_KEY = web.AppKey("upload_gate", UploadGate)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}\Z")  # \Z: "$" matches before a final newline
@@ -114,6 +116,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message)
+    except Overloaded as exc:
+        return _unavailable(request, exc.code, exc.message)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -129,15 +133,28 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             response.headers["Allow"] = exc.headers["Allow"]
         return response
     except (DBAPIError, PoolTimeout, OSError) as exc:
+        if is_busy(exc):
+            log.warning("request %s %s: %s", request.method, request.path, busy_reason(exc))
+            return _unavailable(request, "database_busy", busy_reason(exc))
         if not _database_unavailable(exc):
             return _internal_error(request)
-        # The database is down or overloaded: a 503 tells a gateway to retry later.
+        # The database is down: a 503 tells a gateway to retry later.
         log.warning("request %s %s: database unavailable: %s", request.method, request.path, exc)
-        response = error_response(503, "database_unavailable", "the database does not answer")
-        response.headers["Retry-After"] = "5"
-        return response
-    except Exception:  # the request's top level: log with its id, answer 500, keep serving
+        return _unavailable(request, "database_unavailable", "the database does not answer")
+    except Exception as exc:  # the request's top level: log with its id, answer 500, keep serving
+        if is_busy(exc):  # asyncpg's own error, from the raw connection's COPY
+            log.warning("request %s %s: %s", request.method, request.path, busy_reason(exc))
+            return _unavailable(request, "database_busy", busy_reason(exc))
         return _internal_error(request)
+
+
+def _unavailable(request: web.Request, code: str, message: str) -> web.Response:
+    """503 with the configured Retry-After (whole seconds, RFC 9110 section 10.2.3)."""
+    response = error_response(503, code, message)
+    retry_after = request.app[CONFIG_KEY].ingest.retry_after_s
+    response.headers["Retry-After"] = str(retry_after)
+    request.app[METRICS_KEY].unavailable.labels(code).inc()
+    return response
 
 
 def _database_unavailable(exc: Exception) -> bool:

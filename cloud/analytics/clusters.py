@@ -6,10 +6,18 @@ by the shape of their day rather than by their level (a big house and a flat tha
 7 pm belong together). The feature vector is the concatenation of the families' 24-hour
 profiles; a family a home does not report is flat (1.0), and an hour without data is 1.0 too.
 k is configured, or chosen in 2..k_max by the silhouette score.
+
+The bound: KMeans is fitted, and k chosen, on at most `sample` homes (`cluster_sample_homes`,
+default 2,000), the same ones from run to run (the smallest SHA-256 of their pseudonyms, so a
+sample is spread over the fleet and a home stays in or out of it); every home is then assigned
+to its nearest centroid. Fitting costs `sample` x k x restarts and the silhouette `sample`
+squared, whatever the fleet's size; assigning all homes is linear in them. Below `sample` homes
+this is the plain fit of all of them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
@@ -18,9 +26,14 @@ import numpy as np
 import numpy.typing as npt
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
+from sqlalchemy import case, func, literal_column, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cloud.analytics.fleet import Cell
+from cloud.analytics.fleet import Cell, analytics_session
 from cloud.analytics.models import Cluster, ClusterReport
+from cloud.analytics.rollups import DAY_S, STORED_S
+from cloud.db import rollups
+from cloud.queries import TimeBucket
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +45,72 @@ PROFILE_FAMILIES: dict[str, tuple[str, ...]] = {
 }
 HOURS = 24
 SEED = 0  # KMeans restarts are seeded: the same rollups give the same clusters
+DEFAULT_SAMPLE = 2000
+
+
+# home, family -> per hour of day: [sum of count * mean, sum of count]
+ProfileSums = dict[tuple[str, str], npt.NDArray[np.float64]]
 
 
 def daily_profiles(hours: Iterable[Cell]) -> dict[str, dict[str, npt.NDArray[np.float64]]]:
     """home -> family -> 24 normalized hourly values."""
     family_of = {m: family for family, metrics in PROFILE_FAMILIES.items() for m in metrics}
-    # home, family -> per hour of day: [sum of count * mean, sum of count]
-    acc: dict[tuple[str, str], npt.NDArray[np.float64]] = defaultdict(lambda: np.zeros((HOURS, 2)))
+    acc: ProfileSums = defaultdict(lambda: np.zeros((HOURS, 2)))
     for cell in hours:
         family = family_of.get(cell.metric)
         if family is None or cell.count <= 0:
             continue
         hour = int(cell.t % 86400) // 3600
         acc[(cell.home, family)][hour] += (cell.weighted, cell.count)
+    return normalized_profiles(acc)
+
+
+async def load_profile_sums(engine: AsyncEngine, since: float, until: float) -> ProfileSums:
+    """What `daily_profiles` accumulates, summed by the database: one row per home, family and
+    hour of the day instead of one per home, metric and hour of the look-back period."""
+    r = rollups.c
+    family_metrics = [m for metrics in PROFILE_FAMILIES.values() for m in metrics]
+    # Pooled per home, metric and hour first, as the cells are: a pooled hour with no count
+    # (noised counts can cancel) is left out, as daily_profiles leaves such a cell out.
+    pooled = (
+        select(
+            r.home,
+            r.metric,
+            r.bucket_start,
+            func.sum(r.weighted).label("weighted"),
+            func.sum(r.count).label("count"),
+        )
+        .where(
+            r.bucket_s == STORED_S,
+            r.bucket_start >= since,
+            r.bucket_start < until,
+            r.metric.in_(family_metrics),
+        )
+        .group_by(r.home, r.metric, r.bucket_start)
+        .having(func.sum(r.count) > 0)
+        .subquery()
+    )
+    p = pooled.c
+    family = case(
+        *((p.metric.in_(metrics), family) for family, metrics in PROFILE_FAMILIES.items())
+    ).label("family")
+    hour = ((p.bucket_start - TimeBucket(p.bucket_start, literal_column(str(DAY_S)))) / 3600).label(
+        "hour"
+    )
+    stmt = select(p.home, family, hour, func.sum(p.weighted), func.sum(p.count)).group_by(
+        p.home, family, hour
+    )
+    acc: ProfileSums = defaultdict(lambda: np.zeros((HOURS, 2)))
+    async with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            await analytics_session(conn)
+        for home, fam, h, weighted, count in (await conn.execute(stmt)).all():
+            acc[(home, fam)][round(float(h))] += (float(weighted), float(count))
+    return acc
+
+
+def normalized_profiles(acc: ProfileSums) -> dict[str, dict[str, npt.NDArray[np.float64]]]:
+    """home -> family -> the 24 hourly means divided by their mean (1.0 where there is none)."""
     profiles: dict[str, dict[str, npt.NDArray[np.float64]]] = defaultdict(dict)
     for (home, family), sums in acc.items():
         present = sums[:, 1] > 0
@@ -63,16 +129,38 @@ def _kmeans(features: npt.NDArray[np.float64], k: int) -> KMeans:
     return KMeans(n_clusters=k, n_init=10, random_state=SEED).fit(features)
 
 
-def cluster_homes(hours: Iterable[Cell], *, k: int = 0, k_max: int = 6) -> ClusterReport:
-    """Cluster the homes of `hours` (hourly cells) by daily profile; k = 0 picks k by silhouette."""
-    profiles = daily_profiles(hours)
+def fit_sample(homes: list[str], sample: int) -> list[int]:
+    """Indices (into `homes`) of the at most `sample` homes a model is fitted on."""
+    if len(homes) <= sample:
+        return list(range(len(homes)))
+    digest = [hashlib.sha256(h.encode()).digest() for h in homes]
+    return sorted(sorted(range(len(homes)), key=digest.__getitem__)[:sample])
+
+
+def cluster_homes(
+    hours: Iterable[Cell], *, k: int = 0, k_max: int = 6, sample: int = DEFAULT_SAMPLE
+) -> ClusterReport:
+    """Cluster the homes of `hours` (hourly cells) by daily profile; k = 0 picks k by silhouette.
+    KMeans is fitted on at most `sample` homes and every home assigned (module docstring)."""
+    return cluster_profiles(daily_profiles(hours), k=k, k_max=k_max, sample=sample)
+
+
+def cluster_profiles(
+    profiles: dict[str, dict[str, npt.NDArray[np.float64]]],
+    *,
+    k: int = 0,
+    k_max: int = 6,
+    sample: int = DEFAULT_SAMPLE,
+) -> ClusterReport:
+    """`cluster_homes` of profiles already made (`normalized_profiles`)."""
     homes = sorted(profiles)
     families = [f for f in PROFILE_FAMILIES if any(f in profiles[h] for h in homes)]
     if not homes:
         return ClusterReport(k=0, silhouette=None, families=[], clusters=[], assignments={})
-    features = np.array(
+    every = np.array(
         [np.concatenate([profiles[h].get(f, np.ones(HOURS)) for f in families]) for h in homes]
     )
+    features = every[fit_sample(homes, sample)]
     distinct = len(np.unique(features.round(12), axis=0))
     silhouette: float | None = None
     if k > 0:
@@ -90,9 +178,9 @@ def cluster_homes(hours: Iterable[Cell], *, k: int = 0, k_max: int = 6) -> Clust
         assert best is not None
         silhouette, k = best
     model = _kmeans(features, k)
-    labels = model.labels_
-    if silhouette is None and 1 < k < len(homes):
-        silhouette = float(silhouette_score(features, labels))
+    if silhouette is None and 1 < k < len(features):
+        silhouette = float(silhouette_score(features, model.labels_))
+    labels = model.labels_ if len(features) == len(every) else model.predict(every)
     # Stable ids: the largest cluster is 0; ties by the first home's name.
     members: dict[int, list[str]] = defaultdict(list)
     for home, label in zip(homes, labels, strict=True):

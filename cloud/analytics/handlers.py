@@ -42,6 +42,7 @@ def settings_of(config: CloudConfig) -> AnalyticsSettings:
         cluster_k_max=config.cluster_k_max,
         anomaly_threshold=config.anomaly_threshold,
         anomaly_top=config.anomaly_top,
+        cluster_sample_homes=config.cluster_sample_homes,
     )
 
 

@@ -22,9 +22,21 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cloud.analytics.anomalies import rank_anomalies
-from cloud.analytics.clusters import cluster_homes
-from cloud.analytics.fleet import event_report, fleet_standings, load_cells
+from cloud.analytics.anomalies import latest_from_cells, load_latest, rank_latest
+from cloud.analytics.clusters import (
+    DEFAULT_SAMPLE,
+    cluster_profiles,
+    load_profile_sums,
+    normalized_profiles,
+)
+from cloud.analytics.fleet import (
+    ALARM,
+    ANOMALY,
+    EVENT_METRICS,
+    event_report,
+    fleet_standings_sql,
+    load_cells,
+)
 from cloud.analytics.models import EMPTY_SNAPSHOT, Snapshot
 from cloud.analytics.rollups import DAY_S, STORED_S, newest_window_end
 from cloud.db import analytics_results
@@ -41,6 +53,7 @@ class AnalyticsSettings:
     cluster_k_max: int = 6
     anomaly_threshold: float = 3.5
     anomaly_top: int = 50
+    cluster_sample_homes: int = DEFAULT_SAMPLE
 
 
 async def compute_snapshot(
@@ -55,16 +68,37 @@ async def compute_snapshot(
     # Whole days, so every home's daily means cover the same days.
     until_day = math.ceil(until / DAY_S) * DAY_S
     since = until_day - settings.lookback_days * DAY_S
-    days_by_class = await load_cells(engine, DAY_S, since, until_day, by_device_class=True)
-    days = await load_cells(engine, DAY_S, since, until_day, by_device_class=False)
-    hours = await load_cells(engine, STORED_S, since, until_day, by_device_class=False)
+    # Fleet percentiles and ranks: computed in the database, one row per home and metric back.
+    stats, standings = await fleet_standings_sql(engine, since, until_day)
+    # The events read only the event metrics' rows, the clusters one row per home, family and
+    # hour of the day; on PostgreSQL the anomalies get each home's newest hour with its
+    # history's median and MAD from the database. Only SQLite (small fleets, no
+    # percentile_cont) reads every hour row into Python, for the anomalies.
+    days = await load_cells(
+        engine, DAY_S, since, until_day, by_device_class=False, metrics=EVENT_METRICS
+    )
+    event_hours = await load_cells(
+        engine, STORED_S, since, until_day, by_device_class=False, metrics=(ALARM, ANOMALY)
+    )
+    profile_sums = await load_profile_sums(engine, since, until_day)
+    if engine.dialect.name == "postgresql":
+        latest, by_hour = await load_latest(engine, since, until_day)
+    else:
+        hours = await load_cells(engine, STORED_S, since, until_day, by_device_class=False)
+        latest, by_hour = latest_from_cells(hours)
+        del hours
 
     def analyse() -> Snapshot:
         # CPU work (KMeans restarts) off the event loop.
-        stats, standings = fleet_standings(days_by_class)
-        clusters = cluster_homes(hours, k=settings.cluster_k, k_max=settings.cluster_k_max)
-        anomalies = rank_anomalies(
-            hours,
+        clusters = cluster_profiles(
+            normalized_profiles(profile_sums),
+            k=settings.cluster_k,
+            k_max=settings.cluster_k_max,
+            sample=settings.cluster_sample_homes,
+        )
+        anomalies = rank_latest(
+            latest,
+            by_hour,
             clusters.assignments,
             threshold=settings.anomaly_threshold,
             top=settings.anomaly_top,
@@ -78,7 +112,7 @@ async def compute_snapshot(
             standings=standings,
             clusters=clusters,
             anomalies=anomalies,
-            events=event_report(days, hours),
+            events=event_report(days, event_hours),
         )
 
     snapshot = await asyncio.to_thread(analyse)

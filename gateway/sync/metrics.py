@@ -59,6 +59,11 @@ class SyncMetrics:
             "Failed sends that will be retried (any failure but 400, 409, 422)",
             registry=r,
         )
+        self.retry_after_waits = Counter(
+            f"{_P}_retry_after_waits",
+            "Retries that waited as the cloud's Retry-After asked (429/503: backpressure)",
+            registry=r,
+        )
         self.send_failures = Counter(
             f"{_P}_send_failures",
             "Failed sends by HTTP status ('network' when there was no answer)",

@@ -216,6 +216,20 @@ class UplinkSettings(BaseModel):
     )
     backoff_min_s: float = Field(0.5, gt=0, description="First retry delay (full jitter).")
     backoff_max_s: float = Field(60.0, gt=0, description="Retry delay cap.")
+    retry_after_max_s: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        description="Longest wait a cloud's Retry-After (on 429 or 503) can ask for; a longer "
+        "one is cut to this, so a broken proxy cannot stall the uplink for days.",
+    )
+    retry_after_jitter: float = Field(
+        0.5,
+        ge=0,
+        le=10,
+        description="A Retry-After of s seconds waits uniform(s, s * (1 + this)): a fleet told "
+        "to come back in 5 s does not come back in the same millisecond.",
+    )
     catchup_batches_per_s: float = Field(
         20.0, gt=0, description="Token-bucket rate of sends, so a backlog drains paced."
     )

@@ -20,6 +20,11 @@ batch is older than `outbox_ttl_s` (it is then deleted and counted as expired, l
 batch past its TTL). So a batch the cloud keeps failing blocks those behind it for at most
 `outbox_ttl_s`; nothing else drops it.
 
+Backpressure: a 429 or 503 with ``Retry-After`` (seconds or an HTTP date) is the cloud saying
+when to come back, so the uplink waits that long instead of its own backoff, plus jitter
+(`retry_after_jitter`) so a fleet refused at once does not return at once, and never longer
+than `retry_after_max_s`. The batch stays pending meanwhile, like any retry.
+
 Every send takes a token from a bucket, so a backlog after an outage drains at
 `catchup_batches_per_s` instead of as a retry storm.
 
@@ -31,6 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import email.utils
 import functools
 import json
 import logging
@@ -113,6 +120,9 @@ class TokenBucket:
 # Answers that say the batch itself is bad (the cloud read it and refused its content): retrying
 # the same bytes cannot help, so the batch is parked. Any other failure is about the link.
 PARK_STATUSES = frozenset({400, 409, 422})
+# Answers whose Retry-After says when the cloud can take the batch (RFC 9110 section 10.2.3,
+# RFC 6585 section 4); on any other status the header is ignored and the backoff decides.
+RETRY_AFTER_STATUSES = frozenset({429, 503})
 
 # What to check when the cloud keeps answering with a status that retrying alone will not fix.
 _HINTS = {
@@ -169,11 +179,8 @@ class Uplink:
         self._clock = clock
         self._sleep = sleep
         self._fetch_limit = fetch_limit
-        self._backoff = Backoff(
-            settings.backoff_min_s,
-            settings.backoff_max_s,
-            rng if rng is not None else random.Random(),
-        )
+        self._rng = rng if rng is not None else random.Random()
+        self._backoff = Backoff(settings.backoff_min_s, settings.backoff_max_s, self._rng)
         self._bucket = TokenBucket(
             settings.catchup_batches_per_s, settings.catchup_burst, sleep=sleep
         )
@@ -265,7 +272,8 @@ class Uplink:
             await self._run_db(functools.partial(outbox.note_failure, seq=batch.seq, error=detail))
             delay = self._backoff.next_delay()
             if retry_after is not None:
-                delay = min(max(delay, retry_after), self.settings.backoff_max_s)
+                delay = self.retry_after_delay(retry_after)
+                self.metrics.retry_after_waits.inc()
             log.warning(
                 "sending batch seq=%d failed (%s); retry %d in %.2fs",
                 batch.seq,
@@ -274,6 +282,13 @@ class Uplink:
                 delay,
             )
             await self._sleep(delay)
+
+    def retry_after_delay(self, retry_after: float) -> float:
+        """The wait for a cloud's Retry-After of `retry_after` seconds: at least that long (and
+        at least backoff_min_s), up to retry_after_jitter more, at most retry_after_max_s."""
+        base = max(retry_after, self.settings.backoff_min_s)
+        jittered = base * (1.0 + self._rng.uniform(0.0, self.settings.retry_after_jitter))
+        return min(jittered, self.settings.retry_after_max_s)
 
     async def _still_pending(self, batch: OutboxBatch) -> bool:
         """Before a retry: is the batch still pending and within its TTL? (Expired ones are
@@ -327,13 +342,29 @@ class Uplink:
         detail = _with_hint(status, _cloud_error(status, body), location)
         if status in PARK_STATUSES:
             return _Verdict.REJECTED, detail, None, str(status)
-        seconds: float | None = None
-        if retry_after is not None:
-            try:
-                seconds = float(retry_after)
-            except ValueError:
-                seconds = None  # an HTTP date; the backoff decides
+        seconds = None
+        if retry_after is not None and status in RETRY_AFTER_STATUSES:
+            seconds = parse_retry_after(retry_after, now=self._clock())
         return _Verdict.RETRY, detail, seconds, str(status)
+
+
+def parse_retry_after(value: str, *, now: float) -> float | None:
+    """Seconds to wait for a Retry-After header: delta-seconds or an HTTP date (RFC 9110
+    section 10.2.3); None when it is neither (the backoff then decides)."""
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:  # "-0000": HTTP dates are GMT anyway
+            when = when.replace(tzinfo=datetime.UTC)
+        seconds = when.timestamp() - now
+    if seconds != seconds or seconds == float("inf"):  # NaN or infinity: no usable delay
+        return None
+    return max(0.0, seconds)
 
 
 def _fetch(
