@@ -45,6 +45,11 @@ async def get_docs(request: web.Request) -> web.Response:
         text=DOCS_PAGE.read_text(encoding="utf-8"), content_type="text/html", charset="utf-8"
     )
     response.headers["X-Frame-Options"] = "DENY"
+    # Only our own script and style, no inline code: what the page renders stays text.
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'"
+    )
     return response
 
 

@@ -55,8 +55,15 @@ GatewayId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
 MIN_TOKEN_CHARS = 16
 
 
-# What the shipped examples' tokens contain (cloud/example.toml, docker-compose.yml).
-PLACEHOLDER = "change-me"
+# Words that mark a token as a placeholder (the shipped examples' say change-me), compared after
+# lower-casing and dropping everything but letters and digits: change_me, CHANGEME, change.me.
+PLACEHOLDER_WORDS = ("changeme", "replaceme", "placeholder", "yourtoken", "example")
+
+
+def placeholder_word(token: str) -> str | None:
+    """The placeholder word `token` contains, or None."""
+    folded = "".join(c for c in token.lower() if c.isalnum())
+    return next((w for w in PLACEHOLDER_WORDS if w in folded), None)
 
 
 def _long_enough(token: SecretStr) -> SecretStr:
@@ -322,7 +329,8 @@ class CloudConfig(BaseSettings):
     demo: bool = Field(
         False,
         description="a throw-away demo: accept the placeholder tokens of the shipped examples "
-        "(any token containing 'change-me'), which a real deployment must replace",
+        "(any token containing change-me, replace-me, placeholder, your-token or example, in "
+        "any case and punctuation), which a real deployment must replace",
     )
 
     @model_validator(mode="after")
@@ -336,9 +344,10 @@ class CloudConfig(BaseSettings):
             named.append(("metrics_token", self.metrics_token))
         named += [(f"gateways.{g}", t) for g, t in self.gateways.items()]
         for field, token in named:
-            if PLACEHOLDER in token.get_secret_value().lower():
+            word = placeholder_word(token.get_secret_value())
+            if word is not None:
                 raise ValueError(
-                    f"{field} is a placeholder ({PLACEHOLDER!r}) from an example file: set a "
+                    f"{field} is a placeholder ({word!r}) as in the example files: set a "
                     "random token (python -c 'import secrets; print(secrets.token_urlsafe(24))'), "
                     "or demo = true for a throw-away demo"
                 )

@@ -78,6 +78,10 @@ async def serve(
     on_ready: Callable[[int], None] | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT; `on_ready(port)` runs once the socket listens."""
+    if config.demo:
+        log.warning(
+            "demo = true: placeholder tokens are accepted; never run a real fleet like this"
+        )
     if config.metrics_token is None and not _is_loopback(config.host):
         log.warning(
             "/metrics needs no credential and %s is not a loopback address: set metrics_token",

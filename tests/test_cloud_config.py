@@ -87,7 +87,7 @@ EXAMPLE = Path(__file__).parent.parent / "cloud" / "example.toml"
 
 
 def test_the_shipped_example_config_refuses_its_placeholder_tokens() -> None:
-    with pytest.raises(ConfigError, match=r"read_token is a placeholder \('change-me'\)"):
+    with pytest.raises(ConfigError, match=r"read_token is a placeholder \('changeme'\)"):
         load_config(EXAMPLE)
 
 
@@ -106,6 +106,9 @@ def test_the_shipped_example_config_loads_as_a_demo(
     [
         ("port = 0", 'port = 0\nmetrics_token = "my-Change-Me-metrics-token"', "metrics_token"),
         ("gateway-token-0123456789", "gateway-token-change-me-1", "gateways.gw-1"),
+        ("read-token-0123456789", "read-token-CHANGE_ME-0123", "read_token"),
+        ("read-token-0123456789", "replace.me-with-a-real-token", "read_token"),
+        ("read-token-0123456789", "example-read-token-0123", "read_token"),
     ],
 )
 def test_every_placeholder_token_is_named(tmp_path: Path, old: str, new: str, named: str) -> None:

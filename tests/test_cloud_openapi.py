@@ -56,6 +56,7 @@ async def test_the_document_is_served_without_a_credential(
     assert again.status == 304
     page = await client.get("/api/v1/docs")
     assert page.status == 200 and page.content_type == "text/html"
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
     assert '<script src="/assets/api-docs.js"></script>' in await page.text()
     script = await client.get("/assets/api-docs.js")
     assert script.status == 200 and "openapi.json" in await script.text()

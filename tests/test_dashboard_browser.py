@@ -182,6 +182,8 @@ async def test_the_api_docs_page_lists_every_operation_in_a_browser(
             assert sorted(headings) == expected
             upload = await page.inner_text("#uploadBatch")
             assert "gatewayToken" in upload and "422" in upload
+            # /metrics: open unless metrics_token is set.
+            assert "Credential: none or metricsToken" in await page.inner_text("#metrics")
             schemas = await page.eval_on_selector_all("#schemas details", "ds => ds.length")
             assert schemas == len(doc["components"]["schemas"])
             width = await page.evaluate("() => document.documentElement.scrollWidth")

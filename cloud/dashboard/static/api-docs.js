@@ -19,7 +19,8 @@ function schemaName(schema) {
 function security(op, doc) {
   const list = op.security !== undefined ? op.security : doc.security || [];
   if (list.length === 0) return "none";
-  return list.map((s) => Object.keys(s).join(" + ")).join(" or ");
+  // An empty requirement ({}) is the alternative of sending no credential at all.
+  return list.map((s) => Object.keys(s).join(" + ") || "none").join(" or ");
 }
 
 function operationCard(path, method, op, doc) {
