@@ -25,8 +25,9 @@ becomes a list of items to store, in order, the last of which is the message's o
 
 Adapters: topics outside ``<topic_root>/`` are offered to the `TopicAdapter`s (the first whose
 filter matches owns the topic, then the filters adapters claimed at run time: `TopicClaims`,
-e.g. Home Assistant discovery's state topics); a topic nobody claims is a dead letter
-(``unknown_topic``). An
+e.g. Home Assistant discovery's state topics; an exact claim beats only a static filter its
+adapter marks as a guess, ``yielding_filters``, like Shelly's ``+/online``); a topic nobody
+claims is a dead letter (``unknown_topic``). An
 adapter returns data, never calls back: `Adapted` (readings, possibly none, and availability
 changes) or a `DeadLetter`.
 

@@ -166,6 +166,8 @@ _UNKNOWN_WORDS = frozenset({"", "-", "unknown", "n/a", "null", "none", "nan"})
 # Gen1 topics that repeat, as one JSON document, what the plain topics carry.
 _GEN1_SUMMARIES = frozenset({"announce", "info", "settings"})
 _MAX_DEPTH = 3
+# Devices whose "on external power" state is remembered (bounded: oldest forgotten first).
+MAX_POWERED_DEVICES = 4096
 
 
 def _bool_word(payload: bytes) -> bool | None:
@@ -173,7 +175,7 @@ def _bool_word(payload: bytes) -> bool | None:
     return _BOOL_WORDS.get(payload.decode("utf-8", "replace").strip())
 
 
-def _json_or_none(payload: bytes) -> object:
+def _json_or_none(payload: bytes) -> Any:
     """The payload's JSON value, or None when it is not JSON (never raises)."""
     try:
         return decode_json(payload)
@@ -186,8 +188,6 @@ def _component_id(component: str) -> int | None:
     among those we read)."""
     _, sep, cid = component.partition(":")
     return int(cid) if sep and cid.isdecimal() else None
-# Devices whose "on external power" state is remembered (bounded: oldest forgotten first).
-MAX_POWERED_DEVICES = 4096
 
 
 def _flatten(prefix: str, obj: Mapping[str, Any], depth: int = 0) -> Iterator[tuple[str, Any]]:
