@@ -25,8 +25,9 @@ becomes a list of items to store, in order, the last of which is the message's o
 
 Adapters: topics outside ``<topic_root>/`` are offered to the `TopicAdapter`s (the first whose
 filter matches owns the topic, then the filters adapters claimed at run time: `TopicClaims`,
-e.g. Home Assistant discovery's state topics); a topic nobody claims is a dead letter
-(``unknown_topic``). An
+e.g. Home Assistant discovery's state topics; an exact claim beats only a static filter its
+adapter marks as a guess, ``yielding_filters``, like Shelly's ``+/online``); a topic nobody
+claims is a dead letter (``unknown_topic``). An
 adapter returns data, never calls back: `Adapted` (readings, possibly none, and availability
 changes) or a `DeadLetter`.
 
@@ -176,7 +177,8 @@ class TopicClaims(Protocol):
 
     def claim(self, topic_filter: str) -> bool:
         """True when the filter is routed to the adapter; False when another adapter owns it
-        (a static filter of an enabled adapter matches it, or another adapter claimed it)."""
+        (a static filter of an enabled adapter matches it, unless that filter is one of its
+        adapter's ``yielding_filters``, or another adapter claimed it)."""
         ...
 
     def release(self, topic_filter: str) -> None: ...
@@ -199,13 +201,20 @@ class AdapterTable:
     A claimed filter never takes a topic from a static filter: an exact topic that a static
     filter matches cannot be claimed, and a claimed wildcard filter only gets the topics no
     static filter matches (the native adapter of an ecosystem knows its payloads best, and one
-    owner per topic means one reading per value)."""
+    owner per topic means one reading per value). The exception is an adapter's
+    ``yielding_filters``, static filters that only guess (Shelly's ``+/online`` under its
+    wildcard prefix also matches other devices' topics): an exact topic they match can be
+    claimed, and the claimant then owns it."""
 
     def __init__(self, adapters: Sequence[TopicAdapter]) -> None:
         self.adapters = tuple(adapters)
         owners = [(f, a) for a in self.adapters for f in a.filters]
         self._filters = TopicFilters(f for f, _ in owners)
         self._owners = [a for _, a in owners]
+        # The static filters that an exact claim cannot take a topic from.
+        self._firm = TopicFilters(
+            f for f, a in owners if f not in getattr(a, "yielding_filters", ())
+        )
         # Claimed at run time: exact topics in a dict, wildcard filters matched in order.
         self._exact: dict[str, TopicAdapter] = {}
         self._wild: dict[str, TopicAdapter] = {}
@@ -223,12 +232,15 @@ class AdapterTable:
         return [*self._exact, *self._wild]
 
     def owner(self, topic: str) -> TopicAdapter | None:
+        # An exact claim exists only where no firm static filter matches (see `claim`).
+        exact = self._exact.get(topic)
+        if exact is not None:
+            return exact
         index = self._filters.first(topic)
         if index >= 0:
             return self._owners[index]
-        exact = self._exact.get(topic)
-        if exact is not None or not self._wild:
-            return exact
+        if not self._wild:
+            return None
         index = self._wild_filters.first(topic)
         return None if index < 0 else list(self._wild.values())[index]
 
@@ -246,7 +258,7 @@ class AdapterTable:
         holder = claims.get(topic_filter)
         if holder is not None:
             return holder is adapter
-        if not wild and self._filters.first(topic_filter) >= 0:
+        if not wild and self._firm.first(topic_filter) >= 0:
             return False
         claims[topic_filter] = adapter
         if wild:

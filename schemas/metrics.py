@@ -68,7 +68,9 @@ _ALL = (
     # a station pressure in the mountains reads lower.
     Metric("pressure", "hPa", 300.0, 1100.0, "air pressure"),
     Metric("voltage", "V", 0.0, 500.0, "mains voltage (RMS)"),  # a device's battery: not this
-    Metric("current", "A", 0.0, 200.0, "mains current (RMS)"),
+    # 1000 A: a Shelly Pro 3EM-400 measures up to 400 A per phase (its page's current_limit_a
+    # "120A or 400A for Pro3EM400"), and a three-phase meter's total_current sums the phases.
+    Metric("current", "A", 0.0, 1000.0, "mains current (RMS)"),
     Metric("apparent_power", "VA", 0.0, 50000.0, "apparent power"),
     Metric("reactive_power", "var", -50000.0, 50000.0, "reactive power"),
     Metric("power_factor", "", -1.0, 1.0, "power factor"),

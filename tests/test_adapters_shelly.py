@@ -13,6 +13,7 @@ import yaml
 
 from gateway.adapters import Adapted, AdapterRegistry, AdapterSettings
 from gateway.adapters import shelly as shelly_module
+from gateway.adapters.ha_discovery import HaDiscoveryAdapter
 from gateway.adapters.shelly import ShellyAdapter
 from gateway.app import Gateway
 from gateway.config import (
@@ -22,6 +23,7 @@ from gateway.config import (
     MqttConfig,
     StorageConfig,
 )
+from gateway.ingest import MessageDecoder, ReadingsIn
 from gateway.records import DeadLetter, Reading
 from schemas.metrics import metric
 from tests.conftest import MosquittoBroker
@@ -143,12 +145,34 @@ def test_availability_and_announce() -> None:
     assert shelly.counts["ignored_topics"] == 1
 
 
+# Malformed fixtures that are not Shelly-shaped at all: under a wildcard Gen2+ prefix (the
+# default `+`) they could be any device's, so they are "not ours", not dead letters.
+NOT_SHELLY_SHAPED = {"gen2_not_json", "gen2_no_method"}
+
+
 def test_malformed_payloads_are_dead_letters_with_reasons() -> None:
-    shelly = adapter()
+    # A literal Gen2+ prefix: the topic surely is a Shelly's, so a bad payload is a dead letter.
+    shelly = adapter(gen2_prefixes=["shellyplus1pm-a8032ab1c2d3"])
     for bad in FIX["malformed"]:
         result = shelly.adapt(bad.topic, bad.payload, T0)
         assert isinstance(result, DeadLetter), bad.name
         assert (result.reason, result.payload) == (bad.reason, bad.payload), bad.name
+    assert shelly.counts["foreign_topics"] == 0
+
+
+def test_malformed_under_the_wildcard_prefix() -> None:
+    # Under the default `+`, a payload no Shelly sends is another device's; a Shelly-shaped
+    # frame with a bad field, and anything under shellies/ (the Gen1 prefix), stay dead letters.
+    shelly = adapter()
+    for bad in FIX["malformed"]:
+        result = shelly.adapt(bad.topic, bad.payload, T0)
+        if bad.name in NOT_SHELLY_SHAPED:
+            assert result == Adapted([], []), bad.name
+        else:
+            assert isinstance(result, DeadLetter), bad.name
+            assert result.reason == bad.reason, bad.name
+    assert shelly.counts["foreign_topics"] == len(NOT_SHELLY_SHAPED)
+    assert shelly.counts["dead_letters"] == len(FIX["malformed"]) - len(NOT_SHELLY_SHAPED)
 
 
 def test_through_a_real_broker(mosquitto: MosquittoBroker, topic_root: str) -> None:
@@ -177,7 +201,8 @@ def test_through_a_real_broker(mosquitto: MosquittoBroker, topic_root: str) -> N
     )
     gen2_ts = {(r.device, r.ts) for r in found if r.device.startswith(("shellyplus", "shellypro"))}
     assert gen2_ts == {(d, ts) for _, _, d, _, ts, _ in EXPECTED_GEN2}
-    assert dead == [m.reason for m in fix["malformed"]]
+    # the gen2 prefix has a `+` level: not-Shelly-shaped payloads there are foreign, not dead
+    assert dead == [m.reason for m in fix["malformed"] if m.name not in NOT_SHELLY_SHAPED]
     assert [(c.device, c.online) for c in changes] == [
         ("shellyplug-s-7F3A21", False),
         ("shellyplus1pm-a8032ab1c2d3", True),
@@ -418,8 +443,124 @@ def test_status_topics_of_unknown_components_are_not_decoded() -> None:
     # A foreign device's <x>/status/<y> matches '+/status/+': ignored, not a dead letter.
     assert readings(shelly.adapt("printer/status/state", b"idle", T0)) == []
     assert shelly.ignored_fields["state"] == 1
-    bad = shelly.adapt("shellyplus1-a1/status/switch:0", b"on", T0)
+    # under the wildcard `+` a non-object status is another device's, not a dead letter...
+    assert shelly.adapt("shellyplus1-a1/status/switch:0", b"on", T0) == Adapted([], [])
+    assert shelly.counts["foreign_topics"] == 1
+    # ...under a literal prefix it is this Shelly's broken status
+    literal = adapter(gen2_prefixes=["shellyplus1-a1"])
+    bad = literal.adapt("shellyplus1-a1/status/switch:0", b"on", T0)
     assert isinstance(bad, DeadLetter) and bad.reason == "adapter_invalid_json"
+
+
+# Other devices' payloads on topics of a Shelly's shape (hand-made or Node-RED topics, or devices
+# whose topic was set so): the payload words follow each ecosystem's documentation, as cited in
+# tests/fixtures/ecosystems/shelly.yaml (shelly-foreign-*).
+FOREIGN = [
+    ("esp-hall/online", b"online"),  # ESPHome's birth/LWT words
+    ("tasmota-lamp/online", b"Online"),  # Tasmota's LWT words
+    ("kitchen/status/light", b"ON"),  # Tasmota POWER
+    ("kitchen/status/switch:0", b'{"POWER":"ON"}'),  # Tasmota RESULT: no id
+    ("wled/status/switch", b"1"),
+    ("wled/status/light:0", b"128"),  # WLED brightness
+    ("omg/status/temperature:0", b'{"id":"A4:C1:38:5E:2B:11","tempc":21.4,"hum":48}'),
+    ("omg/status/temperature", b'{"id":0,"tempc":21.4}'),  # no component id in the topic
+    ("hall/status/switch:1", b'{"id":0,"apower":5}'),  # the id is not the topic's
+    ("hall/status/switch:0", b'{"id":true,"apower":5}'),  # true == 1 in Python, not an id
+    ("remote/events/rpc", b'{"action":"single"}'),  # a Zigbee2MQTT-like action, no method
+    ("remote/events/rpc", b"single"),
+    ("remote/status/rpc", b'"ok"'),
+    ("bad-utf8/online", b"\xff\xfe"),
+]
+
+
+@pytest.mark.parametrize(("topic", "payload"), FOREIGN)
+def test_foreign_topics_under_the_wildcard_prefix_are_not_ours(topic: str, payload: bytes) -> None:
+    shelly = adapter()
+    assert shelly.adapt(topic, payload, T0) == Adapted([], [])
+    assert shelly.counts["foreign_topics"] == 1
+    assert shelly.counts["dead_letters"] == 0 and shelly.counts["readings"] == 0
+    # Under a literal prefix the same topic is surely a Shelly's and is decoded as one (a
+    # dead letter, a reading, or fields and replies ignored): never "foreign".
+    literal = adapter(gen2_prefixes=[topic.split("/", 1)[0]])
+    literal.adapt(topic, payload, T0)
+    assert literal.counts["foreign_topics"] == 0
+
+
+def test_shelly_shaped_payloads_under_the_wildcard_still_count() -> None:
+    shelly = adapter()
+    status = b'{"id":1,"apower":12.5,"voltage":230.1}'
+    found = readings(shelly.adapt("shellypro4pm-c8f09e8a1b2c/status/switch:1", status, T0))
+    assert sorted((r.device, r.metric, r.value) for r in found) == [
+        ("shellypro4pm-c8f09e8a1b2c-ch1", "power", 12.5),
+        ("shellypro4pm-c8f09e8a1b2c-ch1", "voltage", 230.1),
+    ]
+    # a Shelly-shaped status with a bad field is still a Shelly's dead letter
+    bad = shelly.adapt("shellypro4pm-c8f09e8a1b2c/status/switch:0", b'{"id":0,"apower":"x"}', T0)
+    assert isinstance(bad, DeadLetter) and bad.reason == "adapter_validation"
+    gone = shelly.adapt("shellypro4pm-c8f09e8a1b2c/online", b"false", T0)
+    assert isinstance(gone, Adapted) and [c.online for c in gone.availability] == [False]
+    # under shellies/ (the Gen1 prefix) every topic is a Shelly's: dead letter, not foreign
+    odd = shelly.adapt("shellies/shellyplus1-a1/online", b"online", T0)
+    assert isinstance(odd, DeadLetter) and odd.reason == "adapter_validation"
+    assert shelly.counts["foreign_topics"] == 0
+
+
+def test_an_adopted_entity_takes_its_topic_from_the_wildcard_prefix() -> None:
+    # Home Assistant discovery adopts an ESPHome-like node whose availability topic was set to
+    # <node>/online and a hand-made sensor on <x>/status/<y>: both match Shelly's `+` filters,
+    # which only guess, so the claims win; a literal Shelly prefix and shellies/ are not taken.
+    settings = AdapterSettings.model_validate(
+        {
+            "shelly": {"enabled": True, "gen2_prefixes": ["+", "shellies/+", "garage-pm"]},
+            "ha_discovery": {"enabled": True},
+        }
+    )
+    registry = AdapterRegistry.from_settings(settings)
+    decoder = MessageDecoder(topic_root="homeedge", adapters=list(registry))
+    ha = next(a for a in registry if isinstance(a, HaDiscoveryAdapter))
+    shelly = next(a for a in registry if isinstance(a, ShellyAdapter))
+    assert set(shelly.yielding_filters) == {"+/events/rpc", "+/status/+", "+/online"}
+
+    def config(uid: str, state: str, avty: str) -> bytes:
+        body = {
+            "dev_cla": "temperature",
+            "unit_of_meas": "°C",
+            "stat_t": state,
+            "avty_t": avty,
+            "uniq_id": uid,
+            "dev": {"ids": [uid]},
+        }
+        return json.dumps(body).encode()
+
+    decoder.decode(
+        "homeassistant/sensor/hall/t/config",
+        config("hall-t", "esp-hall/sensor/t/state", "esp-hall/status"),
+        0.0,
+    )
+    decoder.decode(
+        "homeassistant/sensor/attic/t/config",
+        config("attic-t", "attic/status/temperature", "esp-attic/online"),
+        0.0,
+    )
+    for topic in ("esp-hall/status", "attic/status/temperature", "esp-attic/online"):
+        assert decoder.adapters.owner(topic) is ha, topic
+    # ESPHome's own availability topic, <node>/status, is never one of Shelly's
+    assert decoder.adapters.owner("esp-other/status") is None
+    # a topic nobody claimed stays Shelly's
+    assert decoder.adapters.owner("shellyplus1-a1/status/switch:0") is shelly
+    taken = ha.counts["state_topic_taken"]
+    decoder.decode(
+        "homeassistant/sensor/g/t/config", config("g-t", "garage-pm/status/switch:0", "x/y"), 0.0
+    )
+    decoder.decode(
+        "homeassistant/sensor/s/t/config",
+        config("s-t", "shellies/shellyht-1/sensor/temperature", "x/y"),
+        0.0,
+    )
+    assert ha.counts["state_topic_taken"] == taken + 2
+    assert decoder.adapters.owner("garage-pm/status/switch:0") is shelly
+    items = decoder.decode("attic/status/temperature", b"19.5", 0.0)
+    assert isinstance(items[-1], ReadingsIn) and items[-1].readings[0].value == 19.5
 
 
 def test_gen1_custom_prefixes_under_or_beside_shellies() -> None:

@@ -292,6 +292,12 @@ class BaseAdapter(ABC, Generic[E]):
     def filters(self) -> tuple[str, ...]:
         """The MQTT topic filters this adapter needs to be subscribed to."""
 
+    @property
+    def yielding_filters(self) -> tuple[str, ...]:
+        """Those of `filters` that only guess a topic is ours: an exact topic another adapter
+        claims at run time is taken from them (`gateway.ingest.AdapterTable`). None by default."""
+        return ()
+
     def payload_limit(self, topic: str) -> int:
         """The largest payload accepted on `topic` (``max_payload_bytes`` unless an ecosystem's
         metadata topic is known to be larger)."""

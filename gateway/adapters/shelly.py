@@ -34,6 +34,16 @@ several levels and defaults to the device id ``<model>-<mac>``):
   discovery scripts ask for it;
 - ``<prefix>/online`` (true/false) -> availability.
 
+Under a prefix with ``+`` levels (the default ``+``), other devices' hand-made topics of the same
+shape arrive too (``kitchen/status/light`` "ON", ``esp-hall/online`` "online"). Such a topic is
+taken as a Shelly's only when its payload is Shelly-shaped: a status that is a JSON object whose
+``id`` is the component's id (``switch:0`` -> 0), an ``online`` that is true/false, an
+``events/rpc`` that is a JSON object with a ``method``. Anything else is "not ours": ignored and
+counted (``counts["foreign_topics"]``), never a reading and never a dead letter. Under a literal
+prefix the topic surely is a Shelly's, so a bad payload stays a dead letter. Those wildcard
+filters also yield to topics that another adapter claims at run time (`yielding_filters`: e.g.
+an entity adopted from Home Assistant discovery whose availability topic is ``<x>/online``).
+
 Field names are ``<component type>.<path>``: ``switch|cover|light|pm1|rgb|rgbw|cct`` ``apower``
 (W) -> power, ``voltage`` (V), ``current`` (A), ``pf`` -> power_factor, ``freq`` -> frequency,
 ``aenergy.total`` (Wh) -> energy in kWh, ``temperature.tC`` -> device_temperature (the relay's
@@ -160,6 +170,26 @@ _MAX_DEPTH = 3
 MAX_POWERED_DEVICES = 4096
 
 
+def _bool_word(payload: bytes) -> bool | None:
+    """True/False for a Shelly ``online`` payload, None for anything else (never raises)."""
+    return _BOOL_WORDS.get(payload.decode("utf-8", "replace").strip())
+
+
+def _json_or_none(payload: bytes) -> Any:
+    """The payload's JSON value, or None when it is not JSON (never raises)."""
+    try:
+        return decode_json(payload)
+    except AdapterError:
+        return None
+
+
+def _component_id(component: str) -> int | None:
+    """0 for ``switch:0``; None for a name without a numeric id (no Gen2+ component has one
+    among those we read)."""
+    _, sep, cid = component.partition(":")
+    return int(cid) if sep and cid.isdecimal() else None
+
+
 def _flatten(prefix: str, obj: Mapping[str, Any], depth: int = 0) -> Iterator[tuple[str, Any]]:
     for key, value in obj.items():
         label = f"{prefix}.{key}"
@@ -212,6 +242,8 @@ class Gen2Topic:
     name: str
     prefix: str
     rest: tuple[str, ...]
+    # Matched by a prefix with '+' levels: the topic may be another device's (see the module doc).
+    wild: bool = False
 
 
 class ShellyAdapter(BaseAdapter[ShellySettings]):
@@ -252,10 +284,28 @@ class ShellyAdapter(BaseAdapter[ShellySettings]):
             if not covered and topic_filter not in filters:
                 filters.append(topic_filter)
         self._filters = tuple(filters)
+        # The wildcard prefixes' filters only guess that a topic is a Shelly's.
+        self._yielding = tuple(
+            f
+            for f in filters
+            for prefix in self.gen2_prefixes
+            if "+" in prefix.levels and f.startswith(f"{prefix.text}/")
+        )
 
     @property
     def filters(self) -> tuple[str, ...]:
         return self._filters
+
+    @property
+    def yielding_filters(self) -> tuple[str, ...]:
+        """The filters under a wildcard Gen2+ prefix: a topic another adapter claims (an exact
+        topic, e.g. an adopted Home Assistant entity's) is that adapter's, not ours."""
+        return tuple(dict.fromkeys(self._yielding))
+
+    def _foreign(self) -> list[Reading]:
+        """A topic under a wildcard prefix whose payload is not a Shelly's: not ours."""
+        self.counts["foreign_topics"] += 1
+        return []
 
     def _gen2_topic(self, topic: str) -> Gen2Topic | None:
         parts = topic.split("/")
@@ -267,7 +317,11 @@ class ShellyAdapter(BaseAdapter[ShellySettings]):
                 continue
             name = prefix.device(parts)
             if name is not None:
-                return Gen2Topic(name, "/".join(parts[: len(prefix.levels)]), rest)
+                concrete = "/".join(parts[: len(prefix.levels)])
+                # Under the Gen1 prefix (shellies/+) every topic is a Shelly's.
+                gen1 = bool(self.gen1_prefix) and concrete.startswith(f"{self.gen1_prefix}/")
+                wild = "+" in prefix.levels and not gen1
+                return Gen2Topic(name, concrete, rest, wild)
         return None
 
     def _adapt(self, topic: str, payload: bytes, received_at: float) -> list[Reading]:
@@ -276,6 +330,8 @@ class ShellyAdapter(BaseAdapter[ShellySettings]):
             if gen2.rest == ("events", "rpc"):
                 return self._gen2_event(gen2, payload, received_at)
             if gen2.rest == ("online",):
+                if gen2.wild and _bool_word(payload) is None:
+                    return self._foreign()
                 return self._online(self._who(gen2, None, 0), payload, received_at)
             if gen2.rest[1] == "rpc":
                 return self._gen2_response(gen2, payload, received_at)
@@ -383,7 +439,22 @@ class ShellyAdapter(BaseAdapter[ShellySettings]):
             # device's <x>/status/<y> (matched by the '+' prefix) out of the dead letters.
             self.ignore_field(component.partition(":")[0])
             return []
-        status = decode_json(payload)
+        if topic.wild:
+            # Every Gen2+ component status carries its own id ("id": 0 for switch:0); another
+            # device's <x>/status/<y> ("ON", Tasmota-like JSON, a BLE gateway's {"id": "<mac>"})
+            # does not.
+            shaped = _json_or_none(payload)
+            cid = _component_id(component)
+            if (
+                not isinstance(shaped, dict)
+                or cid is None
+                or isinstance(shaped.get("id"), bool)
+                or shaped.get("id") != cid
+            ):
+                return self._foreign()
+            status: object = shaped
+        else:
+            status = decode_json(payload)
         if not isinstance(status, dict):
             raise AdapterError("adapter_validation", f"status of {component[:40]} is not an object")
         out = MessageReadings(received_at)
@@ -391,7 +462,9 @@ class ShellyAdapter(BaseAdapter[ShellySettings]):
         return out.as_list()
 
     def _gen2_event(self, topic: Gen2Topic, payload: bytes, received_at: float) -> list[Reading]:
-        frame = decode_json(payload)
+        frame = _json_or_none(payload) if topic.wild else decode_json(payload)
+        if topic.wild and not (isinstance(frame, dict) and isinstance(frame.get("method"), str)):
+            return self._foreign()
         if not isinstance(frame, dict) or not isinstance(frame.get("method"), str):
             raise AdapterError("adapter_validation", "an RPC notification needs a method")
         if frame["method"] not in _STATUS_METHODS:
@@ -407,7 +480,9 @@ class ShellyAdapter(BaseAdapter[ShellySettings]):
         return self._components(topic, frame.get("src"), ts, received_at, params)
 
     def _gen2_response(self, topic: Gen2Topic, payload: bytes, received_at: float) -> list[Reading]:
-        frame = decode_json(payload)
+        frame = _json_or_none(payload) if topic.wild else decode_json(payload)
+        if topic.wild and not (isinstance(frame, dict) and ("result" in frame or "error" in frame)):
+            return self._foreign()  # not an RPC response
         result = frame.get("result") if isinstance(frame, dict) else None
         if not isinstance(result, dict):
             # An error response, or a reply to another call: nothing to read.
