@@ -137,6 +137,9 @@ async def test_no_free_connection_within_pool_timeout_is_503(
         db_url,
         database={"pool_size": 1, "max_overflow": 0, "pool_timeout_s": 0.3},
         ingest={"retry_after_s": 3},
+        # The storage upkeep and the analytics would take the pool's one connection at start.
+        retention={"interval_s": 0},
+        analytics_interval_s=0,
     )
     client = await aiohttp_client(create_app(config))
     first, second = make_batch(seq=1), make_batch(seq=2)
