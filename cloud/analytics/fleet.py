@@ -287,14 +287,14 @@ def event_report(days: Iterable[Cell], hours: Iterable[Cell]) -> EventReport:
     ]
     # Every day row reported some edge result (per_day holds only EVENT_METRICS cells): a day
     # without an alarm has no alarm aggregate, and counts as 0 alarms.
-    with_alarms = day_rows
+    listening = day_rows
     speech = [c for cells in per_day.values() if (c := cells.get(SPEECH)) is not None]
     speech_n = sum(c.count for c in speech)
     return EventReport(
         days=day_rows,
         timeline=timeline,
         alarms_per_home_day=(
-            sum(d.alarms for d in with_alarms) / len(with_alarms) if with_alarms else None
+            sum(d.alarms for d in listening) / len(listening) if listening else None
         ),
         speech_share=sum(c.sum for c in speech) / speech_n if speech_n > 0 else None,
     )
