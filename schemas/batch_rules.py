@@ -18,7 +18,16 @@ Privacy:
   released only ``noised``, never as an exact ``aggregate``.
 - ``window_too_small``: a window's count is at least the larger of the cloud's floor
   (`MIN_WINDOW_COUNT` by default) and the ``min_window_count`` the batch itself declares. For a
-  noised window this is the released (noisy, rounded) count.
+  noised window this is the released (noisy, rounded) count. An *event* aggregate (a metric
+  of ``kind=event`` in `schemas.metrics`: alarms, keywords, anomalies) carrying no order
+  statistics is held to a count of at least `MIN_EVENT_COUNT` (1) instead: its count is the
+  number of events in the window, which is what the cloud is meant to learn (one alarm heard),
+  while the floor exists so that the statistics of a measured quantity do not expose single
+  readings. An event aggregate that carries min, max, std, p50 or p95 is held to the normal
+  floor, so the relaxed rule never releases a single reading's value.
+- ``event_sum_not_count``: an event aggregate without order statistics has ``sum == count``
+  and ``mean == 1`` (each event is one reading of 1; the zero decisions stay at home), so it
+  says nothing but its count.
 - ``noised_order_statistics`` / ``noised_without_epsilon``: a noised aggregate carries no min,
   max, std, p50 or p95 (they would expose single readings) and names the epsilon it spent.
 
@@ -42,7 +51,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from schemas.batch import Batch, WindowAggregate
-from schemas.metrics import METRICS, DeviceClass
+from schemas.metrics import METRICS, DeviceClass, MetricKind
 
 
 class RoomClass(StrEnum):
@@ -64,6 +73,7 @@ PSEUDONYM_HEX_MIN = 20
 PSEUDONYM_HEX_MAX = 48
 PSEUDONYM = re.compile(rf"^{PSEUDONYM_PREFIX}[0-9a-f]{{{PSEUDONYM_HEX_MIN},{PSEUDONYM_HEX_MAX}}}$")
 MIN_WINDOW_COUNT = 5
+MIN_EVENT_COUNT = 1
 MAX_CLOCK_SKEW_S = 300.0
 ORDER_STATISTICS = ("min", "max", "std", "p50", "p95")
 TINY = 1e-150
@@ -71,6 +81,7 @@ TINY = 1e-150
 ROOM_CLASSES = frozenset(c.value for c in RoomClass)
 DEVICE_CLASSES = frozenset(c.value for c in DeviceClass)
 HEALTH_METRICS = frozenset(m.name for m in METRICS.values() if m.health)
+EVENT_METRICS = frozenset(m.name for m in METRICS.values() if m.kind is MetricKind.EVENT)
 
 
 class Rule(StrEnum):
@@ -81,6 +92,7 @@ class Rule(StrEnum):
     DEVICE_CLASS_UNKNOWN = "device_class_unknown"
     HEALTH_NOT_NOISED = "health_not_noised"
     WINDOW_TOO_SMALL = "window_too_small"
+    EVENT_SUM_NOT_COUNT = "event_sum_not_count"
     NOISED_ORDER_STATISTICS = "noised_order_statistics"
     NOISED_WITHOUT_EPSILON = "noised_without_epsilon"
     MIN_ABOVE_MAX = "min_above_max"
@@ -110,6 +122,16 @@ def is_pseudonym(home: str) -> bool:
 def must_be_noised(metric: str) -> bool:
     """True for a health metric: released only noised (or kept local)."""
     return metric in HEALTH_METRICS
+
+
+def has_order_statistics(a: WindowAggregate) -> bool:
+    return (
+        a.min is not None
+        or a.max is not None
+        or a.std is not None
+        or a.p50 is not None
+        or a.p95 is not None
+    )
 
 
 def aggregate_violation(
@@ -146,18 +168,19 @@ def aggregate_violation(
     noised = a.policy == "noised"
     if not noised and a.metric in HEALTH_METRICS:
         return Rule.HEALTH_NOT_NOISED, f"{a.metric} is health data: released noised only"
-    if a.count < min_count:
-        return Rule.WINDOW_TOO_SMALL, (
-            f"count {a.count:g} is below the minimum window count {min_count:g}"
-        )
+    floor = min_count
+    if a.metric in EVENT_METRICS and not has_order_statistics(a):
+        floor = MIN_EVENT_COUNT
+        if not noised and (a.sum != a.count or a.mean != 1.0):
+            return Rule.EVENT_SUM_NOT_COUNT, (
+                f"{a.metric} is an event count: sum {a.sum:g} and mean {a.mean:g} must be "
+                f"{a.count:g} and 1"
+            )
+    if a.count < floor:
+        what = "event count" if floor != min_count else "window count"
+        return Rule.WINDOW_TOO_SMALL, f"count {a.count:g} is below the minimum {what} {floor:g}"
     if noised:
-        if (
-            a.min is not None
-            or a.max is not None
-            or a.std is not None
-            or a.p50 is not None
-            or a.p95 is not None
-        ):
+        if has_order_statistics(a):
             present = [name for name in ORDER_STATISTICS if getattr(a, name) is not None]
             return Rule.NOISED_ORDER_STATISTICS, (
                 f"a noised aggregate carries {', '.join(present)} (order statistics expose "

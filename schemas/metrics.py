@@ -5,6 +5,18 @@ range, sensitivity) where it has some. The range is what the privacy filter uses
 reading's influence when it adds noise, and the gateway's ingest check (`gateway.validation`)
 rejects a reading outside it as ``out_of_range``: so a range is what real devices can report,
 not what a room usually sees (a sensor's own limits, a house's largest supply, solar export).
+
+A metric's `kind` says what its readings are. A ``measure`` is a measured quantity (a
+temperature, a share): its window statistics describe the readings, and a window of few
+readings would expose single values, so the batch contract's minimum window count applies. An
+``event`` metric's readings are decisions, 1 for an event (an alarm heard, a command
+recognised, a window flagged) and 0 for a decision that found none: its window aggregate is the
+count of events (`schemas.batch_rules`), which is the statistic the cloud is meant to learn, so
+one alarm is released as a count of 1 and the zero decisions stay at home.
+
+`default_policy` is the metric's uplink policy unless a home's ``[privacy] policies`` names it
+(`gateway.sync.settings`): ``local`` for what would tell the cloud more than the household
+expects (room occupancy says when the home is empty).
 """
 
 from __future__ import annotations
@@ -14,9 +26,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
+from typing import Literal
 
 # \Z, not $: "$" also matches before a final newline.
 METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")
+
+
+class MetricKind(StrEnum):
+    """What a metric's readings are (see the module docstring)."""
+
+    MEASURE = "measure"
+    EVENT = "event"
 
 
 class DeviceClass(StrEnum):
@@ -34,7 +54,8 @@ class DeviceClass(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Metric:
-    """A known metric: unit, plausible range, and whether it is personal health data."""
+    """A known metric: unit, plausible range, whether it is personal health data, what its
+    readings are (`kind`) and its uplink policy unless a home's config names one."""
 
     name: str
     unit: str
@@ -42,10 +63,14 @@ class Metric:
     high: float
     description: str
     health: bool = False
+    kind: MetricKind = MetricKind.MEASURE
+    default_policy: Literal["aggregate", "local"] = "aggregate"  # health: noised, always
 
     def plausible(self, value: float) -> bool:
         return self.low <= value <= self.high
 
+
+EVENT = MetricKind.EVENT
 
 _ALL = (
     Metric("temperature", "°C", -55.0, 125.0, "air temperature"),  # DS18B20/SHT limits
@@ -85,15 +110,16 @@ _ALL = (
     Metric("water", "m³", 0.0, 1000000.0, "cumulative water volume"),
     Metric("gas", "m³", 0.0, 1000000.0, "cumulative gas volume"),
     Metric("device_temperature", "°C", -55.0, 150.0, "a device's own (chip) temperature"),
-    # The gateway's own inference results, one reading per decision: 1 positive, 0 negative
-    # (gateway.inference.results). A window's sum counts detections and its mean is their
-    # share; they say what happened in a room, never who or what was said, so they are uploaded
-    # like any other registered metric (a home's [privacy] policies can keep them local).
-    Metric("inference_alarm", "", 0.0, 1.0, "smoke/CO alarm pattern heard (0/1)"),
-    Metric("inference_keyword", "", 0.0, 1.0, "voice command recognised (0/1)"),
-    Metric("inference_speech", "", 0.0, 1.0, "speech in an audio block (0/1)"),
-    Metric("inference_anomaly", "", 0.0, 1.0, "sensor window flagged as anomalous (0/1)"),
-    Metric("inference_occupancy", "", 0.0, 1.0, "room occupied (0/1)"),
+    # The gateway's own inference results (gateway.inference.results). They say what happened
+    # in a room, never who or what was said. Alarm, keyword and anomaly are events: alarm and
+    # keyword write one reading (1) per detection, anomaly one flag (1 or 0) per scored sensor
+    # window, and only the count of events leaves the home. Speech is a measured share, one
+    # reading per summary (10 s by default). Occupancy stays local unless a home opts in.
+    Metric("inference_alarm", "", 0.0, 1.0, "smoke/CO alarm heard (1 per alarm)", kind=EVENT),
+    Metric("inference_keyword", "", 0.0, 1.0, "voice command (1 per command)", kind=EVENT),
+    Metric("inference_speech", "", 0.0, 1.0, "share of audio blocks with speech in a summary"),
+    Metric("inference_anomaly", "", 0.0, 1.0, "sensor window anomalous (1, else 0)", kind=EVENT),
+    Metric("inference_occupancy", "", 0.0, 1.0, "room occupied (0/1)", default_policy="local"),
 )
 
 METRICS: Mapping[str, Metric] = MappingProxyType({m.name: m for m in _ALL})
@@ -102,6 +128,12 @@ METRICS: Mapping[str, Metric] = MappingProxyType({m.name: m for m in _ALL})
 def metric(name: str) -> Metric | None:
     """The registry entry for `name`, or None for a metric homeedge does not know."""
     return METRICS.get(name)
+
+
+def is_event(name: str) -> bool:
+    """True for an event metric (`MetricKind.EVENT`): its aggregate is a count of events."""
+    known = METRICS.get(name)
+    return known is not None and known.kind is MetricKind.EVENT
 
 
 def infer_device_class(device: str) -> DeviceClass:

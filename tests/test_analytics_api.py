@@ -120,7 +120,11 @@ def fleet_windows() -> list[WindowAggregate]:
                 out.append(_window(home, t, "temperature", temperature, unit="°C"))
                 alarms = ALARMS.get((home, i), 0.0)
                 mic = {"device_class": "microphone", "min": 0.0, "max": 1.0, "std": None}
-                out.append(_window(home, t, "inference_alarm", alarms / 60, **mic))
+                if alarms:
+                    # An event count, as the gateway releases it: only windows with alarms,
+                    # count = sum = alarms heard, no order statistics.
+                    event = {"count": alarms, "sum": alarms, "min": None, "max": None}
+                    out.append(_window(home, t, "inference_alarm", 1.0, **{**mic, **event}))
                 out.append(_window(home, t, "inference_speech", 0.2, **mic))
     return out
 

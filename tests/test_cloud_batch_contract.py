@@ -101,6 +101,8 @@ NOISED: dict[str, Any] = {
     "p50": None,
     "p95": None,
 }
+NO_ORDER: dict[str, Any] = {"min": None, "max": None, "std": None, "p50": None, "p95": None}
+ALARMS: dict[str, Any] = {"metric": "inference_alarm", "unit": "", "device_class": "microphone"}
 # name -> (fields of aggregates[1], the rule its 422 names)
 BROKEN_AGGREGATES: dict[str, tuple[dict[str, Any], Rule]] = {
     "a home id": ({"home": "smith-residence-4821"}, Rule.HOME_NOT_PSEUDONYM),
@@ -114,6 +116,20 @@ BROKEN_AGGREGATES: dict[str, tuple[dict[str, Any], Rule]] = {
     "a window under the minimum count": (
         {"count": 4.0, "sum": 84.0},
         Rule.WINDOW_TOO_SMALL,
+    ),
+    # An event count is released from one event up only as a count: with order statistics it
+    # is held to the normal floor (a single reading's value never passes as an event).
+    "one event with order statistics": (
+        {**ALARMS, "count": 1.0, "sum": 1.0, "mean": 1.0, "min": 1.0, "max": 1.0},
+        Rule.WINDOW_TOO_SMALL,
+    ),
+    "an event count of 0": (
+        {**ALARMS, **NO_ORDER, "count": 0.0, "sum": 0.0, "mean": 1.0},
+        Rule.WINDOW_TOO_SMALL,
+    ),
+    "an event count whose sum is not its count": (
+        {**ALARMS, **NO_ORDER, "count": 2.0, "sum": 1.0, "mean": 0.5},
+        Rule.EVENT_SUM_NOT_COUNT,
     ),
     "a noised window with min and max": (
         {**NOISED, "min": 20.0, "max": 22.0},
@@ -172,6 +188,21 @@ async def test_a_window_under_the_count_the_batch_declares_is_refused(
     # 1 it is stored.
     small = make_batch(aggs=[make_aggregate(T0, count=4.0, sum=84.0)])
     assert (await post(client, small))[0] == 201
+
+
+async def test_one_event_is_stored_as_a_count_of_one(
+    aiohttp_client: AiohttpClient, db_url: str
+) -> None:
+    # At the cloud's default floor (5), a measured window of one reading is refused, one alarm
+    # heard (an event count, schemas.batch_rules) is stored.
+    client = await aiohttp_client(create_app(make_config(db_url)))
+    one = {**ALARMS, **NO_ORDER, "count": 1.0, "sum": 1.0, "mean": 1.0}
+    aggs = [msgspec.structs.replace(make_aggregate(T0), **one)]
+    assert (await post(client, make_batch(aggs=aggs)))[0] == 201
+    measured = make_aggregate(T0 + 60, count=1.0, sum=21.0, mean=21.0, min=21.0, max=21.0)
+    status, body = await post(client, make_batch(aggs=[measured]))
+    assert (status, body["error"]["code"]) == (422, "window_too_small")
+    assert await row_counts(client) == (1, 1)
 
 
 async def test_times_are_bounded_to_the_clock_plus_the_skew(

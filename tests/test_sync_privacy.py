@@ -301,35 +301,105 @@ def test_local_and_unknown_metrics_never_leave(tmp_path: Path) -> None:
     assert [a.metric for a in rel.aggregates] == ["humidity"] and rel.local == 2
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["inference_alarm", "inference_keyword", "inference_speech", "inference_anomaly"],
-)
-def test_edge_event_counts_are_uploaded_by_default_and_can_stay_local(
-    tmp_path: Path, name: str
-) -> None:
-    # One detection among 59 negative decisions: the window's sum says one alarm was heard.
-    values = np.zeros(60)
-    values[17] = 1.0
-    events = WindowGroup(
+def edge_group(name: str, values: list[float], device_class: str = "microphone") -> WindowGroup:
+    """A window of an inference metric as the engine writes it (alarm/keyword: only 1s)."""
+    arr = np.asarray(values, dtype=float)
+    return WindowGroup(
         home="h1",
         room="kitchen",
-        device_class="microphone",
+        device_class=device_class,
         metric=name,
         window_start=T0,
         window_s=60,
-        values=values,
-        stats=WindowStats.of(values),
+        values=arr,
+        stats=WindowStats.of(arr),
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "values", "events"),
+    [
+        ("inference_alarm", [1.0], 1),  # one alarm heard: the engine's only reading
+        ("inference_keyword", [1.0, 1.0], 2),
+        ("inference_anomaly", [1.0], 1),  # one flagged sensor window
+        ("inference_anomaly", [0.0, 1.0, 0.0], 1),  # three scored windows, one flagged
+    ],
+)
+def test_edge_event_counts_are_released_from_one_event(
+    tmp_path: Path, name: str, values: list[float], events: int
+) -> None:
+    engine = make_db(tmp_path)
+    filt = PrivacyFilter(privacy(), SECRET.encode(), np.random.default_rng(0))
+    with engine.begin() as conn:
+        rel = filt.release(conn, [edge_group(name, values)])
+    (agg,) = rel.aggregates
+    assert (agg.metric, agg.policy, agg.count, agg.sum, agg.mean) == (
+        name,
+        "aggregate",
+        events,
+        events,
+        1.0,
+    )
+    assert (agg.min, agg.max, agg.std, agg.p50, agg.p95) == (None,) * 5
+    assert rel.suppressed == 0
+    # Below the min_window_count the cloud holds measured windows to, and still valid.
+    assert first_violation([agg], min_count=5, latest_end=math.inf) is None
+
+
+def test_windows_without_events_and_speech_shares_follow_their_own_rules(tmp_path: Path) -> None:
+    engine = make_db(tmp_path)
+    filt = PrivacyFilter(privacy(), SECRET.encode(), np.random.default_rng(0))
+    with engine.begin() as conn:
+        rel = filt.release(
+            conn,
+            [
+                # Scored sensor windows, none flagged: nothing leaves (not even that the
+                # sensor reported).
+                edge_group("inference_anomaly", [0.0, 0.0], "thermostat"),
+                # Speech is a measured share: one summary is one reading, under the floor.
+                edge_group("inference_speech", [0.4]),
+            ],
+        )
+        assert rel.aggregates == () and rel.no_events == 1 and rel.suppressed == 1
+        shares = [0.1, 0.2, 0.0, 0.5, 0.3, 0.3]
+        (speech,) = filt.release(conn, [edge_group("inference_speech", shares)]).aggregates
+    assert (speech.count, speech.mean, speech.max) == (6, pytest.approx(1.4 / 6, rel=1e-6), 0.5)
+
+
+def test_occupancy_stays_local_unless_a_home_opts_in(tmp_path: Path) -> None:
+    # Occupancy per room says when the home is empty: local by default.
+    assert privacy().policy_of("inference_occupancy") == "local"
+    assert privacy(default_policy="aggregate").policy_of("inference_occupancy") == "local"
+    occupancy = edge_group("inference_occupancy", [1.0, 1.0, 0.0, 1.0, 1.0], "motion")
     engine = make_db(tmp_path)
     default = PrivacyFilter(privacy(), SECRET.encode(), np.random.default_rng(0))
+    opted = PrivacyFilter(
+        privacy(policies={"inference_occupancy": "aggregate"}),
+        SECRET.encode(),
+        np.random.default_rng(0),
+    )
     with engine.begin() as conn:
-        rel = default.release(conn, [events])
-    (agg,) = rel.aggregates
-    assert (agg.metric, agg.policy, agg.count, agg.sum, agg.max) == (name, "aggregate", 60, 1, 1)
-    assert first_violation([agg], min_count=5, latest_end=math.inf) is None
+        rel = default.release(conn, [occupancy])
+        assert rel.aggregates == () and rel.local == 1
+        (agg,) = opted.release(conn, [occupancy]).aggregates
+        # Opted in, it is a measured share: the normal floor and statistics apply.
+        assert (agg.count, agg.mean, agg.min) == (5, 0.8, 0.0)
+        assert not opted.release(conn, [edge_group("inference_occupancy", [1.0])]).aggregates
+
+
+@pytest.mark.parametrize("name", ["inference_alarm", "inference_keyword", "inference_anomaly"])
+def test_a_home_can_keep_edge_events_local_or_noise_them(tmp_path: Path, name: str) -> None:
+    engine = make_db(tmp_path)
     kept = PrivacyFilter(
         privacy(policies={name: "local"}), SECRET.encode(), np.random.default_rng(0)
     )
+    noised = PrivacyFilter(
+        privacy(policies={name: "noised"}), SECRET.encode(), np.random.default_rng(0)
+    )
+    events = edge_group(name, [1.0] * 20)
     with engine.begin() as conn:
         assert not kept.release(conn, [events]).aggregates
+        (agg,) = noised.release(conn, [events]).aggregates
+    assert agg.policy == "noised" and agg.epsilon == 0.5 and agg.min is None
+    assert agg.count != 20 and abs(agg.count - 20) < 40  # noised, on the count of events
+    assert first_violation([agg], min_count=5, latest_end=math.inf) is None

@@ -11,9 +11,13 @@ percentile_cont, they come from the sorted per-home values here. Only one row pe
 metric leaves the database, and ranks are found by bisection, so a run grows as n log n with
 the homes, not with their hours nor quadratically.
 
-The edge reports inference results as ordinary aggregates named ``inference_<what>`` whose
-readings are 1 for a positive result and 0 otherwise, so a window's `sum` counts detections and
-`sum / count` is the share of positive results.
+The edge reports inference results as ordinary aggregates named ``inference_<what>``. Alarms,
+keywords and anomalies are event counts (``kind=event`` in `schemas.metrics`): an aggregate
+exists only for a window with events, its `count` and `sum` are the number of events, so `sum`
+counts detections. Speech (and occupancy, where a home opts in) are shares, one reading per
+summary or sensor window, so `sum / count` is the share. Since a window without alarms sends
+no alarm aggregate, "alarms per home and day" is taken over the home-days that reported any
+edge inference result (a listening gateway), not only those with an alarm.
 """
 
 from __future__ import annotations
@@ -281,14 +285,16 @@ def event_report(days: Iterable[Cell], hours: Iterable[Cell]) -> EventReport:
         EventPoint(t, home, found.get(ALARM, 0.0), found.get(ANOMALY, 0.0))
         for (t, home), found in sorted(per_hour.items())
     ]
-    with_alarms = [d for d in day_rows if ALARM in per_day[(d.home, d.day)]]
+    # Every day row reported some edge result (per_day holds only EVENT_METRICS cells): a day
+    # without an alarm has no alarm aggregate, and counts as 0 alarms.
+    listening = day_rows
     speech = [c for cells in per_day.values() if (c := cells.get(SPEECH)) is not None]
     speech_n = sum(c.count for c in speech)
     return EventReport(
         days=day_rows,
         timeline=timeline,
         alarms_per_home_day=(
-            sum(d.alarms for d in with_alarms) / len(with_alarms) if with_alarms else None
+            sum(d.alarms for d in listening) / len(listening) if listening else None
         ),
         speech_share=sum(c.sum for c in speech) / speech_n if speech_n > 0 else None,
     )

@@ -4,8 +4,9 @@ them as events (with Home Assistant discovery before a device's first result) an
 Storage, both through the gateway's writer thread:
 
 - one ``inferences`` row per result, in a ``write`` job (``Writer.run``);
-- one ``inference_<what>`` reading of the source device per result (`METRIC_OF`: a count,
-  share, flag or score at the result's end), through the writer's batch path (``store``:
+- one ``inference_<what>`` reading of the source device per result (`METRIC_OF`: 1 per alarm or
+  keyword, the 0/1 decision of an anomaly or occupancy window, a speech share; the score stays
+  in the ``inferences`` row) at the result's end, through the writer's batch path (``store``:
   ``Writer.store``), so the window aggregator sends counts and shares upstream (never audio) and
   the committed-readings callbacks see them like any other reading. They carry no `DeviceSeen`:
   a derived reading is not the device being heard from, so ``devices.last_seen`` is left alone.
@@ -59,7 +60,7 @@ class InferenceResult:
     end: float
     score: float
     label: str
-    value: float  # what the inference_* reading stores (count, share, flag or score)
+    value: float  # what the inference_* reading stores (an event's 1, a 0/1 decision, a share)
     event: bool  # publish it
 
 

@@ -97,7 +97,10 @@ class SensorScorer:
                 flagged[i] = window_flagged([row_metrics[j] for j in mine], p[mine], man.thresholds)
                 label = "anomaly" if flagged[i] else "normal"
                 score = float(worst[i])
-                results.append(_result(man, sensor, w, score, label, score, event=True))
+                # The reading is the decision (an event metric: 1 flagged, 0 not), so a
+                # window's sum counts anomalies; the score is kept in the inferences row.
+                value = 1.0 if flagged[i] else 0.0
+                results.append(_result(man, sensor, w, score, label, value, event=True))
         if self._occupancy is not None and occ_rows:
             man = self._occupancy.manifest
             p = self._occupancy.probabilities(np.vstack(occ_rows))[:, 1]

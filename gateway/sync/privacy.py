@@ -17,6 +17,13 @@
 - Suppression: an ``aggregate`` window with fewer than `min_window_count` readings is not
   released; a ``noised`` one is suppressed on its *noisy* count as released (rounded), so the
   threshold test is itself covered by the noise (its epsilon is spent all the same).
+- Events (``kind=event`` in `schemas.metrics`: alarms, keywords, anomalies): their readings are
+  decisions, 1 for an event and 0 for none. What is released is the count of events of the
+  window (readings of at least 0.5), from one event up (`schemas.batch_rules.MIN_EVENT_COUNT`):
+  ``count = sum`` = events, ``mean = 1``, no order statistics (the min, max and median of ones
+  say nothing more than their count, and the zero decisions, which say when a sensor reported,
+  stay at home); a window without events releases nothing (`Release.no_events`). Noised, the
+  count and sum of the events get the noise as any other metric.
 - What comes out follows the batch contract's rules (`schemas.batch_rules`): the room classes,
   device classes, pseudonym format and health rule used here are the ones the cloud checks.
 """
@@ -46,8 +53,8 @@ from gateway.sync.stats import NoiseSource, as_float_array, exact_sum
 from gateway.sync.tables import privacy_ledger
 from gateway.sync.windows import WindowGroup, WindowStats
 from schemas.batch import Policy, WindowAggregate
-from schemas.batch_rules import RoomClass
-from schemas.metrics import DeviceClass, Metric, metric
+from schemas.batch_rules import MIN_EVENT_COUNT, RoomClass
+from schemas.metrics import DeviceClass, Metric, is_event, metric
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +211,12 @@ class Release:
     refused: int  # noised windows refused by the budget
     local: int  # windows of local-only metrics
     epsilon_spent: float
+    no_events: int = 0  # windows of an event metric without an event
+
+
+def event_count(values: Collection[float]) -> int:
+    """Events among an event metric's decisions: readings of at least 0.5 (1 = event)."""
+    return sum(1 for v in as_float_array(values) if v >= 0.5)
 
 
 class PrivacyFilter:
@@ -239,7 +252,7 @@ class PrivacyFilter:
             merged[key].append(g)
 
         out: list[WindowAggregate] = []
-        suppressed = refused = local = 0
+        suppressed = refused = local = no_events = 0
         epsilon_spent = 0.0
         for (home, rclass, dclass, name, start, window_s), parts in sorted(merged.items()):
             policy = s.policy_of(name)
@@ -250,6 +263,30 @@ class PrivacyFilter:
             values = _joined([p.values for p in parts]) if len(parts) > 1 else None
             pseudonym = self.pseudonym(home, start)
             unit = known.unit if known is not None else ""
+            event = is_event(name)
+            if event:
+                n = event_count(parts[0].values if values is None else values)
+                if n == 0:
+                    no_events += 1
+                    continue
+                values = array("d", [1.0]) * n  # the events are what is released
+            if event and policy is Policy.AGGREGATE:
+                out.append(
+                    WindowAggregate(
+                        window_start=start,
+                        window_s=window_s,
+                        home=pseudonym,
+                        room_class=rclass,
+                        device_class=dclass,
+                        metric=name,
+                        unit=unit,
+                        policy="aggregate",
+                        count=float(n),
+                        sum=float(n),
+                        mean=1.0,
+                    )
+                )
+                continue
             if policy is Policy.AGGREGATE:
                 st = parts[0].stats if values is None else WindowStats.of(values)
                 if st.count < s.min_window_count:
@@ -292,7 +329,7 @@ class PrivacyFilter:
             # privacy is unchanged): rounding down must not release a window under it, which
             # the batch contract and the cloud refuse.
             released_count = round_to_noise(count, count_scale)
-            if released_count < s.min_window_count:
+            if released_count < (MIN_EVENT_COUNT if event else s.min_window_count):
                 suppressed += 1
                 continue
             mean = min(max(total / max(count, 1.0), known.low), known.high)
@@ -322,6 +359,7 @@ class PrivacyFilter:
             refused=refused,
             local=local,
             epsilon_spent=epsilon_spent,
+            no_events=no_events,
         )
 
 

@@ -7,6 +7,10 @@ Decisions recorded here:
   says ``aggregate``: private by default, so a new device cannot leak a new kind of data.
 - Health metrics (``schemas.metrics`` ``health=True``, e.g. heart rate) are ``noised`` by default
   and may only be ``noised`` or ``local``; a config that asks for them in plain is refused.
+- A registered metric's policy is its registry `default_policy` (``aggregate`` but for room
+  occupancy, ``local``: it says when a home is empty) unless ``policies`` names it.
+- Event metrics (``schemas.metrics`` ``kind=event``: alarms, keywords, anomalies) release the
+  count of events of a window, down to one (`schemas.batch_rules`), not `min_window_count`.
 - ``noised`` needs the metric's registered range (it bounds one reading's influence), so it is
   refused for a metric the registry does not know.
 """
@@ -34,7 +38,7 @@ __all__ = ["AggregationSettings", "PrivacySettings", "RoomClass", "UplinkSetting
 
 def _default_policies() -> dict[str, Policy]:
     return {
-        m.name: Policy.NOISED if must_be_noised(m.name) else Policy.AGGREGATE
+        m.name: Policy.NOISED if must_be_noised(m.name) else Policy(m.default_policy)
         for m in METRICS.values()
     }
 
@@ -129,12 +133,14 @@ class PrivacySettings(BaseModel):
         ge=1,
         description="Windows with fewer readings than this are suppressed (for noised metrics: "
         "fewer than this noisy count). Below the cloud's own floor (its min_window_count, 5 by "
-        "default) the cloud refuses the windows that pass here.",
+        "default) the cloud refuses the windows that pass here. Event metrics (alarms, "
+        "keywords, anomalies) are released from one event up: their count is the statistic.",
     )
     policies: dict[str, Policy] = Field(
         default_factory=_default_policies,
         description="metric -> local | aggregate | noised, merged over the defaults: registry "
-        "metrics aggregate, health metrics noised.",
+        "metrics their default policy (aggregate; inference_occupancy local), health metrics "
+        "noised.",
     )
     default_policy: Literal["local", "aggregate"] = Field(
         "local", description="Policy of a metric that `policies` does not name."
