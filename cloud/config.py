@@ -211,8 +211,9 @@ class RetentionConfig(BaseModel):
         ge=0,
         le=36500,
         description="days of hour and day rollups kept (by bucket start); 0 keeps them all. "
-        "Keep it >= aggregates_days and >= analytics_lookback_days: the dashboard's hour and "
-        "day views and the analytics read the rollups",
+        "Must be >= aggregates_days (and not set while aggregates_days is 0) and >= "
+        "analytics_lookback_days: the dashboard's hour and day views and the analytics read "
+        "the rollups",
     )
     partitions_ahead_days: int = Field(
         default=7,
@@ -351,6 +352,29 @@ class CloudConfig(BaseSettings):
                     "random token (python -c 'import secrets; print(secrets.token_urlsafe(24))'), "
                     "or demo = true for a throw-away demo"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _rollups_outlive_what_reads_them(self) -> CloudConfig:
+        # The dashboard's hour and day views and the analytics read the rollups: kept shorter
+        # than the aggregates or the analytics' lookback, those views show gaps (review2 #9).
+        kept = self.retention.rollups_days
+        if kept == 0:
+            return self  # kept forever
+        aggregates = self.retention.aggregates_days
+        if aggregates == 0 or kept < aggregates:
+            held = "forever (0)" if aggregates == 0 else f"{aggregates} days"
+            raise ValueError(
+                f"retention.rollups_days = {kept} is shorter than retention.aggregates_days "
+                f"({held}): the dashboard's hour and day views read the rollups; set "
+                "rollups_days >= aggregates_days, or 0 to keep them all"
+            )
+        if kept < self.analytics_lookback_days:
+            raise ValueError(
+                f"retention.rollups_days = {kept} is shorter than analytics_lookback_days "
+                f"({self.analytics_lookback_days}): the analytics read the rollups; set "
+                "rollups_days >= analytics_lookback_days, or 0 to keep them all"
+            )
         return self
 
     @model_validator(mode="after")

@@ -34,6 +34,14 @@ N, B, INV, A = ValueKind.NUMBER, ValueKind.BINARY, ValueKind.INVERTED, ValueKind
         (0, B, 0.0),
         (False, INV, 1.0),  # Zigbee contact: false = open
         ("true", INV, 0.0),
+        ("OFF", INV, 1.0),
+        (1, INV, 0.0),
+        ("0", INV, 1.0),
+        # review2 #8: a state word says the door's state itself, so it is never inverted
+        ("open", INV, 1.0),
+        (" Opened ", INV, 1.0),
+        ("closed", INV, 0.0),
+        ("close", INV, 0.0),
         ("12.5", A, 12.5),
         ("detected", A, 1.0),
         (7, A, 7.0),
@@ -59,6 +67,9 @@ def test_values_that_are_read(raw: object, kind: ValueKind, value: float) -> Non
         ("2", B),
         (None, B),
         ("warm", A),
+        ("detected", INV),  # inverted or not is a guess: refused, not stored wrong
+        ("offline", INV),
+        (2, INV),
     ],
 )
 def test_values_that_are_refused(raw: object, kind: ValueKind) -> None:
@@ -80,3 +91,15 @@ def test_a_bad_field_is_counted_and_the_others_kept() -> None:
     assert isinstance(dead, DeadLetter) and dead.reason == "adapter_validation"
     assert "temperature" in dead.detail
     assert z2m.counts["bad_fields"] == 4 and z2m.counts["dead_letters"] == 1
+
+
+@pytest.mark.parametrize(
+    ("payload", "door"),
+    [(b"open", 1.0), (b"closed", 0.0), (b"false", 1.0), (b"true", 0.0)],
+)
+def test_zigbee2mqtt_contact_words_are_the_door_state(payload: bytes, door: float) -> None:
+    """review2 #8: Zigbee2MQTT's `contact` is true when closed, so booleans are inverted, but
+    `open`/`closed` already say the door's state (attribute output of a bridge or a user script)."""
+    z2m = Zigbee2MqttAdapter(AdapterSettings.model_validate({"zigbee2mqtt": {"enabled": True}}))
+    got = readings(z2m.adapt("zigbee2mqtt/front/contact", payload, T0))
+    assert [(r.metric, r.value) for r in got] == [("door", door)]

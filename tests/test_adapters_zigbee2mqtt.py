@@ -237,3 +237,42 @@ def test_remembered_devices_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None
     for name in ("a", "b", "c"):
         z2m.adapt(f"zigbee2mqtt/{name}/battery", b"50", T0)
     assert len(z2m._known) == 2 and z2m.counts["devices_forgotten"] == 1
+
+
+def _z2m_illuminance(*messages: tuple[str, object]) -> tuple[list[float], Zigbee2MqttAdapter]:
+    z2m = Zigbee2MqttAdapter(AdapterSettings.model_validate({"zigbee2mqtt": {"enabled": True}}))
+    lux: list[float] = []
+    for topic, body in messages:
+        payload = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        got = z2m.adapt(topic, payload, T0)
+        if not isinstance(got, DeadLetter):
+            lux += [r.value for r in readings(got) if r.metric == "light"]
+    return lux, z2m
+
+
+def _bridge(name: str, illuminance: dict[str, str]) -> tuple[str, object]:
+    exposes = [{"type": "numeric", "property": "illuminance", **illuminance}]
+    device = {"friendly_name": name, "type": "EndDevice", "definition": {"exposes": exposes}}
+    return ("zigbee2mqtt/bridge/devices", [device])
+
+
+def test_raw_illuminance_is_never_stored_as_lux() -> None:
+    """review2 #4: Zigbee2MQTT 1.x `illuminance` is raw (no unit), 2.x's is lux (unit lx)."""
+    # attribute output, device unknown: the raw value waits, then illuminance_lux wins
+    lux, z2m = _z2m_illuminance(
+        ("zigbee2mqtt/m/illuminance", "18900"),
+        ("zigbee2mqtt/m/illuminance_lux", "78"),
+        ("zigbee2mqtt/m/illuminance", "18900"),
+    )
+    assert lux == [78.0] and z2m.counts["context_unknown"] == 1
+    # 1.x bridge/devices: exposed without a unit, in JSON or attribute output: refused
+    lux, z2m = _z2m_illuminance(
+        _bridge("m", {}), ("zigbee2mqtt/m", {"illuminance": 18900}), ("zigbee2mqtt/m/x", "1")
+    )
+    lux2, _ = _z2m_illuminance(_bridge("m", {}), ("zigbee2mqtt/m/illuminance", "18900"))
+    assert lux == [] and lux2 == [] and z2m.counts["raw_illuminance"] == 1
+    # 2.x: unit lx, at once in attribute output; JSON without illuminance_lux is lux
+    lux, _ = _z2m_illuminance(_bridge("m", {"unit": "lx"}), ("zigbee2mqtt/m/illuminance", "196"))
+    assert lux == [196.0]
+    lux, _ = _z2m_illuminance(("zigbee2mqtt/m", {"illuminance": 196, "occupancy": True}))
+    assert lux == [196.0]

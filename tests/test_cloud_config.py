@@ -55,6 +55,14 @@ def test_toml_is_read_and_the_environment_wins(
         (GOOD + "[http]\nbody_timeout = 5\n", "http.body_timeout"),
         (GOOD.replace("port = 0", 'metrics_token = "read-token-0123456789"'), "metrics_token"),
         (GOOD.replace("port = 0", 'metrics_token = "short"'), "metrics_token"),
+        # review2 #9: the rollups must outlive the aggregates and the analytics' lookback
+        (GOOD + "[retention]\naggregates_days = 30\nrollups_days = 20\n", "retention.rollups_days"),
+        (GOOD + "[retention]\nrollups_days = 20\n", "retention.rollups_days"),
+        (
+            GOOD.replace("port = 0", "analytics_lookback_days = 30")
+            + "[retention]\naggregates_days = 7\nrollups_days = 20\n",
+            "retention.rollups_days",
+        ),
     ],
 )
 def test_a_bad_field_is_named(tmp_path: Path, text: str, named: str) -> None:
@@ -128,3 +136,12 @@ def test_the_http_limits_come_from_the_http_table_and_the_environment(
     assert (config.http.max_headers, config.http.lingering_s) == (40, 2.0)
     assert config.metrics_token is not None
     assert "metrics-token" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    "retention",
+    ["", "rollups_days = 0\naggregates_days = 30\n", "aggregates_days = 30\nrollups_days = 30\n"],
+)
+def test_rollups_kept_at_least_as_long_are_accepted(tmp_path: Path, retention: str) -> None:
+    config = load_config(_write(tmp_path, GOOD + "[retention]\n" + retention))
+    assert config.retention.rollups_days in (0, 30)

@@ -4,8 +4,10 @@ retention, rollups under duplicate batches, and the plans of the dashboard's hea
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import math
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -561,5 +563,72 @@ async def test_the_dashboard_queries_read_indexes_of_the_partitions_in_range(
         metrics = await rollup_metrics(engine)
         assert {m.metric for m in metrics} >= {"temperature", "co2", "power"}
         assert all(m.homes == fleet.homes for m in metrics)
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.postgres
+async def test_the_upgrade_partitions_only_recent_days_with_rows(pg_url: str) -> None:
+    """review2 #3: history spanning over two years and one stray 1970 window (a gateway without
+    a clock before NTP) must not make a partition per day in the migration's one transaction;
+    only the recent days holding rows get theirs, the rest waits in the default partition,
+    which the upkeep then sorts out."""
+    import msgspec
+
+    migration = importlib.import_module(
+        "cloud.migrations.versions.0007_time_partitions_day_rollups"
+    )
+    engine = make_engine(pg_url)
+    try:
+        await _migrate(engine, "0006")
+        now = time.time()
+        today = storage.partition_start("aggregates", now)
+        template = random_windows(5, 1)[0]
+        # 1970, then one window every 9 days over 800 days, then one each of the last 3 days
+        starts = [60.0] + [today - d * DAY + 120 for d in (*range(800, 3, -9), 2, 1, 0)]
+        windows = [
+            msgspec.structs.replace(template, window_start=t, home=f"h-{i:020d}")
+            for i, t in enumerate(starts)
+        ]
+        stored = [("gw-1", a) for a in windows]
+        async with engine.begin() as conn:
+            await conn.execute(insert(batches), [_batch_row("gw-1", 1, len(windows))])
+            await conn.execute(insert(aggregates), [_aggregate_row(1, "gw-1", a) for a in windows])
+            hours = direct_rollups(stored, (3600,))
+            await conn.execute(
+                insert(rollups),
+                [
+                    {**dict(zip(ROLLUP_KEY, key, strict=True)), **state}
+                    for key, state in hours.items()
+                ],
+            )
+
+        await upgrade_to_head(engine)
+
+        recent = today - migration.RECENT_DAYS * DAY
+        have = await _partitions(engine, "aggregates")
+        # The days around now and the recent days with rows; nothing for 1970 or the gaps.
+        assert len(have) <= migration.RECENT_DAYS + migration.AHEAD_DAYS + 3
+        assert min(have.values()) >= recent
+        assert len(await _partitions(engine, "rollups")) <= migration.RECENT_DAYS // 7 + 4
+        async with engine.connect() as conn:
+            assert await conn.scalar(select(func.count()).select_from(aggregates)) == len(starts)
+            waiting = (
+                (await conn.execute(text("SELECT window_start FROM aggregates_default")))
+                .scalars()
+                .all()
+            )
+        assert sorted(waiting) == [t for t in starts if t < recent]
+        assert_matches(await table_rows(engine), direct_rollups(stored))
+
+        # The upkeep then expires what is past the retention and partitions the rest.
+        settings = RetentionConfig(aggregates_days=400, rollups_days=400)
+        await storage.maintain_postgres(engine, settings, now=now)
+        cutoff = storage.retention_cutoff("aggregates", now, 400)
+        async with engine.connect() as conn:
+            left = await conn.scalar(text("SELECT count(*) FROM aggregates_default"))
+            kept = (await conn.execute(select(aggregates.c.window_start))).scalars().all()
+        assert left == 0
+        assert sorted(kept) == [t for t in starts if t >= cutoff]
     finally:
         await engine.dispose()

@@ -77,6 +77,11 @@ _INVALID_CHARS = re.compile(r"[^A-Za-z0-9_.\-]+")
 _PLAIN_NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\Z")
 _TRUE_WORDS = frozenset({"on", "true", "open", "opened", "detected", "yes", "online", "1"})
 _FALSE_WORDS = frozenset({"off", "false", "close", "closed", "clear", "no", "offline", "0"})
+# Words an INVERTED field may invert: they say true/false, not what the thing is. A word like
+# "open" states the door's state itself, so inverting it would store the opposite (review2 #8).
+_INVERTIBLE_WORDS = frozenset({"on", "off", "true", "false", "yes", "no", "1", "0"})
+# Words that state an opening's state directly: stored as said, never inverted.
+_STATE_WORDS = {"open": 1.0, "opened": 1.0, "close": 0.0, "closed": 0.0}
 
 
 def _count_name(counter: Counter[str], name: str) -> None:
@@ -216,23 +221,31 @@ def _number(raw: Any) -> float | None:
 def coerce(raw: Any, kind: ValueKind, label: str) -> float:
     """`raw` as a finite float according to `kind`; `AdapterError` when it does not fit.
 
-    NUMBER: a JSON number or a numeric string. BINARY/INVERTED: a boolean, 0/1 (number or
-    string) or an on/off word. AUTO: a number, a numeric string or an on/off word.
+    NUMBER: a JSON number or a numeric string. BINARY: a boolean, 0/1 (number or string) or an
+    on/off word. INVERTED: a boolean, 0/1 or a true/false, on/off, yes/no word, inverted; the
+    words open/opened (1) and close/closed (0) are taken as said, never inverted. AUTO: a
+    number, a numeric string or an on/off word.
     """
     value: float | None = None
     if kind is ValueKind.NUMBER:
         value = _number(raw)
     else:
+        invert = kind is ValueKind.INVERTED
         if isinstance(raw, bool):
             value = 1.0 if raw else 0.0
         elif isinstance(raw, str):
             word = raw.strip().lower()
-            value = 1.0 if word in _TRUE_WORDS else 0.0 if word in _FALSE_WORDS else None
+            if word in _STATE_WORDS:
+                value, invert = _STATE_WORDS[word], False
+            elif not invert or word in _INVERTIBLE_WORDS:
+                # Other words (detected, online, ...) are refused on an INVERTED field: whether
+                # they mean the inverted or the plain state is a guess.
+                value = 1.0 if word in _TRUE_WORDS else 0.0 if word in _FALSE_WORDS else None
             if value is None and kind is ValueKind.AUTO:
                 value = _number(raw)
         elif isinstance(raw, int | float) and (kind is ValueKind.AUTO or raw in (0, 1)):
             value = float(raw)
-        if value is not None and kind is ValueKind.INVERTED:
+        if value is not None and invert:
             value = 1.0 - value
     if value is None:
         expected = "a number" if kind is ValueKind.NUMBER else "a binary value"

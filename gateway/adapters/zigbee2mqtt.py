@@ -37,11 +37,16 @@ Context rules, because one name means two things:
   energy) and has no battery; on a battery device (``battery``/``battery_low``, or power
   source ``Battery``) it is ``battery_voltage`` (mV unless ``bridge/devices`` says V); with
   neither sign it is ambiguous and ignored (counted).
+- ``illuminance`` is lux in Zigbee2MQTT 2.x, which renamed ``illuminance_lux`` to it; in 1.x it
+  is a raw value beside ``illuminance_lux``. It is stored as lux when its unit (``field_units``
+  or ``bridge/devices``) is ``lx``, or, with no unit known, when the device has no
+  ``illuminance_lux``; a unit-less exposed ``illuminance`` (1.x) is never stored
+  (``raw_illuminance``).
 
 In attribute output one topic carries one property: the device's other properties are
 remembered (names only, bounded) from its property topics and ``bridge/devices``. Until they
 are all known (the device is in ``bridge/devices``, or one of its property topics comes round
-again), its ``temperature`` and ``voltage`` topics are skipped and counted
+again), its ``temperature``, ``voltage`` and ``illuminance`` topics are skipped and counted
 (``context_unknown``), never guessed.
 The optional ``last_seen`` field (ISO 8601 or epoch milliseconds, per
 ``advanced.last_seen``) is the reading time of a JSON state when present.
@@ -107,7 +112,9 @@ _UNIT_REQUIRED = frozenset({"voc"})
 _MAINS_MARKERS = frozenset({"power", "current", "energy"})
 _BATTERY_MARKERS = frozenset({"battery", "battery_low"})
 # Fields whose meaning depends on the device's other properties (see the module docstring).
-_CONTEXT_FIELDS = frozenset({"temperature", "voltage"})
+# `illuminance` is lux in Zigbee2MQTT 2.x but a raw value (about 10000*log10(lux)+1) beside
+# `illuminance_lux` in 1.x: read only once the device's properties or units are known.
+_CONTEXT_FIELDS = frozenset({"temperature", "voltage", "illuminance"})
 # Devices whose property names and exposes are remembered; the oldest is forgotten beyond.
 MAX_REMEMBERED_DEVICES = 4096
 # bridge/devices lists every device with its definition: far larger than a state object.
@@ -120,6 +127,7 @@ class _Device:
 
     properties: set[str] = field(default_factory=set)  # seen on property topics or exposed
     units: dict[str, str] = field(default_factory=dict)  # from bridge/devices exposes
+    exposed: set[str] = field(default_factory=set)  # properties bridge/devices lists
     power_source: str | None = None
     sent_json: bool = False
     # Every property name is known: listed in bridge/devices, or a property topic repeated
@@ -288,7 +296,27 @@ class Zigbee2MqttAdapter(BaseAdapter[Zigbee2MqttSettings]):
                 self.counts["ambiguous_fields"] += 1
                 self.ignore_field(label)
                 return
+        elif (
+            label == "illuminance"
+            and rule is not None
+            and rule.metric == "light"
+            and not self._illuminance_is_lux(known, context, unit)
+        ):
+            self.counts["raw_illuminance"] += 1
+            self.ignore_field(label)
+            return
         self.add(out, who, ts, label, raw, rule, unit=unit)
+
+    @staticmethod
+    def _illuminance_is_lux(known: _Device, context: set[str], unit: str | None) -> bool:
+        """Whether `illuminance` is in lx. Zigbee2MQTT 2.0 renamed `illuminance_lux` to
+        `illuminance` (zigbee-herdsman-converters PR 8304); in 1.x `illuminance` is the raw
+        value, exposed without a unit, and `illuminance_lux` carries the lux."""
+        if unit is not None:
+            return unit == "lx"
+        if "illuminance" in known.exposed:
+            return False  # exposed without a unit: 1.x's raw value
+        return "illuminance_lux" not in context
 
     def _internal_temperature(self, name: str, context: set[str]) -> bool:
         if name in self.room_devices or "humidity" in context:
@@ -320,6 +348,7 @@ class Zigbee2MqttAdapter(BaseAdapter[Zigbee2MqttSettings]):
             if isinstance(definition, dict):
                 _exposed_units(definition.get("exposes"), units)
             known.units = {k: v for k, v in units.items() if v}
+            known.exposed = set(units)
             known.properties |= set(units)
             known.complete = True
         self.counts["bridge_devices"] += 1

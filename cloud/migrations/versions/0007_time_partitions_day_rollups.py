@@ -4,8 +4,11 @@
   `rollups` on `bucket_start` (one a week), each with a DEFAULT partition for rows no partition
   covers yet (`cloud.storage` creates partitions ahead, sweeps the default and drops expired
   partitions). The existing rows move in this one transaction: the old table is renamed, the
-  partitioned one created under the old name with partitions for every day the data spans (and
-  the days around now), the rows copied, the indexes built, the old table dropped; the id
+  partitioned one created under the old name with partitions for the days around now and for
+  the days (weeks) of the newest `RECENT_DAYS` that hold rows, the rows copied (older ones, and
+  outliers such as a window of 1970 from a gateway without a clock, wait in the DEFAULT
+  partition, where `cloud.storage`'s upkeep gives them partitions or expires them, one short
+  transaction each), the indexes built, the old table dropped; the id
   sequences carry over, so ids go on from where they were. A partitioned table's primary key
   must hold its partition column: it is (id, window_start) and (id, bucket_start) there.
 - A time index on the aggregates, `ix_aggregates_time`: BRIN on PostgreSQL (what the default
@@ -70,6 +73,11 @@ OLD_OBJECTS = {
     ],
 }
 AHEAD_DAYS = 7  # cloud.config.RetentionConfig's default; the upkeep keeps it from here on
+# History that gets its partitions here. The whole move is one transaction and every partition
+# with its indexes takes locks until it commits: a partition per day of years of data (or of
+# the gap to one stray 1970 window) exhausts max_locks_per_transaction (review2 #3). This bounds
+# it to about RECENT_DAYS + AHEAD_DAYS + 2 daily partitions and a tenth as many weekly ones.
+RECENT_DAYS = 60
 
 
 def _swap(table: str, partitioned: bool) -> None:
@@ -92,17 +100,21 @@ def _swap(table: str, partitioned: bool) -> None:
         )
         op.execute(f"CREATE TABLE {default_partition(table)} PARTITION OF {table} DEFAULT{storage}")
         _, width = PARTITIONED[table]
-        first, last = bind.execute(sa.text(f"SELECT min({column}), max({column}) FROM {old}")).one()
         now = time.time()
-        # The days around now (the upkeep keeps them from here on) and every one with data.
-        spans = [(now - DAY_S, now + AHEAD_DAYS * DAY_S)]
-        if first is not None:
-            spans.append((first, last))
-        starts = {
-            start
-            for lo, hi in spans
-            for start in range(partition_start(table, lo), partition_start(table, hi) + 1, width)
-        }
+        ahead = partition_start(table, now + AHEAD_DAYS * DAY_S) + width
+        # The days around now (the upkeep keeps them from here on) ...
+        starts = set(range(partition_start(table, now - DAY_S), ahead, width))
+        # ... and those holding rows among the newest RECENT_DAYS (a clock far ahead aside).
+        newest = bind.scalar(sa.text(f"SELECT max({column}) FROM {old} WHERE {column} < {ahead}"))
+        if newest is not None:
+            since = partition_start(table, newest - RECENT_DAYS * DAY_S)
+            held = bind.execute(
+                sa.text(
+                    f"SELECT DISTINCT floor({column} / {width}) * {width} FROM {old}"
+                    f" WHERE {column} >= {since} AND {column} < {ahead}"
+                )
+            )
+            starts |= {int(start) for (start,) in held}
         for start in sorted(starts):
             create_partition(bind, table, start)
     else:
