@@ -566,3 +566,61 @@ def test_template_bombs_are_refused_when_rendered(source: str, value: str) -> No
 )
 def test_bounded_constructs_still_render(source: str, value: str, want: str) -> None:
     assert compile_template(source).render(value, {}) == want
+
+
+# -- claims over the whole broker (review2 finding 2) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("topic", "ok"),
+    [
+        ("+/#", False),
+        ("+/+", False),
+        ("#", False),
+        ("a/#", False),
+        ("+", False),
+        ("/+/", False),
+        ("$SYS/broker/load", False),
+        ("a+/b", False),
+        ("+/+/BTtoMQTT/A4C138000001", True),  # OpenMQTTGateway, in the corpus
+        ("esp-c/sensor/t/state", True),
+        ("+/status", True),
+    ],
+)
+def test_only_filters_with_a_literal_level_and_no_hash_are_claimed(topic: str, ok: bool) -> None:
+    ha = HaDiscoveryAdapter(AdapterSettings())
+    out = ha.adapt("homeassistant/sensor/x/t/config", config_bytes(topic), 0.0)
+    if ok:
+        assert not isinstance(out, DeadLetter) and len(ha.entities) == 1
+    else:
+        assert isinstance(out, DeadLetter) and out.reason == "adapter_validation"
+        assert not ha.entities and not ha._readers
+
+
+def test_availability_entries_are_capped_and_broad_ones_refused() -> None:
+    ha = HaDiscoveryAdapter(AdapterSettings())
+    listed = [{"t": f"dev1/avail{i}"} for i in range(20)]
+    ha.adapt(
+        "homeassistant/sensor/x/t/config",
+        config_bytes("dev1/state", avty_t="+/#", avty=listed),
+        0.0,
+    )
+    (entity,) = ha._entities.values()
+    assert [a.topic for a in entity.availability] == [f"dev1/avail{i}" for i in range(8)]
+    assert ha.counts["availability_refused"] == 1 + 12
+    assert "+/#" not in ha._readers
+
+
+def test_the_claimed_topic_cap_is_counted() -> None:
+    settings = AdapterSettings.model_validate({"ha_discovery": {"max_claimed_topics": 3}})
+    ha = HaDiscoveryAdapter(settings)
+    ha.adapt("homeassistant/sensor/a/t/config", config_bytes("a/t", avty_t="a/avail"), 0.0)
+    ha.adapt("homeassistant/sensor/b/t/config", config_bytes("b/t", avty_t="b/avail"), 0.0)
+    # b/t took the third filter; its availability topic is beyond the cap
+    assert sorted(ha._readers) == ["a/avail", "a/t", "b/t"]
+    ha.adapt("homeassistant/sensor/c/t/config", config_bytes("c/t"), 0.0)
+    assert len(ha.entities) == 2 and ha.counts["topics_refused"] == 2
+    assert ha.counts["state_topic_taken"] == 0
+    # a topic claimed already costs no new filter
+    ha.adapt("homeassistant/sensor/d/t/config", config_bytes("a/t", uniq_id="d"), 0.0)
+    assert len(ha.entities) == 3
