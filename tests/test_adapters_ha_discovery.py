@@ -624,3 +624,13 @@ def test_the_claimed_topic_cap_is_counted() -> None:
     # a topic claimed already costs no new filter
     ha.adapt("homeassistant/sensor/d/t/config", config_bytes("a/t", uniq_id="d"), 0.0)
     assert len(ha.entities) == 3
+
+
+@pytest.mark.timeout(10, method="thread")
+def test_a_bomb_config_is_an_adapter_template_dead_letter() -> None:
+    ha = HaDiscoveryAdapter(AdapterSettings())
+    bomb = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}1"
+    out = ha.adapt("homeassistant/sensor/x/t/config", config_bytes("x/t", val_tpl=bomb), 0.0)
+    assert isinstance(out, DeadLetter) and out.reason == "adapter_template"
+    assert "range" in out.detail and ha.counts["template_errors"] == 1
+    assert not ha.entities and not ha._readers
