@@ -513,9 +513,9 @@ def test_bare_paths_render_as_jinja_does(source: str, value_json: Any) -> None:
         "{{ cycler(1, 2).next() }}",
         "{{ joiner(',')() }}",
         # a str method that pads, and map() reaching a width filter by name
-        "{{ value.ljust(200000000) }}",
-        "{{ value.zfill(200000000) }}",
-        "{{ ['x']|map('center', 200000000)|list }}",
+        "{{ value.ljust(200000000)|length }}",
+        "{{ value.zfill(200000000)|length }}",
+        "{{ ['x']|map('center', 200000000)|list|length }}",
     ],
 )
 def test_template_bombs_are_refused_at_config_time(source: str) -> None:
@@ -533,9 +533,9 @@ def test_template_bombs_are_refused_at_config_time(source: str) -> None:
         ("{{ ('%0200000000d' ~ '') % 1 }}", "1"),
         ("{{ value % 1 }}", "%0200000000d"),
         ("{{ value|round(100000000) }}", "1.5"),
-        ("{{ ('x' * 9999)|replace('x', 'y' * 4000) }}", "1"),
-        ("{{ ('x' * 9999)|list|join('y' * 4000) }}", "1"),
-        ("{{ ['x' * 9999]|map('replace', 'x', 'yyyyyyyyyy')|list }}", "1"),
+        ("{{ ('x' * 9999)|replace('x', 'y' * 4000)|length }}", "1"),
+        ("{{ ('x' * 9999)|list|join('y' * 4000)|length }}", "1"),
+        ("{{ ['x' * 9999]|map('replace', 'x', 'y' * 4000)|list|length }}", "1"),
         # catastrophic backtracking: 0.56 s at 22 characters before, hours at 40
         ("{{ value is match('(a+)+$') }}", "a" * 40 + "b"),
         ("{{ value is search('(a|aa)*c') }}", "a" * 40),
