@@ -540,6 +540,7 @@ def test_template_bombs_are_refused_at_config_time(source: str) -> None:
         ("{{ value is match('(a+)+$') }}", "a" * 40 + "b"),
         ("{{ value is search('(a|aa)*c') }}", "a" * 40),
         ("{{ value | regex_search('(x+x+)+y') }}", "x" * 40),
+        ("{{ value | regex_search('(?>(a+)+$)') }}", "a" * 40 + "b"),
         ("{{ value | regex_replace('(a)\\\\1*', '') }}", "a" * 40),
         ("{{ value | regex_search('a*a*a*b') }}", "a" * 200),  # 1 s at 256: three repeats
         ("{{ value | regex_search('a') }}", "a" * 257),  # input beyond MAX_REGEX_INPUT

@@ -252,6 +252,8 @@ def _regex_shape(items: Any, depth: int, repeats: list[int]) -> None:
             _regex_shape(arg[-1], depth, repeats)
         elif op in (c.ASSERT, c.ASSERT_NOT):
             _regex_shape(arg[1], depth, repeats)
+        elif op is c.ATOMIC_GROUP:
+            _regex_shape(arg, depth, repeats)
         elif op in (c.GROUPREF, c.GROUPREF_EXISTS):
             raise TemplateProblem("regex uses a backreference")
 
