@@ -475,3 +475,163 @@ def test_bare_paths_render_as_jinja_does(source: str, value_json: Any) -> None:
     assert template._path is not None  # the fast path is the one under test
     want = SandboxedEnvironment().from_string(source).render(value_json=value_json).strip()
     assert template.render("", value_json) == want
+
+
+# -- templates that would eat the CPU or the memory (review2 finding 1; each would hang or
+# exhaust memory without the bounds, so each test has its own short timeout) -----------------
+
+
+@pytest.mark.timeout(10, method="thread")  # a C-level loop ignores signals
+@pytest.mark.parametrize(
+    "source",
+    [
+        # doubling a string in a loop: 64 MB at 26 iterations, more exhausts memory
+        "{% set ns = namespace(s='x') %}{% for i in range(26) %}{% set ns.s = ns.s ~ ns.s %}"
+        "{% endfor %}{{ ns.s|length }}",
+        # nested loops: 10^10 iterations with the sandbox's range cap
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}1",
+        # loops over the payload itself, without range
+        "{% for c in value %}{% for d in value %}{{ c }}{% endfor %}{% endfor %}",
+        # the output built in a loop before the output cap is checked
+        "{% for i in range(20000) %}{{ 'x' * 9999 }}{% endfor %}",
+        "{% set x = 'y' * 9999 %}{{ x }}",
+        "{% macro m() %}{{ caller() }}{% endmacro %}{% call m() %}x{% endcall %}",
+        "{% filter upper %}x{% endfilter %}",
+        "{% with a = 1 %}{{ a }}{% endwith %}",
+        "{% include 'x' %}",
+        # width filters and printf formatting: 200 MB at once
+        "{{ 'x'|center(200000000)|length }}",
+        "{{ 'x'|indent(200000000) }}",
+        "{{ 'x'|wordwrap(5) }}",
+        "{{ '%s'|format(1) }}",
+        "{{ ('%0200000000d' % 1)|length }}",
+        "{{ ('%0' ~ '200000000d') % 1 }}",
+        # jinja's globals
+        "{{ lipsum(100000, false, 100000, 100000) }}",
+        "{{ range(10)|list }}",
+        "{{ dict(a=1) }}",
+        "{{ cycler(1, 2).next() }}",
+        "{{ joiner(',')() }}",
+        # a str method that pads, and map() reaching a width filter by name
+        "{{ value.ljust(200000000)|length }}",
+        "{{ value.zfill(200000000)|length }}",
+        "{{ ['x']|map('center', 200000000)|list|length }}",
+    ],
+)
+def test_template_bombs_are_refused_at_config_time(source: str) -> None:
+    with pytest.raises(TemplateProblem):
+        compile_template(source).render("1", {})
+
+
+@pytest.mark.timeout(10, method="thread")  # a C-level loop ignores signals
+@pytest.mark.parametrize(
+    ("source", "value"),
+    [
+        ("{{ (((10**1000)**1000)**10)|string|length }}", "1"),  # 19 s of CPU before
+        ("{{ (2**62) * (2**62) * (2**62) }}", "1"),
+        ("{{ value|int ** 999 }}", "123456789"),
+        ("{{ ('%0200000000d' ~ '') % 1 }}", "1"),
+        ("{{ value % 1 }}", "%0200000000d"),
+        ("{{ value|round(100000000) }}", "1.5"),
+        ("{{ ('x' * 9999)|replace('x', 'y' * 4000)|length }}", "1"),
+        ("{{ ('x' * 9999)|list|join('y' * 4000)|length }}", "1"),
+        ("{{ ['x' * 9999]|map('replace', 'x', 'y' * 4000)|list|length }}", "1"),
+        # catastrophic backtracking: 0.56 s at 22 characters before, hours at 40
+        ("{{ value is match('(a+)+$') }}", "a" * 40 + "b"),
+        ("{{ value is search('(a|aa)*c') }}", "a" * 40),
+        ("{{ value | regex_search('(x+x+)+y') }}", "x" * 40),
+        ("{{ value | regex_search('(?>(a+)+$)') }}", "a" * 40 + "b"),
+        ("{{ value | regex_replace('(a)\\\\1*', '') }}", "a" * 40),
+        ("{{ value | regex_search('a*a*a*b') }}", "a" * 200),  # 1 s at 256: three repeats
+        ("{{ value | regex_search('a') }}", "a" * 257),  # input beyond MAX_REGEX_INPUT
+    ],
+)
+def test_template_bombs_are_refused_when_rendered(source: str, value: str) -> None:
+    with pytest.raises(TemplateProblem):
+        compile_template(source).render(value, {})
+
+
+@pytest.mark.parametrize(
+    ("source", "value", "want"),
+    [
+        ("{{ (value|int) % 7 }}", "23", "2"),
+        ("{{ 2 ** 10 }}", "", "1024"),
+        ("{{ value|float ** 0.5 }}", "16", "4.0"),
+        ("{{ value.split(',')[1] | float }}", "1,2.5", "2.5"),
+        ("{{ value | regex_search('^\\\\d+(\\\\.\\\\d)? C$') }}", "21.5 C", "True"),
+        ("{{ value | regex_replace('\\\\s+', ' ') }}", "a   b", "a b"),
+        ("{{ ['a', 'b']|join(',') }}", "", "a,b"),
+        ("{{ value|replace('C', '') }}", "21C", "21"),
+        ("{{ 1700000000000000000 + 1 }}", "", "1700000000000000001"),
+    ],
+)
+def test_bounded_constructs_still_render(source: str, value: str, want: str) -> None:
+    assert compile_template(source).render(value, {}) == want
+
+
+# -- claims over the whole broker (review2 finding 2) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("topic", "ok"),
+    [
+        ("+/#", False),
+        ("+/+", False),
+        ("#", False),
+        ("a/#", False),
+        ("+", False),
+        ("/+/", False),
+        ("$SYS/broker/load", False),
+        ("a+/b", False),
+        ("+/+/BTtoMQTT/A4C138000001", True),  # OpenMQTTGateway, in the corpus
+        ("esp-c/sensor/t/state", True),
+        ("+/status", True),
+    ],
+)
+def test_only_filters_with_a_literal_level_and_no_hash_are_claimed(topic: str, ok: bool) -> None:
+    ha = HaDiscoveryAdapter(AdapterSettings())
+    out = ha.adapt("homeassistant/sensor/x/t/config", config_bytes(topic), 0.0)
+    if ok:
+        assert not isinstance(out, DeadLetter) and len(ha.entities) == 1
+    else:
+        assert isinstance(out, DeadLetter) and out.reason == "adapter_validation"
+        assert not ha.entities and not ha._readers
+
+
+def test_availability_entries_are_capped_and_broad_ones_refused() -> None:
+    ha = HaDiscoveryAdapter(AdapterSettings())
+    listed = [{"t": f"dev1/avail{i}"} for i in range(20)]
+    ha.adapt(
+        "homeassistant/sensor/x/t/config",
+        config_bytes("dev1/state", avty_t="+/#", avty=listed),
+        0.0,
+    )
+    (entity,) = ha._entities.values()
+    assert [a.topic for a in entity.availability] == [f"dev1/avail{i}" for i in range(8)]
+    assert ha.counts["availability_refused"] == 1 + 12
+    assert "+/#" not in ha._readers
+
+
+def test_the_claimed_topic_cap_is_counted() -> None:
+    settings = AdapterSettings.model_validate({"ha_discovery": {"max_claimed_topics": 3}})
+    ha = HaDiscoveryAdapter(settings)
+    ha.adapt("homeassistant/sensor/a/t/config", config_bytes("a/t", avty_t="a/avail"), 0.0)
+    ha.adapt("homeassistant/sensor/b/t/config", config_bytes("b/t", avty_t="b/avail"), 0.0)
+    # b/t took the third filter; its availability topic is beyond the cap
+    assert sorted(ha._readers) == ["a/avail", "a/t", "b/t"]
+    ha.adapt("homeassistant/sensor/c/t/config", config_bytes("c/t"), 0.0)
+    assert len(ha.entities) == 2 and ha.counts["topics_refused"] == 2
+    assert ha.counts["state_topic_taken"] == 0
+    # a topic claimed already costs no new filter
+    ha.adapt("homeassistant/sensor/d/t/config", config_bytes("a/t", uniq_id="d"), 0.0)
+    assert len(ha.entities) == 3
+
+
+@pytest.mark.timeout(10, method="thread")
+def test_a_bomb_config_is_an_adapter_template_dead_letter() -> None:
+    ha = HaDiscoveryAdapter(AdapterSettings())
+    bomb = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}1"
+    out = ha.adapt("homeassistant/sensor/x/t/config", config_bytes("x/t", val_tpl=bomb), 0.0)
+    assert isinstance(out, DeadLetter) and out.reason == "adapter_template"
+    assert "range" in out.detail and ha.counts["template_errors"] == 1
+    assert not ha.entities and not ha._readers

@@ -38,7 +38,13 @@ Discovered entities are not persisted: configs are retained on the broker, and a
 gateway receives them again on subscribing. At most ``max_entities`` are adopted (counted
 beyond). Counted: ``entities``, ``entities_removed``, ``entities_refused``, ``own_entities``,
 ``ignored_components``, ``unmapped_entities``, ``state_topic_taken``, ``template_errors``,
-``no_value``, ``empty_states``, ``unmatched_payloads``.
+``no_value``, ``empty_states``, ``unmatched_payloads``, ``availability_refused``,
+``topics_refused``.
+
+Claimed topics are bounded, because any client on the broker can publish a config: no ``#`` and
+at least one literal level (``+/#`` or ``+/+`` would subscribe the gateway to every topic; a state
+topic that is not is `adapter_validation`), at most `MAX_AVAILABILITY` availability entries per
+entity and ``max_claimed_topics`` distinct filters in all (beyond: refused and counted).
 """
 
 from __future__ import annotations
@@ -227,16 +233,19 @@ def _payload_text(value: Any, default: str) -> str:
     return str(value)
 
 
+MAX_AVAILABILITY = 8  # availability entries per entity; HA configs name one or two
+
+
 def _valid_filter(topic: str) -> bool:
-    if not topic or topic.startswith(("$", "#")) or "\0" in topic:
+    """A topic or filter a discovered entity may claim: ``+`` only as a whole level, no ``#``
+    (``+/#`` would subscribe the gateway to the whole broker) and at least one literal level
+    (``+/+`` would too; OpenMQTTGateway's ``+/+/BTtoMQTT/<mac>`` names one)."""
+    if not topic or topic.startswith("$") or "\0" in topic or "#" in topic:
         return False
     levels = topic.split("/")
-    for i, level in enumerate(levels):
-        if "#" in level and (level != "#" or i != len(levels) - 1):
-            return False
-        if "+" in level and level != "+":
-            return False
-    return True
+    if any("+" in level and level != "+" for level in levels):
+        return False
+    return any(level not in ("", "+") for level in levels)
 
 
 @dataclass(slots=True)
@@ -286,6 +295,7 @@ class HaDiscoveryAdapter(BaseAdapter[HaDiscoverySettings]):
         self.prefix = eco.prefix
         self.device_id = eco.device_id
         self.max_entities = eco.max_entities
+        self.max_claimed_topics = eco.max_claimed_topics
         self.own_prefix = eco.own_prefix
         self._config_filters = TopicFilters(self.filters)
         self._entities: dict[str, _Entity] = {}
@@ -395,11 +405,19 @@ class HaDiscoveryAdapter(BaseAdapter[HaDiscoverySettings]):
             return
         # The new entity claims its topics before the old one releases them: a config that
         # is sent again (every reconnect replays the retained ones) does not unsubscribe.
-        if not self._claim(entity.state_topic, entity):
-            self.counts["state_topic_taken"] += 1
+        why = self._claim(entity.state_topic, entity)
+        if why is not None:
+            self.counts[why] += 1
             self._remove(key)
             return
-        entity.availability = [a for a in entity.availability if self._claim(a.topic, entity)]
+        kept = []
+        for avail in entity.availability:
+            why = self._claim(avail.topic, entity)
+            if why == "topics_refused":
+                self.counts[why] += 1
+            elif why is None:
+                kept.append(avail)
+        entity.availability = kept
         self._remove(key)
         entity.who = self._slot(entity)
         self._entities[key] = entity
@@ -469,13 +487,20 @@ class HaDiscoveryAdapter(BaseAdapter[HaDiscoverySettings]):
         items: list[_Availability] = []
         topic = config.get("availability_topic")
         template = config.get("availability_template")
-        if isinstance(topic, str) and _valid_filter(topic):
+        if isinstance(topic, str) and not _valid_filter(topic):
+            self.counts["availability_refused"] += 1
+        elif isinstance(topic, str):
             compiled = compile_template(template) if isinstance(template, str) else None
             items.append(_Availability(topic, on, off, compiled))
-        for item in config.get("availability") or []:
+        listed = config.get("availability") or []
+        if not isinstance(listed, list):
+            listed = []
+        for item in listed:
             if not isinstance(item, dict) or not isinstance(item.get("topic"), str):
                 continue
-            if not _valid_filter(item["topic"]):
+            if not _valid_filter(item["topic"]) or len(items) >= MAX_AVAILABILITY:
+                # a filter over the whole broker, or a list that would claim hundreds
+                self.counts["availability_refused"] += 1
                 continue
             tpl = item.get("value_template")
             items.append(
@@ -519,15 +544,24 @@ class HaDiscoveryAdapter(BaseAdapter[HaDiscoverySettings]):
 
     # -- topic claims -----------------------------------------------------------------------
 
-    def _claim(self, topic: str, entity: _Entity) -> bool:
+    def _claim(self, topic: str, entity: _Entity) -> str | None:
+        """None when `entity` reads `topic` now, else why not (a count's name)."""
         readers = self._readers.get(topic)
         if readers is None:
+            if len(self._readers) >= self.max_claimed_topics:
+                log.warning(
+                    "%s: %d topics claimed already: %s refused",
+                    self.name,
+                    self.max_claimed_topics,
+                    topic,
+                )
+                return "topics_refused"
             if self._claims is not None and not self._claims.claim(topic):
-                return False
+                return "state_topic_taken"
             readers = self._readers[topic] = []
             self._rebuild_wild()
         readers.append(entity)
-        return True
+        return None
 
     def _remove(self, key: str) -> None:
         entity = self._entities.pop(key, None)

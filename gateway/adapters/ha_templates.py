@@ -6,8 +6,27 @@ Jinja template that Home Assistant renders with ``value`` (the payload as text) 
 checks it once, when the config arrives; `ValueTemplate.render` runs it per state message.
 
 The environment is `jinja2.sandbox.SandboxedEnvironment` (no attribute access to internals, no
-calling of unsafe methods, ranges capped), plus bounds of our own: a template's source length,
-string/list repetition and powers, and the rendered output's length.
+calling of unsafe methods), plus bounds of our own, because any client on the broker can plant a
+template and it renders on the MQTT network thread (a slow template stops all intake):
+
+- at compile time the template's syntax tree is checked against an allow-list (`_ALLOWED_NODES`):
+  output, ``{% if %}``, expressions (constants, ``value``/``value_json`` with attribute and item
+  access, comparisons, ``and``/``or``/``not``, if-expressions, ``~``, arithmetic), filters, tests
+  and calls of the helpers below and of a few read-only string methods (`_SAFE_METHODS`). Loops,
+  ``set``, macros, call/filter blocks, ``with``, includes and imports are refused, and so are
+  jinja's globals (``range``, ``namespace``, ``lipsum``, ``cycler``, ``joiner``, ``dict``): no
+  construct can repeat work, so a render costs at most about the template's length in steps;
+- sizes: a template's source length (`MAX_TEMPLATE_CHARS`); ``*`` on strings and lists and the
+  ``replace``/``join`` filters (`MAX_STRING`); ``%`` on a string (printf formatting, whose width
+  is unbounded) is refused; an integer result of arithmetic beyond ±2**63 and a power whose result
+  would exceed it are refused before they are computed (`MAX_INT`); ``round``'s precision is at
+  most 15; the rendered output's length (`MAX_OUTPUT_CHARS`);
+- regexes (Python's ``re`` has no timeout, and a thread cannot be stopped): the pattern at most
+  256 characters, the input at most `MAX_REGEX_INPUT` characters, no backreferences, no repeat
+  inside a repeat, no alternation inside a repeat and at most two variable-length repeats
+  (``?`` and ``{n}`` not counted; ``a*a*b`` on 256 characters takes about 0.01 s, ``a*a*a*b``
+  would take 1 s). That rules out catastrophic backtracking (``(a+)+$``, ``(a|aa)*``) and
+  bounds the polynomial cases.
 
 Supported subset (what the ecosystems' discovery configs use; HA semantics where HA defines
 them, https://www.home-assistant.io/docs/configuration/templating/):
@@ -18,8 +37,11 @@ them, https://www.home-assistant.io/docs/configuration/templating/):
   ``add``, ``log``, ``sqrt``, ``iif(if_true, if_false, if_none)``, ``is_defined``,
   ``is_number``, ``min``/``max``, ``to_json``/``from_json``, ``regex_replace``,
   ``regex_search``, ``regex_match``, ``bitwise_and``/``bitwise_or``, ``ord``,
-  ``base64_decode``; every jinja2 builtin filter and test (``default``/``d``, ``abs``,
-  ``lower``, ``replace``, ``trim``, ``first``...); tests ``is_number``, ``match``, ``search``.
+  ``base64_decode``; the jinja2 builtin filters in `_JINJA_FILTERS` (``default``/``d``, ``abs``,
+  ``lower``, ``replace``, ``trim``, ``first``, ``join``, ``map``, ``selectattr``...; not the
+  width-taking or text-making ones: ``center``, ``indent``, ``wordwrap``, ``format``,
+  ``truncate``, ``batch``, ``slice``, ``urlize``, ``striptags``, ``pprint``, ``random``...); every
+  jinja2 builtin test; tests ``is_number``, ``match``, ``search``.
 
 What is not supported is refused when the config arrives (`TemplateProblem`): HA's state
 machine (``states()``, ``is_state()``, ``state_attr()``, ``this``...), time (``now()``,
@@ -52,7 +74,13 @@ from jinja2.sandbox import SandboxedEnvironment
 MAX_TEMPLATE_CHARS = 4096
 MAX_OUTPUT_CHARS = 4096
 MAX_REPEAT = 10_000  # "x" * n, [..] * n
+MAX_STRING = 65_536  # the result of replace / join
 MAX_EXPONENT = 1_000
+MAX_INT = 2**63  # an integer result of arithmetic (a nanosecond timestamp fits)
+MAX_PRECISION = 15
+MAX_REGEX_PATTERN = 256
+MAX_REGEX_INPUT = 256
+MAX_REGEX_REPEATS = 2
 
 _SENTINEL: Any = object()
 VARIABLES = frozenset({"value", "value_json"})
@@ -118,6 +146,9 @@ def ha_round(
     number = ha_float(value, default=_SENTINEL if default is _SENTINEL else None)
     if number is None:
         return default
+    if not isinstance(precision, int) or abs(precision) > MAX_PRECISION:
+        # 10**precision below: an unbounded precision is a CPU bomb
+        raise TemplateProblem(f"round precision {precision!r} is not an integer within ±15")
     if method == "ceil":
         out = math.ceil(number * 10**precision) / 10**precision
     elif method == "floor":
@@ -200,22 +231,90 @@ def to_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def _regex(pattern: str, ignorecase: bool) -> re.Pattern[str]:
-    if len(pattern) > 256:
-        raise TemplateProblem("regex longer than 256 characters")
+def _regex_shape(items: Any, depth: int, repeats: list[int]) -> None:
+    """Refuse what makes ``re`` backtrack without bound (see the module docstring)."""
+    from re import _constants as c  # type: ignore[attr-defined]
+
+    for op, arg in items:
+        if op in (c.MAX_REPEAT, c.MIN_REPEAT, c.POSSESSIVE_REPEAT):
+            low, high, body = arg
+            if high > 1 and high != low:  # "?" cannot backtrack far, "{3}" not at all
+                repeats.append(1)
+                if depth > 0:
+                    raise TemplateProblem("regex has a repeat inside a repeat")
+            _regex_shape(body, depth + (1 if high > 1 else 0), repeats)
+        elif op is c.BRANCH:
+            if depth > 0:
+                raise TemplateProblem("regex has an alternation inside a repeat")
+            for branch in arg[1]:
+                _regex_shape(branch, depth, repeats)
+        elif op is c.SUBPATTERN:
+            _regex_shape(arg[-1], depth, repeats)
+        elif op in (c.ASSERT, c.ASSERT_NOT):
+            _regex_shape(arg[1], depth, repeats)
+        elif op is c.ATOMIC_GROUP:
+            _regex_shape(arg, depth, repeats)
+        elif op in (c.GROUPREF, c.GROUPREF_EXISTS):
+            raise TemplateProblem("regex uses a backreference")
+
+
+def _regex(pattern: Any, ignorecase: bool) -> re.Pattern[str]:
+    pattern = str(pattern)
+    if len(pattern) > MAX_REGEX_PATTERN:
+        raise TemplateProblem(f"regex longer than {MAX_REGEX_PATTERN} characters")
+    from re import _parser  # type: ignore[attr-defined]
+
+    try:
+        parsed = _parser.parse(pattern, re.IGNORECASE if ignorecase else 0)
+    except re.error as exc:
+        raise TemplateProblem(f"regex {pattern!r}: {exc}") from None
+    repeats: list[int] = []
+    _regex_shape(parsed, 0, repeats)
+    if len(repeats) > MAX_REGEX_REPEATS:
+        raise TemplateProblem(f"regex has more than {MAX_REGEX_REPEATS} variable-length repeats")
     return re.compile(pattern, re.IGNORECASE if ignorecase else 0)
 
 
+def _regex_input(value: Any) -> str:
+    text = str(value)
+    if len(text) > MAX_REGEX_INPUT:
+        raise TemplateProblem(f"regex input of {len(text)} characters > {MAX_REGEX_INPUT}")
+    return text
+
+
 def regex_replace(value: Any, find: str = "", replace: str = "", ignorecase: bool = False) -> str:
-    return _regex(find, ignorecase).sub(replace, str(value))
+    if len(str(replace)) > MAX_REGEX_PATTERN:
+        raise TemplateProblem(f"regex replacement longer than {MAX_REGEX_PATTERN} characters")
+    return _regex(find, ignorecase).sub(str(replace), _regex_input(value))
 
 
 def regex_match(value: Any, find: str = "", ignorecase: bool = False) -> bool:
-    return bool(_regex(find, ignorecase).match(str(value)))
+    return bool(_regex(find, ignorecase).match(_regex_input(value)))
 
 
 def regex_search(value: Any, find: str = "", ignorecase: bool = False) -> bool:
-    return bool(_regex(find, ignorecase).search(str(value)))
+    return bool(_regex(find, ignorecase).search(_regex_input(value)))
+
+
+def bounded_replace(value: Any, old: Any, new: Any, count: Any = None) -> str:
+    """jinja's ``replace``, refused when its result would exceed `MAX_STRING` (it multiplies)."""
+    text, old, new = str(value), str(old), str(new)
+    times = text.count(old) if old else len(text) + 1
+    if isinstance(count, int) and count >= 0:
+        times = min(times, count)
+    if len(text) + times * max(len(new) - len(old), 0) > MAX_STRING:
+        raise TemplateProblem("replace result too large")
+    return text.replace(old, new, -1 if count is None else int(count))
+
+
+def bounded_join(value: Any, d: Any = "", attribute: Any = None) -> str:
+    """jinja's ``join``, refused when its result would exceed `MAX_STRING`."""
+    if attribute is not None:
+        value = [v.get(attribute) if isinstance(v, dict) else None for v in value]
+    parts = [str(v) for v in value]
+    if sum(map(len, parts)) + len(str(d)) * max(len(parts) - 1, 0) > MAX_STRING:
+        raise TemplateProblem("join result too large")
+    return str(d).join(parts)
 
 
 def bitwise_and(first: Any, second: Any) -> int:
@@ -260,6 +359,17 @@ _FILTERS: dict[str, Callable[..., Any]] = {
     "ord": ord,
     "base64_decode": base64_decode,
 }
+# jinja2's builtin filters that cannot make a large string from a small template (the others:
+# center, indent, wordwrap, format, truncate, batch, slice, urlize, striptags, pprint, random,
+# xmlattr, wordcount, groupby, filesizeformat are not provided).
+_JINJA_FILTERS = frozenset(
+    {
+        "abs", "attr", "capitalize", "count", "d", "default", "dictsort", "e", "escape",
+        "first", "forceescape", "items", "last", "length", "list", "lower", "map", "reject",
+        "rejectattr", "reverse", "safe", "select", "selectattr", "sort", "string", "sum",
+        "title", "tojson", "trim", "unique", "upper", "urlencode",
+    }
+)  # fmt: skip
 _TESTS: dict[str, Callable[..., Any]] = {
     "is_number": is_number,
     "match": regex_match,
@@ -267,33 +377,99 @@ _TESTS: dict[str, Callable[..., Any]] = {
 }
 
 
-class _BoundedSandbox(SandboxedEnvironment):
-    """The sandbox, with repetition and powers bounded (a template must not eat the memory)."""
+def _check_int(result: Any) -> Any:
+    if isinstance(result, int) and not isinstance(result, bool) and abs(result) > MAX_INT:
+        raise TemplateProblem("integer result beyond ±2**63")
+    return result
 
-    intercepted_binops = frozenset({"*", "**"})
+
+class _BoundedSandbox(SandboxedEnvironment):
+    """The sandbox, with repetition, powers, integers and ``%`` bounded (a template must not
+    eat the memory or the CPU of the thread that renders it)."""
+
+    intercepted_binops = frozenset({"*", "**", "%", "+", "-", "//", "/"})
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "**":
-            if isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
-                raise TemplateProblem(f"exponent {right!r} is too large")
-            return left**right
-        for seq, times in ((left, right), (right, left)):
-            sized = isinstance(seq, str | list | tuple) and isinstance(times, int)
-            if sized and times * max(len(seq), 1) > MAX_REPEAT:
-                raise TemplateProblem("repetition too large")
-        return left * right
+            return _check_int(_power(left, right))
+        if operator == "%":
+            if isinstance(left, str | bytes):
+                raise TemplateProblem("% string formatting is not supported")
+            return _check_int(left % right)
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                sized = isinstance(seq, str | list | tuple) and isinstance(times, int)
+                if sized and times * max(len(seq), 1) > MAX_REPEAT:
+                    raise TemplateProblem("repetition too large")
+        return _check_int(super().call_binop(context, operator, left, right))
+
+
+def _power(left: Any, right: Any) -> Any:
+    """``left ** right`` when its result is small, both operands bounded before it is computed."""
+    for operand in (left, right):
+        if isinstance(operand, int) and abs(operand) > MAX_INT:
+            raise TemplateProblem("operand of ** beyond ±2**63")
+    if isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
+        raise TemplateProblem(f"exponent {right!r} is too large")
+    ints = isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1
+    if ints and (abs(left).bit_length() - 1) * right > MAX_INT.bit_length():
+        raise TemplateProblem("power result beyond ±2**63")
+    return left**right
 
 
 def _environment() -> SandboxedEnvironment:
     env = _BoundedSandbox(autoescape=False, undefined=jinja2.Undefined)
+    env.filters = {name: env.filters[name] for name in _JINJA_FILTERS}
     env.filters.update(_FILTERS)
+    env.filters["replace"] = bounded_replace
+    env.filters["join"] = bounded_join
     env.tests.update(_TESTS)
+    env.globals.clear()  # range, namespace, lipsum, cycler, joiner, dict: none is needed
     env.globals.update(_FUNCTIONS)
     return env
 
 
+# The syntax-tree nodes a value template may use: no loop, assignment, macro or block, so a
+# render's work is bounded by the template's length.
+_ALLOWED_NODES: tuple[type[nodes.Node], ...] = (
+    nodes.Template, nodes.Output, nodes.TemplateData, nodes.If, nodes.CondExpr, nodes.Const,
+    nodes.Name, nodes.Getattr, nodes.Getitem, nodes.Slice, nodes.Filter, nodes.Test,
+    nodes.Call, nodes.Keyword, nodes.List, nodes.Tuple, nodes.Dict, nodes.Pair, nodes.Concat,
+    nodes.And, nodes.Or, nodes.Not, nodes.Neg, nodes.Pos, nodes.Compare, nodes.Operand,
+    nodes.Add, nodes.Sub, nodes.Mul, nodes.Div, nodes.FloorDiv, nodes.Mod, nodes.Pow,
+)  # fmt: skip
+# Methods a template may call on a value (``value.split(',')[0]``): none makes a larger string.
+_SAFE_METHODS = frozenset(
+    {
+        "split", "rsplit", "splitlines", "strip", "lstrip", "rstrip", "lower", "upper",
+        "title", "capitalize", "startswith", "endswith", "isdigit", "isnumeric", "isalpha",
+        "count", "find", "rfind", "get", "keys", "values", "items",
+    }
+)  # fmt: skip
+
+
+def _check_tree(tree: nodes.Template) -> None:
+    for node in tree.find_all(nodes.Node):
+        if not isinstance(node, _ALLOWED_NODES):
+            raise TemplateProblem(f"uses {type(node).__name__}, which value templates may not")
+        if isinstance(node, nodes.Name) and (node.ctx != "load" or node.name not in _KNOWN_NAMES):
+            raise TemplateProblem(f"uses {node.name}, which homeedge does not provide")
+        left = node.left if isinstance(node, nodes.Mod) else None
+        if isinstance(left, nodes.Concat) or (
+            isinstance(left, nodes.Const) and isinstance(left.value, str)
+        ):
+            raise TemplateProblem("% string formatting is not supported")
+        if isinstance(node, nodes.Call):
+            callee = node.node
+            if isinstance(callee, nodes.Name):
+                continue  # checked as a Name: one of the helpers
+            if isinstance(callee, nodes.Getattr) and callee.attr in _SAFE_METHODS:
+                continue
+            raise TemplateProblem("calls something other than a helper or a read-only method")
+
+
 _ENV = _environment()
-_KNOWN_NAMES = VARIABLES | frozenset(_ENV.globals)
+_KNOWN_NAMES = VARIABLES | frozenset(_FUNCTIONS)
 
 
 # ``{{ value_json.a['b'].c }}``: most discovery templates (Zigbee2MQTT, Tasmota, Shelly) are a
@@ -388,6 +564,7 @@ def compile_template(source: str) -> ValueTemplate:
     unknown = sorted(names - _KNOWN_NAMES)
     if unknown:
         raise TemplateProblem(f"uses {', '.join(unknown)}, which homeedge does not provide")
+    _check_tree(tree)
     try:
         return ValueTemplate(source, _ENV.from_string(tree))
     except jinja2.TemplateError as exc:

@@ -307,6 +307,12 @@ class HaDiscoverySettings(EcosystemSettings):
         ge=0,
         description="entities adopted at most; configs beyond are refused and counted",
     )
+    max_claimed_topics: int = Field(
+        default=4000,
+        ge=0,
+        description="distinct state and availability topic filters claimed at most (each one "
+        "is a broker subscription); a claim beyond is refused and counted (topics_refused)",
+    )
     own_prefix: str = Field(
         default="homeedge_",
         description="unique_id / device identifier prefix of the gateway's own published "
