@@ -483,12 +483,12 @@ def environment_values() -> dict[str, Any]:
     return dict(source())
 
 
-def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+def merged_tables(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     """`base` updated by `top`, table by table (a value that is not a table replaces)."""
     out = dict(base)
     for key, value in top.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merged(out[key], value)
+            out[key] = merged_tables(out[key], value)
         else:
             out[key] = value
     return out
@@ -513,7 +513,7 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> GatewayConf
     except ValueError as exc:  # pydantic-settings' SettingsError: a value that is not valid JSON
         raise ConfigError(f"environment ({ENV_PREFIX}...): {exc}") from None
     try:
-        values = _merged(_merged(values, env), overrides)
+        values = merged_tables(merged_tables(values, env), overrides)
         return GatewayConfig.model_validate(values)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None

@@ -36,7 +36,7 @@ import yaml
 
 from gateway.adapters import ADAPTER_TYPES
 from gateway.app import create_gateway
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, merged_tables
 from schemas.metrics import metric
 from tests.conftest import MosquittoBroker, need
 
@@ -129,18 +129,8 @@ def corpus_files() -> list[CorpusFile]:
     return [load_file(p) for p in sorted(CORPUS.glob("*.yaml"))]
 
 
-def _merged(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merged(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def gateway_config(broker: MosquittoBroker, db: Path, settings: dict[str, Any]) -> GatewayConfig:
-    adapters = _merged({name: {"enabled": True} for name in ADAPTER_TYPES}, settings)
+    adapters = merged_tables({name: {"enabled": True} for name in ADAPTER_TYPES}, settings)
     return GatewayConfig.model_validate(
         {
             "gateway_id": "gw-corpus",
