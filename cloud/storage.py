@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloud.config import RetentionConfig
@@ -242,10 +243,13 @@ async def maintain_postgres(
                         report.dropped.append(name)
                         log.info("dropped partition %s (retention %d days)", name, days)
         finally:
-            await lock_conn.execute(
-                text("SELECT pg_advisory_unlock(:k)"), {"k": MAINTENANCE_LOCK_KEY}
-            )
-            await lock_conn.commit()
+            # The session lock also ends with its connection: an unlock that fails (the run
+            # cancelled mid-statement, the connection broken) must not replace what ended it.
+            with contextlib.suppress(SQLAlchemyError, OSError):
+                await lock_conn.execute(
+                    text("SELECT pg_advisory_unlock(:k)"), {"k": MAINTENANCE_LOCK_KEY}
+                )
+                await lock_conn.commit()
     return report
 
 
@@ -299,6 +303,11 @@ async def run_periodically(engine: AsyncEngine, settings: RetentionConfig) -> No
                     report.deleted_rows,
                 )
         except Exception:  # the next run tries again; ingest never depends on this task
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Cancelled mid-run, and a clean-up error took the CancelledError's place:
+                # stop as asked (shutdown awaits this task), do not sleep until the next run.
+                raise asyncio.CancelledError from None
             log.exception("storage upkeep failed")
         await asyncio.sleep(settings.interval_s)
 

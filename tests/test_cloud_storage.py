@@ -632,3 +632,27 @@ async def test_the_upgrade_partitions_only_recent_days_with_rows(pg_url: str) ->
         assert sorted(kept) == [t for t in starts if t >= cutoff]
     finally:
         await engine.dispose()
+
+
+async def test_a_cancelled_upkeep_stops_even_when_its_clean_up_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A unit test of the task's loop (the upkeep itself is faked): cancelled in the middle of a
+    # run whose clean-up then raises (an unlock on a connection the cancel broke), the task must
+    # end, not log the error and sleep until its next run while shutdown awaits it.
+    started = asyncio.Event()
+
+    async def run_that_breaks_on_cancel(*_: Any, **__: Any) -> storage.UpkeepReport:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            raise RuntimeError("connection is closed")  # what the unlock raised
+        return storage.UpkeepReport()
+
+    monkeypatch.setattr(storage, "maintain", run_that_breaks_on_cancel)
+    task = asyncio.create_task(storage.run_periodically(None, RetentionConfig(interval_s=3600)))  # type: ignore[arg-type]
+    await asyncio.wait_for(started.wait(), 5)
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=5)
+    assert task in done and task.cancelled()

@@ -189,5 +189,9 @@ async def run_periodically(
         except asyncio.CancelledError:
             raise
         except Exception:  # the task's top level: log and try again next interval
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Cancelled mid-run and a clean-up error replaced the CancelledError: stop.
+                raise asyncio.CancelledError from None
             log.exception("analytics run failed; retrying in %.0f s", interval_s)
         await asyncio.sleep(interval_s)
