@@ -40,10 +40,13 @@ async def get_openapi(request: web.Request) -> web.Response:
     return response
 
 
+@cache
+def _docs_page() -> str:
+    return DOCS_PAGE.read_text(encoding="utf-8")  # once per process, not on the loop per request
+
+
 async def get_docs(request: web.Request) -> web.Response:
-    response = web.Response(
-        text=DOCS_PAGE.read_text(encoding="utf-8"), content_type="text/html", charset="utf-8"
-    )
+    response = web.Response(text=_docs_page(), content_type="text/html", charset="utf-8")
     response.headers["X-Frame-Options"] = "DENY"
     # Only our own script and style, no inline code: what the page renders stays text.
     response.headers["Content-Security-Policy"] = (

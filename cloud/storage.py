@@ -46,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloud.config import RetentionConfig
 from cloud.db import PARTITIONED
+from cloud.tasks import raise_if_cancelling
 from cloud.web import CONFIG_KEY, ENGINE_KEY
 
 log = logging.getLogger(__name__)
@@ -303,11 +304,7 @@ async def run_periodically(engine: AsyncEngine, settings: RetentionConfig) -> No
                     report.deleted_rows,
                 )
         except Exception:  # the next run tries again; ingest never depends on this task
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                # Cancelled mid-run, and a clean-up error took the CancelledError's place:
-                # stop as asked (shutdown awaits this task), do not sleep until the next run.
-                raise asyncio.CancelledError from None
+            raise_if_cancelling()
             log.exception("storage upkeep failed")
         await asyncio.sleep(settings.interval_s)
 

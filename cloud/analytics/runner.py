@@ -40,6 +40,7 @@ from cloud.analytics.fleet import (
 from cloud.analytics.models import EMPTY_SNAPSHOT, Snapshot
 from cloud.analytics.rollups import DAY_S, STORED_S, newest_window_end
 from cloud.db import analytics_results
+from cloud.tasks import raise_if_cancelling
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +190,6 @@ async def run_periodically(
         except asyncio.CancelledError:
             raise
         except Exception:  # the task's top level: log and try again next interval
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                # Cancelled mid-run and a clean-up error replaced the CancelledError: stop.
-                raise asyncio.CancelledError from None
+            raise_if_cancelling()
             log.exception("analytics run failed; retrying in %.0f s", interval_s)
         await asyncio.sleep(interval_s)
