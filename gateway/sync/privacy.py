@@ -43,6 +43,7 @@ from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, select, update
 from sqlalchemy.dialects.sqlite import insert
@@ -263,6 +264,16 @@ class PrivacyFilter:
             values = _joined([p.values for p in parts]) if len(parts) > 1 else None
             pseudonym = self.pseudonym(home, start)
             unit = known.unit if known is not None else ""
+
+            where: dict[str, Any] = {
+                "window_start": start,
+                "window_s": window_s,
+                "home": pseudonym,
+                "room_class": rclass,
+                "device_class": dclass,
+                "metric": name,
+                "unit": unit,
+            }
             event = is_event(name)
             if event:
                 n = event_count(parts[0].values if values is None else values)
@@ -273,17 +284,7 @@ class PrivacyFilter:
             if event and policy is Policy.AGGREGATE:
                 out.append(
                     WindowAggregate(
-                        window_start=start,
-                        window_s=window_s,
-                        home=pseudonym,
-                        room_class=rclass,
-                        device_class=dclass,
-                        metric=name,
-                        unit=unit,
-                        policy="aggregate",
-                        count=float(n),
-                        sum=float(n),
-                        mean=1.0,
+                        **where, policy="aggregate", count=float(n), sum=float(n), mean=1.0
                     )
                 )
                 continue
@@ -294,13 +295,7 @@ class PrivacyFilter:
                     continue
                 out.append(
                     WindowAggregate(
-                        window_start=start,
-                        window_s=window_s,
-                        home=pseudonym,
-                        room_class=rclass,
-                        device_class=dclass,
-                        metric=name,
-                        unit=unit,
+                        **where,
                         policy="aggregate",
                         count=st.count,
                         sum=r(st.sum),
@@ -335,13 +330,7 @@ class PrivacyFilter:
             mean = min(max(total / max(count, 1.0), known.low), known.high)
             out.append(
                 WindowAggregate(
-                    window_start=start,
-                    window_s=window_s,
-                    home=pseudonym,
-                    room_class=rclass,
-                    device_class=dclass,
-                    metric=name,
-                    unit=unit,
+                    **where,
                     policy="noised",
                     count=released_count,
                     sum=round_to_noise(total, sum_scale),
