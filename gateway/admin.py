@@ -1,4 +1,5 @@
-"""The gateway's admin HTTP endpoint: ``/healthz`` and Prometheus ``/metrics``.
+"""The gateway's admin HTTP endpoint: ``/healthz``, Prometheus ``/metrics`` and the local status
+page (``/``, ``/status`` and its JSON under ``/api/status/``; `gateway.status`).
 
 ``/healthz`` answers 200 when the body's ``status`` is ``"ok"``, else 503 (``"degraded"``:
 load balancers and watchdogs act on the status code); the gateway's body (`gateway.health`)
@@ -6,7 +7,7 @@ carries ``checks`` with the reason and since when of each failing one, and ``mqt
 ``mqtt_subscribed``, ``writer_alive``, ``queue_depth``. A health function that raises (or
 returns what JSON cannot encode) gives 500 ``{"status": "error"}``, logged.
 
-Two read-only GET endpoints on a local port do not need a web framework: this is a small
+A few read-only GET endpoints on a local port do not need a web framework: this is a small
 HTTP/1.1 server on `asyncio.start_server` (one request per connection, answered with
 ``Connection: close``). aiohttp's server would pull its whole client and server stack into every
 gateway (~9 MB resident of a ~120 MB process); the uplink imports aiohttp only when it runs.
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from gateway import status as status_page
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +59,35 @@ class Response:
     headers: tuple[tuple[str, str], ...] = ()
 
 
+STATUS_API = "/api/status/"
+STATUS_ROUTES = tuple(STATUS_API + what for what in ("devices", "events", "dead-letters"))
+PAGE_ROUTES = ("/", "/status")
+
+
 @dataclass(frozen=True)
 class AdminApp:
-    """What the admin endpoint serves: the gateway's health and its metrics registry."""
+    """What the admin endpoint serves: the gateway's health, its metrics registry and, given a
+    `status_page.StatusReader`, the local status page."""
 
     health: HealthFn
     registry: CollectorRegistry
+    status: status_page.StatusReader | None = None
+
+    def routes(self) -> tuple[str, ...]:
+        fixed = ("/healthz", "/metrics")
+        if self.status is None:
+            return fixed
+        return fixed + PAGE_ROUTES + tuple(status_page.STATIC_FILES) + STATUS_ROUTES
+
+    def blocking(self, path: str) -> bool:
+        """Whether answering `path` reads the database (the server runs it in a thread)."""
+        return self.status is not None and path.split("?", 1)[0].startswith(STATUS_API)
 
     def handle(self, method: str, path: str) -> Response:
-        """The response to one request (method and target as sent, query string ignored)."""
-        route = path.split("?", 1)[0]
-        if route not in ("/healthz", "/metrics"):
+        """The response to one request (method and target as sent; only the status API reads
+        its query string)."""
+        route, _, query = path.partition("?")
+        if route not in self.routes():
             return _error(HTTPStatus.NOT_FOUND)
         if method not in ("GET", "HEAD"):
             return _error(HTTPStatus.METHOD_NOT_ALLOWED, headers=(("Allow", "GET, HEAD"),))
@@ -74,11 +95,51 @@ class AdminApp:
             body = self.health()
             status = HTTPStatus.OK if body.get("status") == "ok" else HTTPStatus.SERVICE_UNAVAILABLE
             return _json(status, body)
-        return Response(HTTPStatus.OK, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+        if route == "/metrics":
+            return Response(HTTPStatus.OK, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+        assert self.status is not None
+        if route.startswith(STATUS_API):
+            return self._status_api(route.removeprefix(STATUS_API), query)
+        name, ctype = status_page.STATIC_FILES.get(route, status_page.PAGE)
+        return Response(
+            HTTPStatus.OK,
+            _static(name),
+            ctype,
+            (("Content-Security-Policy", status_page.CSP), ("Cache-Control", "no-cache")),
+        )
+
+    def _status_api(self, what: str, query: str) -> Response:
+        assert self.status is not None
+        try:
+            limit = status_page.parse_limit(query)
+        except ValueError:
+            return _json(
+                HTTPStatus.BAD_REQUEST,
+                {"error": {"code": "bad_limit", "message": "limit must be an integer"}},
+            )
+        if what == "devices":
+            body = self.status.devices()
+        elif what == "events":
+            body = self.status.events(limit)
+        else:
+            body = self.status.dead_letters(limit)
+        return _json(HTTPStatus.OK, body, no_store=True)
 
 
-def _json(status: HTTPStatus, body: dict[str, Any]) -> Response:
-    return Response(status, json.dumps(body).encode(), "application/json; charset=utf-8")
+_STATIC_CACHE: dict[str, bytes] = {}
+
+
+def _static(name: str) -> bytes:
+    """A file of the status page, read once per process (a few kB; never per request)."""
+    body = _STATIC_CACHE.get(name)
+    if body is None:
+        body = _STATIC_CACHE[name] = (status_page.STATIC_DIR / name).read_bytes()
+    return body
+
+
+def _json(status: HTTPStatus, body: dict[str, Any], *, no_store: bool = False) -> Response:
+    headers = (("Cache-Control", "no-store"),) if no_store else ()
+    return Response(status, json.dumps(body).encode(), "application/json; charset=utf-8", headers)
 
 
 def _error(status: HTTPStatus, *, headers: tuple[tuple[str, str], ...] = ()) -> Response:
@@ -99,8 +160,13 @@ def fetch_health(port_file: Path, *, timeout: float = 2.0) -> dict[str, Any]:
         return {}
 
 
-def create_admin_app(*, health: HealthFn, registry: CollectorRegistry) -> AdminApp:
-    return AdminApp(health, registry)
+def create_admin_app(
+    *,
+    health: HealthFn,
+    registry: CollectorRegistry,
+    status: status_page.StatusReader | None = None,
+) -> AdminApp:
+    return AdminApp(health, registry, status)
 
 
 class AdminServer:
@@ -122,7 +188,9 @@ class AdminServer:
             self._connection, self._host, self._port, limit=MAX_LINE
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
-        log.info("admin HTTP on http://%s:%d (/healthz, /metrics)", self._host, self.port)
+        log.info(
+            "admin HTTP on http://%s:%d (%s)", self._host, self.port, ", ".join(self._app.routes())
+        )
         return self.port
 
     async def stop(self) -> None:
@@ -167,7 +235,10 @@ class AdminServer:
             return  # the client never finished its request or went away: nothing to answer
         else:
             try:
-                response = self._app.handle(method, target)
+                if self._app.blocking(target):  # database reads: off the event loop
+                    response = await asyncio.to_thread(self._app.handle, method, target)
+                else:
+                    response = self._app.handle(method, target)
             except Exception:  # a failing health part must not cost the reply
                 log.exception("admin %s %s failed", method, target)
                 response = _json(HTTPStatus.INTERNAL_SERVER_ERROR, {"status": "error"})

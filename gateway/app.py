@@ -61,6 +61,7 @@ from gateway.logs import RateLimitedLog
 from gateway.monitoring import GatewayMetrics
 from gateway.mqtt import MqttBridge
 from gateway.records import Reading
+from gateway.status import StatusReader
 from gateway.sync.wiring import install_sync
 from gateway.writer import Writer, checkpoint_wal
 from schemas.topics import gateway_status_topic
@@ -270,7 +271,11 @@ class Gateway:
             for name, factory in self._task_factories:
                 self._spawn(name, factory)
             self._admin = AdminServer(
-                create_admin_app(health=self.health, registry=self.metrics.registry),
+                create_admin_app(
+                    health=self.health,
+                    registry=self.metrics.registry,
+                    status=StatusReader(cfg.storage.path) if cfg.admin.status_page else None,
+                ),
                 host=cfg.admin.host,
                 port=cfg.admin.port,
             )

@@ -308,12 +308,20 @@ class StorageConfig(Section):
 
 
 class AdminConfig(Section):
-    """The admin HTTP endpoint (/healthz, /metrics)."""
+    """The admin HTTP endpoint (/healthz, /metrics, the local status page)."""
 
-    host: str = Field(default="127.0.0.1", description="listen address")
+    host: str = Field(
+        default="127.0.0.1",
+        description="listen address; loopback by default: the status page lists the home's "
+        "devices, so expose it (e.g. 0.0.0.0) only on a network you trust",
+    )
     port: int = Field(default=8081, ge=0, le=65535, description="listen port; 0 picks a free one")
     port_file: Path | None = Field(
         default=None, description="file the chosen port is written to (useful with port 0)"
+    )
+    status_page: bool = Field(
+        default=True,
+        description="serve the local status page (/ and /status) and its JSON (/api/status/...)",
     )
 
 
