@@ -6,7 +6,8 @@ Served on the admin port (loopback by default, ``[admin] host``) beside ``/healt
 - ``/`` and ``/status``: an HTML page (``gateway/static/status.html`` + ``status.js``, no inline
   script; the page fills its tables from the JSON below with ``textContent`` only);
 - ``/api/status/devices``: every known device with its room, class, last seen, availability and
-  its newest battery level of the last `BATTERY_LOOKBACK_S` (``null`` without one);
+  its newest battery level among the newest `BATTERY_SCAN_ROWS` readings of the last
+  `BATTERY_LOOKBACK_S` (``null`` without one);
 - ``/api/status/events``: the newest inference events (alarms, keywords, anomalies, level
   changes), newest first;
 - ``/api/status/dead-letters``: the newest dead letters with their reason, detail, count and
@@ -40,8 +41,10 @@ EVENT_LABELS = (
     "lights_off",
     "stop",
 )
-# The newest battery reading counts when it is at most this old.
+# The newest battery reading counts when it is at most this old and among the newest
+# `BATTERY_SCAN_ROWS` readings (a row-id range: a busy gateway's page must not scan a week).
 BATTERY_LOOKBACK_S = 7 * 86400.0
+BATTERY_SCAN_ROWS = 200_000
 # Most rows any one reply holds.
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 50
@@ -76,13 +79,14 @@ class StatusReader:
                 "SELECT home, device, room, device_class, last_seen, availability, "
                 "availability_at FROM devices ORDER BY home, room, device"
             ).fetchall()
-            # Newest battery per device within the lookback: an index range on ts, not a scan.
+            # Newest battery per device: a bounded range of the newest rows, never a scan.
             battery = {
                 (r["home"], r["device"]): (r["value"], r["ts"])
                 for r in conn.execute(
                     "SELECT home, device, value, max(ts) AS ts FROM readings "
-                    "WHERE ts >= ? AND metric = 'battery' GROUP BY home, device",
-                    (since,),
+                    "WHERE id > (SELECT coalesce(max(id), 0) FROM readings) - ? "
+                    "AND ts >= ? AND metric = 'battery' GROUP BY home, device",
+                    (BATTERY_SCAN_ROWS, since),
                 )
             }
         out = []
