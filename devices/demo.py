@@ -8,8 +8,7 @@
 3. the gateway (``python -m gateway --config DATA/gateway.toml``; its log in DATA/gateway.log,
    its readings in DATA/gateway.db), uploading to that cloud;
 4. the simulated homes, in this process, replaying the last ``--history`` hours at ``--speed``
-   and then going live (a later run in the same data directory resumes the simulated time where
-   the gateway's aggregation stopped, so its windows keep filling);
+   and then going live;
 5. a progress line every ``--progress`` seconds: devices online, messages published, readings
    the gateway stored (counted in its SQLite file, opened read-only), its /healthz, and what the
    cloud received (``GET /api/v1/gateways`` and ``/api/v1/aggregates`` with the read token).
@@ -18,6 +17,13 @@ History is replayed hundreds of times faster than real time, so the gateway's wi
 the readings' own clock (``aggregation.clock = "event"``) and are long enough in simulated time
 to hold about ten readings per device (`demo_aggregation`): aggregates reach the cloud within
 seconds instead of after the replay.
+
+Every run has its own directory, ``DATA/run-<UTC time>/`` (``DATA/latest`` points to the newest):
+configs, logs, both databases and the run's ``ground_truth.jsonl``. A rerun replays a fresh
+history into a fresh gateway and cloud, so the dashboard shows new batches within seconds, and
+the runs before it, with their ground truth, stay as they were. (Resuming an earlier run's
+simulated time went stale: the catch-up took seconds, then the replay-length windows, hours of
+simulated time each, stopped closing in real time.)
 
 Ctrl-C, SIGTERM or the end of ``--duration`` stops the devices (they publish ``offline``), lets
 the gateway drain, then stops the gateway and the broker.
@@ -29,6 +35,7 @@ import argparse
 import asyncio
 import ctypes
 import json
+import os
 import secrets
 import signal
 import socket
@@ -321,21 +328,6 @@ async def start_cloud(data_dir: Path) -> tuple[Child, CloudInfo]:
     return child, CloudInfo(url=url, read_token=read_token, gateway_token=gateway_token)
 
 
-def resume_point(db: Path) -> float | None:
-    """Where the gateway's window aggregation stopped in an earlier run (None: no earlier run)."""
-    if not db.exists():
-        return None
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1.0)
-        try:
-            row = conn.execute("SELECT watermark FROM sync_watermark WHERE id = 1").fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return None  # no sync table yet
-    return None if row is None or row[0] is None else float(row[0])
-
-
 def _read(path: Path) -> str:
     try:
         return path.read_text(errors="replace")
@@ -459,7 +451,6 @@ async def run(args: argparse.Namespace) -> int:
             children.append(cloud_child)
             _say(f"cloud    {cloud.url}/api/v1  log {cloud_child.log_path}")
             _say(f"dashboard {cloud.url}/  read token {cloud.read_token}")
-            resume = _resume(args, db)
             aggregation = demo_aggregation(args.speed, args.rate)
             if args.start is not None:
                 replay_from = args.start
@@ -480,7 +471,6 @@ async def run(args: argparse.Namespace) -> int:
             _say(
                 f"sync     {aggregation['window_s']} s windows of simulated time, each sent "
                 f"to the cloud as it closes"
-                + (f"; resuming simulated time at {_utc(resume)}" if resume else "")
             )
             _say(f"data     {db} (readings), {ground_truth} (injected anomalies)")
             config = fleet_config(
@@ -508,22 +498,25 @@ async def run(args: argparse.Namespace) -> int:
                 await child.stop()
 
 
-def _utc(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
-
-
-def _resume(args: argparse.Namespace, db: Path) -> float | None:
-    """Continue the simulated time where an earlier run's aggregation stopped, unless --start
-    was given: replaying hours the gateway already aggregated would only make late readings."""
-    if args.start is not None:
-        return None
-    watermark = resume_point(db)
-    if watermark is None:
-        return None
-    if args.history is not None and watermark <= time.time() - args.history * 3600.0:
-        return None
-    args.start, args.history = watermark, None
-    return watermark
+def new_run_dir(data_dir: Path, now: float | None = None) -> Path:
+    """A new directory for one run under `data_dir` (``run-YYYYmmdd-HHMMSS``, ``-2``... when
+    taken) and ``data_dir/latest`` pointing to it."""
+    stamp = time.strftime("run-%Y%m%d-%H%M%S", time.gmtime(time.time() if now is None else now))
+    run = data_dir / stamp
+    n = 1
+    while True:
+        try:
+            run.mkdir(parents=True)
+            break
+        except FileExistsError:
+            n += 1
+            run = data_dir / f"{stamp}-{n}"
+    latest = data_dir / "latest"
+    tmp = data_dir / f".latest-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run.name)
+    tmp.replace(latest)  # atomic: `latest` always names a whole run
+    return run
 
 
 async def _run_fleet(
@@ -585,8 +578,8 @@ async def _run_fleet(
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
-    args.data_dir = args.data_dir.resolve()
-    args.data_dir.mkdir(parents=True, exist_ok=True)
+    args.data_dir = new_run_dir(args.data_dir.resolve())
+    _say(f"run      {args.data_dir} (also {args.data_dir.parent / 'latest'})")
     return asyncio.run(run(args))
 
 

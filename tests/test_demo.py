@@ -1,5 +1,7 @@
 """`python -m devices.demo` end to end: embedded broker + cloud + gateway + simulated homes; the
-readings land in the gateway's SQLite file and pseudonymized window aggregates in the cloud's."""
+readings land in the gateway's SQLite file and pseudonymized window aggregates in the cloud's;
+a rerun in the same folder gets its own run directory, fresh batches in the cloud, and leaves
+the earlier run's ground truth as it was."""
 
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ from devices.world import World
 from gateway.config import load_config
 
 
-def test_demo_stores_every_published_reading(tmp_path: Path) -> None:
-    data = tmp_path / "demo"
+def run_demo(data: Path) -> tuple[str, Path]:
+    """One demo run in `data`: its output and its run directory."""
     proc = subprocess.run(
         [
             sys.executable,
@@ -40,6 +42,25 @@ def test_demo_stores_every_published_reading(tmp_path: Path) -> None:
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
+    run = re.search(r"^run +(\S+) \(also (\S+)\)$", out, re.M)
+    assert run, out
+    assert Path(run.group(2)).resolve() == Path(run.group(1)) and Path(run.group(1)).parent == data
+    return out, Path(run.group(1))
+
+
+def test_demo_stores_every_published_reading_and_a_rerun_starts_fresh(tmp_path: Path) -> None:
+    data = tmp_path / "demo"
+    out, first = run_demo(data)
+    check_run(out, first)
+    truth = (first / "ground_truth.jsonl").read_bytes()
+    again, second = run_demo(data)
+    assert second != first
+    check_run(again, second)  # fresh batches in the rerun's cloud, every reading stored
+    assert (first / "ground_truth.jsonl").read_bytes() == truth  # kept, not overwritten
+    assert (data / "latest").resolve() == second
+
+
+def check_run(out: str, data: Path) -> None:
     assert re.search(r"^broker +mqtt://127\.0\.0\.1:\d+ \(embedded amqtt\)$", out, re.M), out
     assert re.search(r"gateway ok, stored \d+ readings", out), out
     assert re.search(r"^cloud +http://127\.0\.0\.1:\d+/api/v1 ", out, re.M), out
