@@ -14,7 +14,9 @@ Pure numpy: training builds its inputs with this code.
 
 from __future__ import annotations
 
+import json
 import math
+import zlib
 from array import array
 from collections import deque
 from dataclasses import dataclass, field
@@ -293,3 +295,74 @@ class SensorStream:
             self.baseline.update(w)
         self.baseline.remember(w)
         self.prev = w
+
+    # -- TEMPORARY (sensor plumbing, branch sensplumb): `due`, `snapshot`, `restore` of the
+    # interface in notes/sensor_api.md for THIS stream, so the persistence and time-closing
+    # plumbing is testable now. The sensor-model rewrite replaces this whole block at merge.
+    # The snapshot is the learned state only (not the open window's readings): version byte 1
+    # + zlib(JSON), deterministic for equal states.
+
+    def due(self, now: float, grace_s: float) -> WindowStats | None:
+        """Close the open window once `now` (the readings' clock) is `grace_s` past its end."""
+        if self.start is None or now < self.start + self.window_s + grace_s:
+            return None
+        return self.flush()
+
+    def snapshot(self) -> bytes:
+        b = self.baseline
+        state = {
+            "window_s": float(self.window_s),
+            "baseline_windows": self.baseline_windows,
+            "means": {m: [float(v) for v in q] for m, q in sorted(b.means.items())},
+            "deltas": {m: [float(v) for v in q] for m, q in sorted(b.deltas.items())},
+            "stds": {m: [float(v) for v in q] for m, q in sorted(b.stds.items())},
+            "day_means": {m: [float(v) for v in q] for m, q in sorted(b.day_means.items())},
+            "day_times": {m: [float(v) for v in q] for m, q in sorted(b.day_times.items())},
+            "stuck_runs": dict(sorted(self.stuck_runs.items())),
+            "last_mean": dict(sorted(self.last_mean.items())),
+            "prev": None if self.prev is None else _window_state(self.prev),
+        }
+        body = json.dumps(state, sort_keys=True, separators=(",", ":")).encode()
+        return bytes([_SNAPSHOT_VERSION]) + zlib.compress(body, 6)
+
+    @classmethod
+    def restore(cls, data: bytes) -> SensorStream | None:
+        if not data or data[0] != _SNAPSHOT_VERSION:
+            return None
+        try:
+            st = json.loads(zlib.decompress(data[1:]))
+            s = cls(float(st["window_s"]), int(st["baseline_windows"]))
+            b = s.baseline
+            keep = b.size + b.size // 10 + 1
+            for name, maxlen in (
+                ("means", b.size),
+                ("deltas", b.size),
+                ("stds", b.size),
+                ("day_means", keep),
+                ("day_times", keep),
+            ):
+                table = getattr(b, name)
+                for m, values in st[name].items():
+                    table[str(m)] = deque((float(v) for v in values), maxlen=maxlen)
+            s.stuck_runs = {str(m): int(v) for m, v in st["stuck_runs"].items()}
+            s.last_mean = {str(m): float(v) for m, v in st["last_mean"].items()}
+            s.prev = None if st["prev"] is None else WindowStats(**st["prev"])
+        except (zlib.error, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return s
+
+
+_SNAPSHOT_VERSION = 1  # TEMPORARY (see the block above)
+
+
+def _window_state(w: WindowStats) -> dict[str, object]:  # TEMPORARY (see the block above)
+    return {
+        "start": float(w.start),
+        "end": float(w.end),
+        "mean": w.mean,
+        "std": w.std,
+        "extreme": w.extreme,
+        "first": w.first,
+        "last": w.last,
+        "count": w.count,
+    }
