@@ -252,6 +252,21 @@ inferences = Table(
     Index("ix_inferences_home_model_end", "home", "model", "window_end"),
 )
 
+# Each sensor's learned baseline (`SensorStream.snapshot`, version 4), so a restart or an
+# eviction resumes learning instead of starting over. Written by the writer thread in one
+# transaction per save round (`gateway.inference.baselines`); `updated_at` (this machine's
+# clock) is when the state last changed, so retention deletes devices gone for long.
+sensor_baselines = Table(
+    "sensor_baselines",
+    metadata,
+    Column("home", String(64), primary_key=True),
+    Column("device", String(64), primary_key=True),
+    Column("window_s", Float, nullable=False),
+    Column("state", LargeBinary, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_sensor_baselines_updated_at", "updated_at"),  # retention
+)
+
 # -- versions and migrations ------------------------------------------------------------------
 
 
@@ -471,10 +486,34 @@ def _v3_identity_order(conn: Connection) -> None:
         conn.exec_driver_sql(ddl)
 
 
+_V4_DDL = (
+    """CREATE TABLE sensor_baselines (
+        home VARCHAR(64) NOT NULL,
+        device VARCHAR(64) NOT NULL,
+        window_s FLOAT NOT NULL,
+        state BLOB NOT NULL,
+        updated_at FLOAT NOT NULL,
+        PRIMARY KEY (home, device)
+    )""",
+    "CREATE INDEX ix_sensor_baselines_updated_at ON sensor_baselines (updated_at)",
+)
+
+
+def _v4_sensor_baselines(conn: Connection) -> None:
+    """Version 4: the sensors' persisted baselines."""
+    for ddl in _V4_DDL:
+        conn.exec_driver_sql(ddl)
+
+
 Migration = Callable[[Connection], None]
 
 # MIGRATIONS[i] takes a version i database to version i + 1 (see the module docstring).
-MIGRATIONS: tuple[Migration, ...] = (_v1_baseline, _v2_identity, _v3_identity_order)
+MIGRATIONS: tuple[Migration, ...] = (
+    _v1_baseline,
+    _v2_identity,
+    _v3_identity_order,
+    _v4_sensor_baselines,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -7,6 +7,6 @@ so the window aggregator sends counts and shares upstream; this table keeps the 
 
 from __future__ import annotations
 
-from gateway.schema import inferences
+from gateway.schema import inferences, sensor_baselines
 
-__all__ = ["inferences"]
+__all__ = ["inferences", "sensor_baselines"]
