@@ -299,6 +299,12 @@ class StorageConfig(Section):
         description="dead letters last received longer ago than this are deleted; 0 keeps "
         "them forever",
     )
+    baseline_retention_s: float = Field(
+        default=30 * 86400.0,
+        ge=0,
+        description="a sensor's persisted baseline (table sensor_baselines) is deleted when it "
+        "has not changed for this long (the device has sent nothing); 0 keeps them forever",
+    )
     retention_interval_s: float = Field(
         default=600.0,
         gt=0,

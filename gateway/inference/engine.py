@@ -13,6 +13,14 @@ The engine coordinates its parts, each in a module of its own:
   debouncers, sensors' windows and baselines), bounded by `DeviceLimits`: after every batch the
   idle (and surplus) devices are evicted, their open windows scored first; `sweep` queues an
   empty batch so that happens when no input arrives;
+- a sensor's open window is also closed by time (`sensor_grace_s`): at most every 10 s a batch
+  closes and scores the windows whose end the wall clock (`clock`) is `sensor_grace_s` past, of
+  devices that sent nothing for `sensor_grace_s` either (on `idle_clock`: a backlog arriving
+  after an outage keeps its devices busy, so its windows still close by their readings, as they
+  would have live);
+- `gateway.inference.baselines`: sensors' baselines restored from SQLite when a device is first
+  seen (``load``), saved through ``write`` every `baseline_save_s` (rows made in the inference
+  thread after a batch, written after its results) and at a clean shutdown (`save_baselines`);
 - `gateway.inference.scheduler`: the queue, batching, the inference thread, run/drain/close;
 - `gateway.inference.audio_scoring` and `gateway.inference.sensor_scoring`: the models over
   those streams, producing `InferenceResult`s;
@@ -25,9 +33,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import Connection
+
 from gateway.inference.audio_scoring import AudioScorer
+from gateway.inference.baselines import Baselines, LoadFn, SavedBaseline, write_baselines
 from gateway.inference.manifest import ModelKind
 from gateway.inference.publisher import EventSink
 from gateway.inference.results import InferenceResult, ResultHandler, StoreFn, WriteFn
@@ -45,6 +57,15 @@ from schemas.topics import ROOT
 # The sensor models' inputs. The engine's own ``inference_*`` readings come back through the
 # committed-readings callback like any other and must not be fed to the models: they are not here.
 _SENSOR_METRICS = frozenset(ANOMALY_METRICS) | frozenset(OCCUPANCY_METRICS)
+_DUE_EVERY_S = 10.0  # how often (idle clock) open windows are checked for sensor_grace_s
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """What the inference thread made of a batch: results, and baseline rows to write."""
+
+    results: list[InferenceResult]
+    baselines: list[SavedBaseline]
 
 
 class InferenceEngine:
@@ -63,15 +84,35 @@ class InferenceEngine:
         clock: Callable[[], float] = time.time,
         limits: DeviceLimits | None = None,
         idle_clock: Callable[[], float] = time.monotonic,
+        load: LoadFn | None = None,
     ) -> None:
-        """`clock` stamps stored results; `idle_clock` times the devices' idleness."""
+        """`clock` stamps stored results and closes windows by time (the readings' epoch);
+        `idle_clock` times the devices' idleness; `load` reads a stored sensor baseline
+        (`gateway.inference.baselines.BaselineReader`; None: baselines are not persisted)."""
         self.settings = settings
         self.runtime = runtime
         self.stats = EngineStats()
+        self._write = write
+        self._clock = clock
+        self._idle_clock = idle_clock
         limits = limits or DeviceLimits()
         self.streams = streams = DeviceStreams(
-            settings, alarm=runtime.of_kind(ModelKind.AUDIO_ALARM), limits=limits, clock=idle_clock
+            settings,
+            alarm=runtime.of_kind(ModelKind.AUDIO_ALARM),
+            limits=limits,
+            clock=idle_clock,
+            restore=lambda home, device: self._baselines.restore(home, device),
         )
+        self._baselines = Baselines(
+            settings,
+            streams.sensors,
+            load=load,
+            stats=self.stats,
+            clock=clock,
+            idle_clock=idle_clock,
+        )
+        self._due_every = min(_DUE_EVERY_S, settings.sensor_grace_s)
+        self._next_due = idle_clock()
         self._audio = AudioScorer(settings, runtime, streams)
         self._sensors = SensorScorer(settings, runtime, streams)
         self._results = ResultHandler(
@@ -87,11 +128,11 @@ class InferenceEngine:
             # tracked device is never announced twice.
             max_announced=2 * (limits.max_devices + limits.max_microphones),
         )
-        self._scheduler = InferenceScheduler(
+        self._scheduler: InferenceScheduler[_Batch] = InferenceScheduler(
             queue_size=settings.queue_size,
             batch_max=settings.batch_max,
             process=self._process,
-            handle=self._results.handle,
+            handle=self._handle,
             stats=self.stats,
         )
 
@@ -106,6 +147,7 @@ class InferenceEngine:
         root: str = ROOT,
         availability_topic: str | None = None,
         limits: DeviceLimits | None = None,
+        load: LoadFn | None = None,
     ) -> InferenceEngine:
         """Load (and warm up) the models of `settings`; failures are logged and kept in
         ``engine.runtime.errors``, the other models serve."""
@@ -123,6 +165,7 @@ class InferenceEngine:
             root=root,
             availability_topic=availability_topic,
             limits=limits,
+            load=load,
         )
 
     # -- input (event loop; non-blocking) -------------------------------------------------
@@ -152,12 +195,39 @@ class InferenceEngine:
         """Wait until everything queued so far is processed and stored (tests, shutdown)."""
         await self._scheduler.drain()
 
+    async def save_baselines(self) -> None:
+        """Write every sensor baseline that changed since it was last written (the clean
+        shutdown: after the last batch, before `close`)."""
+        rows = await self._scheduler.call(lambda: self._baselines.round(force=True))
+        if rows:
+            await self._write_baselines(rows)
+
     def close(self) -> None:
         self._scheduler.close()
 
+    # -- results (event loop) ---------------------------------------------------------------
+
+    async def _handle(self, batch: _Batch) -> None:
+        try:
+            await self._results.handle(batch.results)
+        finally:
+            if batch.baselines:
+                await self._write_baselines(batch.baselines)
+
+    async def _write_baselines(self, rows: list[SavedBaseline]) -> None:
+        persisted: list[int] = []
+
+        def job(conn: Connection) -> None:
+            persisted.append(write_baselines(conn, rows))
+
+        await self._write(job)
+        # The inference thread is idle now (the scheduler awaits this before the next batch).
+        self._baselines.saved(rows)
+        self.stats.baselines_persisted = persisted[0]
+
     # -- processing (inference thread) ------------------------------------------------------
 
-    def _process(self, items: list[Item]) -> list[InferenceResult]:
+    def _process(self, items: list[Item]) -> _Batch:
         self.stats.batches += 1
         audio = [p for kind, p in items if kind == "audio"]
         readings = [p for kind, p in items if kind == "reading"]
@@ -174,4 +244,21 @@ class InferenceEngine:
             self.stats.evicted_microphones += len(evicted.microphones)
             results += self._sensors.flush(evicted.sensors)
             results += self._audio.flush(evicted.microphones)
+            self._baselines.evicted(evicted.sensors)
+        results += self._close_due()
+        return _Batch(results, self._baselines.round())
+
+    def _close_due(self) -> list[InferenceResult]:
+        """Close the windows `sensor_grace_s` past their end (see the module docstring)."""
+        idle_now = self._idle_clock()
+        if idle_now < self._next_due:
+            return []
+        self._next_due = idle_now + self._due_every
+        grace = self.settings.sensor_grace_s
+        quiet = [s for s in self.streams.sensors.values() if s.used <= idle_now - grace]
+        if not quiet:
+            return []
+        closed, results = self._sensors.due(quiet, self._clock(), grace)
+        self.stats.windows_closed_by_time += len(closed)
+        self._baselines.touched((s.home, s.device) for s in closed)
         return results

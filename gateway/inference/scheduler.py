@@ -12,9 +12,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from gateway.inference.results import InferenceResult
 from gateway.inference.stats import EngineStats
 from gateway.logs import RateLimitedLog
 
@@ -23,11 +22,11 @@ log = logging.getLogger(__name__)
 Item = tuple[str, Any]
 """``("audio", (home, room, device, frame))``, ``("reading", reading)`` or ``("sweep", None)``
 (nothing to process: the batch only gives the engine a turn)."""
-ProcessFn = Callable[[list[Item]], list[InferenceResult]]
-HandleFn = Callable[[list[InferenceResult]], Awaitable[None]]
+T = TypeVar("T")  # what `process` makes of a batch and `handle` takes (the engine's results)
+R = TypeVar("R")
 
 
-class InferenceScheduler:
+class InferenceScheduler(Generic[T]):
     """See the module docstring."""
 
     def __init__(
@@ -35,8 +34,8 @@ class InferenceScheduler:
         *,
         queue_size: int,
         batch_max: int,
-        process: ProcessFn,
-        handle: HandleFn,
+        process: Callable[[list[Item]], T],
+        handle: Callable[[T], Awaitable[None]],
         stats: EngineStats,
     ) -> None:
         self._queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=queue_size)
@@ -85,6 +84,10 @@ class InferenceScheduler:
                 )
             if self._queue.empty():
                 self._idle.set()
+
+    async def call(self, fn: Callable[[], R]) -> R:
+        """Run `fn` in the inference thread, after the batch it may be busy with."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
     async def drain(self) -> None:
         """Wait until everything queued so far is processed and handled (tests, shutdown)."""

@@ -10,6 +10,8 @@ when a sensor's decision changed. A sensor the streams evict has its open window
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from gateway.inference.manifest import ModelKind, ModelManifest
@@ -59,6 +61,17 @@ class SensorScorer:
         """Score the open windows of `sensors`, which are being evicted (each one once)."""
         closed = [(sensor, w) for sensor in sensors if (w := sensor.stream.flush()) is not None]
         return self._score_windows(closed)
+
+    def due(
+        self, sensors: Iterable[Sensor], now: float, grace_s: float
+    ) -> tuple[list[Sensor], list[InferenceResult]]:
+        """Close and score the open windows of `sensors` that `now` (the wall clock, on the
+        readings' epoch) is `grace_s` past (`SensorStream.due`): the sensors whose window
+        closed, and the results."""
+        closed = [
+            (sensor, w) for sensor in sensors if (w := sensor.stream.due(now, grace_s)) is not None
+        ]
+        return [sensor for sensor, _ in closed], self._score_windows(closed)
 
     def _score_windows(self, closed: list[tuple[Sensor, WindowStats]]) -> list[InferenceResult]:
         s = self._settings

@@ -39,6 +39,23 @@ class InferenceSettings(BaseModel):
     baseline_min_windows: int = Field(
         default=288, ge=1, description="windows of history before a device's windows are scored"
     )
+    sensor_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="a sensor's open window is closed by time once the wall clock is this far "
+        "past its end and the device has sent nothing for as long (checked by the engine's "
+        "sweep), not only by the device's next reading; a reading that comes later joins the "
+        "next window",
+    )
+    baseline_save_s: float = Field(
+        default=900.0,
+        ge=10,
+        le=86400,
+        description="a sensor's learned baseline is written to SQLite (table sensor_baselines, "
+        "through the writer, all changed devices in one transaction) at most this often, and "
+        "at a clean shutdown; a kill -9 or power cut loses at most this much learning (the "
+        "readings are stored anyway)",
+    )
     speech_summary_s: float = Field(
         default=10.0, gt=0, description="VAD results are summed over this"
     )

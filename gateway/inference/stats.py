@@ -18,3 +18,8 @@ class EngineStats:
     rows_written: int = 0  # `inferences` rows stored (result handling)
     evicted_sensors: int = 0  # sensors' state dropped after devices.idle_s (inference thread)
     evicted_microphones: int = 0  # microphones' state dropped likewise
+    windows_closed_by_time: int = 0  # sensor windows closed by sensor_grace_s (inference thread)
+    baselines_restored: int = 0  # sensor baselines resumed from SQLite or an evicted copy
+    baselines_discarded: int = 0  # stored baselines refused (format, window_s): learned again
+    baselines_written: int = 0  # baseline rows written by save rounds (result handling)
+    baselines_persisted: int = 0  # rows in sensor_baselines after the last round (or at start)

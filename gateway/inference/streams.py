@@ -10,8 +10,9 @@ Bounded (`DeviceLimits`, the gateway's ``[devices]`` section): a device with no 
 the least recently used one is, whether idle or not (a backstop: the decoder's admission
 already keeps the gateway's devices under those numbers). `evict` hands the evicted state to
 the caller, which scores what it still holds (a sensor's open window, a microphone's partial
-speech summary) before it is dropped. An evicted sensor's baseline is lost: it is learned again
-from its next windows (``baseline_min_windows`` before it is scored).
+speech summary) before it is dropped. A sensor's learned baseline outlives its eviction when the
+engine persists baselines (`gateway.inference.baselines`): `restore` gives a device seen for the
+first time its stored state; without one it is learned again from its next windows.
 """
 
 from __future__ import annotations
@@ -83,8 +84,11 @@ class DeviceStreams:
         alarm: LoadedModel | None,
         limits: DeviceLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
+        restore: Callable[[str, str], SensorStream | None] | None = None,
     ) -> None:
+        """`restore(home, device)`: a new sensor's stored stream, or None to start fresh."""
         self._settings = settings
+        self._restore = restore
         self._alarm = alarm  # its thresholds set each microphone's debouncer
         self.limits = limits or DeviceLimits()
         self._clock = clock
@@ -110,8 +114,10 @@ class DeviceStreams:
         key = (home, device)
         sensor = self.sensors.get(key)
         if sensor is None:
-            s = self._settings
-            stream = SensorStream(s.sensor_window_s, s.baseline_windows)
+            stream = self._restore(home, device) if self._restore is not None else None
+            if stream is None:
+                s = self._settings
+                stream = SensorStream(s.sensor_window_s, s.baseline_windows)
             sensor = self.sensors[key] = Sensor(home, room, device, stream)
         else:
             self.sensors.move_to_end(key)

@@ -7,9 +7,16 @@
   the committed-readings callbacks and the unique indexes hold for them too);
 - events and Home Assistant discovery go out on the gateway's own MQTT session
   (``host.publish``): one identity, one availability topic, one reconnect schedule;
-- task ``inference`` (the engine) and ``inference-sweep`` (idle devices' state is evicted also
-  when no input arrives; `gateway.inference.streams`, limits from ``[devices]``);
+- task ``inference`` (the engine) and ``inference-sweep`` (idle devices' state is evicted and
+  sensors' windows are closed by time (``sensor_grace_s``) also when no input arrives;
+  `gateway.inference.streams`, limits from ``[devices]``);
+- sensor baselines persisted in ``sensor_baselines`` (`gateway.inference.baselines`): read
+  lazily by the inference thread on its own read-only connection, written by the writer every
+  ``baseline_save_s`` and at shutdown (the lifetime's exit, after the engine's last batch);
 - gauge ``homeedge_gateway_inference_streams{kind="sensor"|"microphone"}``: devices with state;
+  ``homeedge_gateway_inference_baselines_persisted``: rows in ``sensor_baselines``;
+  ``homeedge_gateway_inference_windows_closed_by_time``: sensor windows closed by the grace
+  period rather than by a reading (a count since start);
 - ``/healthz`` gets an ``inference`` object: models loaded, ``load_errors``, counters.
 
 The models load in a lifetime at start; a model that fails is named in the log and in
@@ -58,6 +65,7 @@ def install_inference(host: GatewayHost, settings: InferenceSettings) -> None:
     # which an ingest-only gateway ([inference] enabled = false) must not pay for.
     from prometheus_client import Gauge
 
+    from gateway.inference.baselines import BaselineReader, count_baselines
     from gateway.inference.engine import InferenceEngine
     from gateway.inference.streams import DeviceLimits
 
@@ -75,6 +83,7 @@ def install_inference(host: GatewayHost, settings: InferenceSettings) -> None:
         await host.store(item)
 
     async def lifetime() -> AsyncIterator[None]:
+        reader = BaselineReader(host.config.storage.path)
         engine = InferenceEngine.create(
             settings,
             write=write,
@@ -83,10 +92,18 @@ def install_inference(host: GatewayHost, settings: InferenceSettings) -> None:
             root=host.config.mqtt.topic_root,
             availability_topic=host.status_topic,
             limits=limits,
+            load=reader,
         )
+        engine.stats.baselines_persisted = await host.run_db(count_baselines)
         holder["engine"] = engine
-        yield
-        engine.close()
+        try:
+            yield
+            # The tasks are cancelled by now, the writer still runs: the learning since the
+            # last save round is written, so a clean restart loses none.
+            await engine.save_baselines()
+        finally:
+            engine.close()
+            reader.close()
 
     async def on_readings(readings: Sequence[Reading]) -> None:
         if "engine" in holder:
@@ -100,9 +117,11 @@ def install_inference(host: GatewayHost, settings: InferenceSettings) -> None:
         await holder["engine"].run()
 
     async def sweep() -> None:
-        # As the device table's sweep: at most a minute (or a quarter of idle_s) late.
+        # As the device table's sweep: at most a minute (or a quarter of idle_s) late; windows
+        # close at most half a grace period (10 s at most) after they are due.
+        every = min(limits.idle_s / 4, 60.0, max(settings.sensor_grace_s / 2, 1.0), 10.0)
         while True:
-            await asyncio.sleep(min(limits.idle_s / 4, 60.0))
+            await asyncio.sleep(every)
             holder["engine"].sweep()
 
     def tracked(kind: str) -> Callable[[], float]:
@@ -124,6 +143,25 @@ def install_inference(host: GatewayHost, settings: InferenceSettings) -> None:
     )
     for kind in ("sensor", "microphone"):
         gauge.labels(kind).set_function(tracked(kind))
+
+    def stat(name: str) -> Callable[[], float]:
+        def value() -> float:
+            engine = holder.get("engine")
+            return float(getattr(engine.stats, name)) if engine is not None else 0.0
+
+        return value
+
+    Gauge(
+        "homeedge_gateway_inference_baselines_persisted",
+        "sensor baselines stored in SQLite (sensor_baselines) after the last save round",
+        registry=host.registry,
+    ).set_function(stat("baselines_persisted"))
+    Gauge(
+        "homeedge_gateway_inference_windows_closed_by_time",
+        "sensor windows closed by inference.sensor_grace_s (no reading after their end), "
+        "since start",
+        registry=host.registry,
+    ).set_function(stat("windows_closed_by_time"))
 
     def health() -> dict[str, Any]:
         engine = holder.get("engine")

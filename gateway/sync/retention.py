@@ -13,8 +13,12 @@ What goes, per `StorageConfig` (``[storage]``):
   before now. Batches already in the outbox carry their own copy of what they send.
 - dead letters last received more than `dead_letter_retention_s` ago (``last_received_at``: a
   bad message that keeps arriving keeps its one row and its count).
+- sensors' persisted baselines (``sensor_baselines``, `gateway.inference.baselines`) unchanged
+  for `baseline_retention_s` (``updated_at``: a device that reports changes its state every
+  window, so only devices gone that long qualify; one that returns later learns again).
 
-``retention_s = 0`` (or ``dead_letter_retention_s = 0``) keeps those rows forever.
+``retention_s = 0`` (or ``dead_letter_retention_s``, ``baseline_retention_s``) keeps those rows
+forever.
 
 Deletes run through the gateway's writer thread (`RunDb`) in chunks of at most `CHUNK_ROWS`
 rows, one transaction each, so message batches and their acks interleave with a long purge
@@ -33,9 +37,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, delete, select, tuple_
 
 from gateway.db import dead_letters, readings
+from gateway.schema import sensor_baselines
 from gateway.sync.tables import aggregates, late_readings, sync_watermark
 from gateway.sync.uplink import RunDb
 
@@ -50,6 +55,7 @@ class RetentionPolicy:
 
     retention_s: float
     dead_letter_retention_s: float
+    baseline_retention_s: float = 0.0
     chunk_rows: int = CHUNK_ROWS
 
 
@@ -91,6 +97,14 @@ def delete_dead_letters(conn: Connection, *, now: float, retention_s: float, lim
     return int(conn.execute(delete(dead_letters).where(dead_letters.c.id.in_(ids))).rowcount)
 
 
+def delete_baselines(conn: Connection, *, now: float, retention_s: float, limit: int) -> int:
+    """One chunk of sensor baselines unchanged since before the cutoff."""
+    old = sensor_baselines.c.updated_at < now - retention_s
+    keys = select(sensor_baselines.c.home, sensor_baselines.c.device).where(old).limit(limit)
+    pk = tuple_(sensor_baselines.c.home, sensor_baselines.c.device)
+    return int(conn.execute(delete(sensor_baselines).where(pk.in_(keys))).rowcount)
+
+
 _Step = Callable[..., int]
 
 
@@ -126,6 +140,8 @@ class Retention:
             ]
         if p.dead_letter_retention_s > 0:
             steps.append(("dead_letters", delete_dead_letters, p.dead_letter_retention_s))
+        if p.baseline_retention_s > 0:
+            steps.append(("sensor_baselines", delete_baselines, p.baseline_retention_s))
         now = self._clock()  # one cutoff for the whole purge
         done: dict[str, int] = {}
         for table, step, keep_s in steps:

@@ -13,8 +13,9 @@ metrics and their part of ``/healthz``.
 - task ``sync-uplink`` (only when ``uplink.url`` is set): `Uplink.run`, its database calls on
   the writer thread too, so one thread owns SQLite writes;
 - task ``storage-retention``: at start and every ``storage.retention_interval_s``, deletes
-  readings past ``storage.retention_s`` that are already aggregated, old local aggregates and
-  old dead letters, in small writer transactions (`gateway.sync.retention`);
+  readings past ``storage.retention_s`` that are already aggregated, old local aggregates,
+  old dead letters and sensor baselines of devices gone for ``storage.baseline_retention_s``,
+  in small writer transactions (`gateway.sync.retention`);
 - ``/healthz`` gets a ``sync`` object: uplink state, last success, last error (with a hint)
   and its HTTP status, outbox depth.
 
@@ -70,7 +71,11 @@ class SyncService:
             self.uplink = Uplink(config.uplink, run_db=self._run_db, metrics=self.metrics)
         storage = config.storage
         self.retention = Retention(
-            RetentionPolicy(storage.retention_s, storage.dead_letter_retention_s),
+            RetentionPolicy(
+                storage.retention_s,
+                storage.dead_letter_retention_s,
+                baseline_retention_s=storage.baseline_retention_s,
+            ),
             run_db=self._run_db,
             registry=host.registry,
         )
