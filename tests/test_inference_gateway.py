@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import aiomqtt
@@ -16,6 +19,7 @@ from gateway.app import create_gateway
 from gateway.config import load_config
 from schemas.audio import encode_audio_frame
 from schemas.events import decode_event
+from schemas.telemetry import encode_telemetry
 from schemas.topics import Kind, device_topic, gateway_events_topic
 from tests.conftest import MosquittoBroker
 
@@ -83,3 +87,72 @@ def test_inference_section_configures_and_disables_it(tmp_path: Path) -> None:
     gw = create_gateway(on)  # the one composition root: one engine, no MQTT client of its own
     names = [name for name, _ in gw._task_factories]
     assert names.count("inference") == 1 and "inference-events" not in names
+
+
+async def test_a_restarted_gateway_resumes_a_sensors_baseline(
+    mosquitto: MosquittoBroker, topic_root: str, tmp_path: Path
+) -> None:
+    """Warmed up before a restart, a sensor is scored by the restarted gateway at its first
+    window, from the baseline the first run left in SQLite; /healthz and /metrics count it."""
+    db = tmp_path / "gateway.db"
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        f'gateway_id = "gw-base"\n[mqtt]\nurl = "{mosquitto.url}"\n'
+        f'topic_root = "{topic_root}"\nclient_id = "gw-{topic_root}"\n'
+        f'[storage]\npath = "{db}"\n[admin]\nport = 0\n'
+        '[inference]\nmodels = ["sensor_anomaly"]\nsensor_window_s = 60.0\n'
+        "baseline_windows = 5\nbaseline_min_windows = 5\ndiscovery = false\n"
+    )
+    config = load_config(path)
+    topic = device_topic("home-1", "hall", "thermo-1", Kind.TELEMETRY, root=topic_root)
+    start = (time.time() - 7200) // 60 * 60  # two hours ago, on a window boundary
+
+    def scored() -> list[float]:
+        con = sqlite3.connect(db)
+        try:
+            q = "SELECT window_start FROM inferences WHERE device='thermo-1' ORDER BY 1"
+            return [r[0] for r in con.execute(q)]
+        finally:
+            con.close()
+
+    async def publish(windows: range, until: Callable[[], bool]) -> dict[str, Any]:
+        gw = create_gateway(config)
+        async with gw:
+            assert await asyncio.to_thread(gw.mqtt.subscribed.wait, 20)
+            async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="thermo") as dev:
+                for k in windows:  # a reading every 15 s
+                    for i in range(4):
+                        ts = start + k * 60 + i * 15 + 1
+                        payload = encode_telemetry(ts, {"temperature": 21.0 + 0.01 * (i % 2)})
+                        await dev.publish(topic, payload, qos=1)
+            for _ in range(300):
+                if until():
+                    break
+                await asyncio.sleep(0.1)
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{gw.admin_port}/healthz") as resp,
+            ):
+                health: dict[str, Any] = (await resp.json())["inference"]
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{gw.admin_port}/metrics") as resp,
+            ):
+                health["metrics"] = await resp.text()
+        return health
+
+    # Windows 0..7 sent: 0..6 closed, the first 5 learned, 5 and 6 scored; then a clean stop.
+    first = await publish(range(8), lambda: len(scored()) >= 2)
+    assert scored() == [start + 300, start + 360]
+    assert first["baselines_restored"] == 0
+    con = sqlite3.connect(db)
+    [(device, window_s)] = con.execute("SELECT device, window_s FROM sensor_baselines").fetchall()
+    con.close()
+    assert (device, window_s) == ("thermo-1", 60.0)
+    # Restarted: windows 10 and 11 closed by the readings after them are scored at once (a
+    # fresh baseline would need 5 windows first).
+    second = await publish(range(10, 13), lambda: len(scored()) >= 4)
+    assert scored()[2:] == [start + 600, start + 660]
+    assert second["baselines_restored"] == 1 and second["baselines_persisted"] == 1
+    assert "homeedge_gateway_inference_baselines_persisted 1.0" in second["metrics"]
+    assert "homeedge_gateway_inference_windows_closed_by_time" in second["metrics"]
