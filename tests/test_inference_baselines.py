@@ -428,3 +428,47 @@ async def test_retention_deletes_the_baselines_of_devices_gone_for_long(tmp_path
         await writer.stop()
         sql.dispose()
     assert set(stored_states(db)) == {("h", "here")}
+
+
+def test_a_save_round_is_spread_over_batches_and_skips_unchanged_states(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pure unit test of `Baselines` (no database): a round snapshots ROUND_DEVICES sensors per
+    batch, writes each changed one once, and the next round writes only what changed since."""
+    from gateway.inference import baselines as mod
+    from gateway.inference.stats import EngineStats
+    from gateway.inference.streams import Sensor
+
+    monkeypatch.setattr(mod, "ROUND_DEVICES", 2)
+    clocks = Clocks()
+    sensors: dict[tuple[str, str], Sensor] = {}
+    b = mod.Baselines(
+        SETTINGS,
+        sensors,
+        load=lambda _h, _d: None,
+        stats=EngineStats(),
+        clock=lambda: clocks.wall,
+        idle_clock=lambda: clocks.idle,
+    )
+    for i in range(5):
+        stream = SensorStream(WINDOW, 48)
+        stream.add("temperature", T0 + i, 20.0 + i)
+        w = stream.add("temperature", T0 + WINDOW + i, 20.0)
+        assert w is not None
+        stream.commit(w, False)
+        sensors[("h", f"d{i}")] = Sensor("h", "r", f"d{i}", stream, used=clocks.idle)
+    assert b.round() == []  # not due before baseline_save_s
+    clocks.advance_to(clocks.wall + SETTINGS.baseline_save_s)
+    chunks = []
+    while rows := b.round():
+        chunks.append([r.device for r in rows])
+        b.saved(rows)
+    assert chunks == [["d0", "d1"], ["d2", "d3"], ["d4"]]
+    clocks.advance_to(clocks.wall + SETTINGS.baseline_save_s)
+    sensors[("h", "d3")].used = clocks.idle
+    stream = sensors[("h", "d3")].stream
+    w = stream.add("temperature", T0 + 3 * WINDOW, 21.0)
+    assert w is not None
+    stream.commit(w, False)
+    sensors[("h", "d1")].used = clocks.idle  # input, but its learned state did not change
+    assert [r.device for r in b.round()] == ["d3"]

@@ -7,13 +7,14 @@ again.
   (`BaselineReader`; WAL lets it read beside the writer), never per reading. A state that
   `SensorStream.restore` refuses (an unknown version, corrupt bytes) or that was learned with
   another ``sensor_window_s`` is discarded with a log line and the device starts fresh.
-- Save (writes only through the writer thread): a save round runs at most every
+- Save (writes only through the writer thread): a save round starts every
   ``baseline_save_s`` (and at a clean shutdown, `InferenceEngine.save_baselines`): the
-  sensors that had input or a window closed by time since the last confirmed round are
-  snapshotted on the inference thread, those whose bytes differ from what was last written
-  (a CRC) become rows, and all rows go in ONE writer transaction (an upsert per device).
-  So a device's row is written at most once per round, and an SD card sees one small commit
-  per ``baseline_save_s``, never one per reading. A kill -9 or a power cut loses at most
+  sensors that had input or a window closed by time since the last complete round are
+  snapshotted on the inference thread, `ROUND_DEVICES` after each batch, those whose bytes
+  differ from what was last written (a CRC) become rows, and each batch's rows go in ONE
+  writer transaction (an upsert per device) after its results. So a device's row is written
+  at most once per round, and an SD card sees a few commits per ``baseline_save_s``, never
+  one per reading. A kill -9 or a power cut loses at most
   ``baseline_save_s`` of learning (never readings: they are committed by the ingest path).
 - Eviction: an evicted sensor's snapshot waits in memory (`Baselines.evicted`) until the next
   round has written it; a device that comes back before that resumes from that copy, not from
@@ -32,6 +33,7 @@ import logging
 import sqlite3
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,7 @@ LoadFn = Callable[[str, str], tuple[float, bytes] | None]
 """``(home, device) -> (window_s, state)`` of the stored row, or None (inference thread)."""
 
 _BUSY_TIMEOUT_S = 5.0
+ROUND_DEVICES = 64  # sensors snapshotted per batch during a save round
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +159,10 @@ class Baselines:
         self._unsaved: dict[tuple[str, str], bytes] = {}
         # Sensors whose window was closed by time (no input, so `used` did not move).
         self._touched: set[tuple[str, str]] = set()
+        # The current round's sensors still to snapshot.
+        self._queue: deque[tuple[str, str]] = deque()
+        self._unconfirmed = False  # rows handed out, not yet confirmed by `saved`
+        self._failed = False  # a write of this round failed: it does not count as complete
         start = idle_clock()
         self._next_round = start + settings.baseline_save_s
         self._confirmed_from = -float("inf")  # sensors used since then may have changed
@@ -233,28 +240,46 @@ class Baselines:
     # -- save rounds -----------------------------------------------------------------------
 
     def round(self, *, force: bool = False) -> list[SavedBaseline]:
-        """The rows to write now: none before ``baseline_save_s`` has passed since the last
-        round (unless `force`, the clean shutdown)."""
+        """The rows to write after this batch. A round starts every ``baseline_save_s``: it
+        lists the sensors that may have changed, then snapshots `ROUND_DEVICES` of them per
+        batch (a snapshot takes milliseconds: a round of every device at once would hold up
+        inference for seconds). `force` (the clean shutdown) does all that remains at once."""
         if not self.enabled:
             return []
         now = self._idle_clock()
-        if not force and now < self._next_round:
-            return []
-        self._next_round = now + self._settings.baseline_save_s
-        self._round_from = now
+        rows: list[SavedBaseline] = []
+        if force or (not self._queue and now >= self._next_round):
+            self._failed = False  # this round covers whatever a failed write left
+            self._next_round = now + self._settings.baseline_save_s
+            self._round_from = now
+            since = self._confirmed_from
+            self._queue = deque(
+                key
+                for key, sensor in self._sensors.items()
+                if force or sensor.used >= since or key in self._touched
+            )
+            self._touched.clear()
+            stamp = self._clock()
+            rows += [
+                SavedBaseline(home, device, self._settings.sensor_window_s, data, stamp)
+                for (home, device), data in self._unsaved.items()
+            ]
         stamp = self._clock()
-        rows = [
-            SavedBaseline(home, device, self._settings.sensor_window_s, data, stamp)
-            for (home, device), data in self._unsaved.items()
-        ]
-        since = self._confirmed_from
-        for key, sensor in self._sensors.items():
-            if not force and sensor.used < since and key not in self._touched:
+        budget = len(self._queue) if force else ROUND_DEVICES
+        while self._queue and budget > 0:
+            key = self._queue.popleft()
+            sensor = self._sensors.get(key)
+            if sensor is None:  # evicted meanwhile: its copy is in _unsaved
                 continue
+            budget -= 1
             data = sensor.stream.snapshot()
             if zlib.crc32(data) != self._crc.get(key):
                 rows.append(SavedBaseline(key[0], key[1], sensor.stream.window_s, data, stamp))
-        self._touched.clear()
+        if self._unconfirmed:  # the last rows were never confirmed: their write failed
+            self._failed = True
+        self._unconfirmed = bool(rows)
+        if not rows and not self._queue and not self._failed:
+            self._confirmed_from = self._round_from
         return rows
 
     def saved(self, rows: Iterable[SavedBaseline]) -> None:
@@ -268,4 +293,6 @@ class Baselines:
             elif key in self._sensors:
                 self._crc[key] = zlib.crc32(r.state)
         self._stats.baselines_written += n
-        self._confirmed_from = self._round_from
+        self._unconfirmed = False
+        if not self._queue and not self._failed:  # the round is complete
+            self._confirmed_from = self._round_from

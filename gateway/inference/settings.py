@@ -48,7 +48,7 @@ class InferenceSettings(BaseModel):
         "next window",
     )
     baseline_save_s: float = Field(
-        default=900.0,
+        default=3600.0,
         ge=10,
         le=86400,
         description="a sensor's learned baseline is written to SQLite (table sensor_baselines, "
