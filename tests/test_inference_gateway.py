@@ -13,10 +13,11 @@ from typing import Any
 
 import aiohttp
 import aiomqtt
+import pytest
 
 from devices.clips import CLIP_DIR, read_wav
 from gateway.app import create_gateway
-from gateway.config import load_config
+from gateway.config import ConfigError, load_config
 from schemas.audio import encode_audio_frame
 from schemas.events import decode_event
 from schemas.telemetry import encode_telemetry
@@ -156,3 +157,23 @@ async def test_a_restarted_gateway_resumes_a_sensors_baseline(
     assert second["baselines_restored"] == 1 and second["baselines_persisted"] == 1
     assert "homeedge_gateway_inference_baselines_persisted 1.0" in second["metrics"]
     assert "homeedge_gateway_inference_windows_closed_by_time" in second["metrics"]
+
+
+def test_baseline_and_grace_settings_are_validated_naming_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        'gateway_id = "gw"\n[inference]\nsensor_grace_s = -1\nbaseline_save_s = 1\n'
+        "[storage]\nbaseline_retention_s = -5\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    lines = str(err.value).splitlines()
+    assert "inference.sensor_grace_s: Input should be greater than or equal to 0" in lines
+    assert "inference.baseline_save_s: Input should be greater than or equal to 10" in lines
+    assert "storage.baseline_retention_s: Input should be greater than or equal to 0" in lines
+    ok = load_config(
+        path,
+        inference={"sensor_grace_s": 30, "baseline_save_s": 900},
+        storage={"baseline_retention_s": 0},
+    )
+    assert (ok.inference.sensor_grace_s, ok.inference.baseline_save_s) == (30.0, 900.0)

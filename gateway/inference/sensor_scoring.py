@@ -6,6 +6,8 @@ second window in a batch waits for its first to be learned); a window the anomal
 does not move the device's normal (`SensorStream.commit`). Occupancy results are events only
 when a sensor's decision changed. A sensor the streams evict has its open window scored by
 `flush` (its readings count; the window's time is long past), then its state is dropped.
+`due` closes and scores the windows of quiet sensors whose end is ``sensor_grace_s`` past (the
+engine's sweep), through the same `_score_windows`.
 """
 
 from __future__ import annotations
