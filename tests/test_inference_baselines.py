@@ -48,7 +48,7 @@ SETTINGS = InferenceSettings(
     baseline_min_windows=48,  # 4 h of warm-up at 5-minute windows
     sensor_grace_s=GRACE,
     baseline_save_s=3600.0,
-    queue_size=100_000,  # the burst fits (beyond it readings are dropped from inference)
+    queue_size=100_000,  # paced runs put without waiting (`on_readings`): never full here
     discovery=False,
     publish_events=False,
 )
@@ -234,6 +234,7 @@ def stored_states(db: Path) -> dict[tuple[str, str], bytes]:
 # -- determinism ------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(360)  # three runs over two days of four devices: ~30 s idle, ~70 s loaded
 async def test_paced_burst_and_replay_through_a_restart_give_the_same_windows(
     runtime: ModelRuntime, tmp_path: Path
 ) -> None:
@@ -249,11 +250,13 @@ async def test_paced_burst_and_replay_through_a_restart_give_the_same_windows(
         assert engine.stats.errors == 0 and engine.stats.dropped == 0
     paced = results(paced_db)
 
-    # After an outage: the whole series in one go, in batches of batch_max items, the wall
-    # clock at its end (the devices are busy: no window of theirs closes by time meanwhile).
+    # After an outage: the whole series in one go (as the gateway's readings callback hands
+    # it over: waiting while the engine's queue of 4,000 is full), in batches of batch_max
+    # items, the wall clock at its end (the devices are busy: no window closes by time).
     burst_db, clocks = tmp_path / "burst.db", Clocks(readings[-1].ts + 2.0)
-    async with gateway_engine(burst_db, runtime, clocks) as engine:
-        engine.on_readings(readings)
+    burst_settings = SETTINGS.model_copy(update={"queue_size": 4000})
+    async with gateway_engine(burst_db, runtime, clocks, settings=burst_settings) as engine:
+        await engine.readings_in(readings)
         await engine.drain()
         assert engine.stats.errors == 0 and engine.stats.dropped == 0
         assert engine.stats.windows_closed_by_time == 0
@@ -281,6 +284,7 @@ async def test_paced_burst_and_replay_through_a_restart_give_the_same_windows(
     assert {"normal", "anomaly"} <= labels  # the faults were found: the comparison has teeth
     assert paced_closed_by_time > 0  # the slow sensor and the dropout closed windows by time
     assert len(paced) > 1500
+    assert len(readings) > 3 * burst_settings.queue_size  # the burst waited for queue room
     assert burst == paced
     assert replay == paced
 

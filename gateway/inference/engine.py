@@ -176,6 +176,15 @@ class InferenceEngine:
             if r.metric in _SENSOR_METRICS:
                 self._scheduler.put(("reading", r))
 
+    async def readings_in(self, readings: Iterable[Reading]) -> None:
+        """As `on_readings`, but waits while the queue is full instead of dropping: a backlog
+        after an outage reaches the models whole (so it scores as it would have live), and the
+        wait holds the gateway's committed-readings callbacks (whose own bounded queue then
+        fills; the rows are stored either way)."""
+        for r in readings:
+            if r.metric in _SENSOR_METRICS:
+                await self._scheduler.put_waiting(("reading", r))
+
     def on_audio(self, home: str, room: str, device: str, frame: AudioFrame) -> None:
         """A decoded audio frame (the ingest core's callback); the samples are not kept."""
         if self._audio.embed is not None:

@@ -61,6 +61,11 @@ class InferenceScheduler(Generic[T]):
                 self._stats.dropped,
             )
 
+    async def put_waiting(self, item: Item) -> None:
+        """Queue `item`, waiting while the queue is full (backpressure instead of a drop)."""
+        await self._queue.put(item)
+        self._idle.clear()
+
     def nudge(self) -> None:
         """Give `process` a turn soon with an empty ``sweep`` item, unless items wait anyway."""
         if self._queue.empty():

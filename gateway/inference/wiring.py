@@ -1,6 +1,7 @@
 """Edge inference inside a running gateway: `install_inference(host, settings)`.
 
-- callbacks: committed readings -> `InferenceEngine.on_readings`; audio frames ->
+- callbacks: committed readings -> `InferenceEngine.readings_in` (it waits while the engine's
+  queue is full: a backlog reaches the models whole); audio frames ->
   `InferenceEngine.on_audio` (the frame is handed over and not kept);
 - results are written by the gateway's writer thread: ``inferences`` rows as a job
   (``host.run_db``), ``inference_*`` readings through its batch commit (``host.store``, so
@@ -107,7 +108,7 @@ def install_inference(host: GatewayHost, settings: InferenceSettings) -> None:
 
     async def on_readings(readings: Sequence[Reading]) -> None:
         if "engine" in holder:
-            holder["engine"].on_readings(readings)
+            await holder["engine"].readings_in(readings)
 
     async def on_audio(item: AudioIn) -> None:
         if "engine" in holder:
