@@ -32,7 +32,7 @@ The engine coordinates its parts, each in a module of its own:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,9 +181,14 @@ class InferenceEngine:
         after an outage reaches the models whole (so it scores as it would have live), and the
         wait holds the gateway's committed-readings callbacks (whose own bounded queue then
         fills; the rows are stored either way)."""
-        for r in readings:
-            if r.metric in _SENSOR_METRICS:
-                await self._scheduler.put_waiting(("reading", r))
+        scheduler = self._scheduler
+        if not isinstance(readings, Sequence) or len(readings) > scheduler.room():
+            readings = list(readings)
+            for r in readings:
+                if r.metric in _SENSOR_METRICS and not scheduler.try_put(item := ("reading", r)):
+                    await scheduler.put_waiting(item)
+            return
+        self.on_readings(readings)  # room for all: the same cost per reading as before
 
     def on_audio(self, home: str, room: str, device: str, frame: AudioFrame) -> None:
         """A decoded audio frame (the ingest core's callback); the samples are not kept."""

@@ -61,6 +61,19 @@ class InferenceScheduler(Generic[T]):
                 self._stats.dropped,
             )
 
+    def room(self) -> int:
+        """How many items fit in the queue now."""
+        return self._queue.maxsize - self._queue.qsize()
+
+    def try_put(self, item: Item) -> bool:
+        """Queue `item` if there is room (no drop counted); False when the queue is full."""
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            return False
+        self._idle.clear()
+        return True
+
     async def put_waiting(self, item: Item) -> None:
         """Queue `item`, waiting while the queue is full (backpressure instead of a drop)."""
         await self._queue.put(item)
