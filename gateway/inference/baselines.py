@@ -54,7 +54,7 @@ LoadFn = Callable[[str, str], tuple[float, bytes] | None]
 """``(home, device) -> (window_s, state)`` of the stored row, or None (inference thread)."""
 
 _BUSY_TIMEOUT_S = 5.0
-ROUND_DEVICES = 64  # sensors snapshotted per batch during a save round
+ROUND_DEVICES = 32  # sensors snapshotted per batch during a save round (bounds the pause)
 
 
 @dataclass(frozen=True, slots=True)
