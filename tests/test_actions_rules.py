@@ -274,3 +274,21 @@ def test_example_rules_parse(tmp_path: Path) -> None:
     light, phone = cfg.rules
     assert light.mqtt is not None and light.mqtt.encoded() == b'{"state":"ON"}'
     assert phone.webhook is not None and "Bearer t" not in repr(phone.webhook)
+
+
+def test_the_readme_and_docker_examples_are_valid(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("## Local actions") :]
+    block = section[
+        section.index("```toml\n") + 8 : section.index("```\n", section.index("```toml"))
+    ]
+    path = tmp_path / "gateway.toml"
+    path.write_text('gateway_id = "gw"\n' + block)
+    names = [r.name for r in load_config(path).actions.all_rules()]
+    assert names == ["alarms", "anomalies", "kitchen-light-on", "phone", "sensor-faults-by-mail"]
+    docker = (root / "docker" / "gateway.toml").read_text()
+    commented = docker[docker.index("# [actions]") :]
+    uncommented = "\n".join(line.removeprefix("# ") for line in commented.splitlines())
+    path.write_text('gateway_id = "gw"\n' + uncommented.replace("\n#\n", "\n"))
+    assert [r.name for r in load_config(path).actions.rules] == ["kitchen-light-on", "phone"]
