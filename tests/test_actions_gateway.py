@@ -279,6 +279,9 @@ quiet_hours = {{ start = "{start}", end = "{end}" }}
         gw.emit_event(edge_event(EventKind.ALARM, "co_t4", "cellar"))  # alarms ignore them
         got = await asyncio.wait_for(messages(owner, 1), 20)
         text = await metrics_text(gw)
+        health = gw.health()["actions"]
+    assert health["rules"] == ["alarms", "anomalies"]
+    assert health["notify_topic"] == f"{topic_root}/{GW}/gateway/notify"
     body = json.loads(bytes(got[0].payload))  # type: ignore[arg-type]
     assert (body["rule"], body["label"]) == ("alarms", "co_t4")
     assert body["time"].endswith("+00:00")

@@ -24,7 +24,7 @@ from gateway.actions import rules
 from gateway.actions.metrics import ActionMetrics
 from gateway.actions.settings import ActionsSettings, Rule
 from gateway.actions.webhook import WebhookSender
-from gateway.records import EdgeEvent
+from gateway.records import EdgeEvent, EventKind
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,12 @@ class LocalActions:
         self._metrics = metrics
         self._senders = senders
         self._clock = clock
+        # Rules by the event kinds they can match: an anomaly window does not walk the keyword
+        # rules. A rule without kinds is in every list; each list keeps the configured order.
+        self._by_kind = {
+            kind: [r for r in self.rules if r.kinds is None or kind in r.kinds]
+            for kind in EventKind
+        }
         self._limiter = rules.RateLimiter()
         self._tz = settings.tz()
         self._notify_fields = tuple(settings.notify_fields)
@@ -62,7 +68,7 @@ class LocalActions:
 
     def on_event(self, event: EdgeEvent) -> None:
         self._metrics.events.inc()
-        for rule in self.rules:
+        for rule in self._by_kind[event.kind]:
             if rules.matches(rule, event):
                 self._fire(rule, event)
 
