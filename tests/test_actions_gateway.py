@@ -33,15 +33,18 @@ GW = "gw-act"
 
 class Receiver:
     """A webhook receiver: records every request's JSON body; answers `statuses` in turn,
-    then 200."""
+    then 200, each after the next of `delays` (seconds) if any."""
 
-    def __init__(self, statuses: list[int] | None = None) -> None:
+    def __init__(
+        self, statuses: list[int] | None = None, delays: list[float] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/hook"
         self.bodies: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.raw: list[bytes] = []
         self._statuses = list(statuses or [])
+        self._delays = list(delays or [])
 
     async def handle(self, request: web.Request) -> web.Response:
         raw = await request.read()
@@ -49,6 +52,8 @@ class Receiver:
         self.bodies.append(json.loads(raw))
         self.headers.append(dict(request.headers))
         status = self._statuses.pop(0) if self._statuses else 200
+        if self._delays:
+            await asyncio.sleep(self._delays.pop(0))  # slower than the sender's timeout_s
         return web.Response(status=status, text="ok" if status == 200 else "not now")
 
     @contextlib.asynccontextmanager
@@ -325,10 +330,12 @@ webhook = {{ url = "{down}", queue_size = 2, retry_min_s = 30, retry_max_s = 60 
     assert counter(text, "alarms", "notify", "sent") == 6
 
 
-async def test_webhook_gives_up_after_max_attempts_and_on_a_4xx(
+async def test_webhook_gives_up_after_max_attempts_and_on_a_4xx_and_retries_a_timeout(
     mosquitto: MosquittoBroker, topic_root: str, tmp_path: Path
 ) -> None:
-    receiver = Receiver(statuses=[503, 503, 400])
+    # a: 503 twice (max_attempts 2): given up; b: 400, not retried; c: no answer within
+    # timeout_s, then 200 (retried once).
+    receiver = Receiver(statuses=[503, 503, 400], delays=[0, 0, 0, 1.5])
     path = write_config(
         tmp_path,
         mosquitto,
@@ -337,14 +344,23 @@ async def test_webhook_gives_up_after_max_attempts_and_on_a_4xx(
 [[actions.rules]]
 name = "phone"
 kinds = ["alarm"]
-webhook = {{ url = "{receiver.url}", max_attempts = 2, retry_min_s = 0.05, retry_max_s = 0.1 }}
+[actions.rules.webhook]
+url = "{receiver.url}"
+max_attempts = 2
+retry_min_s = 0.05
+retry_max_s = 0.1
+timeout_s = 0.5
 """,
         inference=False,
     )
     async with receiver.running(), gateway(path) as gw:
         gw.emit_event(edge_event(EventKind.ALARM, "smoke_t3", "a"))  # 503, 503: given up
         gw.emit_event(edge_event(EventKind.ALARM, "smoke_t3", "b"))  # 400: not retried
-        gw.emit_event(edge_event(EventKind.ALARM, "smoke_t3", "c"))  # 200
+        gw.emit_event(edge_event(EventKind.ALARM, "smoke_t3", "c"))  # timeout, then 200
         await wait_for(lambda: counter_value(gw, "phone", "webhook", "sent") == 1, 20, "sent")
-    assert [b["room"] for b in receiver.bodies] == ["a", "a", "b", "c"]
+        retries = gw.registry.get_sample_value(
+            "homeedge_gateway_actions_webhook_retries_total", {"rule": "phone"}
+        )
+    assert [b["room"] for b in receiver.bodies] == ["a", "a", "b", "c", "c"]
     assert counter_value(gw, "phone", "webhook", "failed") == 2
+    assert retries == 2  # a's second try and c's

@@ -292,3 +292,61 @@ def test_the_readme_and_docker_examples_are_valid(tmp_path: Path) -> None:
     uncommented = "\n".join(line.removeprefix("# ") for line in commented.splitlines())
     path.write_text('gateway_id = "gw"\n' + uncommented.replace("\n#\n", "\n"))
     assert [r.name for r in load_config(path).actions.rules] == ["kitchen-light-on", "phone"]
+
+
+def test_results_reach_on_event_with_their_kind_even_without_mqtt_events() -> None:
+    from gateway.inference.manifest import ModelKind
+    from gateway.inference.results import InferenceResult, ResultHandler
+    from gateway.inference.settings import InferenceSettings
+    from gateway.inference.stats import EngineStats
+
+    got: list[EdgeEvent] = []
+
+    async def nothing(_: Any) -> None:
+        return None
+
+    handler = ResultHandler(
+        InferenceSettings(publish_events=False),
+        write=nothing,
+        store=nothing,
+        publisher=None,
+        stats=EngineStats(),
+        clock=lambda: NOON,
+        on_event=got.append,
+    )
+
+    def result(kind: ModelKind, label: str, *, is_event: bool = True) -> InferenceResult:
+        return InferenceResult(
+            "m", "1", kind, "h", "kitchen", "mic", NOON - 4, NOON - 1, 0.8, label, 1.0, is_event
+        )
+
+    handler.emit(
+        [
+            result(ModelKind.AUDIO_ALARM, "smoke_t3"),
+            result(ModelKind.SENSOR_ANOMALY, "anomaly"),
+            result(ModelKind.SENSOR_OCCUPANCY, "occupied", is_event=False),  # not an event
+        ]
+    )
+    assert [(e.kind, e.label, e.ts, e.window_end) for e in got] == [
+        (EventKind.ALARM, "smoke_t3", NOON, NOON - 1),
+        (EventKind.ANOMALY, "anomaly", NOON, NOON - 1),
+    ]
+
+
+def test_a_failing_event_callback_does_not_stop_the_others(tmp_path: Path) -> None:
+    from gateway.app import Gateway
+
+    gw = Gateway(load_config(None, gateway_id="gw", storage={"path": str(tmp_path / "g.db")}))
+    got: list[EdgeEvent] = []
+
+    def broken(_: EdgeEvent) -> None:
+        raise RuntimeError("a plug-in bug")
+
+    gw.on_event(broken)
+    gw.on_event(got.append)
+    gw.emit_event(event())
+    assert got == [event()]
+    restarts = gw.registry.get_sample_value(
+        "homeedge_gateway_task_restarts_total", {"task": "event-callback"}
+    )
+    assert restarts == 1
