@@ -23,6 +23,7 @@ from gateway.app import Gateway, create_gateway
 from gateway.config import load_config
 from gateway.records import EdgeEvent, EventKind
 from schemas.audio import encode_audio_frame
+from schemas.notify import decode_notification
 from schemas.topics import Kind, device_topic, gateway_notify_topic
 from tests.conftest import MosquittoBroker, free_port
 from tests.waiting import wait_for
@@ -199,8 +200,8 @@ headers = {{ Authorization = "Bearer s3cret" }}
         await wait_for(lambda: len(receiver.bodies) >= 3, 20, "the marker alarm")
         text = await metrics_text(gw)
     assert json.loads(bytes(command.payload)) == {"state": "ON"}  # type: ignore[arg-type]
-    body = json.loads(bytes(note.payload))  # type: ignore[arg-type]
-    assert (body["rule"], body["kind"], body["label"], body["room"], body["device"]) == (
+    body = decode_notification(bytes(note.payload))  # type: ignore[arg-type]
+    assert (body.rule, body.kind, body.label, body.room, body.device) == (
         "alarms",
         "alarm",
         "smoke_t3",
@@ -287,9 +288,9 @@ quiet_hours = {{ start = "{start}", end = "{end}" }}
         health = gw.health()["actions"]
     assert health["rules"] == ["alarms", "anomalies"]
     assert health["notify_topic"] == f"{topic_root}/{GW}/gateway/notify"
-    body = json.loads(bytes(got[0].payload))  # type: ignore[arg-type]
-    assert (body["rule"], body["label"]) == ("alarms", "co_t4")
-    assert body["time"].endswith("+00:00")
+    body = decode_notification(bytes(got[0].payload))  # type: ignore[arg-type]
+    assert (body.rule, body.label) == ("alarms", "co_t4")
+    assert body.time is not None and body.time.endswith("+00:00")
     assert counter(text, "anomalies", "notify", "quiet") == 1
     assert counter(text, "anomalies", "notify", "sent") == 0
 

@@ -18,6 +18,7 @@ from gateway.actions.runner import LocalActions
 from gateway.actions.settings import ActionsSettings, QuietHours, Rule
 from gateway.config import ConfigError, load_config
 from gateway.records import EdgeEvent, EventKind
+from schemas.notify import decode_notification, encode_notification
 
 UTC = zoneinfo.ZoneInfo("UTC")
 # 2026-01-01 23:30 UTC: inside 22:00-07:00 quiet hours.
@@ -114,14 +115,16 @@ def test_webhook_body_leaves_home_and_device_out_by_default() -> None:
     r = settings.rules[0]
     assert r.webhook is not None
     e = event(EventKind.ALARM, "co_t4", device="mic-secret", home="smith-family", ts=NIGHT)
-    body = notification(r, e, r.webhook.fields, UTC)
+    raw = encode_notification(notification(r, e, r.webhook.fields, UTC))
+    body = json.loads(raw)
     assert set(body) == {"id", "rule", "kind", "label", "room", "time", "score"}
     assert (body["kind"], body["label"], body["room"]) == ("alarm", "co_t4", "kitchen")
     assert body["time"] == "2026-01-01T23:30:00+00:00"
-    raw = json.dumps(body)
-    assert "mic-secret" not in raw and "smith-family" not in raw
-    opted = notification(r, e, ["label", "device"], UTC)
+    assert b"mic-secret" not in raw and b"smith-family" not in raw
+    opted = json.loads(encode_notification(notification(r, e, ["label", "device"], UTC)))
     assert opted["device"] == "mic-secret" and "room" not in opted
+    # What is sent is what the published schema describes (schemas/json/notify.schema.json).
+    assert decode_notification(raw).label == "co_t4"
 
 
 class Published:
@@ -171,8 +174,8 @@ def test_defaults_notify_alarms_locally_and_commands_ignore_quiet_hours() -> Non
     topics = [(t, p) for t, p, _ in publish.messages]
     assert topics[0] == ("zigbee2mqtt/lamp/set", b'{"state":"ON"}')
     assert [t for t, _ in topics] == ["zigbee2mqtt/lamp/set", "root/gw/gateway/notify"]
-    note = json.loads(topics[1][1])
-    assert (note["rule"], note["label"], note["device"], note["home"]) == (
+    note = decode_notification(topics[1][1])
+    assert (note.rule, note.label, note.device, note.home) == (
         "alarms",
         "smoke_t3",
         "microphone-1",

@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway.actions.settings import QuietHours, RateLimit, Rule
 from gateway.records import EdgeEvent, EventKind
+from schemas.notify import Notification
 
 
 def matches(rule: Rule, event: EdgeEvent) -> bool:
@@ -93,9 +94,9 @@ def notification(
     tz: datetime.tzinfo | None,
     *,
     notification_id: str | None = None,
-) -> dict[str, Any]:
-    """The notification body: ``id`` (the same on every retry, for the receiver to drop
-    duplicates), ``rule``, then the event's `fields` in a fixed order."""
+) -> Notification:
+    """The notification (`schemas.notify`): ``id`` (the same on every retry, for the receiver
+    to drop duplicates), ``rule``, and of the event only its `fields`."""
     values: dict[str, Any] = {
         "kind": str(event.kind),
         "label": event.label,
@@ -107,8 +108,5 @@ def notification(
         "device": event.device,
         "model": event.model,
     }
-    body: dict[str, Any] = {"id": notification_id or uuid.uuid4().hex, "rule": rule.name}
-    for name in values:
-        if name in fields:
-            body[name] = values[name]
-    return body
+    chosen = {name: values[name] for name in fields}
+    return Notification(id=notification_id or uuid.uuid4().hex, rule=rule.name, **chosen)

@@ -15,9 +15,9 @@ it does no I/O of its own and never waits. Per matching rule, in this order:
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping
 
 from gateway.actions import rules
@@ -25,6 +25,7 @@ from gateway.actions.metrics import ActionMetrics
 from gateway.actions.settings import ActionsSettings, Rule
 from gateway.actions.webhook import WebhookSender
 from gateway.records import EdgeEvent, EventKind
+from schemas.notify import encode_notification
 
 log = logging.getLogger(__name__)
 
@@ -97,19 +98,19 @@ class LocalActions:
         if "notify" not in actions and "webhook" not in actions:
             return
         # One id for both, so a receiver of both can tell they are the same notification.
-        base = rules.notification(rule, event, (), self._tz)
+        nid = uuid.uuid4().hex
         if "notify" in actions:
-            body = rules.notification(
-                rule, event, self._notify_fields, self._tz, notification_id=base["id"]
+            note = rules.notification(
+                rule, event, self._notify_fields, self._tz, notification_id=nid
             )
-            payload = json.dumps(body, separators=(",", ":")).encode()
+            payload = encode_notification(note)
             self._count_publish(rule, "notify", self._publish(self.notify_topic, payload))
         if "webhook" in actions:
             assert rule.webhook is not None
-            body = rules.notification(
-                rule, event, rule.webhook.fields, self._tz, notification_id=base["id"]
+            note = rules.notification(
+                rule, event, rule.webhook.fields, self._tz, notification_id=nid
             )
-            self._senders[rule.name].submit(body)
+            self._senders[rule.name].submit(note)
 
     def _count_publish(self, rule: Rule, action: str, queued: bool) -> None:
         self._metrics.count(rule.name, action, "sent" if queued else "dropped")

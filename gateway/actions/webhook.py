@@ -19,7 +19,6 @@ aiohttp is imported by `run` only: a gateway without webhooks does not load it (
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -29,6 +28,7 @@ from gateway.actions.metrics import ActionMetrics
 from gateway.actions.settings import WebhookConfig
 from gateway.backoff import Backoff
 from gateway.logs import RateLimitedLog
+from schemas.notify import Notification, encode_notification
 
 if TYPE_CHECKING:
     import aiohttp
@@ -53,7 +53,7 @@ class WebhookSender:
         self.config = config
         self._metrics = metrics
         self._sleep = sleep
-        self._queue: deque[dict[str, Any]] = deque()
+        self._queue: deque[Notification] = deque()
         self._wake = asyncio.Event()
         self._drop_log = RateLimitedLog(log)
         self._fail_log = RateLimitedLog(log)
@@ -67,7 +67,7 @@ class WebhookSender:
     def depth(self) -> int:
         return len(self._queue)
 
-    def submit(self, body: dict[str, Any]) -> None:
+    def submit(self, body: Notification) -> None:
         """Queue one notification (event loop; never blocks)."""
         if len(self._queue) >= self.config.queue_size:
             self._queue.popleft()
@@ -92,10 +92,10 @@ class WebhookSender:
                 body = self._queue.popleft()
                 await self._deliver(session, body)
 
-    async def _deliver(self, session: aiohttp.ClientSession, body: dict[str, Any]) -> None:
+    async def _deliver(self, session: aiohttp.ClientSession, body: Notification) -> None:
         cfg = self.config
-        data = json.dumps(body, separators=(",", ":")).encode()
-        headers = {**self._headers, "Idempotency-Key": str(body["id"])}
+        data = encode_notification(body)
+        headers = {**self._headers, "Idempotency-Key": body.id}
         backoff = Backoff(cfg.retry_min_s, cfg.retry_max_s)
         for attempt in range(1, cfg.max_attempts + 1):
             status, detail, retry_after = await self._post(session, data, headers)
@@ -108,7 +108,7 @@ class WebhookSender:
                 self._fail_log.error(
                     "webhook of rule %r gave up notification %s after %d attempt(s): %s",
                     self.rule,
-                    body["id"],
+                    body.id,
                     attempt,
                     detail,
                 )
