@@ -6,9 +6,6 @@ from prometheus_client import CollectorRegistry, Counter
 
 _P = "homeedge_gateway_actions"
 
-OUTCOMES = ("sent", "failed", "dropped", "rate_limited", "quiet")
-ACTIONS = ("mqtt", "notify", "webhook")
-
 
 class ActionMetrics:
     """Counters by rule, action (mqtt command, notify topic, webhook) and outcome."""

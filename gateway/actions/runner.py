@@ -64,7 +64,7 @@ class LocalActions:
         self._notify_fields = tuple(settings.notify_fields)
         for rule in self.rules:  # every series exists from the start (rate() needs a zero)
             for action in _actions(rule):
-                for outcome in ("sent", "dropped", "rate_limited"):
+                for outcome in _OUTCOMES[action]:
                     metrics.outcomes.labels(rule.name, action, outcome)
 
     def on_event(self, event: EdgeEvent) -> None:
@@ -116,6 +116,13 @@ class LocalActions:
         self._metrics.count(rule.name, action, "sent" if queued else "dropped")
         if not queued:
             log.debug("rule %r: the MQTT queue was full, %s dropped", rule.name, action)
+
+
+_OUTCOMES = {
+    "mqtt": ("sent", "dropped", "rate_limited"),
+    "notify": ("sent", "dropped", "rate_limited", "quiet"),
+    "webhook": ("sent", "failed", "dropped", "rate_limited", "quiet"),
+}
 
 
 def _actions(rule: Rule) -> list[str]:
