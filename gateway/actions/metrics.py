@@ -29,9 +29,18 @@ class ActionMetrics:
             registry=r,
         )
         self.events = Counter(f"{_P}_events", "inference events the rules looked at", registry=r)
+        self._children: dict[tuple[str, str, str], Counter] = {}
+
+    def series(self, rule: str, action: str, outcome: str) -> Counter:
+        """The counter of one (rule, action, outcome), made at 0 the first time."""
+        key = (rule, action, outcome)
+        child = self._children.get(key)
+        if child is None:  # labels() takes a lock and builds a tuple: once per series
+            child = self._children[key] = self.outcomes.labels(rule, action, outcome)
+        return child
 
     def count(self, rule: str, action: str, outcome: str) -> None:
-        self.outcomes.labels(rule, action, outcome).inc()
+        self.series(rule, action, outcome).inc()
 
     def value(self, rule: str, action: str, outcome: str) -> float:
         """The counter's current value (tests, health)."""

@@ -65,7 +65,7 @@ class LocalActions:
         for rule in self.rules:  # every series exists from the start (rate() needs a zero)
             for action in _actions(rule):
                 for outcome in _OUTCOMES[action]:
-                    metrics.outcomes.labels(rule.name, action, outcome)
+                    metrics.series(rule.name, action, outcome)
 
     def on_event(self, event: EdgeEvent) -> None:
         self._metrics.events.inc()
