@@ -242,6 +242,11 @@ def test_builtin_rules_can_be_turned_off() -> None:
         ),
         ('[actions]\ntimezone = "Mars/Olympus"\n', "actions.timezone: "),
         (
+            '[[actions.rules]]\nname = "a"\nlabels = ["x"]\n'
+            'mqtt = { topic = "cmnd/blind/POSITION", payload = { at = 07:00:00 } }\n',
+            "actions.rules[0].mqtt: Value error, payload cannot be sent as JSON",
+        ),
+        (
             '[[actions.rules]]\nname = "alarms"\nlabels = ["x"]\nnotify = true\n',
             "two rules are named 'alarms'",
         ),

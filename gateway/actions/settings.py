@@ -21,6 +21,7 @@ Decisions recorded here:
 from __future__ import annotations
 
 import datetime
+import json
 import zoneinfo
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
@@ -96,11 +97,17 @@ class MqttCommand(_Section):
             raise ValueError("topics starting with $ belong to the broker")
         return value
 
+    @model_validator(mode="after")
+    def _check_payload(self) -> MqttCommand:
+        try:
+            self.encoded()
+        except (TypeError, ValueError) as exc:  # a TOML date or time has no JSON form
+            raise ValueError(f"payload cannot be sent as JSON: {exc}") from None
+        return self
+
     def encoded(self) -> bytes:
         if isinstance(self.payload, str):
             return self.payload.encode()
-        import json
-
         return json.dumps(self.payload, separators=(",", ":"), sort_keys=True).encode()
 
 
