@@ -38,7 +38,7 @@ from gateway.inference.sensors import ANOMALY_METRICS, OCCUPANCY_METRICS
 from gateway.inference.settings import InferenceSettings
 from gateway.inference.stats import EngineStats
 from gateway.inference.streams import DeviceLimits, DeviceStreams
-from gateway.records import Reading
+from gateway.records import EdgeEvent, Reading
 from schemas.audio import AudioFrame
 from schemas.topics import ROOT
 
@@ -63,8 +63,10 @@ class InferenceEngine:
         clock: Callable[[], float] = time.time,
         limits: DeviceLimits | None = None,
         idle_clock: Callable[[], float] = time.monotonic,
+        on_event: Callable[[EdgeEvent], None] | None = None,
     ) -> None:
-        """`clock` stamps stored results; `idle_clock` times the devices' idleness."""
+        """`clock` stamps stored results; `idle_clock` times the devices' idleness; `on_event`
+        receives every event (on the event loop, `gateway.host.EventCallback`)."""
         self.settings = settings
         self.runtime = runtime
         self.stats = EngineStats()
@@ -83,6 +85,7 @@ class InferenceEngine:
             root=root,
             availability_topic=availability_topic,
             clock=clock,
+            on_event=on_event,
             # Every tracked device's key (a microphone or a sensor) and a room each, so a
             # tracked device is never announced twice.
             max_announced=2 * (limits.max_devices + limits.max_microphones),
@@ -106,6 +109,7 @@ class InferenceEngine:
         root: str = ROOT,
         availability_topic: str | None = None,
         limits: DeviceLimits | None = None,
+        on_event: Callable[[EdgeEvent], None] | None = None,
     ) -> InferenceEngine:
         """Load (and warm up) the models of `settings`; failures are logged and kept in
         ``engine.runtime.errors``, the other models serve."""
@@ -123,6 +127,7 @@ class InferenceEngine:
             root=root,
             availability_topic=availability_topic,
             limits=limits,
+            on_event=on_event,
         )
 
     # -- input (event loop; non-blocking) -------------------------------------------------

@@ -6,7 +6,8 @@
   (``host.run_db``), ``inference_*`` readings through its batch commit (``host.store``, so
   the committed-readings callbacks and the unique indexes hold for them too);
 - events and Home Assistant discovery go out on the gateway's own MQTT session
-  (``host.publish``): one identity, one availability topic, one reconnect schedule;
+  (``host.publish``): one identity, one availability topic, one reconnect schedule; each event
+  is also handed to the other plug-ins (``host.emit_event``: local actions);
 - task ``inference`` (the engine) and ``inference-sweep`` (idle devices' state is evicted also
   when no input arrives; `gateway.inference.streams`, limits from ``[devices]``);
 - gauge ``homeedge_gateway_inference_streams{kind="sensor"|"microphone"}``: devices with state;
@@ -83,6 +84,7 @@ def install_inference(host: GatewayHost, settings: InferenceSettings) -> None:
             root=host.config.mqtt.topic_root,
             availability_topic=host.status_topic,
             limits=limits,
+            on_event=host.emit_event,
         )
         holder["engine"] = engine
         yield
