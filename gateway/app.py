@@ -14,6 +14,8 @@ Delivery rules behind the callbacks:
   restarted on the gateway's `Backoff` schedule; it is cancelled at shutdown.
 - ``add_health``: an informational part of ``/healthz``; the ``status`` comes from the
   gateway's own checks (`gateway.health`).
+- ``emit_event``: each ``on_event`` callback is called in turn, on the event loop; one that
+  raises is logged and counted (``task_restarts{task="event-callback"}``), the rest still run.
 
 The drops and callback failures above can happen per message: each is logged through a
 `gateway.logs.RateLimitedLog` (at most one line per 10 s, saying how many it suppressed).
@@ -41,6 +43,7 @@ from typing import Any, TypeVar
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Connection, Engine
 
+from gateway.actions.wiring import install_actions
 from gateway.adapters.wiring import install_adapters
 from gateway.admin import AdminServer, create_admin_app
 from gateway.backoff import Backoff
@@ -50,6 +53,7 @@ from gateway.device_table import DeviceTable
 from gateway.health import Failure, check, down, error_reason, failed
 from gateway.host import (
     AudioCallback,
+    EventCallback,
     HealthFn,
     Lifetime,
     ReadingsCallback,
@@ -60,7 +64,7 @@ from gateway.ingest import AudioIn, MessageDecoder, ReadingsIn, TopicAdapter
 from gateway.logs import RateLimitedLog
 from gateway.monitoring import GatewayMetrics
 from gateway.mqtt import MqttBridge
-from gateway.records import Reading
+from gateway.records import EdgeEvent, Reading
 from gateway.status import StatusReader
 from gateway.sync.wiring import install_sync
 from gateway.writer import Writer, checkpoint_wal
@@ -91,6 +95,7 @@ class Gateway:
         self._task_factories: list[tuple[str, TaskFactory]] = []
         self._reading_callbacks: list[ReadingsCallback] = []
         self._audio_callbacks: list[AudioCallback] = []
+        self._event_callbacks: list[EventCallback] = []
         self._health_parts: list[tuple[str, HealthFn]] = []
         self._engine: Engine | None = None
         self._writer: Writer | None = None
@@ -116,7 +121,11 @@ class Gateway:
         table = self.devices
         self.metrics.watch_devices(table.__len__, lambda: table.microphones)
         self._drop_logs = {"readings": RateLimitedLog(log), "audio": RateLimitedLog(log)}
-        self._callback_logs = {"readings": RateLimitedLog(log), "audio": RateLimitedLog(log)}
+        self._callback_logs = {
+            "readings": RateLimitedLog(log),
+            "audio": RateLimitedLog(log),
+            "event": RateLimitedLog(log),
+        }
         self._checkpoint_log = RateLimitedLog(log)
         self._checkpoint_failure: Failure | None = None
 
@@ -149,6 +158,17 @@ class Gateway:
 
     def on_audio(self, callback: AudioCallback) -> None:
         self._audio_callbacks.append(callback)
+
+    def on_event(self, callback: EventCallback) -> None:
+        self._event_callbacks.append(callback)
+
+    def emit_event(self, event: EdgeEvent) -> None:
+        for cb in self._event_callbacks:
+            try:
+                cb(event)
+            except Exception:  # one plug-in's bug must not stop the others or the engine
+                self._callback_logs["event"].error("event callback %r failed", cb, exc_info=True)
+                self.metrics.task_restarts.labels("event-callback").inc()
 
     def add_health(self, name: str, fn: HealthFn) -> None:
         self._health_parts.append((name, fn))
@@ -476,4 +496,5 @@ def create_gateway(config: GatewayConfig) -> Gateway:
     install_adapters(gateway, config.adapters)  # the [adapters] section's enabled ecosystems
     install_sync(gateway, config)  # [aggregation], [privacy], [uplink]: the cloud-sync path
     install_inference(gateway, config.inference)  # [inference]: ONNX models on audio, readings
+    install_actions(gateway, config.actions)  # [actions]: events -> MQTT commands, notifications
     return gateway

@@ -18,6 +18,7 @@ what it pulls in are ~1 MB resident that a gateway configured by its file alone 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +34,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.actions.settings import ActionsSettings
 from gateway.adapters.settings import AdapterSettings
 from gateway.inference.settings import InferenceSettings
 from gateway.sync.settings import AggregationSettings, PrivacySettings, UplinkSettings
@@ -436,6 +438,8 @@ class GatewayConfig(BaseModel):
     uplink: UplinkSettings = UplinkSettings.model_validate({})
     # Edge inference (gateway/inference): models, batching, events, HA discovery.
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    # Local actions (gateway/actions): events -> MQTT commands and notifications.
+    actions: ActionsSettings = ActionsSettings()
 
     @field_validator("gateway_id")
     @classmethod
@@ -443,6 +447,19 @@ class GatewayConfig(BaseModel):
         if not valid_segment(value):
             raise ValueError("must be 1-64 characters of [A-Za-z0-9_.-] (it is a topic level)")
         return value
+
+    @model_validator(mode="after")
+    def _check_command_topics(self) -> GatewayConfig:
+        # The gateway subscribes to <topic_root>/#: a command there would come back as input.
+        root = self.mqtt.topic_root + "/"
+        for i, rule in enumerate(self.actions.rules):
+            if rule.mqtt is not None and rule.mqtt.topic.startswith(root):
+                raise ValueError(
+                    f"actions.rules[{i}].mqtt.topic: {rule.mqtt.topic!r} is under mqtt.topic_root "
+                    f"{self.mqtt.topic_root!r}, which the gateway reads as device input; publish "
+                    "commands on the device's own topic (e.g. zigbee2mqtt/<name>/set)"
+                )
+        return self
 
     @property
     def client_id(self) -> str:
@@ -473,12 +490,23 @@ class GatewayConfig(BaseModel):
         return notes
 
 
+_NAMES_FIELD = re.compile(r"[a-z_]+(\.[a-z_]+|\[\d+\])+: ")
+
+
 def format_validation_error(exc: ValidationError) -> str:
-    """One line per problem: ``mqtt.url: expected mqtt://host:port ...``."""
+    """One line per problem: ``mqtt.url: expected mqtt://host:port ...``; list items by index,
+    ``actions.rules[1].webhook.url: ...``."""
     lines = []
     for err in exc.errors():
-        where = ".".join(str(part) for part in err["loc"]) or "(top level)"
-        lines.append(f"{where}: {err['msg']}")
+        where = ""
+        for part in err["loc"]:
+            where += f"[{part}]" if isinstance(part, int) else f".{part}" if where else str(part)
+        msg = err["msg"]
+        if not where and _NAMES_FIELD.match(msg.removeprefix("Value error, ")):
+            # A check across sections names its field itself ("actions.rules[0].mqtt.topic: ").
+            lines.append(msg.removeprefix("Value error, "))
+            continue
+        lines.append(f"{where or '(top level)'}: {msg}")
     return "\n".join(lines)
 
 

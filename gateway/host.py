@@ -5,7 +5,9 @@ installed by `gateway.app.create_gateway`, the one composition root. Each receiv
 `GatewayHost`, never the concrete `gateway.app.Gateway`, so imports point one way (the app
 imports the plug-ins; a plug-in imports only this module and its own), and a plug-in cannot
 reach past the seam. A plug-in gives the host data and functions (adapters, callbacks, tasks,
-health parts, lifetimes); the host calls them.
+health parts, lifetimes); the host calls them. Plug-ins meet each other only through the host:
+edge inference hands its events to ``emit_event``, and whoever registered ``on_event`` (local
+actions) receives them.
 
 Registration (`add_*`, `on_*`) happens before `start`; the database and MQTT calls
 (`run_db`, `store`, `publish`) work while the gateway runs.
@@ -22,12 +24,15 @@ if TYPE_CHECKING:
 
     from gateway.config import GatewayConfig
     from gateway.ingest import AudioIn, ReadingsIn, TopicAdapter
-    from gateway.records import Reading
+    from gateway.records import EdgeEvent, Reading
 
 T = TypeVar("T")
 
 ReadingsCallback = Callable[["Sequence[Reading]"], Awaitable[None]]
 AudioCallback = Callable[["AudioIn"], Awaitable[None]]
+EventCallback = Callable[["EdgeEvent"], None]
+"""Called on the event loop with each inference event; it must not block or await (it queues
+what takes time), since it runs inside the inference results' hand-off."""
 TaskFactory = Callable[[], Coroutine[Any, Any, None]]
 HealthFn = Callable[[], dict[str, Any]]
 Lifetime = Callable[[], AsyncIterator[None]]
@@ -62,6 +67,15 @@ class GatewayHost(Protocol):
 
     def on_audio(self, callback: AudioCallback) -> None:
         """``await callback(frame)`` with every valid audio frame after its device's commit."""
+        ...
+
+    def on_event(self, callback: EventCallback) -> None:
+        """``callback(event)`` with every inference event (`EventCallback`)."""
+        ...
+
+    def emit_event(self, event: EdgeEvent) -> None:
+        """Hand `event` to every ``on_event`` callback (event loop; never blocks). A callback
+        that raises is logged and counted; the others still get the event."""
         ...
 
     def add_task(self, name: str, factory: TaskFactory) -> None:

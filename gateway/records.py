@@ -1,13 +1,15 @@
 """Value objects that flow through the gateway's ingest path.
 
 Every input (native homeedge telemetry or a foreign ecosystem's payload through an adapter)
-becomes `Reading`s or a `DeadLetter` before anything is stored.
+becomes `Reading`s or a `DeadLetter` before anything is stored. What edge inference decides
+reaches the other plug-ins as `EdgeEvent`s (`gateway.host.GatewayHost.on_event`).
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from enum import StrEnum
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,3 +53,30 @@ def dead_letter_digest(topic: str, reason: str, payload: bytes) -> bytes:
     the table can be checked against it; `gateway.schema`'s version 2 migration computed the
     same for the rows it found (a test holds the two together)."""
     return hashlib.sha256(topic.encode() + b"\0" + reason.encode() + b"\0" + payload).digest()[:16]
+
+
+class EventKind(StrEnum):
+    """What an `EdgeEvent` is about, whatever model decided it (model names are configurable)."""
+
+    ALARM = "alarm"  # a smoke (smoke_t3) or CO (co_t4) alarm heard
+    KEYWORD = "keyword"  # a spoken command: lights_on, lights_off, stop
+    ANOMALY = "anomaly"  # a sensor window judged faulty (anomaly) or not (normal)
+    OCCUPANCY = "occupancy"  # a room became occupied or empty
+    SPEECH = "speech"  # a speech-share summary (speech, quiet)
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeEvent:
+    """One inference event, as published on ``<root>/<home>/gateway/events/<model>``
+    (`schemas.events.InferenceEvent`) plus its `kind`. Never carries audio."""
+
+    kind: EventKind
+    model: str
+    home: str
+    room: str
+    device: str
+    label: str
+    score: float
+    window_start: float
+    window_end: float
+    ts: float  # when the gateway decided (gateway clock, Unix seconds)

@@ -17,6 +17,7 @@ import msgspec
 
 from schemas.batch import Batch
 from schemas.events import InferenceEvent
+from schemas.notify import Notification
 from schemas.telemetry import Telemetry
 
 HERE = Path(__file__).parent / "json"
@@ -60,8 +61,12 @@ def generated_files() -> dict[Path, str]:
     event = msgspec.json.schema(InferenceEvent)
     event["$id"] = "https://homeedge.invalid/schemas/event.schema.json"
     event["title"] = "homeedge gateway inference event"
+    notify = msgspec.json.schema(Notification)
+    notify["$id"] = "https://homeedge.invalid/schemas/notify.schema.json"
+    notify["title"] = "homeedge gateway notification (local actions)"
     return {
         HERE / "event.schema.json": _dump(event),
+        HERE / "notify.schema.json": _dump(notify),
         HERE / "telemetry.schema.json": _dump(telemetry),
         HERE / "batch.schema.json": _dump(batch),
         HERE / "state.schema.json": _dump(state),

@@ -2,8 +2,8 @@
 
 Device topics are ``<root>/<home>/<room>/<device>/<kind>``; the root defaults to ``homeedge`` and
 may itself contain slashes (tests use a unique root each). Gateway output lives under
-``<root>/<home>/gateway/...``: ``status`` and ``events/<model>`` (`GATEWAY_OUTPUTS`), so
-``gateway`` is not a valid room name. Every topic string in the code base comes from these
+``<root>/<home>/gateway/...``: ``status``, ``events/<model>`` and ``notify`` (`GATEWAY_OUTPUTS`),
+so ``gateway`` is not a valid room name. Every topic string in the code base comes from these
 functions.
 """
 
@@ -21,9 +21,11 @@ from schemas.errors import TopicError
 ROOT = "homeedge"
 GATEWAY_SEGMENT = "gateway"
 # The gateway's outputs under <root>/<home>/gateway/, and whether each has levels below it
-# (``events/<model>``) or not (``status``). A gateway ignores these topics on its ``<root>/#``
-# subscription; anything else under a "gateway" room is a device misconfigured into it.
-GATEWAY_OUTPUTS: Mapping[str, bool] = MappingProxyType({"status": False, "events": True})
+# (``events/<model>``) or not (``status``, ``notify``). A gateway ignores these topics on its
+# ``<root>/#`` subscription; anything else under a "gateway" room is a device misconfigured into it.
+GATEWAY_OUTPUTS: Mapping[str, bool] = MappingProxyType(
+    {"status": False, "events": True, "notify": False}
+)
 # \Z, not $: "$" also matches before a final newline ("kitchen\n" is no room name).
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
 
@@ -113,7 +115,7 @@ _KINDS = frozenset(k.value for k in Kind)
 
 def is_gateway_output(levels: str) -> bool:
     """True when `levels`, what follows ``<root>/<home>/gateway/`` in a topic, names one of the
-    gateway's own outputs (``status``, ``events/<model>``)."""
+    gateway's own outputs (``status``, ``events/<model>``, ``notify``)."""
     head, sep, rest = levels.partition("/")
     nested = GATEWAY_OUTPUTS.get(head)
     if nested is None:
@@ -143,3 +145,9 @@ def gateway_events_topic(home: str, model: str, *, root: str = ROOT) -> str:
 def gateway_status_topic(home: str, *, root: str = ROOT) -> str:
     """The gateway's retained availability topic (``online``/``offline``, last will)."""
     return gateway_topic(home, "status", root=root)
+
+
+def gateway_notify_topic(gateway_id: str, *, root: str = ROOT) -> str:
+    """Where the gateway's local actions publish notifications (``[actions]``; QoS 1, not
+    retained): one topic per gateway, beside its status topic, whatever home an event is from."""
+    return gateway_topic(gateway_id, "notify", root=root)

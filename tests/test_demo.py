@@ -110,7 +110,10 @@ def check_run(out: str, data: Path) -> None:
         ).fetchone()[0]
     finally:
         conn.close()
-    assert seqs == list(range(1, batches + 1)) and n_temperature == temperature
+    # At least what the last progress line saw (the gateway may upload one more window while it
+    # stops, after that line), with no sequence gap.
+    assert len(seqs) >= batches and seqs == list(range(1, len(seqs) + 1))
+    assert n_temperature >= temperature
     # two homes; four if the replay crossed a pseudonym rotation (every 30 days)
     assert len(cloud_homes) in (2, 4) and all(h.startswith("h-") for h in cloud_homes)
     assert not cloud_homes & homes

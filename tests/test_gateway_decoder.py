@@ -63,6 +63,8 @@ def test_state_and_audio() -> None:
 def test_gateway_output_topics_are_ignored() -> None:
     assert isinstance(decode("unit/h1/gateway/status", b"online"), Ignored)
     assert isinstance(decode("unit/h1/gateway/events/model", b"{}"), Ignored)
+    # Local actions' notifications (gateway_notify_topic) come back on <root>/# too.
+    assert isinstance(decode("unit/gw-1/gateway/notify", b"{}"), Ignored)
 
 
 @pytest.mark.parametrize(

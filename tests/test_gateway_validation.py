@@ -287,6 +287,7 @@ def test_a_device_in_the_gateway_room_is_a_dead_letter_not_ignored() -> None:
         "unit/h1/gateway/door-1/state",
         "unit/h1/gateway/status/extra",
         "unit/h1/gateway/events",
+        "unit/h1/gateway/notify/extra",
     ]:
         (dead,) = decode(topic, telemetry(NOW, temperature=21.0))
         assert isinstance(dead, DeadLetter), topic

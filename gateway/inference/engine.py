@@ -50,7 +50,7 @@ from gateway.inference.sensors import ANOMALY_METRICS, OCCUPANCY_METRICS
 from gateway.inference.settings import InferenceSettings
 from gateway.inference.stats import EngineStats
 from gateway.inference.streams import DeviceLimits, DeviceStreams
-from gateway.records import Reading
+from gateway.records import EdgeEvent, Reading
 from schemas.audio import AudioFrame
 from schemas.topics import ROOT
 
@@ -85,10 +85,12 @@ class InferenceEngine:
         limits: DeviceLimits | None = None,
         idle_clock: Callable[[], float] = time.monotonic,
         load: LoadFn | None = None,
+        on_event: Callable[[EdgeEvent], None] | None = None,
     ) -> None:
         """`clock` stamps stored results and closes windows by time (the readings' epoch);
         `idle_clock` times the devices' idleness; `load` reads a stored sensor baseline
-        (`gateway.inference.baselines.BaselineReader`; None: baselines are not persisted)."""
+        (`gateway.inference.baselines.BaselineReader`; None: baselines are not persisted);
+        `on_event` receives every event (on the event loop, `gateway.host.EventCallback`)."""
         self.settings = settings
         self.runtime = runtime
         self.stats = EngineStats()
@@ -124,6 +126,7 @@ class InferenceEngine:
             root=root,
             availability_topic=availability_topic,
             clock=clock,
+            on_event=on_event,
             # Every tracked device's key (a microphone or a sensor) and a room each, so a
             # tracked device is never announced twice.
             max_announced=2 * (limits.max_devices + limits.max_microphones),
@@ -148,6 +151,7 @@ class InferenceEngine:
         availability_topic: str | None = None,
         limits: DeviceLimits | None = None,
         load: LoadFn | None = None,
+        on_event: Callable[[EdgeEvent], None] | None = None,
     ) -> InferenceEngine:
         """Load (and warm up) the models of `settings`; failures are logged and kept in
         ``engine.runtime.errors``, the other models serve."""
@@ -166,6 +170,7 @@ class InferenceEngine:
             availability_topic=availability_topic,
             limits=limits,
             load=load,
+            on_event=on_event,
         )
 
     # -- input (event loop; non-blocking) -------------------------------------------------

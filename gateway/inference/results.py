@@ -1,5 +1,7 @@
 """What becomes of the engine's results: `InferenceResult`, and `ResultHandler`, which publishes
-them as events (with Home Assistant discovery before a device's first result) and stores them.
+them as events (with Home Assistant discovery before a device's first result), hands each event
+to ``on_event`` (`gateway.records.EdgeEvent`: the host's other plug-ins, local actions) and
+stores them.
 
 Storage, both through the gateway's writer thread:
 
@@ -28,7 +30,7 @@ from gateway.inference.settings import InferenceSettings
 from gateway.inference.stats import EngineStats
 from gateway.inference.tables import inferences
 from gateway.ingest import ReadingsIn
-from gateway.records import Reading
+from gateway.records import EdgeEvent, EventKind, Reading
 from schemas.events import InferenceEvent, encode_event
 from schemas.topics import ROOT, gateway_events_topic
 
@@ -43,6 +45,13 @@ METRIC_OF = {
     ModelKind.AUDIO_ALARM: "inference_alarm",
     ModelKind.SENSOR_ANOMALY: "inference_anomaly",
     ModelKind.SENSOR_OCCUPANCY: "inference_occupancy",
+}
+EVENT_KIND = {
+    ModelKind.AUDIO_VAD: EventKind.SPEECH,
+    ModelKind.AUDIO_KEYWORD: EventKind.KEYWORD,
+    ModelKind.AUDIO_ALARM: EventKind.ALARM,
+    ModelKind.SENSOR_ANOMALY: EventKind.ANOMALY,
+    ModelKind.SENSOR_OCCUPANCY: EventKind.OCCUPANCY,
 }
 
 
@@ -79,6 +88,7 @@ class ResultHandler:
         availability_topic: str | None = None,
         clock: Callable[[], float] = time.time,
         max_announced: int = 20_000,
+        on_event: Callable[[EdgeEvent], None] | None = None,
     ) -> None:
         self._settings = settings
         self._write = write
@@ -90,6 +100,7 @@ class ResultHandler:
         # an engine without a gateway names none, so HA takes its entities as always available.
         self._availability = availability_topic
         self._clock = clock
+        self._on_event = on_event
         # Sources whose discovery configs were published, least recently used first, bounded:
         # one forgotten is announced again with its next result (the same retained configs).
         self._announced: OrderedDict[tuple[str, ...], None] = OrderedDict()
@@ -103,29 +114,47 @@ class ResultHandler:
 
     def emit(self, results: list[InferenceResult]) -> None:
         self._stats.results += len(results)
-        if self._publisher is None:
+        publisher, on_event = self._publisher, self._on_event
+        if publisher is None and on_event is None:
             return
         now = self._clock()
         for r in results:
-            if self._settings.discovery:
+            if publisher is not None and self._settings.discovery:
                 self._announce(r)
-            if not (r.event and self._settings.publish_events):
+            if not r.event:
                 continue
-            event = InferenceEvent(
-                model=r.model,
-                version=r.version,
-                home=r.home,
-                room=r.room,
-                device=r.device,
-                label=r.label,
-                score=r.score,
-                window_start=r.start,
-                window_end=r.end,
-                ts=now,
-            )
-            topic = gateway_events_topic(r.home, r.model, root=self._root)
-            if self._publisher.submit(topic, encode_event(event)):
-                self._stats.events += 1
+            if publisher is not None and self._settings.publish_events:
+                event = InferenceEvent(
+                    model=r.model,
+                    version=r.version,
+                    home=r.home,
+                    room=r.room,
+                    device=r.device,
+                    label=r.label,
+                    score=r.score,
+                    window_start=r.start,
+                    window_end=r.end,
+                    ts=now,
+                )
+                topic = gateway_events_topic(r.home, r.model, root=self._root)
+                if publisher.submit(topic, encode_event(event)):
+                    self._stats.events += 1
+            # Also with publish_events off: local actions do not depend on the MQTT events.
+            if on_event is not None:
+                on_event(
+                    EdgeEvent(
+                        kind=EVENT_KIND[r.kind],
+                        model=r.model,
+                        home=r.home,
+                        room=r.room,
+                        device=r.device,
+                        label=r.label,
+                        score=r.score,
+                        window_start=r.start,
+                        window_end=r.end,
+                        ts=now,
+                    )
+                )
 
     def _announce(self, r: InferenceResult) -> None:
         assert self._publisher is not None

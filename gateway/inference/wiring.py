@@ -7,7 +7,8 @@
   (``host.run_db``), ``inference_*`` readings through its batch commit (``host.store``, so
   the committed-readings callbacks and the unique indexes hold for them too);
 - events and Home Assistant discovery go out on the gateway's own MQTT session
-  (``host.publish``): one identity, one availability topic, one reconnect schedule;
+  (``host.publish``): one identity, one availability topic, one reconnect schedule; each event
+  is also handed to the other plug-ins (``host.emit_event``: local actions);
 - task ``inference`` (the engine) and ``inference-sweep`` (idle devices' state is evicted and
   sensors' windows are closed by time (``sensor_grace_s``) also when no input arrives;
   `gateway.inference.streams`, limits from ``[devices]``);
@@ -94,6 +95,7 @@ def install_inference(host: GatewayHost, settings: InferenceSettings) -> None:
             availability_topic=host.status_topic,
             limits=limits,
             load=reader,
+            on_event=host.emit_event,
         )
         engine.stats.baselines_persisted = await host.run_db(count_baselines)
         holder["engine"] = engine
