@@ -48,8 +48,10 @@ from gateway.config import GatewayConfig
 from gateway.db import make_engine
 from gateway.device_table import DeviceTable
 from gateway.health import Failure, check, down, error_reason, failed
+from gateway.homeassistant.wiring import install_homeassistant
 from gateway.host import (
     AudioCallback,
+    ForgottenCallback,
     HealthFn,
     Lifetime,
     ReadingsCallback,
@@ -111,7 +113,10 @@ class Gateway:
             max_microphones=dev.max_microphones,
             idle_s=dev.idle_s,
             on_evicted=self.metrics.devices_evicted.inc,
+            on_forgotten=self._forgotten,
         )
+        self._forgotten_callbacks: list[ForgottenCallback] = []
+        self._mqtt_ready = asyncio.Event()
         table = self.devices
         self.metrics.watch_devices(table.__len__, lambda: table.microphones)
         self._drop_logs = {"readings": RateLimitedLog(log), "audio": RateLimitedLog(log)}
@@ -149,6 +154,25 @@ class Gateway:
     def on_audio(self, callback: AudioCallback) -> None:
         self._audio_callbacks.append(callback)
 
+    def on_device_forgotten(self, callback: ForgottenCallback) -> None:
+        self._forgotten_callbacks.append(callback)
+
+    def _forgotten(self, keys: list[tuple[str, str]]) -> None:
+        """Device table (any thread, its lock held): hand the keys to the event loop."""
+        loop = self._loop
+        if loop is None or not self._forgotten_callbacks:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
+            loop.call_soon_threadsafe(self._tell_forgotten, keys)
+
+    def _tell_forgotten(self, keys: list[tuple[str, str]]) -> None:
+        for home, device in keys:
+            for cb in self._forgotten_callbacks:
+                try:
+                    cb(home, device)
+                except Exception:  # one plug-in's bug must not stop the others' callbacks
+                    log.exception("device-forgotten callback %r failed", cb)
+
     def add_health(self, name: str, fn: HealthFn) -> None:
         self._health_parts.append((name, fn))
 
@@ -167,6 +191,9 @@ class Gateway:
 
     async def store(self, item: ReadingsIn) -> None:
         await self.writer.store(item)
+
+    async def mqtt_ready(self) -> None:
+        await self._mqtt_ready.wait()
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
         bridge = self._bridge
@@ -295,6 +322,7 @@ class Gateway:
             )
             self._writer.ack = self._bridge.ack_many
             self._bridge.start()
+            self._mqtt_ready.set()
         except BaseException:
             await self.stop()
             raise
@@ -318,6 +346,7 @@ class Gateway:
                 log.exception("final writer flush failed")
         if bridge is not None:
             self._bridge = None
+            self._mqtt_ready.clear()
             await asyncio.to_thread(bridge.close)
         tasks, self._tasks = self._tasks, []
         for task in tasks:
@@ -470,5 +499,8 @@ def create_gateway(config: GatewayConfig) -> Gateway:
     gateway = Gateway(config)
     install_adapters(gateway, config.adapters)  # the [adapters] section's enabled ecosystems
     install_sync(gateway, config)  # [aggregation], [privacy], [uplink]: the cloud-sync path
-    install_inference(gateway, config.inference)  # [inference]: ONNX models on audio, readings
+    # [homeassistant]: discovery of the gateway, its devices and metrics; the inference
+    # entities are announced through it too (one record of what to remove).
+    announcer = install_homeassistant(gateway, config.homeassistant)
+    install_inference(gateway, config.inference, discovery=announcer)  # [inference]: ONNX models
     return gateway

@@ -34,6 +34,7 @@ from pydantic import (
 )
 
 from gateway.adapters.settings import AdapterSettings
+from gateway.homeassistant.settings import HomeAssistantSettings
 from gateway.inference.settings import InferenceSettings
 from gateway.sync.settings import AggregationSettings, PrivacySettings, UplinkSettings
 from gateway.validation import (
@@ -422,6 +423,8 @@ class GatewayConfig(BaseModel):
     uplink: UplinkSettings = UplinkSettings.model_validate({})
     # Edge inference (gateway/inference): models, batching, events, HA discovery.
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    # Home Assistant discovery and entity states (gateway/homeassistant), local broker only.
+    homeassistant: HomeAssistantSettings = HomeAssistantSettings()
 
     @field_validator("gateway_id")
     @classmethod

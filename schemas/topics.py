@@ -2,7 +2,8 @@
 
 Device topics are ``<root>/<home>/<room>/<device>/<kind>``; the root defaults to ``homeedge`` and
 may itself contain slashes (tests use a unique root each). Gateway output lives under
-``<root>/<home>/gateway/...``: ``status`` and ``events/<model>`` (`GATEWAY_OUTPUTS`), so
+``<root>/<home>/gateway/...``: ``status``, ``events/<model>`` and the Home Assistant entity
+states ``states/<home>/<device>/<metric>`` (`GATEWAY_OUTPUTS`), so
 ``gateway`` is not a valid room name. Every topic string in the code base comes from these
 functions.
 """
@@ -23,7 +24,9 @@ GATEWAY_SEGMENT = "gateway"
 # The gateway's outputs under <root>/<home>/gateway/, and whether each has levels below it
 # (``events/<model>``) or not (``status``). A gateway ignores these topics on its ``<root>/#``
 # subscription; anything else under a "gateway" room is a device misconfigured into it.
-GATEWAY_OUTPUTS: Mapping[str, bool] = MappingProxyType({"status": False, "events": True})
+GATEWAY_OUTPUTS: Mapping[str, bool] = MappingProxyType(
+    {"status": False, "events": True, "states": True}
+)
 # \Z, not $: "$" also matches before a final newline ("kitchen\n" is no room name).
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
 
@@ -143,3 +146,17 @@ def gateway_events_topic(home: str, model: str, *, root: str = ROOT) -> str:
 def gateway_status_topic(home: str, *, root: str = ROOT) -> str:
     """The gateway's retained availability topic (``online``/``offline``, last will)."""
     return gateway_topic(home, "status", root=root)
+
+
+def gateway_state_topic(
+    gateway_id: str, home: str, device: str, metric: str, *, root: str = ROOT
+) -> str:
+    """Where the gateway publishes the newest value of one device's metric for Home Assistant:
+    ``<root>/<gateway_id>/gateway/states/<home>/<device>/<metric>`` (QoS 1, not retained)."""
+    _check("gateway id", gateway_id)
+    _check("home", home)
+    _check("device", device)
+    _check("metric", metric)
+    return "/".join(
+        [_check_root(root), gateway_id, GATEWAY_SEGMENT, "states", home, device, metric]
+    )

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from gateway.inference.audio_scoring import AudioScorer
 from gateway.inference.manifest import ModelKind
-from gateway.inference.publisher import EventSink
+from gateway.inference.publisher import DiscoverySink, EventSink
 from gateway.inference.results import InferenceResult, ResultHandler, StoreFn, WriteFn
 from gateway.inference.runtime import ModelRuntime
 from gateway.inference.scheduler import InferenceScheduler, Item
@@ -63,6 +63,7 @@ class InferenceEngine:
         clock: Callable[[], float] = time.time,
         limits: DeviceLimits | None = None,
         idle_clock: Callable[[], float] = time.monotonic,
+        discovery: DiscoverySink | None = None,
     ) -> None:
         """`clock` stamps stored results; `idle_clock` times the devices' idleness."""
         self.settings = settings
@@ -80,6 +81,7 @@ class InferenceEngine:
             store=store,
             publisher=publisher,
             stats=self.stats,
+            discovery=discovery,
             root=root,
             availability_topic=availability_topic,
             clock=clock,
@@ -106,6 +108,7 @@ class InferenceEngine:
         root: str = ROOT,
         availability_topic: str | None = None,
         limits: DeviceLimits | None = None,
+        discovery: DiscoverySink | None = None,
     ) -> InferenceEngine:
         """Load (and warm up) the models of `settings`; failures are logged and kept in
         ``engine.runtime.errors``, the other models serve."""
@@ -123,6 +126,7 @@ class InferenceEngine:
             root=root,
             availability_topic=availability_topic,
             limits=limits,
+            discovery=discovery,
         )
 
     # -- input (event loop; non-blocking) -------------------------------------------------

@@ -5,8 +5,9 @@
 - results are written by the gateway's writer thread: ``inferences`` rows as a job
   (``host.run_db``), ``inference_*`` readings through its batch commit (``host.store``, so
   the committed-readings callbacks and the unique indexes hold for them too);
-- events and Home Assistant discovery go out on the gateway's own MQTT session
-  (``host.publish``): one identity, one availability topic, one reconnect schedule;
+- events go out on the gateway's own MQTT session (``host.publish``): one identity, one
+  availability topic, one reconnect schedule; Home Assistant discovery through the
+  `DiscoverySink` the Home Assistant plug-in hands over (the same session, recorded);
 - task ``inference`` (the engine) and ``inference-sweep`` (idle devices' state is evicted also
   when no input arrives; `gateway.inference.streams`, limits from ``[devices]``);
 - gauge ``homeedge_gateway_inference_streams{kind="sensor"|"microphone"}``: devices with state;
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection
 
 from gateway.host import GatewayHost
+from gateway.inference.publisher import DiscoverySink
 from gateway.inference.settings import InferenceSettings
 from gateway.records import Reading
 
@@ -50,8 +52,11 @@ class HostEvents:
         return False
 
 
-def install_inference(host: GatewayHost, settings: InferenceSettings) -> None:
-    """Wire the engine into the gateway (before it starts); see the module docstring."""
+def install_inference(
+    host: GatewayHost, settings: InferenceSettings, *, discovery: DiscoverySink | None = None
+) -> None:
+    """Wire the engine into the gateway (before it starts); see the module docstring.
+    `discovery`: where Home Assistant configs go (none: the entities are not announced)."""
     if not settings.enabled:
         return
     # Imported here, not at module level: the engine pulls in onnxruntime (~30 MB resident),
@@ -83,6 +88,7 @@ def install_inference(host: GatewayHost, settings: InferenceSettings) -> None:
             root=host.config.mqtt.topic_root,
             availability_topic=host.status_topic,
             limits=limits,
+            discovery=discovery,
         )
         holder["engine"] = engine
         yield
