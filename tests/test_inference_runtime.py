@@ -113,7 +113,7 @@ def test_home_assistant_discovery_payloads() -> None:
     )
     body = json.loads(alarm.payload)
     assert body["unique_id"] == "homeedge_gw-7/home-1/microphone-1/alarm"
-    assert body["default_entity_id"] == "binary_sensor.homeedge_gw-7_home-1_microphone-1_alarm"
+    assert body["default_entity_id"] == "binary_sensor.homeedge_gw_7_home_1_microphone_1_alarm"
     assert body["state_topic"] == "r/home-1/gateway/events/alarm"
     assert body["availability_topic"] == status
     assert body["device_class"] == "smoke" and body["off_delay"] == 30

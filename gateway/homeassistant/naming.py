@@ -13,8 +13,9 @@ same device block and every id the same shape.
   (``.`` becomes ``_``) and the object id ends with 8 hex digits of the unique id's SHA-256, so
   two names that slug alike (``a.b``/``a_b``, or ``_`` split differently between home and
   device) still get two topics.
-- ``default_entity_id`` (HA 2025.10+) and ``object_id`` (older HA; deprecated, ignored when
-  ``default_entity_id`` is present) suggest a readable entity id; HA adds ``_2`` on a clash.
+- ``default_entity_id`` (HA 2025.10+, ``<component>.<id>``) and ``object_id`` (older HA;
+  deprecated since 2025.10, to stop working in 2026.4) suggest a readable entity id of
+  ``[a-z0-9_]`` only; HA adds ``_2`` on a clash.
 - Each homeedge device is a HA device (identifiers, name, model, its room as
   ``suggested_area``) ``via_device`` the gateway's device (model, sw_version).
 """
@@ -70,7 +71,8 @@ def unique_id(gateway_id: str, *parts: str) -> str:
 
 def entity_ids(component: str, gateway_id: str, *parts: str) -> dict[str, str]:
     """``unique_id``, ``object_id`` and ``default_entity_id`` of one entity."""
-    readable = "_".join(slug(p) for p in (f"homeedge_{gateway_id}", *parts)).lower()
+    # An entity id is lower-case letters, digits and '_' only (HA refuses a '-' in one).
+    readable = re.sub(r"[^a-z0-9_]", "_", "_".join(("homeedge", gateway_id, *parts)).lower())
     return {
         "unique_id": unique_id(gateway_id, *parts),
         "object_id": readable,

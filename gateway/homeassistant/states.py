@@ -61,13 +61,14 @@ class StateLimiter(Generic[Key]):
         return len(self._pending)
 
     def offer(self, key: Key, value: float, ts: float) -> bool:
-        """Remember `value` (a reading at `ts`) as the entity's newest; True when it is due now."""
+        """Remember `value` (a reading at `ts`) as the entity's newest; True when the schedule
+        changed (a new waiting state: the publishing task must look at `next_due` again)."""
         now = self._clock()
         waiting = self._pending.get(key)
         if waiting is not None:
             if ts >= waiting.ts:
                 waiting.value, waiting.ts = value, ts
-            return waiting.due <= now
+            return False
         sent = self._sent.get(key)
         if sent is not None and ts < sent[1]:
             return False  # older than the state HA already has
@@ -77,7 +78,7 @@ class StateLimiter(Generic[Key]):
             self.dropped += 1
         self._pending[key] = _Pending(value, ts, due)
         heapq.heappush(self._heap, (due, next(self._seq), key))
-        return due <= now
+        return True
 
     def next_due(self) -> float | None:
         """The clock time of the earliest waiting state, None when nothing waits."""

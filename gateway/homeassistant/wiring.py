@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from prometheus_client import Counter
@@ -227,7 +227,7 @@ def install_homeassistant(
     expire = settings.expire_after_s or None
 
     async def on_readings(readings: Sequence[Reading]) -> None:
-        due = False
+        changed = False
         for r in readings:
             if not settings.announces(r.metric):
                 continue
@@ -249,10 +249,10 @@ def install_homeassistant(
                 if config is not None and announcer.announce(r.home, r.device, [config]):
                     announced.add(key)
             before = limiter.dropped
-            due = limiter.offer(key, r.value, r.ts) or due
+            changed = limiter.offer(key, r.value, r.ts) or changed
             if limiter.dropped != before:
                 superseded.inc(limiter.dropped - before)
-        if due:
+        if changed:
             wake.set()
 
     def forgotten(home: str, device: str) -> None:
@@ -309,6 +309,16 @@ def install_homeassistant(
             "state_interval_s": settings.state_interval_s,
         }
 
+    async def lifetime() -> AsyncIterator[None]:
+        yield
+        # After the tasks are cancelled, before the writer stops: what was announced last is
+        # recorded too, so a later run can remove it.
+        try:
+            await announcer.flush()
+        except Exception:  # a full disk: those configs stay until removed by hand
+            log.exception("recording the last Home Assistant configs failed")
+
+    host.add_lifetime(lifetime)
     host.on_readings(on_readings)
     host.on_device_forgotten(forgotten)
     host.add_task("ha-states", run)
