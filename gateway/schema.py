@@ -491,7 +491,7 @@ _V4_DDL = (
     " home VARCHAR(64) NOT NULL,"
     " device VARCHAR(64) NOT NULL,"
     " announced_at FLOAT NOT NULL,"
-    " PRIMARY KEY (topic))",
+    " PRIMARY KEY (topic) )",
 )
 
 

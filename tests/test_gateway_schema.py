@@ -33,6 +33,7 @@ TABLES = {
     "outbox_seq",
     "sync_counters",
     "inferences",
+    "ha_announced",
 }
 
 # Version 0: the DDL that `metadata.create_all` emitted before the schema had versions (copied
