@@ -23,6 +23,7 @@ import pytest
 
 from gateway.app import Gateway, create_gateway
 from gateway.config import ConfigError, load_config
+from gateway.db import make_engine
 from schemas.telemetry import encode_telemetry
 from schemas.topics import Kind, device_topic, gateway_status_topic
 from tests.conftest import MosquittoBroker
@@ -389,3 +390,45 @@ def test_config_errors_name_the_field(tmp_path: Path, table: str, field: str, te
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert field in str(err.value) and text in str(err.value)
+
+
+async def test_records_of_devices_not_heard_for_idle_s_are_removed_at_start_up(
+    mosquitto: MosquittoBroker, topic_root: str, tmp_path: Path
+) -> None:
+    prefix = f"{topic_root}-ha"
+    config = gateway_config(
+        tmp_path, mosquitto, topic_root, prefix, extra="[devices]\nidle_s = 3600\n"
+    )
+    old = f"{prefix}/sensor/homeedge_gw-a/home-1_old-1_temperature_00000000/config"
+    recent = f"{prefix}/sensor/homeedge_gw-a/home-1_new-1_temperature_00000000/config"
+    make_engine(config.storage.path).dispose()  # the gateway's schema, as an earlier run left it
+    with contextlib.closing(sqlite3.connect(config.storage.path)) as db:
+        db.executemany(
+            "INSERT INTO ha_announced (topic, home, device, announced_at) VALUES (?, ?, ?, ?)",
+            [
+                (old, "home-1", "old-1", time.time() - 2 * 3600),
+                (recent, "home-1", "new-1", time.time() - 60),
+            ],
+        )
+        db.commit()
+    async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="earlier-run") as c:
+        for topic in (old, recent):
+            await c.publish(topic, b'{"name": "x"}', qos=1, retain=True)
+    gw = create_gateway(config)
+    async with gw:
+        await started(gw)
+
+        def removed() -> bool:
+            return (
+                gw.metrics.registry.get_sample_value(
+                    "homeedge_gateway_ha_configs_total", {"action": "removed"}
+                )
+                == 1
+            )
+
+        await wait_for(removed, what="the stale config removed")
+    left = await retained_under(mosquitto, prefix)
+    assert old not in left and recent in left
+    with contextlib.closing(sqlite3.connect(config.storage.path)) as db:
+        rows = {r[0] for r in db.execute("SELECT topic FROM ha_announced")}
+    assert old not in rows and recent in rows

@@ -35,7 +35,7 @@ class HomeAssistantSettings(BaseModel):
         ge=1,
         le=1_000_000,
         description="entities whose newest value waits for its interval; beyond that the "
-        "oldest waiting value is dropped and counted (ha_states_dropped)",
+        "oldest waiting value is dropped and counted (ha_states{outcome=pending_full})",
     )
     metrics: list[str] | None = Field(
         default=None,

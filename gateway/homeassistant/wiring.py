@@ -18,8 +18,10 @@ only; nothing here goes to the cloud, and the names in it are the home's own):
   ``enabled = false``.
 
 Counters: ``homeedge_gateway_ha_configs_total{action="announced"|"removed"|"dropped"}`` and
-``homeedge_gateway_ha_states_total{outcome="published"|"dropped"|"superseded"}`` (superseded: a
-waiting value replaced by the limiter, or the oldest dropped when ``max_pending`` wait).
+``homeedge_gateway_ha_states_total{outcome="published"|"queue_full"|"pending_full"}``
+(queue_full: the gateway's outgoing MQTT queue refused it; pending_full: the oldest waiting
+value dropped because ``max_pending`` entities waited). A waiting value replaced by a newer one
+is the rate limit working, not counted.
 """
 
 from __future__ import annotations
@@ -206,15 +208,15 @@ def install_homeassistant(
 
     states = Counter(
         "homeedge_gateway_ha_states",
-        "Home Assistant entity states, by outcome (published; dropped: the outgoing MQTT "
-        "queue was full; superseded: dropped by the rate limiter's max_pending)",
+        "Home Assistant entity states, by outcome (published; queue_full: the outgoing MQTT "
+        "queue was full; pending_full: the oldest waiting value dropped beyond max_pending)",
         ["outcome"],
         registry=host.registry,
     )
-    published, dropped, superseded = (
+    published, queue_full, pending_full = (
         states.labels("published"),
-        states.labels("dropped"),
-        states.labels("superseded"),
+        states.labels("queue_full"),
+        states.labels("pending_full"),
     )
     limiter: StateLimiter[EntityKey] = StateLimiter(
         interval_s=settings.state_interval_s, max_pending=settings.max_pending, clock=monotonic
@@ -251,7 +253,7 @@ def install_homeassistant(
             before = limiter.dropped
             changed = limiter.offer(key, r.value, r.ts) or changed
             if limiter.dropped != before:
-                superseded.inc(limiter.dropped - before)
+                pending_full.inc(limiter.dropped - before)
         if changed:
             wake.set()
 
@@ -293,7 +295,7 @@ def install_homeassistant(
                 if host.publish(topic, state_payload(metric, value)):
                     published.inc()
                 else:
-                    dropped.inc()
+                    queue_full.inc()
             due = limiter.next_due()
             wake.clear()
             timeout = None if due is None else max(0.0, due - monotonic())
