@@ -407,8 +407,14 @@ async def test_records_of_devices_not_heard_for_idle_s_are_removed_at_start_up(
             "INSERT INTO ha_announced (topic, home, device, announced_at) VALUES (?, ?, ?, ?)",
             [
                 (old, "home-1", "old-1", time.time() - 2 * 3600),
-                (recent, "home-1", "new-1", time.time() - 60),
+                # Announced as long ago, but its device was heard a minute ago.
+                (recent, "home-1", "new-1", time.time() - 2 * 3600),
             ],
+        )
+        db.execute(
+            "INSERT INTO devices (home, device, room, device_class, last_seen)"
+            " VALUES ('home-1', 'new-1', 'living', 'generic', ?)",
+            (time.time() - 60,),
         )
         db.commit()
     async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="earlier-run") as c:

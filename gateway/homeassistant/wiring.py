@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, and_, delete, func, select
 from sqlalchemy.dialects.sqlite import insert
 
 from gateway.homeassistant.entities import gateway_config, metric_config, state_payload
@@ -44,7 +44,7 @@ from gateway.homeassistant.states import StateLimiter
 from gateway.host import GatewayHost
 from gateway.logs import RateLimitedLog
 from gateway.records import Reading
-from gateway.schema import ha_announced
+from gateway.schema import devices, ha_announced
 from schemas.topics import gateway_state_topic
 
 log = logging.getLogger(__name__)
@@ -156,15 +156,21 @@ class Announcer:
 
 
 def _load(conn: Connection) -> list[tuple[str, str, str, float]]:
+    """Every recorded config with the last time its device was known to be there: when it was
+    announced, or the device's ``last_seen`` if later (a device heard for weeks was announced
+    once, at the start of the run)."""
+    seen = func.max(ha_announced.c.announced_at, func.coalesce(devices.c.last_seen, 0.0))
     rows = conn.execute(
-        select(
-            ha_announced.c.topic,
-            ha_announced.c.home,
-            ha_announced.c.device,
-            ha_announced.c.announced_at,
+        select(ha_announced.c.topic, ha_announced.c.home, ha_announced.c.device, seen).select_from(
+            ha_announced.outerjoin(
+                devices,
+                and_(
+                    devices.c.home == ha_announced.c.home, devices.c.device == ha_announced.c.device
+                ),
+            )
         )
     )
-    return [(r.topic, r.home, r.device, r.announced_at) for r in rows]
+    return [(r[0], r[1], r[2], float(r[3])) for r in rows]
 
 
 def install_homeassistant(
@@ -270,9 +276,11 @@ def install_homeassistant(
     async def run() -> None:
         rows = await host.run_db(_load)
         await host.mqtt_ready()
-        stale = [topic for topic, _, _, at in rows if at < clock() - idle_s]
-        for topic, home, device, at in rows:
-            if at >= clock() - idle_s:
+        cutoff = clock() - idle_s
+        # Not the gateway's own entity ('' device of '' home): it is announced again below.
+        stale = {t for t, home, device, at in rows if at < cutoff and (home or device)}
+        for topic, home, device, _ in rows:
+            if topic not in stale:
                 announcer.topics.setdefault((home, device), set()).add(topic)
         if stale:
             announcer.remove(stale)
