@@ -23,7 +23,9 @@ full disk): one line per 10 s at most, counted (``wal_checkpoint_failures``), th
 
 Device ids: one `DeviceTable` (``[devices]``) admits every device a message names, in the
 decoder (``too_many_devices`` dead letters beyond ``devices.max_devices``); task
-``device-sweep`` forgets idle ones while no message arrives.
+``device-sweep`` forgets idle ones while no message arrives; each forgotten device is told to
+the ``on_device_forgotten`` callbacks on the event loop (Home Assistant removes its entities).
+``mqtt_ready`` returns once the MQTT session exists (before that ``publish`` drops).
 
 Shutdown order: stop taking messages, flush the writer (commit + ack), publish ``offline`` and
 disconnect, cancel tasks, run lifetimes' exits, stop the writer, stop admin HTTP.
