@@ -230,6 +230,7 @@ def install_homeassistant(
     wake = asyncio.Event()
     announcer.wake = wake
     announced: set[EntityKey] = set()
+    state_topics: dict[EntityKey, str] = {}  # built once per entity
     status = host.status_topic
     prefix = settings.discovery_prefix
     expire = settings.expire_after_s or None
@@ -241,6 +242,7 @@ def install_homeassistant(
                 continue
             key = (r.home, r.device, r.metric)
             if key not in announced:
+                state_topic = gateway_state_topic(gateway_id, r.home, r.device, r.metric, root=root)
                 config = metric_config(
                     gateway_id=gateway_id,
                     home=r.home,
@@ -248,14 +250,13 @@ def install_homeassistant(
                     device=r.device,
                     metric=r.metric,
                     prefix=prefix,
-                    state_topic=gateway_state_topic(
-                        gateway_id, r.home, r.device, r.metric, root=root
-                    ),
+                    state_topic=state_topic,
                     status_topic=status,
                     expire_after_s=expire,
                 )
                 if config is not None and announcer.announce(r.home, r.device, [config]):
                     announced.add(key)
+                    state_topics[key] = state_topic
             before = limiter.dropped
             changed = limiter.offer(key, r.value, r.ts) or changed
             if limiter.dropped != before:
@@ -267,6 +268,7 @@ def install_homeassistant(
         n = announcer.remove_device(home, device)
         for key in [k for k in announced if k[0] == home and k[1] == device]:
             announced.discard(key)
+            state_topics.pop(key, None)
         limiter.forget(lambda k: k[:2] == (home, device))
         if n:
             log.info(
@@ -298,9 +300,9 @@ def install_homeassistant(
                 await announcer.flush()
             except Exception:  # a full disk: the records wait for the next round
                 log_errors.error("recording Home Assistant configs failed", exc_info=True)
-            for (home, device, metric), value in limiter.take_due():
-                topic = gateway_state_topic(gateway_id, home, device, metric, root=root)
-                if host.publish(topic, state_payload(metric, value)):
+            for key, value in limiter.take_due():
+                topic = state_topics.get(key) or gateway_state_topic(gateway_id, *key, root=root)
+                if host.publish(topic, state_payload(key[2], value)):
                     published.inc()
                 else:
                     queue_full.inc()
