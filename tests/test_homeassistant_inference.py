@@ -85,3 +85,30 @@ def test_no_sink_no_discovery() -> None:
     )
     handler.emit([_alarm()])
     assert events.sent == ["homeedge/home-1/gateway/events/alarm"]  # the event, no config
+
+
+def test_inference_configs_follow_has_documented_schema() -> None:
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    from gateway.inference.discovery import anomaly_config, microphone_configs, occupancy_config
+
+    schema = json.loads(
+        (Path(__file__).parent / "fixtures" / "ha_mqtt_discovery.schema.json").read_text()
+    )
+    common = {"gateway_id": "gw-x", "root": "homeedge", "prefix": "homeassistant"}
+    status = "homeedge/gw-x/gateway/status"
+    alarm, _keyword = microphone_configs(
+        "home-1", "kitchen", "mic-1", off_delay_s=60, availability_topic=status, **common
+    )
+    occupancy = occupancy_config("home-1", "kitchen", availability_topic=status, **common)
+    anomaly = anomaly_config("home-1", "living", "th-1", availability_topic=status, **common)
+    for config, component in ((alarm, "binary_sensor"), (occupancy, "binary_sensor")):
+        jsonschema.validate(
+            json.loads(config.payload), {**schema, "anyOf": [{"$ref": f"#/$defs/{component}"}]}
+        )
+    jsonschema.validate(
+        json.loads(anomaly.payload), {**schema, "anyOf": [{"$ref": "#/$defs/sensor"}]}
+    )
