@@ -216,6 +216,9 @@ async def test_configs_validate_and_states_carry_the_values(
             return {r[0] for r in db.execute("SELECT topic FROM ha_announced")}
 
     await wait_for(lambda: recorded() == set(configs), what="every config recorded")
+    # The states came back on the gateway's own <root>/# subscription: ignored, no dead letter.
+    with contextlib.closing(sqlite3.connect(tmp_path / "gw-a.db")) as db:
+        assert db.execute("SELECT topic, reason FROM dead_letters").fetchall() == []
 
 
 async def test_rate_limit_holds(
