@@ -27,12 +27,21 @@ simulated time each, stopped closing in real time.)
 
 Ctrl-C, SIGTERM or the end of ``--duration`` stops the devices (they publish ``offline``), lets
 the gateway drain, then stops the gateway and the broker.
+
+On a broker of your own (``--broker``) the demo leaves nothing behind (`clean_broker`): once
+the gateway has stopped it clears exactly the retained topics the run made (the devices' state
+topics, the gateway's status topic, and the Home Assistant configs the gateway recorded in its
+``ha_announced`` table) and ends the gateway's persistent session. Its Home Assistant configs
+go under ``--ha-prefix`` (``demo-homeassistant``), not ``homeassistant``, so a Home Assistant
+on that broker does not adopt the fake homes while the demo runs (``--ha-prefix
+homeassistant`` shows them there).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import json
 import os
@@ -46,8 +55,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import aiohttp
+import aiomqtt
 
 from devices.cli import (
     RateMeter,
@@ -58,9 +69,11 @@ from devices.cli import (
     stop_on_signals,
 )
 from devices.fleet import Fleet, FleetConfig
-from schemas.topics import ROOT
+from schemas.topics import ROOT, Kind, device_topic, gateway_status_topic
 
 GATEWAY_ID = "demo-gateway"
+GATEWAY_CLIENT_ID = "homeedge-" + GATEWAY_ID
+DEMO_HA_PREFIX = "demo-homeassistant"
 # Window lengths the demo picks from (seconds of simulated time).
 _WINDOWS = (60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 # The clip set the inference models were evaluated with (speech, keywords, alarms), when present.
@@ -137,6 +150,7 @@ def gateway_toml(
     cloud: CloudInfo | None = None,
     aggregation: dict[str, Any] | None = None,
     replay_from: float | None = None,
+    ha_prefix: str = DEMO_HA_PREFIX,
 ) -> str:
     """The demo gateway's configuration (see gateway/config.py); `replay_from` is the simulated
     time of the first reading, when the devices replay history."""
@@ -145,7 +159,7 @@ def gateway_toml(
         "",
         "[mqtt]",
         f"url = {_toml(broker)}",
-        f"client_id = {_toml('homeedge-' + GATEWAY_ID)}",
+        f"client_id = {_toml(GATEWAY_CLIENT_ID)}",
         f"topic_root = {_toml(topic_root)}",
         'protocol = "3.1.1"  # the embedded amqtt broker speaks MQTT 3.1.1 only',
         "",
@@ -156,6 +170,9 @@ def gateway_toml(
         'host = "127.0.0.1"',
         "port = 0",
         f"port_file = {_toml(data_dir / 'gateway.admin-port')}",
+        "",
+        "[homeassistant]",
+        f"discovery_prefix = {_toml(ha_prefix)}",
         "",
     ]
     if aggregation:
@@ -273,6 +290,7 @@ async def start_gateway(
     cloud: CloudInfo | None = None,
     aggregation: dict[str, Any] | None = None,
     replay_from: float | None = None,
+    ha_prefix: str = DEMO_HA_PREFIX,
 ) -> tuple[Child, str]:
     config = data_dir / "gateway.toml"
     text = gateway_toml(
@@ -282,6 +300,7 @@ async def start_gateway(
         cloud=cloud,
         aggregation=aggregation,
         replay_from=replay_from,
+        ha_prefix=ha_prefix,
     )
     config.write_text(text)
     config.chmod(0o600)  # it holds the uplink token
@@ -411,6 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--topic-root", default=ROOT)
     parser.add_argument(
+        "--ha-prefix",
+        default=DEMO_HA_PREFIX,
+        help="Home Assistant discovery prefix of the demo gateway (default: one Home "
+        "Assistant does not read; 'homeassistant' shows the fake homes in it)",
+    )
+    parser.add_argument(
         "--progress", type=float, default=2.0, help="seconds between progress lines"
     )
     parser.add_argument("--log-level", default="WARNING")
@@ -439,6 +464,7 @@ async def run(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     stop_on_signals(stop)
     children: list[Child] = []
+    retained: list[str] = []  # the devices' retained state topics, for clean_broker
     async with aiohttp.ClientSession() as http:
         try:
             if args.broker:
@@ -465,6 +491,7 @@ async def run(args: argparse.Namespace) -> int:
                 cloud=cloud,
                 aggregation=aggregation,
                 replay_from=replay_from,
+                ha_prefix=args.ha_prefix,
             )
             children.append(gateway)
             _say(f"gateway  {admin}/healthz  {admin}/metrics  log {gateway.log_path}")
@@ -489,6 +516,7 @@ async def run(args: argparse.Namespace) -> int:
                 gateway=gateway,
                 cloud=cloud,
                 progress=args.progress,
+                retained=retained,
             )
         except DemoError as exc:
             _say(f"demo: {exc}")
@@ -496,6 +524,8 @@ async def run(args: argparse.Namespace) -> int:
         finally:
             for child in reversed(children):
                 await child.stop()
+            if args.broker:
+                await _clean_up(args.broker, args.topic_root, db, retained)
 
 
 def new_run_dir(data_dir: Path, now: float | None = None) -> Path:
@@ -529,8 +559,13 @@ async def _run_fleet(
     gateway: Child,
     cloud: CloudInfo,
     progress: float,
+    retained: list[str],
 ) -> int:
     fleet = Fleet(config)
+    retained += [
+        device_topic(m.spec.home, m.spec.room, m.spec.device, Kind.STATE, root=config.topic_root)
+        for m in fleet.world.models
+    ]
     _say(
         f"devices  {fleet.stats.devices} in {config.homes} homes, {config.rate:g} msg/s each, "
         f"simulated time x{config.speed:g}; Ctrl-C stops"
@@ -573,6 +608,59 @@ async def _run_fleet(
         f"{_format_cloud(await cloud_progress(http, cloud))}"
     )
     return 0 if not gateway.exited() else 1
+
+
+def announced_topics(db: Path) -> list[str]:
+    """The Home Assistant configs the demo gateway recorded (its ``ha_announced`` table)."""
+    if not db.exists():
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            return [row[0] for row in con.execute("SELECT topic FROM ha_announced")]
+    except sqlite3.Error:  # an older gateway database without the table
+        return []
+
+
+async def clean_broker(broker: str, topics: Sequence[str], *, session: str | None) -> int:
+    """Clear the retained messages of `topics` (an empty retained message each, QoS 1) and end
+    the persistent session of client id `session` (a clean connect under that id); how many
+    topics were cleared. Only these exact topics are touched: a broker of your own keeps
+    everything else it holds."""
+    parts = urlsplit(broker)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 1883
+    async with aiomqtt.Client(
+        host, port, identifier=f"{GATEWAY_CLIENT_ID}-cleanup", clean_session=True
+    ) as client:
+        for topic in dict.fromkeys(topics):
+            await client.publish(topic, b"", qos=1, retain=True)
+    if session is not None:
+        async with aiomqtt.Client(host, port, identifier=session, clean_session=True):
+            pass
+    return len(set(topics))
+
+
+async def _clean_up(broker: str, topic_root: str, db: Path, retained: list[str]) -> None:
+    topics = [
+        *retained,
+        gateway_status_topic(GATEWAY_ID, root=topic_root),
+        *await asyncio.to_thread(announced_topics, db),
+    ]
+    try:
+        n = await clean_broker(broker, topics, session=GATEWAY_CLIENT_ID)
+    except aiomqtt.MqttError as exc:
+        _say(f"demo: could not clear the retained topics it made on {broker}: {exc}")
+        return
+    await asyncio.to_thread(_forget_announced, db)
+    _say(f"broker   cleared the {n} retained topics the demo made on {broker}")
+
+
+def _forget_announced(db: Path) -> None:
+    """The configs are cleared from the broker: the gateway's record of them goes too."""
+    if not db.exists():
+        return
+    with contextlib.suppress(sqlite3.Error), contextlib.closing(sqlite3.connect(db)) as con:
+        con.execute("DELETE FROM ha_announced")
+        con.commit()
 
 
 def main(argv: list[str] | None = None) -> int:

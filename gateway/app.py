@@ -25,7 +25,9 @@ full disk): one line per 10 s at most, counted (``wal_checkpoint_failures``), th
 
 Device ids: one `DeviceTable` (``[devices]``) admits every device a message names, in the
 decoder (``too_many_devices`` dead letters beyond ``devices.max_devices``); task
-``device-sweep`` forgets idle ones while no message arrives.
+``device-sweep`` forgets idle ones while no message arrives; each forgotten device is told to
+the ``on_device_forgotten`` callbacks on the event loop (Home Assistant removes its entities).
+``mqtt_ready`` returns once the MQTT session exists (before that ``publish`` drops).
 
 Shutdown order: stop taking messages, flush the writer (commit + ack), publish ``offline`` and
 disconnect, cancel tasks, run lifetimes' exits, stop the writer, stop admin HTTP.
@@ -51,9 +53,11 @@ from gateway.config import GatewayConfig
 from gateway.db import make_engine
 from gateway.device_table import DeviceTable
 from gateway.health import Failure, check, down, error_reason, failed
+from gateway.homeassistant.wiring import install_homeassistant
 from gateway.host import (
     AudioCallback,
     EventCallback,
+    ForgottenCallback,
     HealthFn,
     Lifetime,
     ReadingsCallback,
@@ -117,7 +121,10 @@ class Gateway:
             max_microphones=dev.max_microphones,
             idle_s=dev.idle_s,
             on_evicted=self.metrics.devices_evicted.inc,
+            on_forgotten=self._forgotten,
         )
+        self._forgotten_callbacks: list[ForgottenCallback] = []
+        self._mqtt_ready = asyncio.Event()
         table = self.devices
         self.metrics.watch_devices(table.__len__, lambda: table.microphones)
         self._drop_logs = {"readings": RateLimitedLog(log), "audio": RateLimitedLog(log)}
@@ -170,6 +177,25 @@ class Gateway:
                 self._callback_logs["event"].error("event callback %r failed", cb, exc_info=True)
                 self.metrics.task_restarts.labels("event-callback").inc()
 
+    def on_device_forgotten(self, callback: ForgottenCallback) -> None:
+        self._forgotten_callbacks.append(callback)
+
+    def _forgotten(self, keys: list[tuple[str, str]]) -> None:
+        """Device table (any thread, its lock held): hand the keys to the event loop."""
+        loop = self._loop
+        if loop is None or not self._forgotten_callbacks:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
+            loop.call_soon_threadsafe(self._tell_forgotten, keys)
+
+    def _tell_forgotten(self, keys: list[tuple[str, str]]) -> None:
+        for home, device in keys:
+            for cb in self._forgotten_callbacks:
+                try:
+                    cb(home, device)
+                except Exception:  # one plug-in's bug must not stop the others' callbacks
+                    log.exception("device-forgotten callback %r failed", cb)
+
     def add_health(self, name: str, fn: HealthFn) -> None:
         self._health_parts.append((name, fn))
 
@@ -188,6 +214,9 @@ class Gateway:
 
     async def store(self, item: ReadingsIn) -> None:
         await self.writer.store(item)
+
+    async def mqtt_ready(self) -> None:
+        await self._mqtt_ready.wait()
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
         bridge = self._bridge
@@ -320,6 +349,7 @@ class Gateway:
             )
             self._writer.ack = self._bridge.ack_many
             self._bridge.start()
+            self._mqtt_ready.set()
         except BaseException:
             await self.stop()
             raise
@@ -343,6 +373,7 @@ class Gateway:
                 log.exception("final writer flush failed")
         if bridge is not None:
             self._bridge = None
+            self._mqtt_ready.clear()
             await asyncio.to_thread(bridge.close)
         tasks, self._tasks = self._tasks, []
         for task in tasks:
@@ -495,6 +526,9 @@ def create_gateway(config: GatewayConfig) -> Gateway:
     gateway = Gateway(config)
     install_adapters(gateway, config.adapters)  # the [adapters] section's enabled ecosystems
     install_sync(gateway, config)  # [aggregation], [privacy], [uplink]: the cloud-sync path
-    install_inference(gateway, config.inference)  # [inference]: ONNX models on audio, readings
+    # [homeassistant]: discovery of the gateway, its devices and metrics; the inference
+    # entities are announced through it too (one record of what to remove).
+    announcer = install_homeassistant(gateway, config.homeassistant)
+    install_inference(gateway, config.inference, discovery=announcer)  # [inference]: ONNX models
     install_actions(gateway, config.actions)  # [actions]: events -> MQTT commands, notifications
     return gateway

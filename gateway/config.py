@@ -36,6 +36,7 @@ from pydantic import (
 
 from gateway.actions.settings import ActionsSettings
 from gateway.adapters.settings import AdapterSettings
+from gateway.homeassistant.settings import HomeAssistantSettings
 from gateway.inference.settings import InferenceSettings
 from gateway.sync.settings import AggregationSettings, PrivacySettings, UplinkSettings
 from gateway.validation import (
@@ -440,6 +441,8 @@ class GatewayConfig(BaseModel):
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     # Local actions (gateway/actions): events -> MQTT commands and notifications.
     actions: ActionsSettings = ActionsSettings()
+    # Home Assistant discovery and entity states (gateway/homeassistant), local broker only.
+    homeassistant: HomeAssistantSettings = HomeAssistantSettings()
 
     @field_validator("gateway_id")
     @classmethod

@@ -46,12 +46,16 @@ class DeviceTable:
         idle_s: float,
         clock: Callable[[], float] = time.monotonic,
         on_evicted: Callable[[int], None] | None = None,
+        on_forgotten: Callable[[list[tuple[str, str]]], None] | None = None,
     ) -> None:
+        """`on_evicted(n)` counts evictions; `on_forgotten(keys)` gets the (home, device) keys
+        evicted (both called with the table's lock held, from the thread that evicted)."""
         self.max_devices = max_devices
         self.max_microphones = max_microphones
         self.idle_s = idle_s
         self._clock = clock
         self._on_evicted = on_evicted
+        self._on_forgotten = on_forgotten
         self._lock = threading.Lock()
         # (home, device) -> last heard (clock), least recently heard first.
         self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
@@ -124,16 +128,19 @@ class DeviceTable:
     def _evict_idle(self, now: float) -> int:
         seen = self._seen
         cutoff = now - self.idle_s
-        n = 0
+        gone: list[tuple[str, str]] = []
         while seen:
             key, last = next(iter(seen.items()))
             if last > cutoff:
                 break
             del seen[key]
             self._microphones.discard(key)
-            n += 1
+            gone.append(key)
+        n = len(gone)
         if n:
             self.evicted += n
             if self._on_evicted is not None:
                 self._on_evicted(n)
+            if self._on_forgotten is not None:
+                self._on_forgotten(gone)
         return n

@@ -34,6 +34,7 @@ EventCallback = Callable[["EdgeEvent"], None]
 """Called on the event loop with each inference event; it must not block or await (it queues
 what takes time), since it runs inside the inference results' hand-off."""
 TaskFactory = Callable[[], Coroutine[Any, Any, None]]
+ForgottenCallback = Callable[[str, str], None]
 HealthFn = Callable[[], dict[str, Any]]
 Lifetime = Callable[[], AsyncIterator[None]]
 """An async generator function: code before its ``yield`` runs at start (after the writer is
@@ -78,6 +79,11 @@ class GatewayHost(Protocol):
         that raises is logged and counted; the others still get the event."""
         ...
 
+    def on_device_forgotten(self, callback: ForgottenCallback) -> None:
+        """``callback(home, device)`` on the event loop for each device the gateway's device
+        table forgets (idle for ``devices.idle_s``; `gateway.device_table`)."""
+        ...
+
     def add_task(self, name: str, factory: TaskFactory) -> None:
         """Run ``factory()`` for the gateway's lifetime; restarted with backoff if it raises."""
         ...
@@ -98,6 +104,11 @@ class GatewayHost(Protocol):
     async def store(self, item: ReadingsIn) -> None:
         """Store readings through the writer's batch path (callbacks and ``last_seen`` hold
         as for readings from MQTT); returns once they are committed."""
+        ...
+
+    async def mqtt_ready(self) -> None:
+        """Return once the gateway's MQTT session exists: from then on `publish` queues
+        messages (sent once connected) instead of dropping them."""
         ...
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:

@@ -267,6 +267,20 @@ sensor_baselines = Table(
     Index("ix_sensor_baselines_updated_at", "updated_at"),  # retention
 )
 
+# -- Home Assistant discovery (gateway.homeassistant) ----------------------------------------
+
+# Every retained discovery config the gateway announced, so that what it announced can be
+# removed (an empty retained config) when the device is forgotten or the feature is turned off,
+# also by a later run. home and device are '' for the gateway's own entities and rooms.
+ha_announced = Table(
+    "ha_announced",
+    metadata,
+    Column("topic", Text, primary_key=True),
+    Column("home", String(64), nullable=False),
+    Column("device", String(64), nullable=False),
+    Column("announced_at", Float, nullable=False),
+)
+
 # -- versions and migrations ------------------------------------------------------------------
 
 
@@ -505,6 +519,22 @@ def _v4_sensor_baselines(conn: Connection) -> None:
         conn.exec_driver_sql(ddl)
 
 
+_V5_DDL = (
+    "CREATE TABLE ha_announced ("
+    " topic TEXT NOT NULL,"
+    " home VARCHAR(64) NOT NULL,"
+    " device VARCHAR(64) NOT NULL,"
+    " announced_at FLOAT NOT NULL,"
+    " PRIMARY KEY (topic) )",
+)
+
+
+def _v5_ha_announced(conn: Connection) -> None:
+    """Version 5: the Home Assistant discovery configs announced (`ha_announced`)."""
+    for ddl in _V5_DDL:
+        conn.exec_driver_sql(ddl)
+
+
 Migration = Callable[[Connection], None]
 
 # MIGRATIONS[i] takes a version i database to version i + 1 (see the module docstring).
@@ -513,6 +543,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v2_identity,
     _v3_identity_order,
     _v4_sensor_baselines,
+    _v5_ha_announced,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -2,8 +2,9 @@
 
 Device topics are ``<root>/<home>/<room>/<device>/<kind>``; the root defaults to ``homeedge`` and
 may itself contain slashes (tests use a unique root each). Gateway output lives under
-``<root>/<home>/gateway/...``: ``status``, ``events/<model>`` and ``notify`` (`GATEWAY_OUTPUTS`),
-so ``gateway`` is not a valid room name. Every topic string in the code base comes from these
+``<root>/<home>/gateway/...``: ``status``, ``events/<model>``, ``notify`` and the Home Assistant
+entity states ``states/<home>/<device>/<metric>`` (`GATEWAY_OUTPUTS`), so
+``gateway`` is not a valid room name. Every topic string in the code base comes from these
 functions.
 """
 
@@ -21,10 +22,11 @@ from schemas.errors import TopicError
 ROOT = "homeedge"
 GATEWAY_SEGMENT = "gateway"
 # The gateway's outputs under <root>/<home>/gateway/, and whether each has levels below it
-# (``events/<model>``) or not (``status``, ``notify``). A gateway ignores these topics on its
-# ``<root>/#`` subscription; anything else under a "gateway" room is a device misconfigured into it.
+# (``events/<model>``, ``states/...``) or not (``status``, ``notify``). A gateway ignores these
+# topics on its ``<root>/#`` subscription; anything else under a "gateway" room is a device
+# misconfigured into it.
 GATEWAY_OUTPUTS: Mapping[str, bool] = MappingProxyType(
-    {"status": False, "events": True, "notify": False}
+    {"status": False, "events": True, "notify": False, "states": True}
 )
 # \Z, not $: "$" also matches before a final newline ("kitchen\n" is no room name).
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
@@ -151,3 +153,17 @@ def gateway_notify_topic(gateway_id: str, *, root: str = ROOT) -> str:
     """Where the gateway's local actions publish notifications (``[actions]``; QoS 1, not
     retained): one topic per gateway, beside its status topic, whatever home an event is from."""
     return gateway_topic(gateway_id, "notify", root=root)
+
+
+def gateway_state_topic(
+    gateway_id: str, home: str, device: str, metric: str, *, root: str = ROOT
+) -> str:
+    """Where the gateway publishes the newest value of one device's metric for Home Assistant:
+    ``<root>/<gateway_id>/gateway/states/<home>/<device>/<metric>`` (QoS 1, not retained)."""
+    _check("gateway id", gateway_id)
+    _check("home", home)
+    _check("device", device)
+    _check("metric", metric)
+    return "/".join(
+        [_check_root(root), gateway_id, GATEWAY_SEGMENT, "states", home, device, metric]
+    )

@@ -149,6 +149,7 @@ async def test_corpus_replayed_through_mosquitto_into_sqlite(
                     "home",
                     "kitchen",
                     "mic-1",
+                    gateway_id=gw.config.gateway_id,
                     root="homeedge",
                     prefix="homeassistant",
                     off_delay_s=30,
@@ -157,6 +158,7 @@ async def test_corpus_replayed_through_mosquitto_into_sqlite(
                 discovery.occupancy_config(
                     "home",
                     "kitchen",
+                    gateway_id=gw.config.gateway_id,
                     root="homeedge",
                     prefix="homeassistant",
                     availability_topic=gw.status_topic,
@@ -205,7 +207,13 @@ def test_accepted_configs_follow_has_documented_schema() -> None:
             checked += 1
     assert checked >= 30
     own = discovery.anomaly_config(
-        "home", "living", "th-1", root="homeedge", prefix="homeassistant", availability_topic="s"
+        "home",
+        "living",
+        "th-1",
+        gateway_id="gw",
+        root="homeedge",
+        prefix="homeassistant",
+        availability_topic="s",
     )
     jsonschema.validate(json.loads(own.payload), schema_for("sensor"))
     bad = {"name": "no state topic", "device_class": "temperature"}

@@ -82,6 +82,21 @@ def test_unavailable_is_availability() -> None:
     ]
 
 
+def test_the_gateways_own_entities_are_not_adopted() -> None:
+    """Statestream publishes the gateway's own HA entities too (gateway.homeassistant): taking
+    them would store the gateway's readings again as new devices, announced again (a loop)."""
+    ha = adapter()
+    base = "homeassistant/sensor/homeedge_gw_1_home_1_thermostat_1_temperature"
+    for leaf, payload in (
+        ("device_class", b'"temperature"'),
+        ("unit_of_measurement", b'"\xc2\xb0C"'),
+        ("state", b"21.5"),
+    ):
+        out = ha.adapt(f"{base}/{leaf}", payload, T0)
+        assert isinstance(out, Adapted) and out.readings == []
+    assert ha.counts["own_entities"] == 3
+
+
 def test_held_states_are_bounded() -> None:
     ha = adapter(max_pending=1)
     for i in range(3):

@@ -10,12 +10,15 @@ import re
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from devices.demo import gateway_toml
 from devices.world import World
 from gateway.config import load_config
+from tests.conftest import MosquittoBroker
 
 
 def run_demo(data: Path) -> tuple[str, Path]:
@@ -133,3 +136,73 @@ def test_a_replay_older_than_the_gateways_age_bound_raises_it(tmp_path: Path) ->
     default = load_config(config(None)).ingest.max_age_s
     assert default == 7 * 86400  # the demo's constant follows the gateway's default
     assert load_config(config(time.time() - 86400)).ingest.max_age_s == default
+
+
+def retained_topics(port: int) -> list[str]:
+    """Every retained topic on the broker: what a new subscriber to '#' gets before a marker
+    (a retained message of its own, cleared afterwards)."""
+    import uuid
+
+    import paho.mqtt.client as mqtt
+
+    marker = f"zz-probe/{uuid.uuid4().hex}"
+    got: list[str] = []
+    done = threading.Event()
+
+    def on_message(_c: Any, _u: Any, msg: Any) -> None:
+        if msg.topic == marker:
+            done.set()
+        elif msg.retain:
+            got.append(msg.topic)
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{marker[-8:]}")
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        client.publish(marker, b"x", qos=1, retain=True).wait_for_publish(10)
+        client.subscribe("#", qos=1)
+        assert done.wait(10), "the probe's own retained marker never came back"
+        client.publish(marker, b"", qos=1, retain=True).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return got
+
+
+def test_demo_leaves_a_broker_of_your_own_as_it_was(
+    tmp_path: Path, mosquitto: MosquittoBroker
+) -> None:
+    data = tmp_path / "demo"
+    before = retained_topics(mosquitto.port)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "devices.demo",
+            "--broker",
+            mosquitto.url,
+            "--duration",
+            "10",
+            "--homes",
+            "1",
+            "--progress",
+            "2",
+            "--data-dir",
+            str(data),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    cleared = re.search(r"^broker +cleared the (\d+) retained topics the demo made", out, re.M)
+    assert cleared, out
+    # The devices' states, the gateway's status and its Home Assistant configs (the gateway
+    # device and at least one entity per device) were there to clear.
+    world = World(homes=1, seed=0)
+    assert int(cleared.group(1)) > len(world.devices) + 2, out
+    config = (data / "gateway.toml").read_text()
+    assert 'discovery_prefix = "demo-homeassistant"' in config
+    assert retained_topics(mosquitto.port) == before == []

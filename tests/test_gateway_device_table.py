@@ -56,6 +56,22 @@ def test_the_cap_refuses_new_devices_only_and_idle_ones_are_forgotten_then_new_a
     assert t.evictions == [1, 3]  # type: ignore[attr-defined]
 
 
+def test_the_forgotten_devices_are_named_to_the_callback() -> None:
+    clock = Clock()
+    gone: list[list[tuple[str, str]]] = []
+    t = DeviceTable(
+        max_devices=3, max_microphones=1, idle_s=60.0, clock=clock, on_forgotten=gone.append
+    )
+    t.admit("h", "a")
+    clock.now += 30
+    t.admit("h", "b")
+    clock.now += 31
+    assert t.sweep() == 1 and gone == [[("h", "a")]]
+    clock.now += 60
+    t.admit("h2", "c")  # a new device's admission evicts too
+    assert gone == [[("h", "a")], [("h", "b")]]
+
+
 def test_microphones_need_a_microphone_slot_of_their_own() -> None:
     clock = Clock()
     t = table(clock, max_devices=5, max_microphones=1)

@@ -11,7 +11,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import paho.mqtt.client as paho
 
 from devices.clips import CLIP_DIR, read_wav
 from gateway.db import make_engine
+from gateway.homeassistant.naming import DiscoveryConfig
 from gateway.inference.engine import InferenceEngine
 from gateway.inference.settings import InferenceSettings
 from gateway.monitoring import GatewayMetrics
@@ -67,6 +68,25 @@ class BrokerSink:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+class BrokerDiscovery:
+    """The engine's discovery sink (the gateway's is `gateway.homeassistant.wiring.Announcer`):
+    retained configs on the same client."""
+
+    gateway_id = "gw-test"
+    prefix = "homeassistant"
+
+    def __init__(self, sink: BrokerSink) -> None:
+        self.sink = sink
+        self.owners: set[tuple[str, str]] = set()
+
+    def announce(self, home: str, device: str, configs: Sequence[DiscoveryConfig]) -> bool:
+        self.owners.add((home, device))
+        return all(self.sink.submit(c.topic, c.payload, retain=True) for c in configs)
+
+    def has(self, home: str, device: str) -> bool:
+        return (home, device) in self.owners
 
 
 @contextlib.asynccontextmanager
@@ -147,6 +167,7 @@ async def play_clips(
         store=writer.store,
         publisher=publisher,
         root=topic_root,
+        discovery=BrokerDiscovery(publisher),
     )
     frames = []
     for k, name in enumerate(clips):
@@ -198,7 +219,8 @@ async def test_alarm_and_keyword_audio_end_to_end(
     configs = {
         k.split("#")[0]: v for k, v in got.items() if k.startswith("homeassistant/") and "#" in k
     }
-    alarm_cfg = f"homeassistant/binary_sensor/homeedge_{HOME}/kitchen_microphone-1_alarm/config"
+    prefix = f"homeassistant/binary_sensor/homeedge_gw-test/{HOME}_microphone-1_alarm_"
+    (alarm_cfg,) = [k for k in configs if k.startswith(prefix)]
     assert json.loads(configs[alarm_cfg])["device_class"] == "smoke"
     assert any("/event/" in k for k in configs)
 

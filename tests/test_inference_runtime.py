@@ -102,38 +102,52 @@ def test_home_assistant_discovery_payloads() -> None:
         "home-1",
         "kitchen",
         "microphone-1",
+        gateway_id="gw-7",
         root="r",
         prefix="homeassistant",
         off_delay_s=30,
         availability_topic=status,
     )
-    assert (
-        alarm.topic
-        == "homeassistant/binary_sensor/homeedge_home-1/kitchen_microphone-1_alarm/config"
+    assert alarm.topic.startswith(
+        "homeassistant/binary_sensor/homeedge_gw-7/home-1_microphone-1_alarm_"
     )
     body = json.loads(alarm.payload)
+    assert body["unique_id"] == "homeedge_gw-7/home-1/microphone-1/alarm"
+    assert body["default_entity_id"] == "binary_sensor.homeedge_gw_7_home_1_microphone_1_alarm"
     assert body["state_topic"] == "r/home-1/gateway/events/alarm"
     assert body["availability_topic"] == status
     assert body["device_class"] == "smoke" and body["off_delay"] == 30
     assert "microphone-1" in body["value_template"]
+    # The microphone's own HA device, reached through the gateway's.
+    assert body["device"]["identifiers"] == ["homeedge_gw-7/home-1/microphone-1"]
+    assert body["device"]["suggested_area"] == "kitchen"
+    assert body["device"]["via_device"] == "homeedge_gw-7"
     kw = json.loads(keyword.payload)
     assert keyword.topic.startswith("homeassistant/event/") and kw["event_types"] == [
         "lights_on",
         "lights_off",
         "stop",
     ]
+    assert kw["device"] == body["device"]
     occ = json.loads(
         occupancy_config(
-            "home-1", "living", root="r", prefix="ha", availability_topic=status
+            "home-1", "living", gateway_id="gw-7", root="r", prefix="ha", availability_topic=status
         ).payload
     )
     assert occ["availability_topic"] == status
     assert occ["device_class"] == "occupancy" and occ["state_topic"].endswith("/events/occupancy")
+    assert occ["device"]["identifiers"] == ["homeedge_gw-7"]  # a room is on the gateway's device
     an = anomaly_config(
-        "home-1", "living", "thermostat-1", root="r", prefix="ha", availability_topic=status
+        "home-1",
+        "living",
+        "thermostat-1",
+        gateway_id="gw-7",
+        root="r",
+        prefix="ha",
+        availability_topic=status,
     )
     assert json.loads(an.payload)["availability_topic"] == status
-    assert an.topic == "ha/sensor/homeedge_home-1/living_thermostat-1_anomaly/config"
+    assert an.topic.startswith("ha/sensor/homeedge_gw-7/home-1_thermostat-1_anomaly_")
     assert json.loads(an.payload)["state_class"] == "measurement"
     assert len({json.loads(c.payload)["unique_id"] for c in (alarm, keyword)}) == 2
 

@@ -183,13 +183,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 def _acl(topic_root: str) -> str:
     # A device (user name = its device id) may write only under its own device level and read
     # the gateways' output; the gateway reads everything and writes only its own output topics
-    # (status, last will). `pattern` lines apply to every user.
+    # (status, last will, Home Assistant discovery). `pattern` lines apply to every user.
     return (
         f"pattern write {topic_root}/+/+/%u/#\n"
         f"pattern read {topic_root}/+/gateway/#\n"
         f"\nuser {GATEWAY_USER}\n"
         "topic read #\n"
         f"topic write {topic_root}/+/gateway/#\n"
+        "topic write homeassistant/#\n"
     )
 
 

@@ -28,6 +28,10 @@ A state ``unavailable`` is reported as the entity going offline, the next real s
 back; ``unknown`` is skipped. Statestream carries no time with the state (``last_updated`` comes
 after it on its own topic), so the receive time is the reading time. The default device id is
 the object id; ``devices`` maps entity ids (several entities may share one device id).
+
+The gateway's own entities (`gateway.homeassistant`, entity ids ``<domain>.homeedge_...``,
+``own_prefix``) are ignored and counted (``own_entities``): their states are the gateway's
+readings already, and adopting them would make a new device of each, announced again.
 """
 
 from __future__ import annotations
@@ -107,6 +111,7 @@ class HaStatestreamAdapter(BaseAdapter[HaStatestreamSettings]):
         self.entity_metrics = eco.entity_metrics
         self.entity_units = eco.field_units
         self.max_pending = eco.max_pending
+        self.own_prefix = eco.own_prefix
         self._entities: OrderedDict[str, _Entity] = OrderedDict()
         self._pending_count = 0
 
@@ -120,6 +125,9 @@ class HaStatestreamAdapter(BaseAdapter[HaStatestreamSettings]):
         if len(parts) != 3 or parts[0] not in self.domains or parts[2] == _DISCOVERY_LEAF:
             return self.ignore_topic()
         domain, object_id, leaf = parts
+        if object_id.startswith(self.own_prefix):
+            self.counts["own_entities"] += 1  # the gateway's own entity: no loop
+            return []
         entity_id = f"{domain}.{object_id}"
         if leaf == "state":
             return self._state(domain, entity_id, object_id, payload, received_at)

@@ -272,6 +272,13 @@ class HaStatestreamSettings(EcosystemSettings):
         "attribute has not arrived yet (statestream publishes them on separate topics)",
     )
 
+    own_prefix: str = Field(
+        default="homeedge_",
+        description="entity object ids of the gateway's own Home Assistant entities "
+        "(gateway.homeassistant: default_entity_id homeedge_<gateway>_...), which are ignored: "
+        "statestream would otherwise hand the gateway its own readings back as new devices",
+    )
+
     @field_validator("base_topic")
     @classmethod
     def _base(cls, value: str) -> str:

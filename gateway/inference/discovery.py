@@ -1,67 +1,65 @@
 """Home Assistant MQTT discovery for inference results.
 
-Retained configs under ``<prefix>/<component>/<node>/<object>/config``; every entity reads the
-gateway's event topic of its model, keeps only its own source via the value template, and is
-available while the gateway's status topic says ``online``: the caller passes that topic (the
-one the gateway's MQTT session really publishes, `gateway.host.GatewayHost.status_topic`,
-keyed by the gateway id, not by a home); without one the entities carry no availability. Entities:
+Retained configs under ``<prefix>/<component>/homeedge_<gateway>/<object>/config``
+(`gateway.homeassistant.naming`: ids that include the gateway id, one HA device per homeedge
+device ``via_device`` the gateway's). Every entity reads the gateway's event topic of its model,
+keeps only its own source via the value template, and is available while the gateway's status
+topic says ``online``: the caller passes that topic (the one the gateway's MQTT session really
+publishes, `gateway.host.GatewayHost.status_topic`); without one the entities carry no
+availability. Entities:
 
 - alarm: ``binary_sensor`` (device_class smoke) per microphone, auto-off after a delay;
 - keyword: ``event`` per microphone (event types lights_on, lights_off, stop);
-- occupancy: ``binary_sensor`` (device_class occupancy) per room;
+- occupancy: ``binary_sensor`` (device_class occupancy) per room, on the gateway's device
+  (a room is no device);
 - sensor_anomaly: ``sensor`` (score 0..1) per sensor device.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass
 from typing import Any
 
+from gateway.homeassistant import naming
+from gateway.homeassistant.naming import DiscoveryConfig
 from schemas.topics import gateway_events_topic
 
 KEYWORDS = ["lights_on", "lights_off", "stop"]
 
-
-@dataclass(frozen=True, slots=True)
-class DiscoveryConfig:
-    topic: str
-    payload: bytes
-
-
-def _slug(value: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]", "_", value)
+__all__ = [
+    "KEYWORDS",
+    "DiscoveryConfig",
+    "anomaly_config",
+    "microphone_configs",
+    "occupancy_config",
+]
 
 
 def _base(
-    home: str, model: str, root: str, object_id: str, name: str, availability_topic: str | None
+    component: str,
+    gateway_id: str,
+    home: str,
+    model: str,
+    root: str,
+    parts: tuple[str, ...],
+    name: str,
+    device: dict[str, Any],
+    availability_topic: str | None,
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {
+    return {
         "name": name,
-        "unique_id": f"homeedge_{_slug(home)}_{object_id}",
-        "object_id": f"homeedge_{_slug(home)}_{object_id}",
+        **naming.entity_ids(component, gateway_id, *parts),
         "state_topic": gateway_events_topic(home, model, root=root),
-        "device": {
-            "identifiers": [f"homeedge_{_slug(home)}_gateway"],
-            "name": f"homeedge gateway {home}",
-            "manufacturer": "homeedge",
-            "model": "edge gateway",
-        },
+        "device": device,
+        "origin": naming.origin(),
+        **naming.availability(availability_topic),
     }
-    if availability_topic is not None:
-        body.update(
-            availability_topic=availability_topic,
-            payload_available="online",
-            payload_not_available="offline",
-        )
-    return body
 
 
 def _config(
-    prefix: str, component: str, home: str, object_id: str, body: dict[str, Any]
+    prefix: str, component: str, gateway_id: str, parts: tuple[str, ...], body: dict[str, Any]
 ) -> DiscoveryConfig:
-    topic = f"{prefix}/{component}/homeedge_{_slug(home)}/{_slug(object_id)}/config"
+    topic = naming.discovery_topic(prefix, component, gateway_id, *parts)
     return DiscoveryConfig(topic, json.dumps(body, sort_keys=True).encode())
 
 
@@ -70,15 +68,25 @@ def microphone_configs(
     room: str,
     device: str,
     *,
+    gateway_id: str,
     root: str,
     prefix: str,
     off_delay_s: int,
     availability_topic: str | None,
 ) -> list[DiscoveryConfig]:
     """The alarm binary_sensor and the keyword event of one microphone."""
-    alarm_id = f"{room}_{device}_alarm"
+    dev = naming.device_block(gateway_id, home, room, device)
+    alarm_parts = (home, device, "alarm")
     alarm = _base(
-        home, "alarm", root, alarm_id, f"{room} {device} smoke/CO alarm", availability_topic
+        "binary_sensor",
+        gateway_id,
+        home,
+        "alarm",
+        root,
+        alarm_parts,
+        "Smoke/CO alarm",
+        dev,
+        availability_topic,
     )
     alarm.update(
         device_class="smoke",
@@ -87,9 +95,17 @@ def microphone_configs(
         payload_off="OFF",
         off_delay=off_delay_s,
     )
-    kw_id = f"{room}_{device}_keyword"
+    kw_parts = (home, device, "keyword")
     keyword = _base(
-        home, "keyword", root, kw_id, f"{room} {device} voice command", availability_topic
+        "event",
+        gateway_id,
+        home,
+        "keyword",
+        root,
+        kw_parts,
+        "Voice command",
+        dev,
+        availability_topic,
     )
     keyword.update(
         event_types=KEYWORDS,
@@ -100,16 +116,32 @@ def microphone_configs(
         ),
     )
     return [
-        _config(prefix, "binary_sensor", home, alarm_id, alarm),
-        _config(prefix, "event", home, kw_id, keyword),
+        _config(prefix, "binary_sensor", gateway_id, alarm_parts, alarm),
+        _config(prefix, "event", gateway_id, kw_parts, keyword),
     ]
 
 
 def occupancy_config(
-    home: str, room: str, *, root: str, prefix: str, availability_topic: str | None
+    home: str,
+    room: str,
+    *,
+    gateway_id: str,
+    root: str,
+    prefix: str,
+    availability_topic: str | None,
 ) -> DiscoveryConfig:
-    object_id = f"{room}_occupancy"
-    body = _base(home, "occupancy", root, object_id, f"{room} occupancy", availability_topic)
+    parts = (home, "room", room, "occupancy")
+    body = _base(
+        "binary_sensor",
+        gateway_id,
+        home,
+        "occupancy",
+        root,
+        parts,
+        f"{room} occupancy",
+        naming.gateway_device(gateway_id),
+        availability_topic,
+    )
     body.update(
         device_class="occupancy",
         value_template=(
@@ -119,15 +151,31 @@ def occupancy_config(
         payload_on="ON",
         payload_off="OFF",
     )
-    return _config(prefix, "binary_sensor", home, object_id, body)
+    return _config(prefix, "binary_sensor", gateway_id, parts, body)
 
 
 def anomaly_config(
-    home: str, room: str, device: str, *, root: str, prefix: str, availability_topic: str | None
+    home: str,
+    room: str,
+    device: str,
+    *,
+    gateway_id: str,
+    root: str,
+    prefix: str,
+    availability_topic: str | None,
 ) -> DiscoveryConfig:
-    object_id = f"{room}_{device}_anomaly"
-    name = f"{room} {device} anomaly score"
-    body = _base(home, "sensor_anomaly", root, object_id, name, availability_topic)
+    parts = (home, device, "anomaly")
+    body = _base(
+        "sensor",
+        gateway_id,
+        home,
+        "sensor_anomaly",
+        root,
+        parts,
+        "Anomaly score",
+        naming.device_block(gateway_id, home, room, device),
+        availability_topic,
+    )
     body.update(
         state_class="measurement",
         value_template=(
@@ -135,4 +183,4 @@ def anomaly_config(
             "{% endif %}"
         ),
     )
-    return _config(prefix, "sensor", home, object_id, body)
+    return _config(prefix, "sensor", gateway_id, parts, body)

@@ -41,7 +41,7 @@ from sqlalchemy import Connection
 from gateway.inference.audio_scoring import AudioScorer
 from gateway.inference.baselines import Baselines, LoadFn, SavedBaseline, write_baselines
 from gateway.inference.manifest import ModelKind
-from gateway.inference.publisher import EventSink
+from gateway.inference.publisher import DiscoverySink, EventSink
 from gateway.inference.results import InferenceResult, ResultHandler, StoreFn, WriteFn
 from gateway.inference.runtime import ModelRuntime
 from gateway.inference.scheduler import InferenceScheduler, Item
@@ -86,6 +86,7 @@ class InferenceEngine:
         idle_clock: Callable[[], float] = time.monotonic,
         load: LoadFn | None = None,
         on_event: Callable[[EdgeEvent], None] | None = None,
+        discovery: DiscoverySink | None = None,
     ) -> None:
         """`clock` stamps stored results and closes windows by time (the readings' epoch);
         `idle_clock` times the devices' idleness; `load` reads a stored sensor baseline
@@ -123,6 +124,7 @@ class InferenceEngine:
             store=store,
             publisher=publisher,
             stats=self.stats,
+            discovery=discovery,
             root=root,
             availability_topic=availability_topic,
             clock=clock,
@@ -152,6 +154,7 @@ class InferenceEngine:
         limits: DeviceLimits | None = None,
         load: LoadFn | None = None,
         on_event: Callable[[EdgeEvent], None] | None = None,
+        discovery: DiscoverySink | None = None,
     ) -> InferenceEngine:
         """Load (and warm up) the models of `settings`; failures are logged and kept in
         ``engine.runtime.errors``, the other models serve."""
@@ -171,6 +174,7 @@ class InferenceEngine:
             limits=limits,
             load=load,
             on_event=on_event,
+            discovery=discovery,
         )
 
     # -- input (event loop; non-blocking) -------------------------------------------------

@@ -8,10 +8,37 @@ schedule.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from gateway.homeassistant.naming import DiscoveryConfig
 
 
 class EventSink(Protocol):
     def submit(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
         """Queue one message (QoS 1); False when it was dropped (a full queue)."""
+        ...
+
+
+class DiscoverySink(Protocol):
+    """Where the engine's Home Assistant discovery configs go: in the gateway, the Home
+    Assistant plug-in's `gateway.homeassistant.wiring.Announcer` (retained on the gateway's
+    session, recorded so that they can be removed)."""
+
+    @property
+    def gateway_id(self) -> str: ...
+
+    @property
+    def prefix(self) -> str:
+        """Home Assistant's discovery prefix."""
+        ...
+
+    def announce(self, home: str, device: str, configs: Sequence[DiscoveryConfig]) -> bool:
+        """Queue the retained configs of a device ('' for a room's); False when one was
+        dropped (try again later)."""
+        ...
+
+    def has(self, home: str, device: str) -> bool:
+        """True while configs of the device are announced (False again once removed)."""
         ...

@@ -25,7 +25,7 @@ from sqlalchemy import Connection, insert
 
 from gateway.inference import discovery
 from gateway.inference.manifest import ModelKind
-from gateway.inference.publisher import EventSink
+from gateway.inference.publisher import DiscoverySink, EventSink
 from gateway.inference.settings import InferenceSettings
 from gateway.inference.stats import EngineStats
 from gateway.inference.tables import inferences
@@ -84,6 +84,7 @@ class ResultHandler:
         store: StoreFn,
         publisher: EventSink | None,
         stats: EngineStats,
+        discovery: DiscoverySink | None = None,
         root: str = ROOT,
         availability_topic: str | None = None,
         clock: Callable[[], float] = time.time,
@@ -94,6 +95,7 @@ class ResultHandler:
         self._write = write
         self._store = store
         self._publisher = publisher
+        self._discovery = discovery
         self._stats = stats
         self._root = root
         # HA discovery's availability: the gateway's status topic (`GatewayHost.status_topic`);
@@ -119,8 +121,8 @@ class ResultHandler:
             return
         now = self._clock()
         for r in results:
-            if publisher is not None and self._settings.discovery:
-                self._announce(r)
+            if self._settings.discovery and self._discovery is not None:
+                self._announce(self._discovery, r)
             if not r.event:
                 continue
             if publisher is not None and self._settings.publish_events:
@@ -156,29 +158,33 @@ class ResultHandler:
                     )
                 )
 
-    def _announce(self, r: InferenceResult) -> None:
-        assert self._publisher is not None
+    def _announce(self, sink: DiscoverySink, r: InferenceResult) -> None:
         s = self._settings
         status = self._availability
+        gw, prefix = sink.gateway_id, sink.prefix
+        owner = (r.home, r.device)
         if r.kind in (ModelKind.AUDIO_ALARM, ModelKind.AUDIO_KEYWORD, ModelKind.AUDIO_VAD):
             key: tuple[str, ...] = ("mic", r.home, r.device)
             configs = lambda: discovery.microphone_configs(  # noqa: E731
                 r.home,
                 r.room,
                 r.device,
+                gateway_id=gw,
                 root=self._root,
-                prefix=s.discovery_prefix,
+                prefix=prefix,
                 off_delay_s=s.alarm_off_delay_s,
                 availability_topic=status,
             )
         elif r.kind == ModelKind.SENSOR_OCCUPANCY:
             key = ("room", r.home, r.room)
+            owner = (r.home, "")
             configs = lambda: [  # noqa: E731
                 discovery.occupancy_config(
                     r.home,
                     r.room,
+                    gateway_id=gw,
                     root=self._root,
-                    prefix=s.discovery_prefix,
+                    prefix=prefix,
                     availability_topic=status,
                 )
             ]
@@ -189,18 +195,20 @@ class ResultHandler:
                     r.home,
                     r.room,
                     r.device,
+                    gateway_id=gw,
                     root=self._root,
-                    prefix=s.discovery_prefix,
+                    prefix=prefix,
                     availability_topic=status,
                 )
             ]
-        if key in self._announced:
+        # A device the gateway forgot had its configs removed (`sink.has` is False again):
+        # announced anew when it is back.
+        if key in self._announced and sink.has(*owner):
             self._announced.move_to_end(key)
             return
         # Remembered only once every config was queued: a dropped one is tried again with the
         # next result of that source instead of never (HA would not know the entity).
-        sent = [self._publisher.submit(c.topic, c.payload, retain=True) for c in configs()]
-        if all(sent):
+        if sink.announce(*owner, configs()):
             self._announced[key] = None
             if len(self._announced) > self._max_announced:
                 self._announced.popitem(last=False)

@@ -60,8 +60,11 @@ class InferenceSettings(BaseModel):
         default=10.0, gt=0, description="VAD results are summed over this"
     )
     publish_events: bool = Field(default=True, description="publish events on MQTT (QoS 1)")
-    discovery: bool = Field(default=True, description="publish Home Assistant discovery configs")
-    discovery_prefix: str = Field(default="homeassistant", description="HA discovery topic prefix")
+    discovery: bool = Field(
+        default=True,
+        description="announce the inference entities to Home Assistant (with [homeassistant] "
+        "enabled, under its discovery_prefix)",
+    )
     alarm_off_delay_s: int = Field(
         default=60, ge=1, description="HA alarm binary_sensor turns off after"
     )

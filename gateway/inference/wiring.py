@@ -6,9 +6,10 @@
 - results are written by the gateway's writer thread: ``inferences`` rows as a job
   (``host.run_db``), ``inference_*`` readings through its batch commit (``host.store``, so
   the committed-readings callbacks and the unique indexes hold for them too);
-- events and Home Assistant discovery go out on the gateway's own MQTT session
-  (``host.publish``): one identity, one availability topic, one reconnect schedule; each event
-  is also handed to the other plug-ins (``host.emit_event``: local actions);
+- events go out on the gateway's own MQTT session (``host.publish``): one identity, one
+  availability topic, one reconnect schedule; each event is also handed to the other plug-ins
+  (``host.emit_event``: local actions); Home Assistant discovery goes through the
+  `DiscoverySink` the Home Assistant plug-in hands over (the same session, recorded);
 - task ``inference`` (the engine) and ``inference-sweep`` (idle devices' state is evicted and
   sensors' windows are closed by time (``sensor_grace_s``) also when no input arrives;
   `gateway.inference.streams`, limits from ``[devices]``);
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection
 
 from gateway.host import GatewayHost
+from gateway.inference.publisher import DiscoverySink
 from gateway.inference.settings import InferenceSettings
 from gateway.records import Reading
 
@@ -59,8 +61,11 @@ class HostEvents:
         return False
 
 
-def install_inference(host: GatewayHost, settings: InferenceSettings) -> None:
-    """Wire the engine into the gateway (before it starts); see the module docstring."""
+def install_inference(
+    host: GatewayHost, settings: InferenceSettings, *, discovery: DiscoverySink | None = None
+) -> None:
+    """Wire the engine into the gateway (before it starts); see the module docstring.
+    `discovery`: where Home Assistant configs go (none: the entities are not announced)."""
     if not settings.enabled:
         return
     # Imported here, not at module level: the engine pulls in onnxruntime (~30 MB resident),
@@ -96,6 +101,7 @@ def install_inference(host: GatewayHost, settings: InferenceSettings) -> None:
             limits=limits,
             load=reader,
             on_event=host.emit_event,
+            discovery=discovery,
         )
         engine.stats.baselines_persisted = await host.run_db(count_baselines)
         holder["engine"] = engine
