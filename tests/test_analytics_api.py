@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient
 
-from cloud.analytics.anomalies import Z_CAP, robust_z
+from cloud.analytics.anomalies import range_floor, robust_z
 from cloud.analytics.fleet import percentile_rank
 from cloud.app import create_app
 from cloud.auth import SESSION_KEY
@@ -336,7 +336,13 @@ def test_robust_z_uses_median_and_mad() -> None:
     z, _ = robust_z(5.0, [2.0, 2.0, 2.0, 2.0, 4.0])  # MAD 0: mean absolute deviation stands in
     assert z == pytest.approx(3.0 / (1.2533 * 0.4))
     assert robust_z(2.0, [2.0, 2.0]) == (0.0, 2.0)
-    # A constant sample: the scale is 5 % of the median, or a cap when the median is 0.
+    # A constant sample: the scale is 5 % of the median; at median 0 a share of the metric's
+    # range, and with no range known there is no z (not a made-up one).
     assert robust_z(3.0, [2.0, 2.0]) == (pytest.approx(10.0), 2.0)
-    assert robust_z(1.0, [0.0, 0.0]) == (Z_CAP, 0.0)
+    assert robust_z(1.0, [0.0, 0.0]) == (None, 0.0)
+    assert range_floor("motion") == pytest.approx(0.01)
+    assert robust_z(0.3, [0.0, 0.0], floor=range_floor("motion")) == (pytest.approx(30.0), 0.0)
+    # A noised value: its noise is added to the scale in quadrature.
+    z, _ = robust_z(13.0, [1.0, 2.0, 3.0, 4.0, 100.0], noise_sd=1.4826 * math.sqrt(3))
+    assert z == pytest.approx(10.0 / (2 * 1.4826))
     assert percentile_rank([1.0, 2.0, 2.0, 3.0], 2.0) == 50.0

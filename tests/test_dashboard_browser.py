@@ -1,11 +1,16 @@
 """The dashboard in a real headless Chromium (Debian's /usr/bin/chromium, driven by Playwright):
 log in with the read token, read the plotted series out of plotly's graph div and compare them
-with the seeded fleet, change the bucket and range pickers, watch a live update arrive, and save
-a screenshot to test-artifacts/dashboard.png."""
+with the seeded fleet, change the bucket and range pickers, watch a live update arrive; the
+anomaly table (flagged rows, their last 24 h, a count that holds between refreshes, no
+placeholder values), the favicon and the CSP, a 390 px wide screen; a noised series with its
+noise band, one-point, sparse and day-bucket axes, and gaps kept as gaps. Screenshots go to
+test-artifacts/ (dashboard.png, dashboard-390.png, dashboard-noised.png,
+dashboard-noised-390.png)."""
 
 from __future__ import annotations
 
 import math
+from urllib.parse import urljoin
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,8 +36,22 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SERIES_JS = """() => document.getElementById('chart-series').data.map(
-    t => ({name: t.name, x: Array.from(t.x), y: Array.from(t.y)}))"""
+# The mean traces (not the noise bands), without the nulls that mark gaps.
+# Page functions are arrow functions, never bare expressions: Playwright evaluates an expression
+# with eval(), which the dashboard's CSP (no 'unsafe-eval') refuses.
+SERIES_JS = """() => document.getElementById('chart-series').data
+    .filter(t => !(t.meta && t.meta.band))
+    .map(t => {
+      const keep = Array.from(t.y).map(y => y !== null);
+      return {name: t.name, x: Array.from(t.x).filter((_, i) => keep[i]),
+              y: Array.from(t.y).filter((_, i) => keep[i])};
+    })"""
+# Every trace as plotted, gaps and bands included.
+TRACES_JS = """(id) => document.getElementById(id).data.map(t => ({name: t.name,
+    x: Array.from(t.x), y: Array.from(t.y), band: t.meta && t.meta.band ? t.meta.band : null,
+    fill: t.fill || null}))"""
+XTICKS_JS = """(id) => Array.from(document.querySelectorAll(`#${id} .xaxislayer-above .xtick text`))
+    .map(t => t.textContent)"""
 
 
 def iso(t: float) -> str:
@@ -89,14 +108,21 @@ async def test_the_dashboard_draws_the_seeded_fleet_and_follows_the_pickers(
         browser = await pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
         try:
             page = await browser.new_page(viewport={"width": 1400, "height": 1200})
-            await page.goto(url)
+            blocked: list[str] = []
+            page.on(
+                "console",
+                lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None,
+            )
+            login = await page.goto(url)
+            assert login is not None
+            assert "script-src 'self'" in login.headers["content-security-policy"]
             await page.fill("#token", "not-the-token-0000")
             await page.click("button[type=submit]")
             assert "not the read token" in await page.inner_text(".error")
             await page.fill("#token", READ_TOKEN)
             await page.click("button[type=submit]")
             await page.wait_for_function(
-                "document.body && Number(document.body.dataset.refreshes || 0) >= 1"
+                "() => document.body && Number(document.body.dataset.refreshes || 0) >= 1"
             )
 
             # Default view: temperature, hourly means per home over the last 24 h of data.
@@ -114,11 +140,13 @@ async def test_the_dashboard_draws_the_seeded_fleet_and_follows_the_pickers(
             assert clusters == 3
             first_anomaly = await page.inner_text("#anomalies tbody tr:first-child")
             assert ANOMALOUS_HOME in first_anomaly and "temperature" in first_anomaly
+            await check_anomaly_table(page)
+            await check_favicon(page)
 
             # The bucket picker: daily means of the last day; the range picker: every day.
             async def pick(selector: str, value: str) -> list[dict[str, Any]]:
                 await page.select_option(selector, value)
-                await page.wait_for_function("document.body.dataset.seriesReady === '1'")
+                await page.wait_for_function("() => document.body.dataset.seriesReady === '1'")
                 traces: list[dict[str, Any]] = await page.evaluate(SERIES_JS)
                 return traces
 
@@ -148,10 +176,64 @@ async def test_the_dashboard_draws_the_seeded_fleet_and_follows_the_pickers(
             assert home1["y"][home1["x"].index(iso(end))] == 23.5
 
             await page.select_option("#range", "86400")
-            await page.wait_for_function("document.body.dataset.seriesReady === '1'")
+            await page.wait_for_function("() => document.body.dataset.seriesReady === '1'")
             await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+            await check_phone_width(page, "dashboard-390.png")
+            assert blocked == []  # nothing the page needs is refused by its CSP
         finally:
             await browser.close()
+
+
+async def wait_refreshes(page: Any, n: int) -> None:
+    await page.wait_for_function(
+        f"() => Number(document.body.dataset.refreshes || 0) >= {n}", timeout=15_000
+    )
+
+
+async def check_anomaly_table(page: Any) -> None:
+    """Flagged rows only, each with its last 24 h; no placeholder values; the card's count is
+    the table's and holds from one refresh to the next (the data does not change)."""
+    counts = []
+    for _ in range(2):
+        done = int(await page.evaluate("() => Number(document.body.dataset.refreshes)"))
+        await wait_refreshes(page, done + 1)
+        rows = await page.eval_on_selector_all(
+            "#anomalies tbody tr", "rs => rs.map(r => [r.className, r.innerText])"
+        )
+        assert rows and all(cls == "flagged" for cls, _ in rows)
+        table = await page.inner_text("#anomalies")
+        assert "99.00" not in table and "99.0" not in table
+        card = await page.inner_text("#card-anomalies")
+        assert card == str(len(rows))
+        counts.append(card)
+    assert counts[0] == counts[1]
+    # The planted jump's row: a line over the 23 hours before it, the flagged hour as a dot.
+    spark = await page.eval_on_selector(
+        "#anomalies tbody tr:first-child svg.spark",
+        "s => ({points: s.querySelector('polyline').getAttribute('points').split(' ').length,"
+        " dot: s.querySelectorAll('circle.spark-dot').length})",
+    )
+    assert spark == {"points": 24, "dot": 1}
+
+
+async def check_favicon(page: Any) -> None:
+    href = await page.get_attribute("link[rel=icon]", "href")
+    assert href == "/assets/favicon.svg"
+    resp = await page.request.get(urljoin(page.url, href))
+    assert resp.status == 200
+    assert resp.headers["content-type"].startswith("image/svg+xml")
+    assert (await resp.body()).lstrip().startswith(b"<svg")
+
+
+async def check_phone_width(page: Any, shot: str) -> None:
+    """At 390 px wide nothing is wider than the screen: wide tables scroll in their panel."""
+    await page.set_viewport_size({"width": 390, "height": 844})
+    done = int(await page.evaluate("() => Number(document.body.dataset.refreshes)"))
+    await wait_refreshes(page, done + 1)
+    width = await page.evaluate("() => document.documentElement.scrollWidth")
+    assert width <= 390
+    await page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
+    await page.set_viewport_size({"width": 1400, "height": 1200})
 
 
 async def test_the_api_docs_page_lists_every_operation_in_a_browser(
