@@ -45,7 +45,10 @@ const text = (id, value) => { document.getElementById(id).textContent = value; }
 // A date axis that never invents precision: it spans whole buckets around the points (and the
 // query's range when there is one), and its ticks step by whole buckets, so one point or a few
 // sparse ones read "13:00", not "12:59:59.999 ... 13:00:00.0005".
-function timeAxis(ts, widthS, start, end) {
+function timeAxis(ts, widthS, start, end, chartId) {
+  // About one tick per 90 px of chart, at least 3: a phone's chart gets fewer, wider steps.
+  const el = chartId ? document.getElementById(chartId) : null;
+  const maxTicks = Math.max(3, Math.floor(((el && el.clientWidth) || 720) / 90));
   const w = (widthS || 60) * 1000;
   const ms = ts.map((t) => t * 1000);
   let lo = ms.length ? Math.min(...ms) : null;
@@ -57,10 +60,10 @@ function timeAxis(ts, widthS, start, end) {
   const span = range[1] - range[0];
   const axis = { type: "date", range: range.map((x) => new Date(x).toISOString()), autorange: false };
   if (w >= DAY_MS) {
-    const days = [1, 2, 7, 14, 28].find((d) => span / (d * DAY_MS) <= 8) || 56;
+    const days = [1, 2, 7, 14, 28].find((d) => span / (d * DAY_MS) <= maxTicks) || 56;
     Object.assign(axis, { dtick: days * DAY_MS, tick0: "2000-01-02", tickformat: "%b %-d" });
   } else if (w >= HOUR_MS) {
-    const hours = [1, 2, 3, 6, 12, 24].find((h) => span / (h * HOUR_MS) <= 8);
+    const hours = [1, 2, 3, 6, 12, 24].find((h) => span / (h * HOUR_MS) <= maxTicks);
     if (hours) Object.assign(axis, { dtick: hours * HOUR_MS, tick0: "2000-01-01", tickformat: "%H:%M<br>%b %-d" });
     else Object.assign(axis, { tickformatstops: [{ dtickrange: [null, DAY_MS], value: "%H:%M<br>%b %-d" }, { dtickrange: [DAY_MS, null], value: "%b %-d" }] });
   } else {
@@ -82,6 +85,9 @@ function withGaps(points, widthS, value) {
   });
   return { x: xs, y: ys };
 }
+
+// A pseudonym shortened for an axis on a narrow screen (the hover shows it whole).
+const shortHome = (h) => (h.length > 12 ? `${h.slice(0, 10)}\u2026` : h);
 
 function rawWidth(series) {
   let w = Infinity;
@@ -239,14 +245,14 @@ async function refreshSeries() {
   const end = params.has("end") ? Number(params.get("end")) : null;
   const layout = {
     ...layoutBase,
-    xaxis: { title: { text: "time (UTC)" }, ...timeAxis(ts, widthS, start, end) },
+    xaxis: { automargin: true, ...timeAxis(ts, widthS, start, end, "chart-series") },
     yaxis: { title: { text: `${metric}${unit ? ` (${unit})` : ""}, mean per ${body.bucket === "raw" ? "window" : body.bucket}${noised ? ", noised" : ""}` } },
     uirevision: `${metric}|${body.bucket}|${params.get("start")}|${params.get("group_by")}`,
   };
   chart.dataset.query = params.toString();
   await Plotly.react(chart, traces, layout, plotConfig);
   const points = body.series.reduce((n, s) => n + s.points.length, 0);
-  text("series-note", `${body.series.length} series, ${points} points (${body.bucket}).`);
+  text("series-note", `${body.series.length} series, ${points} points (${body.bucket}); times in UTC.`);
 }
 
 async function refreshClusters() {
@@ -264,10 +270,16 @@ async function refreshClusters() {
     x: hours,
     y: f ? c.centroid[f] : [],
   }));
+  const empty = !f || !traces.length;
   await Plotly.react("chart-clusters", traces, {
     ...layoutBase,
-    xaxis: { title: { text: "hour of day (UTC)" }, dtick: 3, range: [-0.5, 23.5] },
-    yaxis: { title: { text: `${f || "profile"} / daily mean` } },
+    legend: { orientation: "h", y: 1.02, yanchor: "bottom" },
+    xaxis: { title: { text: "hour of day (UTC)" }, dtick: 3, range: [-0.5, 23.5], visible: !empty },
+    yaxis: { title: { text: `${f || "profile"} / daily mean` }, visible: !empty },
+    // No profile reported (power, motion, CO2): say so instead of drawing an empty scale.
+    annotations: empty
+      ? [{ text: "No daily profiles yet (power, occupancy or CO2)", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5 }]
+      : [],
   }, plotConfig);
   fillTable("clusters", r.clusters.map((c) => ({ cells: [String(c.id), String(c.size), c.homes.join(", ")] })));
 }
@@ -386,15 +398,18 @@ async function refreshEvents() {
   await Plotly.react("chart-events", traces, {
     ...layoutBase,
     margin: { ...layoutBase.margin, l: 10 },
-    xaxis: { title: { text: "hour (UTC)" }, ...timeAxis(r.timeline.map((p) => p.t), 3600, null, null), visible: !empty },
-    yaxis: { type: "category", categoryarray: homes, visible: !empty, automargin: true },
+    xaxis: { automargin: true, ...timeAxis(r.timeline.map((p) => p.t), 3600, null, null, "chart-events"), visible: !empty },
+    yaxis: {
+      type: "category", categoryarray: homes, visible: !empty, automargin: true,
+      tickvals: homes, ticktext: window.innerWidth < 700 ? homes.map(shortHome) : homes,
+    },
     annotations: empty
       ? [{ text: "No alarms, anomalies or voice commands reported yet", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5 }]
       : [],
   }, plotConfig);
   const share = r.speech_share === null ? "-" : `${(100 * r.speech_share).toFixed(1)} %`;
   const per = (what) => r.days.reduce((n, d) => n + (d[what] || 0), 0);
-  text("events-note", `Look-back totals: ${per("alarms").toFixed(0)} alarms, ${per("anomalies").toFixed(0)} sensor anomalies, ${per("keywords").toFixed(0)} voice commands. Alarms per home and day: ${fmtNum(r.alarms_per_home_day)}; speech activity share: ${share}.`);
+  text("events-note", `Per home pseudonym and hour (UTC). Look-back totals: ${per("alarms").toFixed(0)} alarms, ${per("anomalies").toFixed(0)} sensor anomalies, ${per("keywords").toFixed(0)} voice commands. Alarms per home and day: ${fmtNum(r.alarms_per_home_day)}; speech activity share: ${share}.`);
 }
 
 async function refresh() {
