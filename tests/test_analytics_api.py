@@ -342,8 +342,8 @@ def test_robust_z_uses_median_and_mad() -> None:
     # range, and with no range known there is no z (not a made-up one).
     assert robust_z(3.0, [2.0, 2.0]) == (pytest.approx(10.0), 2.0)
     assert robust_z(1.0, [0.0, 0.0]) == (None, 0.0)
-    assert range_floor("motion") == pytest.approx(0.01)
-    assert robust_z(0.3, [0.0, 0.0], floor=range_floor("motion")) == (pytest.approx(30.0), 0.0)
+    assert range_floor("motion") == pytest.approx(0.05)
+    assert robust_z(0.3, [0.0, 0.0], floor=range_floor("motion")) == (pytest.approx(6.0), 0.0)
     # A noised value: its noise is added to the scale in quadrature.
     z, _ = robust_z(13.0, [1.0, 2.0, 3.0, 4.0, 100.0], noise_sd=1.4826 * math.sqrt(3))
     assert z == pytest.approx(10.0 / (2 * 1.4826))
@@ -397,8 +397,8 @@ def test_event_counts_are_not_ranked_and_a_constant_zero_gives_no_placeholder() 
     ranked = rank_anomalies(cells, {}, threshold=3.5, top=50)
     assert all(a.metric != "inference_alarm" for a in ranked)
     motion = next(a for a in ranked if a.home == homes[0] and a.metric == "motion")
-    # A constant 0 history and peers: one sigma is 1 % of motion's 0..1 range, not a cap.
-    assert motion.z_history == pytest.approx(30.0) and motion.z_peers == pytest.approx(30.0)
+    # A constant 0 history and peers: one sigma is 5 % of motion's 0..1 range, not a cap.
+    assert motion.z_history == pytest.approx(6.0) and motion.z_peers == pytest.approx(6.0)
     assert motion.flagged
     # An unregistered metric's constant peers: no z at all against them (nothing to scale by);
     # its history of 1.0 (scale 5 % of it) still gives one.
@@ -459,3 +459,14 @@ async def test_the_hour_still_filling_is_not_ranked(
         a.home == ANOMALOUS_HOME and a.metric == "temperature" and a.flagged
         for a in filling.anomalies
     )
+
+
+def test_a_pair_whose_newest_hour_is_a_day_old_is_not_ranked() -> None:
+    homes = [home_id(f"rotated-{i}") for i in range(4)]
+    cells = [
+        _cell(h, "temperature", hour, 20.0 + i) for i, h in enumerate(homes) for hour in range(30)
+    ]
+    # The first home's pseudonym rotated 25 h before the fleet's newest hour (29): it ends at 4.
+    cells = [c for c in cells if c.home != homes[0] or c.t <= T0 + 4 * 3600]
+    ranked = rank_anomalies(cells, {}, threshold=3.5, top=50)
+    assert {a.home for a in ranked} == set(homes[1:])

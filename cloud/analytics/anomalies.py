@@ -10,7 +10,9 @@ earlier outlier does not hide the next), against
 A home is anomalous when it deviates from both: the score is the smaller absolute z when both
 comparisons exist (the daily cycle or a fleet-wide change moves a home away from its own history
 but not from its peers; a home that is always unlike its peers is not unlike its own history),
-else the one that exists. The list is sorted by score.
+else the one that exists. The list is sorted by score. Only pairs whose newest hour is in the
+last RECENT_S (a day) of the fleet's newest are ranked: older ones are pseudonyms that rotated
+or devices gone quiet.
 
 Noised metrics (health data, or any metric a home noises): the newest value's privacy noise
 (`cloud.noise`) is added in quadrature to the scale it is compared with, so a value is only
@@ -47,8 +49,11 @@ MEAN_AD_TO_SIGMA = 1.2533  # the same for the mean absolute deviation (sqrt(pi /
 # MAD can be tiny, and a 1 % wobble should not read as a 10-sigma event.
 MIN_SCALE_SHARE = 0.05
 # A constant sample (no spread, median 0): the smallest change read as one sigma, as a share of
-# the metric's registered range (0.01 of a 0/1 share, 1.8 °C of temperature's range).
-MIN_RANGE_SHARE = 0.01
+# the metric's registered range (0.05 of a 0/1 share such as a door's open time).
+MIN_RANGE_SHARE = 0.05
+# Only pairs whose newest hour lies in the last day of the fleet's data are ranked: an older
+# newest hour is a pseudonym that has rotated or a device gone quiet, not news.
+RECENT_S = 86400
 MIN_HISTORY = 6
 MIN_PEERS = 2
 PEER_EXACT = 200
@@ -263,9 +268,10 @@ def rank_latest(
         return robust_z(item.value, others, floor=floor, noise_sd=item.noise_sd)
 
     found = []
+    newest = max((item.t for item in latest), default=0.0)
     for item in latest:
         home, name, t, value = item.home, item.metric, item.t, item.value
-        if is_event(name):
+        if is_event(name) or t <= newest - RECENT_S:
             continue
         floor = range_floor(name)
         z_history = history_median = None

@@ -73,17 +73,41 @@ function timeAxis(ts, widthS, start, end, chartId) {
   return axis;
 }
 
-// Points at bucket starts with a null after every missing bucket, so a line breaks where there
-// is no data instead of drawing values nobody measured.
+// The spacing past which two neighbouring points have missing data between them: more than
+// 1.5 times the series' usual (median) spacing, and than one bucket. A gateway whose windows
+// are two hours long reports every other hour bucket: that is its rhythm, not a gap.
+function gapSpacing(ts, widthS) {
+  const steps = ts.slice(1).map((t, i) => t - ts[i]).sort((a, b) => a - b);
+  const usual = steps.length ? steps[Math.floor((steps.length - 1) / 2)] : 0;
+  return 1.5 * Math.max(usual, widthS || 0);
+}
+
+// Points at bucket starts with a null where data is missing, so a line breaks there instead
+// of drawing values nobody measured.
 function withGaps(points, widthS, value) {
   const xs = [];
   const ys = [];
+  const gap = gapSpacing(points.map((p) => p.t), widthS);
   points.forEach((p, i) => {
-    if (widthS && i > 0 && p.t - points[i - 1].t > widthS) { xs.push(iso(points[i - 1].t + widthS)); ys.push(null); }
+    if (i > 0 && p.t - points[i - 1].t > gap) { xs.push(iso(points[i - 1].t + widthS)); ys.push(null); }
     xs.push(iso(p.t));
     ys.push(value(p));
   });
   return { x: xs, y: ys };
+}
+
+// A cluster profile (24 hours, null where no member has data): the same rule for its gaps.
+function profileWithGaps(values) {
+  const hours = values.map((v, h) => (v === null ? null : h)).filter((h) => h !== null);
+  const gap = gapSpacing(hours, 1);
+  const x = [];
+  const y = [];
+  hours.forEach((h, i) => {
+    if (i > 0 && h - hours[i - 1] > gap) { x.push(hours[i - 1] + 1); y.push(null); }
+    x.push(h);
+    y.push(values[h]);
+  });
+  return { x, y };
 }
 
 // A pseudonym shortened for an axis on a narrow screen (the hover shows it whole).
@@ -260,15 +284,13 @@ async function refreshClusters() {
   const family = document.getElementById("family");
   setOptions(family, r.families);
   const f = family.value;
-  const hours = [...Array(24).keys()];
-  // A null hour (no member home has data then) stays a gap.
+  // An hour no member home has data in is left out; a run of them breaks the line.
   const traces = r.clusters.map((c) => ({
     type: "scatter",
     mode: "lines+markers",
     marker: { size: 4 },
     name: `cluster ${c.id} (${c.size})`,
-    x: hours,
-    y: f ? c.centroid[f] : [],
+    ...(f ? profileWithGaps(c.centroid[f]) : { x: [], y: [] }),
   }));
   const empty = !f || !traces.length;
   await Plotly.react("chart-clusters", traces, {
@@ -304,8 +326,9 @@ function sparkline(points, t) {
   const y = (v) => (hi === lo ? 12 : 21 - (18 * (v - lo)) / (hi - lo));
   let run = [];
   const runs = [run];
+  const gap = gapSpacing(values.map((p) => p.t), 3600);
   values.forEach((p, i) => {
-    if (i > 0 && p.t - values[i - 1].t > 3600) { run = []; runs.push(run); }
+    if (i > 0 && p.t - values[i - 1].t > gap) { run = []; runs.push(run); }
     run.push(`${x(p.t).toFixed(1)},${y(p.mean).toFixed(1)}`);
   });
   for (const r of runs) {
