@@ -113,6 +113,15 @@ function profileWithGaps(values) {
 // A pseudonym shortened for an axis on a narrow screen (the hover shows it whole).
 const shortHome = (h) => (h.length > 12 ? `${h.slice(0, 10)}\u2026` : h);
 
+function meanRange(series) {
+  const means = series.flatMap((s) => s.points.map((p) => p.mean)).filter((m) => m !== null);
+  if (!means.length) return {};
+  const lo = Math.min(...means);
+  const hi = Math.max(...means);
+  const pad = Math.max(0.1 * (hi - lo), 0.05 * Math.abs(hi) || 1);
+  return { range: [lo - pad, hi + pad], autorange: false };
+}
+
 function rawWidth(series) {
   let w = Infinity;
   for (const s of series) for (let i = 1; i < s.points.length; i += 1) w = Math.min(w, s.points[i].t - s.points[i - 1].t);
@@ -270,7 +279,11 @@ async function refreshSeries() {
   const layout = {
     ...layoutBase,
     xaxis: { automargin: true, ...timeAxis(ts, widthS, start, end, "chart-series") },
-    yaxis: { title: { text: `${metric}${unit ? ` (${unit})` : ""}, mean per ${body.bucket === "raw" ? "window" : body.bucket}${noised ? ", noised" : ""}` } },
+    yaxis: {
+      title: { text: `${metric}${unit ? ` (${unit})` : ""}, mean per ${body.bucket === "raw" ? "window" : body.bucket}${noised ? ", noised" : ""}` },
+      // Scaled to the means: a band wider than the chart says the noise dwarfs the swings.
+      ...(noised ? meanRange(body.series) : {}),
+    },
     uirevision: `${metric}|${body.bucket}|${params.get("start")}|${params.get("group_by")}`,
   };
   chart.dataset.query = params.toString();
