@@ -405,12 +405,14 @@ async def test_noised_sparse_and_single_point_series_read_right(
             traces = await page.evaluate(TRACES_JS, "chart-series")
             home = NOISED_HOMES[0]
             line = next(t for t in traces if t["name"] == home)
-            lower, upper = (
-                next(t for t in traces if t["name"] == f"{home} noise band" and t["band"] == b)
-                for b in ("lower", "upper")
-            )
-            assert upper["fill"] == "tonexty" and lower["x"] == upper["x"] == line["x"]
-            for lo, hi, mean in zip(lower["y"], upper["y"], line["y"], strict=True):
+            band = next(t for t in traces if t["name"] == f"{home} noise band")
+            # One closed shape over the hours (no gap here): the upper edge left to right, the
+            # lower edge back.
+            assert band["band"] == "noise" and band["fill"] == "toself"
+            n = len(line["x"])
+            assert band["x"] == line["x"] + line["x"][::-1]
+            upper, lower = band["y"][:n], band["y"][n:][::-1]
+            for lo, hi, mean in zip(lower, upper, line["y"], strict=True):
                 # Independent of cloud.noise: Laplace(2/eps) on the count and (2*250/eps) on
                 # the sum of 60 readings, to first order.
                 sd = math.sqrt(2 * (2 / EPSILON) ** 2 * (250**2 + mean**2)) / 60

@@ -14,7 +14,8 @@ const HOUR_MS = 3600 * 1000;
 const DAY_MS = 24 * HOUR_MS;
 const layoutBase = {
   margin: { l: 50, r: 10, t: 10, b: 40 },
-  legend: { orientation: "h", y: -0.2 },
+  // Above the plot: below it, the legend collided with two-line date ticks on narrow charts.
+  legend: { orientation: "h", x: 0, y: 1.02, yanchor: "bottom" },
   hovermode: "closest",
 };
 const plotConfig = { displaylogo: false, responsive: true };
@@ -224,11 +225,26 @@ function seriesTraces(body, widthS) {
     const label = Object.entries(s.key).filter(([k]) => k !== "unit").map(([, v]) => v).join(" / ") || "fleet";
     const color = COLORS[i % COLORS.length];
     if (s.noised) {
-      // The band first, under the line: mean +- NOISE_K noise s.d., broken where data is.
-      const lower = withGaps(s.points, widthS, (p) => (p.mean === null || p.noise_sd === null ? null : p.mean - NOISE_K * p.noise_sd));
-      const upper = withGaps(s.points, widthS, (p) => (p.mean === null || p.noise_sd === null ? null : p.mean + NOISE_K * p.noise_sd));
-      traces.push({ type: "scatter", mode: "lines", x: lower.x, y: lower.y, line: { width: 0, color }, hoverinfo: "skip", showlegend: false, legendgroup: label, name: `${label} noise band`, meta: { band: "lower" } });
-      traces.push({ type: "scatter", mode: "lines", x: upper.x, y: upper.y, fill: "tonexty", fillcolor: `${color}33`, line: { width: 0, color }, hoverinfo: "skip", showlegend: false, legendgroup: label, name: `${label} noise band`, meta: { band: "upper" } });
+      // The band under the line: mean +- NOISE_K noise s.d., one closed shape per run of
+      // points without a gap (upper edge left to right, lower edge back), nulls between runs.
+      const line = withGaps(s.points, widthS, (p) => p);
+      const x = [];
+      const y = [];
+      let run = [];
+      const close = () => {
+        if (run.length) {
+          if (x.length) { x.push(null); y.push(null); }
+          for (const p of run) { x.push(iso(p.t)); y.push(p.mean + NOISE_K * p.noise_sd); }
+          for (const p of [...run].reverse()) { x.push(iso(p.t)); y.push(p.mean - NOISE_K * p.noise_sd); }
+        }
+        run = [];
+      };
+      for (const p of line.y) {
+        if (p === null || p.mean === null || p.noise_sd === null) close();
+        else run.push(p);
+      }
+      close();
+      traces.push({ type: "scatter", mode: "lines", x, y, fill: "toself", fillcolor: `${color}33`, line: { width: 0, color }, hoverinfo: "skip", showlegend: false, legendgroup: label, name: `${label} noise band`, meta: { band: "noise" } });
     }
     const line = withGaps(s.points, widthS, (p) => p.mean);
     const byX = new Map(s.points.map((p) => [iso(p.t), p]));
@@ -284,6 +300,8 @@ async function refreshSeries() {
       // Scaled to the means: a band wider than the chart says the noise dwarfs the swings.
       ...(noised ? meanRange(body.series) : {}),
     },
+    // On a phone, a legend of many homes would take the chart's place: a tap shows the name.
+    showlegend: chart.clientWidth >= 500 || body.series.length <= 3,
     uirevision: `${metric}|${body.bucket}|${params.get("start")}|${params.get("group_by")}`,
   };
   chart.dataset.query = params.toString();
@@ -308,7 +326,6 @@ async function refreshClusters() {
   const empty = !f || !traces.length;
   await Plotly.react("chart-clusters", traces, {
     ...layoutBase,
-    legend: { orientation: "h", y: 1.02, yanchor: "bottom" },
     xaxis: { title: { text: "hour of day (UTC)" }, dtick: 3, range: [-0.5, 23.5], visible: !empty },
     yaxis: { title: { text: `${f || "profile"} / daily mean` }, visible: !empty },
     // No profile reported (power, motion, CO2): say so instead of drawing an empty scale.
