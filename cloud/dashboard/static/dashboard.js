@@ -407,6 +407,9 @@ async function refreshAnomalies() {
     return;
   }
   const histories = await Promise.all(flagged.map((a) => lastDay(a).catch(() => [])));
+  // Keep only the rows still flagged: the cache does not grow with the hours a page stays open.
+  const wanted = new Set(flagged.map((a) => `${a.home}|${a.metric}|${a.t}`));
+  for (const key of state.sparks.keys()) if (!wanted.has(key)) state.sparks.delete(key);
   body.replaceChildren(...flagged.map((a, i) => {
     const tr = document.createElement("tr");
     tr.className = "flagged";
