@@ -384,7 +384,23 @@ async def test_noised_sparse_and_single_point_series_read_right(
                 for home in NOISED_HOMES[:2]
                 for h in range(12)
             ]
-            await upload(sparse + pulses + power)
+            # Motion that never moved in three homes, then 30 % of an hour in one: a deviation
+            # from a constant zero, which the old ranking showed as a capped 99.00.
+            still = [
+                _window(
+                    home,
+                    T0 + 3600 * h,
+                    "motion",
+                    0.3 if (home, h) == (NOISED_HOMES[0], 11) else 0.0,
+                    device_class="motion",
+                    min=0.0,
+                    max=1.0,
+                    std=0.0,
+                )
+                for home in NOISED_HOMES[:3]
+                for h in range(12)
+            ]
+            await upload(sparse + pulses + power + still)
             assert (await client.post("/api/v1/analytics/run", headers=READ)).status == 200
             await page.wait_for_function(
                 "(home) => document.getElementById('chart-series').data.some(t => t.name === home)",
@@ -395,9 +411,12 @@ async def test_noised_sparse_and_single_point_series_read_right(
                 "() => document.getElementById('chart-clusters').data.length > 0",
                 timeout=15_000,
             )
-            (profile,) = await page.evaluate(TRACES_JS, "chart-clusters")
-            assert profile["x"] == list(range(12))  # nothing drawn for hours without data
-            assert all(y is not None for y in profile["y"])
+            assert await page.input_value("#family") == "power"
+            profiles = await page.evaluate(TRACES_JS, "chart-clusters")
+            # Nothing drawn for hours without data (a cluster of homes without power: nothing).
+            assert all(set(p["x"]) <= set(range(12)) for p in profiles)
+            assert any(p["x"] == list(range(12)) for p in profiles)
+            assert all(y is not None for p in profiles for y in p["y"])
             # The page stays on temperature (exact) though a noised metric has come.
             assert await page.input_value("#metric") == "temperature"
             assert await page.is_hidden("#noised-marker")
@@ -446,8 +465,14 @@ async def test_noised_sparse_and_single_point_series_read_right(
             assert not jump["flagged"] and jump["score"] < threshold
             # Without its noise in the scale it would have been flagged (5 % of the median).
             assert PULSE_JUMP / (0.05 * jump["history_median"]) > threshold
+            # What is flagged is the motion, with its real z (a twentieth of motion's 0..1 range
+            # as the scale of a constant sample: 0.3 is 6 of them), not a placeholder.
             await wait_refreshes(page, int(await page.evaluate(REFRESHES_JS)) + 1)
-            assert await page.inner_text("#card-anomalies") == "0"
-            assert "No anomalies flagged" in await page.inner_text("#anomalies tbody")
+            assert await page.inner_text("#card-anomalies") == "1"
+            (row,) = await page.eval_on_selector_all(
+                "#anomalies tbody tr", "rs => rs.map(r => r.innerText)"
+            )
+            assert home in row and "motion" in row and "heart_rate" not in row
+            assert "6.0" in row and "99" not in row
         finally:
             await browser.close()
