@@ -154,6 +154,9 @@ rollups = Table(
     Column("p50", Float, nullable=True),
     Column("p95", Float, nullable=True),
     Column("windows", Integer, nullable=False),
+    # Sum of 1/epsilon^2 over the noised windows (0 for exact ones): the bucket's privacy noise
+    # variance is additive in it (`cloud.noise`, migration 0008).
+    Column("inv_eps_sq", Float, nullable=False, server_default="0"),
     UniqueConstraint(*ROLLUP_KEY, name="rollups_key"),
     # The analytics read whole time ranges of one width, every metric at once. (The dashboard's
     # series read the unique key's index: width, metric, then the time range.)

@@ -35,6 +35,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 from cloud.db import aggregates, batches
+from cloud.noise import mean_noise_sd
 
 GROUP_COLUMNS = ("gateway", "home", "room_class", "device_class", "policy")
 FILTER_COLUMNS = ("gateway", "home", "room_class", "device_class", "policy")
@@ -130,12 +131,16 @@ class Point(msgspec.Struct, frozen=True):
     windows: int
     p50: float | None = None
     p95: float | None = None
+    # The privacy noise's standard deviation in `mean` (`cloud.noise`); None for exact points.
+    noise_sd: float | None = None
 
 
 @dataclass(frozen=True)
 class Series:
     key: dict[str, str]
     points: list[Point]
+    # Any point noised at the edge (policy ``noised``): its means carry privacy noise.
+    noised: bool = False
 
 
 def raw_series_select(q: SeriesQuery) -> Any:
@@ -157,6 +162,7 @@ def raw_series_select(q: SeriesQuery) -> Any:
         # Percentiles of a single window are exact; of several they are not returned.
         func.min(a.p50).label("p50"),
         func.min(a.p95).label("p95"),
+        func.coalesce(func.sum(1.0 / (a.epsilon * a.epsilon)), 0.0).label("inv_eps_sq"),
     ]
     return series_select(q, aggregates, t, a.window_start, measures)
 
@@ -205,7 +211,7 @@ async def read_series(engine: AsyncEngine, q: SeriesQuery, stmt: Any) -> list[Se
 
 def series_from_rows(q: SeriesQuery, rows: Sequence[Any]) -> list[Series]:
     """Series from rows of (*group_by, unit, bucket_start, n, total, weighted, lo, hi, sumsq,
-    without_std, windows, p50, p95), as `read_series` selects them."""
+    without_std, windows, p50, p95, inv_eps_sq), as `read_series` selects them."""
     if len(rows) > q.max_points:
         raise TooManyPoints(f"more than {q.max_points} points: narrow the range or bucket coarser")
     series: dict[tuple[str, ...], Series] = {}
@@ -218,7 +224,7 @@ def series_from_rows(q: SeriesQuery, rows: Sequence[Any]) -> list[Series]:
         found = series.get(key)
         if found is None:
             found = series[key] = Series(key=dict(zip(key_names, key, strict=True)), points=[])
-        t, n, total, weighted, lo, hi, sumsq, without_std, windows, p50, p95 = row[width:]
+        t, n, total, weighted, lo, hi, sumsq, without_std, windows, p50, p95, inv = row[width:]
         total_n = float(n)
         mean = weighted / total_n if total_n > 0 else None
         if mean is None or without_std != 0 or sumsq is None:
@@ -239,9 +245,13 @@ def series_from_rows(q: SeriesQuery, rows: Sequence[Any]) -> list[Series]:
                 int(windows),
                 p50 if single else None,
                 p95 if single else None,
+                mean_noise_sd(q.metric, float(inv or 0.0), total_n, mean),
             )
         )
-    return list(series.values())
+    return [
+        Series(s.key, s.points, any(p.noise_sd is not None for p in s.points))
+        for s in series.values()
+    ]
 
 
 @dataclass(frozen=True)

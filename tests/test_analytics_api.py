@@ -21,8 +21,10 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient
 
-from cloud.analytics.anomalies import Z_CAP, robust_z
-from cloud.analytics.fleet import percentile_rank
+from cloud.analytics.anomalies import range_floor, rank_anomalies, robust_z
+from cloud.analytics.clusters import cluster_homes
+from cloud.analytics.fleet import Cell, event_report, percentile_rank
+from cloud.analytics.runner import AnalyticsSettings, compute_snapshot
 from cloud.app import create_app
 from cloud.auth import SESSION_KEY
 from cloud.sessions import SESSION_COOKIE, open_session
@@ -336,7 +338,135 @@ def test_robust_z_uses_median_and_mad() -> None:
     z, _ = robust_z(5.0, [2.0, 2.0, 2.0, 2.0, 4.0])  # MAD 0: mean absolute deviation stands in
     assert z == pytest.approx(3.0 / (1.2533 * 0.4))
     assert robust_z(2.0, [2.0, 2.0]) == (0.0, 2.0)
-    # A constant sample: the scale is 5 % of the median, or a cap when the median is 0.
+    # A constant sample: the scale is 5 % of the median; at median 0 a share of the metric's
+    # range, and with no range known there is no z (not a made-up one).
     assert robust_z(3.0, [2.0, 2.0]) == (pytest.approx(10.0), 2.0)
-    assert robust_z(1.0, [0.0, 0.0]) == (Z_CAP, 0.0)
+    assert robust_z(1.0, [0.0, 0.0]) == (None, 0.0)
+    assert range_floor("motion") == pytest.approx(0.05)
+    assert robust_z(0.3, [0.0, 0.0], floor=range_floor("motion")) == (pytest.approx(6.0), 0.0)
+    # A noised value: its noise is added to the scale in quadrature.
+    z, _ = robust_z(13.0, [1.0, 2.0, 3.0, 4.0, 100.0], noise_sd=1.4826 * math.sqrt(3))
+    assert z == pytest.approx(10.0 / (2 * 1.4826))
     assert percentile_rank([1.0, 2.0, 2.0, 3.0], 2.0) == 50.0
+
+
+def _cell(home: str, metric: str, hour: int, mean: float, **fields: Any) -> Cell:
+    count = fields.pop("count", 60.0)
+    return Cell(
+        home, metric, "x", "", T0 + 3600 * hour, count, count * mean, count * mean, **fields
+    )
+
+
+def test_a_noised_value_is_ranked_only_for_what_its_noise_does_not_explain() -> None:
+    homes = [home_id(f"pulse-{i}") for i in range(4)]
+
+    def cells(inv_eps_sq: float) -> list[Cell]:
+        out = []
+        for i, home in enumerate(homes):
+            for hour in range(12):
+                mean = 70.0 + 0.5 * ((hour + i) % 3 - 1)
+                if i == 0 and hour == 11:
+                    mean += 25.0
+                out.append(_cell(home, "heart_rate", hour, mean, inv_eps_sq=inv_eps_sq))
+        return out
+
+    # Read as exact, the 25 bpm jump is 7 scales out, from its history and its peers...
+    (exact,) = [a for a in rank_anomalies(cells(0.0), {}, threshold=3.5, top=10) if a.flagged]
+    assert (exact.home, exact.noise_sd, exact.t) == (homes[0], None, T0 + 11 * 3600)
+    # ...but with epsilon 1 per window, an hour of 60 readings carries noise of s.d. ~12.6 bpm.
+    ranked = rank_anomalies(cells(1.0), {}, threshold=3.5, top=10)
+    jump = next(a for a in ranked if a.home == homes[0])
+    assert jump.noise_sd == pytest.approx(math.sqrt(8 * (250**2 + jump.value**2)) / 60)
+    assert not jump.flagged and jump.score < 2.5
+    assert not any(a.flagged for a in ranked)
+
+
+def test_event_counts_are_not_ranked_and_a_constant_zero_gives_no_placeholder() -> None:
+    homes = [home_id(f"quiet-{i}") for i in range(4)]
+    cells = [
+        _cell(home, metric, hour, 0.0 if metric == "motion" else 1.0, count=1.0)
+        for home in homes
+        for hour in range(10)
+        for metric in ("motion", "inference_alarm", "custom_level")
+    ]
+    cells.append(_cell(homes[0], "motion", 10, 0.3))
+    cells.append(_cell(homes[0], "custom_level", 10, 5.0, count=1.0))
+    cells += [
+        _cell(h, m, 10, 0.0, count=1.0) for h in homes[1:] for m in ("motion", "custom_level")
+    ]
+    ranked = rank_anomalies(cells, {}, threshold=3.5, top=50)
+    assert all(a.metric != "inference_alarm" for a in ranked)
+    motion = next(a for a in ranked if a.home == homes[0] and a.metric == "motion")
+    # A constant 0 history and peers: one sigma is 5 % of motion's 0..1 range, not a cap.
+    assert motion.z_history == pytest.approx(6.0) and motion.z_peers == pytest.approx(6.0)
+    assert motion.flagged
+    # An unregistered metric's constant peers: no z at all against them (nothing to scale by);
+    # its history of 1.0 (scale 5 % of it) still gives one.
+    level = next(a for a in ranked if a.home == homes[0] and a.metric == "custom_level")
+    assert level.z_peers is None and level.peers is None
+    assert level.z_history == pytest.approx(4.0 / 0.05)
+    assert all(abs(a.score) < 1e6 for a in ranked)
+
+
+def test_cluster_profiles_leave_hours_without_data_as_gaps() -> None:
+    homes = [home_id(f"half-{i}") for i in range(6)]
+    cells = [
+        _cell(home, "power", hour, 100.0 + 50.0 * (hour == (3 if i < 3 else 9)))
+        for i, home in enumerate(homes)
+        for hour in range(12)  # hours 0-11 UTC only
+    ]
+    report = cluster_homes(cells, k=2)
+    assert report.k == 2
+    for cluster in report.clusters:
+        profile = cluster.centroid["power"]
+        assert profile[12:] == [None] * 12
+        assert all(v is not None for v in profile[:12])
+        assert np.mean(profile[:12]) == pytest.approx(1.0)
+
+
+def test_the_events_report_counts_voice_commands() -> None:
+    home = home_id("talker")
+    hours = [
+        _cell(home, "inference_keyword", 5, 1.0, count=3.0),
+        _cell(home, "inference_alarm", 6, 1.0, count=1.0),
+    ]
+    days = [
+        Cell(home, "inference_keyword", "x", "", T0, 3.0, 3.0, 3.0),
+        Cell(home, "inference_alarm", "x", "", T0, 1.0, 1.0, 1.0),
+    ]
+    report = event_report(days, hours)
+    assert [(p.t, p.keywords, p.alarms) for p in report.timeline] == [
+        (T0 + 5 * 3600, 3.0, 0.0),
+        (T0 + 6 * 3600, 0.0, 1.0),
+    ]
+    assert (report.days[0].keywords, report.days[0].alarms) == (3.0, 1.0)
+
+
+async def test_the_hour_still_filling_is_not_ranked(
+    aiohttp_client: AiohttpClient, db_url: str
+) -> None:
+    client = await aiohttp_client(create_app(make_config(db_url, analytics_interval_s=0)))
+    await seed_fleet(client)
+    app = client.server.app
+    assert app is not None
+    last = T0 + 3600 * (HOURS - 1)  # the planted jump's hour
+    settings = AnalyticsSettings()
+    closed = await compute_snapshot(app[ENGINE_KEY], settings, now=last + 3600)
+    assert any(a.flagged and a.t == last for a in closed.anomalies)
+    filling = await compute_snapshot(app[ENGINE_KEY], settings, now=last + 1800)
+    assert filling.anomalies and all(a.t < last for a in filling.anomalies)
+    assert not any(
+        a.home == ANOMALOUS_HOME and a.metric == "temperature" and a.flagged
+        for a in filling.anomalies
+    )
+
+
+def test_a_pair_whose_newest_hour_is_a_day_old_is_not_ranked() -> None:
+    homes = [home_id(f"rotated-{i}") for i in range(4)]
+    cells = [
+        _cell(h, "temperature", hour, 20.0 + i) for i, h in enumerate(homes) for hour in range(30)
+    ]
+    # The first home's pseudonym rotated 25 h before the fleet's newest hour (29): it ends at 4.
+    cells = [c for c in cells if c.home != homes[0] or c.t <= T0 + 4 * 3600]
+    ranked = rank_anomalies(cells, {}, threshold=3.5, top=50)
+    assert {a.home for a in ranked} == set(homes[1:])

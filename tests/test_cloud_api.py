@@ -171,7 +171,9 @@ async def test_store_then_query_returns_the_exact_numbers(
         "windows": 1,
         "p50": 21.0,
         "p95": 21.8,
+        "noise_sd": None,  # an exact aggregate: no privacy noise
     }
+    assert series["noised"] is False
     assert (second["t"], second["count"], second["mean"], second["max"]) == (T0 + 60, 2, 21.5, 22)
 
     # No filter on home: two series (HOME_A, HOME_B); humidity never mixes in.

@@ -78,6 +78,18 @@ def _aggregate_row(batch_pk: int, gateway: str, a: WindowAggregate) -> dict[str,
     return {**row, "batch": batch_pk, "gateway": gateway}
 
 
+def _rollup_rows_before_0008(hours: dict[tuple[Any, ...], Any]) -> list[dict[str, Any]]:
+    """Rollup rows as a release before migration 0008 kept them (no `inv_eps_sq`: 0008 adds
+    it and computes it from the stored aggregates)."""
+    return [
+        {
+            **dict(zip(ROLLUP_KEY, key, strict=True)),
+            **{k: v for k, v in state.items() if k != "inv_eps_sq"},
+        }
+        for key, state in hours.items()
+    ]
+
+
 def _batch_row(gateway: str, seq: int, n: int) -> dict[str, Any]:
     """A batch row; its id is the sequence's (1 in a fresh database)."""
     zero = dict.fromkeys(
@@ -120,13 +132,7 @@ async def test_the_upgrade_moves_existing_rows_into_the_new_schema(url: str) -> 
         async with engine.begin() as conn:
             await conn.execute(insert(batches), [_batch_row("gw-1", 1, len(windows))])
             await conn.execute(insert(aggregates), [_aggregate_row(1, "gw-1", a) for a in windows])
-            await conn.execute(
-                insert(rollups),
-                [
-                    {**dict(zip(ROLLUP_KEY, key, strict=True)), **state}
-                    for key, state in hours.items()
-                ],
-            )
+            await conn.execute(insert(rollups), _rollup_rows_before_0008(hours))
             before_ids = (await conn.execute(select(func.max(aggregates.c.id)))).scalar_one()
         day_query = SeriesQuery(metric=windows[0].metric, bucket=Bucket.DAY, group_by=("home",))
         raw_days = await query_series(engine, day_query)
@@ -595,13 +601,7 @@ async def test_the_upgrade_partitions_only_recent_days_with_rows(pg_url: str) ->
             await conn.execute(insert(batches), [_batch_row("gw-1", 1, len(windows))])
             await conn.execute(insert(aggregates), [_aggregate_row(1, "gw-1", a) for a in windows])
             hours = direct_rollups(stored, (3600,))
-            await conn.execute(
-                insert(rollups),
-                [
-                    {**dict(zip(ROLLUP_KEY, key, strict=True)), **state}
-                    for key, state in hours.items()
-                ],
-            )
+            await conn.execute(insert(rollups), _rollup_rows_before_0008(hours))
 
         await upgrade_to_head(engine)
 

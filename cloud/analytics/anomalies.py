@@ -1,14 +1,24 @@
 """Fleet anomaly ranking: which homes' metrics deviate from their own history and their peers.
 
-For every home and metric the newest hourly mean is compared, with robust z-scores
-(median and MAD, so one earlier outlier does not hide the next), against
+For every home and measured metric (event counts are the events panel's, not ranked here) the
+newest complete hourly mean (an hour the clock has passed: a filling hour's mean would move
+from run to run and flip its flag) is compared, with robust z-scores (median and MAD, so one
+earlier outlier does not hide the next), against
 - the same home's earlier hourly means in the look-back period, and
 - the other homes' means in the same hour: the home's cluster when it has enough members with
   data, else the whole fleet.
 A home is anomalous when it deviates from both: the score is the smaller absolute z when both
 comparisons exist (the daily cycle or a fleet-wide change moves a home away from its own history
 but not from its peers; a home that is always unlike its peers is not unlike its own history),
-else the one that exists. The list is sorted by score.
+else the one that exists. The list is sorted by score. Only pairs whose newest hour is in the
+last RECENT_S (a day) of the fleet's newest are ranked: older ones are pseudonyms that rotated
+or devices gone quiet.
+
+Noised metrics (health data, or any metric a home noises): the newest value's privacy noise
+(`cloud.noise`) is added in quadrature to the scale it is compared with, so a value is only
+ranked for what its noise does not explain. A sample with no spread at all (a constant history)
+gets a scale of MIN_RANGE_SHARE of the metric's registered range; an unregistered metric's
+constant sample gives no z (nothing to compare with), never a made-up one.
 
 Cost: the peer statistics of one (metric, hour, cluster) group are computed once for the group
 when it has more than PEER_EXACT members, and the home's own value stays in its peers' sample
@@ -24,35 +34,47 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import text
+from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloud.analytics.fleet import Cell, analytics_session
 from cloud.analytics.models import Anomaly
 from cloud.analytics.rollups import STORED_S
+from cloud.noise import mean_noise_sd
+from schemas.metrics import METRICS, is_event, metric
 
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
 MEAN_AD_TO_SIGMA = 1.2533  # the same for the mean absolute deviation (sqrt(pi / 2))
 # Scales never go below this share of the median: with few peers, or a very steady history, the
 # MAD can be tiny, and a 1 % wobble should not read as a 10-sigma event.
 MIN_SCALE_SHARE = 0.05
-Z_CAP = 99.0  # a deviation from a perfectly constant sample; finite so it can be ranked and shown
+# A constant sample (no spread, median 0): the smallest change read as one sigma, as a share of
+# the metric's registered range (0.05 of a 0/1 share such as a door's open time).
+MIN_RANGE_SHARE = 0.05
+# Only pairs whose newest hour lies in the last day of the fleet's data are ranked: an older
+# newest hour is a pseudonym that has rotated or a device gone quiet, not news.
+RECENT_S = 86400
 MIN_HISTORY = 6
 MIN_PEERS = 2
 PEER_EXACT = 200
+EVENTS = tuple(name for name in METRICS if is_event(name))  # counts, not ranked here
 
 
-def robust_z(value: float, sample: Sequence[float]) -> tuple[float, float]:
+def robust_z(
+    value: float, sample: Sequence[float], *, floor: float = 0.0, noise_sd: float | None = None
+) -> tuple[float | None, float]:
     """(z, median) of `value` against `sample`: (value - median) / (1.4826 * MAD).
 
     When more than half the sample is one value the MAD is 0; the mean absolute deviation
     stands in. The scale is at least MIN_SCALE_SHARE of |median|; when it is still 0 (a constant
-    zero sample) any difference scores Z_CAP.
+    zero sample) `floor` stands in (`range_floor`), and without one there is no z (None).
+    `noise_sd`, the value's own privacy noise, is added to the scale in quadrature.
     """
-    return z_against(value, *robust_scale(sample))
+    median, scale = robust_scale(sample, floor=floor)
+    return z_against(value, median, scale, noise_sd)
 
 
-def robust_scale(sample: Sequence[float]) -> tuple[float, float]:
+def robust_scale(sample: Sequence[float], *, floor: float = 0.0) -> tuple[float, float]:
     """(median, scale) of `sample` as `robust_z` uses them."""
     data = np.asarray(sample, dtype=float)
     median = float(np.median(data))
@@ -60,14 +82,30 @@ def robust_scale(sample: Sequence[float]) -> tuple[float, float]:
     scale = MAD_TO_SIGMA * float(np.median(deviations))
     if scale == 0:
         scale = MEAN_AD_TO_SIGMA * float(deviations.mean())
-    return median, max(scale, MIN_SCALE_SHARE * abs(median))
+    return median, _floored(scale, median, floor)
 
 
-def z_against(value: float, median: float, scale: float) -> tuple[float, float]:
-    """(z, median) of `value` for a sample of that median and scale."""
+def _floored(scale: float, median: float, floor: float) -> float:
+    scale = max(scale, MIN_SCALE_SHARE * abs(median))
+    return floor if scale == 0 else scale
+
+
+def range_floor(name: str) -> float:
+    """The scale of a constant sample of metric `name` (0 for an unregistered metric)."""
+    known = metric(name)
+    return 0.0 if known is None else MIN_RANGE_SHARE * (known.high - known.low)
+
+
+def z_against(
+    value: float, median: float, scale: float, noise_sd: float | None = None
+) -> tuple[float | None, float]:
+    """(z, median) of `value` for a sample of that median and scale; None when the scale, with
+    the value's noise, is 0 (nothing to measure a deviation with)."""
+    if noise_sd:
+        scale = float(np.hypot(scale, noise_sd))
     if scale == 0:
-        return (0.0 if value == median else float(np.sign(value - median)) * Z_CAP), median
-    return float(np.clip((value - median) / scale, -Z_CAP, Z_CAP)), median
+        return None, median
+    return (value - median) / scale, median
 
 
 @dataclass(frozen=True)
@@ -83,30 +121,32 @@ class Latest:
     history_median: float | None
     history_mad: float | None
     history_mean_ad: float | None
+    noise_sd: float | None = None  # of `value` (`cloud.noise`)
 
 
 def latest_from_cells(hours: Iterable[Cell]) -> tuple[list[Latest], HourValues]:
     """The newest hour of every (home, metric) of `hours`, and the homes' means per (metric,
     hour) (what the database computes on PostgreSQL, `load_latest`)."""
-    series: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    series: dict[tuple[str, str], list[tuple[float, float, float, float]]] = defaultdict(list)
     for cell in hours:
         mean = cell.mean
-        if mean is not None:
-            series[(cell.home, cell.metric)].append((cell.t, mean))
+        if mean is not None and not is_event(cell.metric):
+            series[(cell.home, cell.metric)].append((cell.t, mean, cell.count, cell.inv_eps_sq))
     by_hour: HourValues = defaultdict(dict)
     latest = []
-    for (home, metric), points in series.items():
+    for (home, name), points in series.items():
         points.sort()
-        for t, mean in points:
-            by_hour[(metric, t)][home] = mean
-        t, value = points[-1]
-        history = np.array([mean for _, mean in points[:-1]], dtype=float)
+        for t, mean, _, _ in points:
+            by_hour[(name, t)][home] = mean
+        t, value, count, inv_eps_sq = points[-1]
+        history = np.array([p[1] for p in points[:-1]], dtype=float)
         median = mad = mean_ad = None
         if len(history):
             median = float(np.median(history))
             deviations = np.abs(history - median)
             mad, mean_ad = float(np.median(deviations)), float(deviations.mean())
-        latest.append(Latest(home, metric, t, value, len(history), median, mad, mean_ad))
+        noise = mean_noise_sd(name, inv_eps_sq, count, value)
+        latest.append(Latest(home, name, t, value, len(history), median, mad, mean_ad, noise))
     return latest, by_hour
 
 
@@ -115,13 +155,16 @@ HourValues = dict[tuple[str, float], dict[str, float]]
 
 _LATEST_SQL = """
 WITH hourly AS (
-  SELECT home, metric, bucket_start AS t, sum(weighted) / sum(count) AS m
+  SELECT home, metric, bucket_start AS t, sum(weighted) / sum(count) AS m, sum(count) AS n,
+         sum(inv_eps_sq) AS inv
   FROM rollups
   WHERE bucket_s = :width AND bucket_start >= :since AND bucket_start < :until
+    AND metric NOT IN :events
   GROUP BY home, metric, bucket_start
   HAVING sum(count) > 0
 ), ranked AS (
-  SELECT home, metric, t, m, row_number() OVER (PARTITION BY home, metric ORDER BY t DESC) AS rn
+  SELECT home, metric, t, m, n, inv,
+         row_number() OVER (PARTITION BY home, metric ORDER BY t DESC) AS rn
   FROM hourly
 ), hist AS (
   SELECT home, metric, count(*) AS n, percentile_cont(0.5) WITHIN GROUP (ORDER BY m) AS med
@@ -136,7 +179,7 @@ WITH hourly AS (
   SELECT DISTINCT metric, t FROM ranked WHERE rn = 1
 )
 SELECT p.home, p.metric, p.t, p.m, p.rn = 1 AS newest, coalesce(h.n, 0) AS n, h.med, d.mad,
-       d.mean_ad
+       d.mean_ad, p.n AS count, p.inv
 FROM ranked p
 JOIN newest_hours USING (metric, t)
 LEFT JOIN hist h ON p.rn = 1 AND h.home = p.home AND h.metric = p.metric
@@ -152,16 +195,28 @@ async def load_latest(
     and only the hours some home's newest value lies in come back, not every hour row."""
     latest = []
     by_hour: HourValues = defaultdict(dict)
-    params = {"width": STORED_S, "since": since, "until": until}
+    params = {"width": STORED_S, "since": since, "until": until, "events": EVENTS}
+    stmt = text(_LATEST_SQL).bindparams(bindparam("events", expanding=True))
     async with engine.connect() as conn:
         await analytics_session(conn)
-        result = await conn.execute(text(_LATEST_SQL), params)
-        for home, metric, t, m, newest, n, med, mad, mean_ad in result.all():
+        result = await conn.execute(stmt, params)
+        for home, name, t, m, newest, n, med, mad, mean_ad, count, inv in result.all():
             t, m = float(t), float(m)
-            by_hour[(metric, t)][home] = m
+            by_hour[(name, t)][home] = m
             if newest:
+                noise = mean_noise_sd(name, float(inv or 0.0), float(count), m)
                 latest.append(
-                    Latest(home, metric, t, m, int(n), _float(med), _float(mad), _float(mean_ad))
+                    Latest(
+                        home,
+                        name,
+                        t,
+                        m,
+                        int(n),
+                        _float(med),
+                        _float(mad),
+                        _float(mean_ad),
+                        noise,
+                    )
                 )
     return latest, by_hour
 
@@ -193,44 +248,55 @@ def rank_latest(
     """`rank_anomalies` of the newest hours and their peers' values."""
     # (metric, hour, cluster or None for the fleet) -> the homes' values of that group.
     groups: dict[tuple[str, float, int | None], dict[str, float]] = defaultdict(dict)
-    for (metric, t), values in by_hour.items():
-        groups[(metric, t, None)] = values
+    for (name, t), values in by_hour.items():
+        groups[(name, t, None)] = values
         for home, value in values.items():
             cluster = clusters.get(home)
             if cluster is not None:
-                groups[(metric, t, cluster)][home] = value
+                groups[(name, t, cluster)][home] = value
     scales: dict[tuple[str, float, int | None], tuple[float, float]] = {}
 
-    def peer_z(key: tuple[str, float, int | None], home: str, value: float) -> tuple[float, float]:
+    def peer_z(
+        key: tuple[str, float, int | None], item: Latest, floor: float
+    ) -> tuple[float | None, float]:
         members = groups[key]
         if len(members) > PEER_EXACT:  # the group's statistics, computed once (see above)
             if key not in scales:
-                scales[key] = robust_scale(list(members.values()))
-            return z_against(value, *scales[key])
-        return robust_z(value, [v for h, v in members.items() if h != home])
+                scales[key] = robust_scale(list(members.values()), floor=floor)
+            return z_against(item.value, *scales[key], item.noise_sd)
+        others = [v for h, v in members.items() if h != item.home]
+        return robust_z(item.value, others, floor=floor, noise_sd=item.noise_sd)
 
     found = []
+    newest = max((item.t for item in latest), default=0.0)
     for item in latest:
-        home, metric, t, value = item.home, item.metric, item.t, item.value
+        home, name, t, value = item.home, item.metric, item.t, item.value
+        if is_event(name) or t <= newest - RECENT_S:
+            continue
+        floor = range_floor(name)
         z_history = history_median = None
         if item.history >= MIN_HISTORY and item.history_median is not None:
             median = item.history_median
             scale = MAD_TO_SIGMA * (item.history_mad or 0.0)
             if scale == 0:
                 scale = MEAN_AD_TO_SIGMA * (item.history_mean_ad or 0.0)
-            scale = max(scale, MIN_SCALE_SHARE * abs(median))
-            z_history, history_median = z_against(value, median, scale)
+            scale = _floored(scale, median, floor)
+            z_history, history_median = z_against(value, median, scale, item.noise_sd)
+            if z_history is None:
+                history_median = None
         cluster = clusters.get(home)
-        same = len(groups.get((metric, t, cluster), ())) - 1 if cluster is not None else 0
-        others = len(groups[(metric, t, None)]) - 1
+        same = len(groups.get((name, t, cluster), ())) - 1 if cluster is not None else 0
+        others = len(groups[(name, t, None)]) - 1
         peers: str | None = None
         z_peers = peer_median = None
         if same >= MIN_PEERS:
             peers = "cluster"
-            z_peers, peer_median = peer_z((metric, t, cluster), home, value)
+            z_peers, peer_median = peer_z((name, t, cluster), item, floor)
         elif others >= MIN_PEERS:
             peers = "fleet"
-            z_peers, peer_median = peer_z((metric, t, None), home, value)
+            z_peers, peer_median = peer_z((name, t, None), item, floor)
+        if z_peers is None:
+            peers = peer_median = None
         scores = [abs(z) for z in (z_history, z_peers) if z is not None]
         if not scores:
             continue
@@ -238,7 +304,7 @@ def rank_latest(
         found.append(
             Anomaly(
                 home=home,
-                metric=metric,
+                metric=name,
                 t=t,
                 value=value,
                 history_median=history_median,
@@ -248,6 +314,7 @@ def rank_latest(
                 peers=peers,
                 score=score,
                 flagged=score >= threshold,
+                noise_sd=item.noise_sd,
             )
         )
     found.sort(key=lambda a: (-a.score, a.home, a.metric))

@@ -4,8 +4,10 @@ A home's profile of a family of metrics (power, occupancy, CO2) is its count-wei
 hour of the day (UTC) over the look-back period, divided by its own daily mean, so homes group
 by the shape of their day rather than by their level (a big house and a flat that both peak at
 7 pm belong together). The feature vector is the concatenation of the families' 24-hour
-profiles; a family a home does not report is flat (1.0), and an hour without data is 1.0 too.
-k is configured, or chosen in 2..k_max by the silhouette score.
+profiles. For the fit, a family a home does not report is flat (1.0, an average hour) and so is
+an hour without data; what is reported is not invented: a cluster's centroid per hour is the
+mean of its members' profiles over the members with data in that hour, and None (a gap) where
+none has any. k is configured, or chosen in 2..k_max by the silhouette score.
 
 The bound: KMeans is fitted, and k chosen, on at most `sample` homes (`cluster_sample_homes`,
 default 2,000), the same ones from run to run (the smallest SHA-256 of their pseudonyms, so a
@@ -110,19 +112,29 @@ async def load_profile_sums(engine: AsyncEngine, since: float, until: float) -> 
 
 
 def normalized_profiles(acc: ProfileSums) -> dict[str, dict[str, npt.NDArray[np.float64]]]:
-    """home -> family -> the 24 hourly means divided by their mean (1.0 where there is none)."""
+    """home -> family -> the 24 hourly means divided by their mean (NaN where there is none;
+    1.0 in every hour with data when the level is not positive)."""
     profiles: dict[str, dict[str, npt.NDArray[np.float64]]] = defaultdict(dict)
     for (home, family), sums in acc.items():
         present = sums[:, 1] > 0
         hourly = np.divide(sums[:, 0], sums[:, 1], out=np.zeros(HOURS), where=present)
         level = hourly[present].mean()
+        profile = np.full(HOURS, np.nan)
         if level <= 0:
-            profiles[home][family] = np.ones(HOURS)
+            profile[present] = 1.0
+            profiles[home][family] = profile
             continue
-        profile = np.ones(HOURS)
         profile[present] = hourly[present] / level
         profiles[home][family] = profile
     return dict(profiles)
+
+
+def _reported_mean(rows: npt.NDArray[np.float64]) -> list[float | None]:
+    """Per column, the mean of the rows that have a value there (None where none has)."""
+    present = ~np.isnan(rows)
+    n = present.sum(axis=0)
+    total = np.where(present, rows, 0.0).sum(axis=0)
+    return [float(t / k) if k else None for t, k in zip(total, n, strict=True)]
 
 
 def _kmeans(features: npt.NDArray[np.float64], k: int) -> KMeans:
@@ -157,9 +169,13 @@ def cluster_profiles(
     families = [f for f in PROFILE_FAMILIES if any(f in profiles[h] for h in homes)]
     if not homes:
         return ClusterReport(k=0, silhouette=None, families=[], clusters=[], assignments={})
-    every = np.array(
-        [np.concatenate([profiles[h].get(f, np.ones(HOURS)) for f in families]) for h in homes]
+    reported = np.array(
+        [
+            np.concatenate([profiles[h].get(f, np.full(HOURS, np.nan)) for f in families])
+            for h in homes
+        ]
     )
+    every = np.nan_to_num(reported, nan=1.0)  # for the fit only: an average hour
     features = every[fit_sample(homes, sample)]
     distinct = len(np.unique(features.round(12), axis=0))
     silhouette: float | None = None
@@ -183,20 +199,22 @@ def cluster_profiles(
     labels = model.labels_ if len(features) == len(every) else model.predict(every)
     # Stable ids: the largest cluster is 0; ties by the first home's name.
     members: dict[int, list[str]] = defaultdict(list)
-    for home, label in zip(homes, labels, strict=True):
+    rows: dict[int, list[int]] = defaultdict(list)
+    for index, (home, label) in enumerate(zip(homes, labels, strict=True)):
         members[int(label)].append(home)
+        rows[int(label)].append(index)
     order = sorted(members, key=lambda label: (-len(members[label]), members[label][0]))
     clusters = []
     assignments: dict[str, int] = {}
     for new_id, label in enumerate(order):
-        centroid = model.cluster_centers_[label]
+        centroid = _reported_mean(reported[rows[label]])
         clusters.append(
             Cluster(
                 id=new_id,
                 size=len(members[label]),
                 homes=members[label],
                 centroid={
-                    family: [float(v) for v in centroid[i * HOURS : (i + 1) * HOURS]]
+                    family: centroid[i * HOURS : (i + 1) * HOURS]
                     for i, family in enumerate(families)
                 },
             )

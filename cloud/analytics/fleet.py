@@ -47,7 +47,9 @@ ALARM = "inference_alarm"
 SPEECH = "inference_speech"
 OCCUPANCY = "inference_occupancy"
 ANOMALY = "inference_anomaly"
-EVENT_METRICS = (ALARM, SPEECH, OCCUPANCY, ANOMALY)
+KEYWORD = "inference_keyword"
+EVENT_METRICS = (ALARM, SPEECH, OCCUPANCY, ANOMALY, KEYWORD)
+TIMELINE_METRICS = (ALARM, ANOMALY, KEYWORD)  # the event counts drawn per home and hour
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class Cell:
     count: float
     sum: float
     weighted: float
+    inv_eps_sq: float = 0.0  # of its noised windows (`cloud.noise`)
 
     @property
     def mean(self) -> float | None:
@@ -95,6 +98,7 @@ async def load_cells(
             func.sum(r.count),
             func.sum(r.sum),
             func.sum(r.weighted),
+            func.sum(r.inv_eps_sq),
         )
         .where(
             r.bucket_s == STORED_S,
@@ -111,8 +115,8 @@ async def load_cells(
             await analytics_session(conn)
         rows = (await conn.execute(stmt)).all()
     return [
-        Cell(home, metric, dc, unit, float(t), float(n), float(s), float(w))
-        for home, metric, dc, unit, t, n, s, w in rows
+        Cell(home, metric, dc, unit, float(t), float(n), float(s), float(w), float(e or 0.0))
+        for home, metric, dc, unit, t, n, s, w, e in rows
     ]
 
 
@@ -251,8 +255,8 @@ def fleet_standings(days: Iterable[Cell]) -> tuple[list[FleetStat], list[HomeSta
 
 
 def event_report(days: Iterable[Cell], hours: Iterable[Cell]) -> EventReport:
-    """Alarms and anomalies per home and day, speech and occupancy shares, and a timeline of
-    the hours with detections."""
+    """Alarms, anomalies and voice commands (keywords) per home and day, speech and occupancy
+    shares, and a timeline of the hours with detections."""
     per_day: dict[tuple[str, float], dict[str, Cell]] = defaultdict(dict)
     for cell in days:
         if cell.metric in EVENT_METRICS:
@@ -274,15 +278,16 @@ def event_report(days: Iterable[Cell], hours: Iterable[Cell]) -> EventReport:
             anomalies=detections(cells, ANOMALY),
             speech_share=share(cells, SPEECH),
             occupancy_share=share(cells, OCCUPANCY),
+            keywords=detections(cells, KEYWORD),
         )
         for (home, day), cells in sorted(per_day.items())
     ]
     per_hour: dict[tuple[float, str], dict[str, float]] = defaultdict(dict)
     for cell in hours:
-        if cell.metric in (ALARM, ANOMALY) and cell.sum > 0:
+        if cell.metric in TIMELINE_METRICS and cell.sum > 0:
             per_hour[(cell.t, cell.home)][cell.metric] = cell.sum
     timeline = [
-        EventPoint(t, home, found.get(ALARM, 0.0), found.get(ANOMALY, 0.0))
+        EventPoint(t, home, found.get(ALARM, 0.0), found.get(ANOMALY, 0.0), found.get(KEYWORD, 0.0))
         for (t, home), found in sorted(per_hour.items())
     ]
     # Every day row reported some edge result (per_day holds only EVENT_METRICS cells): a day

@@ -34,12 +34,13 @@ class HomeStanding(msgspec.Struct, frozen=True):
 
 class Cluster(msgspec.Struct, frozen=True):
     """A group of homes with similar daily profiles; centroid: family -> 24 hourly values
-    (each profile divided by its own daily mean, so 1.0 is an average hour)."""
+    (each profile divided by its own daily mean, so 1.0 is an average hour), the mean of the
+    members with data in that hour; None where no member has any (`cloud.analytics.clusters`)."""
 
     id: int
     size: int
     homes: list[str]
-    centroid: dict[str, list[float]]
+    centroid: dict[str, list[float | None]]
 
 
 class ClusterReport(msgspec.Struct, frozen=True):
@@ -51,10 +52,13 @@ class ClusterReport(msgspec.Struct, frozen=True):
 
 
 class Anomaly(msgspec.Struct, frozen=True):
-    """A home's newest hourly mean of a metric against its own history and its peers.
+    """A home's newest complete hourly mean of a metric against its own history and its peers.
 
-    z-scores are robust: (value - median) / (1.4826 * MAD); `peers` says whether the comparison
-    group was the home's cluster or, when that is too small, the whole fleet.
+    z-scores are robust: (value - median) / (1.4826 * MAD), with the value's privacy noise
+    added to that scale for a noised metric; `peers` says whether the comparison group was the
+    home's cluster or, when that is too small, the whole fleet. A z is None where there is
+    nothing to compare with (too little history or too few peers, or a constant sample of an
+    unregistered metric).
     """
 
     home: str
@@ -68,6 +72,9 @@ class Anomaly(msgspec.Struct, frozen=True):
     peers: str | None
     score: float
     flagged: bool
+    # The privacy noise's standard deviation in `value` (noised metrics, `cloud.noise`); the
+    # z-scores count it in their scale, so noise alone does not rank. None: an exact value.
+    noise_sd: float | None = None
 
 
 class HomeDayEvents(msgspec.Struct, frozen=True):
@@ -79,15 +86,18 @@ class HomeDayEvents(msgspec.Struct, frozen=True):
     anomalies: float
     speech_share: float | None
     occupancy_share: float | None
+    keywords: float = 0.0  # voice commands recognised
 
 
 class EventPoint(msgspec.Struct, frozen=True):
-    """An hour of one home with at least one alarm or anomaly detected at the edge."""
+    """An hour of one home with at least one alarm, anomaly or voice command detected at the
+    edge."""
 
     t: float
     home: str
     alarms: float
     anomalies: float
+    keywords: float = 0.0
 
 
 class EventReport(msgspec.Struct, frozen=True):
@@ -176,6 +186,8 @@ class MetricSpan(msgspec.Struct, frozen=True):
     last: float
     homes: int
     windows: int
+    # Some of its windows are noised at the edge (policy ``noised``, e.g. health metrics).
+    noised: bool = False
 
 
 class RollupsReport(msgspec.Struct, frozen=True):

@@ -27,6 +27,7 @@ from sqlalchemy import (
     ColumnElement,
     Integer,
     String,
+    case,
     func,
     literal_column,
     select,
@@ -39,12 +40,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from cloud.analytics.models import MetricSpan
 from cloud.db import ROLLUP_KEY, aggregates, rollups
 from cloud.queries import Series, SeriesQuery, TimeBucket, read_series, series_select
-from schemas.batch import WindowAggregate
+from schemas.batch import Policy, WindowAggregate
 
 STORED_S = 3600  # the finest rollup width; other whole-hour buckets can be grouped from it
 DAY_S = 86400
 STORED_WIDTHS = (STORED_S, DAY_S)  # the widths ingest keeps a row of
-_STATE = ("count", "sum", "weighted", "sumsq", "without_std", "windows")
+_STATE = ("count", "sum", "weighted", "sumsq", "without_std", "windows", "inv_eps_sq")
 _LOWEST = ("min", "p50", "p95")
 _HIGHEST = ("max",)
 
@@ -63,6 +64,7 @@ class _Cell:
     max: float | None = None
     p50: float | None = None
     p95: float | None = None
+    inv_eps_sq: float = 0.0
 
 
 def _lower(a: float | None, b: float | None) -> float | None:
@@ -120,6 +122,8 @@ def _add(cell: _Cell, a: WindowAggregate) -> None:
     cell.max = _higher(cell.max, a.max)
     cell.p50 = _lower(cell.p50, a.p50)
     cell.p95 = _lower(cell.p95, a.p95)
+    if a.epsilon is not None:
+        cell.inv_eps_sq += 1.0 / (a.epsilon * a.epsilon)
 
 
 def _upsert(dialect: str, stmt: Any) -> Any:
@@ -178,6 +182,7 @@ def _fold_select(dialect: str, conditions: Sequence[ColumnElement[bool]], second
             func.min(a.p50),
             func.min(a.p95),
             func.count(),
+            func.coalesce(func.sum(1.0 / (a.epsilon * a.epsilon)), 0.0),
         )
         .where(*conditions)
         # Not the constant width: a number in GROUP BY would name a column of the select list.
@@ -204,7 +209,7 @@ async def fold_aggregates(conn: AsyncConnection, *conditions: ColumnElement[bool
     key is upserted once however many windows and batches it gathers. Returns the rollup rows
     touched.
     """
-    columns = [*ROLLUP_KEY, *_STATE[:5], "min", "max", "p50", "p95", "windows"]
+    columns = [*ROLLUP_KEY, *_STATE[:5], "min", "max", "p50", "p95", "windows", "inv_eps_sq"]
     dialect = conn.dialect.name
     if dialect == "postgresql":
         # Rows written in this very transaction are beyond the table's statistics, so the
@@ -274,6 +279,7 @@ def rollup_series_select(q: SeriesQuery) -> Any:
         func.sum(r.windows).label("windows"),
         func.min(r.p50).label("p50"),
         func.min(r.p95).label("p95"),
+        func.sum(r.inv_eps_sq).label("inv_eps_sq"),
     ]
     # The range's edges lie on bucket edges (served_by_rollups), so filtering the rows by their
     # own start keeps exactly the buckets in range. Every width the API serves is stored: one
@@ -299,6 +305,7 @@ def rollup_metrics_select() -> Any:
             func.max(r.bucket_start),
             func.count(func.distinct(r.home)),
             func.sum(r.windows),
+            func.max(case((r.policy == Policy.NOISED.value, 1), else_=0)),
         )
         .where(_width_is(DAY_S))
         .group_by(r.metric, r.unit)
@@ -312,8 +319,16 @@ async def rollup_metrics(engine: AsyncEngine) -> list[MetricSpan]:
     async with engine.connect() as conn:
         rows = (await conn.execute(rollup_metrics_select())).all()
     return [
-        MetricSpan(m, u, bucket_start(first, DAY_S), bucket_start(last, DAY_S), int(homes), int(w))
-        for m, u, first, last, homes, w in rows
+        MetricSpan(
+            m,
+            u,
+            bucket_start(first, DAY_S),
+            bucket_start(last, DAY_S),
+            int(homes),
+            int(w),
+            bool(noised),
+        )
+        for m, u, first, last, homes, w, noised in rows
     ]
 
 

@@ -30,9 +30,8 @@ from cloud.analytics.clusters import (
     normalized_profiles,
 )
 from cloud.analytics.fleet import (
-    ALARM,
-    ANOMALY,
     EVENT_METRICS,
+    TIMELINE_METRICS,
     event_report,
     fleet_standings_sql,
     load_cells,
@@ -79,13 +78,16 @@ async def compute_snapshot(
         engine, DAY_S, since, until_day, by_device_class=False, metrics=EVENT_METRICS
     )
     event_hours = await load_cells(
-        engine, STORED_S, since, until_day, by_device_class=False, metrics=(ALARM, ANOMALY)
+        engine, STORED_S, since, until_day, by_device_class=False, metrics=TIMELINE_METRICS
     )
     profile_sums = await load_profile_sums(engine, since, until_day)
+    # Anomalies rank complete hours only, the ones the clock has passed: the hour still
+    # filling would be re-ranked, and its flag flip, with every run.
+    complete = min(until_day, math.floor(computed_at / STORED_S) * STORED_S)
     if engine.dialect.name == "postgresql":
-        latest, by_hour = await load_latest(engine, since, until_day)
+        latest, by_hour = await load_latest(engine, since, complete)
     else:
-        hours = await load_cells(engine, STORED_S, since, until_day, by_device_class=False)
+        hours = await load_cells(engine, STORED_S, since, complete, by_device_class=False)
         latest, by_hour = latest_from_cells(hours)
         del hours
 

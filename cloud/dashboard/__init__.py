@@ -6,8 +6,13 @@
                        SameSite=Strict cookie (random, never derived from the token)
 - ``POST /logout``     ends the session in the database and clears the cookie
 - ``GET /assets/{name}``  dashboard.js, dashboard.css, api-docs.js (the page of
-                       `cloud.apidocs`), and plotly.min.js served from the
-                       installed plotly package (nothing is fetched from a CDN)
+                       `cloud.apidocs`), favicon.svg (our own drawing), and plotly.min.js
+                       served from the installed plotly package (nothing is fetched from a CDN)
+
+The pages carry a Content-Security-Policy: scripts, styles, images and requests from this
+origin only (the favicon is an asset here, not a data: URL or a CDN file). Styles also allow
+'unsafe-inline', because plotly.js sets style attributes on the SVG it draws; no inline script
+is ever allowed, so what the API returns can only be shown as text.
 """
 
 from __future__ import annotations
@@ -28,12 +33,18 @@ STATIC = importlib.resources.files(__package__) / "static"
 FORM = "application/x-www-form-urlencoded"
 # The login form holds one token: a body past this is no login.
 MAX_LOGIN_BODY_BYTES = 4096
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'"
+)
 _UTF8 = ("utf-8", "utf8", "us-ascii", "ascii")
 # name -> (package, path inside it, content type); a fixed list, so no path ever reaches disk.
 ASSETS: dict[str, tuple[str, str, str]] = {
     "dashboard.js": (__package__, "static/dashboard.js", "text/javascript"),
     "dashboard.css": (__package__, "static/dashboard.css", "text/css"),
     "api-docs.js": (__package__, "static/api-docs.js", "text/javascript"),
+    "favicon.svg": (__package__, "static/favicon.svg", "image/svg+xml"),
     "plotly.min.js": ("plotly", "package_data/plotly.min.js", "text/javascript"),
 }
 
@@ -56,6 +67,7 @@ def _page(name: str, status: int = 200, message: str = "") -> web.Response:
     # The page holds no secret, but keep it out of shared caches and frames.
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Content-Security-Policy"] = PAGE_CSP
     return response
 
 
