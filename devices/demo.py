@@ -81,6 +81,7 @@ DEMO_CLIPS = Path(__file__).resolve().parent / "clips"
 _START_TIMEOUT_S = 30.0
 _STOP_TIMEOUT_S = 15.0
 _DRAIN_S = 5.0  # at most this long waiting for the gateway to store what was published
+_RESULT_DELAY_S = 8.0  # real seconds an edge result may take after its input (demo_aggregation)
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 # The gateway refuses readings older than its [ingest] max_age_s (7 days by default): a replay
 # reaching further back raises it in the demo gateway's config.
@@ -107,9 +108,17 @@ def demo_aggregation(speed: float, rate: float) -> dict[str, Any]:
     # About ten readings per device per window, so windows pass the privacy filter's minimum
     # count; a grace of two messages' worth of device clock skew.
     needed = 10.0 * speed / rate
+    window = next((w for w in _WINDOWS if w >= needed), _WINDOWS[-1])
     return {
-        "window_s": next((w for w in _WINDOWS if w >= needed), _WINDOWS[-1]),
-        "grace_s": round(min(3600.0, 2.0 * speed / rate), 3),
+        "window_s": window,
+        # The edge results (alarms, keywords, speech, anomalies) are stored a few real seconds
+        # after their input (audio batches, a sensor window's close): at hundreds of times real
+        # speed a grace of two messages' worth made every one of them a late reading, so the
+        # cloud's events panel stayed empty. _RESULT_DELAY_S of real time, within one window
+        # and the gateway's bound (an hour: 5 s of real time at 720x).
+        "grace_s": round(
+            min(float(window), 3600.0, max(2.0 * speed / rate, _RESULT_DELAY_S * speed)), 3
+        ),
         "interval_s": 1.0,
         "windows_per_batch": 1,
         "clock": "event",
