@@ -11,7 +11,7 @@ the least recently used one is, whether idle or not (a backstop: the decoder's a
 already keeps the gateway's devices under those numbers). `evict` hands the evicted state to
 the caller, which scores what it still holds (a sensor's open window, a microphone's partial
 speech summary) before it is dropped. An evicted sensor's baseline is lost: it is learned again
-from its next windows (``baseline_min_windows`` before it is scored).
+from its next windows (``warmup_hours`` before it is scored).
 """
 
 from __future__ import annotations
@@ -111,7 +111,12 @@ class DeviceStreams:
         sensor = self.sensors.get(key)
         if sensor is None:
             s = self._settings
-            stream = SensorStream(s.sensor_window_s, s.baseline_windows)
+            stream = SensorStream(
+                s.sensor_window_s,
+                baseline_s=s.baseline_hours * 3600.0,
+                warmup_s=s.warmup_hours * 3600.0,
+                relearn_s=s.relearn_hours * 3600.0,
+            )
             sensor = self.sensors[key] = Sensor(home, room, device, stream)
         else:
             self.sensors.move_to_end(key)
