@@ -423,7 +423,7 @@ class SensorStream:
             rare = 0.0
             if stuck_h > 0.0:
                 hi = self._bin(w.start)
-                recent = b.means(hi - int(self.baseline_s // self.bin_s), hi, ok=False)
+                recent = b.means(hi - int(self.baseline_s // self.bin_s), hi, ok=True)
                 if len(recent):
                     share = float(np.count_nonzero(np.isclose(recent, x, rtol=1e-9, atol=1e-9)))
                     rare = stuck_h * max(0.0, 1.0 - share / len(recent) / RARE_VALUE_SHARE)
@@ -528,7 +528,8 @@ class SensorStream:
         first, second = float(np.median(vals[:half])), float(np.median(vals[half:]))
         med, scale, _ = self.level(m, w.start)
         delta = second - med
-        if np.ptp(vals) == 0.0 or abs(delta) < LEVEL_STEP_Z * scale:
+        # A stuck sensor repeats one value: a lasting level still varies a little.
+        if np.ptp(vals[half:]) == 0.0 or abs(delta) < LEVEL_STEP_Z * scale:
             return False
         if abs(second - first) > STEADY_SHARE * abs(delta):
             return False
