@@ -224,7 +224,8 @@ async def test_alarm_and_keyword_audio_end_to_end(
 
 async def test_sensor_windows_end_to_end(mosquitto: Any, topic_root: str, tmp_path: Path) -> None:
     db_path = tmp_path / "gw.db"
-    settings = InferenceSettings(sensor_window_s=60.0, baseline_windows=30, baseline_min_windows=20)
+    # 20 one-minute windows of warm-up before a window is scored.
+    settings = InferenceSettings(sensor_window_s=60.0, baseline_hours=0.5, warmup_hours=20 / 60)
     publisher = BrokerSink(mosquitto.port)
     writer = Writer(make_engine(db_path), metrics=GatewayMetrics())
     committed: list[Reading] = []  # what the gateway's committed-readings callbacks would get

@@ -78,10 +78,9 @@ def noise(ts: float, k: int) -> float:
 def room(ts: float) -> dict[str, float]:
     """A room's temperature and humidity with a daily cycle and some jitter."""
     hour = (ts - T0) % DAY / HOUR
-    return {
-        "temperature": round(20.0 + 1.5 * math.sin(2 * math.pi * (hour - 9) / 24) + noise(ts, 3), 2),
-        "humidity": round(45.0 + 3.0 * math.sin(2 * math.pi * (hour - 3) / 24) + noise(ts, 4), 2),
-    }
+    temp = 20.0 + 1.5 * math.sin(2 * math.pi * (hour - 9) / 24) + noise(ts, 3)
+    humidity = 45.0 + 3.0 * math.sin(2 * math.pi * (hour - 3) / 24) + noise(ts, 4)
+    return {"temperature": round(temp, 2), "humidity": round(humidity, 2)}
 
 
 # -- time, not window counts ---------------------------------------------------------------------
