@@ -39,7 +39,12 @@ KINDS = {
 def warmed(metrics: tuple[str, ...], every: float, seed: int, s: InferenceSettings) -> SensorStream:
     """A stream after 26 h of readings (its baseline full), as the engine keeps it."""
     rng = np.random.default_rng(seed)
-    stream = SensorStream(s.sensor_window_s, s.baseline_windows)
+    stream = SensorStream(
+        s.sensor_window_s,
+        baseline_s=s.baseline_hours * 3600.0,
+        warmup_s=s.warmup_hours * 3600.0,
+        relearn_s=s.relearn_hours * 3600.0,
+    )
     n = int(26 * 3600 / every)
     values = rng.normal(20.0, 1.0, (n, len(metrics)))
     for i in range(n):
@@ -47,7 +52,7 @@ def warmed(metrics: tuple[str, ...], every: float, seed: int, s: InferenceSettin
         for j, m in enumerate(metrics):
             w = stream.add(m, ts, float(values[i, j]))
             if w is not None:
-                stream.commit(w, False)
+                stream.commit(w)
     return stream
 
 

@@ -5,9 +5,11 @@
 - per model p50/p99 latency of one window, one thread, and per-row cost in a batch of 64;
 - the audio pipeline's cost per second of audio (front end + embedding + heads, one mic);
 - quality: audio figures from the held-out set (re-made with --regenerate, which needs
-  espeak-ng and sox; otherwise read from gateway/models/audio_metrics.json); sensor anomaly F1
-  and occupancy accuracy on the device simulators' world (its injected faults and true
-  occupancy) and on the UCI Occupancy subset bundled with river (when installed);
+  espeak-ng and sox; otherwise read from gateway/models/audio_metrics.json); sensor anomaly
+  event/window F1 and false alarms per device-day, beside a rolling median/MAD z-score baseline
+  on the same windows (`sensor_anomaly_by_dataset`), and occupancy accuracy, on the device
+  simulators' world (its injected faults and true occupancy) and on the held-out part of the
+  UCI Occupancy subset bundled with river (when installed), at the default settings;
 - end-to-end alarm latency: the frame completing a T3 pattern published to a real Mosquitto ->
   ingest subscriber -> engine -> event publisher -> the event received by a subscriber;
 - RSS of a process with every model loaded (the keyword's speech embedding included), and of
@@ -137,26 +139,44 @@ def audio_quality(regenerate: bool) -> dict[str, Any]:
 
 
 def sensor_quality(days: int = 3, homes: int = 2) -> dict[str, Any]:
+    """The shipped anomaly model and the rolling median/MAD z-score baseline (last 24 h, |z| > 4)
+    on the same windows, at the gateway's default settings: the simulators' world (seed 5, never
+    used in training, with swaps and dropouts added) and the real UCI Occupancy rows' held-out
+    part (faults injected after day 3 by seeds 100..119)."""
     from devices.world import World
-    from training.sensor_eval import event_scores, model_flag, windows
+    from training.sensor_eval import event_scores, mad_baseline, model_flag, windows
+    from training.train_sensors import with_extra
 
     runtime = ModelRuntime.load(DEFAULT_MODELS_DIR)
     anomaly, occ = runtime.models["sensor_anomaly"], runtime.models["occupancy"]
     world = World(homes=homes, seed=5, anomaly_rate=1.0)
-    readings, faults = [], []
+    readings, spans = [], []
     for em in world.run(start=T0, step=60.0, steps=int(days * 1440)):
         home, room, device = em.spec.home, em.spec.room, em.spec.device
         for t in em.truth:
             if t.metric != "audio":
-                faults.append((f"{home}/{device}", t.start, t.end))
+                spans.append((f"{home}/{device}", t.metric, t.start, t.end, t.kind))
         if em.readings:
             readings += [(f"{home}/{device}", room, em.ts, m, v) for m, v in em.readings.items()]
+    readings, spans = with_extra(readings, spans, 5)
+    faults = [(d, s, e) for d, _m, s, e, _k in spans]
+    settings = InferenceSettings()
     thresholds = anomaly.manifest.thresholds
     flag = model_flag(lambda x: anomaly.probabilities(x)[:, 1], thresholds)
     scored = list(
-        windows(readings, window_s=300.0, baseline_windows=288, min_windows=288, is_anomalous=flag)
+        windows(
+            readings,
+            window_s=settings.sensor_window_s,
+            baseline_hours=settings.baseline_hours,
+            warmup_hours=settings.warmup_hours,
+            relearn_hours=settings.relearn_hours,
+            is_anomalous=flag,
+        )
     )
-    out: dict[str, Any] = {"world": event_scores(scored, faults)}
+    out: dict[str, Any] = {
+        "world": event_scores(scored, faults),
+        "world_mad_baseline": event_scores(mad_baseline(scored), faults),
+    }
     ok = n = 0
     for w in scored:
         if w.occupancy is None:
@@ -168,15 +188,88 @@ def sensor_quality(days: int = 3, homes: int = 2) -> dict[str, Any]:
     out["world"]["occupancy_accuracy"] = ok / max(n, 1)
     out["world"]["days"], out["world"]["homes"] = days, homes
     try:
-        from training.train_sensors import uci_with_faults
+        from training.train_sensors import uci_heldout
 
-        r, f = uci_with_faults(11)
-        uw = list(
-            windows(r, window_s=960.0, baseline_windows=90, min_windows=90, is_anomalous=flag)
-        )
-        out["uci_river_injected"] = event_scores(uw, f)
+        out["uci_river_injected"] = uci_heldout(flag)
     except ImportError:
         out["uci_river_injected"] = "river not installed (train extra)"
+    return out
+
+
+def sensor_state_cost(window_s: float = 300.0) -> dict[str, Any]:
+    """One air-quality device (temperature, humidity, CO2, light) after 25 h of windows: its
+    learned state's snapshot bytes, the Python heap it holds (tracemalloc, in a first pass), and
+    the median wall time of scoring inputs + learning one window (no ONNX call; a second pass,
+    untraced)."""
+    import math
+    import tracemalloc
+
+    from gateway.inference.sensors import SensorStream
+
+    n = int(25 * 3600 / window_s)
+
+    def feed(costs: list[float] | None) -> SensorStream:
+        stream = SensorStream(window_s)
+        for i in range(n):
+            t = T0 + i * window_s
+            for k, m in enumerate(("temperature", "humidity", "co2", "light")):
+                stream.add(m, t + 1.0, 20.0 + 10 * k + math.sin(i / 7.0 + k))
+            w = stream.flush()
+            assert w is not None
+            t0 = time.perf_counter()
+            ready = stream.ready(w)
+            if ready:
+                stream.anomaly_features(w)
+            stream.commit(w)
+            if ready and costs is not None:
+                costs.append(time.perf_counter() - t0)
+        return stream
+
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    stream = feed(None)
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    heap = sum(d.size_diff for d in after.compare_to(before, "filename"))
+    costs: list[float] = []
+    feed(costs)
+    return {
+        "snapshot_bytes": len(stream.snapshot()),
+        "heap_bytes": heap,
+        "us_per_window_median": round(float(np.median(costs)) * 1e6, 1),
+        "note": "wall time of a scored window's inputs and learning (the last hour of the 25), "
+        "no ONNX call",
+        "metrics": 4,
+        "window_s": window_s,
+    }
+
+
+def sensor_keys(sq: dict[str, Any]) -> dict[str, Any]:
+    """Per data set: the model's and the MAD baseline's figures (held-out data only)."""
+    warmup = InferenceSettings().warmup_hours
+
+    def keys(model: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "anomaly_event_f1": model["f1"],
+            "anomaly_false_alarms_per_device_day": model["false_alarms_per_device_day"],
+            "anomaly_window_f1": model["window_f1"],
+            "anomaly_level_changes": model["level_changes"],
+            "baseline_event_f1": base["f1"],
+            "baseline_false_alarms_per_device_day": base["false_alarms_per_device_day"],
+            "baseline_window_f1": base["window_f1"],
+            "faults": model["faults"],
+            "device_days": model["device_days"],
+            "warmup_hours": warmup,
+        }
+
+    out = {"world_seed5": keys(sq["world"], sq["world_mad_baseline"])}
+    uci = sq["uci_river_injected"]
+    if isinstance(uci, dict):
+        out["uci_river_heldout"] = keys(uci["model"], uci["mad_baseline"])
+    synth = json.loads((DEFAULT_MODELS_DIR / "sensor_metrics.json").read_text())
+    out["synthetic_heldout (training run)"] = keys(
+        synth["synthetic_heldout"], synth["synthetic_heldout_mad_baseline"]
+    )
     return out
 
 
@@ -418,12 +511,16 @@ def main() -> int:
         "alarm_negative_hours": aq["negative_hours"],
         "anomaly_f1": sq["world"]["f1"],
         "anomaly_f1_uci_river": (
-            sq["uci_river_injected"]["f1"] if isinstance(sq["uci_river_injected"], dict) else None
+            sq["uci_river_injected"]["model"]["f1"]
+            if isinstance(sq["uci_river_injected"], dict)
+            else None
         ),
         "anomaly_f1_synthetic_heldout": json.loads(
             (DEFAULT_MODELS_DIR / "sensor_metrics.json").read_text()
         )["synthetic_heldout"]["f1"],
         "occupancy_accuracy": sq["world"]["occupancy_accuracy"],
+        "sensor_anomaly_by_dataset": sensor_keys(sq),
+        "sensor_state_per_device": sensor_state_cost(),
         "rss_mb": rss,
         "gateway_process_rss_mb": gw_rss["rss_mb"],
         "gateway_process_peak_rss_mb": gw_rss["peak_rss_mb"],

@@ -355,7 +355,7 @@ async def test_a_reading_from_2099_does_not_stop_its_devices_inference(
         f'gateway_id = "gw-skew"\n[mqtt]\nurl = "{mosquitto.url}"\n'
         f'topic_root = "{topic_root}"\nclient_id = "gw-{topic_root}"\n'
         f'[storage]\npath = "{db}"\n[admin]\nport = 0\n'
-        "[inference]\nsensor_window_s = 60.0\nbaseline_windows = 4\nbaseline_min_windows = 2\n"
+        "[inference]\nsensor_window_s = 60.0\nbaseline_hours = 1.0\nwarmup_hours = 0.03\n"
     )
     gw = create_gateway(load_config(path))
     topic = device_topic("home-1", "living", "air-quality-1", "telemetry", root=topic_root)

@@ -44,8 +44,7 @@ DAY = 86400.0
 SETTINGS = InferenceSettings(
     models=["sensor_anomaly", "occupancy"],
     sensor_window_s=WINDOW,
-    baseline_windows=48,
-    baseline_min_windows=48,  # 4 h of warm-up at 5-minute windows
+    warmup_hours=4.0,
     sensor_grace_s=GRACE,
     baseline_save_s=3600.0,
     queue_size=100_000,  # paced runs put without waiting (`on_readings`): never full here
@@ -455,11 +454,11 @@ def test_a_save_round_is_spread_over_batches_and_skips_unchanged_states(
         idle_clock=lambda: clocks.idle,
     )
     for i in range(5):
-        stream = SensorStream(WINDOW, 48)
+        stream = SensorStream(WINDOW, warmup_s=4 * 3600.0)
         stream.add("temperature", T0 + i, 20.0 + i)
         w = stream.add("temperature", T0 + WINDOW + i, 20.0)
         assert w is not None
-        stream.commit(w, False)
+        stream.commit(w)
         sensors[("h", f"d{i}")] = Sensor("h", "r", f"d{i}", stream, used=clocks.idle)
     assert b.round() == []  # not due before baseline_save_s
     clocks.advance_to(clocks.wall + SETTINGS.baseline_save_s)
@@ -473,6 +472,6 @@ def test_a_save_round_is_spread_over_batches_and_skips_unchanged_states(
     stream = sensors[("h", "d3")].stream
     w = stream.add("temperature", T0 + 3 * WINDOW, 21.0)
     assert w is not None
-    stream.commit(w, False)
+    stream.commit(w)
     sensors[("h", "d1")].used = clocks.idle  # input, but its learned state did not change
     assert [r.device for r in b.round()] == ["d3"]

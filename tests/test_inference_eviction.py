@@ -55,8 +55,7 @@ async def engine() -> AsyncIterator[tuple[InferenceEngine, Clock, Stored]]:
     settings = InferenceSettings(
         models=["sensor_anomaly", "audio_embedding", "vad"],
         sensor_window_s=WINDOW,
-        baseline_windows=3,
-        baseline_min_windows=3,
+        warmup_hours=3 * WINDOW / 3600.0,  # 3 windows learn, the 4th is scored
         discovery=False,
     )
     runtime = ModelRuntime.load(DEFAULT_MODELS_DIR, names=settings.models)

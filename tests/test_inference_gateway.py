@@ -102,7 +102,7 @@ async def test_a_restarted_gateway_resumes_a_sensors_baseline(
         f'topic_root = "{topic_root}"\nclient_id = "gw-{topic_root}"\n'
         f'[storage]\npath = "{db}"\n[admin]\nport = 0\n'
         '[inference]\nmodels = ["sensor_anomaly"]\nsensor_window_s = 60.0\n'
-        "baseline_windows = 5\nbaseline_min_windows = 5\ndiscovery = false\n"
+        "warmup_hours = 0.0833\ndiscovery = false\n"  # 5 one-minute windows
     )
     config = load_config(path)
     topic = device_topic("home-1", "hall", "thermo-1", Kind.TELEMETRY, root=topic_root)

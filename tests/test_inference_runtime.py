@@ -213,9 +213,9 @@ def test_alarm_pattern_knows_t3_and_t4_timing_and_nothing_else() -> None:
 
 
 def test_time_of_day_reference_learns_a_daily_routine_even_when_flagged() -> None:
-    from gateway.inference.sensors import SensorStream, anomaly_features, window_flagged
+    from gateway.inference.sensors import DAILY, LEVEL, SensorStream, window_flagged
 
-    stream = SensorStream(window_s=3600.0, baseline_windows=24)
+    stream = SensorStream(window_s=3600.0, warmup_s=0.0)
     rows = {}
     for hour in range(2 * 24 + 1):
         # A kettle-like 2 kW hour every morning at 7; 5 W otherwise.
@@ -224,13 +224,14 @@ def test_time_of_day_reference_learns_a_daily_routine_even_when_flagged() -> Non
             w = stream.add("power", ts, 2000.0 if hour % 24 == 7 else 5.0 + k % 2)
             if w is None:
                 continue
-            _names, feats = anomaly_features(w, stream.baseline, stream.stuck_runs)
-            rows[int((w.start - 1_767_225_600.0) // 3600)] = feats[0]
-            # Flagged on the first day: the level baseline does not learn it, the daily one does.
-            stream.commit(w, anomalous=w.mean["power"] > 1000)
-    assert rows[24 + 7][0] >= 50.0  # far off the (frozen) level baseline
-    assert rows[24 + 7][5] < 1.0  # but just like yesterday at seven
-    assert rows[24 + 12][5] < 1.0 and rows[7][5] >= 50.0  # no yesterday yet on day one
+            if stream.ready(w):
+                _names, feats = stream.anomaly_features(w)
+                rows[int((w.start - 1_767_225_600.0) // 3600)] = feats[0]
+            # Flagged on the first day: the level reference does not learn it, the daily one does.
+            stream.commit(w, {"power"} if w.mean["power"] > 1000 else ())
+    assert rows[24 + 7][LEVEL] >= 50.0  # far off the (frozen) level reference
+    assert rows[24 + 7][DAILY] < 1.0  # but just like yesterday at seven
+    assert rows[24 + 12][DAILY] < 1.0 and rows[7][DAILY] >= 50.0  # no yesterday yet on day one
     thresholds = {"threshold": 0.5, "threshold_power": 0.9}
     assert not window_flagged(["power"], np.array([0.8], np.float32), thresholds)
     assert window_flagged(["power", "co2"], np.array([0.1, 0.6], np.float32), thresholds)

@@ -2,8 +2,11 @@
 
 Each reading goes into its sensor's `SensorStream`; a window that closes is scored against the
 device's baseline, all windows closed in one batch in one model call per model (a device's
-second window in a batch waits for its first to be learned); a window the anomaly model flagged
-does not move the device's normal (`SensorStream.commit`). Occupancy results are events only
+second window in a batch waits for its first to be learned, and closing a window changes no
+state: a window is scored on its device's earlier windows only, so live, a burst after an outage
+and a replay agree); a metric the anomaly model flagged stays out of the device's level
+reference unless it lasts as a steady new level, which is labelled ``level_change`` once
+(`SensorStream.commit`). Occupancy results are events only
 when a sensor's decision changed. A sensor the streams evict has its open window scored by
 `flush` (its readings count; the window's time is long past), then its state is dropped.
 `due` closes and scores the windows of quiet sensors whose end is ``sensor_grace_s`` past (the
@@ -21,10 +24,9 @@ from gateway.inference.results import InferenceResult
 from gateway.inference.runtime import ModelRuntime
 from gateway.inference.sensors import (
     WindowStats,
-    anomaly_features,
+    flagged_metrics,
     occupancy_applies,
-    occupancy_features,
-    window_flagged,
+    window_label,
 )
 from gateway.inference.settings import InferenceSettings
 from gateway.inference.streams import DeviceStreams, Sensor
@@ -76,13 +78,13 @@ class SensorScorer:
         return [sensor for sensor, _ in closed], self._score_windows(closed)
 
     def _score_windows(self, closed: list[tuple[Sensor, WindowStats]]) -> list[InferenceResult]:
-        s = self._settings
+        """Score windows of distinct devices in one call per model, then learn from them."""
         ready = []
         for sensor, w in closed:
-            if sensor.stream.ready(s.baseline_min_windows):
+            if sensor.stream.ready(w):
                 ready.append((sensor, w))
             else:
-                sensor.stream.commit(w, False)
+                sensor.stream.commit(w)
         if not ready:
             return []
         results: list[InferenceResult] = []
@@ -92,43 +94,49 @@ class SensorScorer:
         occ_rows: list[np.ndarray] = []
         occ_owners: list[int] = []
         for i, (sensor, w) in enumerate(ready):
-            names, feats = anomaly_features(w, sensor.stream.baseline, sensor.stream.stuck_runs)
+            names, feats = sensor.stream.anomaly_features(w)
             rows += list(feats)
             owners += [i] * len(names)
             row_metrics += names
             if occupancy_applies(w):
-                occ_rows.append(occupancy_features(w, sensor.stream.baseline, sensor.stream.prev))
+                occ_rows.append(sensor.stream.occupancy_features(w))
                 occ_owners.append(i)
-        flagged = [False] * len(ready)
+        flagged: list[frozenset[str]] = [frozenset()] * len(ready)
+        scores = np.zeros(len(ready))
+        occ_p = np.zeros(0, np.float32)
+        if self._anomaly is not None and rows:
+            p = self._anomaly.probabilities(np.vstack(rows))[:, 1]
+            owner_arr = np.asarray(owners)
+            np.maximum.at(scores, owner_arr, p)
+            for i in sorted(set(owners)):
+                mine = np.flatnonzero(owner_arr == i)
+                flagged[i] = flagged_metrics(
+                    [row_metrics[j] for j in mine], p[mine], self._anomaly.manifest.thresholds
+                )
+        if self._occupancy is not None and occ_rows:
+            occ_p = self._occupancy.probabilities(np.vstack(occ_rows))[:, 1]
+        # Learned before the results are made: a lasting change adopted in this window makes
+        # it the one ``level_change`` result instead of another anomaly.
+        changed = [sensor.stream.commit(w, flagged[i]) for i, (sensor, w) in enumerate(ready)]
         if self._anomaly is not None and rows:
             man = self._anomaly.manifest
-            p = self._anomaly.probabilities(np.vstack(rows))[:, 1]
-            worst = np.zeros(len(ready))
-            np.maximum.at(worst, np.asarray(owners), p)
-            owner_arr = np.asarray(owners)
             for i in sorted(set(owners)):
                 sensor, w = ready[i]
-                mine = np.flatnonzero(owner_arr == i)
-                flagged[i] = window_flagged([row_metrics[j] for j in mine], p[mine], man.thresholds)
-                label = "anomaly" if flagged[i] else "normal"
-                score = float(worst[i])
+                label = window_label(flagged[i], changed[i])
                 # The reading is the decision (an event metric: 1 flagged, 0 not), so a
                 # window's sum counts anomalies; the score is kept in the inferences row.
-                value = 1.0 if flagged[i] else 0.0
-                results.append(_result(man, sensor, w, score, label, value, event=True))
+                value = 1.0 if label == "anomaly" else 0.0
+                results.append(_result(man, sensor, w, float(scores[i]), label, value, event=True))
         if self._occupancy is not None and occ_rows:
             man = self._occupancy.manifest
-            p = self._occupancy.probabilities(np.vstack(occ_rows))[:, 1]
-            for i, q in zip(occ_owners, p, strict=True):
+            for i, q in zip(occ_owners, occ_p, strict=True):
                 sensor, w = ready[i]
                 occupied = bool(q >= man.thresholds.get("threshold", 0.5))
-                changed = occupied != sensor.occupied
+                changed_occ = occupied != sensor.occupied
                 sensor.occupied = occupied
                 label = "occupied" if occupied else "empty"
                 value = 1.0 if occupied else 0.0
-                results.append(_result(man, sensor, w, float(q), label, value, event=changed))
-        for i, (sensor, w) in enumerate(ready):
-            sensor.stream.commit(w, flagged[i])
+                results.append(_result(man, sensor, w, float(q), label, value, event=changed_occ))
         return results
 
 

@@ -33,11 +33,25 @@ class InferenceSettings(BaseModel):
         default=256, ge=1, description="most queued items handled per executor call"
     )
     sensor_window_s: float = Field(default=300.0, gt=0, description="tumbling window per device")
-    baseline_windows: int = Field(
-        default=288, ge=2, description="windows the per-device baseline keeps"
+    baseline_hours: float = Field(
+        default=24.0,
+        gt=0,
+        le=168,
+        description="time the per-device baseline spans (its level and same-time-yesterday "
+        "references), whatever the reporting cadence",
     )
-    baseline_min_windows: int = Field(
-        default=288, ge=1, description="windows of history before a device's windows are scored"
+    warmup_hours: float = Field(
+        default=24.0,
+        ge=0,
+        le=168,
+        description="hours a device must have reported a metric before it is scored",
+    )
+    relearn_hours: float = Field(
+        default=4.0,
+        gt=0,
+        le=48,
+        description="a steady change flagged for this long is adopted as the device's new "
+        "level (one level_change result) instead of staying an anomaly",
     )
     sensor_grace_s: float = Field(
         default=60.0,

@@ -117,7 +117,12 @@ class DeviceStreams:
             stream = self._restore(home, device) if self._restore is not None else None
             if stream is None:
                 s = self._settings
-                stream = SensorStream(s.sensor_window_s, s.baseline_windows)
+                stream = SensorStream(
+                    s.sensor_window_s,
+                    baseline_s=s.baseline_hours * 3600.0,
+                    warmup_s=s.warmup_hours * 3600.0,
+                    relearn_s=s.relearn_hours * 3600.0,
+                )
             sensor = self.sensors[key] = Sensor(home, room, device, stream)
         else:
             self.sensors.move_to_end(key)
