@@ -30,6 +30,7 @@ import json
 import pickle
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Any, TypeVar
@@ -62,6 +63,7 @@ CALIBRATION_TALK = 60  # training voices, "calibration" sentences: the threshold
 TEST_TALK = 130  # held-out voices and sentences: > 2 h for the figure
 TEST_SEEDS = (3, 4, 5)  # held-out standalone clips: seed + each
 CALIBRATION_SEED = 2
+DEFAULT_SEED = 7
 KW_AUGMENT = 2  # extra noisy copies of each training window
 KW_RESAMPLE = 2  # extra copies played 5-15 % slower or faster (one of them noisy)
 KW_WEIGHT = 3.0  # loss weight of each keyword against "other"
@@ -172,11 +174,20 @@ def probabilities(session: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
     return np.asarray(session.run(None, {session.get_inputs()[0].name: x})[1])
 
 
-def talk_probabilities(
-    clips: list[Any], session: ort.InferenceSession, speech: SpeechEmbedder
-) -> tuple[np.ndarray, float, dict[str, float], list[str]]:
-    """Every keyword input of the talk clips through the head: (probabilities, hours, hours by
-    bed, each input's bed)."""
+@dataclass(frozen=True)
+class TalkRows:
+    """The keyword head's rows of every keyword input of a talk set, with each input's bed."""
+
+    x: np.ndarray
+    beds: list[str]
+    hours_by_bed: dict[str, float]
+
+    @property
+    def hours(self) -> float:
+        return sum(self.hours_by_bed.values())
+
+
+def talk_rows(clips: list[Any], speech: SpeechEmbedder) -> TalkRows:
     windows, durs, beds = [], [], []
     hours: dict[str, float] = {}
     for c in clips:
@@ -186,7 +197,7 @@ def talk_probabilities(
             windows.append(h.audio)
             durs.append(float(h.features[0]))
             beds.append(c.bed)
-    return probabilities(session, rows(speech, windows, durs)), sum(hours.values()), hours, beds
+    return TalkRows(rows(speech, windows, durs), beds, hours)
 
 
 def false_commands(probs: np.ndarray, threshold: float) -> list[str]:
@@ -195,52 +206,53 @@ def false_commands(probs: np.ndarray, threshold: float) -> list[str]:
     return [label for label in labels if label != "other"]
 
 
-def talk_figures(
-    clips: list[Any], session: ort.InferenceSession, speech: SpeechEmbedder, threshold: float
-) -> dict[str, Any]:
-    """False commands per hour of talk through the serving stream and decision rule."""
-    probs, hours, by_bed_hours, beds = talk_probabilities(clips, session, speech)
-    fired = [
-        (b, keyword_decision(p, threshold)[0])
-        for p, b in zip(probs, beds, strict=True)
-        if keyword_decision(p, threshold)[0] != "other"
-    ]
-    by_bed: dict[str, int] = {b: 0 for b in by_bed_hours}
+def talk_figures(talk: TalkRows, session: ort.InferenceSession, threshold: float) -> dict[str, Any]:
+    """False commands per hour of talk through the serving decision rule."""
+    probs = probabilities(session, talk.x)
+    fired = [(b, keyword_decision(p, threshold)[0]) for p, b in zip(probs, talk.beds, strict=True)]
+    by_bed: dict[str, int] = {b: 0 for b in talk.hours_by_bed}
     by_label: dict[str, int] = {}
     for b, label in fired:
-        by_bed[b] += 1
-        by_label[label] = by_label.get(label, 0) + 1
+        if label != "other":
+            by_bed[b] += 1
+            by_label[label] = by_label.get(label, 0) + 1
+    n = sum(by_bed.values())
     return {
-        "false_commands": len(fired),
-        "talk_hours": hours,
-        "false_commands_per_hour_talk": len(fired) / max(hours, 1e-9),
+        "false_commands": n,
+        "talk_hours": talk.hours,
+        "false_commands_per_hour_talk": n / max(talk.hours, 1e-9),
         "keyword_inputs": len(probs),
-        "keyword_inputs_per_minute": len(probs) / max(hours * 60, 1e-9),
+        "keyword_inputs_per_minute": len(probs) / max(talk.hours * 60, 1e-9),
         "false_commands_by_bed": by_bed,
-        "talk_hours_by_bed": {k: round(v, 3) for k, v in by_bed_hours.items()},
+        "talk_hours_by_bed": {k: round(v, 3) for k, v in talk.hours_by_bed.items()},
         "false_commands_by_label": by_label,
     }
 
 
-def standalone_figures(
-    clips: list[data.Clip], session: ort.InferenceSession, speech: SpeechEmbedder, threshold: float
-) -> dict[str, Any]:
-    """Per clip, the command the serving decision takes (the best-scored one if several):
-    accuracy on the command clips, confusion over all (near-miss clips' truth is other)."""
-    confusion: dict[str, dict[str, int]] = {}
-    ok = n = 0
+def standalone_rows(clips: list[data.Clip], speech: SpeechEmbedder) -> list[tuple[str, np.ndarray]]:
+    """(truth, rows of the clip's keyword inputs) per clip; a near miss's truth is other."""
+    out = []
     for clip in clips:
         inputs = keyword_inputs(clip.audio)
         windows = [h.audio for h in inputs if h.audio is not None]
-        probs = probabilities(
-            session, rows(speech, windows, [float(h.features[0]) for h in inputs])
-        )
+        x = rows(speech, windows, [float(h.features[0]) for h in inputs])
+        out.append((clip.kind if clip.kind in data.KEYWORDS else "other", x))
+    return out
+
+
+def standalone_figures(
+    clips: list[tuple[str, np.ndarray]], session: ort.InferenceSession, threshold: float
+) -> dict[str, Any]:
+    """Per clip, the command the serving decision takes (the best-scored one if several):
+    accuracy on the command clips, confusion over all."""
+    confusion: dict[str, dict[str, int]] = {}
+    ok = n = 0
+    for truth, x in clips:
         best = ("other", 0.0)
-        for p in probs:
+        for p in probabilities(session, x):
             label, score = keyword_decision(p, threshold)
             if label != "other" and score > best[1]:
                 best = (label, score)
-        truth = clip.kind if clip.kind in data.KEYWORDS else "other"
         confusion.setdefault(truth, {}).setdefault(best[0], 0)
         confusion[truth][best[0]] += 1
         if truth != "other":
@@ -256,36 +268,24 @@ def standalone_figures(
     }
 
 
-def choose_threshold(cal_probs: np.ndarray, cal_hours: float) -> float:
-    """The lowest threshold whose false commands on the calibration talk stay within
-    `CALIBRATION_FA_PER_HOUR` (the highest if none does): the lowest keeps the most commands."""
-    chosen = THRESHOLDS[-1]
-    for t in THRESHOLDS:
-        fa = len(false_commands(cal_probs, t)) / max(cal_hours, 1e-9)
-        print(f"threshold {t}: {fa:.2f} false commands/h on calibration talk", flush=True)
-        if fa <= CALIBRATION_FA_PER_HOUR:
-            chosen = t
-            break
-    return chosen
+def _cached_pickle(name: str, cache: Path | None, make: Callable[[], T]) -> T:
+    path = cache / f"{name}.pkl" if cache else None
+    if path is not None and path.exists():
+        with path.open("rb") as f:
+            done: T = pickle.load(f)
+        return done
+    done = make()
+    if path is not None:
+        with path.open("wb") as f:
+            pickle.dump(done, f)
+    return done
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply clip counts")
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--cache", type=Path, default=None, help="directory to cache clips in")
-    args = parser.parse_args(argv)
-    data.require_tools()
-    t0 = time.monotonic()
-    seed = args.seed
-    n_talk = lambda k: max(2, int(k * args.scale))  # noqa: E731
-    fit = utterances("train", args.scale, seed, args.cache)
-    fit_talk = talks("train", "fit", n_talk(TRAIN_TALK), seed, args.cache)
-    cal_talk = talks(
-        "train", "calibration", n_talk(CALIBRATION_TALK), seed + CALIBRATION_SEED, args.cache
-    )
-    progress(t0, f"clips: {len(fit)} utterances, {len(fit_talk)} + {len(cal_talk)} talk minutes")
-
+def training_rows(
+    fit: list[data.Clip], fit_talk: list[Any], speech: SpeechEmbedder, seed: int
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The head's training rows and labels (each window and its noisy / resampled copies), and
+    the count of original windows per label."""
     windows: list[np.ndarray] = []
     durs: list[float] = []
     labels: list[int] = []
@@ -312,28 +312,79 @@ def main(argv: list[str] | None = None) -> int:
         durs += base_d
         labels += base_y
     counts = np.bincount(base_y, minlength=len(KEYWORD_LABELS)).tolist()
-    progress(t0, f"windows {len(base_y)} (by label {counts}), with copies {len(labels)}")
+    return rows(speech, windows, durs), np.asarray(labels), counts
+
+
+def choose_threshold(cal_probs: np.ndarray, cal_hours: float) -> float:
+    """The lowest threshold whose false commands on the calibration talk stay within
+    `CALIBRATION_FA_PER_HOUR` (the highest if none does): the lowest keeps the most commands."""
+    chosen = THRESHOLDS[-1]
+    for t in THRESHOLDS:
+        fa = len(false_commands(cal_probs, t)) / max(cal_hours, 1e-9)
+        print(f"threshold {t}: {fa:.2f} false commands/h on calibration talk", flush=True)
+        if fa <= CALIBRATION_FA_PER_HOUR:
+            chosen = t
+            break
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply clip counts")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--cache", type=Path, default=None, help="directory to cache clips in")
+    args = parser.parse_args(argv)
+    data.require_tools()
+    t0 = time.monotonic()
+    seed = args.seed
+    n_talk = lambda k: max(2, int(k * args.scale))  # noqa: E731
+    fit = utterances("train", args.scale, seed, args.cache)
+    fit_talk = talks("train", "fit", n_talk(TRAIN_TALK), seed, args.cache)
+    cal_talk = talks(
+        "train", "calibration", n_talk(CALIBRATION_TALK), seed + CALIBRATION_SEED, args.cache
+    )
+    progress(t0, f"clips: {len(fit)} utterances, {len(fit_talk)} + {len(cal_talk)} talk minutes")
+
     speech = SpeechEmbedder(intra_op_threads=2)
-    kw_x = rows(speech, windows, durs)
-    kw_y = np.asarray(labels)
-    progress(t0, f"keyword rows {len(kw_x)}")
+    kw_x, kw_y, counts = _cached_pickle(
+        f"kw-rows-{args.scale}-{seed}",
+        args.cache,
+        lambda: training_rows(fit, fit_talk, speech, seed),
+    )
+    progress(t0, f"keyword rows {len(kw_x)} (windows by label {counts}, then copies)")
     onnx_bytes, train_probs = train_keyword_head(
         kw_x, kw_y, seeds=[seed + k for k in range(KW_ENSEMBLE)], keyword_weight=KW_WEIGHT
     )
     progress(t0, f"keyword: train acc {float(np.mean(train_probs.argmax(1) == kw_y)):.3f}")
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
 
-    cal_probs, cal_hours, _, _ = talk_probabilities(cal_talk, session, speech)
-    threshold = choose_threshold(cal_probs, cal_hours)
-    cal = talk_figures(cal_talk, session, speech, threshold)
+    cal_rows = _cached_pickle(
+        f"kw-cal-rows-{args.scale}-{seed}", args.cache, lambda: talk_rows(cal_talk, speech)
+    )
+    threshold = choose_threshold(probabilities(session, cal_rows.x), cal_rows.hours)
+    cal = talk_figures(cal_rows, session, threshold)
     progress(t0, f"threshold {threshold}: calibration {json.dumps(cal)}")
 
     test_talk = held_out_talk(seed, args.cache, n_talk(TEST_TALK))
     test_cmds = [
         c for k in TEST_SEEDS for c in utterances("test", args.scale, seed + k, args.cache)
     ]
-    held = talk_figures(test_talk, session, speech, threshold)
-    standalone = standalone_figures(test_cmds, session, speech, threshold)
+    held = talk_figures(
+        _cached_pickle(
+            f"kw-test-rows-{args.scale}-{seed}", args.cache, lambda: talk_rows(test_talk, speech)
+        ),
+        session,
+        threshold,
+    )
+    standalone = standalone_figures(
+        _cached_pickle(
+            f"kw-cmd-rows-{args.scale}-{seed}",
+            args.cache,
+            lambda: standalone_rows(test_cmds, speech),
+        ),
+        session,
+        threshold,
+    )
     metrics = {
         "seed": seed,
         "threshold": threshold,
