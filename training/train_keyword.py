@@ -282,7 +282,11 @@ def _cached_pickle(name: str, cache: Path | None, make: Callable[[], T]) -> T:
 
 
 def training_rows(
-    fit: list[data.Clip], fit_talk: list[Any], speech: SpeechEmbedder, seed: int
+    fit: list[data.Clip],
+    fit_talk: list[Any],
+    speech: SpeechEmbedder,
+    seed: int,
+    copies: tuple[int, int] = (KW_AUGMENT, KW_RESAMPLE),
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """The head's training rows and labels (each window and its noisy / resampled copies), and
     the count of original windows per label."""
@@ -302,11 +306,11 @@ def training_rows(
             labels.append(0)
     base_w, base_d, base_y = list(windows), list(durs), list(labels)
     aug_rng = np.random.default_rng(seed + 5)
-    for _ in range(KW_AUGMENT):
+    for _ in range(copies[0]):
         windows += [noisy_copy(w, aug_rng) for w in base_w]
         durs += base_d
         labels += base_y
-    for k in range(KW_RESAMPLE):
+    for k in range(copies[1]):
         resampled = [resampled_copy(w, aug_rng) for w in base_w]
         windows += [noisy_copy(w, aug_rng) for w in resampled] if k % 2 else resampled
         durs += base_d
@@ -333,8 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply clip counts")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--cache", type=Path, default=None, help="directory to cache clips in")
+    parser.add_argument("--noisy", type=int, default=KW_AUGMENT, help="noisy copies per window")
+    parser.add_argument("--resampled", type=int, default=KW_RESAMPLE, help="resampled copies")
     args = parser.parse_args(argv)
     data.require_tools()
+    copies = (args.noisy, args.resampled)
     t0 = time.monotonic()
     seed = args.seed
     n_talk = lambda k: max(2, int(k * args.scale))  # noqa: E731
@@ -347,9 +354,9 @@ def main(argv: list[str] | None = None) -> int:
 
     speech = SpeechEmbedder(intra_op_threads=2)
     kw_x, kw_y, counts = _cached_pickle(
-        f"kw-rows-{args.scale}-{seed}",
+        f"kw-rows-{args.scale}-{seed}-{copies[0]}-{copies[1]}",
         args.cache,
-        lambda: training_rows(fit, fit_talk, speech, seed),
+        lambda: training_rows(fit, fit_talk, speech, seed, copies),
     )
     progress(t0, f"keyword rows {len(kw_x)} (windows by label {counts}, then copies)")
     onnx_bytes, train_probs = train_keyword_head(
@@ -428,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             f"reaches the head. The average of {KW_ENSEMBLE} temporal convolution heads "
             f"(training/keyword_head.py, seeds {seed}..) whose other class learns short "
             "phrases, near misses and every segment of the fit talk; training windows also "
-            f"with {KW_AUGMENT} noisy and {KW_RESAMPLE} resampled copies; keyword loss weight "
+            f"with {copies[0]} noisy and {copies[1]} resampled copies; keyword loss weight "
             f"{KW_WEIGHT}",
             "validation": f"threshold {threshold}: the lowest of {THRESHOLDS[0]}..{THRESHOLDS[-1]} "
             f"with <= {CALIBRATION_FA_PER_HOUR} false commands per hour on the calibration talk "
