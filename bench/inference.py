@@ -4,6 +4,9 @@
 
 - per model p50/p99 latency of one window, one thread, and per-row cost in a batch of 64;
 - the audio pipeline's cost per second of audio (front end + embedding + heads, one mic);
+- keyword false commands per hour of held-out household talk (> 2 h by held-out voices reading
+  held-out sentences, training/talk_data.py; re-made, seeded, and cached in --talk-cache) through
+  the serving stream and decision rule, and the keyword's CPU per utterance;
 - quality: audio figures from the held-out set (re-made with --regenerate, which needs
   espeak-ng and sox; otherwise read from gateway/models/audio_metrics.json); sensor anomaly
   event/window F1 and false alarms per device-day, beside a rolling median/MAD z-score baseline
@@ -136,6 +139,46 @@ def audio_quality(regenerate: bool) -> dict[str, Any]:
     m = json.loads((DEFAULT_MODELS_DIR / "audio_metrics.json").read_text())
     m["source"] = "gateway/models/audio_metrics.json (training run's held-out set)"
     return m
+
+
+def keyword_talk_quality(cache: Path | None, minutes: int | None = None) -> dict[str, Any]:
+    """False commands per hour of the held-out talk (training/talk_data.py: held-out voices and
+    sentences, seeded as in the training run, cached in `cache`) through the serving stream and
+    decision rule with the committed keyword model, and the keyword's cost per utterance (speech
+    embedding + head, one thread, median). Without espeak-ng / sox: the training run's figures
+    from gateway/models/keyword_metrics.json."""
+    metrics_file = DEFAULT_MODELS_DIR / "keyword_metrics.json"
+    stored = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
+        talk = dict(stored.get("held_out_talk", {}))
+        talk["source"] = "gateway/models/keyword_metrics.json (espeak-ng / sox missing)"
+        return talk
+    import onnxruntime as ort
+
+    from gateway.inference.speech_embedding import SpeechEmbedder
+    from training import train_keyword
+
+    threshold = json.loads((DEFAULT_MODELS_DIR / "keyword.json").read_text())["thresholds"]
+    session = ort.InferenceSession(
+        str(DEFAULT_MODELS_DIR / "keyword.onnx"), providers=["CPUExecutionProvider"]
+    )
+    speech = SpeechEmbedder(intra_op_threads=1)
+    seed = int(stored.get("seed", train_keyword.DEFAULT_SEED))
+    clips = train_keyword.held_out_talk(seed, cache, minutes or train_keyword.TEST_TALK)
+    talk = train_keyword.talk_figures(
+        train_keyword.talk_rows(clips, speech), session, threshold["threshold"]
+    )
+    windows = [h for c in clips[:20] for h in train_keyword.keyword_inputs(c.audio)][:100]
+    costs = []
+    for h in windows:
+        assert h.audio is not None
+        t = time.perf_counter()
+        row = train_keyword.rows(speech, [h.audio], [float(h.features[0])])
+        train_keyword.probabilities(session, row)
+        costs.append((time.perf_counter() - t) * 1000)
+    talk["keyword_ms_per_utterance"] = round(float(np.median(costs)), 2) if costs else None
+    talk["source"] = f"re-made held-out talk (seed {seed}), committed keyword model"
+    return talk
 
 
 def sensor_quality(days: int = 3, homes: int = 2) -> dict[str, Any]:
@@ -478,6 +521,12 @@ def main() -> int:
     parser.add_argument(
         "--regenerate", action="store_true", help="re-make the held-out audio (espeak-ng, sox)"
     )
+    parser.add_argument(
+        "--talk-cache",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "homeedge-keyword-talk",
+        help="where the held-out talk (> 2 h, seeded) is cached between runs",
+    )
     args = parser.parse_args()
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
     log("model latency ...")
@@ -486,6 +535,8 @@ def main() -> int:
     cost = audio_cost()
     log("audio quality ...")
     aq = audio_quality(args.regenerate)
+    log("keyword false commands on held-out talk ...")
+    kq = keyword_talk_quality(args.talk_cache)
     log("sensor quality (simulators' world, UCI) ...")
     sq = sensor_quality()
     log("alarm end to end ...")
@@ -505,6 +556,10 @@ def main() -> int:
         "alarm_e2e_p99_ms": round(pct(e2e, 99), 2),
         "alarm_e2e_trials": len(e2e),
         "keyword_accuracy": aq["keyword_accuracy"],
+        "false_commands_per_hour_talk": kq.get("false_commands_per_hour_talk"),
+        "talk_hours": kq.get("talk_hours"),
+        "keyword_ms_per_utterance": kq.get("keyword_ms_per_utterance"),
+        "keyword_talk": kq,
         "alarm_recall": aq["alarm_recall"],
         "false_alarms_per_hour": aq["false_alarms_per_hour"],
         "vad_accuracy": aq["vad_accuracy"],

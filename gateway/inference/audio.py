@@ -8,18 +8,19 @@ memory, overwritten as audio arrives).
 Heads and their inputs:
 
 - ``vad``: every 0.5 s block of frames -> mean/std of the embeddings, energy modulation.
-- ``keyword``: each utterance cut by an energy endpointer (above the noise floor and the sound's
-  typical level) -> the last `KW_SAMPLES` (2 s) of audio when the endpointer closes it, so every
-  utterance sits at the same place before the window's end; the engine turns that window into
-  pretrained speech embeddings (`speech_embedding`) and `keyword_features`. For this the
-  stream keeps the last ~2.5 s of samples in memory, overwritten as new audio arrives and never
-  stored or sent. A steady bed (music, a fan) sets the level and yields no input after its
-  onset; talk yields one per phrase (30 s of espeak talk with 0.2-1.5 s pauses: 32.3 inputs a
-  minute, ~12 ms of embedding per second of talk, against 22.5 with the floor alone;
-  bench/endpointer.py). Sound
-  that stays above both past two cut-offs (`KW_MAX_FRAMES` each, >= 5 s without a dip, e.g. a
-  crescendo) is not a command: its further cut-offs yield no keyword input (the embedding costs
-  ~20 ms per utterance); the segment that ends it with a pause does.
+- ``keyword``: each *standalone* utterance cut by an energy endpointer (above the noise floor
+  and the sound's typical level) -> the last `KW_SAMPLES` (2 s) of audio when the endpointer
+  closes it, so every utterance sits whole at the same place before the window's end; the
+  engine turns that window into pretrained speech embeddings (`speech_embedding`) and
+  `keyword_features`. A command is an utterance of its own: a segment reaches the keyword head
+  only with a pause (`_END_SILENCE`) before and after it and at most `KW_MAX_UTTERANCE_FRAMES`
+  long, so a sentence that holds "lights off" or "stop" never does; short near misses ("the
+  lights", "a stop sign") are the head's "other" class (training/train_keyword.py). For this
+  the stream keeps the last ~2.5 s of samples in memory, overwritten as new audio arrives and
+  never stored or sent. A steady bed (music, a fan) sets the level and yields no input after
+  its onset; household talk yields ~6 inputs a minute (the short utterances and pauses-apart
+  phrases; each costs one ~20 ms speech embedding). Sound cut off at `KW_MAX_FRAMES` without a
+  pause, and the segment right after such a cut-off (it began without a pause), yield none.
   The level needs a few seconds of a stream to settle: a command in a microphone's first second
   can raise it and be cut short.
 - ``alarm``: every 50 ms, the 3 kHz tonality of the last 4 s in 50 ms bins (T3/T4 beep rhythms),
@@ -57,6 +58,11 @@ ALARM_BIN = 5
 ALARM_HOP = 5
 KW_MIN_FRAMES = 15
 KW_MAX_FRAMES = 250
+# A command is a standalone utterance: quiet before and after it and at most this long (10 ms
+# frames, with the endpointer's pads). Standalone "lights on" / "lights off" / "stop" by
+# training and held-out voices lasted at most 1.41 s (espeak-ng at 120-210 words a minute, with
+# reverb); a sentence around a command word lasts longer and never reaches the keyword head.
+KW_MAX_UTTERANCE_FRAMES = 170
 _SPEECH_DB = 9.0
 _ABOVE_LEVEL_DB = 7.0
 _LEVEL_FRAMES = ALARM_FRAMES  # the typical level's span: the 4 s of energies the stream keeps
@@ -207,7 +213,8 @@ class _Endpointer:
     start: int | None = None
     last_speech: int = -1
     run: int = 0
-    caps: int = 0  # consecutive segments closed by the KW_MAX_FRAMES cut-off
+    after_pause: bool = True  # the open segment began after quiet (not right after a cut-off)
+    standalone: bool = False  # the segment `step` just returned had quiet before and after it
     level: float = float("-inf")  # the median, refreshed every _LEVEL_EVERY frames
 
     def step(self, i: int, e: float, energy: F32) -> tuple[int, int] | None:
@@ -226,11 +233,13 @@ class _Endpointer:
             if self.start is None and self.run >= 3:
                 self.start = i - 2
         if self.start is not None:
-            too_long = i - self.start >= KW_MAX_FRAMES
+            too_long = i - self.start >= KW_MAX_FRAMES  # cut off: no pause ends this segment
             if i - self.last_speech >= _END_SILENCE or too_long:
                 seg = (self.start - _PAD, min(self.last_speech + _PAD, i))
                 self.start = None
-                self.caps = self.caps + 1 if too_long else 0
+                self.standalone = self.after_pause and not too_long
+                # A segment cut off mid-sound is followed by one that starts without a pause.
+                self.after_pause = not too_long
                 return seg
         return None
 
@@ -318,7 +327,8 @@ class AudioStream:
             seg = self.endpointer.step(i, float(frames.energy[k]), energy[:cur])
             if seg is not None:
                 lo, hi = max(seg[0], i + 1 - len(self.emb)), seg[1]
-                if hi - lo >= KW_MIN_FRAMES and self.endpointer.caps < 2:
+                standalone = self.endpointer.standalone and hi - lo <= KW_MAX_UTTERANCE_FRAMES
+                if hi - lo >= KW_MIN_FRAMES and standalone:
                     out.append(
                         HeadInput(
                             "keyword",
