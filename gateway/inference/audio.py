@@ -250,7 +250,12 @@ class AudioStream:
 
     frontend: FrontEnd = field(default_factory=FrontEnd)
     frame_index: int = 0  # index of the next frame
-    t0: float | None = None  # time of frame index 0
+    # The newest push's time and the stream sample index of its first sample: stream times are
+    # counted from it (`time_of`), so a microphone that paused (or a replay faster than real
+    # time) gives results stamped with its frames' own clock, not with the first frame's time
+    # plus the samples since, which drifted by every gap.
+    t0: float | None = None
+    t0_sample: int = 0
     history: F32 = field(default_factory=lambda: np.zeros((0, N_MELS), np.float32))
     emb: deque[F32] = field(default_factory=lambda: deque(maxlen=KW_MAX_FRAMES + 2 * _PAD + 40))
     # The last ALARM_FRAMES per-frame values as arrays (not deques): the alarm check slices them
@@ -267,8 +272,7 @@ class AudioStream:
 
     def frames(self, samples: F32, ts: float) -> F32:
         """Phase 1: push samples, return the embedding inputs of the completed frames."""
-        if self.t0 is None:
-            self.t0 = ts
+        self.t0, self.t0_sample = ts, self.recent_end
         frames = self.frontend.push(samples)
         self.pending = frames
         # Enough for the 2 s window ending at any frame this push completes; older samples go.
@@ -289,8 +293,10 @@ class AudioStream:
         return part
 
     def time_of(self, index: int) -> float:
+        """The time of frame `index`, from the newest push's time (frames before that push
+        are placed back from it, as contiguous audio)."""
         assert self.t0 is not None
-        return self.t0 + index * HOP / SAMPLE_RATE
+        return self.t0 + (index * HOP - self.t0_sample) / SAMPLE_RATE
 
     def accept(self, emb: F32) -> list[HeadInput]:
         """Phase 2: take the embeddings of the pending frames, return the heads' inputs."""
