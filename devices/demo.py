@@ -454,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
             "homes": 3,
             "rate": 1.0,
             "speed": 720.0,
-            "history": 24.0,
+            "history": 36.0,  # the sensor anomaly warm-up (24 h), then 12 h it scores
             "anomaly_rate": 2.0,
             "clips": DEMO_CLIPS if any(DEMO_CLIPS.glob("*.wav")) else None,
         },
