@@ -203,6 +203,6 @@ def test_demo_leaves_a_broker_of_your_own_as_it_was(
     # device and at least one entity per device) were there to clear.
     world = World(homes=1, seed=0)
     assert int(cleared.group(1)) > len(world.devices) + 2, out
-    config = (data / "gateway.toml").read_text()
+    config = (data / "latest" / "gateway.toml").read_text()  # the run's own directory
     assert 'discovery_prefix = "demo-homeassistant"' in config
     assert retained_topics(mosquitto.port) == before == []
