@@ -412,9 +412,9 @@ class DevicesConfig(Section):
         default=86400.0,
         gt=0,
         description="a device not heard from for this long is forgotten: its slot, its "
-        "inference windows (an open window is scored first) and baseline (relearned when it "
-        "comes back). A day: far above any reporting interval (hourly heartbeats, a 16-minute "
-        "sensor), and the span of the default baseline",
+        "inference windows (an open window is scored first; its learned baseline stays in "
+        "SQLite and resumes when it comes back). A day: far above any reporting interval "
+        "(hourly heartbeats, a 16-minute sensor), and the span of the default baseline",
     )
 
 

@@ -5,9 +5,9 @@ Served on the admin port (loopback by default, ``[admin] host``) beside ``/healt
 
 - ``/`` and ``/status``: an HTML page (``gateway/static/status.html`` + ``status.js``, no inline
   script; the page fills its tables from the JSON below with ``textContent`` only);
-- ``/api/status/devices``: every known device with its room, class, last seen, availability and
-  its newest battery level among the newest `BATTERY_SCAN_ROWS` readings of the last
-  `BATTERY_LOOKBACK_S` (``null`` without one);
+- ``/api/status/devices``: the `MAX_DEVICES` most recently seen devices with their room, class,
+  last seen, availability and newest battery level among the newest `BATTERY_SCAN_ROWS`
+  readings of the last `BATTERY_LOOKBACK_S` (``null`` without one);
 - ``/api/status/events``: the newest inference events (alarms, keywords, anomalies, level
   changes), newest first;
 - ``/api/status/dead-letters``: the newest dead letters with their reason, detail, count and
@@ -45,8 +45,10 @@ EVENT_LABELS = (
 # `BATTERY_SCAN_ROWS` readings (a row-id range: a busy gateway's page must not scan a week).
 BATTERY_LOOKBACK_S = 7 * 86400.0
 BATTERY_SCAN_ROWS = 200_000
-# Most rows any one reply holds.
+# Most rows any one reply holds; the devices list is the most recently seen `MAX_DEVICES`
+# (``total`` says how many the table holds).
 MAX_LIMIT = 500
+MAX_DEVICES = 2000
 DEFAULT_LIMIT = 50
 # The events query looks at most this many of the newest inference rows (an index range on the
 # row id): events are rare among per-window decisions, and the page must not scan years of them.
@@ -77,8 +79,10 @@ class StatusReader:
         with self._connect() as conn:
             rows = conn.execute(
                 "SELECT home, device, room, device_class, last_seen, availability, "
-                "availability_at FROM devices ORDER BY home, room, device"
+                "availability_at FROM devices ORDER BY last_seen DESC LIMIT ?",
+                (MAX_DEVICES,),
             ).fetchall()
+            total = conn.execute("SELECT count(*) FROM devices").fetchone()[0]
             # Newest battery per device: a bounded range of the newest rows, never a scan.
             battery = {
                 (r["home"], r["device"]): (r["value"], r["ts"])
@@ -105,7 +109,8 @@ class StatusReader:
                     "battery_at": level[1] if level else None,
                 }
             )
-        return {"devices": out, "count": len(out), "now": self._clock()}
+        out.sort(key=lambda d: (d["home"], d["room"], d["device"]))
+        return {"devices": out, "count": len(out), "total": total, "now": self._clock()}
 
     def events(self, limit: int) -> dict[str, Any]:
         marks = ",".join("?" * len(EVENT_LABELS))

@@ -117,7 +117,7 @@ _KINDS = frozenset(k.value for k in Kind)
 
 def is_gateway_output(levels: str) -> bool:
     """True when `levels`, what follows ``<root>/<home>/gateway/`` in a topic, names one of the
-    gateway's own outputs (``status``, ``events/<model>``, ``notify``)."""
+    gateway's own outputs (``status``, ``events/<model>``, ``notify``, ``states/...``)."""
     head, sep, rest = levels.partition("/")
     nested = GATEWAY_OUTPUTS.get(head)
     if nested is None:

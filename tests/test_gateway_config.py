@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -194,3 +195,19 @@ def test_an_environment_section_that_is_not_json_is_a_config_error(
     monkeypatch.setenv("HOMEEDGE_GATEWAY__ADMIN", "{bad")
     with pytest.raises(ConfigError, match="HOMEEDGE_GATEWAY__"):
         load_config(gateway_id="gw-env")
+
+
+def test_retired_inference_fields_still_load_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A config from before the time-based baseline and the [homeassistant] section starts."""
+    path = tmp_path / "gateway.toml"
+    path.write_text(
+        'gateway_id = "gw-old"\n[inference]\nbaseline_windows = 288\nbaseline_min_windows = 288\n'
+        'discovery_prefix = "homeassistant"\n'
+    )
+    caplog.set_level(logging.WARNING, "gateway.inference.settings")
+    cfg = load_config(path)
+    assert cfg.inference.warmup_hours == 24.0
+    assert "inference.baseline_windows is no longer used" in caplog.text
+    assert "[homeassistant] discovery_prefix" in caplog.text

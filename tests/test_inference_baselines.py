@@ -385,27 +385,34 @@ async def test_a_stored_state_that_does_not_fit_is_discarded_with_a_log_line(
     runtime: ModelRuntime, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     db, clocks = tmp_path / "gw.db", Clocks()
-    other = SensorStream(60.0, 48)
+    other = SensorStream(60.0, warmup_s=SETTINGS.warmup_hours * 3600.0)
     other.add("temperature", T0, 21.0)
+    # Right windows, but learned with another warm-up than [inference] now says.
+    spans = SensorStream(WINDOW, warmup_s=3600.0)
+    spans.add("temperature", T0, 21.0)
     sql = make_engine(db)
     with sql.begin() as conn:
         conn.exec_driver_sql(
             "INSERT INTO sensor_baselines VALUES ('h', 'bad', 300.0, x'ff00', 0), "
-            "('h', 'other', 60.0, ?, 0)",
-            (other.snapshot(),),
+            "('h', 'other', 60.0, ?, 0), ('h', 'spans', 300.0, ?, 0)",
+            (other.snapshot(), spans.snapshot()),
         )
     sql.dispose()
     caplog.set_level(logging.WARNING, "gateway.inference.baselines")
     async with gateway_engine(db, runtime, clocks) as engine:
         engine.on_readings(
-            [Reading("h", "r", d, "temperature", T0 + 1, 21.0, None, 0) for d in ("bad", "other")]
+            [
+                Reading("h", "r", d, "temperature", T0 + 1, 21.0, None, 0)
+                for d in ("bad", "other", "spans")
+            ]
         )
         await engine.drain()
-        assert engine.stats.baselines_discarded == 2 and engine.stats.errors == 0
-        assert set(engine.streams.sensors) == {("h", "bad"), ("h", "other")}
+        assert engine.stats.baselines_discarded == 3 and engine.stats.errors == 0
+        assert set(engine.streams.sensors) == {("h", "bad"), ("h", "other"), ("h", "spans")}
     text = caplog.text
     assert "h/bad discarded: an unknown format (first byte ff)" in text
     assert "h/other discarded: learned with 60s windows, inference.sensor_window_s is 300s" in text
+    assert "h/spans discarded: learned with baseline/warm-up/relearn spans" in text
 
 
 async def test_retention_deletes_the_baselines_of_devices_gone_for_long(tmp_path: Path) -> None:

@@ -467,3 +467,12 @@ def test_a_window_keeps_only_model_metrics_packed_and_its_stats_are_numpys() -> 
     assert (closed.first["temperature"], closed.last["temperature"]) == (values[0], values[-1])
     far = values[np.argmax(np.abs(values - np.median(values)))]
     assert closed.extreme["temperature"] == far
+
+
+def test_a_level_change_does_not_hide_another_metrics_anomaly() -> None:
+    from gateway.inference.sensors import window_label
+
+    assert window_label({"co2"}, {"co2"}) == "level_change"
+    assert window_label({"co2", "humidity"}, {"co2"}) == "anomaly"
+    assert window_label({"humidity"}, ()) == "anomaly"
+    assert window_label((), ()) == "normal"

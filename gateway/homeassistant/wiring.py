@@ -279,8 +279,11 @@ def install_homeassistant(
         rows = await host.run_db(_load)
         await host.mqtt_ready()
         cutoff = clock() - idle_s
-        # Not the gateway's own entity ('' device of '' home): it is announced again below.
-        stale = {t for t, home, device, at in rows if at < cutoff and (home or device)}
+        # Only devices' entities: not the gateway's own ('' home and device; announced again
+        # below), nor a room's ('' device: announced once per run with the room's first
+        # result, so its announced_at says nothing about the room being gone; removing it at
+        # every restart would make HA delete and re-create the entity, losing its settings).
+        stale = {t for t, home, device, at in rows if at < cutoff and device}
         for topic, home, device, _ in rows:
             if topic not in stale:
                 announcer.topics.setdefault((home, device), set()).add(topic)

@@ -211,6 +211,19 @@ class Baselines:
                 self._settings.sensor_window_s,
             )
             return None
+        s = self._settings
+        spans = (s.baseline_hours * 3600.0, s.warmup_hours * 3600.0, s.relearn_hours * 3600.0)
+        if (stream.baseline_s, stream.warmup_s, stream.relearn_s) != spans:
+            self._stats.baselines_discarded += 1
+            log.warning(
+                "sensor baseline of %s/%s discarded: learned with baseline/warm-up/relearn "
+                "spans of %s s, [inference] now says %s s; the device learns again",
+                home,
+                device,
+                (stream.baseline_s, stream.warmup_s, stream.relearn_s),
+                spans,
+            )
+            return None
         self._stats.baselines_restored += 1
         if pending:
             self._touched.add(key)  # not written yet: the next round does

@@ -614,8 +614,9 @@ def occupancy_applies(w: WindowStats) -> bool:
 
 
 def window_label(flagged: Collection[str], changed: Collection[str]) -> str:
-    """A scored window's anomaly label: ``level_change`` (a lasting change was adopted in it),
-    ``anomaly`` (a metric flagged) or ``normal``."""
-    if changed:
-        return "level_change"
-    return "anomaly" if flagged else "normal"
+    """A scored window's anomaly label: ``anomaly`` (a metric flagged whose change was not
+    adopted: a level change of one metric must not hide another's fault), ``level_change`` (a
+    lasting change was adopted in it) or ``normal``."""
+    if set(flagged) - set(changed):
+        return "anomaly"
+    return "level_change" if changed else "normal"

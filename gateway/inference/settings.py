@@ -2,17 +2,41 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+# Fields earlier releases had, accepted (and ignored, with a warning) so that an existing config
+# still starts: what replaced each.
+RETIRED = {
+    "baseline_windows": "baseline_hours (the baseline spans time now, not a number of windows)",
+    "baseline_min_windows": "warmup_hours",
+    "discovery_prefix": "[homeassistant] discovery_prefix",
+}
 
 
 class InferenceSettings(BaseModel):
     """Edge inference: which models, how they run, what they publish."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(k in data for k in RETIRED):
+            data = dict(data)
+            for name, instead in RETIRED.items():
+                if name in data:
+                    data.pop(name)
+                    log.warning(
+                        "inference.%s is no longer used and is ignored: see %s", name, instead
+                    )
+        return data
 
     enabled: bool = Field(default=True, description="run inference at all")
     models_dir: Path = Field(
@@ -27,7 +51,8 @@ class InferenceSettings(BaseModel):
     queue_size: int = Field(
         default=4000,
         ge=1,
-        description="pending frames/readings; when full new ones are dropped+counted",
+        description="pending frames/readings; when full, audio frames are dropped (counted) "
+        "and readings wait for room (a backlog reaches the models whole)",
     )
     batch_max: int = Field(
         default=256, ge=1, description="most queued items handled per executor call"
