@@ -31,15 +31,15 @@ class Sink:
 
     def __init__(self) -> None:
         self.announced: list[tuple[str, str, list[str]]] = []
-        self.owners: set[tuple[str, str]] = set()
+        self.owners: dict[tuple[str, str], set[str]] = {}
 
     def announce(self, home: str, device: str, configs: Sequence[DiscoveryConfig]) -> bool:
         self.announced.append((home, device, [c.topic for c in configs]))
-        self.owners.add((home, device))
+        self.owners.setdefault((home, device), set()).update(c.topic for c in configs)
         return True
 
-    def has(self, home: str, device: str) -> bool:
-        return (home, device) in self.owners
+    def has(self, home: str, device: str, topic: str) -> bool:
+        return topic in self.owners.get((home, device), ())
 
 
 async def _write(fn: Callable[[Connection], None]) -> None:
@@ -76,6 +76,12 @@ def test_inference_configs_go_through_the_sink_and_come_back_after_removal() -> 
     sink.owners.clear()  # the device was forgotten: its configs removed
     handler.emit([_alarm()])
     assert len(sink.announced) == 2
+    # Forgotten again; back, its first reading announces a metric entity of the same device
+    # before its next alarm: the alarm's configs are still announced anew.
+    sink.owners.clear()
+    sink.announce("home-1", "mic-1", [DiscoveryConfig("ha/sensor/x/noise/config", b"{}")])
+    handler.emit([_alarm()])
+    assert len(sink.announced) == 4 and sink.announced[-1][2] == topics
 
 
 def test_no_sink_no_discovery() -> None:

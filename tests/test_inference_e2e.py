@@ -79,14 +79,14 @@ class BrokerDiscovery:
 
     def __init__(self, sink: BrokerSink) -> None:
         self.sink = sink
-        self.owners: set[tuple[str, str]] = set()
+        self.owners: dict[tuple[str, str], set[str]] = {}
 
     def announce(self, home: str, device: str, configs: Sequence[DiscoveryConfig]) -> bool:
-        self.owners.add((home, device))
+        self.owners.setdefault((home, device), set()).update(c.topic for c in configs)
         return all(self.sink.submit(c.topic, c.payload, retain=True) for c in configs)
 
-    def has(self, home: str, device: str) -> bool:
-        return (home, device) in self.owners
+    def has(self, home: str, device: str, topic: str) -> bool:
+        return topic in self.owners.get((home, device), ())
 
 
 @contextlib.asynccontextmanager

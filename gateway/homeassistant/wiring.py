@@ -89,9 +89,9 @@ class Announcer:
         self._poke()
         return ok
 
-    def has(self, home: str, device: str) -> bool:
-        """True while configs of the device are announced (not removed since)."""
-        return (home, device) in self.topics
+    def has(self, home: str, device: str, topic: str) -> bool:
+        """True while the device's config on `topic` is announced (not removed since)."""
+        return topic in self.topics.get((home, device), ())
 
     def remove_device(self, home: str, device: str) -> int:
         """Replace every config of the device by an empty retained message; how many."""

@@ -39,6 +39,7 @@ class DiscoverySink(Protocol):
         dropped (try again later)."""
         ...
 
-    def has(self, home: str, device: str) -> bool:
-        """True while configs of the device are announced (False again once removed)."""
+    def has(self, home: str, device: str, topic: str) -> bool:
+        """True while the config on `topic` of the device is announced (False again once
+        removed, although the device's other configs may have been announced anew since)."""
         ...

@@ -105,7 +105,7 @@ class ResultHandler:
         self._on_event = on_event
         # Sources whose discovery configs were published, least recently used first, bounded:
         # one forgotten is announced again with its next result (the same retained configs).
-        self._announced: OrderedDict[tuple[str, ...], None] = OrderedDict()
+        self._announced: OrderedDict[tuple[str, ...], str] = OrderedDict()
         self._max_announced = max_announced
 
     async def handle(self, results: list[InferenceResult]) -> None:
@@ -201,15 +201,18 @@ class ResultHandler:
                     availability_topic=status,
                 )
             ]
-        # A device the gateway forgot had its configs removed (`sink.has` is False again):
-        # announced anew when it is back.
-        if key in self._announced and sink.has(*owner):
+        # A device the gateway forgot had its configs removed (`sink.has` is False again for
+        # this source's config, even when the device's metric entities were announced anew by
+        # its first readings since): announced anew when it is back.
+        known = self._announced.get(key)
+        if known is not None and sink.has(*owner, known):
             self._announced.move_to_end(key)
             return
         # Remembered only once every config was queued: a dropped one is tried again with the
         # next result of that source instead of never (HA would not know the entity).
-        if sink.announce(*owner, configs()):
-            self._announced[key] = None
+        made = configs()
+        if made and sink.announce(*owner, made):
+            self._announced[key] = made[0].topic
             if len(self._announced) > self._max_announced:
                 self._announced.popitem(last=False)
 
