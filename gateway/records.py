@@ -10,6 +10,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from schemas.events import InferenceEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +84,19 @@ class EdgeEvent:
     window_start: float
     window_end: float
     ts: float  # when the gateway decided (gateway clock, Unix seconds)
+
+    @classmethod
+    def of(cls, kind: EventKind, event: InferenceEvent) -> EdgeEvent:
+        """The published `event` as the other plug-ins get it."""
+        return cls(
+            kind,
+            event.model,
+            event.home,
+            event.room,
+            event.device,
+            event.label,
+            event.score,
+            event.window_start,
+            event.window_end,
+            event.ts,
+        )

@@ -125,38 +125,25 @@ class ResultHandler:
                 self._announce(self._discovery, r)
             if not r.event:
                 continue
+            event = InferenceEvent(
+                model=r.model,
+                version=r.version,
+                home=r.home,
+                room=r.room,
+                device=r.device,
+                label=r.label,
+                score=r.score,
+                window_start=r.start,
+                window_end=r.end,
+                ts=now,
+            )
             if publisher is not None and self._settings.publish_events:
-                event = InferenceEvent(
-                    model=r.model,
-                    version=r.version,
-                    home=r.home,
-                    room=r.room,
-                    device=r.device,
-                    label=r.label,
-                    score=r.score,
-                    window_start=r.start,
-                    window_end=r.end,
-                    ts=now,
-                )
                 topic = gateway_events_topic(r.home, r.model, root=self._root)
                 if publisher.submit(topic, encode_event(event)):
                     self._stats.events += 1
             # Also with publish_events off: local actions do not depend on the MQTT events.
             if on_event is not None:
-                on_event(
-                    EdgeEvent(
-                        kind=EVENT_KIND[r.kind],
-                        model=r.model,
-                        home=r.home,
-                        room=r.room,
-                        device=r.device,
-                        label=r.label,
-                        score=r.score,
-                        window_start=r.start,
-                        window_end=r.end,
-                        ts=now,
-                    )
-                )
+                on_event(EdgeEvent.of(EVENT_KIND[r.kind], event))
 
     def _announce(self, sink: DiscoverySink, r: InferenceResult) -> None:
         s = self._settings
