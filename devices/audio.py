@@ -11,6 +11,7 @@ listener that concatenates one microphone's frames hears it whole.
 
 from __future__ import annotations
 
+import math
 import re
 import wave
 from collections.abc import Mapping, Sequence
@@ -45,6 +46,9 @@ CLIP_PROBABILITY: Mapping[str, tuple[float, float]] = {
 _OTHER_FAMILY = (0.01, 0.0)
 _TONE_PROBABILITY = (0.05, 0.01)  # occupied, empty
 _NUMBERED = re.compile(r"_\d+$")
+# Quiet around a cued clip (`AudioSynth.cue`): a spoken command stands alone only with a pause
+# before and after it, and an alarm pattern counts only after a second without its beeps.
+CUE_QUIET_S = 1.0
 
 
 def family(label: str) -> str:
@@ -145,11 +149,35 @@ class AudioSynth:
             self._families.setdefault(family(label), []).append(label)
         self._playing: tuple[str, Samples] | None = None
         self._pos = 0
+        # Cued clips (`cue`), the quiet frames owed before the next one may start or after one
+        # ended, and how many quiet frames a pause takes.
+        self._cued: list[str] = []
+        self._quiet_owed = 0
+        self._quiet_run = 0
+        self._pause_frames = max(1, math.ceil(CUE_QUIET_S / frame_seconds))
 
     @property
     def playing(self) -> str | None:
         """The label of the clip being played (it continues in the next frame)."""
         return None if self._playing is None else self._playing[0]
+
+    def cue(self, label: str) -> None:
+        """Play clip `label` once the clip playing (if any) has ended, with `CUE_QUIET_S` of
+        the room's quiet floor before and after it, so that it stands alone: a spoken command
+        with a pause around it, an alarm not run into speech. An unknown label raises
+        `KeyError`."""
+        if not self.clips.clips.get(label):
+            raise KeyError(f"no clip labelled {label!r} (have: {', '.join(self.clips.labels())})")
+        self._cued.append(label)
+
+    def _next_label(self, occupied: bool) -> str:
+        if self._quiet_owed > 0 or (self._cued and self._quiet_run < self._pause_frames):
+            self._quiet_owed = max(0, self._quiet_owed - 1)
+            return Scene.SILENCE.value
+        if self._cued:
+            self._quiet_owed = self._pause_frames  # after it ends
+            return self._cued.pop(0)
+        return self.choose(occupied)
 
     def choose(self, occupied: bool) -> str:
         """The label of the next frame when no clip is playing."""
@@ -170,7 +198,8 @@ class AudioSynth:
         started = False
         offset = 0
         if self._playing is None:
-            label = self.choose(occupied)
+            label = self._next_label(occupied)
+            self._quiet_run = self._quiet_run + 1 if label == Scene.SILENCE else 0
             if label in self.clips.clips:
                 self._playing = (label, self.clips.pick(label, self.rng))
                 self._pos = 0

@@ -8,11 +8,12 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from devices.fleet import FleetConfig, FleetStats
+from devices.fleet import Cue, FleetConfig, FleetStats
 
 
 def parse_time(value: str) -> float:
@@ -30,6 +31,10 @@ def parse_time(value: str) -> float:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
+
+
+def _cue_list(cues: Sequence[Cue]) -> str:
+    return " ".join(f"{c.at_s:g}:{c.label}" for c in cues) or "none"
 
 
 def add_fleet_arguments(parser: argparse.ArgumentParser, *, defaults: dict[str, Any]) -> None:
@@ -82,6 +87,25 @@ def add_fleet_arguments(parser: argparse.ArgumentParser, *, defaults: dict[str, 
         help="WAV clips the microphones play (<label>[_<n>].wav, mono 16 kHz)",
     )
     g.add_argument(
+        "--cue",
+        dest="cues",
+        action="append",
+        type=Cue.parse,
+        default=None,
+        metavar="SECONDS:LABEL",
+        help="a clip played SECONDS after the start, on the next microphone in turn "
+        f"(repeatable; default: {_cue_list(defaults.get('cues', ()))})",
+    )
+    g.add_argument("--no-cues", action="store_true", help="no scheduled clips, chance only")
+    g.set_defaults(default_cues=tuple(defaults.get("cues", ())))
+    g.add_argument(
+        "--cue-every",
+        type=float,
+        default=defaults.get("cue_every_s"),
+        metavar="SECONDS",
+        help="play the cues again this often",
+    )
+    g.add_argument(
         "--ground-truth",
         type=Path,
         default=defaults.get("ground_truth"),
@@ -110,6 +134,8 @@ def fleet_config(args: argparse.Namespace, **overrides: Any) -> FleetConfig:
         "frame_seconds": args.frame_seconds,
         "ground_truth": args.ground_truth,
         "clips": args.clips,
+        "cues": () if args.no_cues else tuple(args.cues or args.default_cues),
+        "cue_every_s": args.cue_every,
         "shared_connection": args.shared_connection,
         "client_prefix": args.client_prefix,
     }

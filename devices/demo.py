@@ -68,7 +68,7 @@ from devices.cli import (
     setup_logging,
     stop_on_signals,
 )
-from devices.fleet import Fleet, FleetConfig
+from devices.fleet import Cue, Fleet, FleetConfig
 from schemas.topics import ROOT, Kind, device_topic, gateway_status_topic
 
 GATEWAY_ID = "demo-gateway"
@@ -78,6 +78,13 @@ DEMO_HA_PREFIX = "demo-homeassistant"
 _WINDOWS = (60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 # The clip set the inference models were evaluated with (speech, keywords, alarms), when present.
 DEMO_CLIPS = Path(__file__).resolve().parent / "clips"
+DEMO_CUES = (
+    Cue(at_s=8, label="alarm_smoke_t3"),
+    Cue(at_s=18, label="keyword_lights_on"),
+    Cue(at_s=28, label="keyword_stop"),
+    Cue(at_s=38, label="keyword_lights_off"),
+    Cue(at_s=48, label="alarm_co_t4"),
+)
 _START_TIMEOUT_S = 30.0
 _STOP_TIMEOUT_S = 15.0
 _DRAIN_S = 5.0  # at most this long waiting for the gateway to store what was published
@@ -394,6 +401,10 @@ async def gateway_health(http: aiohttp.ClientSession, admin: str) -> dict[str, A
 class CloudProgress:
     batches: int
     temperature_windows: int
+    # What the edge detected, as the cloud's analytics counted it (their last run).
+    alarms: int = 0
+    commands: int = 0
+    anomalies: int = 0
 
 
 async def cloud_progress(http: aiohttp.ClientSession, cloud: CloudInfo) -> CloudProgress | None:
@@ -408,11 +419,21 @@ async def cloud_progress(http: aiohttp.ClientSession, cloud: CloudInfo) -> Cloud
             f"{cloud.url}/api/v1/aggregates", params=params, headers=headers, timeout=timeout
         ) as r:
             series = (await r.json())["series"]
+        async with http.get(
+            f"{cloud.url}/api/v1/analytics/events", headers=headers, timeout=timeout
+        ) as r:
+            timeline = (await r.json())["report"]["timeline"]
     except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
         return None
     batches = sum(g["batches"] for g in gateways if g["gateway"] == GATEWAY_ID)
     windows = sum(p["windows"] for s in series for p in s["points"])
-    return CloudProgress(batches=batches, temperature_windows=windows)
+    return CloudProgress(
+        batches=batches,
+        temperature_windows=windows,
+        alarms=round(sum(p["alarms"] for p in timeline)),
+        commands=round(sum(p["keywords"] for p in timeline)),
+        anomalies=round(sum(p["anomalies"] for p in timeline)),
+    )
 
 
 def _format_cloud(progress: CloudProgress | None) -> str:
@@ -420,6 +441,8 @@ def _format_cloud(progress: CloudProgress | None) -> str:
         return "cloud unreachable"
     return (
         f"cloud {progress.batches} batches, {progress.temperature_windows} temperature aggregates"
+        f"; edge events {progress.alarms} alarms, {progress.commands} voice commands, "
+        f"{progress.anomalies} sensor anomalies"
     )
 
 
@@ -457,6 +480,10 @@ def build_parser() -> argparse.ArgumentParser:
             "history": 36.0,  # the sensor anomaly warm-up (24 h), then 12 h it scores
             "anomaly_rate": 2.0,
             "clips": DEMO_CLIPS if any(DEMO_CLIPS.glob("*.wav")) else None,
+            # Besides chance: a smoke alarm, three commands and a CO alarm in the first minute,
+            # each on the next microphone in turn, and again every ten minutes.
+            "cues": DEMO_CUES if any(DEMO_CLIPS.glob("*.wav")) else (),
+            "cue_every_s": 600.0,
         },
     )
     return parser

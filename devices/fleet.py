@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from devices.anomalies import GroundTruth
 from devices.audio import ClipSet
-from devices.sensors import DeviceModel, Emission
+from devices.sensors import DeviceModel, Emission, MicrophoneModel
 from devices.world import World
 from schemas.state import Availability, encode_state
 from schemas.topics import ROOT, Kind, device_topic
@@ -34,6 +34,23 @@ log = logging.getLogger(__name__)
 
 _CONNECT_CONCURRENCY = 32  # simultaneous CONNECTs: a fleet of hundreds must not stampede a broker
 _RECONNECT_MAX_S = 10.0
+
+
+class Cue(BaseModel):
+    """A clip a microphone plays `at_s` wall-clock seconds after the fleet starts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    at_s: float = Field(ge=0, description="seconds after the start")
+    label: str = Field(min_length=1, description="clip label, e.g. alarm_smoke_t3")
+
+    @classmethod
+    def parse(cls, text: str) -> Cue:
+        """``"20:alarm_smoke_t3"`` -> a cue at 20 s."""
+        at, sep, label = text.partition(":")
+        if not sep:
+            raise ValueError(f"expected SECONDS:LABEL, got {text!r}")
+        return cls(at_s=float(at), label=label)
 
 
 class FleetConfig(BaseModel):
@@ -87,6 +104,14 @@ class FleetConfig(BaseModel):
         ge=0,
         description="first telemetry seq; default: from the wall clock (ms x 1000), so a "
         "restarted fleet's sequence numbers keep growing and are not taken for redeliveries",
+    )
+    cues: tuple[Cue, ...] = Field(
+        default=(),
+        description="clips played on schedule (each on the next microphone in turn), on top of "
+        "the random scenes: a demo shows an alarm and commands without waiting for chance",
+    )
+    cue_every_s: float | None = Field(
+        default=None, gt=0, description="repeat the cues this often (wall-clock seconds)"
     )
     username: str | None = Field(default=None, description="broker user name")
     password: str | None = Field(default=None, description="broker password")
@@ -184,6 +209,11 @@ class Fleet:
         self._truth = TruthLog(config.ground_truth)
         self._connect_slots = asyncio.Semaphore(_CONNECT_CONCURRENCY)
         self._deadline: float | None = None
+        self.microphones = [m for m in self.world.models if isinstance(m, MicrophoneModel)]
+        for cue in config.cues if self.microphones else ():
+            if not self.microphones[0].synth.clips.clips.get(cue.label):
+                labels = ", ".join(self.microphones[0].synth.clips.labels()) or "none: no --clips"
+                raise ValueError(f"cue {cue.label!r}: no clip with that label (have: {labels})")
 
     # --- running ------------------------------------------------------------------------------
 
@@ -193,6 +223,9 @@ class Fleet:
         loop = asyncio.get_running_loop()
         if self.config.duration is not None:
             self._deadline = loop.time() + self.config.duration
+        cues = None
+        if self.config.cues and self.microphones:
+            cues = loop.create_task(self._play_cues(stop), name="cues")
         try:
             if self.config.shared_connection:
                 await self._run_shared(stop)
@@ -201,8 +234,30 @@ class Fleet:
                     for i, model in enumerate(self.world.models):
                         tg.create_task(self._run_device(model, i, stop), name=model.spec.device)
         finally:
+            if cues is not None:
+                cues.cancel()
             self._truth.close()
         return self.stats
+
+    async def _play_cues(self, stop: asyncio.Event) -> None:
+        """Each cue on the next microphone in turn, at its time (and again every
+        `cue_every_s`)."""
+        start = asyncio.get_running_loop().time()
+        turn = 0
+        rounds = 0
+        while True:
+            base = start + rounds * (self.config.cue_every_s or 0.0)
+            for cue in sorted(self.config.cues, key=lambda c: c.at_s):
+                delay = base + cue.at_s - asyncio.get_running_loop().time()
+                if await _sleep_or_stop(stop, max(0.0, delay)):
+                    return
+                mic = self.microphones[turn % len(self.microphones)]
+                turn += 1
+                mic.synth.cue(cue.label)
+                log.info("cue %s on %s/%s", cue.label, mic.spec.home, mic.spec.device)
+            if self.config.cue_every_s is None:
+                return
+            rounds += 1
 
     def _client(self, identifier: str, will: aiomqtt.Will | None) -> aiomqtt.Client:
         return aiomqtt.Client(

@@ -23,8 +23,9 @@ from tests.conftest import MosquittoBroker
 
 def run_demo(data: Path, *args: str) -> tuple[str, Path]:
     """One demo run in `data` (2 s progress lines; `args` add to or override the defaults of
-    a 12 s run of 2 homes at 2 msg/s): its output and its run directory."""
-    defaults = ["--duration", "12", "--homes", "2", "--rate", "2"]
+    an 18 s run of 2 homes at 2 msg/s: the first window, up to 5 s of replay, closes after 5 s
+    of grace, wherever the replay starts in it): its output and its run directory."""
+    defaults = ["--duration", "18", "--homes", "2", "--rate", "2"]
     fixed = ["--progress", "2", "--data-dir", str(data)]
     proc = subprocess.run(
         [sys.executable, "-m", "devices.demo", *defaults, *args, *fixed],
@@ -58,7 +59,7 @@ def check_run(out: str, data: Path) -> None:
     assert re.search(r"^cloud +http://127\.0\.0\.1:\d+/api/v1 ", out, re.M), out
     token = re.search(r"^dashboard http://127\.0\.0\.1:\d+/  read token (\S+)$", out, re.M)
     assert token, out
-    cloud_done = re.search(r"; cloud (\d+) batches, (\d+) temperature aggregates$", out, re.M)
+    cloud_done = re.search(r"; cloud (\d+) batches, (\d+) temperature aggregates; edge", out, re.M)
     assert cloud_done, out
     batches, temperature = (int(g) for g in cloud_done.groups())
     assert batches >= 1 and temperature >= 1

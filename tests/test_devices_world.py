@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from devices.anomalies import GroundTruth
-from devices.audio import ClipSet, Scene
+from devices.audio import AudioSynth, ClipSet, Scene
+from devices.fleet import Cue, Fleet, FleetConfig
 from devices.layout import build_layout
 from devices.sensors import Emission
 from devices.world import World
@@ -181,6 +182,39 @@ def test_clips_from_a_wav_directory_play_whole_across_frames(tmp_path: Path) -> 
         w.writeframes(b"\0\0\0\0")
     with pytest.raises(ValueError, match="expected mono 16-bit 16000 Hz"):
         ClipSet.from_dir(tmp_path)
+
+
+def test_a_cued_clip_plays_whole_with_quiet_around_it_after_the_clip_playing() -> None:
+    rng = np.random.default_rng(1)
+    long_talk = (np.sin(np.arange(40000) / 5.0) * 8000).astype(np.int16)  # 2.5 s: five frames
+    command = (np.sin(np.arange(12000) / 2.0) * 9000).astype(np.int16)  # 0.75 s: two frames
+    synth = AudioSynth(
+        rng,
+        frame_seconds=0.5,
+        clips=ClipSet({"speech": [long_talk], "keyword_stop": [command]}),
+    )
+    with pytest.raises(KeyError, match="no clip labelled 'alarm_smoke_t3'"):
+        synth.cue("alarm_smoke_t3")
+    # Start the long clip, then cue the command while it plays: it waits for the end.
+    while synth.frame(occupied=True).label != "speech":
+        pass
+    synth.cue("keyword_stop")
+    labels = [synth.frame(occupied=True).label for _ in range(14)]
+    first = labels.index("keyword_stop")
+    # The speech clip ran out, then a second of the quiet floor (two 0.5 s frames) came first.
+    assert "speech" not in labels[first:]
+    assert labels[first - 2 : first] == [Scene.SILENCE, Scene.SILENCE]
+    assert labels[first : first + 2] == ["keyword_stop"] * 2
+    assert labels[first + 2 : first + 4] == [Scene.SILENCE, Scene.SILENCE]
+
+
+def test_cues_parse_and_a_cue_without_its_clip_is_refused() -> None:
+    assert Cue.parse("8:alarm_smoke_t3") == Cue(at_s=8, label="alarm_smoke_t3")
+    with pytest.raises(ValueError, match="expected SECONDS:LABEL"):
+        Cue.parse("alarm_smoke_t3")
+    config = FleetConfig(cues=(Cue(at_s=1, label="keyword_stop"),))
+    with pytest.raises(ValueError, match="cue 'keyword_stop': no clip with that label"):
+        Fleet(config, world=World(homes=1, seed=0))
 
 
 def _readings(emissions: list[Emission]) -> dict[tuple[str, str, str, float], float]:
