@@ -55,6 +55,9 @@ class Host:
     def on_device_forgotten(self, cb: Any) -> None:
         pass
 
+    def via_adapter(self, home: str, device: str) -> bool:
+        return False
+
     def add_task(self, name: str, factory: Any) -> None:
         self.tasks.append(factory)
 

@@ -177,6 +177,9 @@ class Gateway:
                 self._callback_logs["event"].error("event callback %r failed", cb, exc_info=True)
                 self.metrics.task_restarts.labels("event-callback").inc()
 
+    def via_adapter(self, home: str, device: str) -> bool:
+        return self.devices.adapted(home, device)
+
     def on_device_forgotten(self, callback: ForgottenCallback) -> None:
         self._forgotten_callbacks.append(callback)
 

@@ -60,6 +60,8 @@ class DeviceTable:
         # (home, device) -> last heard (clock), least recently heard first.
         self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._microphones: set[tuple[str, str]] = set()
+        # Devices whose messages come through an ecosystem adapter (`mark_adapted`).
+        self._adapted: set[tuple[str, str]] = set()
         self.evicted = 0
 
     def __len__(self) -> int:
@@ -108,6 +110,21 @@ class DeviceTable:
             seen[key] = now
             return True
 
+    def mark_adapted(self, home: str, device: str) -> None:
+        """Remember that the device reaches the gateway through an ecosystem adapter
+        (Zigbee2MQTT, Tasmota, ...): such a device has its own Home Assistant entities from its
+        ecosystem. At most `max_devices` are remembered; a device is forgotten with its slot."""
+        key = (home, device)
+        if key in self._adapted:
+            return
+        with self._lock:
+            if len(self._adapted) < self.max_devices:
+                self._adapted.add(key)
+
+    def adapted(self, home: str, device: str) -> bool:
+        """True when `mark_adapted` saw the device (and it was not forgotten since)."""
+        return (home, device) in self._adapted
+
     def refusal(self, *, audio: bool) -> str:
         """The dead letter's detail for a refused device."""
         if audio and len(self._microphones) >= self.max_microphones:
@@ -135,6 +152,7 @@ class DeviceTable:
                 break
             del seen[key]
             self._microphones.discard(key)
+            self._adapted.discard(key)
             gone.append(key)
         n = len(gone)
         if n:

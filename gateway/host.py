@@ -84,6 +84,11 @@ class GatewayHost(Protocol):
         table forgets (idle for ``devices.idle_s``; `gateway.device_table`)."""
         ...
 
+    def via_adapter(self, home: str, device: str) -> bool:
+        """True when the device's messages come through an ecosystem adapter (so its
+        ecosystem may announce it to Home Assistant itself)."""
+        ...
+
     def add_task(self, name: str, factory: TaskFactory) -> None:
         """Run ``factory()`` for the gateway's lifetime; restarted with backoff if it raises."""
         ...

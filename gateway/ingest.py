@@ -524,6 +524,9 @@ class MessageDecoder:
         seen: dict[tuple[str, str], DeviceSeen] = {}
         for r in readings:
             seen[(r.home, r.device)] = DeviceSeen(r.home, r.room, r.device, at)
+        if self._devices is not None:
+            for home, device in seen:
+                self._devices.mark_adapted(home, device)
         items = self._with_rejections(
             items, readings, list(seen.values()), rejected, topic, payload, at
         )

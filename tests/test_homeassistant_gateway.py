@@ -441,3 +441,43 @@ async def test_records_of_devices_not_heard_for_idle_s_are_removed_at_start_up(
     with contextlib.closing(sqlite3.connect(config.storage.path)) as db:
         rows = {r[0] for r in db.execute("SELECT topic FROM ha_announced")}
     assert old not in rows and recent in rows
+
+
+async def test_devices_from_an_adapter_get_no_second_ha_device_unless_asked(
+    mosquitto: MosquittoBroker, topic_root: str, tmp_path: Path
+) -> None:
+    """A Zigbee2MQTT sensor is in Home Assistant already (through Zigbee2MQTT's own discovery):
+    by default the gateway stores its readings but announces no device for it."""
+    prefix = f"{topic_root}-ha"
+    z2m = f"{topic_root}-z2m"
+    adapter = f'[adapters.zigbee2mqtt]\nenabled = true\nbase_topic = "{z2m}"\n'
+
+    async def announced_for(gateway_id: str, extra: str) -> set[str]:
+        config = gateway_config(
+            tmp_path, mosquitto, topic_root, prefix, gateway_id=gateway_id, extra=extra
+        )
+        gw = create_gateway(config)
+        async with listening(mosquitto, f"{prefix}/+/homeedge_{gateway_id}/#") as seen, gw:
+            await started(gw)
+            async with aiomqtt.Client("127.0.0.1", mosquitto.port) as dev:
+                payload = json.dumps({"temperature": 21.5, "humidity": 40.0, "linkquality": 90})
+                await dev.publish(f"{z2m}/kitchen_sensor", payload, qos=1)
+            await publish(mosquitto, topic_root, "living", "thermostat-1", {"temperature": 21.0})
+
+            def stored() -> set[str]:
+                with contextlib.closing(sqlite3.connect(tmp_path / f"{gateway_id}.db")) as db:
+                    return {r[0] for r in db.execute("SELECT DISTINCT device FROM readings")}
+
+            await wait_for(lambda: {"kitchen_sensor", "thermostat-1"} <= stored(), what="both")
+            await wait_for(
+                lambda: any("thermostat-1" in c["unique_id"] for c in seen.configs().values()),
+                what="the native device's config",
+            )
+            await asyncio.sleep(0.5)  # a config for the adapter's device would be out by now
+            return {c["unique_id"] for c in seen.configs().values()}
+
+    default = await announced_for("gw-a", adapter)
+    assert any("thermostat-1" in u for u in default)
+    assert not any("kitchen_sensor" in u for u in default), default
+    asked = await announced_for("gw-b", "adapter_devices = true\n" + adapter)
+    assert any("kitchen_sensor" in u and u.endswith("/temperature") for u in asked), asked

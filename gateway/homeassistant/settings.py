@@ -43,6 +43,13 @@ class HomeAssistantSettings(BaseModel):
         "device class for (temperature, humidity, co2, light, power, energy, battery, "
         "pressure, motion, door, ...; never health data)",
     )
+    adapter_devices: bool = Field(
+        default=False,
+        description="also announce devices that reach the gateway through an ecosystem adapter "
+        "(Zigbee2MQTT, Tasmota, Shelly, ESPHome, Home Assistant's own): their ecosystem "
+        "usually announces them to Home Assistant already, and a second device for each "
+        "would be a duplicate; the gateway's inference entities are announced either way",
+    )
     expire_after_s: int = Field(
         default=0,
         ge=0,

@@ -234,6 +234,7 @@ def install_homeassistant(
     status = host.status_topic
     prefix = settings.discovery_prefix
     expire = settings.expire_after_s or None
+    adapter_devices = settings.adapter_devices
 
     async def on_readings(readings: Sequence[Reading]) -> None:
         changed = False
@@ -242,6 +243,8 @@ def install_homeassistant(
                 continue
             key = (r.home, r.device, r.metric)
             if key not in announced:
+                if not adapter_devices and host.via_adapter(r.home, r.device):
+                    continue  # its ecosystem's own entities are in HA already
                 state_topic = gateway_state_topic(gateway_id, r.home, r.device, r.metric, root=root)
                 config = metric_config(
                     gateway_id=gateway_id,
