@@ -32,14 +32,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import BigInteger, ColumnElement, any_, bindparam, false, insert, select, text
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    any_,
+    bindparam,
+    exists,
+    false,
+    func,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cloud.analytics.rollups import fold_aggregates, fold_batch
 from cloud.backpressure import is_busy
-from cloud.db import aggregates, batches
+from cloud.db import aggregates, batches, gateway_stats
 from schemas.batch import Batch
 
 log = logging.getLogger(__name__)
@@ -183,6 +194,68 @@ async def _insert_aggregates(conn: AsyncConnection, records: list[tuple[object, 
         )
 
 
+_STATS_ADDED = (
+    "batches",
+    "seqs",
+    "aggregate_rows",
+    "ingested_messages",
+    "ingested_bytes",
+    "body_bytes",
+    "wire_bytes",
+)
+_STATS_NEWEST = ("last_seq", "last_batch_at", "last_created_at", "window_end_max")
+
+
+def _stats_upsert(dialect: str, pks: Sequence[int]) -> Any:
+    """The statement folding the batch rows `pks` (just inserted) into `gateway_stats`: one row
+    per gateway, upserted in gateway order (byte order on PostgreSQL), so transactions that
+    share gateways lock their rows in the same order."""
+    b = batches.c
+    older = batches.alias("older")
+    # A seq counts once: when no batch of the gateway stored before (a lower id) has it.
+    first_of_seq = ~exists().where(
+        older.c.gateway == b.gateway, older.c.seq == b.seq, older.c.id < b.id
+    )
+    gateway = b.gateway.collate("C") if dialect == "postgresql" else b.gateway
+    grouped = (
+        select(
+            b.gateway,
+            func.count(),
+            func.count().filter(first_of_seq),
+            func.sum(b.aggregate_count),
+            func.sum(b.ingested_messages),
+            func.sum(b.ingested_bytes),
+            func.sum(b.body_bytes),
+            func.sum(b.wire_bytes),
+            func.max(b.seq),
+            func.max(b.received_at),
+            func.max(b.created_at),
+            func.max(b.window_end_max),
+        )
+        .where(b.id.in_(pks))
+        .group_by(b.gateway)
+        .order_by(gateway)
+    )
+    columns = ["gateway", *_STATS_ADDED, *_STATS_NEWEST]
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(gateway_stats)
+    stmt = stmt.from_select(columns, grouped)
+    t, new = gateway_stats.c, stmt.excluded
+    # greatest ignores NULL on PostgreSQL; SQLite's two-argument max does not (coalesce both).
+    highest = func.greatest if dialect == "postgresql" else func.max
+    updates: dict[str, Any] = {name: t[name] + new[name] for name in _STATS_ADDED}
+    for name in _STATS_NEWEST:
+        updates[name] = highest(
+            func.coalesce(t[name], new[name]), func.coalesce(new[name], t[name])
+        )
+    return stmt.on_conflict_do_update(index_elements=[t.gateway], set_=updates)
+
+
+async def fold_gateway_stats(conn: AsyncConnection, pks: Sequence[int]) -> None:
+    """Fold the batches `pks` stored in this transaction into their gateways' statistics."""
+    if pks:
+        await conn.execute(_stats_upsert(conn.dialect.name, pks))
+
+
 async def _raw_connection(conn: AsyncConnection) -> Any:
     raw = (await conn.get_raw_connection()).driver_connection
     assert raw is not None  # a checked-out connection always has its driver connection
@@ -198,7 +271,9 @@ async def _store_one(
             result = await conn.execute(
                 insert(batches).returning(batches.c.id), _batch_row(batch, size, received_at)
             )
-            await _insert_aggregates(conn, _aggregate_records(batch, result.scalar_one()))
+            pk = result.scalar_one()
+            await _insert_aggregates(conn, _aggregate_records(batch, pk))
+            await fold_gateway_stats(conn, [pk])
             # Same transaction: the hourly rollups never miss or double-count a batch.
             await fold_batch(conn, batch.gateway, batch.aggregates)
     except IntegrityError:
@@ -422,6 +497,7 @@ async def _store_group(
             existing = {bid: _Stored(gateway, sha) for bid, gateway, sha in result.all()}
         if stored:
             pks = [inserted[batch.batch_id] for batch in stored]
+            await fold_gateway_stats(conn, pks)
             records = [
                 record
                 for batch, pk in zip(stored, pks, strict=True)

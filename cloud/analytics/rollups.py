@@ -294,9 +294,11 @@ async def rollup_series(engine: AsyncEngine, q: SeriesQuery) -> list[Series]:
     return await read_series(engine, q, rollup_series_select(q))
 
 
-def rollup_metrics_select() -> Any:
-    """The statement `rollup_metrics` runs: per metric and unit over the day rows."""
+def rollup_metrics_select(since: float | None = None) -> Any:
+    """The statement `rollup_metrics` runs: per metric and unit over the day rows from
+    `since` (all of them for None)."""
     r = rollups.c
+    period = [] if since is None else [r.bucket_start >= since]
     return (
         select(
             r.metric,
@@ -307,17 +309,26 @@ def rollup_metrics_select() -> Any:
             func.sum(r.windows),
             func.max(case((r.policy == Policy.NOISED.value, 1), else_=0)),
         )
-        .where(_width_is(DAY_S))
+        .where(_width_is(DAY_S), *period)
         .group_by(r.metric, r.unit)
         .order_by(r.metric, r.unit)
     )
 
 
-async def rollup_metrics(engine: AsyncEngine) -> list[MetricSpan]:
-    """Per metric and unit: the days covered, homes and windows (from the day rollups: one row
-    per series and day, 24x fewer than the hours; the rows read are bounded by the retention)."""
+def report_since(data_end: float | None, lookback_days: int) -> float | None:
+    """Where the rollups report's period starts: `lookback_days` whole days before the end of
+    the day `data_end` lies in (the analytics' period, `cloud.analytics.runner`)."""
+    if data_end is None:
+        return None
+    return math.ceil(data_end / DAY_S) * DAY_S - lookback_days * DAY_S
+
+
+async def rollup_metrics(engine: AsyncEngine, since: float | None = None) -> list[MetricSpan]:
+    """Per metric and unit: the days covered, homes and windows from the day `since` on (the
+    day rollups: one row per series and day, 24x fewer than the hours; a period, so what is
+    read is bounded by the series x its days, not by the retained history)."""
     async with engine.connect() as conn:
-        rows = (await conn.execute(rollup_metrics_select())).all()
+        rows = (await conn.execute(rollup_metrics_select(since))).all()
     return [
         MetricSpan(
             m,
