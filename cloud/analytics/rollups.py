@@ -17,6 +17,7 @@ save ingest their upsert; that made the day views the slowest queries at fleet s
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -24,9 +25,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
+    Float,
     Integer,
     String,
+    any_,
+    bindparam,
     case,
     func,
     literal_column,
@@ -201,6 +206,48 @@ def _fold_select(dialect: str, conditions: Sequence[ColumnElement[bool]], second
     return select(*grouped.c).where(true()).order_by(*order)
 
 
+# Planner settings of a fold's transaction on PostgreSQL (see `fold_aggregates`).
+FOLD_SETTINGS = (("enable_sort", "off"), ("jit", "off"))
+
+
+@functools.cache
+def _ingest_fold_statements() -> tuple[Any, ...]:
+    """The PostgreSQL upserts `fold_ingested` runs, one per stored width, built once: the
+    values are bound parameters, so each run reuses the statement and its compiled form
+    (building and compiling them anew took as long as the database's part for small groups)."""
+    a = aggregates.c
+    conditions = [
+        a.id > bindparam("first_id", type_=BigInteger),
+        a.batch == any_(bindparam("batch_pks", type_=postgresql.ARRAY(BigInteger))),
+        a.window_start >= bindparam("t_lo", type_=Float),
+        a.window_start <= bindparam("t_hi", type_=Float),
+    ]
+    return tuple(
+        _upsert(
+            "postgresql",
+            postgresql.insert(rollups).from_select(
+                _FOLD_COLUMNS, _fold_select("postgresql", conditions, width)
+            ),
+        )
+        for width in STORED_WIDTHS
+    )
+
+
+async def fold_ingested(
+    conn: AsyncConnection, first_id: int, batch_pks: Sequence[int], t_lo: float, t_hi: float
+) -> None:
+    """PostgreSQL's ingest fold: the aggregates of batches `batch_pks` written in this
+    transaction (ids after `first_id`, windows from `t_lo` to `t_hi`: only their partitions
+    are read) into the rollups, as `fold_aggregates` does. The caller has applied
+    `FOLD_SETTINGS` in this transaction."""
+    params = {"first_id": first_id, "batch_pks": list(batch_pks), "t_lo": t_lo, "t_hi": t_hi}
+    for stmt in _ingest_fold_statements():
+        await conn.execute(stmt, params)
+
+
+_FOLD_COLUMNS = [*ROLLUP_KEY, *_STATE[:5], "min", "max", "p50", "p95", "windows", "inv_eps_sq"]
+
+
 async def fold_aggregates(conn: AsyncConnection, *conditions: ColumnElement[bool]) -> int:
     """Fold the stored aggregates matching `conditions` into the rollups, one statement per
     stored width (hours, days).
@@ -209,7 +256,7 @@ async def fold_aggregates(conn: AsyncConnection, *conditions: ColumnElement[bool
     key is upserted once however many windows and batches it gathers. Returns the rollup rows
     touched.
     """
-    columns = [*ROLLUP_KEY, *_STATE[:5], "min", "max", "p50", "p95", "windows", "inv_eps_sq"]
+    columns = _FOLD_COLUMNS
     dialect = conn.dialect.name
     if dialect == "postgresql":
         # Rows written in this very transaction are beyond the table's statistics, so the
@@ -217,8 +264,8 @@ async def fold_aggregates(conn: AsyncConnection, *conditions: ColumnElement[bool
         # the hash table it would pick for the thousands there are (the sort of the groups
         # stays: nothing else gives the key order). Transaction-local; JIT off because the
         # disabled sort inflates the estimated cost past its threshold.
-        await conn.execute(text("SET LOCAL enable_sort = off"))
-        await conn.execute(text("SET LOCAL jit = off"))
+        for name, value in FOLD_SETTINGS:
+            await conn.execute(text(f"SET LOCAL {name} = {value}"))
     touched = 0
     for width in STORED_WIDTHS:
         stmt = _upsert(
