@@ -30,7 +30,6 @@ from sqlalchemy import (
     Float,
     Integer,
     String,
-    any_,
     bindparam,
     case,
     func,
@@ -210,27 +209,66 @@ def _fold_select(dialect: str, conditions: Sequence[ColumnElement[bool]], second
 FOLD_SETTINGS = (("enable_sort", "off"), ("jit", "off"))
 
 
-@functools.cache
-def _ingest_fold_statements() -> tuple[Any, ...]:
-    """The PostgreSQL upserts `fold_ingested` runs, one per stored width, built once: the
-    values are bound parameters, so each run reuses the statement and its compiled form
-    (building and compiling them anew took as long as the database's part for small groups)."""
-    a = aggregates.c
-    conditions = [
-        a.id > bindparam("first_id", type_=BigInteger),
-        a.batch == any_(bindparam("batch_pks", type_=postgresql.ARRAY(BigInteger))),
-        a.window_start >= bindparam("t_lo", type_=Float),
-        a.window_start <= bindparam("t_hi", type_=Float),
-    ]
-    return tuple(
-        _upsert(
-            "postgresql",
-            postgresql.insert(rollups).from_select(
-                _FOLD_COLUMNS, _fold_select("postgresql", conditions, width)
-            ),
-        )
-        for width in STORED_WIDTHS
+def _grouped_sql(width: int) -> str:
+    """The `width` rollup rows of the CTE ``fresh`` (what `_fold_select` groups), in key
+    order (byte order for the text columns: see `_fold_select`)."""
+    bucket = f"floor(window_start / {width}) * {width}"
+    order = ", ".join(
+        f'g.{name} COLLATE "C"' if isinstance(rollups.c[name].type, String) else f"g.{name}"
+        for name in ROLLUP_KEY
     )
+    return (
+        f"SELECT * FROM (SELECT {width} AS bucket_s, metric, {bucket} AS bucket_start, gateway,"
+        " home, room_class, device_class, unit, policy, sum(count) AS count, sum(sum) AS sum,"
+        " sum(count * mean) AS weighted,"
+        " sum(coalesce(count * (std * std + mean * mean), 0.0)) AS sumsq,"
+        " count(*) - count(std) AS without_std, min(min) AS min, max(max) AS max,"
+        " min(p50) AS p50, min(p95) AS p95, count(*) AS windows,"
+        " coalesce(sum(1.0 / CAST(epsilon * epsilon AS FLOAT)), 0.0) AS inv_eps_sq"
+        f" FROM fresh GROUP BY metric, {bucket}, gateway, home, room_class, device_class, unit,"
+        f" policy) AS g ORDER BY {order}"
+    )
+
+
+def _upsert_sql(width: int) -> str:
+    sets = [f"{name} = rollups.{name} + EXCLUDED.{name}" for name in _STATE]
+    for names, pick in ((_LOWEST, "least"), (_HIGHEST, "greatest")):
+        sets += [
+            f"{name} = {pick}(coalesce(rollups.{name}, EXCLUDED.{name}),"
+            f" coalesce(EXCLUDED.{name}, rollups.{name}))"
+            for name in names
+        ]
+    return (
+        f"INSERT INTO rollups ({', '.join(_FOLD_COLUMNS)}) {_grouped_sql(width)}"
+        f" ON CONFLICT ({', '.join(ROLLUP_KEY)}) DO UPDATE SET {', '.join(sets)}"
+    )
+
+
+@functools.cache
+def _ingest_fold_statement() -> Any:
+    """PostgreSQL's ingest fold in one statement, built once: the transaction's windows read
+    back once (``fresh``, materialized), grouped into hour rows (the main INSERT) and day rows
+    (a data-modifying CTE, which PostgreSQL runs to completion after the main statement: hour
+    rows are locked first, then day rows, each in key order, in every transaction alike), the
+    same upserts `fold_aggregates` runs as two statements. One round trip and one read of the
+    rows instead of two of each."""
+    assert STORED_WIDTHS == (STORED_S, DAY_S)
+    sql = (
+        "WITH fresh AS MATERIALIZED (SELECT metric, window_start, gateway, home, room_class,"
+        " device_class, unit, policy, count, sum, mean, min, max, std, p50, p95, epsilon"
+        " FROM aggregates WHERE id > :first_id AND batch = ANY(:batch_pks)"
+        " AND window_start >= :t_lo AND window_start <= :t_hi),"
+        f" days AS ({_upsert_sql(DAY_S)} RETURNING 1) {_upsert_sql(STORED_S)}"
+    )
+    return text(sql).bindparams(
+        bindparam("first_id", type_=BigInteger),
+        bindparam("batch_pks", type_=postgresql.ARRAY(BigInteger)),
+        bindparam("t_lo", type_=Float),
+        bindparam("t_hi", type_=Float),
+    )
+
+
+_FOLD_COLUMNS = [*ROLLUP_KEY, *_STATE[:5], "min", "max", "p50", "p95", "windows", "inv_eps_sq"]
 
 
 async def fold_ingested(
@@ -238,14 +276,10 @@ async def fold_ingested(
 ) -> None:
     """PostgreSQL's ingest fold: the aggregates of batches `batch_pks` written in this
     transaction (ids after `first_id`, windows from `t_lo` to `t_hi`: only their partitions
-    are read) into the rollups, as `fold_aggregates` does. The caller has applied
+    are read) into the hour and day rollups, as `fold_aggregates` does. The caller has applied
     `FOLD_SETTINGS` in this transaction."""
     params = {"first_id": first_id, "batch_pks": list(batch_pks), "t_lo": t_lo, "t_hi": t_hi}
-    for stmt in _ingest_fold_statements():
-        await conn.execute(stmt, params)
-
-
-_FOLD_COLUMNS = [*ROLLUP_KEY, *_STATE[:5], "min", "max", "p50", "p95", "windows", "inv_eps_sq"]
+    await conn.execute(_ingest_fold_statement(), params)
 
 
 async def fold_aggregates(conn: AsyncConnection, *conditions: ColumnElement[bool]) -> int:
