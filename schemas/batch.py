@@ -50,9 +50,7 @@ class Policy(StrEnum):
     NOISED = "noised"  # Laplace noise on count and sum, within a per-home epsilon budget
 
 
-# gc=False: a window holds numbers and strings only (no cycle possible), so the thousands a busy
-# cloud decodes every second are not tracked by the garbage collector.
-class WindowAggregate(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
+class WindowAggregate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Statistics of one metric over one tumbling window of one (home, room class, device class).
 
     For ``noised`` aggregates, `count`, `sum` and `mean` are noised and the order statistics
