@@ -11,13 +11,16 @@ aggregates' indexes are dropped for the load and rebuilt after it, as a bulk imp
 builds the rollups with the bulk INSERT ... SELECT (rollup throughput), measures the incremental
 path (BatchWriter.store, rollups folded in the ingest transaction), runs the analytics once, then
 times the HTTP requests the dashboard makes (real app, real HTTP on loopback), reports the
-database's size per million aggregate rows and the load average, and drops the database.
+database's size per million aggregate rows and the load average, and drops the database
+(`--keep` keeps it; `--reuse NAME` then upgrades it to the newest migration and times the
+requests again on the same rows: before and after a change, and the upgrade of a full database).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import sys
@@ -150,17 +153,25 @@ def incremental_batches(n: int, per_batch: int, start: float) -> list[Batch]:
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    name = f"homeedge_bench_{uuid.uuid4().hex[:10]}"
+    name = args.reuse or f"homeedge_bench_{uuid.uuid4().hex[:10]}"
     admin_dsn = args.dsn.rstrip("/") + "/postgres"
     db_dsn = args.dsn.rstrip("/") + f"/{name}"
     url = db_dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
     admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
+    if not args.reuse:
+        await admin.execute(f'CREATE DATABASE "{name}"')
     result: dict[str, Any] = {}
     try:
         engine = make_engine(url)
+        # On a kept database this is the upgrade of one full of rows (the newer migrations').
+        started = time.perf_counter()
         await upgrade_to_head(engine)
+        upgrade_s = time.perf_counter() - started
         homes, minutes = plan(args.rows, args.homes)
+        if args.reuse:
+            result = await measure(args, url, engine, homes, minutes)
+            result["upgrade_s"] = upgrade_s
+            return result
         data_end = T0 + minutes * WINDOW_S
         # The partitions a live fleet has at the end of the data: the upkeep's, and the days
         # before it (which the same upkeep created on those days).
@@ -198,83 +209,100 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         inc_s = time.perf_counter() - started
         inc_rows = sum(len(b.aggregates) for b in batches)
         log(f"incremental: {inc_rows:,} rows via BatchWriter.store in {inc_s:.2f} s")
-        await engine.dispose()
-
-        config = CloudConfig.model_validate(
-            {"database_url": url, "read_token": READ_TOKEN, "analytics_interval_s": 0}
-        )
-        app = create_app(config)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        base = f"http://127.0.0.1:{port}"
-        try:
-            started = time.perf_counter()
-            async with (
-                ClientSession(base) as session,
-                session.post(
-                    "/api/v1/analytics/run", headers={"Authorization": f"Bearer {READ_TOKEN}"}
-                ) as resp,
-            ):
-                assert resp.status == 200, await resp.text()
-            analytics_s = time.perf_counter() - started
-            log(f"analytics run: {analytics_s:.1f} s")
-            end = T0 + (minutes // 60 + 1) * 3600
-            day_end = (end // 86400 + 1) * 86400
-            paths = {
-                "overview": "/api/v1/analytics/overview",
-                "rollups": "/api/v1/analytics/rollups",
-                "bandwidth": "/api/v1/analytics/bandwidth",
-                "series_hour_24h": (
-                    f"/api/v1/aggregates?metric=temperature&bucket=hour&group_by=home"
-                    f"&start={end - 86400:.0f}&end={end:.0f}"
-                ),
-                "series_day_all": "/api/v1/aggregates?metric=co2&bucket=day&group_by=home",
-                "series_day_7d_fleet": (
-                    f"/api/v1/aggregates?metric=power&bucket=day&group_by="
-                    f"&start={day_end - 7 * 86400:.0f}&end={day_end:.0f}"
-                ),
-                "series_raw_6h_one_home": (
-                    f"/api/v1/aggregates?metric=temperature&bucket=raw&group_by=home"
-                    f"&home=home-0001&start={end - 6 * 3600:.0f}&end={end:.0f}"
-                ),
-                "clusters": "/api/v1/analytics/clusters",
-                "anomalies": "/api/v1/analytics/anomalies",
-                "events": "/api/v1/analytics/events",
-                "fleet": "/api/v1/analytics/fleet",
+        result = await measure(args, url, engine, homes, minutes)
+        result.update(
+            {
+                "load_rows_per_s": rows / load_s,
+                "rollup_bulk_rows_per_s": rows / rollup_s,
+                "rollup_rows": touched,
+                "rollup_incremental_rows_per_s": inc_rows / inc_s,
+                "database_mb": size / 1e6,
+                "database_mb_per_million_rows": size / 1e6 / (rows / 1e6),
+                "aggregates_mb_per_million_rows": float(aggregates_size) / 1e6 / (rows / 1e6),
             }
-            timings = await time_requests(base, paths, args.repeat)
-        finally:
-            await runner.cleanup()
-        every = [t for values in timings.values() for t in values]
-        result = {
-            "rows": rows,
-            "homes": homes,
-            "load_rows_per_s": rows / load_s,
-            "rollup_bulk_rows_per_s": rows / rollup_s,
-            "rollup_rows": touched,
-            "rollup_incremental_rows_per_s": inc_rows / inc_s,
-            "database_mb": size / 1e6,
-            "database_mb_per_million_rows": size / 1e6 / (rows / 1e6),
-            "aggregates_mb_per_million_rows": float(aggregates_size) / 1e6 / (rows / 1e6),
-            "loadavg": os.getloadavg(),
-            "analytics_run_s": analytics_s,
-            "query_p50_ms": percentile(every, 50),
-            "query_p95_ms": percentile(every, 95),
-            "queries": {
-                name: {
-                    "p50_ms": percentile(values, 50),
-                    "p95_ms": percentile(values, 95),
-                }
-                for name, values in timings.items()
-            },
-        }
+        )
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if args.keep or args.reuse:
+            log(f"kept database {name} (--reuse {name})")
+        else:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
     return result
+
+
+async def measure(
+    args: argparse.Namespace, url: str, engine: Any, homes: int, minutes: int
+) -> dict[str, Any]:
+    """Run the analytics once, then time the dashboard's requests over real HTTP."""
+    async with engine.connect() as conn:
+        rows = int(await conn.scalar(text("SELECT count(*) FROM aggregates")))
+    await engine.dispose()
+    config = CloudConfig.model_validate(
+        {"database_url": url, "read_token": READ_TOKEN, "analytics_interval_s": 0}
+    )
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    base = f"http://127.0.0.1:{port}"
+    # As `python -m cloud` does once it listens (cloud.server.serve).
+    gc.freeze()
+    try:
+        started = time.perf_counter()
+        async with (
+            ClientSession(base) as session,
+            session.post(
+                "/api/v1/analytics/run", headers={"Authorization": f"Bearer {READ_TOKEN}"}
+            ) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
+        analytics_s = time.perf_counter() - started
+        log(f"analytics run: {analytics_s:.1f} s")
+        end = T0 + (minutes // 60 + 1) * 3600
+        day_end = (end // 86400 + 1) * 86400
+        paths = {
+            "overview": "/api/v1/analytics/overview",
+            "rollups": "/api/v1/analytics/rollups",
+            "bandwidth": "/api/v1/analytics/bandwidth",
+            "series_hour_24h": (
+                f"/api/v1/aggregates?metric=temperature&bucket=hour&group_by=home"
+                f"&start={end - 86400:.0f}&end={end:.0f}"
+            ),
+            "series_day_all": "/api/v1/aggregates?metric=co2&bucket=day&group_by=home",
+            "series_day_7d_fleet": (
+                f"/api/v1/aggregates?metric=power&bucket=day&group_by="
+                f"&start={day_end - 7 * 86400:.0f}&end={day_end:.0f}"
+            ),
+            "series_raw_6h_one_home": (
+                f"/api/v1/aggregates?metric=temperature&bucket=raw&group_by=home"
+                f"&home=home-0001&start={end - 6 * 3600:.0f}&end={end:.0f}"
+            ),
+            "clusters": "/api/v1/analytics/clusters",
+            "anomalies": "/api/v1/analytics/anomalies",
+            "events": "/api/v1/analytics/events",
+            "fleet": "/api/v1/analytics/fleet",
+        }
+        timings = await time_requests(base, paths, args.repeat)
+    finally:
+        await runner.cleanup()
+    every = [t for values in timings.values() for t in values]
+    return {
+        "rows": rows,
+        "homes": homes,
+        "loadavg": os.getloadavg(),
+        "analytics_run_s": analytics_s,
+        "query_p50_ms": percentile(every, 50),
+        "query_p95_ms": percentile(every, 95),
+        "queries": {
+            name: {
+                "p50_ms": percentile(values, 50),
+                "p95_ms": percentile(values, 95),
+            }
+            for name, values in timings.items()
+        },
+    }
 
 
 QUIET = False
@@ -295,6 +323,13 @@ def main() -> int:
         "--dsn", default="postgresql://postgres@127.0.0.1:5432", help="server, no database"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--keep", action="store_true", help="keep the database (for --reuse)")
+    parser.add_argument(
+        "--reuse",
+        metavar="DATABASE",
+        help="time the requests on a database kept by --keep (upgraded to head first: the"
+        " same rows before and after a change); --rows must be the one it was loaded with",
+    )
     args = parser.parse_args()
     QUIET = args.json
     result = asyncio.run(main_async(args))
@@ -302,6 +337,9 @@ def main() -> int:
         print(json.dumps(result))
         return 0
     print(f"rows {result['rows']:,} ({result['homes']} homes)")
+    if "upgrade_s" in result:
+        print(f"upgrade to head        {result['upgrade_s']:>12.2f} s")
+        return _print_queries(result)
     print(f"load (SQL generation)  {result['load_rows_per_s']:>12,.0f} rows/s")
     print(
         f"database size          {result['database_mb_per_million_rows']:>12,.0f} MB per million"
@@ -309,6 +347,10 @@ def main() -> int:
     )
     print(f"rollup, bulk           {result['rollup_bulk_rows_per_s']:>12,.0f} rows/s")
     print(f"rollup, in ingest      {result['rollup_incremental_rows_per_s']:>12,.0f} rows/s")
+    return _print_queries(result)
+
+
+def _print_queries(result: dict[str, Any]) -> int:
     print(f"analytics run          {result['analytics_run_s']:>12.2f} s")
     print(
         f"dashboard queries      p50 {result['query_p50_ms']:.1f} ms, p95 "

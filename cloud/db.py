@@ -74,6 +74,32 @@ batches = Table(
     Column("body_sha256", String(64), nullable=True),
     UniqueConstraint("batch_id", name="batches_batch_id_key"),
     Index("ix_batches_gateway_seq", "gateway", "seq"),
+    # The overview's upload rate: the batches of the last minute, an index range (0009).
+    Index("ix_batches_received_at", "received_at"),
+)
+
+# One row per gateway, kept in the ingest transaction (migration 0009): what the overview and
+# the bandwidth report show, read without grouping `batches` (one row per upload, which grows
+# with history). Totals add; the newest values take the greatest.
+gateway_stats = Table(
+    "gateway_stats",
+    metadata,
+    Column("gateway", String(64), primary_key=True),
+    Column("batches", BigInteger, nullable=False),
+    # Distinct seq numbers received: last_seq - seqs are missing. A batch counts when no batch
+    # of its gateway with a lower id has its seq (exact but for two different batches with one
+    # seq stored at the same moment by two transactions; `cloud.queries.gateway_status` counts
+    # from the batches themselves).
+    Column("seqs", BigInteger, nullable=False),
+    Column("last_seq", BigInteger, nullable=False),
+    Column("last_batch_at", Float, nullable=False),
+    Column("last_created_at", Float, nullable=False),
+    Column("window_end_max", Float, nullable=True),
+    Column("aggregate_rows", BigInteger, nullable=False),
+    Column("ingested_messages", BigInteger, nullable=False),
+    Column("ingested_bytes", BigInteger, nullable=False),
+    Column("body_bytes", BigInteger, nullable=False),
+    Column("wire_bytes", BigInteger, nullable=False),
 )
 
 aggregates = Table(

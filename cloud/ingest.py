@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import functools
 import hashlib
 import logging
 import time
@@ -32,14 +33,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from sqlalchemy import BigInteger, ColumnElement, any_, bindparam, false, insert, select, text
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import (
+    BigInteger,
+    any_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from cloud.analytics.rollups import fold_aggregates, fold_batch
+from cloud.analytics.rollups import FOLD_SETTINGS, fold_batch, fold_ingested
 from cloud.backpressure import is_busy
-from cloud.db import aggregates, batches
+from cloud.db import aggregates, batches, gateway_stats
 from schemas.batch import Batch
 
 log = logging.getLogger(__name__)
@@ -164,16 +174,6 @@ def _aggregate_records(batch: Batch, batch_pk: int) -> list[tuple[object, ...]]:
     ]
 
 
-def _time_range(records: list[tuple[object, ...]]) -> list[ColumnElement[bool]]:
-    """The window-start range of `records`: with it the read-back above touches only the
-    time partitions the rows went to (cloud.storage), not one index per partition."""
-    starts = [record[2] for record in records]
-    if not starts:  # batches without windows: nothing to fold
-        return [false()]
-    a = aggregates.c
-    return [a.window_start >= min(starts), a.window_start <= max(starts)]  # type: ignore[type-var]
-
-
 async def _insert_aggregates(conn: AsyncConnection, records: list[tuple[object, ...]]) -> None:
     """SQLite: executemany, one prepared statement for the whole batch, no per-row round trip.
     (PostgreSQL uses COPY in `_store_group`: about twice as fast as executemany there.)"""
@@ -181,6 +181,74 @@ async def _insert_aggregates(conn: AsyncConnection, records: list[tuple[object, 
         await conn.execute(
             insert(aggregates), [dict(zip(AGGREGATE_COLUMNS, r, strict=True)) for r in records]
         )
+
+
+_STATS_ADDED = (
+    "batches",
+    "seqs",
+    "aggregate_rows",
+    "ingested_messages",
+    "ingested_bytes",
+    "body_bytes",
+    "wire_bytes",
+)
+_STATS_NEWEST = ("last_seq", "last_batch_at", "last_created_at", "window_end_max")
+
+
+@functools.cache
+def _stats_upsert(dialect: str) -> Any:
+    """The statement folding the batch rows `pks` (a parameter: just inserted) into
+    `gateway_stats`: one row per gateway, upserted in gateway order (byte order on
+    PostgreSQL), so transactions that share gateways lock their rows in the same order. Built
+    once per dialect (building and compiling it per group cost as much as running it)."""
+    b = batches.c
+    if dialect == "postgresql":
+        these = b.id == any_(bindparam("pks", type_=postgresql.ARRAY(BigInteger)))
+    else:
+        these = b.id.in_(bindparam("pks", expanding=True))
+    older = batches.alias("older")
+    # A seq counts once: when no batch of the gateway stored before (a lower id) has it.
+    first_of_seq = ~exists().where(
+        older.c.gateway == b.gateway, older.c.seq == b.seq, older.c.id < b.id
+    )
+    gateway = b.gateway.collate("C") if dialect == "postgresql" else b.gateway
+    grouped = (
+        select(
+            b.gateway,
+            func.count(),
+            func.count().filter(first_of_seq),
+            func.sum(b.aggregate_count),
+            func.sum(b.ingested_messages),
+            func.sum(b.ingested_bytes),
+            func.sum(b.body_bytes),
+            func.sum(b.wire_bytes),
+            func.max(b.seq),
+            func.max(b.received_at),
+            func.max(b.created_at),
+            func.max(b.window_end_max),
+        )
+        .where(these)
+        .group_by(b.gateway)
+        .order_by(gateway)
+    )
+    columns = ["gateway", *_STATS_ADDED, *_STATS_NEWEST]
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(gateway_stats)
+    stmt = stmt.from_select(columns, grouped)
+    t, new = gateway_stats.c, stmt.excluded
+    # greatest ignores NULL on PostgreSQL; SQLite's two-argument max does not (coalesce both).
+    highest = func.greatest if dialect == "postgresql" else func.max
+    updates: dict[str, Any] = {name: t[name] + new[name] for name in _STATS_ADDED}
+    for name in _STATS_NEWEST:
+        updates[name] = highest(
+            func.coalesce(t[name], new[name]), func.coalesce(new[name], t[name])
+        )
+    return stmt.on_conflict_do_update(index_elements=[t.gateway], set_=updates)
+
+
+async def fold_gateway_stats(conn: AsyncConnection, pks: Sequence[int]) -> None:
+    """Fold the batches `pks` stored in this transaction into their gateways' statistics."""
+    if pks:
+        await conn.execute(_stats_upsert(conn.dialect.name), {"pks": list(pks)})
 
 
 async def _raw_connection(conn: AsyncConnection) -> Any:
@@ -198,7 +266,9 @@ async def _store_one(
             result = await conn.execute(
                 insert(batches).returning(batches.c.id), _batch_row(batch, size, received_at)
             )
-            await _insert_aggregates(conn, _aggregate_records(batch, result.scalar_one()))
+            pk = result.scalar_one()
+            await _insert_aggregates(conn, _aggregate_records(batch, pk))
+            await fold_gateway_stats(conn, [pk])
             # Same transaction: the hourly rollups never miss or double-count a batch.
             await fold_batch(conn, batch.gateway, batch.aggregates)
     except IntegrityError:
@@ -337,12 +407,22 @@ class BatchWriter:
         return group
 
     async def _drain(self) -> None:
+        # One connection for as long as groups keep coming: a checkout per group cost its
+        # pool pre-ping (three round trips) and the pool's bookkeeping each time.
         group: list[_Request] = []
         try:
             while self._queue:
                 group = self._take_group()
-                if group:
-                    await _write(self._engine, group)
+                if not group:
+                    continue
+                try:
+                    async with self._engine.connect() as conn:
+                        while group and await _write(self._engine, conn, group):
+                            group = self._take_group() if self._queue else []
+                except Exception as exc:  # no connection (pool timeout, database down): each
+                    # request is told (a busy database is a 503 and a resend after Retry-After)
+                    for request in group:
+                        _settle(request, exc)
                 group = []
         finally:
             # Only reached with requests left when this task itself was cancelled; the others
@@ -352,29 +432,33 @@ class BatchWriter:
                     request.done.cancel()
 
 
-async def _write(engine: AsyncEngine, group: list[_Request]) -> None:
+async def _write(engine: AsyncEngine, conn: AsyncConnection, group: list[_Request]) -> bool:
+    """Store `group` on `conn`, settling every request; False when the group's transaction
+    failed (the caller then takes a fresh connection: this one may be broken)."""
     try:
-        outcomes = await _store_group(engine, group)
+        outcomes = await _store_group(conn, group)
     except Exception as exc:  # delivered to the waiting requests, not lost in the writer task
         if len(group) == 1 or is_busy(exc):
             # A busy database (pool or statement timeout) would fail them one by one too, and
             # slower: each is answered 503 now and resent by its gateway after Retry-After.
             for request in group:
                 _settle(request, exc)
-            return
+            return False
         # One batch must not fail the others (nor a deadlock victim all of them): alone now.
         log.warning(
             "storing a group of %d batches failed (%s); storing them one by one", len(group), exc
         )
         for request in group:
             try:
-                (outcome,) = await _store_group(engine, [request])
+                async with engine.connect() as alone:
+                    (outcome,) = await _store_group(alone, [request])
             except Exception as single:  # delivered to its request
                 outcome = single
             _settle(request, outcome)
-        return
+        return False
     for request, outcome in zip(group, outcomes, strict=True):
         _settle(request, outcome)
+    return True
 
 
 def _settle(request: _Request, outcome: StoreOutcome | Exception) -> None:
@@ -386,15 +470,20 @@ def _settle(request: _Request, outcome: StoreOutcome | Exception) -> None:
         request.done.set_result(outcome)
 
 
-# The aggregates' id sequence: a value taken before the COPY bounds this transaction's rows.
-_NEXT_AGGREGATE_ID = text("SELECT nextval(pg_get_serial_sequence('aggregates', 'id'))")
-_LAST_AGGREGATE_ID = text("SELECT currval(pg_get_serial_sequence('aggregates', 'id'))")
+# The aggregates' id sequence: a value taken before the COPY bounds this transaction's rows
+# (from below; the batch ids pick them out). In the same round trip, the fold's planner
+# settings for this transaction (`cloud.analytics.rollups.fold_ingested`).
+_NEXT_AGGREGATE_ID = text(
+    "SELECT nextval(pg_get_serial_sequence('aggregates', 'id')), "
+    + ", ".join(f"set_config('{name}', '{value}', true)" for name, value in FOLD_SETTINGS)
+)
 
 
 async def _store_group(
-    engine: AsyncEngine, group: Sequence[_Request]
+    conn: AsyncConnection, group: Sequence[_Request]
 ) -> list[StoreOutcome | Exception]:
-    """Store the batches of `group` in one transaction (PostgreSQL); an outcome per request."""
+    """Store the batches of `group` in one transaction on `conn` (PostgreSQL); an outcome per
+    request."""
     first: dict[str, _Request] = {}
     for request in group:
         first.setdefault(request.batch.batch_id, request)
@@ -409,7 +498,7 @@ async def _store_group(
         .on_conflict_do_nothing(index_elements=[batches.c.batch_id])
         .returning(batches.c.batch_id, batches.c.id)
     )
-    async with engine.begin() as conn:
+    async with conn.begin():
         inserted = {bid: pk for bid, pk in (await conn.execute(stmt, rows)).all()}
         stored = [r.batch for bid, r in first.items() if bid in inserted]
         existing: dict[str, _Stored] = {}
@@ -422,30 +511,26 @@ async def _store_group(
             existing = {bid: _Stored(gateway, sha) for bid, gateway, sha in result.all()}
         if stored:
             pks = [inserted[batch.batch_id] for batch in stored]
+            await fold_gateway_stats(conn, pks)
             records = [
                 record
                 for batch, pk in zip(stored, pks, strict=True)
                 for record in _aggregate_records(batch, pk)
             ]
-            first_id = await conn.scalar(_NEXT_AGGREGATE_ID)
+            first_id = (await conn.execute(_NEXT_AGGREGATE_ID)).scalar_one()
             raw = await _raw_connection(conn)
             # COPY: about twice as fast as executemany on PostgreSQL.
             await raw.copy_records_to_table(
                 aggregates.name, records=records, columns=AGGREGATE_COLUMNS
             )
-            last_id = await conn.scalar(_LAST_AGGREGATE_ID)
             # Same transaction: the hourly rollups never miss or double-count a batch.
-            # The rows are read back by primary key range (this session's ids lie between the
-            # two sequence values; rows of other transactions in the range are filtered out by
-            # batch), so the database groups them without the windows crossing the wire again.
-            a = aggregates.c
-            await fold_aggregates(
-                conn,
-                a.id > first_id,
-                a.id <= last_id,
-                a.batch == any_(bindparam("batch_pks", pks, type_=postgresql.ARRAY(BigInteger))),
-                *_time_range(records),
-            )
+            # The rows are read back by id (this transaction's lie after `first_id`; rows of
+            # others there are filtered out by batch) within their time range (only their
+            # partitions), so the database groups them without the windows crossing the wire
+            # again.
+            starts = [a.window_start for batch in stored for a in batch.aggregates]
+            if starts:
+                await fold_ingested(conn, first_id, pks, min(starts), max(starts))
     outcomes: list[StoreOutcome | Exception] = []
     for request in group:
         bid = request.batch.batch_id

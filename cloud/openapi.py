@@ -213,7 +213,7 @@ def _analytics_operations() -> dict[str, dict[str, Any]]:
     return {
         f"{base}/rollups": get(
             "analyticsRollups",
-            "Per metric: days held by the rollups, homes, windows; where the data ends",
+            "Per metric over the analytics look-back: days held by the rollups, homes, windows",
             "RollupsReport",
         ),
         f"{base}/fleet": get(

@@ -13,6 +13,7 @@ classes, noised health metrics, window counts, times) is `schemas.batch_rules`.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -26,7 +27,14 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024  # decompressed
 
 # msgspec matches a pattern with Python's re.search, where "$" also matches before a final
 # newline: "(?!\n)" rejects that and keeps the pattern valid ECMA-262 for the JSON Schema.
-Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.\-]{1,64}$(?!\n)")]
+NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$(?!\n)"
+METRIC_PATTERN = r"^[a-z][a-z0-9_]{0,63}$(?!\n)"
+Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
+# A window's names: the same patterns in the JSON Schema, but checked by `decode_batch` once per
+# distinct value rather than by msgspec in every window (a batch repeats a handful of names
+# thousands of times; the per-field regex was two thirds of decoding a 300-window batch).
+WindowName = Annotated[str, msgspec.Meta(extra_json_schema={"pattern": NAME_PATTERN})]
+MetricName = Annotated[str, msgspec.Meta(extra_json_schema={"pattern": METRIC_PATTERN})]
 Finite = Annotated[float, msgspec.Meta(ge=-1e15, le=1e15)]
 # JSON integers have no size, the cloud's columns do: a count beyond its column is a 422 here,
 # not an overflow in the database (BIGINT and INTEGER, as on PostgreSQL).
@@ -53,10 +61,10 @@ class WindowAggregate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     window_start: Annotated[float, msgspec.Meta(ge=0, le=4102444800.0)]
     window_s: Annotated[int, msgspec.Meta(ge=1, le=86400)]
-    home: Name
-    room_class: Name
-    device_class: Name
-    metric: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}$(?!\n)")]
+    home: WindowName
+    room_class: WindowName
+    device_class: WindowName
+    metric: MetricName
     unit: Annotated[str, msgspec.Meta(max_length=16)]
     policy: Literal["aggregate", "noised"]
     count: Finite
@@ -107,13 +115,42 @@ def encode_batch(batch: Batch) -> bytes:
     return _encoder.encode(batch)
 
 
+_WINDOW_NAMES = (
+    ("home", re.compile(NAME_PATTERN)),
+    ("room_class", re.compile(NAME_PATTERN)),
+    ("device_class", re.compile(NAME_PATTERN)),
+    ("metric", re.compile(METRIC_PATTERN)),
+)
+
+
 def decode_batch(payload: bytes) -> Batch:
     """Decode and validate a batch body (already decompressed)."""
     if len(payload) > MAX_BATCH_BYTES:
         raise PayloadError("oversized", f"{len(payload)} bytes > limit {MAX_BATCH_BYTES}")
     try:
-        return _decoder.decode(payload)
+        batch = _decoder.decode(payload)
     except msgspec.ValidationError as exc:
         raise PayloadError("validation", str(exc)) from None
     except msgspec.DecodeError as exc:
         raise PayloadError("invalid_json", str(exc)) from None
+    _check_window_names(batch)
+    return batch
+
+
+def _check_window_names(batch: Batch) -> None:
+    """The windows' names against their patterns (`WindowName`), each distinct value once;
+    the error says what msgspec would have."""
+    for field, pattern in _WINDOW_NAMES:
+        good: set[str] = set()
+        for i, a in enumerate(batch.aggregates):
+            value = getattr(a, field)
+            if value in good:
+                continue
+            # search, as msgspec matches a pattern (its "(?!\n)" refuses a final newline).
+            if pattern.search(value) is None:
+                raise PayloadError(
+                    "validation",
+                    f"Expected `str` matching regex {pattern.pattern!r} - at "
+                    f"`$.aggregates[{i}].{field}`",
+                )
+            good.add(value)

@@ -100,10 +100,22 @@ def aggregates_sql(fleet: Fleet, first: int, last: int) -> str:
     )
 
 
+# What ingest keeps per gateway (`cloud.ingest`, migration 0009), from the batches loaded.
+GATEWAY_STATS_SQL = (
+    "INSERT INTO gateway_stats (gateway, batches, seqs, last_seq, last_batch_at,"
+    " last_created_at, window_end_max, aggregate_rows, ingested_messages, ingested_bytes,"
+    " body_bytes, wire_bytes)"
+    " SELECT gateway, count(*), count(DISTINCT seq), max(seq), max(received_at),"
+    " max(created_at), max(window_end_max), sum(aggregate_count), sum(ingested_messages),"
+    " sum(ingested_bytes), sum(body_bytes), sum(wire_bytes) FROM batches GROUP BY gateway"
+)
+
+
 def fleet_statements(fleet: Fleet) -> list[str]:
-    """Every statement that loads `fleet`: the batches, then a day of aggregates each."""
+    """Every statement that loads `fleet`: the batches and their gateways' statistics, then a
+    day of aggregates each."""
     per_day = 86400 // fleet.window_s
-    statements = [batches_sql(fleet)]
+    statements = [batches_sql(fleet), GATEWAY_STATS_SQL]
     for first in range(0, fleet.windows, per_day):
         statements.append(aggregates_sql(fleet, first, min(first + per_day, fleet.windows)))
     statements.append(

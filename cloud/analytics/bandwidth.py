@@ -1,13 +1,16 @@
-"""Live figures straight from the `batches` table: the bandwidth report (bytes the gateways took
-in from devices vs bytes they uplinked) and the dashboard's overview.
+"""Live figures from the per-gateway statistics ingest keeps (`gateway_stats`, migration
+0009): the bandwidth report (bytes the gateways took in from devices vs bytes they uplinked) and
+the dashboard's overview.
 
-These read one small row per batch, so they are computed per request rather than by the
-background task, and always show the newest upload.
+These read one row per gateway (and the overview the last minute's batches, through the
+receive-time index), not the `batches` table, which grows with history; they are computed per
+request rather than by the background task, and always show the newest upload.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -19,8 +22,7 @@ from cloud.analytics.models import (
     Overview,
     Snapshot,
 )
-from cloud.db import batches
-from cloud.queries import gateway_status
+from cloud.db import batches, gateway_stats
 
 RATE_WINDOW_S = 60.0
 
@@ -40,22 +42,21 @@ def _bandwidth(
     )
 
 
+def bandwidth_select() -> Any:
+    """The statement `bandwidth_report` runs: one row per gateway."""
+    s = gateway_stats.c
+    return select(
+        s.gateway, s.batches, s.ingested_messages, s.ingested_bytes, s.body_bytes, s.wire_bytes
+    ).order_by(s.gateway)
+
+
 async def bandwidth_report(engine: AsyncEngine) -> BandwidthReport:
-    b = batches.c
-    stmt = (
-        select(
-            b.gateway,
-            func.count(),
-            func.sum(b.ingested_messages),
-            func.sum(b.ingested_bytes),
-            func.sum(b.body_bytes),
-            func.sum(b.wire_bytes),
-        )
-        .group_by(b.gateway)
-        .order_by(b.gateway)
-    )
     async with engine.connect() as conn:
-        rows = (await conn.execute(stmt)).all()
+        rows = (await conn.execute(bandwidth_select())).all()
+    return _bandwidth_of(rows)
+
+
+def _bandwidth_of(rows: Sequence[Any]) -> BandwidthReport:
     gateways = [_bandwidth(g, *(int(v) for v in rest)) for g, *rest in rows]
     totals = [sum(getattr(g, f) for g in gateways) for f in _TOTALLED]
     return BandwidthReport(fleet=_bandwidth("fleet", *totals), gateways=gateways)
@@ -70,6 +71,28 @@ _TOTALLED = (
 )
 
 
+def liveness_select() -> Any:
+    """The overview's per-gateway figures: one row per gateway."""
+    s = gateway_stats.c
+    return select(
+        s.gateway,
+        s.batches,
+        s.ingested_messages,
+        s.ingested_bytes,
+        s.body_bytes,
+        s.wire_bytes,
+        s.last_batch_at,
+        s.window_end_max,
+        s.last_seq - s.seqs,
+        s.aggregate_rows,
+    ).order_by(s.gateway)
+
+
+def recent_batches_select(now: float) -> Any:
+    """The batches received in the rate window before `now`: a range of the receive-time index."""
+    return select(func.count()).where(batches.c.received_at >= now - RATE_WINDOW_S)
+
+
 async def overview(
     engine: AsyncEngine,
     configured: Sequence[str],
@@ -79,22 +102,28 @@ async def overview(
     online_after_s: float,
     poll_s: float,
 ) -> Overview:
-    statuses = await gateway_status(engine, configured, now=now)
-    b = batches.c
     async with engine.connect() as conn:
-        recent = await conn.scalar(select(func.count()).where(b.received_at >= now - RATE_WINDOW_S))
-        rows = await conn.scalar(select(func.sum(b.aggregate_count)))
-    band = await bandwidth_report(engine)
-    liveness = [
-        GatewayLiveness(
-            gateway=s.gateway,
-            online=s.last_batch_at is not None and now - s.last_batch_at <= online_after_s,
-            last_batch_at=s.last_batch_at,
-            lag_s=s.lag_s,
-            missing=s.missing,
+        recent = await conn.scalar(recent_batches_select(now))
+        rows = (await conn.execute(liveness_select())).all()
+    band = _bandwidth_of([row[:6] for row in rows])
+    seen = {row[0]: row for row in rows}
+    liveness = []
+    for gateway in sorted(set(configured) | set(seen)):
+        row = seen.get(gateway)
+        if row is None:
+            liveness.append(GatewayLiveness(gateway, False, None, None, 0))
+            continue
+        last_batch_at, window_end, missing = row[6], row[7], row[8]
+        liveness.append(
+            GatewayLiveness(
+                gateway=gateway,
+                online=now - last_batch_at <= online_after_s,
+                last_batch_at=last_batch_at,
+                lag_s=None if window_end is None else now - window_end,
+                # Never below 0: see gateway_stats.seqs (two batches of one seq at once).
+                missing=max(int(missing), 0),
+            )
         )
-        for s in statuses
-    ]
     lags = [g.lag_s for g in liveness if g.online and g.lag_s is not None]
     return Overview(
         now=now,
@@ -103,7 +132,7 @@ async def overview(
         gateways=liveness,
         max_lag_s=max(lags) if lags else None,
         batches_per_s=int(recent or 0) / RATE_WINDOW_S,
-        aggregate_rows=int(rows or 0),
+        aggregate_rows=sum(int(row[9]) for row in rows),
         homes=len({s.home for s in snapshot.standings} | set(snapshot.clusters.assignments)),
         bandwidth=band.fleet,
         anomalies_flagged=sum(a.flagged for a in snapshot.anomalies),

@@ -23,7 +23,7 @@ from cloud.analytics.models import (
     RollupsReport,
     RunResult,
 )
-from cloud.analytics.rollups import newest_window_end, rollup_metrics
+from cloud.analytics.rollups import newest_window_end, report_since, rollup_metrics
 from cloud.analytics.runner import AnalyticsSettings, SnapshotCache, run_once, run_periodically
 from cloud.auth import require_reader
 from cloud.config import CloudConfig
@@ -53,10 +53,10 @@ def _only(request: web.Request, *names: str) -> dict[str, str]:
 async def get_rollups(request: web.Request) -> web.Response:
     require_reader(request)
     engine = request.app[ENGINE_KEY]
+    data_end = await newest_window_end(engine)
+    since = report_since(data_end, request.app[CONFIG_KEY].analytics_lookback_days)
     return json_response(
-        RollupsReport(
-            data_end=await newest_window_end(engine), metrics=await rollup_metrics(engine)
-        )
+        RollupsReport(data_end=data_end, metrics=await rollup_metrics(engine, since), since=since)
     )
 
 

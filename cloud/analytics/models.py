@@ -191,10 +191,14 @@ class MetricSpan(msgspec.Struct, frozen=True):
 
 
 class RollupsReport(msgspec.Struct, frozen=True):
-    """What the rollup tables hold: per metric the days covered; where the data ends."""
+    """What the rollup tables hold over the analytics' look-back period, which ends with the
+    newest day of data (`since` to `data_end`): per metric the days covered, homes, windows.
+    A bounded period, so the answer reads series x look-back days of day rows, not the whole
+    retained history; a metric with no data in it is not listed."""
 
     data_end: float | None
     metrics: list[MetricSpan]
+    since: float | None = None
 
 
 class FleetReport(msgspec.Struct, frozen=True):

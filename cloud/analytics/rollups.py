@@ -17,6 +17,7 @@ save ingest their upsert; that made the day views the slowest queries at fleet s
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Iterable, Sequence
@@ -24,9 +25,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
+    Float,
     Integer,
     String,
+    bindparam,
     case,
     func,
     literal_column,
@@ -201,6 +205,83 @@ def _fold_select(dialect: str, conditions: Sequence[ColumnElement[bool]], second
     return select(*grouped.c).where(true()).order_by(*order)
 
 
+# Planner settings of a fold's transaction on PostgreSQL (see `fold_aggregates`).
+FOLD_SETTINGS = (("enable_sort", "off"), ("jit", "off"))
+
+
+def _grouped_sql(width: int) -> str:
+    """The `width` rollup rows of the CTE ``fresh`` (what `_fold_select` groups), in key
+    order (byte order for the text columns: see `_fold_select`)."""
+    bucket = f"floor(window_start / {width}) * {width}"
+    order = ", ".join(
+        f'g.{name} COLLATE "C"' if isinstance(rollups.c[name].type, String) else f"g.{name}"
+        for name in ROLLUP_KEY
+    )
+    return (
+        f"SELECT * FROM (SELECT {width} AS bucket_s, metric, {bucket} AS bucket_start, gateway,"
+        " home, room_class, device_class, unit, policy, sum(count) AS count, sum(sum) AS sum,"
+        " sum(count * mean) AS weighted,"
+        " sum(coalesce(count * (std * std + mean * mean), 0.0)) AS sumsq,"
+        " count(*) - count(std) AS without_std, min(min) AS min, max(max) AS max,"
+        " min(p50) AS p50, min(p95) AS p95, count(*) AS windows,"
+        " coalesce(sum(1.0 / CAST(epsilon * epsilon AS FLOAT)), 0.0) AS inv_eps_sq"
+        f" FROM fresh GROUP BY metric, {bucket}, gateway, home, room_class, device_class, unit,"
+        f" policy) AS g ORDER BY {order}"
+    )
+
+
+def _upsert_sql(width: int) -> str:
+    sets = [f"{name} = rollups.{name} + EXCLUDED.{name}" for name in _STATE]
+    for names, pick in ((_LOWEST, "least"), (_HIGHEST, "greatest")):
+        sets += [
+            f"{name} = {pick}(coalesce(rollups.{name}, EXCLUDED.{name}),"
+            f" coalesce(EXCLUDED.{name}, rollups.{name}))"
+            for name in names
+        ]
+    return (
+        f"INSERT INTO rollups ({', '.join(_FOLD_COLUMNS)}) {_grouped_sql(width)}"
+        f" ON CONFLICT ({', '.join(ROLLUP_KEY)}) DO UPDATE SET {', '.join(sets)}"
+    )
+
+
+@functools.cache
+def _ingest_fold_statement() -> Any:
+    """PostgreSQL's ingest fold in one statement, built once: the transaction's windows read
+    back once (``fresh``, materialized), grouped into hour rows (the main INSERT) and day rows
+    (a data-modifying CTE, which PostgreSQL runs to completion after the main statement: hour
+    rows are locked first, then day rows, each in key order, in every transaction alike), the
+    same upserts `fold_aggregates` runs as two statements. One round trip and one read of the
+    rows instead of two of each."""
+    assert STORED_WIDTHS == (STORED_S, DAY_S)
+    sql = (
+        "WITH fresh AS MATERIALIZED (SELECT metric, window_start, gateway, home, room_class,"
+        " device_class, unit, policy, count, sum, mean, min, max, std, p50, p95, epsilon"
+        " FROM aggregates WHERE id > :first_id AND batch = ANY(:batch_pks)"
+        " AND window_start >= :t_lo AND window_start <= :t_hi),"
+        f" days AS ({_upsert_sql(DAY_S)} RETURNING 1) {_upsert_sql(STORED_S)}"
+    )
+    return text(sql).bindparams(
+        bindparam("first_id", type_=BigInteger),
+        bindparam("batch_pks", type_=postgresql.ARRAY(BigInteger)),
+        bindparam("t_lo", type_=Float),
+        bindparam("t_hi", type_=Float),
+    )
+
+
+_FOLD_COLUMNS = [*ROLLUP_KEY, *_STATE[:5], "min", "max", "p50", "p95", "windows", "inv_eps_sq"]
+
+
+async def fold_ingested(
+    conn: AsyncConnection, first_id: int, batch_pks: Sequence[int], t_lo: float, t_hi: float
+) -> None:
+    """PostgreSQL's ingest fold: the aggregates of batches `batch_pks` written in this
+    transaction (ids after `first_id`, windows from `t_lo` to `t_hi`: only their partitions
+    are read) into the hour and day rollups, as `fold_aggregates` does. The caller has applied
+    `FOLD_SETTINGS` in this transaction."""
+    params = {"first_id": first_id, "batch_pks": list(batch_pks), "t_lo": t_lo, "t_hi": t_hi}
+    await conn.execute(_ingest_fold_statement(), params)
+
+
 async def fold_aggregates(conn: AsyncConnection, *conditions: ColumnElement[bool]) -> int:
     """Fold the stored aggregates matching `conditions` into the rollups, one statement per
     stored width (hours, days).
@@ -209,7 +290,7 @@ async def fold_aggregates(conn: AsyncConnection, *conditions: ColumnElement[bool
     key is upserted once however many windows and batches it gathers. Returns the rollup rows
     touched.
     """
-    columns = [*ROLLUP_KEY, *_STATE[:5], "min", "max", "p50", "p95", "windows", "inv_eps_sq"]
+    columns = _FOLD_COLUMNS
     dialect = conn.dialect.name
     if dialect == "postgresql":
         # Rows written in this very transaction are beyond the table's statistics, so the
@@ -217,8 +298,8 @@ async def fold_aggregates(conn: AsyncConnection, *conditions: ColumnElement[bool
         # the hash table it would pick for the thousands there are (the sort of the groups
         # stays: nothing else gives the key order). Transaction-local; JIT off because the
         # disabled sort inflates the estimated cost past its threshold.
-        await conn.execute(text("SET LOCAL enable_sort = off"))
-        await conn.execute(text("SET LOCAL jit = off"))
+        for name, value in FOLD_SETTINGS:
+            await conn.execute(text(f"SET LOCAL {name} = {value}"))
     touched = 0
     for width in STORED_WIDTHS:
         stmt = _upsert(
@@ -294,9 +375,11 @@ async def rollup_series(engine: AsyncEngine, q: SeriesQuery) -> list[Series]:
     return await read_series(engine, q, rollup_series_select(q))
 
 
-def rollup_metrics_select() -> Any:
-    """The statement `rollup_metrics` runs: per metric and unit over the day rows."""
+def rollup_metrics_select(since: float | None = None) -> Any:
+    """The statement `rollup_metrics` runs: per metric and unit over the day rows from
+    `since` (all of them for None)."""
     r = rollups.c
+    period = [] if since is None else [r.bucket_start >= since]
     return (
         select(
             r.metric,
@@ -307,17 +390,26 @@ def rollup_metrics_select() -> Any:
             func.sum(r.windows),
             func.max(case((r.policy == Policy.NOISED.value, 1), else_=0)),
         )
-        .where(_width_is(DAY_S))
+        .where(_width_is(DAY_S), *period)
         .group_by(r.metric, r.unit)
         .order_by(r.metric, r.unit)
     )
 
 
-async def rollup_metrics(engine: AsyncEngine) -> list[MetricSpan]:
-    """Per metric and unit: the days covered, homes and windows (from the day rollups: one row
-    per series and day, 24x fewer than the hours; the rows read are bounded by the retention)."""
+def report_since(data_end: float | None, lookback_days: int) -> float | None:
+    """Where the rollups report's period starts: `lookback_days` whole days before the end of
+    the day `data_end` lies in (the analytics' period, `cloud.analytics.runner`)."""
+    if data_end is None:
+        return None
+    return math.ceil(data_end / DAY_S) * DAY_S - lookback_days * DAY_S
+
+
+async def rollup_metrics(engine: AsyncEngine, since: float | None = None) -> list[MetricSpan]:
+    """Per metric and unit: the days covered, homes and windows from the day `since` on (the
+    day rollups: one row per series and day, 24x fewer than the hours; a period, so what is
+    read is bounded by the series x its days, not by the retained history)."""
     async with engine.connect() as conn:
-        rows = (await conn.execute(rollup_metrics_select())).all()
+        rows = (await conn.execute(rollup_metrics_select(since))).all()
     return [
         MetricSpan(
             m,
