@@ -68,6 +68,17 @@ class _Batch:
     baselines: list[SavedBaseline]
 
 
+def load_runtime(settings: InferenceSettings, models_dir: Path | None = None) -> ModelRuntime:
+    """The models of `settings` (from `models_dir`, default ``settings.models_dir``),
+    loaded and warmed up, with ``settings.thresholds`` over their manifests'."""
+    return ModelRuntime.load(
+        Path(models_dir or settings.models_dir),
+        names=settings.models,
+        intra_op_threads=settings.intra_op_threads,
+        thresholds=settings.thresholds,
+    )
+
+
 class InferenceEngine:
     """See the module docstring; create with `InferenceEngine.create` to load the models."""
 
@@ -158,11 +169,7 @@ class InferenceEngine:
     ) -> InferenceEngine:
         """Load (and warm up) the models of `settings`; failures are logged and kept in
         ``engine.runtime.errors``, the other models serve."""
-        runtime = ModelRuntime.load(
-            Path(settings.models_dir),
-            names=settings.models,
-            intra_op_threads=settings.intra_op_threads,
-        )
+        runtime = load_runtime(settings)
         return cls(
             settings,
             runtime,
@@ -227,6 +234,23 @@ class InferenceEngine:
 
     def close(self) -> None:
         self._scheduler.close()
+
+    async def swap_runtime(self, runtime: ModelRuntime) -> ModelRuntime:
+        """Serve with `runtime` (loaded and warmed up beforehand, `load_runtime`) from the next
+        batch on; returns the one it replaces. The switch runs in the inference thread between
+        two batches: what is queued meanwhile waits in the queue (nothing is dropped for it)
+        and the streams' state (windows, baselines, debouncers) carries over."""
+        return await self._scheduler.call(lambda: self._swap(runtime))
+
+    def _swap(self, runtime: ModelRuntime) -> ModelRuntime:
+        old, self.runtime = self.runtime, runtime
+        self.streams.set_alarm(runtime.of_kind(ModelKind.AUDIO_ALARM))
+        speech = self._audio.speech  # the pretrained speech embedding is not part of a bundle
+        self._audio = AudioScorer(self.settings, runtime, self.streams)
+        self._audio.speech = speech
+        self._sensors = SensorScorer(self.settings, runtime, self.streams)
+        self.stats.swaps += 1
+        return old
 
     # -- results (event loop) ---------------------------------------------------------------
 

@@ -95,6 +95,18 @@ class DeviceStreams:
         self.microphones: OrderedDict[tuple[str, str], Microphone] = OrderedDict()
         self.sensors: OrderedDict[tuple[str, str], Sensor] = OrderedDict()
 
+    def set_alarm(self, alarm: LoadedModel | None) -> None:
+        """A new alarm model (a swap): its thresholds for new microphones and, where a
+        microphone has a debouncer already, for it too (its hold-off state stays)."""
+        self._alarm = alarm
+        if alarm is None:
+            return
+        t = alarm.manifest.thresholds
+        for mic in self.microphones.values():
+            if mic.debouncer is not None:
+                mic.debouncer.threshold = t.get("threshold", 0.8)
+                mic.debouncer.cooldown_s = t.get("cooldown_s", 3.5)
+
     def microphone(self, home: str, room: str, device: str) -> Microphone:
         key = (home, device)
         mic = self.microphones.get(key)
