@@ -12,12 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiomqtt
 import pytest
+
+from devices.clips import CLIP_DIR, read_wav
 
 from gateway.app import Gateway, create_gateway
 from gateway.config import load_config
 from gateway.updates.boot import boot_config
 from gateway.updates.slots import SlotStore
+from schemas.audio import encode_audio_frame
+from schemas.topics import Kind, device_topic
 from tests.conftest import MosquittoBroker
 from tests.updates_cloud import FakeCloud, TufRepo, make_bundle, model_files
 from tests.waiting import wait_for
@@ -115,3 +120,118 @@ async def test_a_good_bundle_is_applied_live_reported_and_survives_a_restart(
         # the overlay's threshold is in the running model
         assert gw.config.inference.thresholds == {"sensor_anomaly": {"threshold": 0.95}}
     assert cloud.states(1) == ["downloading", "staged", "applied", "healthy"]
+
+
+async def test_a_model_swap_mid_stream_drops_no_frame_and_keeps_the_session(
+    mosquitto: MosquittoBroker, topic_root: str, tmp_path: Path, cloud: FakeCloud
+) -> None:
+    """Audio frames stream in while the bundle's models (the VAD head and the sensor model)
+    are swapped: every frame is processed, none dropped, MQTT never reconnects."""
+    path = write_config(tmp_path, mosquitto, topic_root, cloud)
+    pcm = read_wav(CLIP_DIR / "alarm_co_t4.wav")
+    topic = device_topic("home-1", "hall", "mic-1", Kind.AUDIO, root=topic_root)
+    bundle = make_bundle(
+        2,
+        {
+            "vad": model_files("vad", version="fleet-2"),
+            "sensor_anomaly": model_files("sensor_anomaly", version="fleet-2"),
+        },
+    )
+    sent = 0
+    async with running(path) as gw:
+        assert await asyncio.to_thread(gw.mqtt.subscribed.wait, 20)
+        reconnects = gw.metrics.reconnects._value.get()  # noqa: SLF001
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="mic") as mic:
+            after_apply = 0
+            while after_apply < 40:
+                if sent == 20:
+                    cloud.release(2, bundle)  # picked up at the next poll, mid-stream
+                start = (sent * 4000) % (len(pcm) - 4000)
+                frame = encode_audio_frame(
+                    1_767_225_600 + sent / 4, sent, pcm[start : start + 4000]
+                )
+                await mic.publish(topic, frame, qos=1)
+                sent += 1
+                if "applied" in cloud.states(2):
+                    after_apply += 1
+                await asyncio.sleep(0.02)
+                assert sent < 2000, "the bundle was never applied"
+        stats = gw.health()["inference"]
+        await wait_for(
+            lambda: gw.health()["inference"]["audio_frames"] >= sent, 20, "every frame processed"
+        )
+        stats = gw.health()["inference"]
+        assert stats["swaps"] == 1 and engine_versions(gw)["vad"] == "fleet-2"
+        assert stats["audio_frames"] == sent and stats["dropped"] == 0 and stats["errors"] == 0
+        assert gw.metrics.dropped.labels("audio")._value.get() == 0  # noqa: SLF001
+        assert gw.metrics.reconnects._value.get() == reconnects  # noqa: SLF001
+        await wait_for(lambda: "healthy" in cloud.states(2), 20, "the healthy report")
+        assert cloud.reports[-1]["health"]["dropped_frames"] == 0
+
+
+async def test_a_model_that_fails_to_load_is_refused_and_reported(
+    mosquitto: MosquittoBroker, topic_root: str, tmp_path: Path, cloud: FakeCloud
+) -> None:
+    path = write_config(tmp_path, mosquitto, topic_root, cloud)
+    manifest, _ = model_files("sensor_anomaly", version="broken")
+    cloud.release(3, make_bundle(3, {"sensor_anomaly": (manifest, b"not an onnx graph")}))
+    async with running(path) as gw:
+        await wait_for(lambda: "failed" in cloud.states(3), 30, "a failed report")
+        failed = cloud.reports[-1]
+        assert "models failed to load" in failed["reason"] and "sensor_anomaly" in failed["reason"]
+        assert failed["running_version"] is None
+        assert engine_versions(gw)["sensor_anomaly"] != "broken"
+        polls = cloud.polls
+        await wait_for(lambda: cloud.polls >= polls + 2, 10, "more polls")
+        assert cloud.states(3) == ["downloading", "staged", "failed"]  # not tried again
+        assert gw.health()["updates"]["failed_versions"] == [3]
+
+
+async def test_a_bundle_failing_its_soak_is_reverted_to_the_previous_slot(
+    mosquitto: MosquittoBroker, topic_root: str, tmp_path: Path, cloud: FakeCloud
+) -> None:
+    """v1 is good; v2's VAD head loads and warms up but fails on real audio (its graph reads
+    80 features, the VAD gets 76): inference errors during the soak -> failed, back to v1
+    live, rolled_back reported."""
+    path = write_config(tmp_path, mosquitto, topic_root, cloud)
+    cloud.release(1, good_bundle(1))
+    pcm = read_wav(CLIP_DIR / "alarm_co_t4.wav")
+    topic = device_topic("home-1", "hall", "mic-1", Kind.AUDIO, root=topic_root)
+    async with running(path) as gw:
+        await wait_for(lambda: "healthy" in cloud.states(1), 30, "v1 healthy")
+        builtin_vad = engine_versions(gw)["vad"]
+        bad_vad = model_files("vad", source="alarm", version="bad", kind="audio_vad", labels=[])
+        cloud.release(2, make_bundle(2, {"vad": bad_vad}), soak_s=30.0)
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="mic") as mic:
+            seq = 0
+            while "rolled_back" not in cloud.states(2):
+                start = (seq * 4000) % (len(pcm) - 4000)
+                frame = encode_audio_frame(1_767_225_600 + seq / 4, seq, pcm[start : start + 4000])
+                await mic.publish(topic, frame, qos=1)
+                seq += 1
+                await asyncio.sleep(0.05)
+                assert seq < 1200, "never rolled back"
+        assert cloud.states(2) == ["downloading", "staged", "applied", "failed", "rolled_back"]
+        failed = cloud.reports[-2]
+        assert "inference errors" in failed["reason"] and failed["health"]["inference_errors"] > 0
+        assert cloud.reports[-1]["running_version"] == 1
+        assert engine_versions(gw)["vad"] == builtin_vad
+        assert engine_versions(gw)["sensor_anomaly"] == "fleet-1"
+        status = gw.health()["updates"]
+        assert status["running_version"] == 1 and status["failed_versions"] == [2]
+        assert status["reverts"] == 1
+    assert SlotStore(tmp_path / "updates").read().version == 1
+
+
+async def test_a_healthy_report_the_cloud_never_confirms_reverts(
+    mosquitto: MosquittoBroker, topic_root: str, tmp_path: Path, cloud: FakeCloud
+) -> None:
+    path = write_config(tmp_path, mosquitto, topic_root, cloud)
+    cloud.refuse_reports = {"healthy"}
+    cloud.release(1, good_bundle(1))
+    async with running(path) as gw:
+        await wait_for(lambda: "rolled_back" in cloud.states(1), 30, "a rolled_back report")
+        assert cloud.reports[-1]["reason"] == "the healthy report could not be confirmed"
+        assert cloud.reports[-1]["running_version"] is None
+        assert engine_versions(gw)["sensor_anomaly"] != "fleet-1"
+        assert gw.health()["updates"]["running_version"] is None
