@@ -235,3 +235,65 @@ async def test_a_healthy_report_the_cloud_never_confirms_reverts(
         assert cloud.reports[-1]["running_version"] is None
         assert engine_versions(gw)["sensor_anomaly"] != "fleet-1"
         assert gw.health()["updates"]["running_version"] is None
+
+
+async def test_tampered_rolled_back_and_expired_metadata_and_older_versions_are_refused(
+    mosquitto: MosquittoBroker, topic_root: str, tmp_path: Path, cloud: FakeCloud
+) -> None:
+    path = write_config(tmp_path, mosquitto, topic_root, cloud)
+    cloud.release(1, good_bundle(1))
+    async with running(path) as gw:
+        await wait_for(lambda: "healthy" in cloud.states(1), 30, "v1 healthy")
+        signed_v1 = cloud.repo.snapshot_files()
+
+        def last(version: int) -> dict[str, Any]:
+            return [r for r in cloud.reports if r["rollout"] == f"r-{version}"][-1]
+
+        # a bundle changed after signing (same length): TUF's hash check refuses it
+        cloud.release(2, good_bundle(2))
+        target = cloud.repo.targets_dir / "bundles/bundle-2.tar.gz"
+        data = bytearray(target.read_bytes())
+        data[-10] ^= 0xFF
+        target.write_bytes(bytes(data))
+        await wait_for(lambda: "failed" in cloud.states(2), 20, "tampered refused")
+        assert "LengthOrHashMismatchError" in last(2)["reason"]
+        # older metadata than the gateway has seen (a rollback attack)
+        cloud.repo.restore_files(signed_v1)
+        await wait_for(lambda: len(cloud.states(2)) >= 4, 20, "rollback refused")
+        assert "BadVersionNumberError" in last(2)["reason"], last(2)
+        # expired metadata (a freeze attack)
+        cloud.release(3, good_bundle(3), timestamp_days=-1)
+        await wait_for(lambda: "failed" in cloud.states(3), 20, "expired refused")
+        assert "ExpiredMetadataError" in last(3)["reason"]
+        assert engine_versions(gw)["sensor_anomaly"] == "fleet-1"
+        assert gw.health()["updates"]["running_version"] == 1
+        # a good v4 goes through; then v3 (signed, fresh again) is older than what runs
+        cloud.release(4, good_bundle(4))
+        await wait_for(lambda: "healthy" in cloud.states(4), 20, "v4 healthy")
+        cloud.repo.publish()
+        cloud.desired = {**cloud.desired, "version": 3, "rollout": "r-3",
+                         "target": "bundles/bundle-3.tar.gz"}  # fmt: skip
+        await wait_for(lambda: cloud.states(3).count("failed") == 2, 20, "older refused")
+        assert "older than the running 4" in last(3)["reason"]
+        assert engine_versions(gw)["sensor_anomaly"] == "fleet-4"
+        # the cloud asks for the previous version: back to v1 at once, from its slot
+        cloud.desired = {**cloud.desired, "version": 4, "rollout": "r-4", "rollback_to": 1}
+        await wait_for(lambda: "rolled_back" in cloud.states(4), 20, "rollback_to honoured")
+        assert last(4)["running_version"] == 1
+        assert engine_versions(gw)["sensor_anomaly"] == "fleet-1"
+
+
+async def test_an_overlay_that_weakens_privacy_is_refused(
+    mosquitto: MosquittoBroker, topic_root: str, tmp_path: Path, cloud: FakeCloud
+) -> None:
+    path = write_config(tmp_path, mosquitto, topic_root, cloud)
+    weaker = {"privacy": {"policies": {"inference_occupancy": "aggregate"}, "epsilon": 2.0}}
+    cloud.release(1, make_bundle(1, overlay=weaker))
+    async with running(path) as gw:
+        await wait_for(lambda: "failed" in cloud.states(1), 30, "a failed report")
+        reason = cloud.reports[-1]["reason"]
+        assert "privacy.policies.inference_occupancy" in reason and "privacy.epsilon" in reason
+        assert gw.health()["updates"]["running_version"] is None
+        assert gw.health()["updates"]["failed_versions"] == [1]
+    assert load_config(path).privacy.policy_of("inference_occupancy").value == "local"
+    assert boot_config(load_config(path)).privacy.epsilon == 0.5

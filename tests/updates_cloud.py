@@ -173,10 +173,12 @@ class FakeCloud:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def release(self, version: int, bundle: bytes, *, soak_s: float = 1.0) -> None:
+    def release(
+        self, version: int, bundle: bytes, *, soak_s: float = 1.0, timestamp_days: float = 1.0
+    ) -> None:
         target = f"bundles/bundle-{version}.tar.gz"
         self.repo.add_target(target, bundle, {"version": version})
-        self.repo.publish()
+        self.repo.publish(timestamp_days=timestamp_days)
         self.desired = {
             "version": version,
             "target": target,
