@@ -49,7 +49,7 @@ from gateway.updates.boot import revert_state, running_config, slots_dir
 from gateway.updates.bundle import BundleError
 from gateway.updates.fetch import FetchError, fetch_bundle
 from gateway.updates.overlay import LIVE, OverlayError, apply_overlay
-from gateway.updates.slots import SlotStore, Trial
+from gateway.updates.slots import SlotStore, Trial, kill_point
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,7 @@ class UpdateManager:
         self.polls = 0
         self.last_error: str | None = None
         self.restarting = False
+        self._at_start = False
 
     # -- the task --------------------------------------------------------------------------
 
@@ -162,6 +163,7 @@ class UpdateManager:
             self._http = http
             try:
                 if self.state.trial is not None:
+                    self._at_start = True
                     await self._soak(self.state.trial)
                 while not self.restarting:
                     try:
@@ -247,6 +249,7 @@ class UpdateManager:
                 self._noted.add((version, str(exc)))
                 await self.report(rollout, "failed", str(exc), staged=None)
             return
+        kill_point("downloaded")
         try:
             state, info = await asyncio.to_thread(
                 self.store.stage, archive, self._local.inference.models_dir, self.state
@@ -258,6 +261,7 @@ class UpdateManager:
         except (BundleError, OverlayError, OSError) as exc:
             await self._refuse(version, rollout, f"refused: {exc}")
             return
+        kill_point("staged")
         await self.report(rollout, "staged", "", staged=version)
         slot = state.staged
         assert slot is not None
@@ -285,6 +289,7 @@ class UpdateManager:
             rollout=rollout,
         )
         self.store.write(self.state)  # from here a restart runs the new version
+        kill_point("committed")
         if needs_restart:
             log.info("updates: version %s applied; its overlay needs a restart", version)
             await self.report(rollout, "applied", "", staged=None)
@@ -292,6 +297,7 @@ class UpdateManager:
             return
         if runtime is not None and self._inference is not None:
             await self._inference.swap(runtime)
+        kill_point("swapped")
         self._running = new_config
         self._mark_counters()
         log.info("updates: version %s applied (slot %s), soaking %.0fs", version, slot, soak_s)
@@ -363,13 +369,27 @@ class UpdateManager:
     async def _soak(self, trial: Trial) -> None:
         if self.state.trial is None or self.state.trial.version != trial.version:
             return
+        if self._at_start:
+            # Resumed after a restart: the soak starts again with this process's counters.
+            trial = replace(trial, since=self._clock())
+            self._at_start = False
         end = trial.since + trial.soak_s
+        # Ingest (MQTT, writer) may take a moment after a start: it is judged at the end, and
+        # given until the report's deadline to come up; the models' faults fail at once.
+        grace_end = end + self._settings.report_margin_s
         while True:
-            reason = self.verdict(self.health())
-            left = end - self._clock()
-            if reason is not None or left <= 0:
+            health = self.health()
+            reason = self.verdict({**health, "ingest_ok": True})
+            now = self._clock()
+            if reason is None and now >= end:
+                reason = self.verdict(health)
+                if reason is None or now >= grace_end:
+                    break
+                reason = None
+            if reason is not None:
                 break
-            await asyncio.sleep(min(_CHECK_EVERY_S, left))
+            wake = end if now < end else min(grace_end, now + 0.5)
+            await asyncio.sleep(max(0.01, min(_CHECK_EVERY_S, wake - now)))
         if reason is not None:
             log.error("updates: version %s failed its soak: %s", trial.version, reason)
             await self.report(trial.rollout, "failed", reason, staged=None)
@@ -380,6 +400,7 @@ class UpdateManager:
         if not confirmed:
             await self.revert("the healthy report could not be confirmed")
             return
+        kill_point("reported")
         self.state = replace(self.state, trial=None)
         self.store.write(self.state)
         log.info("updates: version %s healthy", trial.version)

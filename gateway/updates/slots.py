@@ -19,8 +19,10 @@ state names (the previous slot is forgotten first), so every slot the state name
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import signal
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +32,16 @@ from gateway.updates.bundle import BundleInfo, check, unpack
 
 SlotName = Literal["a", "b"]
 STATE_FORMAT = 1
+# Crash tests (tests/test_updates_crash.py): SIGKILL this process at the named step.
+KILL_AT_ENV = "HOMEEDGE_GATEWAY_TEST_KILL_AT"
+log = logging.getLogger(__name__)
+
+
+def kill_point(step: str) -> None:
+    """SIGKILL this process at `step` when the test variable names it (a no-op otherwise)."""
+    if os.environ.get(KILL_AT_ENV) == step:
+        log.warning("updates: %s=%s: killing the gateway", KILL_AT_ENV, step)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -147,6 +159,7 @@ class SlotStore:
             onnx = Path(model.onnx).name
             shutil.copy2(tmp / "bundle" / model.onnx, models / onnx)
         _fsync_tree(tmp)
+        kill_point("unpacked")
         tmp.rename(final)
         _fsync_dir(self.root)
         state = replace(state, staged=name, staged_version=info.version)
