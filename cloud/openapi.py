@@ -348,6 +348,66 @@ def _dashboard_operations() -> dict[str, dict[str, Any]]:
     }
 
 
+def _updates_operations() -> dict[str, dict[str, Any]]:
+    """The signed update repository (`cloud.updates`): no credential, the files are signed."""
+    missing = _json("ErrorBody", "no such file, or no update repository configured")
+    return {
+        "/api/v1/updates/metadata/{name}": {
+            "get": {
+                "operationId": "updateMetadata",
+                "summary": "TUF metadata of the update repository (python-tuf's Updater reads "
+                "it; consistent_snapshot is false)",
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {
+                            "type": "string",
+                            "pattern": "^((root|timestamp|snapshot|targets)|[1-9][0-9]*\\.root)"
+                            "\\.json$",
+                        },
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the signed metadata (Cache-Control no-cache for the "
+                        "unversioned names, with an ETag)",
+                        "content": {"application/json": {}},
+                    },
+                    "304": {"description": "unchanged (If-None-Match)"},
+                    "404": missing,
+                },
+            }
+        },
+        "/api/v1/updates/targets/{path}": {
+            "get": {
+                "operationId": "updateTarget",
+                "summary": "A target file of the update repository (bundles/bundle-<v>.tar.gz)",
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "path",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._/-]+$"},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the file, as signed (never re-encoded)",
+                        "content": {"application/gzip": {}},
+                    },
+                    "304": {"description": "unchanged (If-None-Match)"},
+                    "400": _json("ErrorBody", "a path that is not plain segments (.., //)"),
+                    "404": missing,
+                },
+            }
+        },
+    }
+
+
 def _self_operations() -> dict[str, dict[str, Any]]:
     return {
         "/api/v1/openapi.json": {
@@ -412,6 +472,7 @@ def build_openapi() -> dict[str, Any]:
             **_operations(),
             **_analytics_operations(),
             **_dashboard_operations(),
+            **_updates_operations(),
             **_self_operations(),
         },
         "components": {
