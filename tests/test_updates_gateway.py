@@ -23,7 +23,7 @@ from gateway.updates.slots import SlotStore
 from schemas.audio import encode_audio_frame
 from schemas.topics import Kind, device_topic
 from tests.conftest import MosquittoBroker
-from tests.updates_cloud import FakeCloud, TufRepo, make_bundle, model_files
+from tests.updates_cloud import FakeCloud, RepoDirs, TufRepo, copy_models, make_bundle, model_files
 from tests.waiting import wait_for
 
 MODELS = ["audio_embedding", "vad", "alarm", "sensor_anomaly"]
@@ -303,3 +303,36 @@ async def test_an_overlay_that_weakens_privacy_is_refused(
         assert gw.health()["updates"]["failed_versions"] == [1]
     assert load_config(path).privacy.policy_of("inference_occupancy").value == "local"
     assert boot_config(load_config(path)).privacy.epsilon == 0.5
+
+
+async def test_a_bundle_built_and_signed_by_cloud_release_is_applied(
+    mosquitto: MosquittoBroker, topic_root: str, tmp_path: Path
+) -> None:
+    """The real release tool (`cloud.release`: offline root key, online keys, its bundle
+    format) makes the repository; the gateway's TUF client and bundle checks take it."""
+    from cloud.release import add_bundle, init_repository
+
+    repo = tmp_path / "release"
+    init_repository(repo, tmp_path / "offline-root")
+    models = copy_models(tmp_path / "models")
+    manifest = json.loads((models / "sensor_anomaly.json").read_text())
+    (models / "sensor_anomaly.json").write_text(json.dumps({**manifest, "version": "release-7"}))
+    overlay = {"inference": {"thresholds": {"sensor_anomaly": {"threshold": 0.97}}}}
+    add_bundle(repo, 7, models_dir=models, models=["sensor_anomaly"], overlay=overlay)
+    cloud = FakeCloud(RepoDirs(repo / "metadata", repo / "targets"))
+    cloud.desired = {
+        "version": 7, "target": "bundles/bundle-7.tar.gz", "rollout": "r-7", "soak_s": 1.0,
+        "rollback_to": None,
+    }  # fmt: skip
+    await cloud.start()
+    try:
+        path = write_config(tmp_path, mosquitto, topic_root, cloud)
+        async with running(path) as gw:
+            await wait_for(lambda: "healthy" in cloud.states(7), 30, "a healthy report")
+            assert engine_versions(gw)["sensor_anomaly"] == "release-7"
+        assert (
+            boot_config(load_config(path)).inference.thresholds
+            == overlay["inference"]["thresholds"]
+        )
+    finally:
+        await cloud.stop()

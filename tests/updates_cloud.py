@@ -151,10 +151,22 @@ def make_bundle(
 
 
 @dataclass
+class RepoDirs:
+    """A repository built elsewhere (e.g. by ``cloud.release``), served as it is on disk."""
+
+    metadata_dir: Path
+    targets_dir: Path
+
+    @property
+    def root_json(self) -> bytes:
+        return (self.metadata_dir / "root.json").read_bytes()
+
+
+@dataclass
 class FakeCloud:
     """The cloud's side of the protocol (contract of issue 15) over a `TufRepo`."""
 
-    repo: TufRepo
+    repo: TufRepo | RepoDirs
     token: str = "gw-token"
     desired: dict[str, Any] = field(
         default_factory=lambda: {
@@ -177,6 +189,7 @@ class FakeCloud:
         self, version: int, bundle: bytes, *, soak_s: float = 1.0, timestamp_days: float = 1.0
     ) -> None:
         target = f"bundles/bundle-{version}.tar.gz"
+        assert isinstance(self.repo, TufRepo)
         self.repo.add_target(target, bundle, {"version": version})
         self.repo.publish(timestamp_days=timestamp_days)
         self.desired = {
