@@ -18,7 +18,7 @@ import pytest
 from gateway.updates.slots import KILL_AT_ENV, SlotStore
 from tests.conftest import MosquittoBroker
 from tests.test_updates_gateway import good_bundle, write_config
-from tests.updates_cloud import FakeCloud, TufRepo
+from tests.updates_cloud import FakeCloud, TufRepo, make_bundle
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,16 +34,24 @@ async def cloud(tmp_path: Path) -> AsyncIterator[FakeCloud]:
         await fake.stop()
 
 
-async def start(config: Path, kill_at: str | None = None) -> asyncio.subprocess.Process:
+async def start(
+    config: Path, kill_at: str | None = None, stdout: Path | None = None
+) -> asyncio.subprocess.Process:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop(KILL_AT_ENV, None)
     if kill_at is not None:
         env[KILL_AT_ENV] = kill_at
     (config.parent / "admin.port").unlink(missing_ok=True)
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "--config", str(config), "--log-level", "WARNING",
-        env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    fh = stdout.open("wb") if stdout is not None else None
+    try:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "--config", str(config), "--log-level", "WARNING",
+            env=env, stderr=asyncio.subprocess.DEVNULL,
+            stdout=fh if fh is not None else asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+    finally:
+        if fh is not None:
+            fh.close()  # the child has its own copy
 
 
 async def healthz(config: Path) -> dict[str, Any]:
@@ -110,3 +118,29 @@ async def test_sigkill_at_each_step_restarts_on_one_consistent_version(
     finally:
         await stop(proc)
     assert SlotStore(tmp_path / "updates").read().version == 2
+
+
+async def test_an_overlay_only_a_restart_applies_restarts_the_gateway_in_process(
+    mosquitto: MosquittoBroker, topic_root: str, tmp_path: Path, cloud: FakeCloud
+) -> None:
+    """An aggregation window from the cloud is read at start: the gateway stops and starts
+    again in the same process on the new slot, soaks and reports healthy."""
+    config = write_config(tmp_path, mosquitto, topic_root, cloud)
+    overlay = {"aggregation": {"window_s": 300}, "uplink": {"send_interval_s": 2.0}}
+    cloud.release(1, make_bundle(1, overlay=overlay))
+    out = tmp_path / "stdout.txt"
+    proc = await start(config, stdout=out)
+    try:
+        first = await healthz(config)
+        assert first["updates"]["running_version"] is None
+        await wait_for(lambda: "healthy" in cloud.states(1), 60, "v1 healthy")
+        assert cloud.states(1) == ["downloading", "staged", "applied", "healthy"]
+        assert proc.returncode is None  # the same process, started twice
+        assert out.read_text().count("gateway gw-up: admin on") == 2
+        body = await healthz(config)
+        assert body["updates"]["running_version"] == 1 and body["updates"]["trial"] is None
+        state = SlotStore(tmp_path / "updates").read()
+        assert state.version == 1 and state.trial is None
+    finally:
+        await stop(proc)
+    assert proc.returncode == 0
