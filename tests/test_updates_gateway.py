@@ -336,3 +336,22 @@ async def test_a_bundle_built_and_signed_by_cloud_release_is_applied(
         )
     finally:
         await cloud.stop()
+
+
+async def test_a_gateway_offline_during_the_rollout_catches_up_when_the_cloud_returns(
+    mosquitto: MosquittoBroker, topic_root: str, tmp_path: Path, cloud: FakeCloud
+) -> None:
+    path = write_config(tmp_path, mosquitto, topic_root, cloud)
+    cloud.down = True
+    cloud.release(1, good_bundle(1))
+    async with running(path) as gw:
+        await wait_for(
+            lambda: gw.health()["updates"]["last_error"] is not None, 20, "a failed poll"
+        )
+        assert "503" in gw.health()["updates"]["last_error"]
+        assert cloud.reports == [] and gw.health()["updates"]["running_version"] is None
+        cloud.release(2, good_bundle(2))  # the rollout moved on meanwhile
+        cloud.down = False
+        await wait_for(lambda: "healthy" in cloud.states(2), 30, "caught up")
+        assert engine_versions(gw)["sensor_anomaly"] == "fleet-2"
+        assert cloud.states(1) == []
