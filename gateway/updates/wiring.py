@@ -14,12 +14,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import GatewayConfig
 from gateway.host import GatewayHost
 from gateway.updates.boot import updates_enabled
-from gateway.updates.manager import InferenceControl, UpdateManager
+
+if TYPE_CHECKING:
+    from gateway.updates.manager import InferenceControl, UpdateManager
 
 
 def install_updates(
@@ -34,7 +36,11 @@ def install_updates(
     configuration without the active bundle's overlay (`gateway.updates.boot`)."""
     if not updates_enabled(local):
         return None
+    # Imported here: the manager pulls in aiohttp and python-tuf, which a gateway without
+    # updates (no cloud) does not load.
     from prometheus_client import Gauge
+
+    from gateway.updates.manager import UpdateManager
 
     manager = UpdateManager(
         local=local,
