@@ -63,4 +63,4 @@ def test_the_alembic_command_line_path_works_with_an_async_url(tmp_path: Path) -
 
     with sqlite3.connect(tmp_path / "cli.db") as conn:
         (version,) = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-    assert version == "0008"  # head: 0007 time partitions and day rollups, 0008 noise
+    assert version == "0009"  # head: 0008 noise, 0009 fleet rollouts

@@ -1,0 +1,61 @@
+"""The rollout scheduler: a background task of every worker that runs `store.advance` every
+``updates.scheduler_interval_s``.
+
+On PostgreSQL several workers (and several hosts) share the rollouts: a run first takes a
+session advisory lock with ``pg_try_advisory_lock``; a worker that does not get it skips the
+run, so one scheduler acts at a time. Each rollout's step is also its own transaction on the
+rollout's locked row (`cloud.fleet.store`), so an operator's pause or abort in another worker
+waits for it, or it for them. SQLite serves one process: no lock needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cloud.fleet.store import advance
+from cloud.tasks import raise_if_cancelling
+
+log = logging.getLogger(__name__)
+
+# Another constant than the schema upgrade's and the storage upkeep's locks.
+SCHEDULER_LOCK_KEY = 0x686F6D6565646772
+
+
+async def run_once(engine: AsyncEngine, *, grace_s: float) -> list[str] | None:
+    """One scheduler run; None when another process holds the scheduler's lock."""
+    if engine.dialect.name != "postgresql":
+        return await advance(engine, grace_s=grace_s)
+    async with engine.connect() as lock_conn:
+        got = await lock_conn.scalar(
+            text("SELECT pg_try_advisory_lock(:k)"), {"k": SCHEDULER_LOCK_KEY}
+        )
+        await lock_conn.commit()
+        if not got:
+            return None
+        try:
+            return await advance(engine, grace_s=grace_s)
+        finally:
+            # Closing the connection ends the lock too: a failed unlock must not hide what
+            # ended the run.
+            with contextlib.suppress(SQLAlchemyError, OSError):
+                await lock_conn.execute(
+                    text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEDULER_LOCK_KEY}
+                )
+                await lock_conn.commit()
+
+
+async def run_periodically(engine: AsyncEngine, interval_s: float, grace_s: float) -> None:
+    while True:
+        try:
+            for what in await run_once(engine, grace_s=grace_s) or ():
+                log.info("rollout scheduler: %s", what)
+        except Exception:  # the next run tries again; serving never depends on this task
+            raise_if_cancelling()
+            log.exception("rollout scheduler run failed")
+        await asyncio.sleep(interval_s)
