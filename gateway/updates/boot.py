@@ -44,10 +44,11 @@ def running_config(local: GatewayConfig, store: SlotStore, state: SlotState) -> 
     return config.model_copy(update={"inference": inference})
 
 
-def revert_state(state: SlotState, reason: str) -> SlotState:
+def revert_state(state: SlotState, reason: str, *, mark_failed: bool = True) -> SlotState:
     """The state after giving up the active version: back to the previous slot (or the
-    built-in models), the version marked failed, a ``rolled_back`` report to deliver."""
-    failed = state.version
+    built-in models), the version marked failed (unless the cloud asked for the revert), a
+    ``rolled_back`` report to deliver."""
+    failed = state.version if mark_failed else None
     rollout = state.trial.rollout if state.trial else state.rollout
     return replace(
         state,

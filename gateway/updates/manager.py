@@ -85,10 +85,10 @@ class Desired:
         if not isinstance(body, Mapping):
             raise ValueError("expected a JSON object")
 
-        def opt_int(name: str) -> int | None:
+        def opt_int(name: str, low: int = 1) -> int | None:
             v = body.get(name)
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                raise ValueError(f"{name}: expected a positive integer or null")
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < low):
+                raise ValueError(f"{name}: expected an integer >= {low} or null")
             return v
 
         target, rollout, soak = body.get("target"), body.get("rollout"), body.get("soak_s")
@@ -98,7 +98,9 @@ class Desired:
             raise ValueError("rollout: expected a string or null")
         if soak is not None and (not isinstance(soak, int | float) or soak < 0):
             raise ValueError("soak_s: expected a number >= 0")
-        return cls(opt_int("version"), target, rollout, soak, opt_int("rollback_to"))
+        # rollback_to 0: back to the built-in models (what the cloud sends a gateway that ran
+        # none of its bundles before the rollout).
+        return cls(opt_int("version"), target, rollout, soak, opt_int("rollback_to", 0))
 
 
 def target_of(version: int) -> str:
@@ -206,15 +208,24 @@ class UpdateManager:
     async def act(self, desired: Desired) -> None:
         state = self.state
         soak_s = desired.soak_s if desired.soak_s is not None else self._settings.soak_s
-        back = desired.rollback_to
-        if back is not None and back != state.version:
+        asked_back = desired.rollback_to is not None
+        back = desired.rollback_to or None  # 0: the built-in models
+        if asked_back and back != state.version:
             if back == state.previous_version:
-                await self.revert(f"the cloud asked for version {back} (rollback_to)")
+                await self.revert(
+                    f"the cloud asked for version {back or 'built-in'} (rollback_to)",
+                    mark_failed=False,
+                )
+            elif back is None:
+                self.state = replace(state, previous=None, previous_version=None)
+                await self.revert(
+                    "the cloud asked for the built-in models (rollback_to)", mark_failed=False
+                )
             else:
                 await self.install(back, target_of(back), desired.rollout, soak_s)
             return
         v = desired.version
-        if back is not None or v is None or v == state.version or v in state.failed:
+        if asked_back or v is None or v == state.version or v in state.failed:
             return
         if state.version is not None and v < state.version:
             self._mark_failed(v)
@@ -405,10 +416,11 @@ class UpdateManager:
         self.store.write(self.state)
         log.info("updates: version %s healthy", trial.version)
 
-    async def revert(self, reason: str) -> None:
-        """Back to the previous slot (or the built-in models), live when its overlay allows."""
+    async def revert(self, reason: str, *, mark_failed: bool = True) -> None:
+        """Back to the previous slot (or the built-in models), live when its overlay allows;
+        the version given up is not tried again unless the cloud asked for the revert."""
         before = self._running_overlay()
-        state = revert_state(self.state, reason)
+        state = revert_state(self.state, reason, mark_failed=mark_failed)
         self.reverts += 1
         try:
             config = running_config(self._local, self.store, state)
