@@ -83,13 +83,16 @@ class EngineControl:
         )
 
     async def load(self, settings: InferenceSettings, models_dir: Path) -> tuple[Any, list[str]]:
-        from gateway.inference.engine import load_runtime
+        """The models (and fleet priors) of `settings` from `models_dir`, and load errors."""
+        from gateway.inference.engine import load_priors, load_runtime
 
         runtime = await asyncio.to_thread(load_runtime, settings, models_dir)
-        return runtime, [str(e) for e in runtime.errors]
+        priors = await asyncio.to_thread(load_priors, settings)
+        return (runtime, priors), [str(e) for e in runtime.errors]
 
     async def swap(self, runtime: Any) -> None:
-        await self._holder["engine"].swap_runtime(runtime)
+        models, priors = runtime
+        await self._holder["engine"].swap_runtime(models, priors)
 
 
 def install_inference(
@@ -107,6 +110,9 @@ def install_inference(
     from gateway.inference.baselines import BaselineReader, count_baselines
     from gateway.inference.engine import InferenceEngine
     from gateway.inference.streams import DeviceLimits
+    from gateway.sync.privacy import room_class
+
+    rooms = host.config.privacy.rooms
 
     dev = host.config.devices
     limits = DeviceLimits(
@@ -134,6 +140,7 @@ def install_inference(
             load=reader,
             on_event=host.emit_event,
             discovery=discovery,
+            room_class=lambda room: room_class(room, rooms).value,
         )
         engine.stats.baselines_persisted = await host.run_db(count_baselines)
         holder["engine"] = engine

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.updates.bundle import BundleError
@@ -40,7 +41,10 @@ def running_config(local: GatewayConfig, store: SlotStore, state: SlotState) -> 
         return local
     info = store.bundle(state.active)
     config = apply_overlay(local, info.overlay).config
-    inference = config.inference.model_copy(update={"models_dir": store.models_dir(state.active)})
+    update: dict[str, Any] = {"models_dir": store.models_dir(state.active)}
+    if info.priors is not None:
+        update["priors_file"] = store.slot(state.active) / "bundle" / info.priors
+    inference = config.inference.model_copy(update=update)
     return config.model_copy(update={"inference": inference})
 
 

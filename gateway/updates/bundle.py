@@ -8,9 +8,10 @@ module still refuses what the archive itself could do to the gateway's disk: abs
 ``..``, links, devices, members past a size cap, and any file named in ``bundle.json`` that is
 missing or whose sha256 differs.
 
-Fleet priors (``priors.json``, optional): ``{"format": 1, "metrics": {<metric>: {"mean":
-<float>, "std": <float> > 0}}}``, the fleet's typical level per metric, which the gateway's
-sensor baseline may start from (documented here because the gateway owns the format).
+Fleet priors (``priors.json``, optional): their format is the gateway's, documented in
+`gateway.inference.priors`; a bundle's priors start new sensors' baselines
+(``inference.priors_file`` points into the slot), and a bundle whose priors do not parse is
+refused.
 """
 
 from __future__ import annotations
@@ -132,7 +133,14 @@ def check(root: Path) -> BundleInfo:
                 f"models.{name}: the manifest's file {manifest.file!r} is not {model.onnx!r}"
             )
     if info.priors is not None:
-        _member(root, info.priors, "priors")
+        # Imported here: the priors code reads numpy, which `python -m gateway` does not load
+        # at start unless inference runs.
+        from gateway.inference.priors import FleetPriors, PriorsError
+
+        try:
+            FleetPriors.load(_member(root, info.priors, "priors"))
+        except PriorsError as exc:
+            raise BundleError(str(exc)) from None
     return info
 
 
