@@ -11,7 +11,9 @@ window/baseline code and the shipped anomaly model (`training.sensor_eval`), thr
 
 - ``no_priors``: the default warm-up (24 h): nothing is scored on the first day;
 - ``no_priors_short_warmup``: scored after 2 h of the home's own windows;
-- ``priors``: scored from the first window against the seeded baseline.
+- ``priors``: scored from the first window against the seeded baseline;
+- ``fleet_wide_priors``: the same from one mean and std per metric over the whole fleet (the
+  form `cloud.fleet.priors` writes from its hour rollups: no room classes, no daily profile).
 
 Without faults every flagged run is a false alarm (``false_alarms``, and per device-day over
 the scored part); with faults (anomaly_rate 1 per device-day) the first day's event recall.
@@ -156,6 +158,16 @@ def main() -> int:
     fleet, _ = world_readings(args.fleet_homes, 31, 3.0, 0.0)
     priors_json = fleet_priors(fleet, s.sensor_window_s)
     priors = FleetPriors.parse(priors_json)
+    # What the cloud's `cloud.fleet.priors` makes: one mean and std per metric, fleet-wide.
+    flat: dict[str, list[float]] = defaultdict(list)
+    for _dev, _room, _ts, metric, value in fleet:
+        if metric in ANOMALY_METRICS:
+            flat[metric].append(value)
+    fleet_wide = FleetPriors.parse(
+        {"format": 1,
+         "metrics": {m: {"mean": float(np.mean(v)), "std": float(np.std(v))}
+                     for m, v in flat.items()}}
+    )  # fmt: skip
     out: dict[str, Any] = {
         "fleet_homes": args.fleet_homes,
         "new_homes": args.new_homes,
@@ -169,6 +181,7 @@ def main() -> int:
             ("no_priors", s.warmup_hours, None),
             ("no_priors_short_warmup", 2.0, None),
             ("priors", s.warmup_hours, priors),
+            ("fleet_wide_priors", s.warmup_hours, fleet_wide),
         ):
             ws = list(scored(readings, s, warmup, pr, flag))
             sc = event_scores(ws, faults) if ws else {}
@@ -192,6 +205,9 @@ def main() -> int:
         "false_alarms"
     ]
     out["first_day_false_alarms_with_priors"] = out["clean_priors"]["false_alarms"]
+    out["first_day_false_alarms_with_fleet_wide_priors"] = out["clean_fleet_wide_priors"][
+        "false_alarms"
+    ]
     if args.json:
         print(json.dumps(out))
     else:

@@ -136,3 +136,21 @@ def test_a_bundles_priors_reach_the_engine_settings_and_bad_ones_are_refused(
     archive.write_bytes(with_priors(4, {"format": 1, "classes": {"kitchen": {"co2": {}}}}))
     with pytest.raises(BundleError, match="priors"):
         unpack(archive, tmp_path / "bad")
+
+
+def test_fleet_wide_priors_as_the_cloud_computes_them_seed_every_room_class() -> None:
+    """`cloud.fleet.priors` writes one level per metric (mean, std over the fleet)."""
+    priors = FleetPriors.parse(
+        {"format": 1, "metrics": {"temperature": {"mean": 21.0, "std": 1.0}, "noise": {}}}
+    )
+    for room_class in ("kitchen", "bedroom"):
+        assert set(priors.of_class(room_class)) == {"temperature"}
+    stream = SensorStream(300.0)
+    assert seed(stream, "temperature", priors.of_class("office")["temperature"], T0 + 10)
+    stream.add("temperature", T0 + 10, 21.3)
+    w = stream.flush()
+    assert w is not None and stream.ready(w)
+    assert stream.level("temperature", w.start)[0] == pytest.approx(21.0)
+    assert not stream.metrics["temperature"].scales_set  # learned from its own windows
+    with pytest.raises(PriorsError, match=r"priors\.metrics\.co2"):
+        FleetPriors.parse({"format": 1, "metrics": {"co2": {"mean": 500.0, "std": 0.0}}})

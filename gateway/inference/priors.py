@@ -12,6 +12,14 @@ class, never a device's readings), so a new sensor starts from the fleet's norma
          "step": <typical |change| between consecutive windows>,
          "spread": <typical std inside one window>}}}}
 
+or, fleet-wide without room classes or daily profiles (what `cloud.fleet.priors` makes from
+its hour rollups):
+
+    {"format": 1, "metrics": {"<metric>": {"mean": <float>, "std": <float> > 0}}}
+
+which seeds every room class with ``mean + z * std`` at the 10th..90th percentiles of a normal
+at every hour, and leaves the step and spread scales to the device's first windows.
+
 `seed` fills the stream's baseline bins of the last ``baseline_s`` with those quantiles
 (cycling through them, so the level reference's median and range are the fleet's at that
 hour), sets its scales from ``step`` and ``spread`` and marks the metric as warmed up: it is
@@ -35,6 +43,9 @@ from gateway.inference.sensors import ANOMALY_METRICS, MetricBaseline, SensorStr
 PRIORS_FORMAT = 1
 QUANTILES = 5
 HOURS = 24
+ANY_CLASS = "*"  # the fleet-wide priors, for every room class
+# The 10th, 30th, 50th, 70th and 90th percentiles of a standard normal.
+_NORMAL_Z = (-1.2816, -0.5244, 0.0, 0.5244, 1.2816)
 
 
 class PriorsError(ValueError):
@@ -44,7 +55,7 @@ class PriorsError(ValueError):
 @dataclass(frozen=True, slots=True)
 class MetricPrior:
     hourly: tuple[tuple[float, ...], ...]  # 24 x QUANTILES, UTC hours
-    step: float
+    step: float  # < 0: unknown, learned from the device's first windows
     spread: float
 
 
@@ -56,6 +67,8 @@ class FleetPriors:
     def parse(cls, body: Any) -> FleetPriors:
         if not isinstance(body, dict) or body.get("format") != PRIORS_FORMAT:
             raise PriorsError(f"priors: expected an object with format {PRIORS_FORMAT}")
+        if "classes" not in body and isinstance(body.get("metrics"), dict):
+            return cls({ANY_CLASS: _fleet_wide(body["metrics"])})
         classes = body.get("classes")
         if not isinstance(classes, dict):
             raise PriorsError("priors.classes: expected an object")
@@ -90,7 +103,24 @@ class FleetPriors:
             raise PriorsError(f"priors file {path}: {exc}") from None
 
     def of_class(self, room_class: str) -> Mapping[str, MetricPrior]:
-        return self.classes.get(room_class, {})
+        return self.classes.get(room_class) or self.classes.get(ANY_CLASS, {})
+
+
+def _fleet_wide(metrics: dict[str, Any]) -> dict[str, MetricPrior]:
+    out = {}
+    for metric, p in metrics.items():
+        if metric not in ANOMALY_METRICS:
+            continue
+        where = f"priors.metrics.{metric}"
+        try:
+            mean, std = float(p["mean"]), float(p["std"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PriorsError(f"{where}: {exc!r}") from None
+        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+            raise PriorsError(f"{where}: mean must be finite and std > 0")
+        row = tuple(mean + z * std for z in _NORMAL_Z)
+        out[metric] = MetricPrior((row,) * HOURS, step=-1.0, spread=-1.0)
+    return out
 
 
 def seed(stream: SensorStream, metric: str, prior: MetricPrior, at: float) -> bool:
@@ -107,6 +137,7 @@ def seed(stream: SensorStream, metric: str, prior: MetricPrior, at: float) -> bo
         b.add(bin_id, prior.hourly[hour][k % QUANTILES], True)
     # Warmed up already for the window `at` falls in.
     b.first_start = at - stream.warmup_s - stream.window_s
-    b.step_scale, b.std_scale, b.scales_set = prior.step, prior.spread, True
+    if prior.step >= 0 and prior.spread >= 0:
+        b.step_scale, b.std_scale, b.scales_set = prior.step, prior.spread, True
     stream.metrics[metric] = b
     return True
