@@ -145,6 +145,7 @@ class UpdateManager:
         self._etag: str | None = None
         self._desired: Desired | None = None
         self._noted: set[tuple[int, str]] = set()  # fetch failures already reported
+        self._attempted: set[int] = set()  # versions whose download was reported
         self._base = local.uplink.url.rstrip("/")
         self._auth = {"Authorization": f"Bearer {local.uplink.token.get_secret_value()}"}
         self._backoff = Backoff(local.uplink.backoff_min_s, local.uplink.backoff_max_s)
@@ -243,7 +244,9 @@ class UpdateManager:
         root_file = self._settings.root_file
         if root_file is None:
             raise ValueError("updates.root_file is not set")
-        await self.report(rollout, "downloading", "", staged=version)
+        if version not in self._attempted:  # retried each poll after a fetch failure
+            self._attempted.add(version)
+            await self.report(rollout, "downloading", "", staged=version)
         try:
             archive = await asyncio.to_thread(
                 fetch_bundle,
@@ -268,7 +271,7 @@ class UpdateManager:
             self.state = state
             if info.version != version:
                 raise BundleError(f"bundle.json says version {info.version}, expected {version}")
-            overlay = apply_overlay(self._local, info.overlay)
+            apply_overlay(self._local, info.overlay)  # refuses what may not change remotely
         except (BundleError, OverlayError, OSError) as exc:
             await self._refuse(version, rollout, f"refused: {exc}")
             return
@@ -286,7 +289,6 @@ class UpdateManager:
             if errors:
                 await self._refuse(version, rollout, "models failed to load: " + "; ".join(errors))
                 return
-        del overlay
         trial = Trial(version, rollout, self._clock(), soak_s)
         self.state = replace(
             state,

@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 import signal
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -67,7 +67,6 @@ class SlotState:
     failed: tuple[int, ...] = ()  # versions that failed here: not tried again
     report: dict[str, Any] | None = None  # the last report, until the cloud confirmed it
     rollout: str | None = None  # the rollout of the running version
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def inactive(self) -> SlotName:
         return "b" if self.active == "a" else "a"
