@@ -271,7 +271,7 @@ async def _until(check: Callable[[], Awaitable[bool]], what: str, within: float 
 async def test_a_gateway_that_never_reports_healthy_fails_its_wave_after_the_grace(
     sqlite_url: str, start_fleet: StartFleet
 ) -> None:
-    fleet = await start_fleet(sqlite_url, report_grace_s=0.2)
+    fleet = await start_fleet(sqlite_url, report_grace_s=2.0)
     await fleet.sims["gw-01"].stop()  # offline from now on
     rollout = await fleet.rollout(
         version=2, gateways=NAMES[:4], canary_count=2, soak_s=0.1, max_failures=1

@@ -468,13 +468,48 @@ async function refreshEvents() {
   text("events-note", `Per home pseudonym and hour (UTC). Look-back totals: ${per("alarms").toFixed(0)} alarms, ${per("anomalies").toFixed(0)} sensor anomalies, ${per("keywords").toFixed(0)} voice commands. Alarms per home and day: ${fmtNum(r.alarms_per_home_day)}; speech activity share: ${share}.`);
 }
 
+function fmtVersion(v) {
+  return v === null || v === undefined ? "built-in" : `v${v}`;
+}
+
+async function refreshFleet() {
+  const [fleet, listed] = await Promise.all([getJSON(`${API}/fleet/versions`), getJSON(`${API}/rollouts`)]);
+  const details = await Promise.all(listed.rollouts.slice(0, 5).map((r) => getJSON(`${API}/rollouts/${r.id}`)));
+  fillTable("rollouts", details.map((r) => ({
+    cls: r.state === "halted" || r.state === "aborted" ? "flagged" : "",
+    cells: [
+      r.id.slice(0, 8),
+      `v${r.version}`,
+      r.reason ? `${r.state} (${r.reason})` : r.state,
+      r.waves.map((w) => `${w.number}: ${w.counts.healthy || 0}/${w.size} ${w.state}`).join(" \u00b7 "),
+      r.failures.map((f) => f.gateway).join(", ") || "-",
+      r.rollbacks.map((b) => `${b.gateway} \u2192 ${fmtVersion(b.rollback_to || null)}`).join(", ") || "-",
+      new Date(r.created_at * 1000).toISOString().slice(0, 16).replace("T", " "),
+    ],
+  })));
+  const now = fleet.now;
+  fillTable("fleet-versions", fleet.gateways.map((g) => ({
+    cells: [
+      g.gateway,
+      g.tags.join(", "),
+      g.reported_at === null ? "?" : fmtVersion(g.running_version),
+      g.staged_version === null ? "-" : fmtVersion(g.staged_version),
+      g.desired_version === null ? "-" : fmtVersion(g.desired_version),
+      g.state === null ? "-" : (g.reason ? `${g.state}: ${g.reason}` : g.state),
+      g.reported_at === null ? "never" : `${fmtSeconds(now - g.reported_at)} ago`,
+    ],
+  })));
+  const versions = Object.entries(fleet.versions).map(([v, n]) => `${n} on ${v === "builtin" || v === "unknown" ? v : `v${v}`}`);
+  text("fleet-note", versions.length ? `Running: ${versions.join(", ")}.` : "No gateway has reported a version yet.");
+}
+
 async function refresh() {
   if (state.busy) return;
   state.busy = true;
   try {
     const overview = await refreshOverview();
     await refreshMetrics();
-    await Promise.all([refreshSeries(), refreshClusters(), refreshAnomalies(), refreshEvents(), refreshBandwidth(overview)]);
+    await Promise.all([refreshSeries(), refreshClusters(), refreshAnomalies(), refreshEvents(), refreshBandwidth(overview), refreshFleet()]);
     state.refreshes += 1;
     document.body.dataset.refreshes = String(state.refreshes);
     text("status", `updated ${new Date().toLocaleTimeString()}`);
