@@ -338,6 +338,15 @@ async def test_desired_answers_304_to_its_etag_and_reports_are_checked(
     assert status == 400 and "$.state" in body["error"]["message"]
     status, _ = await fleet.call("POST", "/api/v1/gateway/report", headers=READ, json=report)
     assert status == 401
+    # A long reason is no reason to refuse a report (the gateway would revert): it is cut.
+    long = {**report, "state": "failed", "reason": "x" * 5000}
+    long["health"] = {**report["health"], "sync_ok": True}
+    status, body = await fleet.call("POST", "/api/v1/gateway/report", headers=gw, json=long)
+    assert status == 200 and body == {"ok": True}
+    status, versions = await fleet.call("GET", "/api/v1/fleet/versions", headers=READ)
+    (gw03,) = [g for g in versions["gateways"] if g["gateway"] == "gw-03"]
+    assert gw03["state"] == "failed" and gw03["reason"] == "x" * 2000
+    assert gw03["running_version"] == 3 and gw03["health"]["sync_ok"] is True
     status, _ = await fleet.call("GET", "/api/v1/gateway/desired", headers=READ)
     assert status == 401
 

@@ -46,6 +46,7 @@ DONE = ("healthy", "failed", "rolled_back", "reverted")
 FAILED = ("failed", "rolled_back")
 ACTIVE = ("running", "paused")
 BUILTIN = 0  # rollback_to for a gateway that ran the built-in models before
+MAX_REASON_CHARS = 2000
 CREATE_LOCK_KEY = 0x686F6D6565646773  # one rollout created at a time (PostgreSQL)
 
 
@@ -401,11 +402,12 @@ async def record_report(
     the named rollout."""
     now = time.time() if now is None else now
     health = msgspec.json.encode(report.health).decode()
+    reason = report.reason[:MAX_REASON_CHARS]
     values = {
         "running_version": report.running_version,
         "staged_version": report.staged_version,
         "state": report.state,
-        "reason": report.reason,
+        "reason": reason,
         "rollout": report.rollout,
         "health": health,
         "reported_at": now,
@@ -446,7 +448,8 @@ async def record_report(
             new = _assignment_state(report, row.version, row.state)
         if new is None:
             return
-        reason = report.reason if new in FAILED else ""
+        if new not in FAILED:
+            reason = ""
         await conn.execute(
             update(rollout_gateways)
             .where(
