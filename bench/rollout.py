@@ -204,6 +204,7 @@ async def run(
             "poll_s": args.poll_s,
             "rollout_s": round(rollout_s, 2),
             "reached": reached,
+            "busy_answers": sum(s.busy for s in sims),
             "bytes_per_idle_poll": request_bytes + answer_bytes,
             "idle_poll_request_bytes": request_bytes,
             "idle_poll_response_bytes": answer_bytes,

@@ -15,7 +15,7 @@ import contextlib
 import logging
 
 from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloud.fleet.store import advance
@@ -60,6 +60,9 @@ async def run_periodically(
         try:
             for what in await run_once(engine, grace_s=grace_s) or ():
                 log.info("rollout scheduler: %s", what)
+        except (DBAPIError, OSError) as exc:  # the database away: one line, not a traceback
+            raise_if_cancelling()
+            log.warning("rollout scheduler: database unavailable, retried: %s", exc)
         except Exception:  # the next run tries again; serving never depends on this task
             raise_if_cancelling()
             log.exception("rollout scheduler run failed")
