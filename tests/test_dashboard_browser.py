@@ -549,5 +549,30 @@ async def test_the_fleet_panel_shows_running_versions_and_a_halted_rollout(
             assert lines["gw-2"][2] == "built-in"
             assert "failed: a model did not load" in lines["gw-2"][5]
             assert "Running:" in await page.inner_text("#fleet-note")
+
+            # The operator starts a rollout from the page, then pauses it.
+            await page.fill("#op-token", "not-the-operator-token")
+            await page.fill("#op-version", "4")
+            await page.fill("#op-gateways", "gw-1")
+            await page.click("#rollout-form button[type=submit]")
+            await page.wait_for_function(
+                "() => document.getElementById('op-result').textContent.includes('refused')"
+            )
+            assert "invalid operator token" in await page.inner_text("#op-result")
+            await page.fill("#op-token", operator["Authorization"].split()[1])
+            await page.click("#rollout-form button[type=submit]")
+            await page.wait_for_function(
+                "() => document.getElementById('op-result').textContent.includes('started')"
+            )
+            first = "#rollouts tbody tr:first-child"
+            await page.wait_for_function(
+                "(sel) => document.querySelector(sel).textContent.includes('running')", arg=first
+            )
+            await page.click(f"{first} button[data-action=pause]")
+            await page.wait_for_function(
+                "(sel) => document.querySelector(sel).textContent.includes('paused')", arg=first
+            )
+            listed = await (await client.get("/api/v1/rollouts", headers=READ)).json()
+            assert [r["state"] for r in listed["rollouts"]] == ["paused", "halted"]
         finally:
             await browser.close()

@@ -472,6 +472,63 @@ function fmtVersion(v) {
   return v === null || v === undefined ? "built-in" : `v${v}`;
 }
 
+// Rollout writes take the operator token, typed into the form: never stored, sent as a Bearer
+// header (no cookie, so no cross-site request can carry it).
+async function operatorCall(method, path, body) {
+  const token = document.getElementById("op-token").value.trim();
+  if (!token) throw new Error("enter the operator token first");
+  const resp = await fetch(path, {
+    method,
+    credentials: "omit",
+    headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json", Accept: "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const answer = await resp.json();
+  if (!resp.ok) throw new Error(answer.error ? answer.error.message : `HTTP ${resp.status}`);
+  return answer;
+}
+
+const listOf = (id) => document.getElementById(id).value.split(",").map((x) => x.trim()).filter(Boolean);
+
+document.getElementById("rollout-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const spec = {
+    version: Number(document.getElementById("op-version").value),
+    tags: listOf("op-tags"),
+    gateways: listOf("op-gateways"),
+    canary_count: Number(document.getElementById("op-canary").value),
+    wave_factor: Number(document.getElementById("op-factor").value),
+    soak_s: Number(document.getElementById("op-soak").value),
+  };
+  try {
+    const r = await operatorCall("POST", `${API}/rollouts`, spec);
+    text("op-result", `rollout ${r.id.slice(0, 8)} started`);
+    await refreshFleet();
+  } catch (err) {
+    text("op-result", `refused: ${err.message}`);
+  }
+});
+
+function actionButtons(r) {
+  const actions = r.state === "running" ? ["pause", "abort"] : r.state === "paused" ? ["resume", "abort"] : [];
+  return actions.map((action) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = action;
+    b.dataset.action = action;
+    b.addEventListener("click", async () => {
+      try {
+        await operatorCall("POST", `${API}/rollouts/${r.id}/${action}`);
+        text("op-result", `rollout ${r.id.slice(0, 8)}: ${action}`);
+        await refreshFleet();
+      } catch (err) {
+        text("op-result", `refused: ${err.message}`);
+      }
+    });
+    return b;
+  });
+}
+
 async function refreshFleet() {
   const [fleet, listed] = await Promise.all([getJSON(`${API}/fleet/versions`), getJSON(`${API}/rollouts`)]);
   const details = await Promise.all(listed.rollouts.slice(0, 5).map((r) => getJSON(`${API}/rollouts/${r.id}`)));
@@ -487,6 +544,11 @@ async function refreshFleet() {
       new Date(r.created_at * 1000).toISOString().slice(0, 16).replace("T", " "),
     ],
   })));
+  document.querySelectorAll("#rollouts tbody tr").forEach((tr, i) => {
+    const td = document.createElement("td");
+    td.replaceChildren(...actionButtons(details[i]));
+    tr.appendChild(td);
+  });
   const now = fleet.now;
   fillTable("fleet-versions", fleet.gateways.map((g) => ({
     cells: [
