@@ -102,18 +102,22 @@ ROUTES: tuple[tuple[str, str, Handler], ...] = (
 )
 
 
-async def refresh_periodically(repo: Path, keys: Path | None, interval_s: float) -> None:
-    """`cloud.release.refresh` now and every `interval_s` (in a thread: it signs and fsyncs)."""
+async def refresh_periodically(
+    repo: Path, keys: Path | None, interval_s: float, stop: asyncio.Event
+) -> None:
+    """`cloud.release.refresh` now and every `interval_s` until `stop` is set (in a thread: it
+    signs and fsyncs; stopping waits for it rather than leaving the thread behind)."""
     from cloud.release import refresh
 
-    while True:
+    while not stop.is_set():
         try:
             if await asyncio.to_thread(refresh, repo, keys_dir=keys):
                 log.info("update repository re-signed (%s)", repo)
         except Exception:  # the next run tries again; serving never depends on this task
             raise_if_cancelling()
             log.exception("update repository refresh failed")
-        await asyncio.sleep(interval_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
 
 
 def setup_updates(app: web.Application) -> None:
@@ -124,6 +128,7 @@ def setup_updates(app: web.Application) -> None:
     async def refresher(app: web.Application) -> AsyncIterator[None]:
         settings = app[CONFIG_KEY].updates
         task = None
+        stop = asyncio.Event()
         repo = settings.repository_dir
         keys = settings.keys_dir or (repo / "keys" if repo is not None else None)
         if (
@@ -133,13 +138,12 @@ def setup_updates(app: web.Application) -> None:
             and (keys / "timestamp.pem").exists()
         ):
             task = asyncio.create_task(
-                refresh_periodically(repo, settings.keys_dir, settings.refresh_interval_s),
+                refresh_periodically(repo, settings.keys_dir, settings.refresh_interval_s, stop),
                 name="updates-refresh",
             )
         yield
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            stop.set()
+            await task
 
     app.cleanup_ctx.append(refresher)

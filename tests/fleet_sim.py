@@ -35,6 +35,7 @@ class SimGateway:
     history: list[int | None] = field(default_factory=list)
     polls: int = 0
     not_modified: int = 0
+    busy: int = 0  # 503 answers (the cloud's backpressure), retried
     _etag: str | None = None
     _failed: set[int] = field(default_factory=set)
     _task: asyncio.Task[None] | None = None
@@ -64,10 +65,16 @@ class SimGateway:
             "reason": reason,
             "health": health or HEALTH_OK,
         }
-        async with http.post(
-            f"{self.base}/api/v1/gateway/report", json=body, headers=self.headers
-        ) as r:
-            assert r.status == 200, await r.text()
+        # A busy cloud (503) is retried, as a real gateway's backoff would.
+        url = f"{self.base}/api/v1/gateway/report"
+        for _ in range(100):
+            async with http.post(url, json=body, headers=self.headers) as r:
+                if r.status != 503:
+                    assert r.status == 200, await r.text()
+                    return
+            self.busy += 1
+            await asyncio.sleep(self.poll_s)
+        raise AssertionError(f"{self.name}: the cloud stayed busy")
 
     async def poll_once(self, http: aiohttp.ClientSession) -> None:
         headers = dict(self.headers)
@@ -77,6 +84,9 @@ class SimGateway:
             self.polls += 1
             if r.status == 304:
                 self.not_modified += 1
+                return
+            if r.status == 503:  # busy: the next poll asks again
+                self.busy += 1
                 return
             assert r.status == 200, await r.text()
             desired = await r.json()

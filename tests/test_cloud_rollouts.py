@@ -271,7 +271,7 @@ async def _until(check: Callable[[], Awaitable[bool]], what: str, within: float 
 async def test_a_gateway_that_never_reports_healthy_fails_its_wave_after_the_grace(
     sqlite_url: str, start_fleet: StartFleet
 ) -> None:
-    fleet = await start_fleet(sqlite_url, report_grace_s=0.2)
+    fleet = await start_fleet(sqlite_url, report_grace_s=2.0)
     await fleet.sims["gw-01"].stop()  # offline from now on
     rollout = await fleet.rollout(
         version=2, gateways=NAMES[:4], canary_count=2, soak_s=0.1, max_failures=1
@@ -338,6 +338,15 @@ async def test_desired_answers_304_to_its_etag_and_reports_are_checked(
     assert status == 400 and "$.state" in body["error"]["message"]
     status, _ = await fleet.call("POST", "/api/v1/gateway/report", headers=READ, json=report)
     assert status == 401
+    # A long reason is no reason to refuse a report (the gateway would revert): it is cut.
+    long = {**report, "state": "failed", "reason": "x" * 5000}
+    long["health"] = {**report["health"], "sync_ok": True}
+    status, body = await fleet.call("POST", "/api/v1/gateway/report", headers=gw, json=long)
+    assert status == 200 and body == {"ok": True}
+    status, versions = await fleet.call("GET", "/api/v1/fleet/versions", headers=READ)
+    (gw03,) = [g for g in versions["gateways"] if g["gateway"] == "gw-03"]
+    assert gw03["state"] == "failed" and gw03["reason"] == "x" * 2000
+    assert gw03["running_version"] == 3 and gw03["health"]["sync_ok"] is True
     status, _ = await fleet.call("GET", "/api/v1/gateway/desired", headers=READ)
     assert status == 401
 
@@ -455,3 +464,47 @@ async def _schedule(engine: AsyncEngine) -> None:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'cloud.db'}"
+
+
+def test_a_rollout_completes_with_two_worker_processes_on_postgresql(
+    pg_url: str, tmp_path: Path
+) -> None:
+    # `python -m cloud` with workers = 2: two schedulers, one database; each wave once.
+    from tests.test_cloud_api import GW1_TOKEN, GW2_TOKEN
+    from tests.test_cloud_workers import cloud_process
+
+    repo = tmp_path / "repo"
+    init_repository(repo, tmp_path / "offline")
+    for version in (1, 2):
+        add_bundle(repo, version, models_dir=MODELS_DIR, models=["vad"])
+    extra = (
+        "[updates]\n"
+        f'repository_dir = "{repo}"\n'
+        f'operator_token = "{OPERATOR_TOKEN}"\n'
+        "scheduler_interval_s = 0.02\n"
+    )
+    with cloud_process(tmp_path, "cloud", pg_url, workers=2, extra=extra) as port:
+        base = f"http://127.0.0.1:{port}"
+
+        async def exercise() -> dict[str, Any]:
+            sims = [
+                SimGateway("gw-1", GW1_TOKEN, base, running=1),
+                SimGateway("gw-2", GW2_TOKEN, base, running=1),
+            ]
+            async with aiohttp.ClientSession() as http:
+                fleet = Fleet(base, web.Application(), {s.name: s for s in sims}, http)
+                for sim in sims:
+                    await sim.report(http, None, "healthy")
+                    sim.start()
+                try:
+                    created = await fleet.rollout(version=2, gateways=["gw-1", "gw-2"], soak_s=0.1)
+                    return await fleet.wait_state(created["id"], "completed")
+                finally:
+                    for sim in sims:
+                        await sim.stop()
+
+        detail = asyncio.run(exercise())
+    assert [(w["size"], w["state"], w["counts"]) for w in detail["waves"]] == [
+        (1, "succeeded", {"healthy": 1}),
+        (1, "succeeded", {"healthy": 1}),
+    ]

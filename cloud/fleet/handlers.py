@@ -18,7 +18,6 @@ Gateways (their uplink token, as for uploads):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -254,17 +253,17 @@ def setup_fleet(app: web.Application) -> None:
     async def scheduler(app: web.Application) -> AsyncIterator[None]:
         settings = app[CONFIG_KEY].updates
         task = None
+        stop = asyncio.Event()
         if settings.scheduler_interval_s > 0:
             task = asyncio.create_task(
                 run_periodically(
-                    app[ENGINE_KEY], settings.scheduler_interval_s, settings.report_grace_s
+                    app[ENGINE_KEY], settings.scheduler_interval_s, settings.report_grace_s, stop
                 ),
                 name="rollout-scheduler",
             )
         yield
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            stop.set()  # the run in flight ends first (see run_periodically)
+            await task
 
     app.cleanup_ctx.append(scheduler)

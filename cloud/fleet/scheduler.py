@@ -15,7 +15,7 @@ import contextlib
 import logging
 
 from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloud.fleet.store import advance
@@ -50,12 +50,21 @@ async def run_once(engine: AsyncEngine, *, grace_s: float) -> list[str] | None:
                 await lock_conn.commit()
 
 
-async def run_periodically(engine: AsyncEngine, interval_s: float, grace_s: float) -> None:
-    while True:
+async def run_periodically(
+    engine: AsyncEngine, interval_s: float, grace_s: float, stop: asyncio.Event
+) -> None:
+    """`run_once` now and every `interval_s` until `stop` is set. Stopping waits for the run in
+    flight instead of cancelling it: a run cancelled mid-statement would leave its transaction
+    (and, on SQLite, the driver's thread) to finish after the engine is gone."""
+    while not stop.is_set():
         try:
             for what in await run_once(engine, grace_s=grace_s) or ():
                 log.info("rollout scheduler: %s", what)
+        except (DBAPIError, OSError) as exc:  # the database away: one line, not a traceback
+            raise_if_cancelling()
+            log.warning("rollout scheduler: database unavailable, retried: %s", exc)
         except Exception:  # the next run tries again; serving never depends on this task
             raise_if_cancelling()
             log.exception("rollout scheduler run failed")
-        await asyncio.sleep(interval_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import Row, and_, select, update
+from sqlalchemy import Row, and_, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -46,6 +46,8 @@ DONE = ("healthy", "failed", "rolled_back", "reverted")
 FAILED = ("failed", "rolled_back")
 ACTIVE = ("running", "paused")
 BUILTIN = 0  # rollback_to for a gateway that ran the built-in models before
+MAX_REASON_CHARS = 2000
+CREATE_LOCK_KEY = 0x686F6D6565646773  # one rollout created at a time (PostgreSQL)
 
 
 class RolloutError(Exception):
@@ -210,6 +212,9 @@ async def create_rollout(
     )
     rollout_id = uuid.uuid4().hex
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Two workers creating at once: the second waits here, then sees the first's.
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CREATE_LOCK_KEY})
         active = await conn.scalar(
             select(rollouts.c.id).where(rollouts.c.state.in_(ACTIVE)).limit(1)
         )
@@ -316,27 +321,20 @@ async def act(
 # --- the gateways' side ---------------------------------------------------------------------
 
 
-async def desired_for(engine: AsyncEngine, gateway: str) -> Desired:
-    """What `gateway` should run now (see the module docstring)."""
-    async with engine.connect() as conn:
-        row = (
-            await conn.execute(
-                select(
-                    rollouts.c.id,
-                    rollouts.c.version,
-                    rollouts.c.soak_s,
-                    rollout_gateways.c.rollback,
-                    rollout_gateways.c.previous_version,
-                )
-                .join(rollouts, rollouts.c.id == rollout_gateways.c.rollout)
-                .where(
-                    rollout_gateways.c.gateway == gateway,
-                    rollout_gateways.c.state.not_in(("pending", "skipped")),
-                )
-                .order_by(rollouts.c.created_at.desc(), rollouts.c.id.desc())
-                .limit(1)
-            )
-        ).first()
+_DESIRED_COLUMNS = (
+    rollout_gateways.c.gateway,
+    rollouts.c.id,
+    rollouts.c.version,
+    rollouts.c.soak_s,
+    rollout_gateways.c.rollback,
+    rollout_gateways.c.previous_version,
+)
+# Assignments a wave has reached (the others say nothing about what to run).
+_REACHED = rollout_gateways.c.state.not_in(("pending", "skipped"))
+_NEWEST_FIRST = (rollouts.c.created_at.desc(), rollouts.c.id.desc())
+
+
+def _desired(row: Any) -> Desired:
     if row is None:
         return Desired(version=None, target=None, rollout=None, soak_s=0.0, rollback_to=None)
     if row.rollback:
@@ -355,6 +353,34 @@ async def desired_for(engine: AsyncEngine, gateway: str) -> Desired:
         soak_s=row.soak_s,
         rollback_to=None,
     )
+
+
+async def desired_for(engine: AsyncEngine, gateway: str) -> Desired:
+    """What `gateway` should run now (see the module docstring): one indexed read."""
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(*_DESIRED_COLUMNS)
+                .join(rollouts, rollouts.c.id == rollout_gateways.c.rollout)
+                .where(rollout_gateways.c.gateway == gateway, _REACHED)
+                .order_by(*_NEWEST_FIRST)
+                .limit(1)
+            )
+        ).first()
+    return _desired(row)
+
+
+async def desired_all(conn: AsyncConnection) -> dict[str, Desired]:
+    """`desired_for` of every gateway a rollout has reached, in one query."""
+    rank = func.row_number().over(partition_by=rollout_gateways.c.gateway, order_by=_NEWEST_FIRST)
+    ranked = (
+        select(*_DESIRED_COLUMNS, rank.label("rank"))
+        .join(rollouts, rollouts.c.id == rollout_gateways.c.rollout)
+        .where(_REACHED)
+        .subquery()
+    )
+    rows = await conn.execute(select(ranked).where(ranked.c.rank == 1))
+    return {row.gateway: _desired(row) for row in rows}
 
 
 def _assignment_state(report: Report, version: int, current: str) -> str | None:
@@ -376,11 +402,12 @@ async def record_report(
     the named rollout."""
     now = time.time() if now is None else now
     health = msgspec.json.encode(report.health).decode()
+    reason = report.reason[:MAX_REASON_CHARS]
     values = {
         "running_version": report.running_version,
         "staged_version": report.staged_version,
         "state": report.state,
-        "reason": report.reason,
+        "reason": reason,
         "rollout": report.rollout,
         "health": health,
         "reported_at": now,
@@ -421,7 +448,8 @@ async def record_report(
             new = _assignment_state(report, row.version, row.state)
         if new is None:
             return
-        reason = report.reason if new in FAILED else ""
+        if new not in FAILED:
+            reason = ""
         await conn.execute(
             update(rollout_gateways)
             .where(
@@ -609,11 +637,12 @@ async def fleet_versions(engine: AsyncEngine, configured: Iterable[str]) -> Flee
     now = time.time()
     async with engine.connect() as conn:
         rows = {r.gateway: r for r in await conn.execute(select(gateway_state))}
+        desired = await desired_all(conn)
     names = sorted(set(configured) | set(rows))
     out = []
+    nothing = _desired(None)
     for name in names:
         r = rows.get(name)
-        desired = await desired_for(engine, name)
         out.append(
             GatewayVersion(
                 gateway=name,
@@ -627,7 +656,7 @@ async def fleet_versions(engine: AsyncEngine, configured: Iterable[str]) -> Flee
                 if r is not None and r.health
                 else None,
                 reported_at=r.reported_at if r is not None else None,
-                desired_version=desired.version,
+                desired_version=desired.get(name, nothing).version,
             )
         )
     versions: Counter[str] = Counter()
