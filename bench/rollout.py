@@ -12,8 +12,9 @@ times it until completed. Then, with the gateways stopped, it measures an idle p
 of one request and its 304 answer on the wire (HTTP/1.1 on loopback, no TLS), and the cloud
 process's CPU time per idle poll over `--polls` polls (one database read each).
 
-The model swap figures (`swap_dropped_frames`, `swap_rss_delta_mb`) are the gateway's: this
-script, which runs no gateway, prints them as null.
+The model swap figures (`swap_dropped_frames`, `swap_rss_delta_mb`) are the gateway's, from
+`bench/rollout_swap.py` run after the rollout (a real ``python -m gateway`` swapping three
+bundles' models while audio streams in; needs mosquitto); ``--no-swap`` skips it (null).
 """
 
 from __future__ import annotations
@@ -230,6 +231,7 @@ def main() -> int:
     parser.add_argument("--timeout-s", type=float, default=300)
     parser.add_argument("--pg", default=None, help="PostgreSQL server DSN (default: SQLite)")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    parser.add_argument("--no-swap", action="store_true", help="skip the gateway's swap figures")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
     repo = work / "repo"
@@ -259,6 +261,13 @@ def main() -> int:
         if pg_db is not None:
             asyncio.run(_pg(args.pg, f'DROP DATABASE IF EXISTS "{pg_db}" WITH (FORCE)'))
         shutil.rmtree(work, ignore_errors=True)
+    if not args.no_swap and shutil.which("mosquitto") is not None:
+        from bench.rollout_swap import run as swap_run
+
+        swap = asyncio.run(swap_run(3))
+        result["swap_dropped_frames"] = swap["swap_dropped_frames"]
+        result["swap_rss_delta_mb"] = swap["swap_rss_delta_mb"]
+        result["swap"] = {k: v for k, v in swap.items() if k != "per_swap"}
     if args.json:
         print(json.dumps(result))
     else:
