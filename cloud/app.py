@@ -7,6 +7,9 @@ Routes (all JSON; every 4xx/5xx body is ``{"error": {"code": ..., "message": ...
 - ``GET  /api/v1/aggregates`` time series, ``Authorization: Bearer <read_token>``
 - ``GET  /api/v1/gateways``   per-gateway health (sequence gaps, lag), read token
 - ``/api/v1/analytics/...``   fleet analytics, read token (see `cloud.analytics.handlers`)
+- ``/api/v1/updates/...``     the signed update repository, no credential (`cloud.updates`)
+- ``/api/v1/rollouts...``, ``/api/v1/gateway/desired|report``, ``/api/v1/fleet/versions``
+                              fleet rollouts (`cloud.fleet.handlers`)
 - ``GET  /``                  the dashboard (see `cloud.dashboard`); the read token or its
                               session cookie
 - ``GET  /api/v1/openapi.json`` this API's OpenAPI document; ``/api/v1/docs`` a page to
@@ -34,9 +37,11 @@ from cloud.bodies import body_middleware
 from cloud.config import CloudConfig, HttpLimits
 from cloud.dashboard import setup_dashboard
 from cloud.db import make_engine, upgrade_to_head
+from cloud.fleet.handlers import setup_fleet
 from cloud.ingest import BatchWriter
 from cloud.metrics import CloudMetrics
 from cloud.storage import setup_storage_upkeep
+from cloud.updates import setup_updates
 from cloud.web import (
     BATCH_WRITER_KEY,
     CONFIG_KEY,
@@ -126,6 +131,8 @@ def create_app(config: CloudConfig) -> web.Application:
     app.cleanup_ctx.append(_batch_writer)
     setup_storage_upkeep(app)  # after _database: partitions and retention need the engine
     setup_analytics(app)  # after _database: its background task needs the engine
+    setup_updates(app)
+    setup_fleet(app)  # after _database: its scheduler needs the engine
     setup_dashboard(app)
     setup_apidocs(app)
     return app

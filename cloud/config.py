@@ -229,6 +229,51 @@ class RetentionConfig(BaseModel):
     )
 
 
+class UpdatesConfig(BaseModel):
+    """Fleet rollouts (the ``[updates]`` table; see `cloud.release`, `cloud.updates` and
+    `cloud.rollouts`): the signed repository the gateways update from and who may roll out."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    repository_dir: Path | None = Field(
+        default=None,
+        description="the TUF repository (python -m cloud.release init) served under "
+        "/api/v1/updates/; unset: those endpoints answer 404",
+    )
+    keys_dir: Path | None = Field(
+        default=None,
+        description="the online keys (targets, snapshot, timestamp); default "
+        "<repository_dir>/keys. Never the offline root key",
+    )
+    operator_token: Token | None = Field(
+        default=None,
+        description="bearer token for rollout writes (create, pause, resume, abort, gateway "
+        "tags); unset: no rollout can be created. Reads take the read token too",
+    )
+    scheduler_interval_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=3600,
+        description="seconds between rollout scheduler runs (one worker acts at a time, "
+        "through a PostgreSQL advisory lock); 0 = never",
+    )
+    refresh_interval_s: float = Field(
+        default=3600.0,
+        ge=0,
+        le=86400,
+        description="seconds between re-signing checks of the repository's snapshot and "
+        "timestamp (needs keys_dir or <repository_dir>/keys); 0 = never (then run "
+        "python -m cloud.release refresh from cron)",
+    )
+    report_grace_s: float = Field(
+        default=300.0,
+        ge=0,
+        le=86400,
+        description="a gateway of a wave that has not reported healthy within the rollout's "
+        "soak_s plus this many seconds counts as failed",
+    )
+
+
 class CloudConfig(BaseSettings):
     """Everything `python -m cloud` needs."""
 
@@ -327,6 +372,10 @@ class CloudConfig(BaseSettings):
         default_factory=RetentionConfig,
         description="how long aggregates and rollups are kept; time partitions (PostgreSQL)",
     )
+    updates: UpdatesConfig = Field(
+        default_factory=UpdatesConfig,
+        description="fleet rollouts: the signed update repository, the operator token",
+    )
     demo: bool = Field(
         False,
         description="a throw-away demo: accept the placeholder tokens of the shipped examples "
@@ -343,6 +392,8 @@ class CloudConfig(BaseSettings):
         named = [("read_token", self.read_token)]
         if self.metrics_token is not None:
             named.append(("metrics_token", self.metrics_token))
+        if self.updates.operator_token is not None:
+            named.append(("updates.operator_token", self.updates.operator_token))
         named += [(f"gateways.{g}", t) for g, t in self.gateways.items()]
         for field, token in named:
             word = placeholder_word(token.get_secret_value())
@@ -385,6 +436,11 @@ class CloudConfig(BaseSettings):
             other = seen.setdefault(self.metrics_token.get_secret_value(), "metrics_token")
             if other != "metrics_token":
                 raise ValueError(f"metrics_token reuses the token of {other}")
+        if self.updates.operator_token is not None:
+            operator = self.updates.operator_token.get_secret_value()
+            other = seen.setdefault(operator, "updates.operator_token")
+            if other != "updates.operator_token":
+                raise ValueError(f"updates.operator_token reuses the token of {other}")
         for gateway, token in self.gateways.items():
             other = seen.setdefault(token.get_secret_value(), f"gateways.{gateway}")
             if other != f"gateways.{gateway}":

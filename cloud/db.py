@@ -213,6 +213,80 @@ sessions = Table(
     Index("ix_sessions_expires_at", "expires_at"),
 )
 
+# Fleet rollouts (`cloud.fleet`, migration 0010). A rollout sends one bundle version to a set of
+# gateways in waves (0 is the canary); its state is running, paused, halted, aborted or
+# completed. Each target gateway has one assignment row per rollout, with the wave it is in and
+# what it reported; `rollback_to` set asks it back to the version it ran before.
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("description", Text, nullable=False),
+    # JSON: {"gateways": [...], "tags": [...]}, as the operator asked.
+    Column("selector", Text, nullable=False),
+    Column("canary_count", Integer, nullable=True),
+    Column("canary_share", Float, nullable=True),
+    Column("wave_factor", Float, nullable=False),
+    Column("soak_s", Float, nullable=False),
+    Column("max_failures", Integer, nullable=True),
+    Column("max_failure_share", Float, nullable=True),
+    Column("state", String(16), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("paused_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    # The scheduler reads the running ones at every run.
+    Index("ix_rollouts_state", "state"),
+)
+
+rollout_waves = Table(
+    "rollout_waves",
+    metadata,
+    Column("rollout", String(32), primary_key=True),
+    Column("number", Integer, primary_key=True),
+    Column("size", Integer, nullable=False),
+    # pending, running, succeeded, failed (halted there), aborted
+    Column("state", String(16), nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+)
+
+rollout_gateways = Table(
+    "rollout_gateways",
+    metadata,
+    Column("rollout", String(32), primary_key=True),
+    Column("gateway", String(64), primary_key=True),
+    Column("wave", Integer, nullable=False),
+    # pending (wave not started), assigned, downloading, staged, applied, healthy, failed,
+    # rolled_back, skipped (the rollout ended before its wave)
+    Column("state", String(16), nullable=False),
+    Column("reason", Text, nullable=False),
+    # What it ran when its wave started (NULL: the built-in models, or never reported).
+    Column("previous_version", Integer, nullable=True),
+    Column("rollback", Integer, nullable=False),  # 1: the cloud asks it back (rollback_to)
+    Column("assigned_at", Float, nullable=True),
+    Column("updated_at", Float, nullable=True),
+    # /desired reads a gateway's assignments; the scheduler a wave's.
+    Index("ix_rollout_gateways_gateway", "gateway"),
+)
+
+# Per gateway: the operator's tags and its last rollout report.
+gateway_state = Table(
+    "gateway_state",
+    metadata,
+    Column("gateway", String(64), primary_key=True),
+    Column("tags", Text, nullable=False),  # JSON list
+    Column("running_version", Integer, nullable=True),
+    Column("staged_version", Integer, nullable=True),
+    Column("state", String(16), nullable=True),
+    Column("reason", Text, nullable=False),
+    Column("rollout", String(32), nullable=True),
+    Column("health", Text, nullable=True),  # JSON, as reported
+    Column("reported_at", Float, nullable=True),
+)
+
 
 # Time-partitioned tables on PostgreSQL: name, partition column, partition width in seconds.
 # Days for the aggregates (a day of a large fleet is a partition of ~100 M rows; retention is

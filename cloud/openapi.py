@@ -29,6 +29,16 @@ from cloud.analytics.models import (
     RunResult,
 )
 from cloud.dashboard import ASSETS, MAX_LOGIN_BODY_BYTES
+from cloud.fleet.models import (
+    CreateRollout,
+    Desired,
+    FleetVersions,
+    Ok,
+    Report,
+    RolloutDetail,
+    RolloutsResponse,
+    TagsBody,
+)
 from cloud.queries import FILTER_COLUMNS, GROUP_COLUMNS, Bucket
 from cloud.responses import ErrorBody, GatewaysResponse, Health, SeriesResponse, StoreResult
 from schemas.batch import MAX_AGGREGATES_PER_BATCH, Batch
@@ -348,6 +358,228 @@ def _dashboard_operations() -> dict[str, dict[str, Any]]:
     }
 
 
+def _updates_operations() -> dict[str, dict[str, Any]]:
+    """The signed update repository (`cloud.updates`): no credential, the files are signed."""
+    missing = _json("ErrorBody", "no such file, or no update repository configured")
+    return {
+        "/api/v1/updates/metadata/{name}": {
+            "get": {
+                "operationId": "updateMetadata",
+                "summary": "TUF metadata of the update repository (python-tuf's Updater reads "
+                "it; consistent_snapshot is false)",
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "name",
+                        "in": "path",
+                        "required": True,
+                        "schema": {
+                            "type": "string",
+                            "pattern": "^((root|timestamp|snapshot|targets)|[1-9][0-9]*\\.root)"
+                            "\\.json$",
+                        },
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the signed metadata (Cache-Control no-cache for the "
+                        "unversioned names, with an ETag)",
+                        "content": {"application/json": {}},
+                    },
+                    "304": {"description": "unchanged (If-None-Match)"},
+                    "404": missing,
+                },
+            }
+        },
+        "/api/v1/updates/targets/{path}": {
+            "get": {
+                "operationId": "updateTarget",
+                "summary": "A target file of the update repository (bundles/bundle-<v>.tar.gz)",
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "path",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._/-]+$"},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the file, as signed (never re-encoded)",
+                        "content": {"application/gzip": {}},
+                    },
+                    "304": {"description": "unchanged (If-None-Match)"},
+                    "400": _json("ErrorBody", "a path that is not plain segments (.., //)"),
+                    "404": missing,
+                },
+            }
+        },
+    }
+
+
+def _fleet_operations() -> dict[str, dict[str, Any]]:
+    """Rollouts (`cloud.fleet.handlers`): operator writes, reads with the read token too, and
+    the gateways' desired state and reports."""
+    operator: list[dict[str, list[str]]] = [{"operatorToken": []}]
+    reader: list[dict[str, list[str]]] = [
+        {"operatorToken": []},
+        {"readToken": []},
+        {"readSession": []},
+    ]
+    gateway: list[dict[str, list[str]]] = [{"gatewayToken": []}]
+    rollout_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+    def body(name: str) -> dict[str, Any]:
+        return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
+
+    def bad(what: str) -> dict[str, Any]:
+        return _json("ErrorBody", f"{what}; the message names the field")
+
+    no_token = _json("ErrorBody", "missing or wrong bearer token")
+    off = _json("ErrorBody", "no updates.operator_token configured: rollouts are off")
+    missing = _json("ErrorBody", "no such rollout")
+    conflict = _json("ErrorBody", "the rollout is not in a state the action applies to")
+
+    def action(op_id: str, summary: str) -> dict[str, Any]:
+        return {
+            "post": {
+                "operationId": op_id,
+                "summary": summary,
+                "security": operator,
+                "parameters": [rollout_id],
+                "responses": {
+                    "200": _json("RolloutDetail", "the rollout after the action"),
+                    "401": no_token,
+                    "403": off,
+                    "404": missing,
+                    "409": conflict,
+                },
+            }
+        }
+
+    return {
+        "/api/v1/rollouts": {
+            "post": {
+                "operationId": "createRollout",
+                "summary": "Create a rollout of a bundle version to gateways by id or tag; its "
+                "canary wave starts at once",
+                "security": operator,
+                "requestBody": body("CreateRollout"),
+                "responses": {
+                    "201": _json("RolloutDetail", "created, canary wave running"),
+                    "400": bad("a body that does not follow CreateRollout"),
+                    "401": no_token,
+                    "403": off,
+                    "409": _json(
+                        "ErrorBody", "another rollout is running or paused, or no repository"
+                    ),
+                    "422": _json(
+                        "ErrorBody",
+                        "the version is not a bundle of the repository (unknown_bundle), or "
+                        "no gateway has the tags (no_gateways)",
+                    ),
+                },
+            },
+            "get": {
+                "operationId": "listRollouts",
+                "summary": "The newest 100 rollouts, newest first",
+                "security": reader,
+                "responses": {"200": _json("RolloutsResponse", "rollouts"), "401": no_token},
+            },
+        },
+        "/api/v1/rollouts/{id}": {
+            "get": {
+                "operationId": "getRollout",
+                "summary": "A rollout: progress per wave, each gateway's state, failures and "
+                "rollbacks",
+                "security": reader,
+                "parameters": [rollout_id],
+                "responses": {
+                    "200": _json("RolloutDetail", "the rollout"),
+                    "401": no_token,
+                    "404": missing,
+                },
+            }
+        },
+        "/api/v1/rollouts/{id}/pause": action(
+            "pauseRollout", "Pause: no next wave starts (the wave in flight keeps its version)"
+        ),
+        "/api/v1/rollouts/{id}/resume": action(
+            "resumeRollout", "Resume a paused rollout (its wave's deadline is moved by the pause)"
+        ),
+        "/api/v1/rollouts/{id}/abort": action(
+            "abortRollout",
+            "Abort: the wave in flight is asked back (rollback_to), later waves are skipped",
+        ),
+        "/api/v1/gateways/{id}/tags": {
+            "put": {
+                "operationId": "setGatewayTags",
+                "summary": "Replace a configured gateway's tags (rollouts select by them)",
+                "security": operator,
+                "parameters": [
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "requestBody": body("TagsBody"),
+                "responses": {
+                    "200": {
+                        "description": "the gateway's tags",
+                        "content": {"application/json": {}},
+                    },
+                    "400": bad("not a list of tags"),
+                    "401": no_token,
+                    "403": off,
+                    "404": _json("ErrorBody", "no configured gateway of that id"),
+                },
+            }
+        },
+        "/api/v1/fleet/versions": {
+            "get": {
+                "operationId": "fleetVersions",
+                "summary": "Each gateway's running and staged version, last report, desired "
+                "version",
+                "security": reader,
+                "responses": {"200": _json("FleetVersions", "the fleet"), "401": no_token},
+            }
+        },
+        "/api/v1/gateway/desired": {
+            "get": {
+                "operationId": "gatewayDesired",
+                "summary": "What this gateway should run (version null: stay)",
+                "security": gateway,
+                "parameters": [
+                    {
+                        "name": "If-None-Match",
+                        "in": "header",
+                        "required": False,
+                        "description": "the ETag of the last answer: 304 when unchanged",
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": _json("Desired", "the desired state, with an ETag"),
+                    "304": {"description": "unchanged since the If-None-Match ETag"},
+                    "401": no_token,
+                },
+            }
+        },
+        "/api/v1/gateway/report": {
+            "post": {
+                "operationId": "gatewayReport",
+                "summary": "Where this gateway is with a rollout, and its health",
+                "security": gateway,
+                "requestBody": body("Report"),
+                "responses": {
+                    "200": _json("Ok", "stored"),
+                    "400": bad("a body that does not follow Report"),
+                    "401": no_token,
+                    **_errors(413, 415),
+                },
+            }
+        },
+    }
+
+
 def _self_operations() -> dict[str, dict[str, Any]]:
     return {
         "/api/v1/openapi.json": {
@@ -390,6 +622,14 @@ def build_openapi() -> dict[str, Any]:
             BandwidthReport,
             Overview,
             RunResult,
+            CreateRollout,
+            TagsBody,
+            Report,
+            Desired,
+            Ok,
+            RolloutDetail,
+            RolloutsResponse,
+            FleetVersions,
         ],
         ref_template="#/components/schemas/{name}",
     )
@@ -412,6 +652,8 @@ def build_openapi() -> dict[str, Any]:
             **_operations(),
             **_analytics_operations(),
             **_dashboard_operations(),
+            **_updates_operations(),
+            **_fleet_operations(),
             **_self_operations(),
         },
         "components": {
@@ -432,6 +674,11 @@ def build_openapi() -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "the Prometheus scraper's token (config: metrics_token)",
+                },
+                "operatorToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the fleet operator's token (config: updates.operator_token)",
                 },
                 "readSession": {
                     "type": "apiKey",

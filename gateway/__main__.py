@@ -12,30 +12,47 @@ import gc
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 from gateway.app import create_gateway
 from gateway.config import ENV_PREFIX, ConfigError, GatewayConfig, load_config
 from gateway.schema import SchemaVersionError
+from gateway.updates.boot import boot_config
 
 log = logging.getLogger("gateway")
 
 
-async def serve(config: GatewayConfig) -> None:
+async def serve(local: GatewayConfig, reload: Callable[[], GatewayConfig] | None = None) -> None:
+    """Run until a signal. A bundle whose overlay only a restart applies stops the gateway
+    and starts it again in this process, from `reload()` (the config file read again) and the
+    active slot (`gateway.updates.boot.boot_config`)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with create_gateway(config) as gw:
-        # The libraries' ~80k start-up objects never die; without this every full collection
-        # walks them all (tens of ms in the MQTT and writer threads: the p99 latency).
-        gc.freeze()
-        print(
-            f"gateway {config.gateway_id}: admin on http://{config.admin.host}:{gw.admin_port}, "
-            f"uplink {config.uplink.url or 'disabled'}",
-            flush=True,
-        )
-        await stop.wait()
-        log.info("signal received: shutting down")
+    while True:
+        config = boot_config(local)
+        async with create_gateway(config, local=local) as gw:
+            # The libraries' ~80k start-up objects never die; without this every full
+            # collection walks them all (tens of ms in the MQTT and writer threads: p99).
+            gc.freeze()
+            print(
+                f"gateway {config.gateway_id}: admin on http://{config.admin.host}:"
+                f"{gw.admin_port}, uplink {config.uplink.url or 'disabled'}",
+                flush=True,
+            )
+            stopping = asyncio.ensure_future(stop.wait())
+            restarting = asyncio.ensure_future(gw.restart_requested.wait())
+            await asyncio.wait([stopping, restarting], return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            restarting.cancel()
+            if stop.is_set():
+                log.info("signal received: shutting down")
+                return
+            log.info("restarting for the applied bundle's configuration")
+        gc.unfreeze()
+        if reload is not None:
+            local = reload()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     # per step made each commit tens of ms; 1 ms keeps commits short at little cost.
     sys.setswitchinterval(0.001)
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, lambda: load_config(args.config)))
     except SchemaVersionError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2

@@ -71,6 +71,7 @@ from gateway.mqtt import MqttBridge
 from gateway.records import EdgeEvent, Reading
 from gateway.status import StatusReader
 from gateway.sync.wiring import install_sync
+from gateway.updates.wiring import install_updates
 from gateway.writer import Writer, checkpoint_wal
 from schemas.topics import gateway_status_topic
 
@@ -135,6 +136,12 @@ class Gateway:
         }
         self._checkpoint_log = RateLimitedLog(log)
         self._checkpoint_failure: Failure | None = None
+        # Set by `request_restart` (a bundle whose overlay only a restart applies); the entry
+        # point stops this gateway and starts a new one (`python -m gateway`).
+        self.restart_requested = asyncio.Event()
+
+    def request_restart(self) -> None:
+        self.restart_requested.set()
 
     # -- GatewayHost: identity ---------------------------------------------------------------
 
@@ -524,14 +531,23 @@ def _write_port_file(path: Any, port: int) -> None:
     tmp.replace(path)
 
 
-def create_gateway(config: GatewayConfig) -> Gateway:
-    """The gateway `python -m gateway` runs: the one place where plug-ins are wired in."""
+def create_gateway(config: GatewayConfig, *, local: GatewayConfig | None = None) -> Gateway:
+    """The gateway `python -m gateway` runs: the one place where plug-ins are wired in.
+    `local`: the configuration before the active bundle's overlay (`gateway.updates.boot`;
+    default `config`)."""
     gateway = Gateway(config)
     install_adapters(gateway, config.adapters)  # the [adapters] section's enabled ecosystems
     install_sync(gateway, config)  # [aggregation], [privacy], [uplink]: the cloud-sync path
     # [homeassistant]: discovery of the gateway, its devices and metrics; the inference
     # entities are announced through it too (one record of what to remove).
     announcer = install_homeassistant(gateway, config.homeassistant)
-    install_inference(gateway, config.inference, discovery=announcer)  # [inference]: ONNX models
+    models = install_inference(gateway, config.inference, discovery=announcer)  # [inference]
+    install_updates(  # [updates]: signed bundles from the cloud, swapped into the engine
+        gateway,
+        local=local or config,
+        inference=models,
+        gateway_health=gateway.health,
+        restart=gateway.request_restart,
+    )
     install_actions(gateway, config.actions)  # [actions]: events -> MQTT commands, notifications
     return gateway

@@ -39,6 +39,7 @@ from gateway.adapters.settings import AdapterSettings
 from gateway.homeassistant.settings import HomeAssistantSettings
 from gateway.inference.settings import InferenceSettings
 from gateway.sync.settings import AggregationSettings, PrivacySettings, UplinkSettings
+from gateway.updates.settings import UpdatesSettings
 from gateway.validation import (
     DEFAULT_MAX_AGE_S,
     DEFAULT_MAX_CLOCK_SKEW_S,
@@ -443,6 +444,8 @@ class GatewayConfig(BaseModel):
     actions: ActionsSettings = ActionsSettings()
     # Home Assistant discovery and entity states (gateway/homeassistant), local broker only.
     homeassistant: HomeAssistantSettings = HomeAssistantSettings()
+    # Signed bundles from the cloud (gateway/updates): models and safe config overlays.
+    updates: UpdatesSettings = UpdatesSettings()
 
     @field_validator("gateway_id")
     @classmethod

@@ -55,6 +55,10 @@ def test_toml_is_read_and_the_environment_wins(
         (GOOD + "[http]\nbody_timeout = 5\n", "http.body_timeout"),
         (GOOD.replace("port = 0", 'metrics_token = "read-token-0123456789"'), "metrics_token"),
         (GOOD.replace("port = 0", 'metrics_token = "short"'), "metrics_token"),
+        (GOOD + '[updates]\noperator_token = "read-token-0123456789"\n', "updates.operator_token"),
+        (GOOD + '[updates]\noperator_token = "change-me-0123456789"\n', "updates.operator_token"),
+        (GOOD + "[updates]\nscheduler_interval_s = -1\n", "updates.scheduler_interval_s"),
+        (GOOD + "[updates]\nrepo = 'x'\n", "updates.repo"),
         # review2 #9: the rollups must outlive the aggregates and the analytics' lookback
         (GOOD + "[retention]\naggregates_days = 30\nrollups_days = 20\n", "retention.rollups_days"),
         (GOOD + "[retention]\nrollups_days = 20\n", "retention.rollups_days"),

@@ -35,6 +35,7 @@ from tests.test_cloud_api import (
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+MODELS_DIR = Path(__file__).resolve().parent.parent / "gateway" / "models"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -474,5 +475,104 @@ async def test_noised_sparse_and_single_point_series_read_right(
             )
             assert home in row and "motion" in row and "heart_rate" not in row
             assert "6.0" in row and "99" not in row
+        finally:
+            await browser.close()
+
+
+async def test_the_fleet_panel_shows_running_versions_and_a_halted_rollout(
+    aiohttp_client: AiohttpClient, tmp_path: Path, chromium: Path
+) -> None:
+    from playwright.async_api import async_playwright
+
+    from cloud.fleet.scheduler import run_once
+    from cloud.release import add_bundle, init_repository
+    from cloud.web import ENGINE_KEY
+    from tests.fleet_sim import HEALTH_OK
+    from tests.test_cloud_api import GW1_TOKEN, GW2_TOKEN
+
+    repo = tmp_path / "repo"
+    init_repository(repo, tmp_path / "offline")
+    add_bundle(repo, 4, models_dir=MODELS_DIR, models=["vad"])
+    operator = {"Authorization": "Bearer operator-token-0123456789abcdef"}
+    config = make_config(
+        f"sqlite+aiosqlite:///{tmp_path / 'cloud.db'}",
+        analytics_interval_s=0,
+        dashboard_poll_s=0.5,
+        updates={
+            "repository_dir": str(repo),
+            "operator_token": operator["Authorization"].split()[1],
+            "scheduler_interval_s": 0,
+        },
+    )
+    client = await aiohttp_client(create_app(config))
+    tags = await client.put("/api/v1/gateways/gw-1/tags", json={"tags": ["beta"]}, headers=operator)
+    assert tags.status == 200
+    created = await client.post(
+        "/api/v1/rollouts", json={"version": 4, "gateways": ["gw-1", "gw-2"], "canary_count": 2},
+        headers=operator,
+    )  # fmt: skip
+    assert created.status == 201
+    rollout = (await created.json())["id"]
+    for token, running, state in ((GW1_TOKEN, 4, "healthy"), (GW2_TOKEN, None, "failed")):
+        report = {
+            "rollout": rollout,
+            "running_version": running,
+            "staged_version": None,
+            "state": state,
+            "reason": "" if state == "healthy" else "a model did not load",
+            "health": HEALTH_OK,
+        }
+        answer = await client.post(
+            "/api/v1/gateway/report", json=report, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert answer.status == 200
+    assert await run_once(client.server.app[ENGINE_KEY], grace_s=60) == [  # type: ignore[index]
+        f"{rollout}: halted (wave 0: 1 of 2 gateways failed)"
+    ]
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 1200})
+            await page.goto(str(client.make_url("/")))
+            await page.fill("#token", READ_TOKEN)
+            await page.click("button[type=submit]")
+            await page.wait_for_function(
+                "() => document.body && Number(document.body.dataset.refreshes || 0) >= 1"
+            )
+            row = await page.inner_text("#rollouts tbody tr:first-child")
+            assert rollout[:8] in row and "v4" in row and "halted" in row
+            assert "0: 1/2 failed" in row and "gw-2" in row
+            assert "gw-1 \u2192 built-in" in row  # asked back: it ran the built-in models
+            versions = await page.inner_text("#fleet-versions tbody")
+            lines = {line.split("\t")[0]: line.split("\t") for line in versions.splitlines()}
+            assert lines["gw-1"][1:4] == ["beta", "v4", "-"]
+            assert lines["gw-2"][2] == "built-in"
+            assert "failed: a model did not load" in lines["gw-2"][5]
+            assert "Running:" in await page.inner_text("#fleet-note")
+
+            # The operator starts a rollout from the page, then pauses it.
+            await page.fill("#op-token", "not-the-operator-token")
+            await page.fill("#op-version", "4")
+            await page.fill("#op-gateways", "gw-1")
+            await page.click("#rollout-form button[type=submit]")
+            await page.wait_for_function(
+                "() => document.getElementById('op-result').textContent.includes('refused')"
+            )
+            assert "invalid operator token" in await page.inner_text("#op-result")
+            await page.fill("#op-token", operator["Authorization"].split()[1])
+            await page.click("#rollout-form button[type=submit]")
+            await page.wait_for_function(
+                "() => document.getElementById('op-result').textContent.includes('started')"
+            )
+            first = "#rollouts tbody tr:first-child"
+            await page.wait_for_function(
+                "(sel) => document.querySelector(sel).textContent.includes('running')", arg=first
+            )
+            await page.click(f"{first} button[data-action=pause]")
+            await page.wait_for_function(
+                "(sel) => document.querySelector(sel).textContent.includes('paused')", arg=first
+            )
+            listed = await (await client.get("/api/v1/rollouts", headers=READ)).json()
+            assert [r["state"] for r in listed["rollouts"]] == ["paused", "halted"]
         finally:
             await browser.close()

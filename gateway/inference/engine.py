@@ -31,6 +31,7 @@ The engine coordinates its parts, each in a module of its own:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from sqlalchemy import Connection
 from gateway.inference.audio_scoring import AudioScorer
 from gateway.inference.baselines import Baselines, LoadFn, SavedBaseline, write_baselines
 from gateway.inference.manifest import ModelKind
+from gateway.inference.priors import FleetPriors, PriorsError
 from gateway.inference.publisher import DiscoverySink, EventSink
 from gateway.inference.results import InferenceResult, ResultHandler, StoreFn, WriteFn
 from gateway.inference.runtime import ModelRuntime
@@ -56,6 +58,7 @@ from schemas.topics import ROOT
 
 # The sensor models' inputs. The engine's own ``inference_*`` readings come back through the
 # committed-readings callback like any other and must not be fed to the models: they are not here.
+log = logging.getLogger(__name__)
 _SENSOR_METRICS = frozenset(ANOMALY_METRICS) | frozenset(OCCUPANCY_METRICS)
 _DUE_EVERY_S = 10.0  # how often (idle clock) open windows are checked for sensor_grace_s
 
@@ -66,6 +69,29 @@ class _Batch:
 
     results: list[InferenceResult]
     baselines: list[SavedBaseline]
+
+
+def load_runtime(settings: InferenceSettings, models_dir: Path | None = None) -> ModelRuntime:
+    """The models of `settings` (from `models_dir`, default ``settings.models_dir``),
+    loaded and warmed up, with ``settings.thresholds`` over their manifests'."""
+    return ModelRuntime.load(
+        Path(models_dir or settings.models_dir),
+        names=settings.models,
+        intra_op_threads=settings.intra_op_threads,
+        thresholds=settings.thresholds,
+    )
+
+
+def load_priors(settings: InferenceSettings) -> FleetPriors | None:
+    """The fleet priors of ``settings.priors_file`` (None without one, or when it is bad:
+    logged; the sensors then warm up on their own)."""
+    if settings.priors_file is None:
+        return None
+    try:
+        return FleetPriors.load(Path(settings.priors_file))
+    except PriorsError as exc:
+        log.error("%s; sensors warm up without fleet priors", exc)
+        return None
 
 
 class InferenceEngine:
@@ -87,6 +113,8 @@ class InferenceEngine:
         load: LoadFn | None = None,
         on_event: Callable[[EdgeEvent], None] | None = None,
         discovery: DiscoverySink | None = None,
+        priors: FleetPriors | None = None,
+        room_class: Callable[[str], str] | None = None,
     ) -> None:
         """`clock` stamps stored results and closes windows by time (the readings' epoch);
         `idle_clock` times the devices' idleness; `load` reads a stored sensor baseline
@@ -105,6 +133,8 @@ class InferenceEngine:
             limits=limits,
             clock=idle_clock,
             restore=lambda home, device: self._baselines.restore(home, device),
+            priors=priors,
+            room_class=room_class,
         )
         self._baselines = Baselines(
             settings,
@@ -155,14 +185,13 @@ class InferenceEngine:
         load: LoadFn | None = None,
         on_event: Callable[[EdgeEvent], None] | None = None,
         discovery: DiscoverySink | None = None,
+        room_class: Callable[[str], str] | None = None,
     ) -> InferenceEngine:
         """Load (and warm up) the models of `settings`; failures are logged and kept in
-        ``engine.runtime.errors``, the other models serve."""
-        runtime = ModelRuntime.load(
-            Path(settings.models_dir),
-            names=settings.models,
-            intra_op_threads=settings.intra_op_threads,
-        )
+        ``engine.runtime.errors``, the other models serve. Fleet priors from
+        ``settings.priors_file`` (one that cannot be read is logged and not used)."""
+        runtime = load_runtime(settings)
+        priors = load_priors(settings)
         return cls(
             settings,
             runtime,
@@ -175,6 +204,8 @@ class InferenceEngine:
             load=load,
             on_event=on_event,
             discovery=discovery,
+            priors=priors,
+            room_class=room_class,
         )
 
     # -- input (event loop; non-blocking) -------------------------------------------------
@@ -227,6 +258,26 @@ class InferenceEngine:
 
     def close(self) -> None:
         self._scheduler.close()
+
+    async def swap_runtime(
+        self, runtime: ModelRuntime, priors: FleetPriors | None = None
+    ) -> ModelRuntime:
+        """Serve with `runtime` (loaded and warmed up beforehand, `load_runtime`) from the next
+        batch on; returns the one it replaces. The switch runs in the inference thread between
+        two batches: what is queued meanwhile waits in the queue (nothing is dropped for it)
+        and the streams' state (windows, baselines, debouncers) carries over."""
+        return await self._scheduler.call(lambda: self._swap(runtime, priors))
+
+    def _swap(self, runtime: ModelRuntime, priors: FleetPriors | None) -> ModelRuntime:
+        old, self.runtime = self.runtime, runtime
+        self.streams.priors = priors  # for devices seen from now on
+        self.streams.set_alarm(runtime.of_kind(ModelKind.AUDIO_ALARM))
+        speech = self._audio.speech  # the pretrained speech embedding is not part of a bundle
+        self._audio = AudioScorer(self.settings, runtime, self.streams)
+        self._audio.speech = speech
+        self._sensors = SensorScorer(self.settings, runtime, self.streams)
+        self.stats.swaps += 1
+        return old
 
     # -- results (event loop) ---------------------------------------------------------------
 

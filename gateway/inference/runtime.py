@@ -9,7 +9,7 @@ thread, never from the event loop.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,12 +59,28 @@ class LoadedModel:
         return np.asarray(self.run(features)[-1], np.float32)
 
 
-def load_model(manifest_path: Path, *, intra_op_threads: int = 1) -> LoadedModel:
-    """Load and warm up one model; raise `ModelLoadError` naming the failing file."""
+def load_model(
+    manifest_path: Path,
+    *,
+    intra_op_threads: int = 1,
+    thresholds: Mapping[str, float] | None = None,
+) -> LoadedModel:
+    """Load and warm up one model; raise `ModelLoadError` naming the failing file.
+    `thresholds` override the manifest's (``[inference.thresholds.<name>]``): only names it
+    has, so a typo is an error rather than a threshold nobody reads."""
     try:
         manifest = read_manifest(manifest_path)
     except ManifestError as exc:
         raise ModelLoadError(manifest_path, str(exc.__cause__ or exc)) from exc
+    if thresholds:
+        unknown = sorted(set(thresholds) - set(manifest.thresholds))
+        if unknown:
+            raise ModelLoadError(
+                manifest_path,
+                f"inference.thresholds.{manifest.name}.{unknown[0]}: the manifest has no such "
+                f"threshold (it has {sorted(manifest.thresholds)})",
+            )
+        manifest = manifest.model_copy(update={"thresholds": {**manifest.thresholds, **thresholds}})
     path = manifest_path.parent / manifest.file
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = intra_op_threads
@@ -109,8 +125,14 @@ class ModelRuntime:
 
     @classmethod
     def load(
-        cls, directory: Path, *, names: Iterable[str] | None = None, intra_op_threads: int = 1
+        cls,
+        directory: Path,
+        *,
+        names: Iterable[str] | None = None,
+        intra_op_threads: int = 1,
+        thresholds: Mapping[str, Mapping[str, float]] | None = None,
     ) -> ModelRuntime:
+        thresholds = thresholds or {}
         wanted = set(names) if names is not None else None
         loaded: list[LoadedModel] = []
         errors: list[ModelLoadError] = []
@@ -118,7 +140,11 @@ class ModelRuntime:
             if wanted is not None and manifest_path.stem not in wanted:
                 continue
             try:
-                model = load_model(manifest_path, intra_op_threads=intra_op_threads)
+                model = load_model(
+                    manifest_path,
+                    intra_op_threads=intra_op_threads,
+                    thresholds=thresholds.get(manifest_path.stem),
+                )
             except ModelLoadError as exc:
                 log.error("%s; the other models keep serving", exc)
                 errors.append(exc)

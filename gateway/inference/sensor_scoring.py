@@ -20,6 +20,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from gateway.inference.manifest import ModelKind, ModelManifest
+from gateway.inference.priors import seed
 from gateway.inference.results import InferenceResult
 from gateway.inference.runtime import ModelRuntime
 from gateway.inference.sensors import (
@@ -51,6 +52,8 @@ class SensorScorer:
         for r in readings:
             key = (r.home, r.device)
             sensor = self._streams.sensor(r.home, r.room, r.device)
+            if sensor.priors is not None and r.metric in sensor.priors:
+                seed(sensor.stream, r.metric, sensor.priors[r.metric], r.ts)
             w = sensor.stream.add(r.metric, r.ts, r.value)
             if w is None:
                 continue

@@ -45,6 +45,18 @@ class InferenceSettings(BaseModel):
     models: list[str] | None = Field(
         default=None, description="model names to load (manifest stems); None loads every manifest"
     )
+    thresholds: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="per model name ([inference.thresholds.<model>]): thresholds overriding "
+        "those of its manifest (only names the manifest has); a bundle's overlay may set them, "
+        "and they take effect without a restart",
+    )
+    priors_file: Path | None = Field(
+        default=None,
+        description="fleet priors (gateway.inference.priors): a new sensor is scored from its "
+        "first window against the fleet's levels for its room class instead of waiting "
+        "warmup_hours; a bundle from the cloud that carries priors.json sets it",
+    )
     intra_op_threads: int = Field(
         default=1, ge=1, le=16, description="onnxruntime intra-op threads"
     )

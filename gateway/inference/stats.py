@@ -23,3 +23,14 @@ class EngineStats:
     baselines_discarded: int = 0  # stored baselines refused (format, window_s): learned again
     baselines_written: int = 0  # baseline rows written by save rounds (result handling)
     baselines_persisted: int = 0  # rows in sensor_baselines after the last round (or at start)
+    swaps: int = 0  # model sets swapped in while running (gateway.updates)
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """The running model set as a bundle's soak judges it (`gateway.updates`)."""
+
+    models: dict[str, str]  # name -> manifest version
+    load_errors: list[str]
+    errors: int  # inference batches that failed, since start
+    dropped: int  # items the engine's full queue dropped (audio frames), since start

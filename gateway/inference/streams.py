@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from gateway.inference.audio import AlarmDebouncer, AudioStream
+from gateway.inference.priors import FleetPriors, MetricPrior
 from gateway.inference.runtime import LoadedModel
 from gateway.inference.sensors import SensorStream
 from gateway.inference.settings import InferenceSettings
@@ -60,6 +61,9 @@ class Sensor:
     stream: SensorStream
     occupied: bool | None = None
     used: float = 0.0
+    # Fleet priors of its room class, for a device without a stored baseline (seeded metric by
+    # metric as it reports them, `gateway.inference.priors`); None: learned from scratch.
+    priors: Mapping[str, MetricPrior] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,15 +89,33 @@ class DeviceStreams:
         limits: DeviceLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
         restore: Callable[[str, str], SensorStream | None] | None = None,
+        priors: FleetPriors | None = None,
+        room_class: Callable[[str], str] | None = None,
     ) -> None:
-        """`restore(home, device)`: a new sensor's stored stream, or None to start fresh."""
+        """`restore(home, device)`: a new sensor's stored stream, or None to start fresh;
+        `priors` start such a fresh stream from the fleet's levels for its room's class
+        (`room_class(room)`)."""
         self._settings = settings
+        self.priors = priors
+        self._room_class = room_class
         self._restore = restore
         self._alarm = alarm  # its thresholds set each microphone's debouncer
         self.limits = limits or DeviceLimits()
         self._clock = clock
         self.microphones: OrderedDict[tuple[str, str], Microphone] = OrderedDict()
         self.sensors: OrderedDict[tuple[str, str], Sensor] = OrderedDict()
+
+    def set_alarm(self, alarm: LoadedModel | None) -> None:
+        """A new alarm model (a swap): its thresholds for new microphones and, where a
+        microphone has a debouncer already, for it too (its hold-off state stays)."""
+        self._alarm = alarm
+        if alarm is None:
+            return
+        t = alarm.manifest.thresholds
+        for mic in self.microphones.values():
+            if mic.debouncer is not None:
+                mic.debouncer.threshold = t.get("threshold", 0.8)
+                mic.debouncer.cooldown_s = t.get("cooldown_s", 3.5)
 
     def microphone(self, home: str, room: str, device: str) -> Microphone:
         key = (home, device)
@@ -123,7 +145,11 @@ class DeviceStreams:
                     warmup_s=s.warmup_hours * 3600.0,
                     relearn_s=s.relearn_hours * 3600.0,
                 )
-            sensor = self.sensors[key] = Sensor(home, room, device, stream)
+                sensor = self.sensors[key] = Sensor(home, room, device, stream)
+                if self.priors is not None and self._room_class is not None:
+                    sensor.priors = self.priors.of_class(self._room_class(room)) or None
+            else:
+                sensor = self.sensors[key] = Sensor(home, room, device, stream)
         else:
             self.sensors.move_to_end(key)
         sensor.room = room

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
@@ -38,6 +39,7 @@ from sqlalchemy import Connection
 from gateway.host import GatewayHost
 from gateway.inference.publisher import DiscoverySink
 from gateway.inference.settings import InferenceSettings
+from gateway.inference.stats import ModelStatus
 from gateway.records import Reading
 
 if TYPE_CHECKING:
@@ -61,13 +63,46 @@ class HostEvents:
         return False
 
 
+class EngineControl:
+    """The running engine's models, for `gateway.updates` (its `InferenceControl`): load a
+    model set beside the running one, swap it in between two batches, and the counters a
+    bundle's soak reads."""
+
+    def __init__(self, holder: dict[str, InferenceEngine]) -> None:
+        self._holder = holder
+
+    def status(self) -> ModelStatus:
+        engine = self._holder.get("engine")
+        if engine is None:
+            return ModelStatus({}, ["the inference engine is not started"], 0, 0)
+        return ModelStatus(
+            {n: m.manifest.version for n, m in engine.runtime.models.items()},
+            [str(e) for e in engine.runtime.errors],
+            engine.stats.errors,
+            engine.stats.dropped,
+        )
+
+    async def load(self, settings: InferenceSettings, models_dir: Path) -> tuple[Any, list[str]]:
+        """The models (and fleet priors) of `settings` from `models_dir`, and load errors."""
+        from gateway.inference.engine import load_priors, load_runtime
+
+        runtime = await asyncio.to_thread(load_runtime, settings, models_dir)
+        priors = await asyncio.to_thread(load_priors, settings)
+        return (runtime, priors), [str(e) for e in runtime.errors]
+
+    async def swap(self, runtime: Any) -> None:
+        models, priors = runtime
+        await self._holder["engine"].swap_runtime(models, priors)
+
+
 def install_inference(
     host: GatewayHost, settings: InferenceSettings, *, discovery: DiscoverySink | None = None
-) -> None:
+) -> EngineControl | None:
     """Wire the engine into the gateway (before it starts); see the module docstring.
-    `discovery`: where Home Assistant configs go (none: the entities are not announced)."""
+    `discovery`: where Home Assistant configs go (none: the entities are not announced).
+    Returns the engine's control for model swaps (`gateway.updates`); None when disabled."""
     if not settings.enabled:
-        return
+        return None
     # Imported here, not at module level: the engine pulls in onnxruntime (~30 MB resident),
     # which an ingest-only gateway ([inference] enabled = false) must not pay for.
     from prometheus_client import Gauge
@@ -75,6 +110,9 @@ def install_inference(
     from gateway.inference.baselines import BaselineReader, count_baselines
     from gateway.inference.engine import InferenceEngine
     from gateway.inference.streams import DeviceLimits
+    from gateway.sync.privacy import room_class
+
+    rooms = host.config.privacy.rooms
 
     dev = host.config.devices
     limits = DeviceLimits(
@@ -102,6 +140,7 @@ def install_inference(
             load=reader,
             on_event=host.emit_event,
             discovery=discovery,
+            room_class=lambda room: room_class(room, rooms).value,
         )
         engine.stats.baselines_persisted = await host.run_db(count_baselines)
         holder["engine"] = engine
@@ -190,3 +229,4 @@ def install_inference(
     host.add_task("inference", run_engine)
     host.add_task("inference-sweep", sweep)
     host.add_health("inference", health)
+    return EngineControl(holder)

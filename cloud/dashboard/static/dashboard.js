@@ -468,13 +468,110 @@ async function refreshEvents() {
   text("events-note", `Per home pseudonym and hour (UTC). Look-back totals: ${per("alarms").toFixed(0)} alarms, ${per("anomalies").toFixed(0)} sensor anomalies, ${per("keywords").toFixed(0)} voice commands. Alarms per home and day: ${fmtNum(r.alarms_per_home_day)}; speech activity share: ${share}.`);
 }
 
+function fmtVersion(v) {
+  return v === null || v === undefined ? "built-in" : `v${v}`;
+}
+
+// Rollout writes take the operator token, typed into the form: never stored, sent as a Bearer
+// header (no cookie, so no cross-site request can carry it).
+async function operatorCall(method, path, body) {
+  const token = document.getElementById("op-token").value.trim();
+  if (!token) throw new Error("enter the operator token first");
+  const resp = await fetch(path, {
+    method,
+    credentials: "omit",
+    headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json", Accept: "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const answer = await resp.json();
+  if (!resp.ok) throw new Error(answer.error ? answer.error.message : `HTTP ${resp.status}`);
+  return answer;
+}
+
+const listOf = (id) => document.getElementById(id).value.split(",").map((x) => x.trim()).filter(Boolean);
+
+document.getElementById("rollout-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const spec = {
+    version: Number(document.getElementById("op-version").value),
+    tags: listOf("op-tags"),
+    gateways: listOf("op-gateways"),
+    canary_count: Number(document.getElementById("op-canary").value),
+    wave_factor: Number(document.getElementById("op-factor").value),
+    soak_s: Number(document.getElementById("op-soak").value),
+  };
+  try {
+    const r = await operatorCall("POST", `${API}/rollouts`, spec);
+    text("op-result", `rollout ${r.id.slice(0, 8)} started`);
+    await refreshFleet();
+  } catch (err) {
+    text("op-result", `refused: ${err.message}`);
+  }
+});
+
+function actionButtons(r) {
+  const actions = r.state === "running" ? ["pause", "abort"] : r.state === "paused" ? ["resume", "abort"] : [];
+  return actions.map((action) => {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = action;
+    b.dataset.action = action;
+    b.addEventListener("click", async () => {
+      try {
+        await operatorCall("POST", `${API}/rollouts/${r.id}/${action}`);
+        text("op-result", `rollout ${r.id.slice(0, 8)}: ${action}`);
+        await refreshFleet();
+      } catch (err) {
+        text("op-result", `refused: ${err.message}`);
+      }
+    });
+    return b;
+  });
+}
+
+async function refreshFleet() {
+  const [fleet, listed] = await Promise.all([getJSON(`${API}/fleet/versions`), getJSON(`${API}/rollouts`)]);
+  const details = await Promise.all(listed.rollouts.slice(0, 5).map((r) => getJSON(`${API}/rollouts/${r.id}`)));
+  fillTable("rollouts", details.map((r) => ({
+    cls: r.state === "halted" || r.state === "aborted" ? "flagged" : "",
+    cells: [
+      r.id.slice(0, 8),
+      `v${r.version}`,
+      r.reason ? `${r.state} (${r.reason})` : r.state,
+      r.waves.map((w) => `${w.number}: ${w.counts.healthy || 0}/${w.size} ${w.state}`).join(" \u00b7 "),
+      r.failures.map((f) => f.gateway).join(", ") || "-",
+      r.rollbacks.map((b) => `${b.gateway} \u2192 ${fmtVersion(b.rollback_to || null)}`).join(", ") || "-",
+      new Date(r.created_at * 1000).toISOString().slice(0, 16).replace("T", " "),
+    ],
+  })));
+  document.querySelectorAll("#rollouts tbody tr").forEach((tr, i) => {
+    const td = document.createElement("td");
+    td.replaceChildren(...actionButtons(details[i]));
+    tr.appendChild(td);
+  });
+  const now = fleet.now;
+  fillTable("fleet-versions", fleet.gateways.map((g) => ({
+    cells: [
+      g.gateway,
+      g.tags.join(", "),
+      g.reported_at === null ? "?" : fmtVersion(g.running_version),
+      g.staged_version === null ? "-" : fmtVersion(g.staged_version),
+      g.desired_version === null ? "-" : fmtVersion(g.desired_version),
+      g.state === null ? "-" : (g.reason ? `${g.state}: ${g.reason}` : g.state),
+      g.reported_at === null ? "never" : `${fmtSeconds(now - g.reported_at)} ago`,
+    ],
+  })));
+  const versions = Object.entries(fleet.versions).map(([v, n]) => `${n} on ${v === "builtin" || v === "unknown" ? v : `v${v}`}`);
+  text("fleet-note", versions.length ? `Running: ${versions.join(", ")}.` : "No gateway has reported a version yet.");
+}
+
 async function refresh() {
   if (state.busy) return;
   state.busy = true;
   try {
     const overview = await refreshOverview();
     await refreshMetrics();
-    await Promise.all([refreshSeries(), refreshClusters(), refreshAnomalies(), refreshEvents(), refreshBandwidth(overview)]);
+    await Promise.all([refreshSeries(), refreshClusters(), refreshAnomalies(), refreshEvents(), refreshBandwidth(overview), refreshFleet()]);
     state.refreshes += 1;
     document.body.dataset.refreshes = String(state.refreshes);
     text("status", `updated ${new Date().toLocaleTimeString()}`);

@@ -1,0 +1,70 @@
+"""The rollout scheduler: a background task of every worker that runs `store.advance` every
+``updates.scheduler_interval_s``.
+
+On PostgreSQL several workers (and several hosts) share the rollouts: a run first takes a
+session advisory lock with ``pg_try_advisory_lock``; a worker that does not get it skips the
+run, so one scheduler acts at a time. Each rollout's step is also its own transaction on the
+rollout's locked row (`cloud.fleet.store`), so an operator's pause or abort in another worker
+waits for it, or it for them. SQLite serves one process: no lock needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cloud.fleet.store import advance
+from cloud.tasks import raise_if_cancelling
+
+log = logging.getLogger(__name__)
+
+# Another constant than the schema upgrade's and the storage upkeep's locks.
+SCHEDULER_LOCK_KEY = 0x686F6D6565646772
+
+
+async def run_once(engine: AsyncEngine, *, grace_s: float) -> list[str] | None:
+    """One scheduler run; None when another process holds the scheduler's lock."""
+    if engine.dialect.name != "postgresql":
+        return await advance(engine, grace_s=grace_s)
+    async with engine.connect() as lock_conn:
+        got = await lock_conn.scalar(
+            text("SELECT pg_try_advisory_lock(:k)"), {"k": SCHEDULER_LOCK_KEY}
+        )
+        await lock_conn.commit()
+        if not got:
+            return None
+        try:
+            return await advance(engine, grace_s=grace_s)
+        finally:
+            # Closing the connection ends the lock too: a failed unlock must not hide what
+            # ended the run.
+            with contextlib.suppress(SQLAlchemyError, OSError):
+                await lock_conn.execute(
+                    text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEDULER_LOCK_KEY}
+                )
+                await lock_conn.commit()
+
+
+async def run_periodically(
+    engine: AsyncEngine, interval_s: float, grace_s: float, stop: asyncio.Event
+) -> None:
+    """`run_once` now and every `interval_s` until `stop` is set. Stopping waits for the run in
+    flight instead of cancelling it: a run cancelled mid-statement would leave its transaction
+    (and, on SQLite, the driver's thread) to finish after the engine is gone."""
+    while not stop.is_set():
+        try:
+            for what in await run_once(engine, grace_s=grace_s) or ():
+                log.info("rollout scheduler: %s", what)
+        except (DBAPIError, OSError) as exc:  # the database away: one line, not a traceback
+            raise_if_cancelling()
+            log.warning("rollout scheduler: database unavailable, retried: %s", exc)
+        except Exception:  # the next run tries again; serving never depends on this task
+            raise_if_cancelling()
+            log.exception("rollout scheduler run failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
