@@ -254,7 +254,8 @@ def setup_fleet(app: web.Application) -> None:
         settings = app[CONFIG_KEY].updates
         task = None
         stop = asyncio.Event()
-        if settings.scheduler_interval_s > 0:
+        # Without a repository no rollout can be created: no task, no pooled connection used.
+        if settings.scheduler_interval_s > 0 and settings.repository_dir is not None:
             task = asyncio.create_task(
                 run_periodically(
                     app[ENGINE_KEY], settings.scheduler_interval_s, settings.report_grace_s, stop

@@ -1,5 +1,6 @@
 """The rollout scheduler: a background task of every worker that runs `store.advance` every
-``updates.scheduler_interval_s``.
+``updates.scheduler_interval_s`` (only when an update repository is configured: without one no
+rollout can exist).
 
 On PostgreSQL several workers (and several hosts) share the rollouts: a run first takes a
 session advisory lock with ``pg_try_advisory_lock``; a worker that does not get it skips the
@@ -28,26 +29,24 @@ SCHEDULER_LOCK_KEY = 0x686F6D6565646772
 
 
 async def run_once(engine: AsyncEngine, *, grace_s: float) -> list[str] | None:
-    """One scheduler run; None when another process holds the scheduler's lock."""
-    if engine.dialect.name != "postgresql":
-        return await advance(engine, grace_s=grace_s)
-    async with engine.connect() as lock_conn:
-        got = await lock_conn.scalar(
-            text("SELECT pg_try_advisory_lock(:k)"), {"k": SCHEDULER_LOCK_KEY}
-        )
-        await lock_conn.commit()
+    """One scheduler run on one connection; None when another process holds the lock."""
+    async with engine.connect() as conn:
+        if engine.dialect.name != "postgresql":
+            return await advance(conn, grace_s=grace_s)
+        got = await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": SCHEDULER_LOCK_KEY})
+        await conn.commit()
         if not got:
             return None
         try:
-            return await advance(engine, grace_s=grace_s)
+            # The session lock outlives the run's transactions on this same connection.
+            return await advance(conn, grace_s=grace_s)
         finally:
             # Closing the connection ends the lock too: a failed unlock must not hide what
             # ended the run.
             with contextlib.suppress(SQLAlchemyError, OSError):
-                await lock_conn.execute(
-                    text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEDULER_LOCK_KEY}
-                )
-                await lock_conn.commit()
+                await conn.rollback()
+                await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": SCHEDULER_LOCK_KEY})
+                await conn.commit()
 
 
 async def run_periodically(

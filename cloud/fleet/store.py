@@ -463,18 +463,19 @@ async def record_report(
 # --- the scheduler's step -----------------------------------------------------------------------
 
 
-async def advance(engine: AsyncEngine, *, grace_s: float, now: float | None = None) -> list[str]:
+async def advance(conn: AsyncConnection, *, grace_s: float, now: float | None = None) -> list[str]:
     """One scheduler step over every running rollout: time out gateways past their wave's
     deadline, halt a rollout whose wave failed beyond its threshold, start the next wave of
-    one whose wave passed, complete one with no wave left. Returns what it did, as text."""
+    one whose wave passed, complete one with no wave left. Returns what it did, as text.
+
+    Runs on `conn` (no transaction open), one transaction per rollout: the scheduler holds one
+    connection, the one its advisory lock lives on."""
     now = time.time() if now is None else now
-    async with engine.connect() as conn:
-        running = list(
-            await conn.scalars(select(rollouts.c.id).where(rollouts.c.state == "running"))
-        )
+    running = list(await conn.scalars(select(rollouts.c.id).where(rollouts.c.state == "running")))
+    await conn.commit()
     done: list[str] = []
     for rollout_id in running:
-        async with engine.begin() as conn:
+        async with conn.begin():
             done += await _advance_one(conn, rollout_id, grace_s, now)
     return done
 
