@@ -1,7 +1,8 @@
-"""Real gateways against the real cloud (`cloud.release`, `cloud.fleet`): three in-process
+"""Real gateways against the real cloud (`cloud.release`, `cloud.fleet`): ten in-process
 gateways with their own databases and MQTT sessions poll the cloud's /desired, fetch through
-its TUF repository, soak and report; a canary in which one gateway fails halts the rollout,
-that gateway reverts by itself, the other canary is asked back, the third is never touched."""
+its TUF repository, soak and report; a good bundle reaches all ten in waves (2, 4, 4); then a
+canary of two in which one gateway fails halts the rollout, that gateway reverts by itself, the
+other canary is asked back, the eight others are never touched."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from tests.updates_cloud import MODELS
 from tests.waiting import wait_for
 
 OPERATOR = {"Authorization": "Bearer operator-token-0123456789abcdef"}
-NAMES = ["gw-a", "gw-b", "gw-c"]
+NAMES = [f"gw-{c}" for c in "abcdefghij"]
 
 
 def token_of(name: str) -> str:
@@ -53,7 +54,7 @@ def release_models(tmp_path: Path) -> tuple[Path, Path]:
     return good, bad
 
 
-async def test_a_failing_canary_halts_the_rollout_and_real_gateways_go_back(
+async def test_ten_real_gateways_take_a_good_bundle_in_waves_and_a_failing_canary_halts(
     mosquitto: MosquittoBroker, tmp_path: Path
 ) -> None:
     repo = tmp_path / "repo"
@@ -123,11 +124,12 @@ async def test_a_failing_canary_halts_the_rollout_and_real_gateways_go_back(
             return dict(gateways[name].health()["inference"]["models"])
 
         first = await call(
-            "POST", "/api/v1/rollouts", json={"version": 1, "gateways": NAMES, "canary_count": 1,
-                                              "soak_s": 1.0}
+            "POST", "/api/v1/rollouts", json={"version": 1, "gateways": NAMES, "canary_count": 2,
+                                              "wave_factor": 2, "soak_s": 1.0}
         )  # fmt: skip
         done = await until_state(first["id"], "completed")
         assert all(w["state"] == "succeeded" for w in done["waves"])
+        assert [w["size"] for w in done["waves"]] == [2, 4, 4], done["waves"]
         for name in NAMES:
             assert versions(name)["sensor_anomaly"] == "fleet-1", name
         builtin_vad = versions("gw-a")["vad"]
@@ -172,9 +174,10 @@ async def test_a_failing_canary_halts_the_rollout_and_real_gateways_go_back(
                 await mic_task
         assert gateways["gw-a"].health()["updates"]["failed_versions"] == [2]
         assert gateways["gw-b"].health()["updates"]["failed_versions"] == []  # asked back
-        # the third gateway never left v1
-        assert gateways["gw-c"].health()["updates"]["running_version"] == 1
-        assert gateways["gw-c"].health()["inference"]["swaps"] == 1
+        # the eight others never left v1
+        for name in NAMES[2:]:
+            assert gateways[name].health()["updates"]["running_version"] == 1, name
+            assert gateways[name].health()["inference"]["swaps"] == 1, name
 
         async def reverted() -> bool:
             states = {a["gateway"]: a["state"] for a in (await detail(second["id"]))["gateways"]}
@@ -185,7 +188,11 @@ async def test_a_failing_canary_halts_the_rollout_and_real_gateways_go_back(
                 break
             await asyncio.sleep(0.1)
         states = {a["gateway"]: a["state"] for a in (await detail(second["id"]))["gateways"]}
-        assert states == {"gw-a": "rolled_back", "gw-b": "reverted", "gw-c": "skipped"}
+        assert states == {
+            "gw-a": "rolled_back",
+            "gw-b": "reverted",
+            **dict.fromkeys(NAMES[2:], "skipped"),
+        }
         fleet = await call("GET", "/api/v1/fleet/versions")
         assert {g["gateway"]: g["running_version"] for g in fleet["gateways"]} == dict.fromkeys(
             NAMES, 1
