@@ -10,14 +10,18 @@ gateway's availability is the state of the very connection that publishes its en
 Threads and hand-offs (why paho and not aiomqtt: aiomqtt cannot delay a QoS 1 acknowledgement):
 
 1. paho's network thread (``loop_start``) receives a PUBLISH, decodes and validates it right
-   there (`gateway.ingest.MessageDecoder`, ~µs per message) and hands the items to store, the
-   last one tagged with an ack token ``(connection generation, mid)``, to the writer thread's
-   bounded queue. When that queue is full the network thread waits (backpressure): it stops
-   reading the socket, TCP fills, and the broker keeps the rest queued in our session; its
-   window of un-acked messages (``max_inflight_messages`` / MQTT 5 Receive Maximum) also caps
-   what reaches us. Items ahead of the last (an adapter's availability report) carry no token:
-   they are queued first, so they commit no later than the message is acked; when one cannot
-   be queued (shutting down) the rest are not queued either, so the message is not acked.
+   there (`gateway.ingest.MessageDecoder`, ~µs per message) and collects the items to store,
+   the last one tagged with an ack token ``(connection generation, mid)``; after each burst of
+   packets it read (`gateway.paho_hooks`: up to 64 packets per ``select``) it hands them ALL
+   to the writer thread's bounded queue as one entry (one lock, one wake-up per burst instead
+   of per message; nothing is acked before its commit either way). When that queue is full
+   the network thread waits (backpressure): it stops reading the socket, TCP fills, and the
+   broker keeps the rest queued in our session; its window of un-acked messages
+   (``max_inflight_messages`` / MQTT 5 Receive Maximum) also caps what reaches us. Items
+   ahead of the last (an adapter's availability report) carry no token: they are queued in
+   the same entry, so they commit no later than the message is acked; an entry that cannot
+   be queued (shutting down) is dropped whole, so none of its messages is acked (the broker
+   redelivers them).
 2. the writer thread commits a batch, then calls `MqttBridge.ack_many` with the batch's tokens;
    their PUBACKs leave as one packet (`gateway.paho_hooks`).
 3. every time the connection drops or is made, the generation goes up (under a lock shared with
@@ -84,10 +88,14 @@ from gateway.ingest import AudioIn, Ignored, MessageDecoder, ReadingsIn, StateIn
 from gateway.logs import RateLimitedLog
 from gateway.monitoring import GatewayMetrics
 from gateway.paho_hooks import HookedClient, describe_connect_error
-from gateway.writer import AckToken, Writer
+from gateway.writer import AckToken, QueuedMessage, Writer
 from schemas.state import Availability, encode_state
 
 log = logging.getLogger(__name__)
+
+# A burst's hand-off holds at most this many messages (paho_hooks._READ_BURST packets, and what
+# one packet's adapter items add): one queue entry, one wake-up of the writer.
+_HANDOFF_MAX = 256
 
 __all__ = ["MqttBridge", "build_tls_context", "describe_connect_error"]
 
@@ -156,6 +164,9 @@ class MqttBridge:
         self._down_since: float | None = time.time()
         self._ever_connected = False
         self._consuming = True
+        # Decoded messages of the current read burst, handed to the writer in one queue entry
+        # (network thread only; see the module docstring).
+        self._pending: list[QueuedMessage] = []
         self._backoff = backoff or Backoff(config.reconnect_min_s, config.reconnect_max_s)
         self._refused = False
         self._drop_log = RateLimitedLog(log)
@@ -191,6 +202,7 @@ class MqttBridge:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+        self._client.on_read_burst = self._hand_off
         self._schedule_retry()
         metrics.watch_connected(self._link_up.is_set)
 
@@ -272,6 +284,7 @@ class MqttBridge:
             "on_disconnect",
             "on_subscribe",
             "on_message",
+            "on_read_burst",
         ):
             setattr(self._client, name, None)
 
@@ -435,12 +448,21 @@ class MqttBridge:
         self._kind_counters.get(type(item), self._dead_counter).inc()
         if type(item) is AudioIn:
             self._metrics.audio_frames.inc()
+        pending = self._pending
         if len(items) > 1:  # side items (an adapter's availability): no ack of their own
-            for side in items[:-1]:
-                if not self._writer.put_message(None, side, self._stopped):
-                    return  # not queued: leave the message un-acked (redelivered)
-        token = (self._generation, msg.mid) if msg.qos > 0 else None
-        self._writer.put_message(token, item, self._stopped)
+            pending.extend([(None, side) for side in items[:-1]])
+        pending.append(((self._generation, msg.mid) if msg.qos > 0 else None, item))
+        if len(pending) >= _HANDOFF_MAX:
+            self._hand_off()
+
+    def _hand_off(self) -> None:
+        """Queue the messages collected since the last hand-off for the writer, all or none
+        (network thread; after each read burst, `HookedClient.on_read_burst`). None queued
+        (shutting down): none is acked, the broker redelivers them."""
+        pending = self._pending
+        if pending:
+            self._pending = []
+            self._writer.put_messages(pending, self._stopped)
 
     def _stopped(self) -> bool:
         return not self._consuming
