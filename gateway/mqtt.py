@@ -73,6 +73,7 @@ import logging
 import ssl
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -167,6 +168,7 @@ class MqttBridge:
         # Decoded messages of the current read burst, handed to the writer in one queue entry
         # (network thread only; see the module docstring).
         self._pending: list[QueuedMessage] = []
+        self._kinds: list[type] = []  # of the burst's messages, for the received counters
         self._backoff = backoff or Backoff(config.reconnect_min_s, config.reconnect_max_s)
         self._refused = False
         self._drop_log = RateLimitedLog(log)
@@ -444,10 +446,9 @@ class MqttBridge:
             self._decode_log.error("decoding a message on %s failed", topic, exc_info=True)
             items = [self._decoder.dead(topic, payload, "internal_error", repr(exc), received_at)]
         item = items[-1]
-        # Dead letters are counted by reason when committed; here only as received.
-        self._kind_counters.get(type(item), self._dead_counter).inc()
-        if type(item) is AudioIn:
-            self._metrics.audio_frames.inc()
+        # Dead letters are counted by reason when committed; here only as received (counted
+        # per burst in `_hand_off`: a counter's inc takes a lock).
+        self._kinds.append(type(item))
         pending = self._pending
         if len(items) > 1:  # side items (an adapter's availability): no ack of their own
             pending.extend([(None, side) for side in items[:-1]])
@@ -459,6 +460,13 @@ class MqttBridge:
         """Queue the messages collected since the last hand-off for the writer, all or none
         (network thread; after each read burst, `HookedClient.on_read_burst`). None queued
         (shutting down): none is acked, the broker redelivers them."""
+        kinds = self._kinds
+        if kinds:
+            self._kinds = []
+            for kind, n in Counter(kinds).items():
+                self._kind_counters.get(kind, self._dead_counter).inc(n)
+                if kind is AudioIn:
+                    self._metrics.audio_frames.inc(n)
         pending = self._pending
         if pending:
             self._pending = []

@@ -91,7 +91,7 @@ CommittedFn = Callable[[list[Reading], list[AudioIn]], None]
 # took ~3x longer under load; per-size multi-row VALUES statements cost megabytes of cached
 # prepared statements. Floats survive the JSON round trip exactly (shortest repr both ways).
 # ``->>`` (SQLite >= 3.38) unpacks ~1.5x faster than json_extract.
-_FIELDS = ("home", "room", "device", "metric", "ts", "value", "seq", "received_at")
+_FIELDS = Reading.__struct_fields__  # home, room, device, metric, ts, value, seq, received_at
 _COLUMN = (
     "value ->> {i}" if sqlite3.sqlite_version_info >= (3, 38) else "json_extract(value, '$[{i}]')"
 )
@@ -538,11 +538,8 @@ class Writer:
             try:
                 new = readings
                 if readings:
-                    rows = [
-                        (r.home, r.room, r.device, r.metric, r.ts, r.value, r.seq, r.received_at)
-                        for r in readings
-                    ]
-                    cur.execute(_INSERT_READINGS, (_encode(rows),))
+                    # A Reading encodes as its row: [home, room, ..., received_at] (_FIELDS).
+                    cur.execute(_INSERT_READINGS, (_encode(readings),))
                     inserted = cur.rowcount
                     if inserted < len(readings):
                         new = _inserted(cur, inserted)

@@ -37,8 +37,9 @@ class Recorder:
     def __call__(self, tokens: Sequence[AckToken]) -> None:
         with sqlite3.connect(self.db) as conn:
             self.rows_at_ack.append(conn.execute("SELECT count(*) FROM readings").fetchone()[0])
-        self.acked.extend(tokens)
         self.batch_sizes.append(len(tokens))
+        # Last: the tests wait on `acked` (from another thread), then read the other lists.
+        self.acked.extend(tokens)
 
 
 def reading(seq: int) -> ReadingsIn:
