@@ -205,6 +205,7 @@ class MqttBridge:
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
         self._client.on_read_burst = self._hand_off
+        self._client.on_publish_received = self._on_publish
         self._schedule_retry()
         metrics.watch_connected(self._link_up.is_set)
 
@@ -287,6 +288,7 @@ class MqttBridge:
             "on_subscribe",
             "on_message",
             "on_read_burst",
+            "on_publish_received",
         ):
             setattr(self._client, name, None)
 
@@ -430,17 +432,32 @@ class MqttBridge:
             self._client.unsubscribe(self._share + topic_filter)
 
     def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
-        if not self._consuming:
-            return  # not acked: the broker delivers it again on our next connection
-        received_at = time.time()
+        # paho's own path (MQTT 5, QoS 2): the 3.1.1 stream comes through `_on_publish`.
         try:
             topic = msg.topic
         except UnicodeDecodeError:
             topic = "<topic is not UTF-8>"
-        payload = bytes(msg.payload)
+        self._take(topic, bytes(msg.payload), msg.qos, msg.mid, bool(msg.retain), bool(msg.dup))
+
+    def _on_publish(
+        self, topic: bytes, payload: bytes, qos: int, mid: int, retain: bool, dup: bool
+    ) -> None:
+        """A PUBLISH read by `HookedClient`'s lean handler (no MQTTMessage made)."""
+        try:
+            text = topic.decode()
+        except UnicodeDecodeError:
+            text = "<topic is not UTF-8>"
+        self._take(text, payload, qos, mid, retain, dup)
+
+    def _take(
+        self, topic: str, payload: bytes, qos: int, mid: int, retain: bool, dup: bool
+    ) -> None:
+        if not self._consuming:
+            return  # not acked: the broker delivers it again on our next connection
+        received_at = time.time()
         try:
             items = self._decoder.decode(
-                topic, payload, received_at, retained=bool(msg.retain), redelivered=bool(msg.dup)
+                topic, payload, received_at, retained=retain, redelivered=dup
             )
         except Exception as exc:  # a decoder bug: keep the message, never kill paho's thread
             self._decode_log.error("decoding a message on %s failed", topic, exc_info=True)
@@ -452,7 +469,7 @@ class MqttBridge:
         pending = self._pending
         if len(items) > 1:  # side items (an adapter's availability): no ack of their own
             pending.extend([(None, side) for side in items[:-1]])
-        pending.append(((self._generation, msg.mid) if msg.qos > 0 else None, item))
+        pending.append(((self._generation, mid) if qos > 0 else None, item))
         if len(pending) >= _HANDOFF_MAX:
             self._hand_off()
 
