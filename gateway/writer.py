@@ -17,9 +17,10 @@ transactions never contend:
   stall ingest; known with MQTT 5, whose Receive Maximum we announce), and a stall: no message
   for `idle_commit` and for `_STALL_GAPS` times the stream's recent gap between arrivals (an
   average over the queue's entries: a read burst the MQTT thread hands over counts as one). A
-  steady stream of any pace never pauses that long, so its batches end by size or time; a broker that stopped because its window is full (a window the gateway
-  cannot know with MQTT 3.1.1: Mosquitto's ``max_inflight_messages``) pauses at once, so its
-  batch commits after `idle_commit` (0 turns the stall trigger off). Few, large
+  steady stream of any pace never pauses that long, so its batches end by size or time; a
+  broker that stopped because its window is full (a window the gateway cannot know with MQTT
+  3.1.1: Mosquitto's ``max_inflight_messages``) pauses at once, so its batch commits after
+  `idle_commit` (0 turns the stall trigger off). Few, large
   commits are what spares an SD card: each commit rewrites every page it touches (the table's
   tail, each index leaf, ``devices``) in the WAL, so a commit per message wrote ~12 KB per
   reading where a commit per second writes a few hundred bytes (``bench/wear.py``).
