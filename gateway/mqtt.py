@@ -10,14 +10,18 @@ gateway's availability is the state of the very connection that publishes its en
 Threads and hand-offs (why paho and not aiomqtt: aiomqtt cannot delay a QoS 1 acknowledgement):
 
 1. paho's network thread (``loop_start``) receives a PUBLISH, decodes and validates it right
-   there (`gateway.ingest.MessageDecoder`, ~µs per message) and hands the items to store, the
-   last one tagged with an ack token ``(connection generation, mid)``, to the writer thread's
-   bounded queue. When that queue is full the network thread waits (backpressure): it stops
-   reading the socket, TCP fills, and the broker keeps the rest queued in our session; its
-   window of un-acked messages (``max_inflight_messages`` / MQTT 5 Receive Maximum) also caps
-   what reaches us. Items ahead of the last (an adapter's availability report) carry no token:
-   they are queued first, so they commit no later than the message is acked; when one cannot
-   be queued (shutting down) the rest are not queued either, so the message is not acked.
+   there (`gateway.ingest.MessageDecoder`, ~µs per message) and collects the items to store,
+   the last one tagged with an ack token ``(connection generation, mid)``; after each burst of
+   packets it read (`gateway.paho_hooks`: up to 64 packets per ``select``) it hands them ALL
+   to the writer thread's bounded queue as one entry (one lock, one wake-up per burst instead
+   of per message; nothing is acked before its commit either way). When that queue is full
+   the network thread waits (backpressure): it stops reading the socket, TCP fills, and the
+   broker keeps the rest queued in our session; its window of un-acked messages
+   (``max_inflight_messages`` / MQTT 5 Receive Maximum) also caps what reaches us. Items
+   ahead of the last (an adapter's availability report) carry no token: they are queued in
+   the same entry, so they commit no later than the message is acked; an entry that cannot
+   be queued (shutting down) is dropped whole, so none of its messages is acked (the broker
+   redelivers them).
 2. the writer thread commits a batch, then calls `MqttBridge.ack_many` with the batch's tokens;
    their PUBACKs leave as one packet (`gateway.paho_hooks`).
 3. every time the connection drops or is made, the generation goes up (under a lock shared with
@@ -69,6 +73,7 @@ import logging
 import ssl
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -84,10 +89,14 @@ from gateway.ingest import AudioIn, Ignored, MessageDecoder, ReadingsIn, StateIn
 from gateway.logs import RateLimitedLog
 from gateway.monitoring import GatewayMetrics
 from gateway.paho_hooks import HookedClient, describe_connect_error
-from gateway.writer import AckToken, Writer
+from gateway.writer import AckToken, QueuedMessage, Writer
 from schemas.state import Availability, encode_state
 
 log = logging.getLogger(__name__)
+
+# A burst's hand-off holds at most this many messages (paho_hooks._READ_BURST packets, and what
+# one packet's adapter items add): one queue entry, one wake-up of the writer.
+_HANDOFF_MAX = 256
 
 __all__ = ["MqttBridge", "build_tls_context", "describe_connect_error"]
 
@@ -156,6 +165,10 @@ class MqttBridge:
         self._down_since: float | None = time.time()
         self._ever_connected = False
         self._consuming = True
+        # Decoded messages of the current read burst, handed to the writer in one queue entry
+        # (network thread only; see the module docstring).
+        self._pending: list[QueuedMessage] = []
+        self._kinds: list[type] = []  # of the burst's messages, for the received counters
         self._backoff = backoff or Backoff(config.reconnect_min_s, config.reconnect_max_s)
         self._refused = False
         self._drop_log = RateLimitedLog(log)
@@ -191,6 +204,8 @@ class MqttBridge:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+        self._client.on_read_burst = self._hand_off
+        self._client.on_publish_received = self._on_publish
         self._schedule_retry()
         metrics.watch_connected(self._link_up.is_set)
 
@@ -272,6 +287,8 @@ class MqttBridge:
             "on_disconnect",
             "on_subscribe",
             "on_message",
+            "on_read_burst",
+            "on_publish_received",
         ):
             setattr(self._client, name, None)
 
@@ -415,32 +432,62 @@ class MqttBridge:
             self._client.unsubscribe(self._share + topic_filter)
 
     def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
-        if not self._consuming:
-            return  # not acked: the broker delivers it again on our next connection
-        received_at = time.time()
+        # paho's own path (MQTT 5, QoS 2): the 3.1.1 stream comes through `_on_publish`.
         try:
             topic = msg.topic
         except UnicodeDecodeError:
             topic = "<topic is not UTF-8>"
-        payload = bytes(msg.payload)
+        self._take(topic, bytes(msg.payload), msg.qos, msg.mid, bool(msg.retain), bool(msg.dup))
+
+    def _on_publish(
+        self, topic: bytes, payload: bytes, qos: int, mid: int, retain: bool, dup: bool
+    ) -> None:
+        """A PUBLISH read by `HookedClient`'s lean handler (no MQTTMessage made)."""
+        try:
+            text = topic.decode()
+        except UnicodeDecodeError:
+            text = "<topic is not UTF-8>"
+        self._take(text, payload, qos, mid, retain, dup)
+
+    def _take(
+        self, topic: str, payload: bytes, qos: int, mid: int, retain: bool, dup: bool
+    ) -> None:
+        if not self._consuming:
+            return  # not acked: the broker delivers it again on our next connection
+        received_at = time.time()
         try:
             items = self._decoder.decode(
-                topic, payload, received_at, retained=bool(msg.retain), redelivered=bool(msg.dup)
+                topic, payload, received_at, retained=retain, redelivered=dup
             )
         except Exception as exc:  # a decoder bug: keep the message, never kill paho's thread
             self._decode_log.error("decoding a message on %s failed", topic, exc_info=True)
             items = [self._decoder.dead(topic, payload, "internal_error", repr(exc), received_at)]
         item = items[-1]
-        # Dead letters are counted by reason when committed; here only as received.
-        self._kind_counters.get(type(item), self._dead_counter).inc()
-        if type(item) is AudioIn:
-            self._metrics.audio_frames.inc()
+        # Dead letters are counted by reason when committed; here only as received (counted
+        # per burst in `_hand_off`: a counter's inc takes a lock).
+        self._kinds.append(type(item))
+        pending = self._pending
         if len(items) > 1:  # side items (an adapter's availability): no ack of their own
-            for side in items[:-1]:
-                if not self._writer.put_message(None, side, self._stopped):
-                    return  # not queued: leave the message un-acked (redelivered)
-        token = (self._generation, msg.mid) if msg.qos > 0 else None
-        self._writer.put_message(token, item, self._stopped)
+            pending.extend([(None, side) for side in items[:-1]])
+        pending.append(((self._generation, mid) if qos > 0 else None, item))
+        if len(pending) >= _HANDOFF_MAX:
+            self._hand_off()
+
+    def _hand_off(self) -> None:
+        """Queue the messages collected since the last hand-off for the writer, all or none
+        (network thread; after each read burst, `HookedClient.on_read_burst`). None queued
+        (shutting down): none is acked, the broker redelivers them."""
+        kinds = self._kinds
+        if kinds:
+            self._kinds = []
+            for kind, n in Counter(kinds).items():
+                self._kind_counters.get(kind, self._dead_counter).inc(n)
+                if kind is AudioIn:
+                    self._metrics.audio_frames.inc(n)
+        pending = self._pending
+        if pending:
+            self._pending = []
+            self._writer.put_messages(pending, self._stopped)
 
     def _stopped(self) -> bool:
         return not self._consuming

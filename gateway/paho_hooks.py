@@ -13,6 +13,19 @@ against the installed paho, so an upgrade that moves them fails there first, not
   per retry until collected).
 - ``_packet_queue`` (called): the PUBACKs of a committed batch leave as ONE queued packet, so
   a batch of 1000 acks costs one wake-up and one ``send`` instead of 1000 of each.
+- ``_sock`` (read) in `HookedClient.loop_read`: paho 2.2 reads ONE packet per ``select`` while
+  nothing of ours is in flight (its packet budget is the count of in-flight QoS 1/2 messages,
+  which a subscriber that acks QoS 1 never has), so a stream paid a ``select`` and a pass of
+  paho's loop per message; the override keeps reading while the buffered socket still holds
+  bytes (at most `_READ_BURST` packets, so the loop still writes queued acks and keeps the
+  connection alive between bursts) and then calls `HookedClient.on_read_burst`, where the
+  gateway hands the burst's messages to the writer in one go.
+- ``_handle_publish`` (override, reads ``_in_packet`` and ``_protocol``): with MQTT 3.1.1 a
+  QoS 0/1 PUBLISH goes straight to `HookedClient.on_publish_received` as (topic bytes,
+  payload, qos, mid, retain, dup): paho's own handler builds an MQTTMessage (with a
+  MQTTMessageInfo and its Condition), formats a debug line and walks its topic-filter tree
+  for every message, a third of the network thread's time per message. MQTT 5 (properties),
+  QoS 2 and anything malformed take paho's own path, which reaches ``on_message``.
 - ``_out_messages`` (read): how many QoS 1 messages wait for their PUBACK, so the gateway can
   bound its events and discovery without paho's ``max_queued_messages``, which would bound the
   status messages (birth, ``offline``) too and drop them behind a queue of events.
@@ -23,12 +36,16 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as paho
 
 _RECV_CHUNK = 256 * 1024
+# Packets read per pass of paho's loop at most (see the module docstring): large enough that a
+# select per burst costs nothing, small enough that a burst takes ~1 ms, so acks queued by the
+# writer meanwhile leave without waiting long.
+_READ_BURST = 64
 _PUBACK = struct.Struct("!BBH")
 
 
@@ -79,6 +96,10 @@ def describe_connect_error(exc: BaseException | None) -> tuple[str, str]:
     return "unreachable", f"{type(exc).__name__}: {exc}"
 
 
+def _nothing() -> int:
+    return 0
+
+
 class HookedClient(paho.Client):
     """paho's client with the hooks of the module docstring."""
 
@@ -86,6 +107,50 @@ class HookedClient(paho.Client):
     # after a successful socket. Text, not the exception: its traceback's frames would hold
     # the client, a reference cycle that delays closing paho's sockets to some later GC.
     last_connect_error: tuple[str, str] | None = None
+    # Called (network thread) after each burst of packets `loop_read` handled, even when the
+    # burst ended in an error: the gateway flushes what its on_message collected.
+    on_read_burst: Callable[[], None] | None = None
+
+    # (topic, payload, qos, mid, retain, dup) of each 3.1.1 QoS 0/1 PUBLISH (network thread),
+    # instead of on_message; see `_handle_publish`.
+    on_publish_received: Callable[[bytes, bytes, int, int, bool, bool], None] | None = None
+
+    def _handle_publish(self) -> paho.MQTTErrorCode:
+        take = self.on_publish_received
+        if take is None or self._protocol == paho.MQTTv5:
+            return super()._handle_publish()
+        header = self._in_packet["command"]
+        packet = self._in_packet["packet"]
+        qos = (header & 0x06) >> 1
+        size = len(packet)
+        start = 2 + (((packet[0] << 8) | packet[1]) if size >= 2 else 0)
+        end = start + 2 if qos else start  # the mid follows the topic at QoS > 0
+        if qos > 1 or size < 2 or start == 2 or end > size:
+            return super()._handle_publish()  # QoS 2, or malformed: paho's own handling
+        mid = ((packet[start] << 8) | packet[start + 1]) if qos else 0
+        take(
+            bytes(packet[2:start]),
+            bytes(packet[end:]),
+            qos,
+            mid,
+            bool(header & 1),
+            bool(header & 8),
+        )
+        return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def loop_read(self, max_packets: int = 1) -> paho.MQTTErrorCode:
+        try:
+            for _ in range(_READ_BURST):
+                rc = super().loop_read(max_packets)
+                sock = self._sock
+                # pending(): bytes already read from the kernel (`_BufferedSocket`, TLS).
+                if rc or sock is None or not getattr(sock, "pending", _nothing)():
+                    return rc
+            return rc
+        finally:
+            hook = self.on_read_burst
+            if hook is not None:
+                hook()
 
     def _create_socket(self) -> Any:
         try:

@@ -12,13 +12,19 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+import msgspec
+
 if TYPE_CHECKING:
     from schemas.events import InferenceEvent
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One metric value of one device at one time: a row of the `readings` table."""
+class Reading(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One metric value of one device at one time: a row of the `readings` table.
+
+    A msgspec struct, not a dataclass: the ingest path makes one per stored metric, and a
+    struct is made in C (~5x faster than a frozen dataclass) and encodes as the row array the
+    writer's INSERT unpacks (`gateway.writer`), without building a tuple per row first.
+    ``gc=False``: it holds only strings and numbers, so it can never be part of a cycle."""
 
     home: str
     room: str

@@ -15,11 +15,12 @@ transactions never contend:
   early: the batch holds `inflight_window` messages waiting for their ack (the broker's window
   of un-acked QoS 1 messages is full: it sends nothing more until we ack, so waiting would only
   stall ingest; known with MQTT 5, whose Receive Maximum we announce), and a stall: no message
-  for `idle_commit` and for `_STALL_GAPS` times the stream's recent gap between messages (an
-  average over messages). A steady stream of any pace never pauses that long, so its batches
-  end by size or time; a broker that stopped because its window is full (a window the gateway
-  cannot know with MQTT 3.1.1: Mosquitto's ``max_inflight_messages``) pauses at once, so its
-  batch commits after `idle_commit` (0 turns the stall trigger off). Few, large
+  for `idle_commit` and for `_STALL_GAPS` times the stream's recent gap between arrivals (an
+  average over the queue's entries: a read burst the MQTT thread hands over counts as one). A
+  steady stream of any pace never pauses that long, so its batches end by size or time; a
+  broker that stopped because its window is full (a window the gateway cannot know with MQTT
+  3.1.1: Mosquitto's ``max_inflight_messages``) pauses at once, so its batch commits after
+  `idle_commit` (0 turns the stall trigger off). Few, large
   commits are what spares an SD card: each commit rewrites every page it touches (the table's
   tail, each index leaf, ``devices``) in the WAL, so a commit per message wrote ~12 KB per
   reading where a commit per second writes a few hundred bytes (``bench/wear.py``).
@@ -91,7 +92,7 @@ CommittedFn = Callable[[list[Reading], list[AudioIn]], None]
 # took ~3x longer under load; per-size multi-row VALUES statements cost megabytes of cached
 # prepared statements. Floats survive the JSON round trip exactly (shortest repr both ways).
 # ``->>`` (SQLite >= 3.38) unpacks ~1.5x faster than json_extract.
-_FIELDS = ("home", "room", "device", "metric", "ts", "value", "seq", "received_at")
+_FIELDS = Reading.__struct_fields__  # home, room, device, metric, ts, value, seq, received_at
 _COLUMN = (
     "value ->> {i}" if sqlite3.sqlite_version_info >= (3, 38) else "json_extract(value, '$[{i}]')"
 )
@@ -154,7 +155,32 @@ _STOP = _Stop()
 _Stored = concurrent.futures.Future[None]
 """In a message's token slot: a `Writer.store` caller waiting for the batch's commit."""
 _Message = tuple["AckToken | _Stored | None", Ingested]
-_Item = _Message | _Job | _Barrier | _Stop
+QueuedMessage = _Message
+"""A decoded message with its ack token (None: no ack of its own), as `Writer.put_messages`
+takes them."""
+_Item = _Message | list[_Message] | _Job | _Barrier | _Stop
+
+
+class _WeightedQueue(queue.Queue[_Item]):
+    """The writer's queue: a list of messages (`Writer.put_messages`) is one entry that counts
+    as its length towards ``maxsize`` and ``qsize()``; anything else counts 1. A list is let
+    in while the count is below ``maxsize``, so the count may pass it by one list's length."""
+
+    def _init(self, maxsize: int) -> None:
+        super()._init(maxsize)
+        self._count = 0
+
+    def _qsize(self) -> int:
+        return self._count
+
+    def _put(self, item: _Item) -> None:
+        self.queue.append(item)
+        self._count += len(item) if type(item) is list else 1
+
+    def _get(self) -> _Item:
+        item: _Item = self.queue.popleft()
+        self._count -= len(item) if type(item) is list else 1
+        return item
 
 
 class WriterStopped(RuntimeError):
@@ -191,7 +217,7 @@ class Writer:
         # Moving average of the time between messages (writer thread only).
         self._gap = 0.0
         self._last_at = time.monotonic()
-        self._queue: queue.Queue[_Item] = queue.Queue(maxsize=queue_size)
+        self._queue: _WeightedQueue = _WeightedQueue(maxsize=queue_size)
         self.ack: AckFn | None = ack
         self.on_committed: CommittedFn | None = on_committed
         self._thread: threading.Thread | None = None
@@ -240,7 +266,17 @@ class Writer:
         """Queue one decoded message (MQTT thread). Waits while the queue is full; returns
         False without queueing when `give_up()` turns true meanwhile (shutdown, lost
         connection: the message is then not acked and will be redelivered)."""
-        msg: _Message = (token, item)
+        return self._put_waiting((token, item), give_up)
+
+    def put_messages(self, messages: list[QueuedMessage], give_up: Callable[[], bool]) -> bool:
+        """Queue decoded messages as ONE entry (the MQTT thread's read burst: one lock and one
+        wake-up of the writer for all of them), all or none, like `put_message`. They count
+        one each towards the queue's size. The list is the writer's from now on."""
+        if not messages:
+            return True
+        return self._put_waiting(messages, give_up)
+
+    def _put_waiting(self, msg: _Message | list[_Message], give_up: Callable[[], bool]) -> bool:
         try:
             self._queue.put_nowait(msg)
             return True
@@ -331,13 +367,15 @@ class Writer:
         get = self._queue.get
         while True:
             item = get()
-            if not isinstance(item, tuple):
+            if isinstance(item, list):
+                batch: list[_Message] = item
+            elif isinstance(item, tuple):
+                batch = [item]
+            else:
                 if self._control(conn, item):
                     return
                 continue
-            batch: list[_Message] = [item]
-            rows = _rows(item[1])
-            unacked = 1 if type(item[0]) is tuple else 0
+            rows, unacked = _count(batch)
             now = time.monotonic()
             deadline = now + self._interval
             self._arrived(now)
@@ -358,14 +396,15 @@ class Writer:
                         nxt = get(timeout=wait)
                     except queue.Empty:
                         break
-                if not isinstance(nxt, tuple):
+                if not isinstance(nxt, tuple | list):
                     control = nxt
                     break
                 self._arrived(time.monotonic())
-                batch.append(nxt)
-                rows += _rows(nxt[1])
-                if type(nxt[0]) is tuple:
-                    unacked += 1
+                more = nxt if isinstance(nxt, list) else [nxt]
+                batch.extend(more)
+                r, u = _count(more)
+                rows += r
+                unacked += u
             # Group commit: what already waits in the queue (a backlog: the disk is slower than
             # the stream) joins this commit, up to `_BACKLOG_BATCHES` batches, without waiting
             # for more. Its messages wait for a commit anyway; one fsync for all of them instead
@@ -376,13 +415,14 @@ class Writer:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if not isinstance(nxt, tuple):
+                if not isinstance(nxt, tuple | list):
                     control = nxt
                     break
-                batch.append(nxt)
-                rows += _rows(nxt[1])
-                if type(nxt[0]) is tuple:
-                    unacked += 1
+                more = nxt if isinstance(nxt, list) else [nxt]
+                batch.extend(more)
+                r, u = _count(more)
+                rows += r
+                unacked += u
             self._commit_batch(conn, batch)
             if control is not None and self._control(conn, control):
                 return
@@ -499,11 +539,8 @@ class Writer:
             try:
                 new = readings
                 if readings:
-                    rows = [
-                        (r.home, r.room, r.device, r.metric, r.ts, r.value, r.seq, r.received_at)
-                        for r in readings
-                    ]
-                    cur.execute(_INSERT_READINGS, (_encode(rows),))
+                    # A Reading encodes as its row: [home, room, ..., received_at] (_FIELDS).
+                    cur.execute(_INSERT_READINGS, (_encode(readings),))
                     inserted = cur.rowcount
                     if inserted < len(readings):
                         new = _inserted(cur, inserted)
@@ -593,5 +630,11 @@ def _resolve(batch: list[_Message], error: BaseException | None) -> None:
                 token.set_exception(error)
 
 
-def _rows(item: Ingested) -> int:
-    return len(item.readings) if isinstance(item, ReadingsIn) else 1
+def _count(messages: list[_Message]) -> tuple[int, int]:
+    """(rows, messages waiting for an ack) of `messages`."""
+    rows = unacked = 0
+    for token, item in messages:
+        rows += len(item.readings) if type(item) is ReadingsIn else 1
+        if type(token) is tuple:
+            unacked += 1
+    return rows, unacked

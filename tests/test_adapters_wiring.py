@@ -154,25 +154,25 @@ def test_adapters_section_errors_name_the_field(tmp_path: Path) -> None:
 
 
 class _FakeWriter:
-    """Records what the bridge queues; refuses side items (no ack token) while told to, as the
-    real writer does when it gives up waiting for room at shutdown."""
+    """Records what the bridge queues; refuses entries while told to, as the real writer does
+    when it gives up waiting for room at shutdown."""
 
     def __init__(self) -> None:
-        self.refuse_side_items = False
+        self.refuse = False
         self.queued: list[tuple[Any, Any]] = []
 
-    def put_message(self, token: Any, item: Any, _give_up: Any) -> bool:
-        if token is None and self.refuse_side_items:
+    def put_messages(self, messages: list[tuple[Any, Any]], _give_up: Any) -> bool:
+        if self.refuse:
             return False
-        self.queued.append((token, item))
+        self.queued.extend(messages)
         return True
 
 
 def test_side_item_goes_ahead_of_its_message_or_holds_it_back(tmp_path: Path) -> None:
     """A unit test of the bridge's contract for adapter side effects (no broker): the
-    availability an adapter returns with its message is queued BEFORE the message (so it
-    commits no later than the message's ack); when it cannot be queued, the message is not
-    queued either (never acked, so redelivered)."""
+    availability an adapter returns with its message is queued BEFORE the message, in the
+    same hand-off entry (so it commits no later than the message's ack); when the entry cannot
+    be queued, neither is (the message is never acked, so redelivered)."""
     state = StateIn("h", "r", "plug", Availability.OFFLINE, 1.0)
 
     def adapt(topic: str, payload: bytes, at: float) -> Adapted:
@@ -190,12 +190,15 @@ def test_side_item_goes_ahead_of_its_message_or_holds_it_back(tmp_path: Path) ->
     msg = paho.MQTTMessage(mid=7, topic=b"tele/plug/LWT")
     msg.qos, msg.payload = 1, b"Offline"
     bridge._on_message(bridge._client, None, msg)
+    assert writer.queued == []  # collected until the read burst ends
+    bridge._hand_off()
     assert writer.queued[0][1] == state
     assert writer.queued[0][0] is None  # no ack of its own
     assert writer.queued[1][0] == (0, 7) and isinstance(writer.queued[1][1], ReadingsIn)
 
     writer.queued.clear()
-    writer.refuse_side_items = True
+    writer.refuse = True
     bridge._on_message(bridge._client, None, msg)
+    bridge._hand_off()
     assert writer.queued == []
     bridge.close()

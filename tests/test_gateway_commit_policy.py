@@ -37,8 +37,9 @@ class Recorder:
     def __call__(self, tokens: Sequence[AckToken]) -> None:
         with sqlite3.connect(self.db) as conn:
             self.rows_at_ack.append(conn.execute("SELECT count(*) FROM readings").fetchone()[0])
-        self.acked.extend(tokens)
         self.batch_sizes.append(len(tokens))
+        # Last: the tests wait on `acked` (from another thread), then read the other lists.
+        self.acked.extend(tokens)
 
 
 def reading(seq: int) -> ReadingsIn:
@@ -201,3 +202,18 @@ def test_defaults_are_consistent_and_a_small_window_is_named() -> None:
     )
     assert known.commit_policy_warnings() == []
     assert known.mqtt.inflight_window == 1000
+
+
+def test_a_hand_off_counts_its_messages_towards_the_queue_bound(tmp_path: Path) -> None:
+    """`Writer.put_messages` queues a read burst as one entry that counts as its messages: the
+    depth is in messages, a full queue refuses the next burst whole (the MQTT thread waits,
+    then gives up at shutdown: nothing of it queued, nothing acked)."""
+    writer = Writer(make_engine(tmp_path / "q.db"), metrics=GatewayMetrics(), queue_size=10)
+    burst = [((1, seq), reading(seq)) for seq in range(6)]
+    assert writer.put_messages(list(burst), lambda: False)
+    assert writer.depth == 6
+    assert writer.put_messages(list(burst), lambda: False)  # below the bound when let in
+    assert writer.depth == 12
+    assert not writer.put_messages(list(burst), lambda: True)
+    assert writer.depth == 12
+    assert writer.put_messages([], lambda: True)  # nothing to queue

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -215,4 +217,51 @@ async def test_broker_restart_mid_stream_loses_nothing(
             assert metric_value(gw, "homeedge_gateway_mqtt_reconnects_total") >= 1
             assert gw.health()["mqtt_connected"] is True
     finally:
+        pub.close()
+
+
+def _received(port_file: Path) -> float:
+    """The gateway's count of telemetry messages decoded and handed to its writer."""
+    port = int(port_file.read_text().strip())
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith('homeedge_gateway_messages_received_total{kind="readings"}'):
+                return float(line.split()[-1])
+    return 0.0
+
+
+def test_kill_9_after_the_hand_off_before_the_commit_redelivers(
+    tmp_path: Path, mosquitto: MosquittoBroker, topic_root: str
+) -> None:
+    """The MQTT thread hands messages to the writer in bursts (one queue entry per read burst);
+    none is acked before its commit: with every commit held back by another connection's write
+    lock, the gateway takes the whole stream in and acks nothing, so after a kill -9 the broker
+    delivers all of it again to the next run, and it is stored once."""
+    total = 600
+    gw = GatewayProcess(tmp_path, mosquitto, topic_root)
+    pub = Publisher(mosquitto.port)
+    lock = None
+    try:
+        gw.start()
+        lock = sqlite3.connect(gw.db, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")  # the writer's commits now wait (busy_timeout)
+        publish_stream(pub, topic_root, total)
+        pub.wait_acked(30)
+        wait_until(
+            lambda: _received(gw.port_file) >= total, within=30, what="the stream handed off"
+        )
+        assert gw.signal(signal.SIGKILL) == -signal.SIGKILL
+        lock.rollback()
+        assert gw.rows() == 0  # nothing was committed, so nothing may have been acked
+        gw.start()
+        wait_until(lambda: gw.rows() >= total, within=60, what="the redelivered stream")
+        publish_markers(pub, topic_root, total)
+        wait_until(lambda: markers(gw.db, total) == 4, within=60, what="the four markers")
+        seqs = sorted(s for (s,) in query(gw.db, "SELECT seq FROM readings"))
+        assert seqs == list(range(total + 4))
+        assert gw.signal(signal.SIGTERM) == 0
+    finally:
+        if lock is not None:
+            lock.close()
+        gw.close()
         pub.close()

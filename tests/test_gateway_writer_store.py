@@ -5,11 +5,11 @@ call returns once that batch is committed."""
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from gateway.db import make_engine
@@ -49,7 +49,7 @@ async def test_store_commits_through_the_batch_path(tmp_path: Path) -> None:
         assert con.execute("SELECT device, last_seen FROM devices").fetchall() == [
             ("thermostat-1", T0 + 1)
         ]
-        again = Reading(*[*dataclasses.astuple(derived)[:-1], T0 + 2])  # same key, later
+        again = msgspec.structs.replace(derived, received_at=T0 + 2)  # same key, later
         await writer.store(ReadingsIn([again], seen=[]))  # a duplicate: ignored, not new
         assert committed == [[derived], [heard]]
         assert con.execute("SELECT count(*) FROM readings").fetchone()[0] == 2

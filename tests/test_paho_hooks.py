@@ -38,9 +38,12 @@ def test_the_private_names_the_hooks_use_exist_with_their_signatures() -> None:
         "mid",
         "qos",
     ]
+    assert list(inspect.signature(paho.Client._handle_publish).parameters) == ["self"]
+    assert list(inspect.signature(paho.Client.loop_read).parameters) == ["self", "max_packets"]
     client = HookedClient(paho.CallbackAPIVersion.VERSION2, client_id="hooks")
-    for name in ("_ssl_context", "_host", "_connect_timeout"):
+    for name in ("_ssl_context", "_host", "_connect_timeout", "_protocol", "_sock"):
         assert hasattr(client, name), name
+    assert {"command", "packet"} <= set(client._in_packet)
 
 
 def _connected(client: HookedClient, port: int) -> threading.Event:
@@ -164,3 +167,67 @@ def test_a_full_event_queue_never_refuses_the_status_messages() -> None:
         assert dropped == 3
     finally:
         bridge.close()
+
+
+@pytest.mark.parametrize("protocol", [paho.MQTTv311, paho.MQTTv5])
+def test_publishes_reach_the_lean_handler_with_3_1_1_and_on_message_with_5(
+    mosquitto: MosquittoBroker, topic_root: str, protocol: paho.MQTTProtocolVersion
+) -> None:
+    """`_handle_publish`: with 3.1.1, QoS 0 and 1 messages (retained, redelivered, empty
+    payload) reach ``on_publish_received`` with the same fields paho's MQTTMessage has; with
+    MQTT 5 they take paho's path to ``on_message``. Either way a read burst ends in
+    ``on_read_burst``."""
+    topic = f"{topic_root}/lean/\u00e9"
+    got: list[tuple[bytes, bytes, int, bool, bool]] = []
+    mids: list[int] = []
+    bursts = threading.Event()
+    done = threading.Event()
+
+    def lean(t: bytes, payload: bytes, qos: int, mid: int, retain: bool, dup: bool) -> None:
+        got.append((t, payload, qos, retain, dup))
+        mids.append(mid)
+        if len(got) == 4:
+            done.set()
+
+    def on_message(_c: paho.Client, _u: object, msg: paho.MQTTMessage) -> None:
+        lean(
+            msg.topic.encode(),
+            bytes(msg.payload),
+            msg.qos,
+            msg.mid,
+            bool(msg.retain),
+            bool(msg.dup),
+        )
+
+    pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"pub-{topic_root}")
+    _connected(pub, mosquitto.port)
+    pub.publish(topic, b"kept", qos=1, retain=True).wait_for_publish(10)
+    sub = HookedClient(
+        paho.CallbackAPIVersion.VERSION2,
+        client_id=f"lean-{topic_root}",
+        protocol=protocol,
+        manual_ack=True,
+    )
+    if protocol == paho.MQTTv311:
+        sub.on_publish_received = lean
+    sub.on_message = on_message
+    sub.on_read_burst = bursts.set
+    _connected(sub, mosquitto.port)
+    sub.subscribe(topic, qos=1)
+    time.sleep(0.3)
+    pub.publish(topic, b'{"x": 1}', qos=1).wait_for_publish(10)
+    pub.publish(topic, b"", qos=1).wait_for_publish(10)
+    pub.publish(topic, b"q0", qos=0).wait_for_publish(10)
+    assert done.wait(10), got
+    assert got == [
+        (topic.encode(), b"kept", 1, True, False),
+        (topic.encode(), b'{"x": 1}', 1, False, False),
+        (topic.encode(), b"", 1, False, False),
+        (topic.encode(), b"q0", 0, False, False),
+    ]
+    assert all(m > 0 for m in mids[:3]) and mids[3] == 0 and len(set(mids[:3])) == 3
+    assert bursts.is_set()
+    pub.publish(topic, b"", qos=1, retain=True).wait_for_publish(10)  # clear the retained one
+    for c in (sub, pub):
+        c.disconnect()
+        c.loop_stop()
