@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import shutil
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -111,14 +112,27 @@ async def test_full_disk_degrades_healthz_loses_nothing_and_recovers(
             assert await asyncio.to_thread(gw.mqtt.subscribed.wait, 10), "never subscribed"
             status, body = await healthz(gw)
             assert status == 200 and body["status"] == "ok", body
-            stream(pub, topic_root, before)
+            first, second = before[:100], before[100:]
+            stream(pub, topic_root, first)
             # Polled every 0.2 s: each poll is a reader, which keeps the WAL from restarting.
             await wait_for(
-                lambda: len(stored_seqs(db)) == len(before), what="the first rows", interval=0.2
+                lambda: len(stored_seqs(db)) == len(first), what="the first rows", interval=0.2
+            )
+            # A reader holds its snapshot while the second rows commit, so their WAL frames are
+            # still to be checkpointed when the disk fills (else a checkpoint that ran just
+            # before the fill has nothing left to write, and succeeds on a full disk).
+            reader = sqlite3.connect(db)
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM readings").fetchone()
+            stream(pub, topic_root, second)
+            await wait_for(
+                lambda: len(stored_seqs(db)) == len(before), what="the second rows", interval=0.2
             )
 
             full_at = time.time()
             filler = await asyncio.to_thread(fill, small_disk)
+            reader.rollback()
+            reader.close()
             stream(pub, topic_root, during)
             await asyncio.to_thread(pub.wait_acked)  # the broker holds all of them now
             await wait_for(
