@@ -356,18 +356,20 @@ def _original_job(args: tuple[str, str, str, int]) -> Item:
     return Item(c.audio, "original", bg, 0.0, c.kind, tuple(c.alarm_groups))
 
 
-def plan(part_name: str, talk_minutes: int, household_minutes: int) -> dict[str, list[Any]]:
+def plan(
+    part_name: str, talk_minutes: int, household_minutes: int, long_only: bool = False
+) -> dict[str, list[Any]]:
     part = PARTS[part_name]
     s0 = part["seed"] * 100000
     jobs: list[Any] = []
     i = 0
-    for bed in part["beds"]:
+    for bed in () if long_only else part["beds"]:
         for level in LEVELS:
             for source, count in SOURCES:
                 for _ in range(count):
                     jobs.append((part_name, bed, level, source, s0 + i, "noise", 0.0))
                     i += 1
-    for bed, rel_db in TARGETS:
+    for bed, rel_db in () if long_only else TARGETS:
         for k in range(TARGET_CLIPS):
             jobs.append(
                 (part_name, bed, 0.0, "t3" if k % 2 == 0 else "t4", s0 + i, "target", rel_db)
@@ -376,7 +378,7 @@ def plan(part_name: str, talk_minutes: int, household_minutes: int) -> dict[str,
     longs = [(part_name, "talk", s0 + 70000 + k) for k in range(talk_minutes)]
     longs += [(part_name, "household", s0 + 80000 + k) for k in range(household_minutes)]
     out: dict[str, list[Any]] = {"alarm": jobs, "long": longs, "original": []}
-    if part_name == "held_out":
+    if part_name == "held_out" and not long_only:
         from training import train_audio
 
         out["original"] = [
@@ -386,14 +388,18 @@ def plan(part_name: str, talk_minutes: int, household_minutes: int) -> dict[str,
 
 
 def make_items(
-    part_name: str, talk_minutes: int, household_minutes: int, cache: Path | None
+    part_name: str,
+    talk_minutes: int,
+    household_minutes: int,
+    cache: Path | None,
+    long_only: bool = False,
 ) -> list[Item]:
-    name = f"alarm-noise-{part_name}-{talk_minutes}-{household_minutes}.pkl"
+    name = f"alarm-noise-{part_name}-{talk_minutes}-{household_minutes}{'-long' * long_only}.pkl"
     if cache is not None and (cache / name).exists():
         with (cache / name).open("rb") as f:
             items: list[Item] = pickle.load(f)
         return items
-    jobs = plan(part_name, talk_minutes, household_minutes)
+    jobs = plan(part_name, talk_minutes, household_minutes, long_only)
     with Pool(2) as pool:
         items = pool.map(_alarm_job, jobs["alarm"], chunksize=4)
         items += pool.map(_original_job, jobs["original"], chunksize=4)
@@ -524,6 +530,9 @@ def main() -> int:
     )
     parser.add_argument("--household-minutes", type=int, default=None)
     parser.add_argument("--cache", type=Path, default=Path("/tmp/homeedge-alarm-noise"))
+    parser.add_argument(
+        "--long-only", action="store_true", help="only the long-form negatives (false alarms)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     talk_m = (
@@ -537,7 +546,7 @@ def main() -> int:
         else (60 if args.part == "held_out" else 30)
     )
     t = time.time()
-    items = make_items(args.part, talk_m, house_m, args.cache)
+    items = make_items(args.part, talk_m, house_m, args.cache, args.long_only)
     print(f"{len(items)} items in {time.time() - t:.0f} s", file=sys.stderr, flush=True)
     out = {"part": args.part, **evaluate(items)}
     if args.json:

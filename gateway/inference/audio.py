@@ -416,22 +416,20 @@ class AudioStream:
                 # A tone under a loud bed, judged in its own band. When it matches, the head sees
                 # its beep frames as a clear tone's tonality (the whole-frame tonality of such a
                 # tone is a few %, which the head, trained on clearer alarms, scores low, even
-                # when the whole-frame check matched too).
+                # when the whole-frame check matched too) in an input of its own: after the
+                # whole-frame input, so the in-band path only adds chances to fire (the
+                # debouncer's cooldown keeps it to one event).
                 in_band = alarm_pattern_in_band(
                     inband[lo_a:cur], inband_peak[lo_a:cur], band_rel[lo_a:cur]
                 )
+                span = self.time_of(max(0, end - ALARM_FRAMES)), self.time_of(end)
+                if in_band is None or pattern is not None:
+                    out.append(HeadInput("alarm", alarm_features(tonal), *span, pattern))
                 if in_band is not None:
-                    pattern = pattern or in_band[0]
-                    tonal = np.maximum(tonal, in_band[1] * INBAND_TONAL)
-                out.append(
-                    HeadInput(
-                        "alarm",
-                        alarm_features(tonal),
-                        self.time_of(max(0, end - ALARM_FRAMES)),
-                        self.time_of(end),
-                        pattern,
+                    heard = np.maximum(tonal, in_band[1] * INBAND_TONAL)
+                    out.append(
+                        HeadInput("alarm", alarm_features(heard), *span, pattern or in_band[0])
                     )
-                )
         return out
 
 
