@@ -154,11 +154,15 @@ def _timed(on: npt.NDArray[np.bool_], n: int) -> tuple[str, list[tuple[int, int]
     """The T3/T4 code whose group the on-frames (of one pitch) just completed, with the group's
     beeps ([start, end) frames), if any."""
     for p in BEEP_PATTERNS:
+        settle = round(p.settle_s * FRAMES_PER_SECOND)
+        # The group's last on-frame lies settle_s before now, within one hop (a cheap necessary
+        # condition, checked before the runs are cut).
+        if not on[max(0, n - settle - ALARM_HOP) : max(0, n - settle)].any():
+            continue
         runs = _runs(on, p.bridge)
         if len(runs) < p.beeps:
             continue
         group, before = runs[-p.beeps :], runs[: -p.beeps]
-        settle = round(p.settle_s * FRAMES_PER_SECOND)
         if not settle <= n - group[-1][1] < settle + ALARM_HOP:
             continue
         on_ok = all(p.on_s[0] <= (b - a) / FRAMES_PER_SECOND <= p.on_s[1] for a, b in group)
@@ -216,16 +220,20 @@ def alarm_pattern_in_band(inband: F32, inband_peak: F32, band_rel: F32) -> tuple
     strong = inband >= INBAND_STRONG_DB
     if int(strong.sum()) < 10:
         return None
-    bins, counts = np.unique(inband_peak[strong], return_counts=True)
-    for pitch in bins[np.argsort(-counts)][:2]:
-        k = int(pitch)
+    counts = np.bincount(inband_peak[strong].astype(np.intp), minlength=N_BAND)
+    for k in np.argsort(-counts)[:2]:
+        if counts[k] == 0:
+            break
+        pitch = float(k)
         level = band_rel[:, max(0, k - 1) : k + 2].mean(axis=1)
         on = level >= _INBAND_ON
         found = _timed(on, n)
+        if found is None:
+            continue
         # Each beep holds the band's peak at its pitch most of the time: a sounder does, the
         # harmonics of speech and music glide and noise wanders.
         held = np.abs(inband_peak - pitch) <= _PITCH_BINS
-        if found and all(held[a:b].mean() >= INBAND_HELD for a, b in found[1]):
+        if all(held[a:b].mean() >= INBAND_HELD for a, b in found[1]):
             return found[0], on.astype(np.float32)
     return None
 
