@@ -122,3 +122,41 @@ async def test_household_audio_without_an_alarm_stays_silent(
     house = bench._long_job(("held_out", "household", 2380001)).audio
     eng, events = engine
     assert await heard(eng, events, np.concatenate([talk, house])) == []
+
+
+def in_band_patterns(audio: np.ndarray) -> list[str]:
+    """What the in-band check alone (`alarm_pattern_in_band`) finds in `audio`."""
+    from gateway.inference.audio import ALARM_FRAMES, ALARM_HOP, alarm_pattern_in_band
+    from gateway.inference.frontend import frames_of
+
+    f = frames_of(audio.astype(np.float32))
+    found = []
+    for end in range(ALARM_HOP, len(f) + 1, ALARM_HOP):
+        lo = max(0, end - ALARM_FRAMES)
+        hit = alarm_pattern_in_band(f.inband[lo:end], f.inband_peak[lo:end], f.band_rel[lo:end])
+        if hit:
+            found.append(hit[0])
+    return found
+
+
+def test_the_in_band_check_knows_t3_and_t4_timing_and_nothing_else(bench: ModuleType) -> None:
+    bed = bench.household_bed("brown", 10.0, 16, bench.PARTS["held_out"]) * bench.BED_RMS
+
+    def beeps(on_off: list[tuple[float, float]], f0: float = 3100.0) -> np.ndarray:
+        x = bed.copy()
+        t = 1.5
+        for on, off in on_off:
+            i, n = int(t * SR), int(on * SR)
+            x[i : i + n] += 0.03 * np.sin(2 * np.pi * f0 * np.arange(n) / SR).astype(np.float32)
+            t += on + off
+        return x
+
+    assert in_band_patterns(beeps([(0.5, 0.5), (0.5, 0.5), (0.5, 1.5)])) == ["smoke_t3"]
+    assert in_band_patterns(beeps([(0.1, 0.1)] * 3 + [(0.1, 5.0)])) == ["co_t4"]
+    # Other rhythms under the same bed: a microwave's long beeps, a 0.3 s timer, five T3-like
+    # beeps in a row (no pause), a single chirp, and the bed alone.
+    assert in_band_patterns(beeps([(1.0, 0.3)] * 3)) == []
+    assert in_band_patterns(beeps([(0.3, 0.3)] * 3)) == []
+    assert in_band_patterns(beeps([(0.5, 0.5)] * 5)) == []
+    assert in_band_patterns(beeps([(0.05, 2.0)])) == []
+    assert in_band_patterns(bed) == []
