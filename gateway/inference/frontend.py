@@ -104,7 +104,8 @@ def _inband(band: F32, before: F32 | None) -> tuple[F32, F32, F32]:
     peak = smooth.argmax(axis=1)
     idx = np.clip(peak[:, None] + np.arange(-1, 2)[None, :], 0, band.shape[1] - 1)
     peak_power = np.take_along_axis(smooth, idx, axis=1).sum(axis=1)
-    floor = np.median(smooth, axis=1) + 1e-12
+    # The median bin (the band has an odd number of bins: one partition, no sort).
+    floor = np.partition(smooth, N_BAND // 2, axis=1)[:, N_BAND // 2] + 1e-12
     rel = (smooth / floor[:, None]).astype(np.float32)
     inband = 10.0 * np.log10(peak_power / (3.0 * floor) + 1e-12)
     return inband.astype(np.float32), peak.astype(np.float32), rel
