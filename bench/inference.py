@@ -141,6 +141,25 @@ def audio_quality(regenerate: bool) -> dict[str, Any]:
     return m
 
 
+def alarm_noise_keys() -> dict[str, Any]:
+    """Alarm recall under household beds and the false-alarm bound, from the held-out part of
+    bench/alarm_noise.py (its last run, committed as gateway/models/alarm_noise_metrics.json;
+    re-run that script to re-measure: it takes ~20 min)."""
+    path = DEFAULT_MODELS_DIR / "alarm_noise_metrics.json"
+    if not path.exists():
+        return {}
+    m = json.loads(path.read_text())
+    recall = m["after"]["recall"]
+    neg = m.get("after_negatives_long", m["after"])  # the longest negative set measured
+    return {
+        "alarm_recall_brown_minus20db": recall["target/brown_-20db"]["recall"],
+        "alarm_recall_pink_minus10db": recall["target/pink_-10db"]["recall"],
+        "alarm_recall_noise_beds": recall["noise_beds/all"]["recall"],
+        "false_alarm_upper_bound_per_hour": neg["false_alarm_upper_bound_per_hour"],
+        "alarm_noise_negative_hours": round(sum(neg["long_form_hours"].values()), 2),
+    }
+
+
 def keyword_talk_quality(cache: Path | None, minutes: int | None = None) -> dict[str, Any]:
     """False commands per hour of the held-out talk (training/talk_data.py: held-out voices and
     sentences, seeded as in the training run, cached in `cache`) through the serving stream and
@@ -564,6 +583,7 @@ def main() -> int:
         "false_alarms_per_hour": aq["false_alarms_per_hour"],
         "vad_accuracy": aq["vad_accuracy"],
         "alarm_negative_hours": aq["negative_hours"],
+        **alarm_noise_keys(),
         "anomaly_f1": sq["world"]["f1"],
         "anomaly_f1_uci_river": (
             sq["uci_river_injected"]["model"]["f1"]

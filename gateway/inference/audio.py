@@ -25,8 +25,11 @@ Heads and their inputs:
   can raise it and be cut short.
 - ``alarm``: every 50 ms, the 3 kHz tonality of the last 4 s in 50 ms bins (T3/T4 beep rhythms),
   with `alarm_pattern`'s verdict on the same 4 s: the sounder timing itself (beeps of one pitch
-  with T3 or T4 on/off times and a pause before the group). The engine fires only on that
-  verdict; the head's probability is the event's score.
+  with T3 or T4 on/off times and a pause before the group). When the whole-frame check finds no
+  group, `alarm_pattern_in_band` looks for the same timing in the tone's own band (its peak over
+  the 2.5-4 kHz band's noise floor), so a distant sounder under a fan, traffic or a dishwasher,
+  whose power lies elsewhere, is heard too; the head then sees that check's beep frames as the
+  tonality. The engine fires only on a verdict; the head's probability is the event's score.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from gateway.inference.frontend import (
     F32,
     FRAMES_PER_SECOND,
     HOP,
+    N_BAND,
     N_MELS,
     SAMPLE_RATE,
     WIN,
@@ -124,6 +128,14 @@ PATTERN_PAUSE_S = 1.0  # no beep of that pitch this long before a group (both co
 _STRONG_NARROW, _STRONG_TONAL = 0.6, 0.1  # a frame that surely holds a tone
 _ON_NARROW, _ON_TONAL = 0.45, 0.05  # a frame that holds the candidate tone
 _PITCH_BINS = 2  # +-62.5 Hz
+# The in-band path (`alarm_pattern_in_band`), chosen on bench/alarm_noise.py's tuning part: the
+# smoothed band peak over 3 x the band's median bin, in dB (noise alone: median ~3.5 dB, 99th
+# percentile ~7 dB).
+INBAND_STRONG_DB = 7.0
+INBAND_ON_DB = 6.0
+_INBAND_ON = 10 ** (INBAND_ON_DB / 10)
+INBAND_HELD = 0.6  # share of each beep's frames whose band peak sits at the beep's pitch
+INBAND_TONAL = 0.8  # the alarm head sees the in-band on-frames at a clear tone's tonality
 _RECENT = round(max(p.settle_s for p in BEEP_PATTERNS) * FRAMES_PER_SECOND) + 2 * ALARM_HOP
 
 
@@ -136,6 +148,30 @@ def _runs(on: npt.NDArray[np.bool_], bridge: int) -> list[tuple[int, int]]:
     starts = np.concatenate([idx[:1], idx[breaks + 1]])
     ends = np.concatenate([idx[breaks], idx[-1:]]) + 1
     return [(int(a), int(b)) for a, b in zip(starts, ends, strict=True) if b - a >= 3]
+
+
+def _timed(on: npt.NDArray[np.bool_], n: int) -> tuple[str, list[tuple[int, int]]] | None:
+    """The T3/T4 code whose group the on-frames (of one pitch) just completed, with the group's
+    beeps ([start, end) frames), if any."""
+    for p in BEEP_PATTERNS:
+        settle = round(p.settle_s * FRAMES_PER_SECOND)
+        # The group's last on-frame lies settle_s before now, within one hop (a cheap necessary
+        # condition, checked before the runs are cut).
+        if not on[max(0, n - settle - ALARM_HOP) : max(0, n - settle)].any():
+            continue
+        runs = _runs(on, p.bridge)
+        if len(runs) < p.beeps:
+            continue
+        group, before = runs[-p.beeps :], runs[: -p.beeps]
+        if not settle <= n - group[-1][1] < settle + ALARM_HOP:
+            continue
+        on_ok = all(p.on_s[0] <= (b - a) / FRAMES_PER_SECOND <= p.on_s[1] for a, b in group)
+        gaps = [(b[0] - a[1]) / FRAMES_PER_SECOND for a, b in itertools.pairwise(group)]
+        gap_ok = all(p.gap_s[0] <= g <= p.gap_s[1] for g in gaps)
+        pause = PATTERN_PAUSE_S * FRAMES_PER_SECOND
+        if on_ok and gap_ok and all(group[0][0] - r[1] >= pause for r in before):
+            return p.label, group
+    return None
 
 
 def alarm_pattern(tonal: F32, narrow: F32, peak: F32) -> str | None:
@@ -159,20 +195,46 @@ def alarm_pattern(tonal: F32, narrow: F32, peak: F32) -> str | None:
     bins, counts = np.unique(peak[strong], return_counts=True)
     for pitch in bins[np.argsort(-counts)][:2]:
         on = (np.abs(peak - pitch) <= _PITCH_BINS) & (narrow >= _ON_NARROW) & (tonal >= _ON_TONAL)
-        for p in BEEP_PATTERNS:
-            runs = _runs(on, p.bridge)
-            if len(runs) < p.beeps:
-                continue
-            group, before = runs[-p.beeps :], runs[: -p.beeps]
-            settle = round(p.settle_s * FRAMES_PER_SECOND)
-            if not settle <= n - group[-1][1] < settle + ALARM_HOP:
-                continue
-            on_ok = all(p.on_s[0] <= (b - a) / FRAMES_PER_SECOND <= p.on_s[1] for a, b in group)
-            gaps = [(b[0] - a[1]) / FRAMES_PER_SECOND for a, b in itertools.pairwise(group)]
-            gap_ok = all(p.gap_s[0] <= g <= p.gap_s[1] for g in gaps)
-            pause = PATTERN_PAUSE_S * FRAMES_PER_SECOND
-            if on_ok and gap_ok and all(group[0][0] - r[1] >= pause for r in before):
-                return p.label
+        found = _timed(on, n)
+        if found:
+            return found[0]
+    return None
+
+
+def alarm_pattern_in_band(inband: F32, inband_peak: F32, band_rel: F32) -> tuple[str, F32] | None:
+    """The same T3/T4 check on the in-band tone (`frontend.Frames.inband`): for a sounder under
+    a bed whose power lies elsewhere (a fan, traffic, a dishwasher), which `alarm_pattern`'s
+    share of the whole frame's power misses. Returns the code and the on-frames of its pitch
+    (the alarm head's input in place of the whole-frame tonality), else None.
+
+    A frame is on when the candidate pitch's 3 bins of its smoothed band spectrum stand
+    `INBAND_ON_DB` over the band's noise floor (`band_rel`); candidate pitches are the
+    commonest peaks of frames `INBAND_STRONG_DB` over it. In noise alone the peak wanders over
+    the band's 49 bins, so it seldom holds one pitch for a beep, let alone for a T3/T4 group
+    with its pause.
+    """
+    n = len(inband)
+    recent = inband[-_RECENT:] >= INBAND_STRONG_DB
+    if int(recent.sum()) < 3:
+        return None
+    strong = inband >= INBAND_STRONG_DB
+    if int(strong.sum()) < 10:
+        return None
+    counts = np.bincount(inband_peak[strong].astype(np.intp), minlength=N_BAND)
+    for k in np.argsort(-counts)[:2]:
+        if counts[k] == 0:
+            break
+        pitch = float(k)
+        level = band_rel[:, max(0, k - 1) : k + 2].mean(axis=1)
+        on = level >= _INBAND_ON
+        found = _timed(on, n)
+        if found is None:
+            continue
+        # Each beep holds the band's peak at its pitch most of the time: a sounder does, the
+        # harmonics of speech and music glide and noise wanders.
+        held = np.abs(inband_peak - pitch) <= _PITCH_BINS
+        if all(held[a:b].mean() >= INBAND_HELD for a, b in found[1]):
+            return found[0], on.astype(np.float32)
     return None
 
 
@@ -264,6 +326,9 @@ class AudioStream:
     tonal: F32 = field(default_factory=lambda: np.zeros((0,), np.float32))
     narrow: F32 = field(default_factory=lambda: np.zeros((0,), np.float32))
     peak: F32 = field(default_factory=lambda: np.zeros((0,), np.float32))
+    inband: F32 = field(default_factory=lambda: np.zeros((0,), np.float32))
+    inband_peak: F32 = field(default_factory=lambda: np.zeros((0,), np.float32))
+    band_rel: F32 = field(default_factory=lambda: np.zeros((0, N_BAND), np.float32))
     endpointer: _Endpointer = field(default_factory=_Endpointer)
     since_alarm: int = 0
     pending: Frames | None = None
@@ -311,8 +376,13 @@ class AudioStream:
         tonal_all = np.concatenate([self.tonal, np.asarray(frames.tonal, np.float32)])
         narrow = np.concatenate([self.narrow, np.asarray(frames.narrow, np.float32)])
         peak = np.concatenate([self.peak, np.asarray(frames.peak, np.float32)])
+        inband = np.concatenate([self.inband, frames.inband])
+        inband_peak = np.concatenate([self.inband_peak, frames.inband_peak])
+        band_rel = np.concatenate([self.band_rel, frames.band_rel])
         self.energy, self.tonal = energy[-ALARM_FRAMES:], tonal_all[-ALARM_FRAMES:]
         self.narrow, self.peak = narrow[-ALARM_FRAMES:], peak[-ALARM_FRAMES:]
+        self.inband, self.inband_peak = inband[-ALARM_FRAMES:], inband_peak[-ALARM_FRAMES:]
+        self.band_rel = band_rel[-ALARM_FRAMES:]
         for k in range(len(frames)):
             i = self.frame_index
             self.frame_index += 1
@@ -350,15 +420,24 @@ class AudioStream:
                 end = self.frame_index
                 lo_a = max(0, cur - ALARM_FRAMES)
                 tonal = tonal_all[lo_a:cur]
-                out.append(
-                    HeadInput(
-                        "alarm",
-                        alarm_features(tonal),
-                        self.time_of(max(0, end - ALARM_FRAMES)),
-                        self.time_of(end),
-                        alarm_pattern(tonal, narrow[lo_a:cur], peak[lo_a:cur]),
-                    )
+                pattern = alarm_pattern(tonal, narrow[lo_a:cur], peak[lo_a:cur])
+                # A tone under a loud bed, judged in its own band. When it matches, the head sees
+                # its beep frames as a clear tone's tonality (the whole-frame tonality of such a
+                # tone is a few %, which the head, trained on clearer alarms, scores low, even
+                # when the whole-frame check matched too) in an input of its own: after the
+                # whole-frame input, so the in-band path only adds chances to fire (the
+                # debouncer's cooldown keeps it to one event).
+                in_band = alarm_pattern_in_band(
+                    inband[lo_a:cur], inband_peak[lo_a:cur], band_rel[lo_a:cur]
                 )
+                span = self.time_of(max(0, end - ALARM_FRAMES)), self.time_of(end)
+                if in_band is None or pattern is not None:
+                    out.append(HeadInput("alarm", alarm_features(tonal), *span, pattern))
+                if in_band is not None:
+                    heard = np.maximum(tonal, in_band[1] * INBAND_TONAL)
+                    out.append(
+                        HeadInput("alarm", alarm_features(heard), *span, pattern or in_band[0])
+                    )
         return out
 
 
