@@ -171,3 +171,30 @@ def test_the_state_file_is_replaced_whole(tmp_path: Path) -> None:
     store.state_path.write_text('{"format": 9}')
     with pytest.raises(ValueError, match="state format"):
         store.read()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"format": 9}',
+        "{not json",
+        "[1]",
+        '{"format": 1, "trial": {"version": 2, "rollout": null, "since": 0, "soak_s": 1, "x": 1}}',
+    ],
+)
+def test_an_unreadable_state_file_is_set_aside_and_the_gateway_starts_on_its_local_config(
+    tmp_path: Path, body: str
+) -> None:
+    from gateway.updates.manager import UpdateManager
+
+    local = config(tmp_path)
+    store = SlotStore(tmp_path / "slots")
+    store.root.mkdir(parents=True)
+    store.state_path.write_text(body)
+    assert boot_config(local) == local
+    assert (store.root / "state.json.unreadable").read_text() == body
+    store.state_path.write_text(body)  # the manager too, should it read it first
+    manager = UpdateManager(
+        local=local, running=local, inference=None, gateway_health=dict, restart=lambda: None
+    )
+    assert manager.state == SlotState() and not store.state_path.exists()

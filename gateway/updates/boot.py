@@ -80,15 +80,7 @@ def boot_config(local: GatewayConfig) -> GatewayConfig:
     if not updates_enabled(local) and not slots_dir(local).joinpath("state.json").exists():
         return local
     store = SlotStore(slots_dir(local))
-    try:
-        state = store.read()
-    except (OSError, ValueError) as exc:
-        log.error(
-            "updates: slot state %s unreadable (%s): starting on the local config",
-            store.state_path,
-            exc,
-        )
-        return local
+    state = store.read_or_set_aside()
     if state.trial is not None:
         trial = replace(state.trial, boots=state.trial.boots + 1)
         state = replace(state, trial=trial)
