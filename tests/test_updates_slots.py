@@ -198,3 +198,22 @@ def test_an_unreadable_state_file_is_set_aside_and_the_gateway_starts_on_its_loc
         local=local, running=local, inference=None, gateway_health=dict, restart=lambda: None
     )
     assert manager.state == SlotState() and not store.state_path.exists()
+
+
+def test_a_revert_whose_previous_slot_is_gone_still_reports_the_rollout(tmp_path: Path) -> None:
+    local = config(tmp_path, max_trial_boots=1)
+    store = SlotStore(tmp_path / "slots")
+    archive = write(tmp_path, make_bundle(2, overlay={"aggregation": {"window_s": 300}}))
+    state, _ = store.stage(archive, MODELS, SlotState())
+    # Version 2 in slot a on trial (seen by one start already); version 1's slot b is gone.
+    store.write(
+        replace(
+            state, active="a", version=2, previous="b", previous_version=1, staged=None,
+            staged_version=None, trial=Trial(2, "r-2", 0.0, 60.0, boots=1),
+        )
+    )  # fmt: skip
+    assert boot_config(local) == local
+    after = store.read()
+    assert after.version is None and after.active is None
+    assert after.report is not None and after.report["state"] == "rolled_back"
+    assert after.report["rollout"] == "r-2"

@@ -54,6 +54,10 @@ def revert_state(state: SlotState, reason: str, *, mark_failed: bool = True) -> 
     ``rolled_back`` report to deliver."""
     failed = state.version if mark_failed else None
     rollout = state.trial.rollout if state.trial else state.rollout
+    if rollout is None and state.report is not None and state.report.get("state") == "rolled_back":
+        # A revert right after another (the previous slot cannot run either): the report
+        # replaced is the rollout's; its id must reach the cloud with this one.
+        rollout = state.report.get("rollout")
     return replace(
         state,
         active=state.previous,
