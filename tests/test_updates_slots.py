@@ -171,3 +171,49 @@ def test_the_state_file_is_replaced_whole(tmp_path: Path) -> None:
     store.state_path.write_text('{"format": 9}')
     with pytest.raises(ValueError, match="state format"):
         store.read()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"format": 9}',
+        "{not json",
+        "[1]",
+        '{"format": 1, "trial": {"version": 2, "rollout": null, "since": 0, "soak_s": 1, "x": 1}}',
+    ],
+)
+def test_an_unreadable_state_file_is_set_aside_and_the_gateway_starts_on_its_local_config(
+    tmp_path: Path, body: str
+) -> None:
+    from gateway.updates.manager import UpdateManager
+
+    local = config(tmp_path)
+    store = SlotStore(tmp_path / "slots")
+    store.root.mkdir(parents=True)
+    store.state_path.write_text(body)
+    assert boot_config(local) == local
+    assert (store.root / "state.json.unreadable").read_text() == body
+    store.state_path.write_text(body)  # the manager too, should it read it first
+    manager = UpdateManager(
+        local=local, running=local, inference=None, gateway_health=dict, restart=lambda: None
+    )
+    assert manager.state == SlotState() and not store.state_path.exists()
+
+
+def test_a_revert_whose_previous_slot_is_gone_still_reports_the_rollout(tmp_path: Path) -> None:
+    local = config(tmp_path, max_trial_boots=1)
+    store = SlotStore(tmp_path / "slots")
+    archive = write(tmp_path, make_bundle(2, overlay={"aggregation": {"window_s": 300}}))
+    state, _ = store.stage(archive, MODELS, SlotState())
+    # Version 2 in slot a on trial (seen by one start already); version 1's slot b is gone.
+    store.write(
+        replace(
+            state, active="a", version=2, previous="b", previous_version=1, staged=None,
+            staged_version=None, trial=Trial(2, "r-2", 0.0, 60.0, boots=1),
+        )
+    )  # fmt: skip
+    assert boot_config(local) == local
+    after = store.read()
+    assert after.version is None and after.active is None
+    assert after.report is not None and after.report["state"] == "rolled_back"
+    assert after.report["rollout"] == "r-2"

@@ -54,6 +54,10 @@ def revert_state(state: SlotState, reason: str, *, mark_failed: bool = True) -> 
     ``rolled_back`` report to deliver."""
     failed = state.version if mark_failed else None
     rollout = state.trial.rollout if state.trial else state.rollout
+    if rollout is None and state.report is not None and state.report.get("state") == "rolled_back":
+        # A revert right after another (the previous slot cannot run either): the report
+        # replaced is the rollout's; its id must reach the cloud with this one.
+        rollout = state.report.get("rollout")
     return replace(
         state,
         active=state.previous,
@@ -80,15 +84,7 @@ def boot_config(local: GatewayConfig) -> GatewayConfig:
     if not updates_enabled(local) and not slots_dir(local).joinpath("state.json").exists():
         return local
     store = SlotStore(slots_dir(local))
-    try:
-        state = store.read()
-    except (OSError, ValueError) as exc:
-        log.error(
-            "updates: slot state %s unreadable (%s): starting on the local config",
-            store.state_path,
-            exc,
-        )
-        return local
+    state = store.read_or_set_aside()
     if state.trial is not None:
         trial = replace(state.trial, boots=state.trial.boots + 1)
         state = replace(state, trial=trial)

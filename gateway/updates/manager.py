@@ -141,7 +141,7 @@ class UpdateManager:
         self._restart = restart
         self._clock = clock
         self.store = SlotStore(slots_dir(local))
-        self.state = self.store.read()
+        self.state = self.store.read_or_set_aside()
         self._etag: str | None = None
         self._desired: Desired | None = None
         self._noted: set[tuple[int, str]] = set()  # fetch failures already reported

@@ -18,6 +18,7 @@ state names (the previous slot is forgotten first), so every slot the state name
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -86,7 +87,10 @@ class SlotState:
         trial = body.pop("trial", None)
         known = {k: v for k, v in body.items() if k in cls.__dataclass_fields__}
         known["failed"] = tuple(known.get("failed", ()))
-        return cls(**known, trial=Trial(**trial) if trial else None)
+        try:
+            return cls(**known, trial=Trial(**trial) if trial else None)
+        except TypeError as exc:  # a trial with other fields (another gateway version's)
+            raise ValueError(f"state: {exc}") from None
 
 
 class SlotStore:
@@ -110,7 +114,27 @@ class SlotStore:
             body = json.loads(self.state_path.read_bytes())
         except FileNotFoundError:
             return SlotState()
+        if not isinstance(body, dict):
+            raise ValueError("state: expected a JSON object")
         return SlotState.from_json(body)
+
+    def read_or_set_aside(self) -> SlotState:
+        """`read`, or, when the state file cannot be read (another format, a damaged disk),
+        the built-in state after moving the file aside to ``state.json.unreadable`` (logged):
+        the gateway then starts on its local config instead of not at all."""
+        try:
+            return self.read()
+        except (OSError, ValueError) as exc:
+            aside = self.state_path.with_name("state.json.unreadable")
+            log.error(
+                "updates: slot state %s unreadable (%s): moved to %s, starting on the local config",
+                self.state_path,
+                exc,
+                aside.name,
+            )
+            with contextlib.suppress(OSError):
+                self.state_path.replace(aside)
+            return SlotState()
 
     def write(self, state: SlotState) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
