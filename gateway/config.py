@@ -467,6 +467,22 @@ class GatewayConfig(BaseModel):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _check_updates_transport(self) -> GatewayConfig:
+        # The /desired answer is not signed: it picks which signed bundle runs. Over plain
+        # HTTP anyone on the path could make a gateway install an older (signed) bundle.
+        updates, url = self.updates, self.uplink.url
+        on = updates.enabled if updates.enabled is not None else updates.root_file is not None
+        if on and url and url.startswith("http://"):
+            host = (urlsplit(url).hostname or "").lower()
+            if host not in ("localhost", "::1") and not host.startswith("127."):
+                raise ValueError(
+                    f"uplink.url: {url!r} is plain HTTP while [updates] is on; bundles need "
+                    "https:// (or a loopback address): the cloud's answer chooses which signed "
+                    "version runs"
+                )
+        return self
+
     @property
     def client_id(self) -> str:
         return self.mqtt.client_id or f"homeedge-gateway-{self.gateway_id}"

@@ -211,3 +211,21 @@ def test_retired_inference_fields_still_load_with_a_warning(
     assert cfg.inference.warmup_hours == 24.0
     assert "inference.baseline_windows is no longer used" in caplog.text
     assert "[homeassistant] discovery_prefix" in caplog.text
+
+
+def test_updates_need_an_https_uplink_unless_it_is_loopback(tmp_path: Path) -> None:
+    root = tmp_path / "root.json"
+    root.write_text("{}")
+
+    def config(url: str) -> Path:
+        path = tmp_path / "gw.toml"
+        path.write_text(
+            f'gateway_id = "g"\n[uplink]\nurl = "{url}"\ntoken = "t-0123456789abcdef"\n'
+            f'[updates]\nroot_file = "{root}"\n'
+        )
+        return path
+
+    with pytest.raises(ConfigError, match=r"uplink\.url: 'http://cloud\.example:8080' is plain"):
+        load_config(config("http://cloud.example:8080"))
+    assert load_config(config("https://cloud.example")).uplink.url == "https://cloud.example"
+    assert load_config(config("http://127.0.0.1:8080")).updates.root_file == root

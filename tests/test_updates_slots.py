@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import tarfile
 from dataclasses import replace
 from pathlib import Path
@@ -217,3 +218,23 @@ def test_a_revert_whose_previous_slot_is_gone_still_reports_the_rollout(tmp_path
     assert after.version is None and after.active is None
     assert after.report is not None and after.report["state"] == "rolled_back"
     assert after.report["rollout"] == "r-2"
+
+
+def test_an_unreachable_cloud_is_a_transient_fetch_error(tmp_path: Path) -> None:
+    from cloud.release import init_repository
+    from gateway.updates.fetch import FetchError, fetch_bundle
+
+    root = init_repository(tmp_path / "repo", tmp_path / "offline")
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(FetchError) as caught:
+        fetch_bundle(
+            root_file=root,
+            slots_dir=tmp_path / "slots",
+            base_url=f"http://127.0.0.1:{port}",
+            target="bundles/bundle-1.tar.gz",
+            version=1,
+        )
+    # Tried again at the next poll, never reported as the bundle's failure.
+    assert caught.value.transient, caught.value

@@ -22,7 +22,13 @@ TARGETS_PATH = "/api/v1/updates/targets/"
 
 
 class FetchError(RuntimeError):
-    """A bundle TUF refused or could not download; the message says why."""
+    """A bundle TUF refused or could not download; the message says why. `transient`: a
+    download that failed on the way (network, HTTP error, a local I/O error), worth trying again
+    at the next poll, as opposed to what TUF refused (tampered, expired, wrong keys, too long)."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 def fetch_bundle(
@@ -59,8 +65,14 @@ def fetch_bundle(
         path = updater.find_cached_target(info) or updater.download_target(info)
     except exceptions.RepositoryError as exc:
         raise FetchError(f"TUF refused the update: {type(exc).__name__}: {exc}") from None
+    except exceptions.DownloadLengthMismatchError as exc:  # longer than signed: refused
+        raise FetchError(f"TUF refused the download: {type(exc).__name__}: {exc}") from None
     except exceptions.DownloadError as exc:
-        raise FetchError(f"TUF download failed: {type(exc).__name__}: {exc}") from None
-    except (OSError, ValueError) as exc:
+        raise FetchError(
+            f"TUF download failed: {type(exc).__name__}: {exc}", transient=True
+        ) from None
+    except OSError as exc:
+        raise FetchError(f"TUF: {type(exc).__name__}: {exc}", transient=True) from None
+    except ValueError as exc:
         raise FetchError(f"TUF: {type(exc).__name__}: {exc}") from None
     return Path(path)

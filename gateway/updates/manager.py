@@ -258,6 +258,8 @@ class UpdateManager:
             )
         except FetchError as exc:
             log.error("updates: version %s: %s", version, exc)
+            if exc.transient:  # the network or the cloud: tried again at the next poll, and
+                return  # not reported as a failure (one would halt the rollout)
             # Not marked failed: the repository may be repaired (re-signed, re-published).
             if (version, str(exc)) not in self._noted:
                 self._noted.add((version, str(exc)))
@@ -411,7 +413,9 @@ class UpdateManager:
         deadline = end + self._settings.report_margin_s
         confirmed = await self.report(trial.rollout, "healthy", "", staged=None, until=deadline)
         if not confirmed:
-            await self.revert("the healthy report could not be confirmed")
+            # Not marked failed: the version was healthy, only the cloud was out of reach; it
+            # is installed again once the cloud answers and still wants it.
+            await self.revert("the healthy report could not be confirmed", mark_failed=False)
             return
         kill_point("reported")
         self.state = replace(self.state, trial=None)

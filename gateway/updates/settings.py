@@ -51,8 +51,9 @@ class UpdatesSettings(BaseModel):
         default=60.0,
         ge=0,
         le=3600,
-        description="a 'healthy' report the cloud has not confirmed within soak_s + this is "
-        "taken as a failure: the gateway reverts to its previous slot",
+        description="a 'healthy' report the cloud has not confirmed within soak_s + this "
+        "makes the gateway revert to its previous slot (the version is not marked failed: it "
+        "is installed again when the cloud answers and still asks for it)",
     )
     max_trial_boots: int = Field(
         default=3,
