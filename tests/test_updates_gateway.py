@@ -237,7 +237,7 @@ async def test_a_healthy_report_the_cloud_never_confirms_reverts(
     cloud.release(1, good_bundle(1))
     async with running(path) as gw:
         await wait_for(lambda: "rolled_back" in cloud.states(1), 30, "a rolled_back report")
-        back = [r for r in cloud.reports if r["state"] == "rolled_back"][0]
+        back = next(r for r in cloud.reports if r["state"] == "rolled_back")
         assert back["reason"] == "the healthy report could not be confirmed"
         assert back["running_version"] is None
         # Not blacklisted: the version was healthy, only the cloud did not answer; once it
@@ -295,6 +295,13 @@ async def test_tampered_rolled_back_and_expired_metadata_and_older_versions_are_
         await wait_for(lambda: "rolled_back" in cloud.states(4), 20, "rollback_to honoured")
         assert last(4)["running_version"] == 1
         assert engine_versions(gw)["sensor_anomaly"] == "fleet-1"
+        # "back" to a version in no slot of the gateway's (an older signed bundle it would have
+        # to fetch on the word of the unsigned answer): ignored
+        reports, polls = len(cloud.reports), cloud.polls
+        cloud.desired = {**cloud.desired, "version": 4, "rollout": "r-4", "rollback_to": 3}
+        await wait_for(lambda: cloud.polls >= polls + 3, 20, "three more polls")
+        assert len(cloud.reports) == reports
+        assert gw.health()["updates"]["running_version"] == 1
 
 
 async def test_an_overlay_that_weakens_privacy_is_refused(

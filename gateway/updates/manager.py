@@ -222,8 +222,16 @@ class UpdateManager:
                 await self.revert(
                     "the cloud asked for the built-in models (rollback_to)", mark_failed=False
                 )
-            else:
-                await self.install(back, target_of(back), desired.rollout, soak_s)
+            elif (back, "rollback_to") not in self._noted:
+                # Not a slot of ours: going "back" would mean fetching some older signed bundle
+                # on the word of the unsigned /desired answer. Refused.
+                self._noted.add((back, "rollback_to"))
+                log.warning(
+                    "updates: the cloud asked for version %s (rollback_to), which is neither "
+                    "the previous version (%s) nor the built-in models: ignored",
+                    back,
+                    state.previous_version or "built-in",
+                )
             return
         v = desired.version
         if asked_back or v is None or v == state.version or v in state.failed:
