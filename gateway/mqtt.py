@@ -219,6 +219,11 @@ class MqttBridge:
         return self._down_since
 
     @property
+    def pending_subscriptions(self) -> int:
+        """Subscriptions to filters claimed at run time that the broker has not granted yet."""
+        return len(self._claim_mids)
+
+    @property
     def subscribed(self) -> threading.Event:
         """Set once the subscription of the current connection is granted."""
         return self._subscribed

@@ -69,6 +69,12 @@ class Replay:
         await asyncio.to_thread(info.wait_for_publish, 10)
         self.sent += 1
         await wait_for(lambda: self.acks() >= self.sent, what=f"the gateway to ack {topic}")
+        # A config the gateway acked may have made it subscribe to its state topic: the ack is
+        # counted when queued, possibly before that SUBSCRIBE is on the wire, and a state sent
+        # before the broker has it would reach nobody.
+        await wait_for(
+            lambda: self.gw.mqtt.pending_subscriptions == 0, what=f"subscriptions after {topic}"
+        )
 
     def close(self) -> None:
         self.client.loop_stop()

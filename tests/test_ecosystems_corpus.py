@@ -39,6 +39,7 @@ from gateway.app import create_gateway
 from gateway.config import GatewayConfig, merged_tables
 from schemas.metrics import metric
 from tests.conftest import MosquittoBroker, need
+from tests.waiting import wait_for
 
 CORPUS = Path(__file__).parent / "fixtures" / "ecosystems"
 MIN_EXACT = 0.98
@@ -234,6 +235,8 @@ async def replay(corpus: CorpusFile, workdir: Path) -> list[Outcome]:
                 marker = json.dumps({"ts": time.time(), "seq": n, "readings": {"mark": n}})
                 await asyncio.to_thread(pub.publish, marker_topic, marker.encode())
                 await _marker_stored(db, n, f"{what}: marker {n} stored")
+                # and the broker has granted what a config made the gateway subscribe to
+                await wait_for(lambda: gw.mqtt.pending_subscriptions == 0, what=f"{what} subs")
 
             try:
                 for entry in corpus.entries:
