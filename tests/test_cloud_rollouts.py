@@ -16,9 +16,10 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cloud.fleet import store
+from cloud.fleet import scheduler, store
 from cloud.fleet.models import CreateRollout, GatewayHealth, Report
 from cloud.fleet.scheduler import SCHEDULER_LOCK_KEY, run_once
 from cloud.release import add_bundle, init_repository
@@ -646,3 +647,35 @@ async def test_a_wave_whose_gateways_are_all_offline_waits_for_one_to_return(
     detail = await store.rollout_detail(engine, rid)
     assert detail is not None and detail.failures == []
     assert [w.state for w in detail.waves] == ["succeeded", "running"]
+
+
+async def test_a_failed_unlock_drops_the_connection_so_the_lock_is_not_kept(
+    pg_url: str, start_fleet: StartFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = await start_fleet(pg_url, run=False, scheduler_interval_s=0)
+    conn = await asyncpg.connect(PG_DSN.rsplit("/", 1)[0] + "/" + pg_url.rsplit("/", 1)[1])
+    # A pg_advisory_unlock that raises, found before pg_catalog's by the run's search_path.
+    await conn.execute(
+        "CREATE SCHEMA trap; CREATE FUNCTION trap.pg_advisory_unlock(k bigint) RETURNS boolean "
+        "AS $$ BEGIN RAISE EXCEPTION 'unlock refused'; END $$ LANGUAGE plpgsql"
+    )
+
+    async def advance_then_trap(db: Any, **kw: Any) -> list[str]:
+        await db.execute(text("SET search_path = trap, pg_catalog, public"))
+        await db.commit()
+        return ["ran"]
+
+    monkeypatch.setattr(scheduler, "advance", advance_then_trap)
+    try:
+        assert await run_once(fleet.engine, grace_s=5) == ["ran"]
+
+        async def lock_free() -> bool:
+            got = await conn.fetchval("SELECT pg_try_advisory_lock($1)", SCHEDULER_LOCK_KEY)
+            return bool(got)
+
+        await _until(lock_free, "the scheduler lock's release")
+        await conn.execute("SELECT pg_advisory_unlock($1)", SCHEDULER_LOCK_KEY)
+        monkeypatch.undo()
+        assert await run_once(fleet.engine, grace_s=5) == []  # the pool is fine after it
+    finally:
+        await conn.close()
