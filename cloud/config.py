@@ -269,8 +269,18 @@ class UpdatesConfig(BaseModel):
         default=300.0,
         ge=0,
         le=86400,
-        description="a gateway of a wave that has not reported healthy within the rollout's "
-        "soak_s plus this many seconds counts as failed",
+        description="a gateway of a wave that began (reported downloading, staged or applied) "
+        "and has not reported healthy within the rollout's soak_s plus this many seconds after "
+        "its first report counts as failed",
+    )
+    offline_after_s: float = Field(
+        default=3600.0,
+        ge=0,
+        le=30 * 86400,
+        description="a gateway of a wave that has not reported at all this many seconds after "
+        "its wave started is offline: no failure, its wave goes on without it, and it gets "
+        "the version at its next poll. Keep it well above the gateways' [updates] poll_s "
+        "(300 s +-20 %)",
     )
 
 

@@ -260,7 +260,8 @@ rollout_gateways = Table(
     Column("gateway", String(64), primary_key=True),
     Column("wave", Integer, nullable=False),
     # pending (wave not started), assigned, downloading, staged, applied, healthy, failed,
-    # rolled_back, skipped (the rollout ended before its wave)
+    # rolled_back, reverted, offline (never reported within updates.offline_after_s: no
+    # failure, still assigned), skipped (the rollout ended before its wave)
     Column("state", String(16), nullable=False),
     Column("reason", Text, nullable=False),
     # What it ran when its wave started (NULL: the built-in models, or never reported).
@@ -268,6 +269,8 @@ rollout_gateways = Table(
     Column("rollback", Integer, nullable=False),  # 1: the cloud asks it back (rollback_to)
     Column("assigned_at", Float, nullable=True),
     Column("updated_at", Float, nullable=True),
+    # Its first report in the wave (migration 0011): its soak deadline counts from here.
+    Column("began_at", Float, nullable=True),
     # /desired reads a gateway's assignments; the scheduler a wave's.
     Index("ix_rollout_gateways_gateway", "gateway"),
 )

@@ -30,6 +30,8 @@ class SimGateway:
     base: str
     running: int | None = None
     fail_versions: set[int] = field(default_factory=set)
+    # Versions after whose `applied` report it goes silent (never reports healthy).
+    hang_versions: set[int] = field(default_factory=set)
     poll_s: float = 0.05
     # What it ran, in order (None: the built-in models); the polls, and the bytes they carried.
     history: list[int | None] = field(default_factory=list)
@@ -111,6 +113,8 @@ class SimGateway:
         self.running = version
         self.history.append(version)
         await self.report(http, rollout, "applied")
+        if version in self.hang_versions:
+            return
         await asyncio.sleep(desired["soak_s"])
         if version in self.fail_versions:
             self._failed.add(version)

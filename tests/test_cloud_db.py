@@ -63,4 +63,4 @@ def test_the_alembic_command_line_path_works_with_an_async_url(tmp_path: Path) -
 
     with sqlite3.connect(tmp_path / "cli.db") as conn:
         (version,) = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-    assert version == "0010"  # head: 0008 noise, 0009 gateway_stats, 0010 fleet rollouts
+    assert version == "0011"  # head: 0009 gateway_stats, 0010 fleet rollouts, 0011 began_at

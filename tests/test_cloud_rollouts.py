@@ -16,8 +16,11 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cloud.fleet import scheduler, store
+from cloud.fleet.models import CreateRollout, GatewayHealth, Report
 from cloud.fleet.scheduler import SCHEDULER_LOCK_KEY, run_once
 from cloud.release import add_bundle, init_repository
 from cloud.server import start
@@ -268,22 +271,57 @@ async def _until(check: Callable[[], Awaitable[bool]], what: str, within: float 
         raise AssertionError(f"timed out waiting for {what}") from None
 
 
-async def test_a_gateway_that_never_reports_healthy_fails_its_wave_after_the_grace(
+async def test_a_gateway_that_began_and_went_silent_fails_its_wave_after_the_grace(
     sqlite_url: str, start_fleet: StartFleet
 ) -> None:
-    fleet = await start_fleet(sqlite_url, report_grace_s=2.0)
-    await fleet.sims["gw-01"].stop()  # offline from now on
+    fleet = await start_fleet(sqlite_url, report_grace_s=1.0)
+    fleet.sims["gw-01"].hang_versions.add(2)  # applies v2, then never reports again
     rollout = await fleet.rollout(
         version=2, gateways=NAMES[:4], canary_count=2, soak_s=0.1, max_failures=1
     )
     detail = await fleet.wait_state(rollout["id"], "completed")
     (failure,) = detail["failures"]
-    assert failure["gateway"] == "gw-01" and "no healthy report" in failure["reason"]
-    assert failure["rollback_to"] == 1  # asked back, should it come back with v2
+    assert failure["gateway"] == "gw-01" and failure["began_at"] is not None
+    assert failure["rollback_to"] == 1  # asked back, as it did begin
+    (canaries, second) = (w["counts"] for w in detail["waves"])
+    assert canaries["healthy"] == 1 and second == {"healthy": 2}
+    # Failed by the deadline (its reason), then back on v1 when asked (its report).
+    assert canaries.get("failed", 0) + canaries.get("rolled_back", 0) == 1
+    assert failure["reason"] in (
+        "no healthy report within soak_s + grace (1.1 s) of its first report",
+        "asked back by the cloud",
+    )
+    await wait_for(lambda: fleet.sims["gw-01"].history == [1, 2, 1], what="gw-01 back on v1")
+
+
+async def test_an_offline_gateway_does_not_halt_the_rollout_and_catches_up_when_it_returns(
+    db_url: str, start_fleet: StartFleet
+) -> None:
+    # max_failures is 0: one failure would halt. gw-01 never polls during its wave.
+    fleet = await start_fleet(db_url, report_grace_s=1.0, offline_after_s=1.0)
+    await fleet.sims["gw-01"].stop()
+    rollout = await fleet.rollout(version=2, gateways=NAMES[:4], canary_count=2, soak_s=0.1)
+    detail = await fleet.wait_state(rollout["id"], "completed")
+    assert detail["failures"] == [] and detail["rollbacks"] == []
     assert [w["counts"] for w in detail["waves"]] == [
-        {"failed": 1, "healthy": 1},
+        {"healthy": 1, "offline": 1},
         {"healthy": 2},
     ]
+    (gw01,) = [a for a in detail["gateways"] if a["gateway"] == "gw-01"]
+    assert "offline_after_s (1 s)" in gw01["reason"] and gw01["began_at"] is None
+    assert fleet.sims["gw-01"].history == [1]
+    # Back online: its next poll gets v2, and its healthy report counts.
+    fleet.sims["gw-01"].start()
+
+    async def gw01_healthy() -> bool:
+        after = await fleet.detail(rollout["id"])
+        return [a["state"] for a in after["gateways"] if a["gateway"] == "gw-01"] == ["healthy"]
+
+    await _until(gw01_healthy, "gw-01's healthy report after it came back")
+    assert fleet.sims["gw-01"].history == [1, 2]
+    status, listed = await fleet.call("GET", "/api/v1/rollouts", headers=READ)
+    assert status == 200 and listed["rollouts"][0]["healthy"] == 4
+    assert listed["rollouts"][0]["failed"] == 0
 
 
 async def test_desired_answers_304_to_its_etag_and_reports_are_checked(
@@ -508,3 +546,136 @@ def test_a_rollout_completes_with_two_worker_processes_on_postgresql(
         (1, "succeeded", {"healthy": 1}),
         (1, "succeeded", {"healthy": 1}),
     ]
+
+
+# --- deadlines, driven with explicit times through the store (no waiting) --------------------
+
+T0 = 1_800_000_000.0  # the rollouts' clock in these tests
+
+
+def _report(rollout: str, state: str, running: int) -> Report:
+    health = GatewayHealth(
+        models_loaded=True,
+        warmed_up=True,
+        inference_errors=0,
+        dropped_frames=0,
+        ingest_ok=True,
+        sync_ok=True,
+    )
+    return Report(
+        rollout=rollout, running_version=running, staged_version=None, state=state, health=health
+    )
+
+
+async def _states(engine: AsyncEngine, rollout_id: str) -> dict[str, str]:
+    detail = await store.rollout_detail(engine, rollout_id)
+    assert detail is not None
+    return {a.gateway: a.state for a in detail.gateways}
+
+
+async def _advance(engine: AsyncEngine, at: float) -> list[str]:
+    async with engine.connect() as conn:
+        return await store.advance(conn, grace_s=300, offline_after_s=3600, now=T0 + at)
+
+
+async def test_a_gateway_first_polling_after_the_waves_deadline_counts_its_own_soak(
+    db_url: str, start_fleet: StartFleet
+) -> None:
+    # poll_s 300 +-20 %: a healthy gateway may first poll 360 s into the wave, past the
+    # wave's start + soak_s + grace (600 s) once its soak ends.
+    engine = (await start_fleet(db_url, run=False, scheduler_interval_s=0)).engine
+    spec = CreateRollout(version=2, gateways=NAMES[:2], canary_count=2, soak_s=300)
+    rid = await store.create_rollout(engine, spec, NAMES[:2], now=T0)
+    for state, at in (("downloading", 10), ("applied", 12), ("healthy", 320)):
+        await store.record_report(engine, "gw-00", _report(rid, state, 2), now=T0 + at)
+    for state, at in (("downloading", 360), ("applied", 365)):
+        await store.record_report(engine, "gw-01", _report(rid, state, 2), now=T0 + at)
+    assert await _advance(engine, 650) == []  # gw-01's own deadline is 360 + 600 s
+    assert await _states(engine, rid) == {"gw-00": "healthy", "gw-01": "applied"}
+    await store.record_report(engine, "gw-01", _report(rid, "healthy", 2), now=T0 + 670)
+    assert await _advance(engine, 700) == [f"{rid}: wave 0 passed, completed"]
+    detail = await store.rollout_detail(engine, rid)
+    assert detail is not None and detail.state == "completed"
+    assert detail.failures == [] and detail.rollbacks == []
+    assert (await store.desired_for(engine, "gw-01")).version == 2
+
+
+async def test_a_gateway_that_began_fails_at_its_own_deadline_and_pauses_do_not_count(
+    db_url: str, start_fleet: StartFleet
+) -> None:
+    engine = (await start_fleet(db_url, run=False, scheduler_interval_s=0)).engine
+    spec = CreateRollout(version=2, gateways=NAMES[:2], canary_count=1, soak_s=300)
+    rid = await store.create_rollout(engine, spec, NAMES[:2], now=T0)
+    await store.record_report(engine, "gw-00", _report(rid, "downloading", 1), now=T0 + 100)
+    await store.act(engine, rid, "pause", now=T0 + 200)
+    await store.act(engine, rid, "resume", now=T0 + 1200)  # its deadline moves to 1700 s
+    assert await _advance(engine, 1690) == []
+    assert await _states(engine, rid) == {"gw-00": "downloading", "gw-01": "pending"}
+    (done,) = await _advance(engine, 1710)
+    assert "halted (wave 0: 1 of 1 gateways failed)" in done
+    detail = await store.rollout_detail(engine, rid)
+    assert detail is not None
+    (failure,) = detail.failures
+    assert failure.gateway == "gw-00" and "of its first report" in failure.reason
+    assert failure.rollback_to == 1
+
+
+async def test_a_wave_whose_gateways_are_all_offline_waits_for_one_to_return(
+    db_url: str, start_fleet: StartFleet
+) -> None:
+    engine = (await start_fleet(db_url, run=False, scheduler_interval_s=0)).engine
+    spec = CreateRollout(version=2, gateways=NAMES[:3], canary_count=1, soak_s=300)
+    rid = await store.create_rollout(engine, spec, NAMES[:3], now=T0)
+    assert await _advance(engine, 3590) == []
+    assert (await _states(engine, rid))["gw-00"] == "assigned"
+    # Past offline_after_s: offline, no failure; with nobody healthy the wave has no evidence.
+    assert await _advance(engine, 3610) == []
+    assert await _states(engine, rid) == {
+        "gw-00": "offline",
+        "gw-01": "pending",
+        "gw-02": "pending",
+    }
+    desired = await store.desired_for(engine, "gw-00")
+    assert desired.version == 2 and desired.rollback_to is None  # still assigned the version
+    assert await _advance(engine, 9000) == []
+    # It comes back: its first report starts its own soak deadline, and its healthy report
+    # lets the wave pass.
+    await store.record_report(engine, "gw-00", _report(rid, "downloading", 1), now=T0 + 9100)
+    assert await _advance(engine, 9650) == []
+    await store.record_report(engine, "gw-00", _report(rid, "healthy", 2), now=T0 + 9410)
+    assert await _advance(engine, 9660) == [f"{rid}: wave 0 passed, wave 1 started"]
+    detail = await store.rollout_detail(engine, rid)
+    assert detail is not None and detail.failures == []
+    assert [w.state for w in detail.waves] == ["succeeded", "running"]
+
+
+async def test_a_failed_unlock_drops_the_connection_so_the_lock_is_not_kept(
+    pg_url: str, start_fleet: StartFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = await start_fleet(pg_url, run=False, scheduler_interval_s=0)
+    conn = await asyncpg.connect(PG_DSN.rsplit("/", 1)[0] + "/" + pg_url.rsplit("/", 1)[1])
+    # A pg_advisory_unlock that raises, found before pg_catalog's by the run's search_path.
+    await conn.execute(
+        "CREATE SCHEMA trap; CREATE FUNCTION trap.pg_advisory_unlock(k bigint) RETURNS boolean "
+        "AS $$ BEGIN RAISE EXCEPTION 'unlock refused'; END $$ LANGUAGE plpgsql"
+    )
+
+    async def advance_then_trap(db: Any, **kw: Any) -> list[str]:
+        await db.execute(text("SET search_path = trap, pg_catalog, public"))
+        await db.commit()
+        return ["ran"]
+
+    monkeypatch.setattr(scheduler, "advance", advance_then_trap)
+    try:
+        assert await run_once(fleet.engine, grace_s=5) == ["ran"]
+
+        async def lock_free() -> bool:
+            got = await conn.fetchval("SELECT pg_try_advisory_lock($1)", SCHEDULER_LOCK_KEY)
+            return bool(got)
+
+        await _until(lock_free, "the scheduler lock's release")
+        await conn.execute("SELECT pg_advisory_unlock($1)", SCHEDULER_LOCK_KEY)
+        monkeypatch.undo()
+        assert await run_once(fleet.engine, grace_s=5) == []  # the pool is fine after it
+    finally:
+        await conn.close()

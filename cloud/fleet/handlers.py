@@ -258,7 +258,11 @@ def setup_fleet(app: web.Application) -> None:
         if settings.scheduler_interval_s > 0 and settings.repository_dir is not None:
             task = asyncio.create_task(
                 run_periodically(
-                    app[ENGINE_KEY], settings.scheduler_interval_s, settings.report_grace_s, stop
+                    app[ENGINE_KEY],
+                    settings.scheduler_interval_s,
+                    settings.report_grace_s,
+                    settings.offline_after_s,
+                    stop,
                 ),
                 name="rollout-scheduler",
             )

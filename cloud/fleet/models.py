@@ -24,6 +24,7 @@ AssignmentState = Literal[
     "failed",
     "rolled_back",
     "reverted",
+    "offline",
     "skipped",
 ]
 ReportState = Literal["downloading", "staged", "applied", "healthy", "failed", "rolled_back"]
@@ -35,7 +36,9 @@ class CreateRollout(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     The canary wave holds `canary_count` gateways (or `canary_share` of them, rounded up);
     each next wave is `wave_factor` times the previous one. A wave is done when each of its
     gateways reported healthy on the version, or failed (a failure report, or no healthy
-    report within `soak_s` plus the cloud's report_grace_s); more failures in a wave than
+    report within `soak_s` plus the cloud's report_grace_s of its own first report), or is
+    offline (no report at all within the cloud's offline_after_s: no failure, it catches up
+    at its next poll) and one gateway of the wave is healthy; more failures in a wave than
     `max_failures` (or than `max_failure_share` of the wave) halt the rollout and ask that
     whole wave back to what it ran before.
     """
@@ -114,6 +117,7 @@ class GatewayAssignment(msgspec.Struct, frozen=True):
     previous_version: int | None
     rollback_to: int | None
     updated_at: float | None
+    began_at: float | None  # its first report in the wave: its soak deadline counts from here
 
 
 class RolloutSummary(msgspec.Struct, frozen=True):

@@ -5,7 +5,7 @@ warm-up ends).
     python -m cloud.fleet.priors --config cloud.toml --out priors.json [--days 14]
     python -m cloud.release bundle --repo DIR --version N --priors priors.json
 
-The format is the gateway's (`gateway/updates/bundle.py` documents it):
+The format is the gateway's (`gateway/inference/priors.py` documents it):
 ``{"format": 1, "metrics": {<metric>: {"mean": <float>, "std": <float> > 0}}}``.
 
 Read from the hour rollups of the last `days` days of data (counted back from the newest

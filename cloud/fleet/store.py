@@ -10,6 +10,13 @@ What a gateway should run (`desired_for`): its assignment in the newest rollout 
 reached it; the rollout's version, or ``rollback_to`` when the cloud asked it back (its wave
 failed, or the rollout was aborted during its wave). A gateway no rollout has reached yet gets
 ``version: null`` (stay). So a gateway that was offline finds the same answer when it returns.
+
+Deadlines (`advance`): a gateway's soak deadline counts from its own first report in its wave
+(``began_at``: downloading, staged or applied), ``soak_s + report_grace_s`` after it, not from
+the wave's start, since a healthy gateway may first poll a whole poll interval later. One that
+has not reported at all ``offline_after_s`` after its wave started is ``offline``: no failure,
+not asked back, still assigned the version; its wave goes on without it once one of the wave's
+gateways is healthy, and its later reports count as anyone's.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import Row, and_, func, select, text, update
+from sqlalchemy import Row, and_, case, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -44,6 +51,10 @@ from cloud.fleet.models import (
 # An assignment in one of these has an outcome for its wave.
 DONE = ("healthy", "failed", "rolled_back", "reverted")
 FAILED = ("failed", "rolled_back")
+# Reported that it began (its soak deadline runs from began_at).
+BEGUN = ("downloading", "staged", "applied")
+# Its wave does not wait for it (offline: it catches up at its next poll).
+SETTLED = (*DONE, "offline")
 ACTIVE = ("running", "paused")
 BUILTIN = 0  # rollback_to for a gateway that ran the built-in models before
 MAX_REASON_CHARS = 2000
@@ -289,13 +300,28 @@ async def act(
         if action == "resume":
             if state != "paused":
                 raise RolloutError(409, "conflict", f"rollout is {state}, not paused")
-            # The wave in flight gets its pause back: its deadline counts running time only.
+            # The wave in flight gets its pause back: its deadlines count running time only
+            # (a gateway that began during the pause starts its soak deadline now).
             paused_for = now - (row.paused_at or now)
-            await conn.execute(
-                update(rollout_waves)
-                .where(rollout_waves.c.rollout == rollout_id, rollout_waves.c.state == "running")
-                .values(started_at=rollout_waves.c.started_at + paused_for)
-            )
+            wave = await _running_wave(conn, rollout_id)
+            if wave is not None:
+                await conn.execute(
+                    update(rollout_waves)
+                    .where(
+                        rollout_waves.c.rollout == rollout_id, rollout_waves.c.number == wave.number
+                    )
+                    .values(started_at=rollout_waves.c.started_at + paused_for)
+                )
+                shifted = rollout_gateways.c.began_at + paused_for
+                await conn.execute(
+                    update(rollout_gateways)
+                    .where(
+                        rollout_gateways.c.rollout == rollout_id,
+                        rollout_gateways.c.wave == wave.number,
+                        rollout_gateways.c.began_at.is_not(None),
+                    )
+                    .values(began_at=case((shifted > now, now), else_=shifted))
+                )
             await conn.execute(
                 update(rollouts)
                 .where(rollouts.c.id == rollout_id)
@@ -390,8 +416,8 @@ def _assignment_state(report: Report, version: int, current: str) -> str | None:
         return "healthy" if report.running_version == version else None
     if report.state in FAILED:
         return report.state
-    if current in ("assigned", "downloading", "staged", "applied"):
-        return report.state  # progress within the wave
+    if current in ("assigned", "offline", *BEGUN):
+        return report.state  # progress within the wave (an offline one is back)
     return None
 
 
@@ -456,17 +482,25 @@ async def record_report(
                 rollout_gateways.c.rollout == report.rollout,
                 rollout_gateways.c.gateway == gateway,
             )
-            .values(state=new, reason=reason, updated_at=now)
+            .values(
+                state=new,
+                reason=reason,
+                updated_at=now,
+                began_at=func.coalesce(rollout_gateways.c.began_at, now),
+            )
         )
 
 
 # --- the scheduler's step -----------------------------------------------------------------------
 
 
-async def advance(conn: AsyncConnection, *, grace_s: float, now: float | None = None) -> list[str]:
-    """One scheduler step over every running rollout: time out gateways past their wave's
-    deadline, halt a rollout whose wave failed beyond its threshold, start the next wave of
-    one whose wave passed, complete one with no wave left. Returns what it did, as text.
+async def advance(
+    conn: AsyncConnection, *, grace_s: float, offline_after_s: float, now: float | None = None
+) -> list[str]:
+    """One scheduler step over every running rollout: fail gateways that began and are past
+    their own soak deadline, mark those that never reported offline, halt a rollout whose wave
+    failed beyond its threshold, start the next wave of one whose wave passed, complete one with
+    no wave left. Returns what it did, as text.
 
     Runs on `conn` (no transaction open), one transaction per rollout: the scheduler holds one
     connection, the one its advisory lock lives on."""
@@ -476,12 +510,12 @@ async def advance(conn: AsyncConnection, *, grace_s: float, now: float | None = 
     done: list[str] = []
     for rollout_id in running:
         async with conn.begin():
-            done += await _advance_one(conn, rollout_id, grace_s, now)
+            done += await _advance_one(conn, rollout_id, grace_s, offline_after_s, now)
     return done
 
 
 async def _advance_one(
-    conn: AsyncConnection, rollout_id: str, grace_s: float, now: float
+    conn: AsyncConnection, rollout_id: str, grace_s: float, offline_after_s: float, now: float
 ) -> list[str]:
     row = await _locked_rollout(conn, rollout_id)
     if row is None or row.state != "running":
@@ -491,13 +525,28 @@ async def _advance_one(
         started = await _start_next_wave(conn, rollout_id, now)
         return [f"{rollout_id}: " + ("completed" if started is None else f"wave {started} started")]
     in_wave = and_(rollout_gateways.c.rollout == rollout_id, rollout_gateways.c.wave == wave.number)
-    if now > wave.started_at + row.soak_s + grace_s:
+    limit = row.soak_s + grace_s
+    await conn.execute(
+        update(rollout_gateways)
+        .where(
+            in_wave,
+            rollout_gateways.c.state.in_(BEGUN),
+            rollout_gateways.c.began_at < now - limit,
+        )
+        .values(
+            state="failed",
+            reason=f"no healthy report within soak_s + grace ({limit:g} s) of its first report",
+            updated_at=now,
+        )
+    )
+    if now > wave.started_at + offline_after_s:
         await conn.execute(
             update(rollout_gateways)
-            .where(in_wave, rollout_gateways.c.state.not_in(DONE))
+            .where(in_wave, rollout_gateways.c.state == "assigned")
             .values(
-                state="failed",
-                reason=f"no healthy report within soak_s + grace ({row.soak_s + grace_s:g} s)",
+                state="offline",
+                reason=f"no report within offline_after_s ({offline_after_s:g} s) of its wave's "
+                "start: gets the version at its next poll",
                 updated_at=now,
             )
         )
@@ -509,8 +558,10 @@ async def _advance_one(
             conn, rollout_id, state="halted", reason=reason, wave=wave.number, now=now
         )
         return [f"{rollout_id}: halted ({reason})"]
-    if sum(states[s] for s in DONE) < wave.size:
+    if sum(states[s] for s in SETTLED) < wave.size:
         return []
+    if states["offline"] and not states["healthy"]:
+        return []  # no evidence yet: the wave waits for an offline gateway to come back
     # The wave passed; its few failures (within the threshold) are asked back all the same.
     await conn.execute(
         update(rollout_gateways)
@@ -542,6 +593,7 @@ def _assignment(row: Row[Any]) -> GatewayAssignment:
         previous_version=row.previous_version,
         rollback_to=back,
         updated_at=row.updated_at,
+        began_at=row.began_at,
     )
 
 
