@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from alembic import command
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloud.analytics.bandwidth import bandwidth_report, overview
@@ -22,7 +20,7 @@ from cloud.analytics.rollups import (
     rollup_metrics,
     rollup_series_select,
 )
-from cloud.db import aggregates, alembic_config, batches, gateway_stats, make_engine
+from cloud.db import aggregates, batches, gateway_stats, make_engine
 from cloud.ingest import BatchConflict, BatchWriter, Body, StoreOutcome
 from cloud.queries import (
     Bucket,
@@ -35,17 +33,7 @@ from cloud.queries import (
 from schemas.batch import Batch
 from tests.test_analytics_rollups import random_windows
 from tests.test_cloud_api import T0
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'cloud.db'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
-def _upgrade(connection: Connection, revision: str) -> None:
-    command.upgrade(alembic_config(connection=connection), revision)
+from tests.test_cloud_storage import _upgrade, url  # noqa: F401
 
 
 async def _migrate(engine: AsyncEngine, revision: str) -> None:
@@ -114,7 +102,9 @@ def _batch_row(gateway: str, seq: int, i: int) -> dict[str, Any]:
     }
 
 
-async def test_the_upgrade_computes_the_statistics_of_the_stored_batches(url: str) -> None:
+async def test_the_upgrade_computes_the_statistics_of_the_stored_batches(
+    url: str,  # noqa: F811
+) -> None:
     # A database at 0008 with batches in it: seq gaps, a seq sent twice under two ids, a gateway
     # whose batches had no windows.
     engine = make_engine(url)
@@ -156,7 +146,7 @@ async def test_the_upgrade_computes_the_statistics_of_the_stored_batches(url: st
 
 
 async def test_ingest_keeps_the_statistics_exact_through_resends_and_repeated_seqs(
-    url: str,
+    url: str,  # noqa: F811
 ) -> None:
     engine = make_engine(url)
     try:
@@ -263,7 +253,7 @@ async def test_series_from_arrays_equal_the_points_built_row_by_row(pg_url: str)
         await engine.dispose()
 
 
-async def test_the_rollups_report_covers_the_look_back_period(url: str) -> None:
+async def test_the_rollups_report_covers_the_look_back_period(url: str) -> None:  # noqa: F811
     engine = make_engine(url)
     try:
         await _migrate(engine, "head")
