@@ -60,7 +60,8 @@ class DeviceTable:
         # (home, device) -> last heard (clock), least recently heard first.
         self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._microphones: set[tuple[str, str]] = set()
-        # Devices whose messages come through an ecosystem adapter (`mark_adapted`).
+        # Devices admitted through an ecosystem adapter (`admit(adapted=True)`): a subset of
+        # `_seen`, forgotten with it.
         self._adapted: set[tuple[str, str]] = set()
         self.evicted = 0
 
@@ -74,7 +75,15 @@ class DeviceTable:
     def __contains__(self, key: tuple[str, str]) -> bool:
         return key in self._seen
 
-    def admit(self, home: str, device: str, *, audio: bool = False, replay: bool = False) -> bool:
+    def admit(
+        self,
+        home: str,
+        device: str,
+        *,
+        audio: bool = False,
+        replay: bool = False,
+        adapted: bool = False,
+    ) -> bool:
         """True when the device may be stored and processed (it is then tracked as heard now);
         False when it is new and the table is full (nothing changes).
 
@@ -99,6 +108,8 @@ class DeviceTable:
                 # needs room; `sweep` forgets the idle ones meanwhile).
                 seen[key] = now
                 seen.move_to_end(key)
+                if adapted:
+                    self._adapted.add(key)
                 return True
             self._evict_idle(now)
             if len(seen) >= self.max_devices:
@@ -108,21 +119,14 @@ class DeviceTable:
                     return False
                 self._microphones.add(key)
             seen[key] = now
+            if adapted:
+                self._adapted.add(key)
             return True
 
-    def mark_adapted(self, home: str, device: str) -> None:
-        """Remember that the device reaches the gateway through an ecosystem adapter
-        (Zigbee2MQTT, Tasmota, ...): such a device has its own Home Assistant entities from its
-        ecosystem. At most `max_devices` are remembered; a device is forgotten with its slot."""
-        key = (home, device)
-        if key in self._adapted:
-            return
-        with self._lock:
-            if len(self._adapted) < self.max_devices:
-                self._adapted.add(key)
-
     def adapted(self, home: str, device: str) -> bool:
-        """True when `mark_adapted` saw the device (and it was not forgotten since)."""
+        """True when the device was admitted as one read through an ecosystem adapter
+        (Zigbee2MQTT, Tasmota, ...: its ecosystem announces it to Home Assistant itself) and
+        not forgotten since. A device only replayed from retained messages is not marked."""
         return (home, device) in self._adapted
 
     def refusal(self, *, audio: bool) -> str:

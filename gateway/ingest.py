@@ -526,9 +526,6 @@ class MessageDecoder:
         seen: dict[tuple[str, str], DeviceSeen] = {}
         for r in readings:
             seen[(r.home, r.device)] = DeviceSeen(r.home, r.room, r.device, at)
-        if self._devices is not None:
-            for home, device in seen:
-                self._devices.mark_adapted(home, device)
         items = self._with_rejections(
             items, readings, list(seen.values()), rejected, topic, payload, at
         )
@@ -550,7 +547,7 @@ class MessageDecoder:
             key = (home, device)
             ok = verdicts.get(key)
             if ok is None:
-                ok = verdicts[key] = table.admit(home, device)
+                ok = verdicts[key] = table.admit(home, device, adapted=True)
                 if not ok:
                     refused[key] = None
             return ok
