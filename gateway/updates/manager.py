@@ -49,7 +49,7 @@ from gateway.updates.boot import revert_state, running_config, slots_dir
 from gateway.updates.bundle import BundleError
 from gateway.updates.fetch import FetchError, fetch_bundle
 from gateway.updates.overlay import LIVE, OverlayError, apply_overlay
-from gateway.updates.slots import SlotStore, Trial, kill_point
+from gateway.updates.slots import SlotState, SlotStore, Trial, kill_point
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ class UpdateManager:
         if asked_back or v is None or v == state.version or v in state.failed:
             return
         if state.version is not None and v < state.version:
-            self._mark_failed(v)
+            await self._mark_failed(v)
             await self.report(
                 desired.rollout,
                 "failed",
@@ -311,7 +311,7 @@ class UpdateManager:
             trial=trial,
             rollout=rollout,
         )
-        self.store.write(self.state)  # from here a restart runs the new version
+        await self._save(self.state)  # from here a restart runs the new version
         kill_point("committed")
         if needs_restart:
             log.info("updates: version %s applied; its overlay needs a restart", version)
@@ -337,14 +337,19 @@ class UpdateManager:
 
     async def _refuse(self, version: int, rollout: str | None, reason: str) -> None:
         log.error("updates: version %s %s", version, reason)
-        self._mark_failed(version)
+        await self._mark_failed(version)
         self.state = replace(self.state, staged=None, staged_version=None)
-        self.store.write(self.state)
+        await self._save(self.state)
         await self.report(rollout, "failed", reason, staged=None)
 
-    def _mark_failed(self, version: int) -> None:
+    async def _save(self, state: SlotState) -> None:
+        """`state.json` replaced whole (fsync of the file and its directory: tens of ms on an
+        SD card), off the event loop."""
+        await asyncio.to_thread(self.store.write, state)
+
+    async def _mark_failed(self, version: int) -> None:
         self.state = replace(self.state, failed=tuple(sorted({*self.state.failed, version})))
-        self.store.write(self.state)
+        await self._save(self.state)
 
     def _ask_restart(self) -> None:
         self.restarting = True
@@ -427,7 +432,7 @@ class UpdateManager:
             return
         kill_point("reported")
         self.state = replace(self.state, trial=None)
-        self.store.write(self.state)
+        await self._save(self.state)
         log.info("updates: version %s healthy", trial.version)
 
     async def revert(self, reason: str, *, mark_failed: bool = True) -> None:
@@ -443,7 +448,7 @@ class UpdateManager:
             config = self._local
         # Written with its rolled_back report, which stays there until the cloud has it.
         self.state = state
-        self.store.write(state)
+        await self._save(state)
         log.warning("updates: reverted to version %s: %s", state.version, reason)
         if restart_part(before) != restart_part(self._running_overlay()):
             self._ask_restart()
@@ -510,7 +515,7 @@ class UpdateManager:
         report = self.state.report
         if report is not None and await self._post(report):
             self.state = replace(self.state, report=None)
-            self.store.write(self.state)
+            await self._save(self.state)
 
     # -- /healthz --------------------------------------------------------------------------
 
