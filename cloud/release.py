@@ -61,6 +61,8 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
+from cloud.fleet.store import bundle_target
+
 BUNDLE_FORMAT = 1
 ONLINE_ROLES = ("targets", "snapshot", "timestamp")
 # Sections of the gateway config an overlay may touch (the gateway checks the fields with its
@@ -312,11 +314,6 @@ def _target_version(target: TargetFile) -> int:
     custom = target.unrecognized_fields.get("custom", {})
     version = custom.get("version") if isinstance(custom, dict) else None
     return version if isinstance(version, int) else 0
-
-
-def bundle_target(version: int) -> str:
-    """The TUF target path of bundle `version`."""
-    return f"bundles/bundle-{version}.tar.gz"
 
 
 def check_overlay(overlay: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

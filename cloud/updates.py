@@ -138,7 +138,7 @@ def setup_updates(app: web.Application) -> None:
             and (keys / "timestamp.pem").exists()
         ):
             task = asyncio.create_task(
-                refresh_periodically(repo, settings.keys_dir, settings.refresh_interval_s, stop),
+                refresh_periodically(repo, keys, settings.refresh_interval_s, stop),
                 name="updates-refresh",
             )
         yield
