@@ -1,7 +1,7 @@
 """`make demo` as a household sees it: with the demo's default settings (one home, to keep the
 run short), the dashboard's "Alarms, anomalies and voice commands at the edge" panel, in a real
-headless Chromium, shows the smoke alarm the demo cues in its first seconds within the demo's
-first two minutes; the gateway heard a spoken command too (then Ctrl-C stops it). Screenshot:
+headless Chromium, shows the smoke alarm the demo cues in its first seconds (the time it took is
+printed, not asserted); the gateway heard a spoken command too (then Ctrl-C stops it). Screenshot:
 test-artifacts/demo-events.png."""
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from tests.waiting import wait_for
 
 # The events panel's note, as dashboard.js writes it.
 TOTALS = re.compile(r"Look-back totals: (\d+) alarms, (\d+) sensor anomalies, (\d+) voice commands")
-WITHIN_S = 120.0  # the issue's promise: the demo's alarms show within its first two minutes
+# A bound on the wait, not a speed check (tests never assert wall-clock times): the time the
+# alarm took to show is printed (50-59 s on the 2-core dev machine).
+WAIT_S = 140.0
 
 
 def heard(run: Path) -> dict[str, int]:
@@ -92,7 +94,7 @@ class DemoProcess:
         return self.output
 
 
-async def test_the_demo_shows_its_first_alarm_on_the_dashboard_within_two_minutes(
+async def test_the_demo_shows_its_first_alarm_on_the_dashboard(
     tmp_path: Path,
     chromium: Path,  # noqa: F811
 ) -> None:
@@ -111,7 +113,7 @@ async def test_the_demo_shows_its_first_alarm_on_the_dashboard_within_two_minute
                 await page.fill("#token", token)
                 await page.click("button[type=submit]")
                 totals: tuple[int, ...] = (0, 0, 0)
-                while time.monotonic() - demo.started < WITHIN_S:
+                while time.monotonic() - demo.started < WAIT_S:
                     note = await page.inner_text("#events-note")
                     found = TOTALS.search(note)
                     totals = tuple(int(g) for g in found.groups()) if found else (0, 0, 0)

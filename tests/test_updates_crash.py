@@ -8,7 +8,6 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +16,11 @@ import pytest
 
 from gateway.updates.slots import KILL_AT_ENV, SlotStore
 from tests.conftest import MosquittoBroker
-from tests.test_updates_gateway import good_bundle, write_config
-from tests.updates_cloud import FakeCloud, TufRepo, make_bundle
+from tests.test_updates_gateway import cloud, good_bundle, write_config  # noqa: F401
+from tests.updates_cloud import FakeCloud, make_bundle
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-async def cloud(tmp_path: Path) -> AsyncIterator[FakeCloud]:
-    fake = FakeCloud(TufRepo(tmp_path / "repo"))
-    await fake.start()
-    try:
-        yield fake
-    finally:
-        await fake.stop()
 
 
 async def start(
@@ -75,7 +64,11 @@ async def stop(proc: asyncio.subprocess.Process) -> None:
 @pytest.mark.parametrize("step", ["downloaded", "unpacked", "staged", "committed", "swapped",
                                   "reported"])  # fmt: skip
 async def test_sigkill_at_each_step_restarts_on_one_consistent_version(
-    step: str, mosquitto: MosquittoBroker, topic_root: str, tmp_path: Path, cloud: FakeCloud
+    step: str,
+    mosquitto: MosquittoBroker,
+    topic_root: str,
+    tmp_path: Path,
+    cloud: FakeCloud,  # noqa: F811
 ) -> None:
     config = write_config(tmp_path, mosquitto, topic_root, cloud)
     cloud.release(1, good_bundle(1))
@@ -114,6 +107,7 @@ async def test_sigkill_at_each_step_restarts_on_one_consistent_version(
         await wait_for(
             lambda: SlotStore(tmp_path / "updates").read().trial is None, 10, "trial end"
         )
+        body = await healthz(config)  # after the trial: still the new models
         assert body["inference"]["models"]["sensor_anomaly"] == "fleet-2"
     finally:
         await stop(proc)
@@ -121,7 +115,10 @@ async def test_sigkill_at_each_step_restarts_on_one_consistent_version(
 
 
 async def test_an_overlay_only_a_restart_applies_restarts_the_gateway_in_process(
-    mosquitto: MosquittoBroker, topic_root: str, tmp_path: Path, cloud: FakeCloud
+    mosquitto: MosquittoBroker,
+    topic_root: str,
+    tmp_path: Path,
+    cloud: FakeCloud,  # noqa: F811
 ) -> None:
     """An aggregation window from the cloud is read at start: the gateway stops and starts
     again in the same process on the new slot, soaks and reports healthy."""

@@ -120,7 +120,7 @@ async def test_a_good_bundle_is_applied_live_reported_and_survives_a_restart(
     async with running(path) as gw:
         assert engine_versions(gw)["sensor_anomaly"] == "fleet-1"
         assert gw.health()["updates"]["running_version"] == 1
-        # the overlay's threshold is in the running model
+        # the overlay's threshold is in the running config
         assert gw.config.inference.thresholds == {"sensor_anomaly": {"threshold": 0.95}}
     assert cloud.states(1) == ["downloading", "staged", "applied", "healthy"]
 
@@ -159,7 +159,6 @@ async def test_a_model_swap_mid_stream_drops_no_frame_and_keeps_the_session(
                     after_apply += 1
                 await asyncio.sleep(0.02)
                 assert sent < 2000, "the bundle was never applied"
-        stats = gw.health()["inference"]
         await wait_for(
             lambda: gw.health()["inference"]["audio_frames"] >= sent, 20, "every frame processed"
         )
