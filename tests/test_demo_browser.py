@@ -139,6 +139,13 @@ async def test_the_demo_shows_its_first_alarm_on_the_dashboard(
         await wait_for(
             lambda: bool(heard(run).get("keyword")), 60, "a cued command heard", interval=0.5
         )
+        # The heard command's clip may still be playing: its ground truth is written as it ends.
+        await wait_for(
+            lambda: '"kind": "keyword_' in (run / "ground_truth.jsonl").read_text(),
+            30,
+            "a command's ground truth",
+            interval=0.5,
+        )
         demo.proc.send_signal(signal.SIGINT)
         out = demo.finish(timeout=60)
     finally:
