@@ -36,7 +36,7 @@ from cloud.backpressure import UploadGate, engine_options
 from cloud.bodies import body_middleware
 from cloud.config import CloudConfig, HttpLimits
 from cloud.dashboard import setup_dashboard
-from cloud.db import make_engine, upgrade_to_head
+from cloud.db import dispose, make_engine, upgrade_to_head
 from cloud.fleet.handlers import setup_fleet
 from cloud.ingest import BatchWriter
 from cloud.metrics import CloudMetrics
@@ -72,7 +72,7 @@ async def migrate(url: str) -> None:
     try:
         await upgrade_to_head(engine)
     finally:
-        await engine.dispose()
+        await dispose(engine)
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -85,7 +85,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     )
     app[ENGINE_KEY] = engine
     yield
-    await engine.dispose()
+    await dispose(engine)
 
 
 async def _batch_writer(app: web.Application) -> AsyncIterator[None]:

@@ -14,8 +14,12 @@ not part of this metadata: `include_name` keeps Alembic's comparison off them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import threading
+import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +40,7 @@ from sqlalchemy import (
     event,
     text,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 log = logging.getLogger(__name__)
@@ -326,13 +331,58 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# Each aiosqlite connection runs a worker thread that answers the event loop when its work is
+# done, closing included; the threads of an engine's connections, so `dispose` can wait for them.
+_WORKER_THREADS: weakref.WeakKeyDictionary[Any, weakref.WeakSet[threading.Thread]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
-    """An async engine for `url`, with SQLite tuned for one writer and concurrent readers."""
-    if is_sqlite(url):
-        engine = create_async_engine(url, **kwargs)
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_async_engine(url, pool_pre_ping=True, **kwargs)
+    """An async engine for `url`, with SQLite tuned for one writer and concurrent readers.
+    Dispose of it with `dispose`."""
+    if not is_sqlite(url):
+        return create_async_engine(url, pool_pre_ping=True, **kwargs)
+    import aiosqlite
+
+    parsed = make_url(url)
+    # The arguments SQLAlchemy's aiosqlite dialect would connect with.
+    cargs, cparams = parsed.get_dialect()().create_connect_args(parsed)
+    threads: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+    async def connect() -> aiosqlite.Connection:
+        conn = aiosqlite.connect(*cargs, **cparams)
+        # Known before the thread starts: a connect cancelled at shutdown leaves its thread
+        # to open and close the file on its own, and `dispose` must wait for that too.
+        thread = getattr(conn, "_thread", None)
+        if isinstance(thread, threading.Thread):
+            thread.daemon = True  # as the dialect does: never keeps the process alive
+            threads.add(thread)
+        return await conn
+
+    engine = create_async_engine(url, async_creator=connect, **kwargs)
+    _WORKER_THREADS[engine.sync_engine] = threads
+    event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+async def dispose(engine: AsyncEngine, timeout_s: float = 5.0) -> None:
+    """Close every pooled connection of `engine`, and on SQLite wait (at most `timeout_s`) for
+    their worker threads to end. A connection closed by force (a statement cancelled at
+    shutdown, or a connect cancelled) leaves its thread to finish on its own and then answer the
+    event loop; a loop closed before that answer makes the thread fail. Waiting here keeps the
+    loop open until every thread has answered."""
+    await engine.dispose()
+    threads = _WORKER_THREADS.get(engine.sync_engine)
+    if not threads:
+        return
+    deadline = time.monotonic() + timeout_s
+    for thread in [t for t in threads if t.is_alive()]:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            log.warning("database threads still running after %.0f s", timeout_s)
+            break
+        await asyncio.to_thread(thread.join, remaining)
 
 
 def alembic_config(url: str | None = None, connection: Connection | None = None) -> AlembicConfig:

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import sqlite3
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, inspect
+from sqlalchemy import Connection, inspect, text
 
-from cloud.db import alembic_config, include_name, make_engine, metadata, upgrade_to_head
+from cloud.db import (
+    _WORKER_THREADS,
+    alembic_config,
+    dispose,
+    include_name,
+    make_engine,
+    metadata,
+    upgrade_to_head,
+)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -64,3 +75,34 @@ def test_the_alembic_command_line_path_works_with_an_async_url(tmp_path: Path) -
     with sqlite3.connect(tmp_path / "cli.db") as conn:
         (version,) = conn.execute("SELECT version_num FROM alembic_version").fetchone()
     assert version == "0011"  # head: 0009 gateway_stats, 0010 fleet rollouts, 0011 began_at
+
+
+async def test_dispose_returns_once_every_sqlite_thread_has_ended(tmp_path: Path) -> None:
+    """A connect cancelled at shutdown leaves aiosqlite's thread to finish on its own and then
+    answer the event loop (a closed loop makes that thread fail); `dispose` returns only after
+    such threads, and the pooled connections' ones, have ended."""
+    path = tmp_path / "cloud.db"
+    engine = make_engine(f"sqlite+aiosqlite:///{path}")
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))  # one pooled connection
+    # Another process holds the file's write lock: a new connection's set-up waits for it.
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+
+    async def two_connections() -> None:
+        async with engine.connect(), engine.connect():  # the second one is a new connection
+            pass
+
+    task = asyncio.create_task(two_connections())
+    await asyncio.sleep(0.2)  # the second connection is waiting for the lock
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    threads = list(_WORKER_THREADS[engine.sync_engine])
+    assert len(threads) == 2, threads
+    asyncio.get_running_loop().call_later(0.3, holder.rollback)
+    try:
+        await dispose(engine)
+    finally:
+        holder.close()
+    assert [t for t in threads if t.is_alive()] == []

@@ -30,7 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cloud.config import ConfigError, load_config
-from cloud.db import make_engine, rollups
+from cloud.db import dispose, make_engine, rollups
 
 PRIORS_FORMAT = 1
 HOUR_S = 3600
@@ -78,7 +78,7 @@ async def _compute(url: str, days: int, min_homes: int) -> dict[str, Any]:
     try:
         return await fleet_priors(engine, days=days, min_homes=min_homes)
     finally:
-        await engine.dispose()
+        await dispose(engine)
 
 
 def main(argv: list[str] | None = None) -> int:
