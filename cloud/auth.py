@@ -47,11 +47,24 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
-def _bearer(request: web.Request) -> bytes:
+def presented_token(request: web.Request) -> bytes | None:
+    """The digest of the request's Bearer token, or None without one."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "unauthorized", "missing Authorization: Bearer <token>")
+        return None
     return _digest(token.strip())
+
+
+def token_digest(token: str) -> bytes:
+    """What `presented_token` gives for `token`, for comparing with hmac.compare_digest."""
+    return _digest(token)
+
+
+def _bearer(request: web.Request) -> bytes:
+    presented = presented_token(request)
+    if presented is None:
+        raise ApiError(401, "unauthorized", "missing Authorization: Bearer <token>")
+    return presented
 
 
 def authenticated_gateway(request: web.Request) -> str:

@@ -471,9 +471,8 @@ class GatewayConfig(BaseModel):
     def _check_updates_transport(self) -> GatewayConfig:
         # The /desired answer is not signed: it picks which signed bundle runs. Over plain
         # HTTP anyone on the path could make a gateway install an older (signed) bundle.
-        updates, url = self.updates, self.uplink.url
-        on = updates.enabled if updates.enabled is not None else updates.root_file is not None
-        if on and url and url.startswith("http://"):
+        url = self.uplink.url
+        if self.updates_on and url and url.startswith("http://"):
             host = (urlsplit(url).hostname or "").lower()
             if host not in ("localhost", "::1") and not host.startswith("127."):
                 raise ValueError(
@@ -482,6 +481,14 @@ class GatewayConfig(BaseModel):
                     "version runs"
                 )
         return self
+
+    @property
+    def updates_on(self) -> bool:
+        """Whether the gateway polls for bundles: `updates.enabled` when set, else whether both
+        `updates.root_file` and `uplink.url` are."""
+        if self.updates.enabled is not None:
+            return self.updates.enabled
+        return self.updates.root_file is not None and bool(self.uplink.url)
 
     @property
     def client_id(self) -> str:

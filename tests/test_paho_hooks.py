@@ -55,6 +55,14 @@ def _connected(client: HookedClient, port: int) -> threading.Event:
     return up
 
 
+def _subscribed(client: paho.Client, topic: str) -> None:
+    """Subscribe at QoS 1 and wait for the SUBACK: from then on the broker drops nothing."""
+    done = threading.Event()
+    client.on_subscribe = lambda *_a: done.set()
+    client.subscribe(topic, qos=1)
+    assert done.wait(10), "no SUBACK"
+
+
 def test_plain_tcp_reads_are_buffered_and_batched_acks_reach_the_broker(
     mosquitto: MosquittoBroker, topic_root: str
 ) -> None:
@@ -78,14 +86,13 @@ def test_plain_tcp_reads_are_buffered_and_batched_acks_reach_the_broker(
         )
         c.on_message = on_message
         _connected(c, mosquitto.port)
-        c.subscribe(topic, qos=1)
+        _subscribed(c, topic)
         return c
 
     sub = session()
     assert isinstance(sub.socket(), _BufferedSocket)
     pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"pub-{topic_root}")
     _connected(pub, mosquitto.port)
-    time.sleep(0.2)  # let the SUBACK land before publishing (the broker drops nothing after)
     pub.publish(topic, b"x", qos=1).wait_for_publish(10)
     assert got.wait(10)
     sub.disconnect()  # not acked: the broker keeps the message in the session
@@ -213,8 +220,7 @@ def test_publishes_reach_the_lean_handler_with_3_1_1_and_on_message_with_5(
     sub.on_message = on_message
     sub.on_read_burst = bursts.set
     _connected(sub, mosquitto.port)
-    sub.subscribe(topic, qos=1)
-    time.sleep(0.3)
+    _subscribed(sub, topic)
     pub.publish(topic, b'{"x": 1}', qos=1).wait_for_publish(10)
     pub.publish(topic, b"", qos=1).wait_for_publish(10)
     pub.publish(topic, b"q0", qos=0).wait_for_publish(10)

@@ -29,7 +29,7 @@ from typing import TypeVar
 import msgspec
 from aiohttp import web
 
-from cloud.auth import authenticated_gateway, require_reader
+from cloud.auth import authenticated_gateway, presented_token, require_reader, token_digest
 from cloud.bodies import read_body
 from cloud.fleet.models import CreateRollout, Ok, Report, RolloutsResponse, TagsBody
 from cloud.fleet.scheduler import run_periodically
@@ -57,22 +57,11 @@ MAX_FLEET_BODY_BYTES = 64 * 1024
 JSON_TYPES = frozenset({"application/json"})
 
 
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
-
-
-def _presented(request: web.Request) -> bytes | None:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return _digest(token.strip())
-
-
 def require_operator(request: web.Request) -> None:
     expected = request.app.get(OPERATOR_TOKEN_KEY)
     if expected is None:
         raise ApiError(403, "forbidden", "rollouts are off: set updates.operator_token")
-    presented = _presented(request)
+    presented = presented_token(request)
     if presented is None:
         raise ApiError(401, "unauthorized", "missing Authorization: Bearer <operator token>")
     if not hmac.compare_digest(presented, expected):
@@ -82,7 +71,7 @@ def require_operator(request: web.Request) -> None:
 def require_fleet_reader(request: web.Request) -> None:
     """The operator token, or whatever `require_reader` takes."""
     expected = request.app.get(OPERATOR_TOKEN_KEY)
-    presented = _presented(request)
+    presented = presented_token(request)
     if expected is not None and presented is not None and hmac.compare_digest(presented, expected):
         return
     require_reader(request)
@@ -246,7 +235,7 @@ def setup_fleet(app: web.Application) -> None:
     database's cleanup_ctx entry: the scheduler needs the engine)."""
     config = app[CONFIG_KEY]
     if config.updates.operator_token is not None:
-        app[OPERATOR_TOKEN_KEY] = _digest(config.updates.operator_token.get_secret_value())
+        app[OPERATOR_TOKEN_KEY] = token_digest(config.updates.operator_token.get_secret_value())
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
 

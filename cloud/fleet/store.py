@@ -360,11 +360,19 @@ _REACHED = rollout_gateways.c.state.not_in(("pending", "skipped"))
 _NEWEST_FIRST = (rollouts.c.created_at.desc(), rollouts.c.id.desc())
 
 
+def _rollback_to(row: Any) -> int | None:
+    """The version an assignment row is asked back to (BUILTIN: the built-in models), or None
+    when it is not asked back."""
+    if not row.rollback:
+        return None
+    return row.previous_version if row.previous_version is not None else BUILTIN
+
+
 def _desired(row: Any) -> Desired:
     if row is None:
         return Desired(version=None, target=None, rollout=None, soak_s=0.0, rollback_to=None)
-    if row.rollback:
-        back = row.previous_version if row.previous_version is not None else BUILTIN
+    back = _rollback_to(row)
+    if back is not None:
         return Desired(
             version=back or None,
             target=bundle_target(back) if back else None,
@@ -582,16 +590,13 @@ async def _advance_one(
 
 
 def _assignment(row: Row[Any]) -> GatewayAssignment:
-    back = None
-    if row.rollback:
-        back = row.previous_version if row.previous_version is not None else BUILTIN
     return GatewayAssignment(
         gateway=row.gateway,
         wave=row.wave,
         state=row.state,
         reason=row.reason,
         previous_version=row.previous_version,
-        rollback_to=back,
+        rollback_to=_rollback_to(row),
         updated_at=row.updated_at,
         began_at=row.began_at,
     )

@@ -28,13 +28,6 @@ def slots_dir(config: GatewayConfig) -> Path:
     return config.updates.slots_dir or config.storage.path.parent / "updates"
 
 
-def updates_enabled(config: GatewayConfig) -> bool:
-    enabled = config.updates.enabled
-    if enabled is None:
-        return config.updates.root_file is not None and bool(config.uplink.url)
-    return enabled
-
-
 def running_config(local: GatewayConfig, store: SlotStore, state: SlotState) -> GatewayConfig:
     """`local` as the state's active slot changes it; raise BundleError/OverlayError."""
     if state.active is None:
@@ -81,7 +74,7 @@ def revert_state(state: SlotState, reason: str, *, mark_failed: bool = True) -> 
 
 def boot_config(local: GatewayConfig) -> GatewayConfig:
     """The configuration to start with (see the module docstring)."""
-    if not updates_enabled(local) and not slots_dir(local).joinpath("state.json").exists():
+    if not local.updates_on and not slots_dir(local).joinpath("state.json").exists():
         return local
     store = SlotStore(slots_dir(local))
     state = store.read_or_set_aside()

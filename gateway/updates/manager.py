@@ -289,8 +289,11 @@ class UpdateManager:
         await self.report(rollout, "staged", "", staged=version)
         slot = state.staged
         assert slot is not None
-        new_config = running_config(self._local, self.store, replace(state, active=slot))
-        needs_restart = restart_part(info.overlay) != restart_part(self._running_overlay())
+        # Both check the bundles' file hashes (models of some MB): off the event loop.
+        new_config = await asyncio.to_thread(
+            running_config, self._local, self.store, replace(state, active=slot)
+        )
+        needs_restart = restart_part(info.overlay) != restart_part(await self._running_overlay())
         runtime = None
         if self._inference is not None and not needs_restart:
             runtime, errors = await self._inference.load(
@@ -327,11 +330,12 @@ class UpdateManager:
         await self.report(rollout, "applied", "", staged=None)
         await self._soak(trial)
 
-    def _running_overlay(self) -> Mapping[str, Any] | None:
+    async def _running_overlay(self) -> Mapping[str, Any] | None:
+        """The active slot's overlay (its bundle's hashes checked in a thread)."""
         if self.state.active is None:
             return None
         try:
-            return self.store.bundle(self.state.active).overlay
+            return (await asyncio.to_thread(self.store.bundle, self.state.active)).overlay
         except BundleError:
             return None
 
@@ -370,7 +374,8 @@ class UpdateManager:
         loaded = st is None or (not st.load_errors and bool(st.models))
         return {
             "models_loaded": loaded,
-            # load_model runs a warm-up inference before a model counts as loaded.
+            # load_model runs a warm-up inference before a model counts as loaded, so a model
+            # that loaded has warmed up: the report carries both, as the protocol asks.
             "warmed_up": loaded,
             "inference_errors": (st.errors - self._at_apply[0]) if st is not None else 0,
             "dropped_frames": (st.dropped - self._at_apply[1]) if st is not None else 0,
@@ -383,9 +388,7 @@ class UpdateManager:
     def verdict(health: Mapping[str, Any]) -> str | None:
         """Why `health` fails the bundle, or None."""
         if not health["models_loaded"]:
-            return "a model did not load"
-        if not health["warmed_up"]:
-            return "a model did not warm up"
+            return "a model did not load"  # warmed_up is the same flag: see `health`
         if health["inference_errors"]:
             return f"{health['inference_errors']} inference errors since the apply"
         if health["dropped_frames"]:
@@ -438,11 +441,11 @@ class UpdateManager:
     async def revert(self, reason: str, *, mark_failed: bool = True) -> None:
         """Back to the previous slot (or the built-in models), live when its overlay allows;
         the version given up is not tried again unless the cloud asked for the revert."""
-        before = self._running_overlay()
+        before = await self._running_overlay()
         state = revert_state(self.state, reason, mark_failed=mark_failed)
         self.reverts += 1
         try:
-            config = running_config(self._local, self.store, state)
+            config = await asyncio.to_thread(running_config, self._local, self.store, state)
         except (BundleError, OverlayError, OSError) as exc:
             state = revert_state(state, f"{reason}; the previous version cannot run: {exc}")
             config = self._local
@@ -450,7 +453,7 @@ class UpdateManager:
         self.state = state
         await self._save(state)
         log.warning("updates: reverted to version %s: %s", state.version, reason)
-        if restart_part(before) != restart_part(self._running_overlay()):
+        if restart_part(before) != restart_part(await self._running_overlay()):
             self._ask_restart()
             return
         if self._inference is not None:

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.config import GatewayConfig
 from gateway.host import GatewayHost
-from gateway.updates.boot import updates_enabled
 
 if TYPE_CHECKING:
     from gateway.updates.manager import InferenceControl, UpdateManager
@@ -34,7 +33,7 @@ def install_updates(
 ) -> UpdateManager | None:
     """Wire the update manager in (before start); None when updates are off. `local`: the
     configuration without the active bundle's overlay (`gateway.updates.boot`)."""
-    if not updates_enabled(local):
+    if not local.updates_on:
         return None
     # Imported here: the manager pulls in aiohttp and python-tuf, which a gateway without
     # updates (no cloud) does not load.
