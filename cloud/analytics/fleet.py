@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from itertools import groupby
 
 import numpy as np
-from sqlalchemy import func, select, text
+from sqlalchemy import Integer, func, literal_column, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -142,25 +142,28 @@ def _ranks(sample: Sequence[float]) -> list[float]:
 async def fleet_standings_sql(
     engine: AsyncEngine, since: float, until: float
 ) -> tuple[list[FleetStat], list[HomeStanding]]:
-    """`fleet_standings` of the day cells in [since, until), computed in the database."""
+    """`fleet_standings` of the day cells in [since, until) (whole days), computed in the
+    database from the day rows ingest keeps (24 times fewer than the hour rows; their state is
+    the sum of the day's hour rows, so the means are the same)."""
+    assert since % DAY_S == 0 and until % DAY_S == 0, "the standings read whole days"
     r = rollups.c
-    day = rollup_bucket(DAY_S).label("day")
     daily = (
         select(
             r.metric,
             r.device_class,
             r.unit,
             r.home,
-            day,
+            r.bucket_start.label("day"),
             (func.sum(r.weighted) / func.sum(r.count)).label("mean"),
         )
         .where(
-            r.bucket_s == STORED_S,
+            # the width in the SQL text, as `cloud.analytics.rollups` reads one width
+            r.bucket_s == literal_column(str(DAY_S), Integer),
             r.bucket_start >= since,
             r.bucket_start < until,
             r.metric.not_in(EVENT_METRICS),
         )
-        .group_by(r.metric, r.device_class, r.unit, r.home, day)
+        .group_by(r.metric, r.device_class, r.unit, r.home, r.bucket_start)
         .having(func.sum(r.count) > 0)
         .cte("daily")
     )

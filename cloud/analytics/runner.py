@@ -22,9 +22,10 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cloud.analytics.anomalies import latest_from_cells, load_latest, rank_latest
+from cloud.analytics.anomalies import HourValues, Latest, latest_from_cells, rank_latest
 from cloud.analytics.clusters import (
     DEFAULT_SAMPLE,
+    ProfileSums,
     cluster_profiles,
     load_profile_sums,
     normalized_profiles,
@@ -36,6 +37,8 @@ from cloud.analytics.fleet import (
     fleet_standings_sql,
     load_cells,
 )
+from cloud.analytics.hourly import Hours, latest_hours, load_hours
+from cloud.analytics.hourly import profile_sums as profile_sums_of
 from cloud.analytics.models import EMPTY_SNAPSHOT, Snapshot
 from cloud.analytics.rollups import DAY_S, STORED_S, newest_window_end
 from cloud.db import analytics_results
@@ -70,38 +73,48 @@ async def compute_snapshot(
     since = until_day - settings.lookback_days * DAY_S
     # Fleet percentiles and ranks: computed in the database, one row per home and metric back.
     stats, standings = await fleet_standings_sql(engine, since, until_day)
-    # The events read only the event metrics' rows, the clusters one row per home, family and
-    # hour of the day; on PostgreSQL the anomalies get each home's newest hour with its
-    # history's median and MAD from the database. Only SQLite (small fleets, no
-    # percentile_cont) reads every hour row into Python, for the anomalies.
+    # The events read only the event metrics' rows (through the unique key's index: width,
+    # metric, time). On PostgreSQL the clusters' profiles and the anomalies' newest hours come
+    # from one read of the measured metrics' hour rows, one packed row per home and metric
+    # (`cloud.analytics.hourly`); SQLite (small fleets, no percentile_cont) gets one row per
+    # home, family and hour of the day for the clusters and reads every hour row into Python
+    # for the anomalies.
     days = await load_cells(
         engine, DAY_S, since, until_day, by_device_class=False, metrics=EVENT_METRICS
     )
     event_hours = await load_cells(
         engine, STORED_S, since, until_day, by_device_class=False, metrics=TIMELINE_METRICS
     )
-    profile_sums = await load_profile_sums(engine, since, until_day)
     # Anomalies rank complete hours only, the ones the clock has passed: the hour still
     # filling would be re-ranked, and its flag flip, with every run.
     complete = min(until_day, math.floor(computed_at / STORED_S) * STORED_S)
+    loaded: Hours | None = None
+    profile_sums: ProfileSums = {}
+    latest: list[Latest] = []
+    by_hour: HourValues = {}
     if engine.dialect.name == "postgresql":
-        latest, by_hour = await load_latest(engine, since, complete)
+        # One read of the measured metrics' hour rows serves the profiles and the newest hours.
+        loaded = await load_hours(engine, since, until_day)
     else:
+        profile_sums = await load_profile_sums(engine, since, until_day)
         hours = await load_cells(engine, STORED_S, since, complete, by_device_class=False)
         latest, by_hour = latest_from_cells(hours)
         del hours
 
     def analyse() -> Snapshot:
-        # CPU work (KMeans restarts) off the event loop.
+        # CPU work (array sums, KMeans restarts) off the event loop.
+        sums, newest, peers = profile_sums, latest, by_hour
+        if loaded is not None:
+            sums, (newest, peers) = profile_sums_of(loaded), latest_hours(loaded, complete)
         clusters = cluster_profiles(
-            normalized_profiles(profile_sums),
+            normalized_profiles(sums),
             k=settings.cluster_k,
             k_max=settings.cluster_k_max,
             sample=settings.cluster_sample_homes,
         )
         anomalies = rank_latest(
-            latest,
-            by_hour,
+            newest,
+            peers,
             clusters.assignments,
             threshold=settings.anomaly_threshold,
             top=settings.anomaly_top,
