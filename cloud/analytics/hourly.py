@@ -16,6 +16,7 @@ the SQLite path's and the reference.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,37 +78,36 @@ def _unpack(rows: Sequence[Any]) -> Hours:
     homes = [row[0] for row in rows]
     metrics = [row[1] for row in rows]
     blobs = [row[2] for row in rows]
-    del rows
     lengths = np.fromiter((len(b) for b in blobs), dtype=np.int64, count=len(blobs)) // (
         8 * _FIELDS
     )
-    packed = np.frombuffer(b"".join(blobs), dtype=">f8").astype(np.float64)
+    # One contiguous float64 array per field (the bytes are big-endian float8).
+    fields = np.ascontiguousarray(
+        np.frombuffer(b"".join(blobs), dtype=">f8").reshape(-1, _FIELDS).T, dtype=np.float64
+    )
     del blobs
-    data = packed.reshape(-1, _FIELDS)
+    t, weighted, count, inv = fields
     pair = np.repeat(np.arange(len(homes), dtype=np.int64), lengths)
-    t = data[:, 0]
-    # Sorted by pair already; within a pair the rows come in storage order, which is mostly
+    # Neighbours in the same pair: every position but a pair's last.
+    inner = np.ones(max(len(t) - 1, 0), dtype=bool)
+    inner[np.cumsum(lengths)[:-1] - 1] = False
+    step = np.diff(t)
+    # Grouped by pair already; within a pair the rows come in storage order, which is mostly
     # time order: sort only when some pair's hours are not.
-    if len(t) > 1 and bool(np.any((np.diff(t) < 0) & (np.diff(pair) == 0))):
+    if bool(np.any((step < 0) & inner)):
         order = np.lexsort((t, pair))
-        data, pair, t = data[order], pair[order], t[order]
+        t, weighted, count, inv = t[order], weighted[order], count[order], inv[order]
+        step = np.diff(t)
     # One value per pair and hour: rooms, devices and gateways pooled (count-weighted sums).
-    first = np.flatnonzero(np.r_[True, (np.diff(pair) != 0) | (np.diff(t) != 0)])
-    if len(first) == len(t):
-        weighted, count, inv = data[:, 1], data[:, 2], data[:, 3]
-    else:
-        weighted, count, inv = (np.add.reduceat(data[:, i], first) for i in (1, 2, 3))
+    repeated = (step == 0) & inner
+    if bool(np.any(repeated)):
+        first = np.flatnonzero(np.r_[True, ~repeated])
+        weighted, count, inv = (np.add.reduceat(a, first) for a in (weighted, count, inv))
         pair, t = pair[first], t[first]
     keep = count > 0
-    return Hours(
-        homes=homes,
-        metrics=metrics,
-        pair=pair[keep],
-        t=np.ascontiguousarray(t[keep]),
-        weighted=np.ascontiguousarray(weighted[keep]),
-        count=np.ascontiguousarray(count[keep]),
-        inv_eps_sq=np.ascontiguousarray(inv[keep]),
-    )
+    if not bool(keep.all()):
+        pair, t, weighted, count, inv = (a[keep] for a in (pair, t, weighted, count, inv))
+    return Hours(homes, metrics, pair, t, weighted, count, inv)
 
 
 def profile_sums(hours: Hours) -> ProfileSums:
@@ -171,35 +171,37 @@ def latest_hours(hours: Hours, until: float) -> tuple[list[Latest], HourValues]:
     deviation = np.abs(mean[history] - median[pair[history]])
     mad, _ = _middle(deviation, pair[history], pairs)
     mean_ad = np.bincount(pair[history], weights=deviation, minlength=pairs) / np.maximum(size, 1)
-    names, homes = hours.metrics, hours.homes
-    sizes = size.tolist()
-    medians, mads, mean_ads = median.tolist(), mad.tolist(), mean_ad.tolist()
-    latest = []
-    for p, when, value, n, noise in zip(
-        pair[last].tolist(),
-        t[last].tolist(),
-        mean[last].tolist(),
-        count[last].tolist(),
-        inv[last].tolist(),
-        strict=True,
-    ):
-        has = sizes[p] > 0
-        name = names[p]
-        latest.append(
-            Latest(
-                homes[p],
-                name,
-                when,
-                value,
-                sizes[p],
-                medians[p] if has else None,
-                mads[p] if has else None,
-                mean_ads[p] if has else None,
-                mean_noise_sd(name, noise, n, value) if noise > 0 else None,
-            )
+    # Built column by column (lists, then one Latest per pair): 500,000 pairs at 100,000 homes.
+    homes = np.array(hours.homes, dtype=object)
+    names = np.array(hours.metrics, dtype=object)
+    newest = pair[last]
+    sizes = size[newest]
+    gaps = np.flatnonzero(sizes == 0).tolist()  # no earlier hour: no history statistics
+    medians, mads, mean_ads = (a[newest].tolist() for a in (median, mad, mean_ad))
+    for i in gaps:
+        medians[i] = mads[i] = mean_ads[i] = None
+    newest_names = names[newest].tolist()
+    values, counts, noised = mean[last].tolist(), count[last].tolist(), inv[last]
+    noise: list[float | None] = [None] * len(values)
+    for i in np.flatnonzero(noised > 0).tolist():
+        noise[i] = mean_noise_sd(newest_names[i], float(noised[i]), counts[i], values[i])
+    latest = list(
+        map(
+            Latest,
+            homes[newest].tolist(),
+            newest_names,
+            t[last].tolist(),
+            values,
+            sizes.tolist(),
+            medians,
+            mads,
+            mean_ads,
+            noise,
         )
+    )
     # The peers: every pair's value in the (metric, hour)s some pair's newest value lies in,
-    # found by one membership test of (metric, hour) codes (hours are whole: t / 3600).
+    # found by one membership test of (metric, hour) codes (hours are whole: t / 3600), then
+    # one dict per (metric, hour).
     metric_ids: dict[str, int] = {}
     metric_of_pair = np.fromiter(
         (metric_ids.setdefault(m, len(metric_ids)) for m in hours.metrics),
@@ -208,9 +210,15 @@ def latest_hours(hours: Hours, until: float) -> tuple[list[Latest], HourValues]:
     )
     code = metric_of_pair[pair] * (1 << 40) + np.rint(t / STORED_S).astype(np.int64)
     rows = np.flatnonzero(np.isin(code, np.unique(code[last])))
-    by_hour: HourValues = defaultdict(dict)
-    for p, when, value in zip(
-        pair[rows].tolist(), t[rows].tolist(), mean[rows].tolist(), strict=True
-    ):
-        by_hour[(hours.metrics[p], when)][hours.homes[p]] = value
+    rows = rows[np.argsort(code[rows], kind="stable")]
+    edges = np.flatnonzero(np.r_[True, np.diff(code[rows]) != 0, True]).tolist()
+    peer_homes = homes[pair[rows]].tolist()
+    peer_values = mean[rows].tolist()
+    peer_names = names[pair[rows]].tolist()
+    peer_t = t[rows].tolist()
+    by_hour: HourValues = {}
+    for a, b in itertools.pairwise(edges):
+        by_hour[(peer_names[a], peer_t[a])] = dict(
+            zip(peer_homes[a:b], peer_values[a:b], strict=True)
+        )
     return latest, by_hour
