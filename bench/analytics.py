@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -176,6 +177,8 @@ async def bench(homes: int, days: int, repeat: int, sample: int) -> dict[str, An
             "clusters": snapshot.clusters.k,
             "standings": len(snapshot.standings),
             "anomalies_flagged": sum(a.flagged for a in snapshot.anomalies),
+            # of this process so far (the largest fleet's run, when sizes grow)
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
         print(
             f"analytics, {homes} homes x {days} days ({rows} rollup rows, made in {gen_s:.1f}s): "
