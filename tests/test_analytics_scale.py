@@ -30,7 +30,7 @@ from cloud.analytics.clusters import (
     normalized_profiles,
 )
 from cloud.analytics.fleet import Cell, fleet_standings, fleet_standings_sql, load_cells
-from cloud.analytics.hourly import latest_hours, load_hours, profile_sums
+from cloud.analytics.hourly import _unpack, latest_hours, load_hours, profile_sums
 from cloud.analytics.rollups import DAY_S, STORED_S
 from cloud.db import make_engine, rollups, upgrade_to_head
 from tests.test_cloud_api import T0, db_url, home_id
@@ -250,3 +250,9 @@ def _same_latest(
     assert [(a.home, a.metric) for a in ranked] == [
         (a.home, a.metric) for a in rank_anomalies(hours, {}, threshold=3.5, top=20)
     ]
+
+
+def test_the_one_pass_read_of_no_hour_rows_gives_no_profiles_nor_newest_hours() -> None:
+    # A look-back period with event rows only: nothing measured to profile or rank.
+    empty = _unpack([])
+    assert latest_hours(empty, T0) == ([], {}) and dict(profile_sums(empty)) == {}
