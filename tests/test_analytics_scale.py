@@ -15,6 +15,8 @@ from sqlalchemy import insert
 
 from cloud.analytics.anomalies import (
     PEER_EXACT,
+    HourValues,
+    Latest,
     latest_from_cells,
     load_latest,
     rank_anomalies,
@@ -28,6 +30,7 @@ from cloud.analytics.clusters import (
     normalized_profiles,
 )
 from cloud.analytics.fleet import Cell, fleet_standings, fleet_standings_sql, load_cells
+from cloud.analytics.hourly import _unpack, latest_hours, load_hours, profile_sums
 from cloud.analytics.rollups import DAY_S, STORED_S
 from cloud.db import make_engine, rollups, upgrade_to_head
 from tests.test_cloud_api import T0, db_url, home_id
@@ -76,13 +79,33 @@ def _rollup_rows(homes: int, days: int, seed: int) -> list[dict[str, object]]:
     return rows
 
 
+def _with_day_rows(hours: list[dict[str, object]]) -> list[dict[str, object]]:
+    """The hour rows and the day rows ingest keeps next to them (the sums of a day's hours)."""
+    days: dict[tuple[object, ...], dict[str, object]] = {}
+    for row in hours:
+        day_start = float(row["bucket_start"]) // DAY_S * DAY_S  # type: ignore[arg-type]
+        key = (row["metric"], day_start, row["gateway"], row["home"], row["room_class"])
+        day = days.get(key)
+        if day is None:
+            days[key] = {**row, "bucket_s": DAY_S, "bucket_start": day_start}
+            continue
+        for name in ("count", "sum", "weighted", "sumsq", "windows"):
+            day[name] = day[name] + row[name]  # type: ignore[operator]
+        day["min"] = min(day["min"], row["min"])  # type: ignore[type-var]
+        day["max"] = max(day["max"], row["max"])  # type: ignore[type-var]
+    return hours + list(days.values())
+
+
 async def test_sql_fleet_standings_equal_the_in_memory_ones(db_url: str) -> None:
     engine = make_engine(db_url)
     try:
         await upgrade_to_head(engine)
         async with engine.begin() as conn:
-            await conn.execute(insert(rollups), _rollup_rows(homes=40, days=2, seed=4))
+            await conn.execute(
+                insert(rollups), _with_day_rows(_rollup_rows(homes=40, days=2, seed=4))
+            )
         since, until = T0, T0 + 2 * DAY_S
+        # From the day rows; the reference groups the hour rows into days.
         stats, standings = await fleet_standings_sql(engine, since, until)
         days = await load_cells(engine, DAY_S, since, until, by_device_class=True)
         want_stats, want_standings = fleet_standings(days)
@@ -171,14 +194,18 @@ async def test_database_side_profiles_and_latest_hours_equal_the_in_memory_ones(
     engine = make_engine(db_url)
     try:
         await upgrade_to_head(engine)
+        rows = _rollup_rows(homes=30, days=1, seed=9)
+        # Stored out of time order: the one-pass read sorts each pair's hours itself.
+        random.Random(3).shuffle(rows)
         async with engine.begin() as conn:
-            await conn.execute(insert(rollups), _rollup_rows(homes=30, days=1, seed=9))
+            await conn.execute(insert(rollups), rows)
         since, until = T0, T0 + DAY_S
         hours = await load_cells(engine, STORED_S, since, until, by_device_class=False)
         sums = await load_profile_sums(engine, since, until)
-        latest_sql = (
-            await load_latest(engine, since, until) if engine.dialect.name == "postgresql" else None
-        )
+        postgres = engine.dialect.name == "postgresql"
+        latest_sql = await load_latest(engine, since, until) if postgres else None
+        # PostgreSQL's run reads the hour rows once (cloud.analytics.hourly) for both.
+        packed = await load_hours(engine, since, until) if postgres else None
     finally:
         await engine.dispose()
     want = daily_profiles(hours)
@@ -187,10 +214,27 @@ async def test_database_side_profiles_and_latest_hours_equal_the_in_memory_ones(
     for home, families in want.items():
         assert set(got[home]) == set(families) == {"power"}
         np.testing.assert_allclose(got[home]["power"], families["power"], rtol=1e-12)
-    if latest_sql is None:
+    if latest_sql is None or packed is None:
         return  # SQLite takes latest_from_cells itself (no percentile_cont)
-    latest, by_hour = latest_sql
+    one_pass = normalized_profiles(profile_sums(packed))
+    assert set(one_pass) == set(want)
+    for home, families in want.items():
+        np.testing.assert_allclose(one_pass[home]["power"], families["power"], rtol=1e-12)
     want_latest, want_by_hour = latest_from_cells(hours)
+    for latest, by_hour in (latest_sql, latest_hours(packed, until)):
+        _same_latest(latest, by_hour, want_latest, want_by_hour, hours)
+    # Hours at or after `until` are not the newest: those before are.
+    early, _ = latest_hours(packed, until - 3600)
+    assert {x.t for x in early} == {until - 7200}
+
+
+def _same_latest(
+    latest: list[Latest],
+    by_hour: HourValues,
+    want_latest: list[Latest],
+    want_by_hour: HourValues,
+    hours: list[Cell],
+) -> None:
     # Only the hours some home's newest value lies in: the peers the ranking compares with.
     assert by_hour.keys() == {(w.metric, w.t) for w in want_latest}
     for key, values in by_hour.items():
@@ -206,3 +250,9 @@ async def test_database_side_profiles_and_latest_hours_equal_the_in_memory_ones(
     assert [(a.home, a.metric) for a in ranked] == [
         (a.home, a.metric) for a in rank_anomalies(hours, {}, threshold=3.5, top=20)
     ]
+
+
+def test_the_one_pass_read_of_no_hour_rows_gives_no_profiles_nor_newest_hours() -> None:
+    # A look-back period with event rows only: nothing measured to profile or rank.
+    empty = _unpack([])
+    assert latest_hours(empty, T0) == ([], {}) and dict(profile_sums(empty)) == {}

@@ -29,6 +29,7 @@ n log n in the homes instead of n squared.
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -108,7 +109,7 @@ def z_against(
     return (value - median) / scale, median
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Latest:
     """One home's newest hourly mean of a metric, with the robust statistics of its earlier
     hours (None below MIN_HISTORY of them), and its peers: every home's mean in that hour."""
@@ -301,21 +302,49 @@ def rank_latest(
         if not scores:
             continue
         score = min(scores)
+        # The ranking's fields only: an Anomaly is made for the `top` kept (of every pair).
         found.append(
-            Anomaly(
-                home=home,
-                metric=name,
-                t=t,
-                value=value,
-                history_median=history_median,
-                z_history=z_history,
-                peer_median=peer_median,
-                z_peers=z_peers,
-                peers=peers,
-                score=score,
-                flagged=score >= threshold,
-                noise_sd=item.noise_sd,
+            (
+                -score,
+                home,
+                name,
+                t,
+                value,
+                history_median,
+                z_history,
+                peer_median,
+                z_peers,
+                peers,
+                item.noise_sd,
             )
         )
-    found.sort(key=lambda a: (-a.score, a.home, a.metric))
-    return found[:top]
+    kept = heapq.nsmallest(top, found, key=lambda f: (f[0], f[1], f[2]))
+    return [
+        Anomaly(
+            home=home,
+            metric=name,
+            t=t,
+            value=value,
+            history_median=history_median,
+            z_history=z_history,
+            peer_median=peer_median,
+            z_peers=z_peers,
+            peers=peers,
+            score=-negative,
+            flagged=-negative >= threshold,
+            noise_sd=noise_sd,
+        )
+        for (
+            negative,
+            home,
+            name,
+            t,
+            value,
+            history_median,
+            z_history,
+            peer_median,
+            z_peers,
+            peers,
+            noise_sd,
+        ) in kept
+    ]

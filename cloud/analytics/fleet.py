@@ -4,12 +4,13 @@ statistics of the edge inference results (alarms per home and day, speech-activi
 Inputs are the rollups read per (home, metric, ...) and time bucket, pooled over rooms, devices
 and gateways (count-weighted).
 
-The fleet standings are computed by the database (`fleet_standings_sql`): it pools the hour rows
-into daily means and each home's mean of them, and on PostgreSQL also the fleet's percentiles
-(``percentile_cont``, the linear interpolation numpy's default uses); on SQLite, which has no
-percentile_cont, they come from the sorted per-home values here. Only one row per home and
-metric leaves the database, and ranks are found by bisection, so a run grows as n log n with
-the homes, not with their hours nor quadratically.
+The fleet standings are computed by the database (`fleet_standings_sql`) from the day rows ingest
+keeps: it pools them into daily means and each home's mean of them, and on PostgreSQL also the
+fleet's percentiles (``percentile_cont``, the linear interpolation numpy's default uses) in the
+same statement; on SQLite, which has no percentile_cont, they come from the sorted per-home
+values here. Only one row per home and metric leaves the database, and ranks are found by
+searching the sorted values, so a run grows as n log n with the homes, not with their hours nor
+quadratically.
 
 The edge reports inference results as ordinary aggregates named ``inference_<what>``. Alarms,
 keywords and anomalies are event counts (``kind=event`` in `schemas.metrics`): an aggregate
@@ -22,15 +23,17 @@ edge inference result (a listening gateway), not only those with an alarm.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
+from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select, text
-from sqlalchemy.dialects import postgresql
+import numpy.typing as npt
+from sqlalchemy import Integer, and_, func, literal_column, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cloud.analytics.models import (
@@ -142,25 +145,28 @@ def _ranks(sample: Sequence[float]) -> list[float]:
 async def fleet_standings_sql(
     engine: AsyncEngine, since: float, until: float
 ) -> tuple[list[FleetStat], list[HomeStanding]]:
-    """`fleet_standings` of the day cells in [since, until), computed in the database."""
+    """`fleet_standings` of the day cells in [since, until) (whole days), computed in the
+    database from the day rows ingest keeps (24 times fewer than the hour rows; their state is
+    the sum of the day's hour rows, so the means are the same)."""
+    assert since % DAY_S == 0 and until % DAY_S == 0, "the standings read whole days"
     r = rollups.c
-    day = rollup_bucket(DAY_S).label("day")
     daily = (
         select(
             r.metric,
             r.device_class,
             r.unit,
             r.home,
-            day,
+            r.bucket_start.label("day"),
             (func.sum(r.weighted) / func.sum(r.count)).label("mean"),
         )
         .where(
-            r.bucket_s == STORED_S,
+            # the width in the SQL text, as `cloud.analytics.rollups` reads one width
+            r.bucket_s == literal_column(str(DAY_S), Integer),
             r.bucket_start >= since,
             r.bucket_start < until,
             r.metric.not_in(EVENT_METRICS),
         )
-        .group_by(r.metric, r.device_class, r.unit, r.home, day)
+        .group_by(r.metric, r.device_class, r.unit, r.home, r.bucket_start)
         .having(func.sum(r.count) > 0)
         .cte("daily")
     )
@@ -173,42 +179,79 @@ async def fleet_standings_sql(
     )
     h = homes.c
     order = (h.metric, h.device_class, h.unit, h.home)
-    postgres = engine.dialect.name == "postgresql"
+    # (metric, device class, unit) -> p10, p50, p90, mean, homes; from the database on
+    # PostgreSQL, in the same statement as the per-home values (the CTE they share is
+    # computed once).
     percentiles: dict[tuple[str, str, str], tuple[float, float, float, float, int]] = {}
     async with engine.connect() as conn:
-        if postgres:
+        if engine.dialect.name == "postgresql":
             await analytics_session(conn)
-            quantiles = postgresql.array([0.1, 0.5, 0.9])
-            stats_stmt = select(
-                h.metric,
-                h.device_class,
-                h.unit,
-                func.percentile_cont(quantiles).within_group(h.value),
-                func.avg(h.value),
-                func.count(),
-            ).group_by(h.metric, h.device_class, h.unit)
-            rows = (await conn.execute(select(homes).order_by(*order))).all()
-            # A second pass of the same CTE: the database re-reads the rollups, which costs
-            # less than moving the per-home values into percentile code here.
-            for metric, dc, unit, ps, mean, n in (await conn.execute(stats_stmt)).all():
-                p10, p50, p90 = (float(p) for p in ps)
-                percentiles[(metric, dc, unit)] = (p10, p50, p90, float(mean), int(n))
+            keys3 = (h.metric, h.device_class, h.unit)
+            fleet = (
+                select(
+                    *keys3,
+                    *(
+                        func.percentile_cont(q).within_group(h.value).label(f"p{round(q * 100)}")
+                        for q in (0.1, 0.5, 0.9)
+                    ),
+                    func.avg(h.value).label("mean"),
+                    func.count().label("n"),
+                )
+                .group_by(*keys3)
+                .cte("fleet")
+            )
+            f = fleet.c
+            on = and_(h.metric == f.metric, h.device_class == f.device_class, h.unit == f.unit)
+            stmt = (
+                select(*order, h.value, h.days, f.p10, f.p50, f.p90, f.mean, f.n)
+                .select_from(homes.join(fleet, on))
+                # Byte order: sorting 500,000 homes' keys by the locale's rules took seconds.
+                .order_by(*(column.collate("C") for column in order))
+            )
+            rows = []
+            for metric, dc, unit, home, value, days, p10, p50, p90, mean, n in (
+                await conn.execute(stmt)
+            ).all():
+                rows.append((metric, dc, unit, home, value, days))
+                percentiles[(metric, dc, unit)] = (p10, p50, p90, mean, n)
         else:
-            rows = (await conn.execute(select(homes).order_by(*order))).all()
+            rows = [tuple(row) for row in (await conn.execute(select(homes).order_by(*order)))]
+    # 500,000 standings at 100,000 homes: built off the event loop, which serves requests.
+    return await asyncio.to_thread(_standings, rows, percentiles)
+
+
+def _standings(
+    rows: list[tuple[Any, ...]],
+    percentiles: dict[tuple[str, str, str], tuple[float, float, float, float, int]],
+) -> tuple[list[FleetStat], list[HomeStanding]]:
+    """The fleet statistics and standings of the per-home rows (metric, device class, unit,
+    home, value, days), sorted by their first four; `percentiles` where the database gave
+    them."""
     stats: list[FleetStat] = []
     standings: list[HomeStanding] = []
-    for (metric, dc, unit), group in groupby(rows, key=lambda row: tuple(row[:3])):
+    for (metric, dc, unit), group in groupby(rows, key=lambda row: row[:3]):
         members = list(group)
-        sample = [float(row.value) for row in members]
+        sample = np.array([row[4] for row in members], dtype=np.float64)
         if (metric, dc, unit) in percentiles:
             p10, p50, p90, mean, n = percentiles[(metric, dc, unit)]
+            p10, p50, p90, mean, n = float(p10), float(p50), float(p90), float(mean), int(n)
         else:  # SQLite: no percentile_cont; numpy's default is the same interpolation
             p10, p50, p90 = (float(p) for p in np.percentile(sample, [10, 50, 90]))
             mean, n = float(np.mean(sample)), len(sample)
         stats.append(FleetStat(metric, dc, unit, n, p10, p50, p90, mean))
-        for row, value, rank in zip(members, sample, _ranks(sample), strict=True):
-            standings.append(HomeStanding(row.home, metric, dc, value, rank, int(row.days)))
+        for row, value, rank in zip(
+            members, sample.tolist(), _ranks_array(sample).tolist(), strict=True
+        ):
+            standings.append(HomeStanding(row[3], metric, dc, value, rank, int(row[5])))
     return stats, standings
+
+
+def _ranks_array(sample: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """`_ranks` of a whole array at once (searchsorted in its sorted copy)."""
+    ordered = np.sort(sample)
+    below = np.searchsorted(ordered, sample, side="left")
+    equal = np.searchsorted(ordered, sample, side="right") - below
+    return 100.0 * (below + 0.5 * equal) / len(sample)
 
 
 # Per analytics transaction: PostgreSQL's default work_mem (4 MB) made the grouping of a

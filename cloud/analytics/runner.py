@@ -22,9 +22,10 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cloud.analytics.anomalies import latest_from_cells, load_latest, rank_latest
+from cloud.analytics.anomalies import HourValues, Latest, latest_from_cells, rank_latest
 from cloud.analytics.clusters import (
     DEFAULT_SAMPLE,
+    ProfileSums,
     cluster_profiles,
     load_profile_sums,
     normalized_profiles,
@@ -32,11 +33,14 @@ from cloud.analytics.clusters import (
 from cloud.analytics.fleet import (
     EVENT_METRICS,
     TIMELINE_METRICS,
+    Cell,
     event_report,
     fleet_standings_sql,
     load_cells,
 )
-from cloud.analytics.models import EMPTY_SNAPSHOT, Snapshot
+from cloud.analytics.hourly import Hours, latest_hours, load_hours
+from cloud.analytics.hourly import profile_sums as profile_sums_of
+from cloud.analytics.models import EMPTY_SNAPSHOT, FleetStat, HomeStanding, Snapshot
 from cloud.analytics.rollups import DAY_S, STORED_S, newest_window_end
 from cloud.db import analytics_results
 from cloud.tasks import raise_if_cancelling
@@ -44,6 +48,8 @@ from cloud.tasks import raise_if_cancelling
 log = logging.getLogger(__name__)
 
 SNAPSHOT = "snapshot"
+
+Standings = tuple[list[FleetStat], list[HomeStanding]]
 
 
 @dataclass(frozen=True)
@@ -68,40 +74,60 @@ async def compute_snapshot(
     # Whole days, so every home's daily means cover the same days.
     until_day = math.ceil(until / DAY_S) * DAY_S
     since = until_day - settings.lookback_days * DAY_S
-    # Fleet percentiles and ranks: computed in the database, one row per home and metric back.
-    stats, standings = await fleet_standings_sql(engine, since, until_day)
-    # The events read only the event metrics' rows, the clusters one row per home, family and
-    # hour of the day; on PostgreSQL the anomalies get each home's newest hour with its
-    # history's median and MAD from the database. Only SQLite (small fleets, no
-    # percentile_cont) reads every hour row into Python, for the anomalies.
-    days = await load_cells(
-        engine, DAY_S, since, until_day, by_device_class=False, metrics=EVENT_METRICS
-    )
-    event_hours = await load_cells(
-        engine, STORED_S, since, until_day, by_device_class=False, metrics=TIMELINE_METRICS
-    )
-    profile_sums = await load_profile_sums(engine, since, until_day)
     # Anomalies rank complete hours only, the ones the clock has passed: the hour still
     # filling would be re-ranked, and its flag flip, with every run.
     complete = min(until_day, math.floor(computed_at / STORED_S) * STORED_S)
+    loaded: Hours | None = None
+    profile_sums: ProfileSums = {}
+    latest: list[Latest] = []
+    by_hour: HourValues = {}
+
+    async def day_and_event_rows() -> tuple[Standings, list[Cell], list[Cell]]:
+        # Fleet percentiles and ranks: computed in the database from the day rows, one row per
+        # home and metric back. The events read only the event metrics' rows (through the
+        # unique key's index: width, metric, time).
+        standings = await fleet_standings_sql(engine, since, until_day)
+        days = await load_cells(
+            engine, DAY_S, since, until_day, by_device_class=False, metrics=EVENT_METRICS
+        )
+        event_hours = await load_cells(
+            engine, STORED_S, since, until_day, by_device_class=False, metrics=TIMELINE_METRICS
+        )
+        return standings, days, event_hours
+
     if engine.dialect.name == "postgresql":
-        latest, by_hour = await load_latest(engine, since, complete)
+        # The clusters' profiles and the anomalies' newest hours come from one read of the
+        # measured metrics' hour rows, one packed row per home and metric
+        # (`cloud.analytics.hourly`), on a second connection while the first reads the day and
+        # event rows: two backends (and this process's thread) work at once, not one.
+        async with asyncio.TaskGroup() as group:
+            other = group.create_task(day_and_event_rows())
+            hours_read = group.create_task(load_hours(engine, since, until_day))
+        (stats, standings), days, event_hours = other.result()
+        loaded = hours_read.result()
     else:
+        # SQLite (small fleets, no percentile_cont): one row per home, family and hour of the
+        # day for the clusters; every hour row read into Python for the anomalies.
+        (stats, standings), days, event_hours = await day_and_event_rows()
+        profile_sums = await load_profile_sums(engine, since, until_day)
         hours = await load_cells(engine, STORED_S, since, complete, by_device_class=False)
         latest, by_hour = latest_from_cells(hours)
         del hours
 
     def analyse() -> Snapshot:
-        # CPU work (KMeans restarts) off the event loop.
+        # CPU work (array sums, KMeans restarts) off the event loop.
+        sums, newest, peers = profile_sums, latest, by_hour
+        if loaded is not None:
+            sums, (newest, peers) = profile_sums_of(loaded), latest_hours(loaded, complete)
         clusters = cluster_profiles(
-            normalized_profiles(profile_sums),
+            normalized_profiles(sums),
             k=settings.cluster_k,
             k_max=settings.cluster_k_max,
             sample=settings.cluster_sample_homes,
         )
         anomalies = rank_latest(
-            latest,
-            by_hour,
+            newest,
+            peers,
             clusters.assignments,
             threshold=settings.anomaly_threshold,
             top=settings.anomaly_top,
