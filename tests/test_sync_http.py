@@ -35,7 +35,9 @@ def _app(seen: list[bytes]) -> web.Application:
     return app
 
 
-async def test_https_verifies_the_certificate_chain_and_host(tmp_path: Path) -> None:
+async def test_https_verifies_the_certificate_chain_and_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ca, ca_key = _make_ca("homeedge test CA")
     cert, key = _issue(ca, ca_key, "localhost", server=True)
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -53,15 +55,21 @@ async def test_https_verifies_the_certificate_chain_and_host(tmp_path: Path) -> 
         async with CloudSession(timeout_s=5) as session:
             with pytest.raises(CloudUnreachable, match="CERTIFICATE_VERIFY_FAILED"):
                 await session.post(url, b"x", {})
-        trusting = ssl.create_default_context(cafile=str(_write_cert(tmp_path / "ca.pem", ca)))
-        async with CloudSession(timeout_s=5, ssl_context=trusting) as session:
+        ca_file = _write_cert(tmp_path / "ca.pem", ca)
+        # A private CA as the README says: SSL_CERT_FILE in the gateway's environment.
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+        async with CloudSession(timeout_s=5) as session:
             assert (await session.post(url, b"batch", {})).status == 201
+        monkeypatch.delenv("SSL_CERT_FILE")
+        trusting = ssl.create_default_context(cafile=str(ca_file))
+        async with CloudSession(timeout_s=5, ssl_context=trusting) as session:
+            assert (await session.post(url, b"again", {})).status == 201
             # The certificate names localhost and 127.0.0.1, not this: the host is checked too.
             with pytest.raises(CloudUnreachable, match="CERTIFICATE_VERIFY_FAILED"):
                 await session.post(f"https://127.0.0.2:{other_port}/api/v1/batches", b"x", {})
     finally:
         await runner.cleanup()
-    assert seen == [b"batch"]
+    assert seen == [b"batch", b"again"]
 
 
 async def test_a_server_that_never_answers_is_a_timeout() -> None:
