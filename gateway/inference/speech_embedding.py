@@ -15,7 +15,6 @@ the files in the page cache, one load per quiet spell, before its first embeddin
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
 import time
@@ -26,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+
+from gateway.memory import malloc_trim
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class SpeechEmbedder:
         with self._lock:
             self._sessions = None
         self.releases += 1
-        _malloc_trim()
+        malloc_trim()
         log.info("released the speech embedding after %.0f s unused", self.idle_release_s)
         return True
 
@@ -152,14 +153,3 @@ class SpeechEmbedder:
             [np.asarray(emb_s.run(None, {emb_in: batch[i : i + 1]})[0]) for i in range(len(batch))]
         ).astype(np.float32, copy=False)
         return out.reshape(len(stacks), KW_STEPS, EMBED_DIM)
-
-
-def _malloc_trim() -> None:
-    """Hand freed heap pages back to the system (glibc; a no-op where there is no malloc_trim):
-    the sessions' buffers sit in the middle of the heap, where free() alone does not return
-    them."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim(0)
