@@ -1,16 +1,17 @@
 """`CloudSession`: the uplink's HTTP client, on the standard library's `http.client`.
 
 The uplink sends one POST at a time and reads a small JSON answer, so it needs no more than one
-keep-alive connection used from a worker thread (`asyncio.to_thread`); aiohttp's client did the
-same at ~8 MB more resident memory (its import, measured in a gateway with every model loaded,
-bench/startup.py). What it keeps of what the aiohttp session did:
+keep-alive connection used from a worker thread (a daemon thread per request); aiohttp's client
+did the same at ~8 MB more resident memory (its import, measured in a gateway with every model
+loaded, bench/startup.py). What it keeps of what the aiohttp session did:
 
 - TLS: ``https`` URLs verify the certificate chain against the system store and the host name
   (`ssl.create_default_context`, what aiohttp's default connector uses too);
 - no proxy from the environment (aiohttp's ``trust_env`` is off by default; `http.client`
   never reads ``HTTP(S)_PROXY``) and no redirects followed (a 3xx is an answer);
 - `timeout_s` bounds one whole request: each step (connect, send, waiting for the answer,
-  reading it) gets what is left of it;
+  reading it) gets what is left of it (while the answer is read, each read waits at most what
+  was left when reading began);
 - an idle connection is closed after `keepalive_s` (aiohttp's connector: 15 s) instead of being
   reused after the server may have dropped it; one that still turns out dropped when reused
   (reset or closed before any answer) is retried once on a fresh connection, which is safe
@@ -18,13 +19,15 @@ bench/startup.py). What it keeps of what the aiohttp session did:
 
 Failures to reach the cloud raise `CloudUnreachable`; any HTTP status is an `HttpAnswer`.
 Cancelling `post` (the gateway stopping) shuts the socket down so the worker thread returns
-at once instead of waiting for its timeout.
+at once instead of waiting for its timeout; a thread still connecting is a daemon, so it never
+holds up the process's exit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import http.client
 import socket
 import ssl
@@ -104,8 +107,33 @@ class CloudSession:
         """POST `body` to `url`; the answer, whatever its status. Raises `CloudUnreachable`."""
         if self._closed:
             raise RuntimeError("the session is closed")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[HttpAnswer] = loop.create_future()
+
+        def answered(answer: HttpAnswer) -> None:
+            if not done.cancelled():
+                done.set_result(answer)
+
+        def failed(exc: BaseException) -> None:
+            if not done.cancelled():
+                done.set_exception(exc)
+
+        def work() -> None:
+            try:
+                answer = self._post(url, body, dict(headers))
+            except BaseException as exc:  # handed to the awaiting task
+                outcome = functools.partial(failed, exc)
+            else:
+                outcome = functools.partial(answered, answer)
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                loop.call_soon_threadsafe(outcome)
+
+        # A daemon thread of its own, not the loop's default executor: a gateway stopping
+        # while a connect hangs (no answer to SYN) would otherwise wait at exit for the rest
+        # of request_timeout_s; shutdown() below cannot wake a connect.
+        threading.Thread(target=work, name="uplink-http", daemon=True).start()
         try:
-            return await asyncio.to_thread(self._post, url, body, dict(headers))
+            return await done
         except asyncio.CancelledError:
             self._abort()
             raise
