@@ -1,6 +1,7 @@
 """Footprint benchmark of a gateway install: venv size, start-up time and whole-process memory.
 
-    .venv/bin/python bench/startup.py [--runs 5] [--rate 1000] [--seconds 30] [--no-venvs] [--json]
+    .venv/bin/python bench/startup.py [--runs 5] [--rate 1000] [--seconds 30] [--no-venvs]
+        [--legs startup,off,models] [--json]
 
 1. venv_mb_gateway / venv_mb_full: ``du -sm`` of a fresh virtual environment (``python -m venv``
    in a temporary directory) holding ``pip install <repo>[gateway]``, and one holding every
@@ -20,6 +21,10 @@
    their inferences are stored (so the lazily loaded speech embedding is in too: every model),
    and uploads to a real ``python -m cloud`` (SQLite) with 10 s windows sent as they close, so
    the uplink really posts batches. Both check that every reading sent was committed.
+
+`--legs` picks which of the gateway runs happen (default all three: ``startup`` for 2,
+``off`` and ``models`` for the two runs of 3), e.g. ``--no-venvs --legs models`` for the memory
+with every model and the uplink alone.
 
 Each gateway runs on a Mosquitto of the bench's own (bench/ingest.py's). Figures depend on
 what else runs on the machine: the load average is printed with them.
@@ -318,8 +323,17 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=1000, help="telemetry msg/s of the RSS runs")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each RSS run")
     parser.add_argument("--no-venvs", action="store_true", help="skip the venv sizes")
+    parser.add_argument(
+        "--legs",
+        default="startup,off,models",
+        help="comma-separated gateway runs: startup, off (RSS inference off), models (RSS with "
+        "every model and the uplink)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
+    legs = {leg.strip() for leg in args.legs.split(",") if leg.strip()}
+    if not legs or legs - {"startup", "off", "models"}:
+        parser.error(f"--legs: choose from startup, off, models (got {args.legs!r})")
     result: dict[str, Any] = {}
     if not args.no_venvs:
         log("venv with homeedge[gateway] ...")
@@ -329,25 +343,28 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="homeedge-broker-") as tmp:
         broker, port = start_broker(Path(tmp))
         try:
-            log("start-up to subscribed ...")
-            on = startup_seconds(port, inference=True, runs=args.runs)
-            off = startup_seconds(port, inference=False, runs=args.runs)
-            result["startup_s_median"] = round(statistics.median(on), 3)
-            result["startup_s_median_inference_off"] = round(statistics.median(off), 3)
-            result["startup_s_runs"] = [round(t, 3) for t in on]
-            log("RSS, inference off ...")
-            off_rss = rss_run(port, all_models=False, rate=args.rate, seconds=args.seconds)
-            log("RSS, every model loaded, uplink on ...")
-            on_rss = rss_run(port, all_models=True, rate=args.rate, seconds=args.seconds)
+            if "startup" in legs:
+                log("start-up to subscribed ...")
+                on = startup_seconds(port, inference=True, runs=args.runs)
+                off = startup_seconds(port, inference=False, runs=args.runs)
+                result["startup_s_median"] = round(statistics.median(on), 3)
+                result["startup_s_median_inference_off"] = round(statistics.median(off), 3)
+                result["startup_s_runs"] = [round(t, 3) for t in on]
+            if "off" in legs:
+                log("RSS, inference off ...")
+                off_rss = rss_run(port, all_models=False, rate=args.rate, seconds=args.seconds)
+                result["rss_mb_inference_off"] = off_rss["steady_mb"]
+                result["rss_mb_inference_off_peak"] = off_rss["peak_mb"]
+                result["rss_inference_off"] = off_rss
+            if "models" in legs:
+                log("RSS, every model loaded, uplink on ...")
+                on_rss = rss_run(port, all_models=True, rate=args.rate, seconds=args.seconds)
+                result["rss_mb_all_models_uplink"] = on_rss["steady_mb"]
+                result["rss_mb_all_models_uplink_peak"] = on_rss["peak_mb"]
+                result["rss_all_models_uplink"] = on_rss
         finally:
             broker.terminate()
             broker.wait(timeout=10)
-    result["rss_mb_inference_off"] = off_rss["steady_mb"]
-    result["rss_mb_inference_off_peak"] = off_rss["peak_mb"]
-    result["rss_mb_all_models_uplink"] = on_rss["steady_mb"]
-    result["rss_mb_all_models_uplink_peak"] = on_rss["peak_mb"]
-    result["rss_inference_off"] = off_rss
-    result["rss_all_models_uplink"] = on_rss
     result["loadavg"] = os.getloadavg()
     if args.json:
         print(json.dumps(result))

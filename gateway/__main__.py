@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from gateway.app import create_gateway
 from gateway.config import ENV_PREFIX, ConfigError, GatewayConfig, load_config
+from gateway.memory import pin_malloc_thresholds
 from gateway.schema import SchemaVersionError
 from gateway.updates.boot import boot_config
 
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     # SQLite step and then waits up to the switch interval to get it back. 5 ms (the default)
     # per step made each commit tens of ms; 1 ms keeps commits short at little cost.
     sys.setswitchinterval(0.001)
+    # Before any thread or model session exists: big buffers keep mappings of their own.
+    pin_malloc_thresholds()
     try:
         asyncio.run(serve(config, lambda: load_config(args.config)))
     except SchemaVersionError as exc:

@@ -10,7 +10,8 @@ returns what JSON cannot encode) gives 500 ``{"status": "error"}``, logged.
 A few read-only GET endpoints on a local port do not need a web framework: this is a small
 HTTP/1.1 server on `asyncio.start_server` (one request per connection, answered with
 ``Connection: close``). aiohttp's server would pull its whole client and server stack into every
-gateway (~9 MB resident of a ~120 MB process); the uplink imports aiohttp only when it runs.
+gateway (~9 MB resident of a ~120 MB process); only bundle updates and webhooks import aiohttp,
+when they run (the uplink posts with http.client).
 Every stage is bounded: connections in flight, the time to send the request head, to send the
 reply, to drain what the client still sends and to close.
 """

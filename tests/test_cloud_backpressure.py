@@ -19,7 +19,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
@@ -31,6 +30,7 @@ from cloud.db import batches
 from cloud.web import ENGINE_KEY, UPLOAD_GATE_KEY
 from gateway.db import make_engine as make_gateway_engine
 from gateway.sync import outbox
+from gateway.sync.http import CloudSession
 from gateway.sync.metrics import SyncMetrics
 from gateway.sync.settings import UplinkSettings
 from gateway.sync.tables import outbox as outbox_table
@@ -287,7 +287,7 @@ async def test_the_uplink_waits_retry_after_then_delivers_each_batch_once(
     engine = _gateway_outbox(tmp_path, settings, 3)
     sleep = RecordingSleep(cloud_recovers)
     uplink = _uplink(settings, engine, sleep)
-    async with aiohttp.ClientSession() as session:
+    async with CloudSession() as session:
         acked = await uplink.drain(session)
     assert acked == 3
     # One wait, as the cloud asked: at least 4 s, at most 4 * (1 + jitter); the batch stayed
@@ -321,7 +321,7 @@ async def test_the_uplink_outlasts_a_database_behind_on_postgres(
 
     sleep = RecordingSleep(database_catches_up)
     try:
-        async with aiohttp.ClientSession() as session:
+        async with CloudSession() as session:
             assert await _uplink(settings, engine, sleep).drain(session) == 2
     finally:
         if not sleep.delays:

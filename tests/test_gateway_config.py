@@ -163,9 +163,10 @@ def test_storage_retention_defaults_and_bounds(tmp_path: Path) -> None:
 
 
 def test_gateway_start_up_imports_stay_lean(tmp_path: Path) -> None:
-    """A gateway wired from a file-only configuration loads neither aiohttp (needed only by a
-    running uplink), nor pydantic-settings (only when HOMEEDGE_GATEWAY__ variables are set), nor
-    numpy (only inference and audio frames need it; [inference] is off here)."""
+    """A gateway wired from a file-only configuration loads neither aiohttp (needed only by
+    webhooks and bundle updates; the uplink posts with http.client), nor pydantic-settings
+    (only when HOMEEDGE_GATEWAY__ variables are set), nor numpy (only inference and audio
+    frames need it; [inference] is off here)."""
     path = write(tmp_path, 'gateway_id = "g"\n[inference]\nenabled = false\n')
     heavy = {"aiohttp", "pydantic_settings", "numpy"}
     code = (

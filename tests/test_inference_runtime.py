@@ -14,6 +14,7 @@ from gateway.inference.discovery import anomaly_config, microphone_configs, occu
 from gateway.inference.manifest import ModelKind
 from gateway.inference.runtime import ModelLoadError, ModelRuntime, load_model
 from gateway.inference.settings import DEFAULT_MODELS_DIR, InferenceSettings
+from gateway.inference.speech_embedding import KW_SAMPLES, SpeechEmbedder
 from schemas.events import InferenceEvent, decode_event, encode_event
 
 ALL = {"audio_embedding", "vad", "keyword", "alarm", "sensor_anomaly", "occupancy"}
@@ -311,3 +312,23 @@ def test_only_utterances_short_enough_for_a_command_reach_the_keyword_head() -> 
     ends = _keyword_input_ends(pcm)
     second_end = 9 + limit + 0.3 + limit - 0.5
     assert len(ends) == 1 and second_end < ends[0] < second_end + 0.5, ends
+
+
+def test_the_speech_embedding_is_released_when_idle_and_reloads_to_the_same_output() -> None:
+    now = [0.0]
+    speech = SpeechEmbedder(idle_release_s=10.0, clock=lambda: now[0])
+    window = np.random.default_rng(3).uniform(-0.3, 0.3, (1, KW_SAMPLES)).astype(np.float32)
+    first = speech.embed(window)
+    assert speech.loaded and speech.loads == 1
+    now[0] = 9.9
+    assert not speech.release_if_idle() and speech.loaded  # used 9.9 s ago: kept
+    now[0] = 10.0
+    assert speech.release_if_idle() and not speech.loaded and speech.releases == 1
+    assert not speech.release_if_idle()  # nothing left to release
+    again = speech.embed(window)
+    assert speech.loaded and speech.loads == 2
+    assert np.array_equal(first, again)  # a reload changes no result
+    kept = SpeechEmbedder(idle_release_s=None, clock=lambda: now[0])
+    kept.embed(window)
+    now[0] = 1e9
+    assert not kept.release_if_idle() and kept.loaded

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -20,6 +19,7 @@ from sqlalchemy import Connection, Engine, select
 
 from gateway.backoff import Backoff
 from gateway.sync import counters
+from gateway.sync.http import CloudSession
 from gateway.sync.metrics import SyncMetrics
 from gateway.sync.settings import UplinkSettings
 from gateway.sync.tables import outbox
@@ -134,7 +134,7 @@ async def test_retries_then_sends_each_batch_once_in_order(tmp_path: Path) -> No
     sleeps = Sleeps()
     uplink = make_uplink(engine, str(server.make_url("")), sleeps)
     try:
-        async with aiohttp.ClientSession() as session:
+        async with CloudSession() as session:
             acked = await uplink.drain(session)
     finally:
         await server.close()
@@ -164,7 +164,7 @@ async def test_rejected_batch_parked_and_duplicate_acknowledged(tmp_path: Path) 
     sleeps = Sleeps()
     uplink = make_uplink(engine, str(server.make_url("")), sleeps)
     try:
-        async with aiohttp.ClientSession() as session:
+        async with CloudSession() as session:
             assert await uplink.drain(session) == 2
             # the cloud already has seq 3 (say our ack was lost): a resend is a 200 duplicate
             with engine.begin() as conn:
@@ -198,7 +198,7 @@ async def test_connection_errors_retry_until_the_cloud_is_up(tmp_path: Path) -> 
     sleeps = StartAfterTwo()
     uplink = make_uplink(engine, f"http://127.0.0.1:{port}", sleeps)
     try:
-        async with aiohttp.ClientSession() as session:
+        async with CloudSession() as session:
             assert await uplink.drain(session) == 2
     finally:
         await runner.cleanup()
@@ -281,7 +281,7 @@ async def test_link_errors_retry_instead_of_parking(tmp_path: Path, status: int)
 
     uplink._run_db = spy  # type: ignore[method-assign]
     try:
-        async with aiohttp.ClientSession() as session:
+        async with CloudSession() as session:
             assert await uplink.drain(session) == 3
     finally:
         await server.close()
@@ -298,7 +298,7 @@ async def test_link_errors_retry_instead_of_parking(tmp_path: Path, status: int)
 
 
 async def test_a_redirect_is_not_followed_and_the_batch_is_kept(tmp_path: Path) -> None:
-    # An http -> https style redirect: aiohttp would follow 301 with a GET, which gets 405.
+    # An http -> https style redirect: a client that follows it resends the POST as a GET (405).
     engine = make_db(tmp_path)
     put(engine, 2, UplinkSettings())
     cloud = FakeCloud()
@@ -328,7 +328,7 @@ async def test_a_redirect_is_not_followed_and_the_batch_is_kept(tmp_path: Path) 
     sleeps = Rotate()
     uplink = make_uplink(engine, str(redirecting.make_url("/old")), sleeps)
     try:
-        async with aiohttp.ClientSession() as session:
+        async with CloudSession() as session:
             assert await uplink.drain(session) == 2
     finally:
         await redirecting.close()
@@ -349,7 +349,7 @@ async def test_only_bad_batch_answers_park(tmp_path: Path, status: int) -> None:
     server = await start(cloud)
     uplink = make_uplink(engine, str(server.make_url("")), Sleeps())
     try:
-        async with aiohttp.ClientSession() as session:
+        async with CloudSession() as session:
             assert await uplink.drain(session) == 1
     finally:
         await server.close()
@@ -386,7 +386,7 @@ async def test_a_batch_failing_forever_expires_and_unblocks_the_rest(tmp_path: P
     uplink = make_uplink(engine, str(server.make_url("")), Clocked(), outbox_ttl_s=100.0)
     uplink._clock = lambda: now[0]
     try:
-        async with aiohttp.ClientSession() as session:
+        async with CloudSession() as session:
             assert await uplink.drain(session) == 1
     finally:
         await server.close()
@@ -412,7 +412,7 @@ async def test_retrying_stops_when_the_batch_was_dropped_for_room(tmp_path: Path
     server = await start(cloud)
     uplink = make_uplink(engine, str(server.make_url("")), DropMeanwhile())
     try:
-        async with aiohttp.ClientSession() as session:
+        async with CloudSession() as session:
             assert await uplink.drain(session) == 2
     finally:
         await server.close()

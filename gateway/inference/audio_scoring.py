@@ -53,7 +53,10 @@ class AudioScorer:
             "keyword": m(ModelKind.AUDIO_KEYWORD),
             "alarm": m(ModelKind.AUDIO_ALARM),
         }
-        self.speech = SpeechEmbedder(intra_op_threads=settings.intra_op_threads)
+        self.speech = SpeechEmbedder(
+            intra_op_threads=settings.intra_op_threads,
+            idle_release_s=settings.speech_idle_release_s,
+        )
 
     def process(self, frames: list[AudioItem]) -> list[InferenceResult]:
         assert self.embed is not None

@@ -320,6 +320,10 @@ class InferenceEngine:
             results += self._audio.flush(evicted.microphones)
             self._baselines.evicted(evicted.sensors)
         results += self._close_due()
+        speech = self._audio.speech
+        speech.release_if_idle()  # between batches: the sessions are not running
+        self.stats.speech_embedding_loads = speech.loads
+        self.stats.speech_embedding_releases = speech.releases
         return _Batch(results, self._baselines.round())
 
     def _close_due(self) -> list[InferenceResult]:

@@ -110,6 +110,13 @@ class InferenceSettings(BaseModel):
     speech_summary_s: float = Field(
         default=10.0, gt=0, description="VAD results are summed over this"
     )
+    speech_idle_release_s: float | None = Field(
+        default=10.0,
+        gt=0,
+        description="the keyword's pretrained speech embedding (loaded at the first utterance, "
+        "~7 MB resident) is dropped after this long without an utterance and loaded again by "
+        "the next one (~20-30 ms before its embedding); None keeps it loaded",
+    )
     publish_events: bool = Field(default=True, description="publish events on MQTT (QoS 1)")
     discovery: bool = Field(
         default=True,

@@ -24,6 +24,8 @@ class EngineStats:
     baselines_written: int = 0  # baseline rows written by save rounds (result handling)
     baselines_persisted: int = 0  # rows in sensor_baselines after the last round (or at start)
     swaps: int = 0  # model sets swapped in while running (gateway.updates)
+    speech_embedding_loads: int = 0  # speech-embedding sessions loaded (first utterance, reloads)
+    speech_embedding_releases: int = 0  # ... dropped after speech_idle_release_s unused
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ Which answers give up on a batch (zero loss first): only 400, 409 and 422 say th
 itself is bad, so only they park it as ``rejected`` (kept for inspection, pruned after
 `outbox_ttl_s`) and the next one goes. Every other answer says something about the link, not the
 batch: a rotated token (401/403), a wrong URL or a proxy (404/405/413), a redirect (3xx; never
-followed, since aiohttp would turn the POST into a GET), 408/429, 5xx and network errors. Those
+followed, since following would turn the POST into a GET), 408/429, 5xx and network errors. Those
 retry the same batch (head of line, so order holds) with exponential backoff and full jitter,
 bounded by `backoff_max_s`, count the failure by status (``send_failures{status}``) and show the
 error with a hint in ``/healthz`` (``sync.last_error``, ``sync.last_status``) until a send
@@ -28,6 +28,9 @@ than `retry_after_max_s`. The batch stays pending meanwhile, like any retry.
 Every send takes a token from a bucket, so a backlog after an outage drains at
 `catchup_batches_per_s` instead of as a retry storm.
 
+HTTP goes through `gateway.sync.http.CloudSession` (the standard library's `http.client` in a
+worker thread, one keep-alive connection, TLS verified; see there).
+
 Database access is injected (`RunDb`): in the gateway it runs on the writer thread; for tests and
 tools `thread_run_db(engine)` runs each call in its own transaction in a worker thread.
 """
@@ -45,18 +48,16 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from enum import Enum
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine
 
 from gateway.backoff import Backoff
 from gateway.sync import outbox
+from gateway.sync.http import CloudSession, CloudUnreachable
 from gateway.sync.metrics import SyncMetrics
 from gateway.sync.outbox import OutboxBatch
 from gateway.sync.settings import UplinkSettings
-
-if TYPE_CHECKING:
-    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -203,13 +204,8 @@ class Uplink:
         self._wake.set()
 
     async def run(self) -> None:
-        """Drain forever (until cancelled); a ClientSession lives as long as this task."""
-        # Imported here: aiohttp is ~9 MB resident, which a gateway without an uplink URL (the
-        # only one that never runs this task) must not pay for.
-        import aiohttp
-
-        timeout = aiohttp.ClientTimeout(total=self.settings.request_timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        """Drain forever (until cancelled); a CloudSession lives as long as this task."""
+        async with CloudSession(timeout_s=self.settings.request_timeout_s) as session:
             while True:
                 self._wake.clear()
                 try:
@@ -222,7 +218,7 @@ class Uplink:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.settings.send_interval_s)
 
-    async def drain(self, session: aiohttp.ClientSession) -> int:
+    async def drain(self, session: CloudSession) -> int:
         """Send pending batches until the outbox is empty; returns how many were acknowledged."""
         acked = 0
         while True:
@@ -243,7 +239,7 @@ class Uplink:
                     break
             self.metrics.set_outbox_depth(await self._run_db(outbox.depth))
 
-    async def _deliver(self, session: aiohttp.ClientSession, batch: OutboxBatch) -> int:
+    async def _deliver(self, session: CloudSession, batch: OutboxBatch) -> int:
         """Send one batch until it is acknowledged (1), parked, expired or gone (0)."""
         self._backoff.reset()
         while True:
@@ -309,7 +305,7 @@ class Uplink:
         return pending
 
     async def _post(
-        self, session: aiohttp.ClientSession, batch: OutboxBatch
+        self, session: CloudSession, batch: OutboxBatch
     ) -> tuple[_Verdict, str, float | None]:
         verdict, detail, retry_after, status = await self._attempt(session, batch)
         if verdict in (_Verdict.RETRY, _Verdict.REJECTED):
@@ -318,23 +314,18 @@ class Uplink:
         return verdict, detail, retry_after
 
     async def _attempt(
-        self, session: aiohttp.ClientSession, batch: OutboxBatch
+        self, session: CloudSession, batch: OutboxBatch
     ) -> tuple[_Verdict, str, float | None, str]:
         """One POST: (verdict, error detail, Retry-After seconds, status label)."""
-        import aiohttp  # already loaded by `run`; see there
-
         try:
-            # A redirect is not followed: aiohttp would resend a POST answered by 301/302 as a
-            # GET, and the 405 that follows would look like a verdict on the batch.
-            async with session.post(
-                self._url, data=batch.body_gz, headers=self._headers, allow_redirects=False
-            ) as resp:
-                body = await resp.read()
-                status = resp.status
-                retry_after = resp.headers.get("Retry-After")
-                location = resp.headers.get("Location")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return _Verdict.RETRY, f"{type(exc).__name__}: {exc}", None, "network"
+            # A redirect is not followed (CloudSession never does): following would resend a
+            # POST answered by 301/302 as a GET, and the 405 that follows would look like a
+            # verdict on the batch.
+            answer = await session.post(self._url, batch.body_gz, self._headers)
+        except CloudUnreachable as exc:
+            return _Verdict.RETRY, str(exc), None, "network"
+        body, status = answer.body, answer.status
+        retry_after, location = answer.retry_after, answer.location
         if status == 200:
             return _Verdict.DUPLICATE, "", None, "200"
         if 200 <= status < 300:
