@@ -48,7 +48,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cloud.analytics.rollups import FOLD_SETTINGS, fold_batch, fold_ingested
-from cloud.backpressure import is_busy
+from cloud.backpressure import is_busy, sqlstate
 from cloud.db import aggregates, batches, gateway_stats
 from schemas.batch import Batch
 
@@ -438,13 +438,14 @@ async def _write(engine: AsyncEngine, conn: AsyncConnection, group: list[_Reques
     try:
         outcomes = await _store_group(conn, group)
     except Exception as exc:  # delivered to the waiting requests, not lost in the writer task
-        if len(group) == 1 or is_busy(exc):
+        if is_busy(exc) or (len(group) == 1 and not partition_attached_meanwhile(exc)):
             # A busy database (pool or statement timeout) would fail them one by one too, and
             # slower: each is answered 503 now and resent by its gateway after Retry-After.
             for request in group:
                 _settle(request, exc)
             return False
-        # One batch must not fail the others (nor a deadlock victim all of them): alone now.
+        # One batch must not fail the others (nor a deadlock victim all of them), and a
+        # partition attached meanwhile routes the rows anew: each alone now.
         log.warning(
             "storing a group of %d batches failed (%s); storing them one by one", len(group), exc
         )
@@ -459,6 +460,14 @@ async def _write(engine: AsyncEngine, conn: AsyncConnection, group: list[_Reques
     for request, outcome in zip(group, outcomes, strict=True):
         _settle(request, outcome)
     return True
+
+
+def partition_attached_meanwhile(exc: BaseException) -> bool:
+    """Whether `exc` is PostgreSQL refusing a row that this transaction routed to a DEFAULT
+    partition while storage upkeep attached the partition of its range (ATTACH holds the
+    default's lock; once it commits, the default's constraint no longer admits the row). The
+    same rows stored again go to the new partition."""
+    return sqlstate(exc) == "23514" and "partition constraint" in str(exc)
 
 
 def _settle(request: _Request, outcome: StoreOutcome | Exception) -> None:

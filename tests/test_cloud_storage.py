@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from alembic import command
 from sqlalchemy import Connection, func, insert, select, text
@@ -36,6 +37,7 @@ from cloud.db import (
     aggregates,
     alembic_config,
     batches,
+    dispose,
     make_engine,
     rollups,
     upgrade_to_head,
@@ -252,8 +254,6 @@ async def test_retention_keeps_the_same_rows_on_both_databases(
         now = T0 + 40 * DAY + 3600
         # Windows on 20 days spread over 40 days before `now`.
         windows = _spread_over_days(random_windows(5, 200), 20)
-        import msgspec
-
         windows = [
             msgspec.structs.replace(a, window_start=a.window_start + 20 * DAY * (i % 2))
             for i, a in enumerate(windows)
@@ -691,3 +691,39 @@ async def test_a_cancelled_upkeep_stops_even_when_its_clean_up_fails(
     task.cancel()
     done, _ = await asyncio.wait({task}, timeout=5)
     assert task in done and task.cancelled()
+
+
+async def test_a_batch_routed_to_the_default_while_its_partition_is_attached_is_stored(
+    pg_url: str,
+) -> None:
+    """Storage upkeep attaches the partition of a range while a batch's COPY routes rows of that
+    range to the DEFAULT partition: PostgreSQL refuses them once the ATTACH commits (the
+    default's constraint changed under the COPY). The writer stores the batch again, into the
+    new partition, instead of answering 500."""
+    engine = make_engine(pg_url)
+    try:
+        await upgrade_to_head(engine)
+        start = storage.partition_start("aggregates", T0 - 30 * 86400.0)  # no partition yet
+        windows = [
+            msgspec.structs.replace(w, window_start=start + 3600.0 * i)
+            for i, w in enumerate(random_windows(5, 5))
+        ]
+        attach = await engine.connect()
+        upkeep = await attach.begin()
+        await attach.run_sync(storage.create_partition, "aggregates", start)  # not committed
+        async with BatchWriter(engine) as writer:
+            batch = Batch(
+                batch_id=uuid.uuid4().hex, gateway="gw-1", seq=1, created_at=T0, aggregates=windows
+            )
+            stored = asyncio.create_task(writer.store(batch, Body.of(b"x")))
+            await asyncio.sleep(1.0)  # the COPY routed its rows and waits for the default's lock
+            assert not stored.done()
+            await upkeep.commit()
+            await attach.close()
+            assert await stored is StoreOutcome.STORED
+        async with engine.connect() as conn:
+            name = storage.partition_name("aggregates", start)
+            n = await conn.scalar(text(f"SELECT count(*) FROM {name}"))
+        assert n == len(windows)
+    finally:
+        await dispose(engine)
