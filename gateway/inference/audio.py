@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -463,11 +464,20 @@ class AlarmDebouncer:
         return False
 
 
-def keyword_decision(probs: F32, threshold: float) -> tuple[str, float]:
-    """The keyword a segment's class probabilities name, or ``other`` below `threshold`."""
+def keyword_decision(probs: F32, threshold: float | Mapping[str, float]) -> tuple[str, float]:
+    """The keyword a segment's class probabilities name, or ``other`` below its threshold.
+
+    `threshold` is one number or a manifest's thresholds: a command's own (``lights_on``,
+    ``lights_off``, ``stop``: chosen per command on calibration data) where it has one, else
+    ``threshold``.
+    """
     best = int(np.argmax(probs[1:])) + 1
-    score = float(probs[best])
-    return (KEYWORD_LABELS[best], score) if score >= threshold else ("other", score)
+    label, score = KEYWORD_LABELS[best], float(probs[best])
+    if isinstance(threshold, Mapping):
+        limit = float(threshold.get(label, threshold.get("threshold", 0.5)))
+    else:
+        limit = float(threshold)
+    return (label, score) if score >= limit else ("other", score)
 
 
 def alarm_decision(probs: F32, pattern: str | None = None) -> tuple[str, float]:
