@@ -14,8 +14,10 @@ Heads and their inputs:
   engine turns that window into pretrained speech embeddings (`speech_embedding`) and
   `keyword_features`. A command is an utterance of its own: a segment reaches the keyword head
   only with a pause (`_END_SILENCE`) before and after it and at most `KW_MAX_UTTERANCE_FRAMES`
-  long, so a sentence that holds "lights off" or "stop" never does; short near misses ("the
-  lights", "a stop sign") are the head's "other" class (training/train_keyword.py). For this
+  long, so a sentence that holds "lights off" or "stop" never does; and the input waits
+  `KW_CONFIRM_FRAMES` more (0.5 s of quiet after the utterance in all) and is dropped when speech
+  resumes in them. Short near misses ("the lights", "a stop sign", "lights here") are the head's
+  "other" class (training/train_keyword.py), and each command has its own threshold. For this
   the stream keeps the last ~2.5 s of samples in memory, overwritten as new audio arrives and
   never stored or sent. A steady bed (music, a fan) sets the level and yields no input after
   its onset; household talk yields ~6 inputs a minute (the short utterances and pauses-apart
