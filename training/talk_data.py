@@ -299,23 +299,95 @@ def talk_clip(split: str, sentences: str, seed: int, seconds: float = 60.0) -> T
 # Training only: short near misses made of a command word and another word, the utterances a
 # standalone gate still passes (held-out talk fired on "lights here", "just stop"). None is a
 # held-out sentence (`near_misses` checks), none is a command.
-_LIGHTS_AFTER = (
-    "up|down|out|dimmed|now|first|too|tomorrow|outside|upstairs|were on|went off|are on|"
-    "and fans|in the hall|please|again|all night|for later|over there|at six|one"
-).split("|")
-_ON_BEFORE = (
-    "hang|come|carry|put it|game|try it|move|lean|keep|what's|rely|so|the light's|is it|turn|"
-    "switch|lights were"
-).split("|")
-_OFF_BEFORE = (
-    "hands|kick|day|log|take it|back|show|cut|way|bite|it's|set|fell|paid|one|lights went|"
-    "the light's"
-).split("|")
-_STOP_WITH = (
-    "stop by|stop now|please stop|full stop|stop here|stop moving|pit stop|last stop|stop it|"
-    "stop and look|the stops|stops|stop talking|shop|top|stock|stopped|don't stop|stop please|"
-    "a stop|bus stops|stop watch|stop that now|top stop|stop again"
-).split("|")
+_LIGHTS_AFTER = [
+    "up",
+    "down",
+    "out",
+    "dimmed",
+    "now",
+    "first",
+    "too",
+    "tomorrow",
+    "outside",
+    "upstairs",
+    "were on",
+    "went off",
+    "are on",
+    "and fans",
+    "in the hall",
+    "please",
+    "again",
+    "all night",
+    "for later",
+    "over there",
+    "at six",
+    "one",
+]
+_ON_BEFORE = [
+    "hang",
+    "come",
+    "carry",
+    "put it",
+    "game",
+    "try it",
+    "move",
+    "lean",
+    "keep",
+    "what's",
+    "rely",
+    "so",
+    "the light's",
+    "is it",
+    "turn",
+    "switch",
+    "lights were",
+]
+_OFF_BEFORE = [
+    "hands",
+    "kick",
+    "day",
+    "log",
+    "take it",
+    "back",
+    "show",
+    "cut",
+    "way",
+    "bite",
+    "it's",
+    "set",
+    "fell",
+    "paid",
+    "one",
+    "lights went",
+    "the light's",
+]
+_STOP_WITH = [
+    "stop by",
+    "stop now",
+    "please stop",
+    "full stop",
+    "stop here",
+    "stop moving",
+    "pit stop",
+    "last stop",
+    "stop it",
+    "stop and look",
+    "the stops",
+    "stops",
+    "stop talking",
+    "shop",
+    "top",
+    "stock",
+    "stopped",
+    "don't stop",
+    "stop please",
+    "a stop",
+    "bus stops",
+    "stop watch",
+    "stop that now",
+    "top stop",
+    "stop again",
+]
 
 
 def near_misses() -> list[str]:

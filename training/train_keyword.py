@@ -40,6 +40,7 @@ import onnxruntime as ort
 
 from gateway.inference.audio import (
     KEYWORD_LABELS,
+    KW_CONFIRM_FRAMES,
     KW_MAX_UTTERANCE_FRAMES,
     AudioStream,
     HeadInput,
@@ -60,9 +61,9 @@ T = TypeVar("T")
 Threshold = float | Mapping[str, float]
 
 TRAIN_TALK = 90  # one-minute talk clips: training voices, "fit" sentences
-NEAR_MISSES = 600  # clips of `talk_data.near_misses` (training voices), fitted as other
-CALIBRATION_TALK = 120  # training voices, "calibration" sentences: the thresholds' choice
-CALIBRATION_COMMANDS = 80  # per command, training voices, fresh seeds: the thresholds' recall
+NEAR_MISSES = 0  # clips of `talk_data.near_misses` (training voices) fitted as other: --near-misses
+CALIBRATION_TALK = 60  # training voices, "calibration" sentences: the thresholds' choice
+CALIBRATION_COMMANDS = 40  # per command, training voices, fresh seeds: the thresholds' recall
 TEST_TALK = 130  # held-out voices and sentences: > 2 h for the figure
 TEST_SEEDS = (3, 4, 5)  # held-out standalone clips: seed + each
 CALIBRATION_SEED = 2
@@ -75,10 +76,11 @@ THRESHOLDS = (*(round(0.5 + 0.02 * k, 2) for k in range(25)), 0.99, 0.995, 0.998
 CALIBRATION_FA_PER_HOUR = 0.5  # half the target: room for voices and sentences not seen
 
 
-def keyword_inputs(audio: np.ndarray) -> list[HeadInput]:
+def keyword_inputs(audio: np.ndarray, confirm: int = KW_CONFIRM_FRAMES) -> list[HeadInput]:
     """The keyword inputs the serving stream makes of `audio` in 0.1 s pushes (clip-relative
-    times). The frame embedding feeds the VAD only, so zeros stand in for it."""
-    stream = AudioStream()
+    times); `confirm` 0 keeps those the confirm wait drops too. The frame embedding feeds the
+    VAD only, so zeros stand in for it."""
+    stream = AudioStream(kw_confirm=confirm)
     out: list[HeadInput] = []
     for i in range(0, len(audio), CHUNK):
         ctx = stream.frames(audio[i : i + CHUNK], i / SAMPLE_RATE)
@@ -135,12 +137,12 @@ def utterances(split: str, scale: float, seed0: int, cache: Path | None) -> list
     return _cached(f"kw-utter-{split}-{scale}-{seed0}", cache, jobs, _utterance_job)
 
 
-def near_miss_clips(scale: float, seed0: int, cache: Path | None) -> list[data.Clip]:
+def near_miss_clips(scale: float, seed0: int, cache: Path | None, count: int) -> list[data.Clip]:
     """Short near misses (`talk_data.near_misses`: a command word and another word) by the
     training voices, fitted as other."""
     rng = np.random.default_rng(seed0 + 31)
     phrases = talk_data.near_misses()
-    n = max(4, int(NEAR_MISSES * scale))
+    n = int(count * scale)
     jobs = [
         ("speech", str(rng.choice(phrases)), "train", seed0 * 100000 + 80000 + i) for i in range(n)
     ]
@@ -176,7 +178,7 @@ def labelled_windows(clip: data.Clip) -> list[tuple[np.ndarray, float, int]]:
     if clip.speech_mask is not None and clip.speech_mask.any():
         act = np.flatnonzero(np.asarray(clip.speech_mask))
         u0, u1 = act[0] / SAMPLE_RATE, act[-1] / SAMPLE_RATE
-    for h in keyword_inputs(clip.audio):
+    for h in keyword_inputs(clip.audio, confirm=0):
         assert h.audio is not None
         label = "other"
         if clip.kind in data.KEYWORDS and min(h.end, u1) - max(h.start, u0) >= 0.5 * (u1 - u0):
@@ -327,7 +329,7 @@ def training_rows(
             durs.append(d)
             labels.append(y)
     for talk in fit_talk:
-        for h in keyword_inputs(talk.audio):
+        for h in keyword_inputs(talk.audio, confirm=0):
             assert h.audio is not None
             windows.append(h.audio)
             durs.append(float(h.features[0]))
@@ -355,6 +357,13 @@ def _best_per_label(probs: np.ndarray) -> np.ndarray:
         best = probs[:, 1:].argmax(1)
         out[np.arange(len(probs)), best] = probs[np.arange(len(probs)), best + 1]
     return out
+
+
+def window_counts(fit: list[data.Clip], fit_talk: list[Any]) -> list[int]:
+    """The count of training windows per label (`training_rows` before its copies)."""
+    labels = [y for clip in fit for _, _, y in labelled_windows(clip)]
+    labels += [0 for talk in fit_talk for _ in keyword_inputs(talk.audio, confirm=0)]
+    return np.bincount(labels, minlength=len(KEYWORD_LABELS)).tolist()
 
 
 def choose_thresholds(
@@ -393,7 +402,7 @@ def choose_thresholds(
     else:
         key = np.lexsort((limits.sum(1), fa_sum, -correct))  # most correct, fewest FA, lowest
         pick = int(next(k for k in key if allowed[k]))
-    chosen = {KEYWORD_LABELS[k + 1]: float(grid[combos[pick, k]]) for k in range(3)}
+    chosen = {f"threshold_{KEYWORD_LABELS[k + 1]}": float(grid[combos[pick, k]]) for k in range(3)}
     print(
         f"thresholds {chosen}: {int(fa_sum[pick])} false commands in {cal_hours:.2f} h of "
         f"calibration talk, {int(correct[pick])} of {len(commands)} calibration commands",
@@ -409,6 +418,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=None, help="directory to cache clips in")
     parser.add_argument("--noisy", type=int, default=KW_AUGMENT, help="noisy copies per window")
     parser.add_argument("--resampled", type=int, default=KW_RESAMPLE, help="resampled copies")
+    parser.add_argument(
+        "--near-misses", type=int, default=NEAR_MISSES, help="near-miss clips fitted as other"
+    )
+    parser.add_argument(
+        "--standalone-seeds", type=int, default=len(TEST_SEEDS), help="held-out clip sets (400)"
+    )
+    parser.add_argument(
+        "--head",
+        type=Path,
+        default=None,
+        help="an existing keyword.onnx: choose its thresholds and evaluate it instead of training",
+    )
     args = parser.parse_args(argv)
     data.require_tools()
     copies = (args.noisy, args.resampled)
@@ -420,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     cal_talk = talks(
         "train", "calibration", n_talk(CALIBRATION_TALK), seed + CALIBRATION_SEED, args.cache
     )
-    near = near_miss_clips(args.scale, seed, args.cache)
+    near = near_miss_clips(args.scale, seed, args.cache, args.near_misses)
     cal_cmds = calibration_commands(args.scale, seed + CALIBRATION_SEED, args.cache)
     progress(
         t0,
@@ -429,18 +450,23 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     speech = SpeechEmbedder(intra_op_threads=2)
-    kw_x, kw_y, counts = _cached_pickle(
-        f"kw-rows-{args.scale}-{seed}-{copies[0]}-{copies[1]}",
-        args.cache,
-        lambda: training_rows(fit, fit_talk, speech, seed, copies),
-    )
-    near_x, near_y, near_counts = _cached_pickle(
-        f"kw-near-rows-{args.scale}-{seed}-{len(near)}-{copies[0]}-{copies[1]}",
-        args.cache,
-        lambda: training_rows(near, [], speech, seed + 1, copies),
-    )
-    kw_x, kw_y = np.vstack([kw_x, near_x]), np.concatenate([kw_y, near_y])
-    counts = [a + b for a, b in zip(counts, near_counts, strict=True)]
+    if args.head is not None:  # no rows to fit: only the count of windows per label
+        kw_x, kw_y = np.zeros((0, 1), np.float32), np.zeros((0,), np.int64)
+        counts = window_counts(fit, fit_talk)
+    else:
+        kw_x, kw_y, counts = _cached_pickle(
+            f"kw-rows-{args.scale}-{seed}-{copies[0]}-{copies[1]}",
+            args.cache,
+            lambda: training_rows(fit, fit_talk, speech, seed, copies),
+        )
+    if near and args.head is None:
+        near_x, near_y, near_counts = _cached_pickle(
+            f"kw-near-rows-{args.scale}-{seed}-{len(near)}-{copies[0]}-{copies[1]}",
+            args.cache,
+            lambda: training_rows(near, [], speech, seed + 1, copies),
+        )
+        kw_x, kw_y = np.vstack([kw_x, near_x]), np.concatenate([kw_y, near_y])
+        counts = [a + b for a, b in zip(counts, near_counts, strict=True)]
     progress(t0, f"keyword rows {len(kw_x)} (windows by label {counts}, then copies)")
     # Every evaluation row before the head (they do not depend on it; cached for re-runs).
     cal_rows = _cached_pickle(
@@ -455,20 +481,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     test_talk = held_out_talk(seed, args.cache, n_talk(TEST_TALK))
     test_cmds = [
-        c for k in TEST_SEEDS for c in utterances("test", args.scale, seed + k, args.cache)
+        c
+        for k in TEST_SEEDS[: args.standalone_seeds]
+        for c in utterances("test", args.scale, seed + k, args.cache)
     ]
     test_rows = _cached_pickle(
         f"kw-test-rows-{args.scale}-{seed}", args.cache, lambda: talk_rows(test_talk, speech)
     )
     cmd_rows = _cached_pickle(
-        f"kw-cmd-rows-{args.scale}-{seed}", args.cache, lambda: standalone_rows(test_cmds, speech)
+        f"kw-cmd-rows-{args.scale}-{seed}-{args.standalone_seeds}",
+        args.cache,
+        lambda: standalone_rows(test_cmds, speech),
     )
     progress(t0, "evaluation rows ready")
 
-    onnx_bytes, train_probs = train_keyword_head(
-        kw_x, kw_y, seeds=[seed + k for k in range(KW_ENSEMBLE)], keyword_weight=KW_WEIGHT
-    )
-    progress(t0, f"keyword: train acc {float(np.mean(train_probs.argmax(1) == kw_y)):.3f}")
+    if args.head is not None:
+        onnx_bytes = args.head.read_bytes()
+        progress(t0, f"keyword head {args.head} (not retrained)")
+    else:
+        onnx_bytes, train_probs = train_keyword_head(
+            kw_x, kw_y, seeds=[seed + k for k in range(KW_ENSEMBLE)], keyword_weight=KW_WEIGHT
+        )
+        progress(t0, f"keyword: train acc {float(np.mean(train_probs.argmax(1) == kw_y)):.3f}")
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
 
     thresholds = choose_thresholds(

@@ -486,14 +486,14 @@ class AlarmDebouncer:
 def keyword_decision(probs: F32, threshold: float | Mapping[str, float]) -> tuple[str, float]:
     """The keyword a segment's class probabilities name, or ``other`` below its threshold.
 
-    `threshold` is one number or a manifest's thresholds: a command's own (``lights_on``,
-    ``lights_off``, ``stop``: chosen per command on calibration data) where it has one, else
-    ``threshold``.
+    `threshold` is one number or a manifest's thresholds: a command's own
+    (``threshold_lights_on``, ``threshold_lights_off``, ``threshold_stop``: chosen per command
+    on calibration data) where it has one, else ``threshold``.
     """
     best = int(np.argmax(probs[1:])) + 1
     label, score = KEYWORD_LABELS[best], float(probs[best])
     if isinstance(threshold, Mapping):
-        limit = float(threshold.get(label, threshold.get("threshold", 0.5)))
+        limit = float(threshold.get(f"threshold_{label}", threshold.get("threshold", 0.5)))
     else:
         limit = float(threshold)
     return (label, score) if score >= limit else ("other", score)
