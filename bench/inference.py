@@ -7,6 +7,8 @@
 - keyword false commands per hour of held-out household talk (> 2 h by held-out voices reading
   held-out sentences, training/talk_data.py; re-made, seeded, and cached in --talk-cache) through
   the serving stream and decision rule, and the keyword's CPU per utterance;
+- VAD: music called speech (music alone) and speech recall on held-out talk
+  (`training.vad_eval`, re-made; needs espeak-ng and sox);
 - quality: audio figures from the held-out set (re-made with --regenerate, which needs
   espeak-ng and sox; otherwise read from gateway/models/audio_metrics.json); sensor anomaly
   event/window F1 and false alarms per device-day, beside a rolling median/MAD z-score baseline
@@ -160,6 +162,22 @@ def alarm_noise_keys() -> dict[str, Any]:
     }
 
 
+def vad_quality() -> dict[str, Any]:
+    """Music called speech and speech recall of the committed VAD on held-out clips
+    (`training.vad_eval`: the generator's music alone, held-out talk over six beds), re-made;
+    without espeak-ng / sox, the figures last written to gateway/models/vad_metrics.json."""
+    path = DEFAULT_MODELS_DIR / "vad_metrics.json"
+    if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
+        m = json.loads(path.read_text()) if path.exists() else {}
+        m["source"] = "gateway/models/vad_metrics.json (espeak-ng / sox missing)"
+        return m
+    from training import vad_eval
+
+    m = vad_eval.evaluate(DEFAULT_MODELS_DIR)
+    m["source"] = "re-made held-out clips, committed VAD"
+    return m
+
+
 def keyword_talk_quality(cache: Path | None, minutes: int | None = None) -> dict[str, Any]:
     """False commands per hour of the held-out talk (training/talk_data.py: held-out voices and
     sentences, seeded as in the training run, cached in `cache`) through the serving stream and
@@ -184,9 +202,7 @@ def keyword_talk_quality(cache: Path | None, minutes: int | None = None) -> dict
     speech = SpeechEmbedder(intra_op_threads=1)
     seed = int(stored.get("seed", train_keyword.DEFAULT_SEED))
     clips = train_keyword.held_out_talk(seed, cache, minutes or train_keyword.TEST_TALK)
-    talk = train_keyword.talk_figures(
-        train_keyword.talk_rows(clips, speech), session, threshold["threshold"]
-    )
+    talk = train_keyword.talk_figures(train_keyword.talk_rows(clips, speech), session, threshold)
     windows = [h for c in clips[:20] for h in train_keyword.keyword_inputs(c.audio)][:100]
     costs = []
     for h in windows:
@@ -556,6 +572,8 @@ def main() -> int:
     aq = audio_quality(args.regenerate)
     log("keyword false commands on held-out talk ...")
     kq = keyword_talk_quality(args.talk_cache)
+    log("VAD on held-out music and talk ...")
+    vq = vad_quality()
     log("sensor quality (simulators' world, UCI) ...")
     sq = sensor_quality()
     log("alarm end to end ...")
@@ -582,6 +600,9 @@ def main() -> int:
         "alarm_recall": aq["alarm_recall"],
         "false_alarms_per_hour": aq["false_alarms_per_hour"],
         "vad_accuracy": aq["vad_accuracy"],
+        "vad_music_as_speech": vq.get("vad_music_as_speech"),
+        "vad_speech_recall": vq.get("vad_speech_recall"),
+        "vad_heldout": vq,
         "alarm_negative_hours": aq["negative_hours"],
         **alarm_noise_keys(),
         "anomaly_f1": sq["world"]["f1"],

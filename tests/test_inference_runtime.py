@@ -79,6 +79,11 @@ def test_alarm_debouncer_fires_once_per_pattern() -> None:
         pytest.approx(0.6),
     )
     assert keyword_decision(np.array([0.5, 0.2, 0.2, 0.1], np.float32), 0.5)[0] == "other"
+    # A manifest's thresholds: a command's own where it has one, else "threshold".
+    per = {"threshold": 0.9, "threshold_stop": 0.6}
+    assert keyword_decision(np.array([0.3, 0.0, 0.0, 0.7], np.float32), per)[0] == "stop"
+    assert keyword_decision(np.array([0.2, 0.8, 0.0, 0.0], np.float32), per)[0] == "other"
+    assert keyword_decision(np.array([0.05, 0.95, 0.0, 0.0], np.float32), per)[0] == "lights_on"
 
 
 def test_event_payload_round_trips() -> None:

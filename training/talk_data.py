@@ -203,6 +203,10 @@ class Talk:
     audio: data.F32
     bed: str
     sentences: int
+    # [start, end) samples of each spoken sentence (the VAD's truth); () in clips cached before
+    # the field existed
+    spans: tuple[tuple[int, int], ...] = ()
+    texts: tuple[str, ...] = ()  # what each span says
 
 
 def bed(
@@ -270,12 +274,17 @@ def talk_clip(split: str, sentences: str, seed: int, seconds: float = 60.0) -> T
     audio = np.zeros(int(seconds * SR), np.float32)
     t = float(rng.uniform(0.3, 1.5))
     count = 0
+    spans: list[tuple[int, int]] = []
+    texts: list[str] = []
     while t < seconds - 0.5:
         voice, variant, speed, pitch, reverb, gain = speakers[int(rng.integers(len(speakers)))]
-        s = data.speak(str(rng.choice(SENTENCES[sentences])), voice, variant, speed, pitch, reverb)
+        text = str(rng.choice(SENTENCES[sentences]))
+        s = data.speak(text, voice, variant, speed, pitch, reverb)
+        texts.append(text)
         i = int(t * SR)
         k = min(len(s), len(audio) - i)
         audio[i : i + k] += s[:k] * gain
+        spans.append((i, i + k))
         count += 1
         # Natural pauses: mostly a breath to a couple of seconds, sometimes a longer silence.
         pause = float(rng.choice([rng.uniform(0.25, 1.0), rng.uniform(1.0, 3.0)], p=[0.6, 0.4]))
@@ -284,7 +293,113 @@ def talk_clip(split: str, sentences: str, seed: int, seconds: float = 60.0) -> T
     noise = bed(kind, split, sentences, seconds, rng, seed)
     snr = rng.choice(np.array(cfg["snr_db"], dtype=object)) if kind != "silence" else None
     mixed = data.mix(audio, noise, snr)
-    return Talk(mixed.astype(np.float32), kind, count)
+    return Talk(mixed.astype(np.float32), kind, count, tuple(spans), tuple(texts))
+
+
+# Training only: short near misses made of a command word and another word, the utterances a
+# standalone gate still passes (held-out talk fired on "lights here", "just stop"). None is a
+# held-out sentence (`near_misses` checks), none is a command.
+_LIGHTS_AFTER = [
+    "up",
+    "down",
+    "out",
+    "dimmed",
+    "now",
+    "first",
+    "too",
+    "tomorrow",
+    "outside",
+    "upstairs",
+    "were on",
+    "went off",
+    "are on",
+    "and fans",
+    "in the hall",
+    "please",
+    "again",
+    "all night",
+    "for later",
+    "over there",
+    "at six",
+    "one",
+]
+_ON_BEFORE = [
+    "hang",
+    "come",
+    "carry",
+    "put it",
+    "game",
+    "try it",
+    "move",
+    "lean",
+    "keep",
+    "what's",
+    "rely",
+    "so",
+    "the light's",
+    "is it",
+    "turn",
+    "switch",
+    "lights were",
+]
+_OFF_BEFORE = [
+    "hands",
+    "kick",
+    "day",
+    "log",
+    "take it",
+    "back",
+    "show",
+    "cut",
+    "way",
+    "bite",
+    "it's",
+    "set",
+    "fell",
+    "paid",
+    "one",
+    "lights went",
+    "the light's",
+]
+_STOP_WITH = [
+    "stop by",
+    "stop now",
+    "please stop",
+    "full stop",
+    "stop here",
+    "stop moving",
+    "pit stop",
+    "last stop",
+    "stop it",
+    "stop and look",
+    "the stops",
+    "stops",
+    "stop talking",
+    "shop",
+    "top",
+    "stock",
+    "stopped",
+    "don't stop",
+    "stop please",
+    "a stop",
+    "bus stops",
+    "stop watch",
+    "stop that now",
+    "top stop",
+    "stop again",
+]
+
+
+def near_misses() -> list[str]:
+    """The training near misses (see above); none is a held-out sentence."""
+    out = [f"lights {w}" for w in _LIGHTS_AFTER]
+    out += [f"{w} on" for w in _ON_BEFORE] + [f"{w} off" for w in _OFF_BEFORE]
+    out += list(_STOP_WITH)
+    out += [f"the lights {w}" for w in ("on the tree", "off the hook", "are off", "seem on")]
+    out = list(dict.fromkeys(out))
+    held_out = set(SENTENCES["test"])
+    assert not held_out & set(out), sorted(held_out & set(out))
+    return out
 
 
 def short_sentences(sentences: str, words: int = 3) -> list[str]:

@@ -191,7 +191,7 @@ class AudioScorer:
                 return None
             return self._speech_summary(model, mic)
         if man.kind == ModelKind.AUDIO_KEYWORD:
-            label, score = keyword_decision(p, man.thresholds.get("threshold", 0.5))
+            label, score = keyword_decision(p, man.thresholds)
             return None if label == "other" else result(label, score, 1.0, h.start, True)
         label, score = alarm_decision(p, h.pattern)
         if mic.debouncer is not None and mic.debouncer.step(score, h.end, h.pattern):
