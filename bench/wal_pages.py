@@ -16,8 +16,9 @@ pages exist) the WAL is checkpointed and truncated; then `--commits` commits run
 frame headers (the page number of every frame) are read back and each page is named by
 SQLite's ``dbstat`` (the b-tree it belongs to; page 1 is the file header). Frames per commit by
 b-tree are printed; WAL bytes per reading = frames x (page + 24-byte frame header) / rows.
-This counts the WAL only: what a checkpoint then writes to the database file, and the kernel's
-4 KB page-cache granularity, come on top (``bench/wear.py`` measures the whole process).
+This counts the WAL only: what a checkpoint then writes to the database file (at least the
+pages the readings fill, ``file_bytes_per_reading``), and the kernel's 4 KB page-cache
+granularity, come on top (``bench/wear.py`` measures the whole process).
 """
 
 from __future__ import annotations
@@ -132,6 +133,11 @@ def run(stream: Stream, warm_up: int, commits: int, seen_every_s: float) -> dict
             commit()
         pages = wal_pages(Path(str(db) + "-wal"))
         names = dict(conn.execute("SELECT pageno, name FROM dbstat"))
+        stored = conn.execute(
+            "SELECT sum(pgsize) FROM dbstat"
+            " WHERE name IN (SELECT name FROM sqlite_master WHERE tbl_name = 'readings')"
+        ).fetchone()[0]
+        total_rows = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
         conn.close()
     by = collections.Counter(names.get(p, "page 1" if p == 1 else "other") for p in pages)
     rows = commits * stream.rows_per_commit
@@ -141,6 +147,9 @@ def run(stream: Stream, warm_up: int, commits: int, seen_every_s: float) -> dict
         "frames_per_commit": round(len(pages) / commits, 1),
         "wal_bytes_per_reading": round(len(pages) * (PAGE_SIZE + 24) / rows, 1),
         "by_btree": {name: round(n / commits, 2) for name, n in by.most_common()},
+        # The pages readings and their indexes fill, per reading: what a checkpoint copies to
+        # the database file at least once.
+        "file_bytes_per_reading": round(stored / total_rows, 1),
     }
 
 
@@ -151,8 +160,9 @@ def main() -> int:
     parser.add_argument(
         "--seen-every-s",
         type=float,
-        default=0.0,
-        help="upsert devices.last_seen at most this often (0: every commit)",
+        default=30.0,
+        help="upsert devices.last_seen at most this often, in stream seconds (the gateway's "
+        "[storage] last_seen_interval_ms default; 0: every commit, as before it)",
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -165,7 +175,8 @@ def main() -> int:
         print(
             f"{r['readings_per_s']} readings/s, {r['rows_per_commit']} rows a commit: "
             f"{r['frames_per_commit']} WAL frames a commit ({parts}); "
-            f"{r['wal_bytes_per_reading']} WAL bytes per reading"
+            f"{r['wal_bytes_per_reading']} WAL bytes per reading; readings and their indexes "
+            f"fill {r['file_bytes_per_reading']} bytes of the file per reading"
         )
     return 0
 
