@@ -1,13 +1,22 @@
 """SD-card wear benchmark: bytes the gateway writes to disk per reading, and publish->commit p99.
 
-    .venv/bin/python bench/wear.py [--seconds 180] [--quick] [--inference] [--json]
+    .venv/bin/python bench/wear.py [--seconds 180] [--quick] [--inference] [--jobs] [--json]
 
 Two phases, each on a fresh Mosquitto (free port, the test fixture's limits) and a fresh
-``python -m gateway`` with its default storage settings (inference off unless ``--inference``;
-the aggregation pass runs, as in every gateway):
+``python -m gateway`` with its default storage settings (inference off unless ``--inference``),
+measuring the ingest path alone: the aggregation pass is pushed out of the window
+(``HOMEEDGE_GATEWAY__AGGREGATION__INTERVAL_S=3600``, unless the caller set it), and retention
+has nothing old to delete:
 
 - 300 readings/s: 20 devices x 3 metrics, 5 messages a second each;
 - 10 readings/s: 5 devices x 2 metrics, 1 message a second each.
+
+``--jobs`` adds a third phase, the 10 readings/s stream for ``--jobs-seconds`` (600: one
+outbox batch of 10 one-minute windows) with the background jobs of a gateway in its steady
+state: the aggregation pass at its default interval (5 s) and retention every 60 s deleting
+readings received over 60 s ago once aggregated (a database full to its retention: every hour
+deletes an hour of readings), plus the models with ``--inference``. ``jobs_bytes_per_hour`` is
+what that phase wrote per hour beyond the ingest phase's bytes per reading x its readings.
 
 Each phase warms up (the schema, the first pages), reads the gateway process's ``write_bytes``
 from ``/proc/<pid>/io``, publishes QoS 1 at a steady pace for ``--seconds`` (``--quick``: 30 s),
@@ -167,7 +176,30 @@ class CommitWatch:
         self.conn.close()
 
 
-def run_phase(load: Load, seconds: float, *, inference: bool) -> dict[str, float]:
+INGEST_ONLY = {"HOMEEDGE_GATEWAY__AGGREGATION__INTERVAL_S": "3600"}
+JOBS = {
+    "HOMEEDGE_GATEWAY__AGGREGATION__INTERVAL_S": "5",
+    "HOMEEDGE_GATEWAY__STORAGE__RETENTION_S": "60",
+    "HOMEEDGE_GATEWAY__STORAGE__RETENTION_INTERVAL_S": "60",
+}
+
+
+def run_phase(
+    load: Load, seconds: float, *, inference: bool, env: dict[str, str]
+) -> dict[str, float]:
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: v for k, v in env.items() if k not in os.environ or env is JOBS})
+    try:
+        return _run_phase(load, seconds, inference=inference)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _run_phase(load: Load, seconds: float, *, inference: bool) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="homeedge-wear-") as tmp:
         workdir = Path(tmp)
         broker, port = start_broker(workdir)
@@ -220,6 +252,7 @@ def _measure(gw: GatewayProcess, port: int, load: Load, seconds: float) -> dict[
         "write_bytes": after - before,
         "readings": readings,
         "commits_per_s": round(commits / seconds, 2),
+        "seconds": round(seconds, 1),
     }
 
 
@@ -243,6 +276,10 @@ def main() -> int:
     parser.add_argument("--inference", action="store_true", help="run the ONNX models too")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
+        "--jobs", action="store_true", help="also the background jobs' writes (see above)"
+    )
+    parser.add_argument("--jobs-seconds", type=float, default=600.0)
+    parser.add_argument(
         "--only", type=int, choices=[load.readings_per_s for load in LOADS], help="one phase only"
     )
     args = parser.parse_args()
@@ -253,7 +290,7 @@ def main() -> int:
         rate = load.readings_per_s
         if args.only is not None and rate != args.only:
             continue
-        phase = run_phase(load, seconds, inference=args.inference)
+        phase = run_phase(load, seconds, inference=args.inference, env=INGEST_ONLY)
         for key, value in phase.items():
             result[f"{key}_{rate}"] = value
         if not args.json:
@@ -264,6 +301,27 @@ def main() -> int:
                 f"{phase['readings']:,} readings, {phase['commits_per_s']} commits/s); "
                 f"publish->commit p50 {phase['commit_p50_ms']} ms, p99 "
                 f"{phase['commit_p99_ms']} ms (load avg {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
+    if args.jobs:
+        load = LOADS[-1]
+        if f"bytes_per_reading_{load.readings_per_s}" not in result:
+            raise SystemExit("--jobs needs the 10 readings/s phase (its bytes per reading)")
+        per_reading = float(result[f"bytes_per_reading_{load.readings_per_s}"])
+        jobs = run_phase(load, args.jobs_seconds, inference=args.inference, env=JOBS)
+        extra = jobs["write_bytes"] - per_reading * jobs["readings"]
+        result["jobs_write_bytes"] = jobs["write_bytes"]
+        result["jobs_seconds"] = jobs["seconds"]
+        result["jobs_bytes_per_hour"] = round(extra / jobs["seconds"] * 3600)
+        result["jobs_commits_per_s"] = jobs["commits_per_s"]
+        if not args.json:
+            print(
+                f"jobs (10 readings/s, aggregation every 5 s, retention every 60 s of readings "
+                f"over 60 s old, {jobs['seconds']:.0f} s): {jobs['write_bytes'] / 2**20:.1f} MB, "
+                f"{extra / 2**20:.2f} MB beyond ingest: "
+                f"{extra / jobs['seconds'] * 3600 / 2**20:.1f} MB an hour "
+                f"({jobs['commits_per_s']} commits/s; load avg "
+                f"{os.getloadavg()[0]:.1f})",
                 flush=True,
             )
     loads_after = os.getloadavg()

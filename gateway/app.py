@@ -316,6 +316,7 @@ class Gateway:
                 auto_checkpoint=cfg.storage.checkpoint_interval_ms == 0,
                 wal_autocheckpoint=cfg.storage.wal_max_pages,
                 synchronous=cfg.storage.synchronous,
+                seen_interval=cfg.storage.last_seen_interval_ms / 1000,
             )
             self._writer.start()
             for lifetime in self._lifetimes:

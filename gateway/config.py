@@ -263,6 +263,15 @@ class StorageConfig(Section):
         description="with checkpoint_interval_ms: a WAL grown past this many pages (a burst) "
         "is checkpointed by the writer's commit at once instead of waiting for the interval",
     )
+    last_seen_interval_ms: int = Field(
+        default=30_000,
+        ge=0,
+        le=3_600_000,
+        description="write the devices' last_seen at most this often (a device's first "
+        "message, or a room change, is written at once): updating it on every commit rewrote "
+        "the devices page every commit. The status page's last_seen may lag this much; a "
+        "crash loses at most this much of last_seen, never a reading. 0: every commit",
+    )
     page_size: int = Field(
         default=1024,
         ge=512,

@@ -71,32 +71,25 @@ readings = Table(
     Column("seq", Integer, nullable=True),
     Column("received_at", Float, nullable=False),
     # A reading's identity, so a redelivered message (QoS 1 after a crash or reconnect) is
-    # stored once: (home, device, metric, seq) when the device sends a seq, and then ts may
-    # repeat (a stuck clock, a clock stepping back, several messages per clock tick); else
-    # (home, device, metric, ts).
+    # stored once (version 6): (ts, home, device, seq, metric) when the device sends a seq
+    # (ifnull(seq, -1): seq is >= 0 on the wire, so a row without one never meets a row with
+    # one), else (ts, home, device, metric). A redelivery repeats its message's ts and seq, so
+    # it collides; ts may still repeat (a stuck clock, a clock stepping back) since the seqs
+    # differ, and a device whose seq restarts after a reboot is no longer taken for its own
+    # redelivery (the new readings have new timestamps). ts first: ts grows with time, so a
+    # commit appends at the index's right edge instead of inserting at one place per device
+    # (those leaf rewrites were most of what the gateway wrote to its SD card), and the same
+    # index serves the aggregation's ts ranges. Retention finds old rows by rowid (ids grow with
+    # arrival: `gateway.sync.retention`), so no index on received_at or ts of its own.
     Index(
-        "ux_readings_device_metric_ts",
-        "home",
-        "device",
-        "metric",
+        "ux_readings_identity",
         "ts",
-        unique=True,
-        sqlite_where=text("seq IS NULL"),
-    ),
-    # seq before metric (version 3): the readings of one message sit together, so a commit
-    # inserts at one place per device, not one per device and metric (the index leaves a commit
-    # rewrites were most of what the gateway wrote to its SD card). Same identity.
-    Index(
-        "ux_readings_device_seq_metric",
         "home",
         "device",
-        "seq",
+        text("ifnull(seq, -1)"),
         "metric",
         unique=True,
-        sqlite_where=text("seq IS NOT NULL"),
     ),
-    Index("ix_readings_received_at", "received_at"),
-    Index("ix_readings_ts", "ts"),
 )
 
 dead_letters = Table(
@@ -535,6 +528,26 @@ def _v5_ha_announced(conn: Connection) -> None:
         conn.exec_driver_sql(ddl)
 
 
+_V6_DDL = (
+    # One identity index led by ts (see the readings table) instead of two per-device ones and
+    # the ts and received_at indexes. Every version 5 row satisfies it: the old keys are subsets
+    # of the new ones, and a row without a seq (-1) never meets one with a seq (>= 0). The new
+    # index is built before the old ones go, so the identity is enforced throughout.
+    "CREATE UNIQUE INDEX ux_readings_identity"
+    " ON readings (ts, home, device, ifnull(seq, -1), metric)",
+    "DROP INDEX ux_readings_device_seq_metric",
+    "DROP INDEX ux_readings_device_metric_ts",
+    "DROP INDEX ix_readings_ts",
+    "DROP INDEX ix_readings_received_at",
+)
+
+
+def _v6_ts_identity(conn: Connection) -> None:
+    """Version 6: the readings' identity led by ts, in one index; no ts or received_at index."""
+    for ddl in _V6_DDL:
+        conn.exec_driver_sql(ddl)
+
+
 Migration = Callable[[Connection], None]
 
 # MIGRATIONS[i] takes a version i database to version i + 1 (see the module docstring).
@@ -544,6 +557,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _v3_identity_order,
     _v4_sensor_baselines,
     _v5_ha_announced,
+    _v6_ts_identity,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

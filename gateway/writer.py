@@ -4,10 +4,11 @@ Everything that writes goes through `Writer`'s bounded queue, so SQLite sees a s
 transactions never contend:
 
 - decoded MQTT messages (`put_message`, from the MQTT network thread) are grouped into a batch
-  and committed in ONE transaction: readings with ``INSERT OR IGNORE`` (the unique indexes in
-  `gateway.schema` absorb redeliveries: a reading is identified by its seq, or by its ts when it
-  has none), device ``last_seen``/availability upserts, dead letters (one row per message, see
-  `gateway.records.DeadLetter`).
+  and committed in ONE transaction: readings with ``INSERT OR IGNORE`` (the unique index in
+  `gateway.schema` absorbs redeliveries: a reading is identified by its ts, device, metric and
+  seq if it has one), device availability upserts and ``last_seen`` (a new device at once,
+  the others at most every `seen_interval`: `Writer._due_seen`), dead letters (one row per
+  message, see `gateway.records.DeadLetter`).
   A batch is committed by size or by time, whichever comes first: when it holds `batch_rows`
   rows (plus, without waiting, what already waits in the queue behind them, up to 5 times
   `batch_rows`: a backlog is committed with one fsync), or when `commit_interval` has passed
@@ -132,6 +133,7 @@ _RETRY_MAX_S = 5.0
 _STALL_GAPS = 8.0
 _GAP_WEIGHT = 0.1  # of the newest gap in the moving average
 _BACKLOG_BATCHES = 5  # a backlog's commit holds up to this many times batch_rows
+_SEEN_ROWS_MAX = 100_000  # devices whose row `Writer._due_seen` remembers
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +207,7 @@ class Writer:
         auto_checkpoint: bool = True,
         wal_autocheckpoint: int = 0,
         synchronous: Literal["full", "normal"] = "full",
+        seen_interval: float = 0.0,
     ) -> None:
         self._engine = engine
         self._synchronous = synchronous
@@ -223,6 +226,11 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._auto_checkpoint = auto_checkpoint
         self._wal_backstop = wal_autocheckpoint
+        # devices.last_seen (writer thread only; see `_due_seen`).
+        self._seen_interval = seen_interval
+        self._seen_rows: dict[tuple[str, str], str] = {}  # rows this writer wrote: their room
+        self._seen_pending: dict[tuple[str, str], DeviceSeen] = {}
+        self._seen_written_at = -float("inf")
         self._stopping = threading.Event()
         self._full_log = RateLimitedLog(log)
         self._commit_log = RateLimitedLog(log)
@@ -367,6 +375,9 @@ class Writer:
         get = self._queue.get
         while True:
             item = get()
+            if isinstance(item, _Stop):
+                self._write_pending_seen(conn)
+                return
             if isinstance(item, list):
                 batch: list[_Message] = item
             elif isinstance(item, tuple):
@@ -424,6 +435,8 @@ class Writer:
                 rows += r
                 unacked += u
             self._commit_batch(conn, batch)
+            if isinstance(control, _Stop):
+                self._write_pending_seen(conn)
             if control is not None and self._control(conn, control):
                 return
 
@@ -477,6 +490,7 @@ class Writer:
                 seen[(s.home, s.device)] = s
             elif isinstance(item, StateIn):
                 states.append(item)
+        seen = self._due_seen(seen)
         delay = 0.05
         while True:
             started = time.perf_counter()
@@ -498,6 +512,8 @@ class Writer:
                     _resolve(batch, WriterStopped("shut down before the batch was committed"))
                     return
                 delay = min(delay * 2, _RETRY_MAX_S)
+        for key, s in seen.items():
+            self._seen_rows[key] = s.room
         if self.failure is not None:
             log.warning(
                 "commits work again after %d failed attempts over %.1fs",
@@ -521,6 +537,47 @@ class Writer:
         if (new or audio) and self.on_committed is not None:
             self.on_committed(new, audio)
         _resolve(batch, None)
+
+    def _due_seen(
+        self, seen: dict[tuple[str, str], DeviceSeen]
+    ) -> dict[tuple[str, str], DeviceSeen]:
+        """The sightings this commit writes to ``devices``; the others wait in memory.
+
+        Updating ``last_seen`` on every commit rewrote the ``devices`` page every commit (one
+        page of a few per commit at 10 readings/s: SD-card wear). So a device this writer has
+        not written yet, or whose room changed, is written at once (the row, its room and class
+        exist as soon as its first message is committed); the other sightings are written
+        together at most every `seen_interval` seconds, and at shutdown. ``last_seen`` may
+        therefore lag by up to that interval (and by that much after a crash: only it, never a
+        reading). 0 writes every commit's."""
+        if self._seen_interval <= 0:
+            return seen
+        pending = self._seen_pending
+        pending.update(seen)
+        now = time.monotonic()
+        if now - self._seen_written_at >= self._seen_interval:
+            self._seen_written_at = now
+            due = dict(pending)
+            pending.clear()
+            return due
+        rows = self._seen_rows
+        due = {k: s for k, s in seen.items() if rows.get(k) != s.room}
+        for k in due:
+            del pending[k]
+        if len(rows) > _SEEN_ROWS_MAX:  # a bound; forgetting only means an earlier write
+            rows.clear()
+        return due
+
+    def _write_pending_seen(self, conn: Connection) -> None:
+        """Write the sightings `_due_seen` held back (at shutdown), in their own transaction."""
+        pending = self._seen_pending
+        if not pending:
+            return
+        try:
+            self._write(conn, [], pending, [], [])
+        except Exception as exc:  # last_seen only: the readings are committed already
+            log.warning("could not write the devices' last_seen at shutdown: %s", exc)
+        pending.clear()
 
     @staticmethod
     def _write(

@@ -8,13 +8,14 @@
 - ``readings``: metric name -> finite number, at least one entry. Unknown metric names are kept.
 
 A reading's identity at the gateway (what makes a redelivered message a duplicate): with a
-``seq``, (home, device, metric, seq) and nothing else, so ``ts`` may repeat (a stuck clock, a
-clock stepping back, several messages within one clock tick are all kept); without one,
-(home, device, metric, ts), so two messages of a device with the same ``ts`` are one. So
-``seq`` must not repeat for a device: a device that restarts its counter at 0 after a reboot
-would have its new readings dropped as duplicates. Persist it across reboots, or derive it from
-the clock, as the simulators do (milliseconds x 1000 at start); omit it if the device cannot
-guarantee that (``ts`` alone then dedupes redeliveries).
+``seq``, (home, device, metric, ts, seq), so ``ts`` may repeat (a stuck clock, a clock stepping
+back, several messages within one clock tick are all kept) and so may ``seq`` with another
+``ts`` (a device that restarts its counter at 0 after a reboot keeps its new readings); without
+one, (home, device, metric, ts), so two messages of a device with the same ``ts`` are one. A
+QoS 1 redelivery carries the same bytes, so the same ``ts`` and ``seq``: it is stored once
+either way. What ``seq`` must not do is repeat with the same ``ts`` for two different readings
+(a counter reset together with a clock reset); omit it if the device cannot guarantee that
+(``ts`` alone then dedupes redeliveries).
 
 Unknown top-level fields are ignored, so devices may add fields without breaking older gateways;
 the payload may nest at most `MAX_JSON_DEPTH` (32) levels (``too_deep`` otherwise). Decoding uses

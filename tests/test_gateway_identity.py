@@ -1,10 +1,11 @@
 """What makes a reading or a dead letter "the same one" (stored once) and what makes it new.
 
-Readings: with a ``seq`` the identity is (home, device, metric, seq) and ``ts`` may repeat (a
-stuck clock, a clock stepping back, whole-second timestamps at 10 Hz); without one it is
-(home, device, metric, ts). Dead letters: one row per (topic, payload) digest; a fresh identical
-message counts, a redelivered (DUP) or retained copy of a stored one is ignored; a retained
-message never moves ``devices.last_seen``.
+Readings: with a ``seq`` the identity is (ts, home, device, seq, metric) and ``ts`` may repeat
+(a stuck clock, a clock stepping back, whole-second timestamps at 10 Hz), and a seq may repeat
+with a new ``ts`` (a counter that restarted after a reboot); without one it is
+(ts, home, device, metric). A QoS 1 redelivery repeats the message's ts and seq. Dead letters:
+one row per (topic, payload) digest; a fresh identical message counts, a redelivered (DUP) or
+retained copy of a stored one is ignored; a retained message never moves ``devices.last_seen``.
 
 The writer is driven directly against a real SQLite file; the last tests go through a real
 Mosquitto and the in-process gateway."""
@@ -125,13 +126,25 @@ async def test_a_redelivered_seq_is_still_stored_once(harness: Harness) -> None:
     for seq in range(50):
         harness.put(telemetry(TS0, seq, value=float(seq)))
     await harness.writer.flush()
-    # The same messages again (a QoS 1 redelivery), later, one of them with a re-sent clock.
+    # The same messages again (a QoS 1 redelivery: the same bytes, so the same ts and seq).
     for seq in range(50):
-        harness.put(telemetry(TS0 + (seq == 7), seq, value=float(seq), received_at=TS0 + 60))
+        harness.put(telemetry(TS0, seq, value=float(seq), received_at=TS0 + 60))
     await harness.writer.flush()
     assert harness.rows("SELECT count(*), max(received_at) FROM readings") == [(50, TS0)]
     assert len(harness.committed) == 50  # callbacks never see a duplicate
     assert harness.metric("homeedge_gateway_duplicate_rows_total") == 50
+
+
+async def test_a_seq_that_restarted_after_a_reboot_is_kept(harness: Harness) -> None:
+    # Seqs 0..9, then the device reboots and counts from 0 again, its clock later: new readings
+    # (the seq identity before version 6 dropped them as duplicates).
+    for boot in range(2):
+        for seq in range(10):
+            harness.put(telemetry(TS0 + 100 * boot + seq, seq, value=float(10 * boot + seq)))
+    await harness.writer.flush()
+    assert harness.rows("SELECT count(*), count(DISTINCT seq) FROM readings") == [(20, 10)]
+    assert sorted(r.value for r in harness.committed) == [float(v) for v in range(20)]
+    assert harness.metric("homeedge_gateway_duplicate_rows_total") == 0
 
 
 async def test_callbacks_get_exactly_the_new_rows_of_a_mixed_batch(tmp_path: Path) -> None:
@@ -146,7 +159,7 @@ async def test_callbacks_get_exactly_the_new_rows_of_a_mixed_batch(tmp_path: Pat
         h.committed.clear()
         batch = [
             telemetry(TS0, 1, value=3.0, received_at=TS0 + 1),  # new: same ts as seq 0
-            telemetry(TS0 + 9, 0, value=4.0, received_at=TS0 + 1),  # dup of seq 0
+            telemetry(TS0, 0, value=4.0, received_at=TS0 + 1),  # dup of seq 0
             telemetry(TS0 + 5, None, value=5.0, received_at=TS0 + 1),  # dup of the ts-only row
             telemetry(TS0, None, value=6.0, received_at=TS0 + 1),  # new: ts-only, ts of seq 0
             telemetry(TS0, 1, value=7.0, received_at=TS0 + 2),  # dup inside the batch

@@ -208,13 +208,20 @@ async def test_duplicates_are_stored_once(
     payload = encode_telemetry(TS0, {"power": 100.0, "energy": 5.0}, seq=1)
     for _ in range(3):
         publisher.publish(tele, payload)
-    # Same seq with another ts (a device that re-sends with a new clock) is a duplicate too.
-    publisher.publish(tele, encode_telemetry(TS0 + 1, {"power": 100.0}, seq=1))
-    publisher.publish(tele, encode_telemetry(TS0 + 2, {"power": 101.0}, seq=2))
+    # The same seq with another ts is a new reading (a counter that restarted after a reboot;
+    # a redelivery repeats the ts), and so is the same ts with another seq.
+    publisher.publish(tele, encode_telemetry(TS0 + 1, {"power": 99.0}, seq=1))
+    publisher.publish(tele, encode_telemetry(TS0, {"power": 101.0}, seq=2))
+    publisher.publish(tele, encode_telemetry(TS0, {"power": 101.0}, seq=2))
     await asyncio.to_thread(publisher.wait_acked)
     await wait_for(lambda: metric_value(gateway, "homeedge_gateway_duplicate_rows_total") == 5)
     stored = query(gateway.config.storage.path, "SELECT metric, seq, value FROM readings")
-    assert sorted(stored) == [("energy", 1, 5.0), ("power", 1, 100.0), ("power", 2, 101.0)]
+    assert sorted(stored) == [
+        ("energy", 1, 5.0),
+        ("power", 1, 99.0),
+        ("power", 1, 100.0),
+        ("power", 2, 101.0),
+    ]
     # Callbacks see each stored reading once, never the duplicates. A marker (seq 3) follows
     # them on the same topic and connection: the broker delivers it after them, the writer
     # commits in arrival order and the callbacks run in commit order, so once the marker is

@@ -396,7 +396,9 @@ def test_a_version_1_database_migrates_to_one_identity_per_reading_and_dead_lett
     with sqlite3.connect(path) as db:
         assert db.execute(insert, (1_700_000_000.0, 9)).rowcount == 1  # seq 1's ts, a new seq
         assert db.execute(insert, (1_700_000_002.0, 10)).rowcount == 1  # a ts-only row's ts
-        assert db.execute(insert, (1_700_000_009.0, 1)).rowcount == 0  # seq 1 again
+        assert db.execute(insert, (1_700_000_000.0, 1)).rowcount == 0  # seq 1 again, its ts
+        # Version 6: the same seq with another ts is a new reading (a counter that restarted).
+        assert db.execute(insert, (1_700_000_009.0, 1)).rowcount == 1
         assert db.execute(insert, (1_700_000_004.0, None)).rowcount == 0  # ts-only duplicate
         assert db.execute(insert, (1_700_000_000.0, None)).rowcount == 1  # seq rows' ts, no seq
         with pytest.raises(sqlite3.IntegrityError):
@@ -405,6 +407,69 @@ def test_a_version_1_database_migrates_to_one_identity_per_reading_and_dead_lett
                 " count, last_received_at) VALUES (?, ?, 'r', 'd', 1.8e9, ?, 1, 1.8e9)",
                 (door, b"ajar", dead_letter_digest(door, "validation", b"ajar")),
             )
+    db.close()
+
+
+def test_a_version_5_database_migrates_to_the_ts_led_identity_with_its_readings(
+    tmp_path: Path,
+) -> None:
+    """Version 6 replaces the per-device identity indexes and the ts and received_at indexes
+    with one index led by ts: every stored reading stays, the identity still holds, and the
+    aggregation's ts ranges and retention's rowid bisection stay indexed."""
+    path = tmp_path / "gateway.db"
+    v0_database(path)
+    engine = create_engine(f"sqlite:///{path}")
+    assert upgrade(engine, MIGRATIONS[:5]) == 5
+    engine.dispose()
+    rows = [
+        # home, device, metric, ts, seq: two devices with seqs (one ts repeating: a stuck
+        # clock), one without, and a seq-less row sharing a seq row's ts
+        ("h2", f"d{d}", m, 1.75e9 + (k if d else 0), k if d < 2 else None)
+        for d in range(3)
+        for k in range(40)
+        for m in ("temperature", "humidity")
+    ]
+    with sqlite3.connect(path) as db:
+        names = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert {"ux_readings_device_seq_metric", "ix_readings_ts"} <= names
+        db.executemany(
+            "INSERT INTO readings (home, room, device, metric, ts, value, seq, received_at)"
+            " VALUES (?, 'lab', ?, ?, ?, 1.5, ?, 1.75e9)",
+            rows,
+        )
+    db.close()
+    before = rows_of(path)
+
+    make_engine(path).dispose()
+
+    assert version_of(path) == SCHEMA_VERSION
+    assert schema_of(path) == fresh_schema(tmp_path)
+    after = rows_of(path)
+    assert after == before and len(after["readings"]) == 5 + len(rows)  # v0_database's 5
+    insert = (
+        "INSERT OR IGNORE INTO readings (home, room, device, metric, ts, value, seq, received_at)"
+        " VALUES ('h2', 'lab', ?, 'temperature', ?, 9.0, ?, 1.8e9)"
+    )
+    with sqlite3.connect(path) as db:
+        indexes = [n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")]
+        assert [n for n in indexes if "readings" in n and "late" not in n] == [
+            "ux_readings_identity"
+        ]
+        assert db.execute(insert, ("d1", 1.75e9 + 3, 3)).rowcount == 0  # a redelivery
+        assert db.execute(insert, ("d0", 1.75e9, 39)).rowcount == 0  # stuck clock, its seq
+        assert db.execute(insert, ("d2", 1.75e9 + 3, None)).rowcount == 0  # ts-only duplicate
+        assert db.execute(insert, ("d1", 1.75e9 + 99, 3)).rowcount == 1  # seq restarted
+        assert db.execute(insert, ("d1", 1.75e9 + 3, None)).rowcount == 1  # no seq: not a seq row
+        plans = {
+            "aggregation": "SELECT home, room, device, metric, count(*) FROM readings"
+            " WHERE ts >= 1.75e9 AND ts < 1.75e9 + 10 GROUP BY home, room, device, metric",
+            "first window": "SELECT min(ts) FROM readings WHERE ts >= 1.75e9",
+            "retention probe": "SELECT id, received_at FROM readings WHERE id >= 7"
+            " ORDER BY id LIMIT 1",
+        }
+        for what, sql in plans.items():
+            plan = " ".join(r[3] for r in db.execute(f"EXPLAIN QUERY PLAN {sql}"))
+            assert "SEARCH" in plan and "SCAN" not in plan, (what, plan)
     db.close()
 
 

@@ -59,3 +59,31 @@ async def test_store_commits_through_the_batch_path(tmp_path: Path) -> None:
         await writer.stop()
     with pytest.raises(WriterStopped):
         await writer.store(ReadingsIn([derived], seen=[]))
+
+
+async def test_last_seen_is_written_at_first_then_at_most_every_interval(tmp_path: Path) -> None:
+    """With ``seen_interval``: a device's first sighting (and a room change) is written with
+    its batch, later ones wait in memory for the interval, and shutdown writes them."""
+    db = tmp_path / "gw.db"
+    writer = Writer(make_engine(db), metrics=GatewayMetrics(), seen_interval=3600.0)
+    writer.start()
+
+    def heard(at: float, room: str = "hall", seq: int = 0) -> ReadingsIn:
+        r = Reading("home-1", room, "thermostat-1", "temperature", at, 21.5, seq, at)
+        return ReadingsIn([r], seen=[DeviceSeen("home-1", room, "thermostat-1", at)])
+
+    def stored() -> list[tuple[object, ...]]:
+        with sqlite3.connect(db) as con:
+            return con.execute("SELECT room, last_seen FROM devices").fetchall()
+
+    try:
+        await writer.store(heard(T0))  # the interval's first commit writes what it has
+        await writer.store(heard(T0 + 1, seq=1))
+        assert stored() == [("hall", T0)]  # held back: the row exists already
+        await writer.store(heard(T0 + 2, room="attic", seq=2))
+        assert stored() == [("attic", T0 + 2)]  # moved: written at once
+        await writer.store(heard(T0 + 3, room="attic", seq=3))
+        assert stored() == [("attic", T0 + 2)]
+    finally:
+        await writer.stop()
+    assert stored() == [("attic", T0 + 3)]  # the last sighting, written at shutdown

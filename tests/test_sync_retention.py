@@ -7,13 +7,18 @@ import time
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
 from gateway.app import Gateway
 from gateway.config import StorageConfig
 from gateway.db import dead_letters, readings
 from gateway.records import dead_letter_digest
-from gateway.sync.retention import Retention, RetentionPolicy
+from gateway.sync.retention import (
+    Retention,
+    RetentionPolicy,
+    delete_readings,
+    first_id_received_since,
+)
 from gateway.sync.settings import AggregationSettings
 from gateway.sync.tables import aggregates, sync_watermark
 from gateway.sync.uplink import RunDb, thread_run_db
@@ -108,6 +113,37 @@ async def test_readings_go_only_when_old_and_aggregated(tmp_path: Path) -> None:
     )
     # the local aggregates of 40 days ago go too
     assert done["aggregates"] == 2 and count(engine, aggregates) == 0
+
+
+def test_readings_are_found_by_id_and_a_clock_step_back_never_deletes_early(
+    tmp_path: Path,
+) -> None:
+    """No index on received_at: the rows received before the cutoff are found by bisecting
+    the ids (they grow with arrival). Arrival times here: 0..49 days old in id order, except
+    that the clock stepped back once: ids 21..25 were received "31 days ago" among rows of 19
+    days ago, and id 10 was deleted (a gap)."""
+    engine = make_db(tmp_path)
+    with engine.begin() as conn:
+        for i in range(1, 51):
+            at = NOW - (31 if 21 <= i <= 25 else 50 - i) * DAY
+            add_readings(conn, [("h1", "r", "plug-1", "power", T0 + i, 1.0)], received_at=at)
+        conn.execute(delete(readings).where(readings.c.id == 10))
+        conn.execute(
+            insert(sync_watermark).values(id=1, window_s=60, watermark=NOW, updated_at=NOW)
+        )
+        # Rows 1..19 (49..31 days old; 10 gone) were received before the 30-day cutoff, 20 was
+        # not (30 days); 21..25 were too, but behind 20: the bisection stops at 20.
+        assert first_id_received_since(conn, NOW - 30 * DAY) == 20
+        n = delete_readings(conn, now=NOW, retention_s=30 * DAY, limit=100)
+        left = [i for (i,) in conn.execute(select(readings.c.id).order_by(readings.c.id))]
+        assert n == 18 and left[:7] == [20, 21, 22, 23, 24, 25, 26]
+        # Later, once the rows before them are old too, the stepped-back rows go.
+        n = delete_readings(conn, now=NOW + 12 * DAY, retention_s=30 * DAY, limit=100)
+        left = [i for (i,) in conn.execute(select(readings.c.id).order_by(readings.c.id))]
+        assert left[0] == 32 and n == 12
+        assert first_id_received_since(conn, NOW + 99 * DAY) == 51  # all of them
+        conn.execute(delete(readings))
+        assert first_id_received_since(conn, NOW) == 0  # none
 
 
 async def test_zero_keeps_forever(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 What goes, per `StorageConfig` (``[storage]``):
 
-- readings received more than `retention_s` ago (``received_at``, this machine's clock) AND
+- readings received more than `retention_s` ago (``received_at``, this machine's clock; found by
+  id, which grows with arrival: `first_id_received_since`) AND
   whose window has been aggregated (``ts`` below the sync watermark), so nothing leaves the
   database before the aggregation pass has read it; without a watermark (no pass yet) no reading
   is deleted. Late readings (below the watermark when stored) are never aggregated anyway.
@@ -37,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter
-from sqlalchemy import Connection, delete, select, tuple_
+from sqlalchemy import Connection, delete, func, select, tuple_
 
 from gateway.db import dead_letters, readings
 from gateway.schema import sensor_baselines
@@ -66,9 +67,37 @@ def delete_readings(conn: Connection, *, now: float, retention_s: float, limit: 
     ).scalar()
     if watermark is None:
         return 0  # nothing aggregated yet: every reading may still be needed
-    old = (readings.c.received_at < now - retention_s) & (readings.c.ts < watermark)
-    ids = select(readings.c.id).where(old).limit(limit).scalar_subquery()
+    cutoff = now - retention_s
+    bound = first_id_received_since(conn, cutoff)
+    old = (readings.c.id < bound) & (readings.c.received_at < cutoff) & (readings.c.ts < watermark)
+    ids = select(readings.c.id).where(old).order_by(readings.c.id).limit(limit).scalar_subquery()
     return int(conn.execute(delete(readings).where(readings.c.id.in_(ids))).rowcount)
+
+
+def first_id_received_since(conn: Connection, cutoff: float) -> int:
+    """The id below which every reading was received before `cutoff`, by bisecting the ids.
+
+    Readings get growing ids in arrival order and ``received_at`` is the arrival time, so the
+    readings received before the cutoff are the ids below the first one received after it;
+    about 40 primary-key lookups find it. An index on ``received_at`` would find it too, but
+    every commit rewrote its leaf (SD-card wear; schema version 6 dropped it). The caller still
+    tests ``received_at < cutoff`` on each row, so a clock that stepped back never makes a
+    reading go early; readings received after such a step may outlive the cutoff by the size of
+    the step (they wait until the ids before them are all older than the cutoff)."""
+    first = select(readings.c.id, readings.c.received_at).order_by(readings.c.id).limit(1)
+    lo = conn.execute(select(func.min(readings.c.id))).scalar()
+    hi = conn.execute(select(func.max(readings.c.id))).scalar()
+    if lo is None or hi is None:
+        return 0
+    hi += 1  # invariant: rows below lo were received before the cutoff; rows from hi on were not
+    while lo < hi:
+        mid = (lo + hi) // 2
+        row = conn.execute(first.where(readings.c.id >= mid)).first()
+        if row is None or row.received_at >= cutoff:
+            hi = mid
+        else:
+            lo = int(row.id) + 1
+    return int(lo)
 
 
 def delete_aggregates(conn: Connection, *, now: float, retention_s: float, limit: int) -> int:
