@@ -1,6 +1,6 @@
 """Edge inference benchmark: model latency, audio cost, quality on held-out data, alarm e2e, RSS.
 
-    .venv/bin/python bench/inference.py [--json] [--trials 60] [--regenerate]
+    .venv/bin/python bench/inference.py [--json] [--trials 60] [--regenerate] [--sensors-only]
 
 - per model p50/p99 latency of one window, one thread, and per-row cost in a batch of 64;
 - the audio pipeline's cost per second of audio (front end + embedding + heads, one mic);
@@ -562,8 +562,23 @@ def main() -> int:
         default=Path(tempfile.gettempdir()) / "homeedge-keyword-talk",
         help="where the held-out talk (> 2 h, seeded) is cached between runs",
     )
+    parser.add_argument(
+        "--sensors-only",
+        action="store_true",
+        help="only the sensor anomaly figures (sensor_anomaly_by_dataset, the state per device)",
+    )
     args = parser.parse_args()
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    if args.sensors_only:
+        log("sensor quality (simulators' world, UCI) ...")
+        sq = sensor_quality()
+        only = {
+            "sensor_anomaly_by_dataset": sensor_keys(sq),
+            "sensor_state_per_device": sensor_state_cost(),
+            "sensor_quality": sq,
+        }
+        print(json.dumps(only) if args.json else json.dumps(only, indent=1))
+        return 0
     log("model latency ...")
     latency = model_latency()
     log("audio cost ...")

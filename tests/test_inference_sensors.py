@@ -476,3 +476,30 @@ def test_a_level_change_does_not_hide_another_metrics_anomaly() -> None:
     assert window_label({"co2", "humidity"}, {"co2"}) == "anomaly"
     assert window_label({"humidity"}, ()) == "anomaly"
     assert window_label((), ()) == "normal"
+
+
+def test_an_injected_fault_that_changes_no_reading_is_not_labelled() -> None:
+    """A stuck light in a room dark all day, or a swap of two equal channels, changes nothing a
+    detector could see: no truth for it; the same faults on varying readings are labelled."""
+    from training.sensor_faults import inject
+
+    def series(light: Series) -> list[tuple[str, str, float, str, float]]:
+        return [
+            ("d", "room", T0 + i * 60.0, m, v)
+            for i in range(3 * 1440)
+            for m, v in light(T0 + i * 60.0).items()
+        ]
+
+    def dark(ts: float) -> dict[str, float]:
+        return {"light": 0.0, "co2": 0.0}
+
+    def lit(ts: float) -> dict[str, float]:
+        return {"light": 100.0 + (ts - T0) % 600.0, "co2": 400.0 + (ts - T0) % 300.0}
+
+    for kinds in (("stuck",), ("swap",)):
+        quiet, none = inject(
+            series(dark), 3, lo=T0 + DAY, hi=T0 + 3 * DAY, per_day=3.0, kinds=kinds
+        )
+        busy, some = inject(series(lit), 3, lo=T0 + DAY, hi=T0 + 3 * DAY, per_day=3.0, kinds=kinds)
+        assert none == [] and quiet == series(dark)
+        assert some and all(k == kinds[0] for *_, k in some) and busy != series(lit)

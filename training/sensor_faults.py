@@ -4,8 +4,9 @@ swapped channels and dropout (a metric's readings missing while the device's oth
 Faults are placed per device inside a time range (`lo`..`hi`, e.g. after the warm-up), one
 after another with at least `MIN_GAP_S` between them, so each is its own event. A fault lasts
 at least `min_readings` of the device's readings, so at a 16-minute cadence a spike is one
-reading and a stuck value four. The truth is (device, metrics, start, end, kind); a swap's
-metrics are "a|b".
+reading and a stuck value four. A fault that changes no reading (a light stuck at night's
+0 lx) is not labelled: nothing could see it. The truth is (device, metrics, start, end, kind);
+a swap's metrics are "a|b".
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def inject(
                 }
                 label = "|".join(sorted(pair))
             else:
+                pair = []
                 label = str(rng.choice(metrics))
             m = label.split("|")[0]
             sign = -1.0 if m in SIGNED and rng.random() < 0.5 else 1.0
@@ -107,9 +109,7 @@ def inject(
                     if metric in pair:
                         other = pair[1] if metric == pair[0] else pair[0]
                         v = lookup.get((ts, other), v)
-                        hit = True
                 elif metric == m:
-                    hit = True
                     if kind == "spike":
                         v += offset
                     elif kind == "drift":
@@ -118,8 +118,13 @@ def inject(
                         v = held.setdefault(m, v)
                     else:
                         drop.add(i)
+                        hit = True
                 if metric != "temperature":
                     v = max(v, 0.0)
+                # A fault that leaves every reading as it was (stuck at night's 0 lx, a swap
+                # of two equal values) is no fault anyone could see: it is not labelled.
+                faulty = metric in pair if kind == "swap" else metric == m
+                hit = hit or (faulty and v != out[i][4])
                 out[i] = (d, room, ts, metric, v)
             if hit:
                 faults.append((dev, label, t - 1.0, end + 1.0, kind))
