@@ -5,6 +5,7 @@ dropped while idle is replaced without failing the request."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from pathlib import Path
 
@@ -111,3 +112,41 @@ async def test_connection_refused_is_unreachable() -> None:
     async with CloudSession(timeout_s=2) as session:
         with pytest.raises(CloudUnreachable, match="ConnectionRefusedError"):
             await session.post(f"http://127.0.0.1:{free_port()}/api/v1/batches", b"x", {})
+
+
+async def test_a_request_reset_on_a_reused_connection_is_sent_once_more() -> None:
+    """The race the idle check cannot see: the server drops the connection as the request
+    arrives. The POST is retried once on a new connection (safe: the upload is idempotent)."""
+    seen: list[tuple[int, bytes]] = []  # (connection number, request body)
+    writers: list[asyncio.StreamWriter] = []
+    ok = b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}"
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        number = len(writers)
+        writers.append(writer)
+        while await reader.readline() != b"":  # the request line
+            length = 0
+            while (header := await reader.readline()) not in (b"\r\n", b""):
+                if header.lower().startswith(b"content-length:"):
+                    length = int(header.split(b":")[1])
+            seen.append((number, await reader.readexactly(length)))
+            if seen[-1] == (0, b"second"):
+                writer.transport.abort()  # a reset, no answer
+                return
+            writer.write(ok)
+            await writer.drain()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/api/v1/batches"
+    try:
+        async with CloudSession(timeout_s=5) as session:
+            assert (await session.post(url, b"first", {})).status == 201
+            assert (await session.post(url, b"second", {})).status == 201
+    finally:
+        for w in writers:
+            w.close()
+            with contextlib.suppress(ConnectionError):
+                await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+    assert seen == [(0, b"first"), (0, b"second"), (1, b"second")]
