@@ -230,3 +230,7 @@ def test_updates_need_an_https_uplink_unless_it_is_loopback(tmp_path: Path) -> N
         load_config(config("http://cloud.example:8080"))
     assert load_config(config("https://cloud.example")).uplink.url == "https://cloud.example"
     assert load_config(config("http://127.0.0.1:8080")).updates.root_file == root
+    # A URL the uplink could not send to is refused at load, not at every send.
+    for bad in ("https://cloud.example:99999", "https://cloud.example:abc", "https://:443"):
+        with pytest.raises(ConfigError, match=r"uplink\.url"):
+            load_config(config(bad))

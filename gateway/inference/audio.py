@@ -75,6 +75,10 @@ KW_MAX_UTTERANCE_FRAMES = 170
 # calibration talk it removed 20 % of the keyword inputs (309 -> 248) and no command clip's
 # input (120 of 120; 0.4 s: 6 clips lost, their clip ended first); 0.2 s more latency.
 KW_CONFIRM_FRAMES = 20
+# How much later than contiguous audio would place it the confirming frame may be stamped: past
+# it, the microphone paused between the utterance and its quiet (its pushes' clock jumped), and
+# the input is dropped, not run when the microphone resumes (minutes or hours after the words).
+KW_CONFIRM_SLACK_S = 1.0
 _SPEECH_DB = 9.0
 _ABOVE_LEVEL_DB = 7.0
 _LEVEL_FRAMES = ALARM_FRAMES  # the typical level's span: the 4 s of energies the stream keeps
@@ -345,7 +349,7 @@ class AudioStream:
     # Frames of further quiet a keyword input waits for after the endpointer closed it (its
     # window is taken at the close); speech in them drops it: a command stands alone.
     kw_confirm: int = KW_CONFIRM_FRAMES
-    kw_pending: tuple[HeadInput, int] | None = None
+    kw_pending: tuple[HeadInput, int, float] | None = None  # input, due frame, due time
 
     def frames(self, samples: F32, ts: float) -> F32:
         """Phase 1: push samples, return the embedding inputs of the completed frames."""
@@ -417,7 +421,8 @@ class AudioStream:
                 if self.endpointer.start is not None:  # speech again: not an utterance alone
                     self.kw_pending = None
                 elif i >= self.kw_pending[1]:
-                    out.append(self.kw_pending[0])
+                    if self.time_of(i) <= self.kw_pending[2] + KW_CONFIRM_SLACK_S:
+                        out.append(self.kw_pending[0])
                     self.kw_pending = None
             if seg is not None:
                 lo, hi = max(seg[0], i + 1 - len(self.emb)), seg[1]
@@ -431,7 +436,8 @@ class AudioStream:
                         audio=self.window_before(i * HOP + WIN),
                     )
                     if self.kw_confirm:
-                        self.kw_pending = (h, i + self.kw_confirm)
+                        due = i + self.kw_confirm
+                        self.kw_pending = (h, due, self.time_of(due))
                     else:
                         out.append(h)
             self.since_alarm += 1

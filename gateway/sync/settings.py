@@ -17,6 +17,7 @@ Decisions recorded here:
 
 from __future__ import annotations
 
+import urllib.parse
 from pathlib import Path
 from typing import Literal
 
@@ -254,6 +255,19 @@ class UplinkSettings(BaseModel):
     )
     request_timeout_s: float = Field(30.0, gt=0, description="Total timeout of one POST.")
     compression: Literal["gzip"] = Field("gzip", description="Body encoding on the wire.")
+
+    @field_validator("url")
+    @classmethod
+    def _url_parses(cls, url: str) -> str:
+        # The pattern admits a port out of range, a non-numeric one or no host, which the
+        # uplink's `CloudSession` only finds when it sends (a traceback every pass instead of
+        # a config error at start).
+        if url:
+            parts = urllib.parse.urlsplit(url)  # ValueError for a bad IPv6 literal
+            if not parts.hostname:
+                raise ValueError(f"no host in {url!r}")
+            parts.port  # noqa: B018  ValueError for a port out of range or not a number
+        return url
 
     @model_validator(mode="after")
     def _check_backoff(self) -> UplinkSettings:
