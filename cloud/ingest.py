@@ -8,8 +8,9 @@ of the decompressed body: a gateway retries with the bytes kept in its outbox); 
 another body, or of another gateway, is a `BatchConflict`, never silently dropped.
 
 A `BatchWriter` stores them. On PostgreSQL the batches that arrive while a transaction is
-running are stored together in the next one (group commit): one multi-row insert of their batch
-rows, one COPY of all their aggregates and one statement folding them into the rollups. Most of
+running are stored together in the next one (group commit): one statement inserting their batch
+rows and folding them into their gateways' statistics, one COPY of all their aggregates and one
+statement folding them into the rollups (with BEGIN and COMMIT, five round trips). Most of
 a store's cost is the rollup upsert, whose size is the number of distinct hour keys, and batches
 of the same gateways share most keys, so a group of N batches costs far less than N
 transactions. A caller still returns only once its batch is committed, rollups included. SQLite
