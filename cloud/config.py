@@ -130,7 +130,7 @@ class DatabaseLimits(BaseModel):
     Each worker process holds at most `pool_size` + `max_overflow` connections; all workers
     together (plus a migration connection at start-up) must stay below PostgreSQL's
     ``max_connections`` minus its ``superuser_reserved_connections`` (100 and 3 by default):
-    with the defaults, 12 workers fit. Ingest itself uses two connections per worker at a time
+    with the defaults, 12 workers fit. Ingest itself uses three connections per worker at a time
     (`cloud.ingest.GROUP_WRITERS`); the rest serve the query API, the dashboard and analytics.
     """
 

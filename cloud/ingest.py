@@ -8,8 +8,9 @@ of the decompressed body: a gateway retries with the bytes kept in its outbox); 
 another body, or of another gateway, is a `BatchConflict`, never silently dropped.
 
 A `BatchWriter` stores them. On PostgreSQL the batches that arrive while a transaction is
-running are stored together in the next one (group commit): one multi-row insert of their batch
-rows, one COPY of all their aggregates and one statement folding them into the rollups. Most of
+running are stored together in the next one (group commit): one statement inserting their batch
+rows and folding them into their gateways' statistics, one COPY of all their aggregates and one
+statement folding them into the rollups (with BEGIN and COMMIT, five round trips). Most of
 a store's cost is the rollup upsert, whose size is the number of distinct hour keys, and batches
 of the same gateways share most keys, so a group of N batches costs far less than N
 transactions. A caller still returns only once its batch is committed, rollups included. SQLite
@@ -35,6 +36,9 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
+    Float,
+    Integer,
+    String,
     any_,
     bindparam,
     exists,
@@ -59,9 +63,12 @@ _T = TypeVar("_T")
 # Aggregates written in one group transaction at most (each batch holds at most 5,000): large
 # enough to share the rollup keys of many batches, small enough to keep a transaction short.
 MAX_GROUP_ROWS = 20_000
-# Group transactions one process runs at once: two keep two database backends busy (most of a
-# store's time is spent there) while the event loop decodes the requests queuing meanwhile.
-GROUP_WRITERS = 2
+# Group transactions one process runs at once, keeping that many database backends busy while
+# the event loop decodes the requests queuing meanwhile. A group's time is mostly waiting (round
+# trips, the COPY, the commit's WAL flush) with the host's CPU not saturated, so a third writer
+# overlaps more of it: `bench/fleet.py --saturate --workers 1`, 2026-12-04, medians of 3 at load
+# 2.9-4.7: two writers 41.1k / 53.1k rows/s, three 66.7k / 75.2k, four 54.4k / 79.6k.
+GROUP_WRITERS = 3
 
 
 class StoreOutcome(enum.Enum):
@@ -323,7 +330,7 @@ class BatchWriter:
 
     On PostgreSQL the batches handed over while a group transaction runs are stored together in
     the next one. Up to GROUP_WRITERS group transactions run at a time, so the database works on
-    two groups while this process decodes the next requests. Concurrent groups, here or in other
+    several groups while this process decodes the next requests. Concurrent groups, here or in other
     worker processes, are safe: batch rows are inserted in batch_id order and rollup rows
     upserted in key order, so groups sharing keys wait for each other, never deadlock.
     On SQLite each batch is stored in its own transaction.
@@ -479,13 +486,96 @@ def _settle(request: _Request, outcome: StoreOutcome | Exception) -> None:
         request.done.set_result(outcome)
 
 
-# The aggregates' id sequence: a value taken before the COPY bounds this transaction's rows
-# (from below; the batch ids pick them out). In the same round trip, the fold's planner
-# settings for this transaction (`cloud.analytics.rollups.fold_ingested`).
-_NEXT_AGGREGATE_ID = text(
-    "SELECT nextval(pg_get_serial_sequence('aggregates', 'id')), "
-    + ", ".join(f"set_config('{name}', '{value}', true)" for name, value in FOLD_SETTINGS)
+# The batch rows' columns and their PostgreSQL array types, in `_batch_row`'s order.
+_BATCH_ARRAYS = (
+    ("batch_id", "TEXT"),
+    ("gateway", "TEXT"),
+    ("seq", "BIGINT"),
+    ("created_at", "FLOAT8"),
+    ("received_at", "FLOAT8"),
+    ("aggregate_count", "INT"),
+    ("body_bytes", "INT"),
+    ("wire_bytes", "INT"),
+    ("window_start_min", "FLOAT8"),
+    ("window_end_max", "FLOAT8"),
+    ("epsilon_spent", "FLOAT8"),
+    ("suppressed_windows", "INT"),
+    ("refused_noised", "INT"),
+    ("min_window_count", "INT"),
+    ("ingested_messages", "BIGINT"),
+    ("ingested_bytes", "BIGINT"),
+    ("version", "INT"),
+    ("body_sha256", "TEXT"),
 )
+
+
+@functools.cache
+def _group_head_statement() -> Any:
+    """PostgreSQL: a group's batch rows, their gateways' statistics and the aggregates' first
+    id in one statement (one round trip where it took three; on a busy 2-core host each round
+    trip waits for the CPU PostgreSQL shares, about 5 ms apiece).
+
+    - ``ins``: the batch rows from one array per column (one prepared statement whatever the
+      group's size), in the order given (batch_id order: concurrent groups in other workers
+      take the unique-key locks in the same order); ON CONFLICT DO NOTHING: a batch stored
+      before is reported, not an error.
+    - ``stats``: `_stats_upsert` over the rows just inserted (a data-modifying CTE sees the
+      table as the statement began, so ``NOT EXISTS`` finds seqs stored before; ``DISTINCT``
+      counts a seq twice in the group once), gateways in byte order.
+    - ``first``: a value of the aggregates' id sequence, taken before the COPY, which bounds
+      this transaction's rows from below (the batch ids pick them out), and the fold's planner
+      settings for this transaction (`cloud.analytics.rollups.fold_ingested`).
+    Returns (batch_id, id, first id) per batch row inserted."""
+    names = [name for name, _ in _BATCH_ARRAYS]
+    arrays = ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in _BATCH_ARRAYS)
+    newest_pick = {
+        "last_seq": "max(seq)",
+        "last_batch_at": "max(received_at)",
+        "last_created_at": "max(created_at)",
+        "window_end_max": "max(window_end_max)",
+    }
+    added_pick = {
+        "batches": "count(*)",
+        "seqs": "count(DISTINCT seq) FILTER (WHERE NOT EXISTS (SELECT 1 FROM batches o"
+        " WHERE o.gateway = ins.gateway AND o.seq = ins.seq))",
+        "aggregate_rows": "sum(aggregate_count)",
+        "ingested_messages": "sum(ingested_messages)",
+        "ingested_bytes": "sum(ingested_bytes)",
+        "body_bytes": "sum(body_bytes)",
+        "wire_bytes": "sum(wire_bytes)",
+    }
+    stats_columns = ["gateway", *_STATS_ADDED, *_STATS_NEWEST]
+    picks = ["gateway", *(added_pick[n] for n in _STATS_ADDED)]
+    picks += [newest_pick[n] for n in _STATS_NEWEST]
+    sets = [f"{n} = gateway_stats.{n} + EXCLUDED.{n}" for n in _STATS_ADDED]
+    sets += [
+        f"{n} = greatest(coalesce(gateway_stats.{n}, EXCLUDED.{n}),"
+        f" coalesce(EXCLUDED.{n}, gateway_stats.{n}))"
+        for n in _STATS_NEWEST
+    ]
+    settings = ", ".join(f"set_config('{name}', '{value}', true)" for name, value in FOLD_SETTINGS)
+    sql = (
+        f"WITH ins AS (INSERT INTO batches ({', '.join(names)})"
+        f" SELECT * FROM unnest({arrays})"
+        " ON CONFLICT (batch_id) DO NOTHING"
+        " RETURNING id, batch_id, gateway, seq, created_at, received_at, aggregate_count,"
+        " body_bytes, wire_bytes, window_end_max, ingested_messages, ingested_bytes),"
+        f" stats AS (INSERT INTO gateway_stats ({', '.join(stats_columns)})"
+        f' SELECT {", ".join(picks)} FROM ins GROUP BY gateway ORDER BY gateway COLLATE "C"'
+        f" ON CONFLICT (gateway) DO UPDATE SET {', '.join(sets)} RETURNING 1),"
+        " first AS MATERIALIZED (SELECT nextval(pg_get_serial_sequence('aggregates', 'id'))"
+        f" AS first_id, {settings})"
+        " SELECT ins.batch_id, ins.id, first.first_id FROM ins CROSS JOIN first"
+    )
+    types: dict[str, Any] = {
+        "TEXT": String(),
+        "BIGINT": BigInteger(),
+        "FLOAT8": Float(),
+        "INT": Integer(),
+    }
+    return text(sql).bindparams(
+        *(bindparam(name, type_=postgresql.ARRAY(types[kind])) for name, kind in _BATCH_ARRAYS)
+    )
 
 
 async def _store_group(
@@ -502,13 +592,10 @@ async def _store_group(
         _batch_row(r.batch, r.size, r.received_at)
         for r in sorted(first.values(), key=lambda r: r.batch.batch_id)
     ]
-    stmt = (
-        postgresql.insert(batches)
-        .on_conflict_do_nothing(index_elements=[batches.c.batch_id])
-        .returning(batches.c.batch_id, batches.c.id)
-    )
+    columns = {name: [row[name] for row in rows] for name, _ in _BATCH_ARRAYS}
     async with conn.begin():
-        inserted = {bid: pk for bid, pk in (await conn.execute(stmt, rows)).all()}
+        head = (await conn.execute(_group_head_statement(), columns)).all()
+        inserted = {bid: pk for bid, pk, _ in head}
         stored = [r.batch for bid, r in first.items() if bid in inserted]
         existing: dict[str, _Stored] = {}
         if len(inserted) < len(first):
@@ -520,13 +607,12 @@ async def _store_group(
             existing = {bid: _Stored(gateway, sha) for bid, gateway, sha in result.all()}
         if stored:
             pks = [inserted[batch.batch_id] for batch in stored]
-            await fold_gateway_stats(conn, pks)
             records = [
                 record
                 for batch, pk in zip(stored, pks, strict=True)
                 for record in _aggregate_records(batch, pk)
             ]
-            first_id = (await conn.execute(_NEXT_AGGREGATE_ID)).scalar_one()
+            first_id = head[0][2]
             raw = await _raw_connection(conn)
             # COPY: about twice as fast as executemany on PostgreSQL.
             await raw.copy_records_to_table(
