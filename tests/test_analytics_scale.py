@@ -30,7 +30,7 @@ from cloud.analytics.clusters import (
     normalized_profiles,
 )
 from cloud.analytics.fleet import Cell, fleet_standings, fleet_standings_sql, load_cells
-from cloud.analytics.hourly import _unpack, latest_hours, load_hours, profile_sums
+from cloud.analytics.hourly import _unpack, latest_hours, load_hours, load_sliced, profile_sums
 from cloud.analytics.rollups import DAY_S, STORED_S
 from cloud.db import make_engine, rollups, upgrade_to_head
 from tests.test_cloud_api import T0, db_url, home_id
@@ -38,6 +38,7 @@ from tests.test_cloud_api import T0, db_url, home_id
 __all__ = ["db_url"]  # the fixture, imported for pytest
 
 SERIES = (("temperature", "thermostat", "°C", 21.0), ("power", "plug", "W", 300.0))
+STALE = (4, 11, 17, 23, 29)  # homes without their last hour in the newest-hours test
 
 
 def _rollup_rows(homes: int, days: int, seed: int) -> list[dict[str, object]]:
@@ -194,8 +195,15 @@ async def test_database_side_profiles_and_latest_hours_equal_the_in_memory_ones(
     engine = make_engine(db_url)
     try:
         await upgrade_to_head(engine)
-        rows = _rollup_rows(homes=30, days=1, seed=9)
+        # A few homes did not report their last hour: their newest hour is another one.
+        stale = {home_id(f"scale-{h}") for h in STALE}
+        rows = [
+            row
+            for row in _rollup_rows(homes=30, days=1, seed=9)
+            if not (row["home"] in stale and row["bucket_start"] == T0 + DAY_S - 3600)
+        ]
         # Stored out of time order: the one-pass read sorts each pair's hours itself.
+        rows = _with_day_rows(rows)
         random.Random(3).shuffle(rows)
         async with engine.begin() as conn:
             await conn.execute(insert(rollups), rows)
@@ -206,6 +214,10 @@ async def test_database_side_profiles_and_latest_hours_equal_the_in_memory_ones(
         latest_sql = await load_latest(engine, since, until) if postgres else None
         # PostgreSQL's run reads the hour rows once (cloud.analytics.hourly) for both.
         packed = await load_hours(engine, since, until) if postgres else None
+        # ... in slices of homes (60 pairs x 24 hours, 100 pair-hours a slice: 15 slices).
+        sliced = (
+            await load_sliced(engine, since, until, until, pair_hours=100) if postgres else None
+        )
     finally:
         await engine.dispose()
     want = daily_profiles(hours)
@@ -214,14 +226,19 @@ async def test_database_side_profiles_and_latest_hours_equal_the_in_memory_ones(
     for home, families in want.items():
         assert set(got[home]) == set(families) == {"power"}
         np.testing.assert_allclose(got[home]["power"], families["power"], rtol=1e-12)
-    if latest_sql is None or packed is None:
+    if latest_sql is None or packed is None or sliced is None:
         return  # SQLite takes latest_from_cells itself (no percentile_cont)
     one_pass = normalized_profiles(profile_sums(packed))
     assert set(one_pass) == set(want)
+    sliced_sums, *sliced_latest = sliced
+    in_slices = normalized_profiles(sliced_sums)
+    assert set(in_slices) == set(want)
     for home, families in want.items():
         np.testing.assert_allclose(one_pass[home]["power"], families["power"], rtol=1e-12)
+        np.testing.assert_allclose(in_slices[home]["power"], families["power"], rtol=1e-12)
     want_latest, want_by_hour = latest_from_cells(hours)
-    for latest, by_hour in (latest_sql, latest_hours(packed, until)):
+    assert {w.t for w in want_latest} == {until - 3600, until - 7200}  # the stale homes' too
+    for latest, by_hour in (latest_sql, latest_hours(packed, until), tuple(sliced_latest)):
         _same_latest(latest, by_hour, want_latest, want_by_hour, hours)
     # Hours at or after `until` are not the newest: those before are.
     early, _ = latest_hours(packed, until - 3600)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +45,25 @@ SELECT home, metric,
 FROM rollups
 WHERE bucket_s = :width AND bucket_start >= :since AND bucket_start < :until
   AND metric NOT IN :events
+  {where}
 GROUP BY home, metric
+"""
+
+# A slice of the homes: `hashtext` is int4 (negative too), shifted to 0..2^32-1 first.
+_SLICE_SQL = "AND mod(hashtext(home)::int8 + 2147483648, :slices) = :slice"
+# The rows of a few (metric, hour)s only: the peers' re-read (`load_sliced`).
+_AT_SQL = "AND metric IN :metrics AND bucket_start IN :starts"
+
+# The most (home, metric) pairs x look-back hours one slice of `load_sliced` holds: 1,000,000
+# pair-hours (32 MB packed; a few times that as arrays), i.e. 2,976 pairs (~600 homes of five
+# measured metrics) a slice at the 14-day look-back.
+SLICE_PAIR_HOURS = 1_000_000
+
+_PAIRS_SQL = """
+SELECT count(*) FROM (
+  SELECT DISTINCT home, metric FROM rollups
+  WHERE bucket_s = :day AND bucket_start >= :since AND bucket_start < :until
+    AND metric NOT IN :events) AS pairs
 """
 
 
@@ -63,11 +81,32 @@ class Hours:
     inv_eps_sq: Floats
 
 
-async def load_hours(engine: AsyncEngine, since: float, until: float) -> Hours:
+async def load_hours(
+    engine: AsyncEngine,
+    since: float,
+    until: float,
+    *,
+    part: tuple[int, int] = (0, 1),
+    at: Sequence[tuple[str, float]] = (),
+) -> Hours:
     """The hour rows of the measured metrics (not the `EVENTS`) in [since, until), pooled per
-    home, metric and hour."""
-    stmt = text(_HOURS_SQL).bindparams(bindparam("events", expanding=True))
-    params = {"width": STORED_S, "since": since, "until": until, "events": EVENTS}
+    home, metric and hour; of the homes of slice `part` = (i, n) only when n > 1, and when `at`
+    is given, of those rows' metrics and hours only (a superset of the (metric, hour)s in `at`)."""
+    where, params = [], {"width": STORED_S, "since": since, "until": until, "events": EVENTS}
+    slice_, slices = part
+    if slices > 1:
+        where.append(_SLICE_SQL)
+        params |= {"slice": slice_, "slices": slices}
+    if at:
+        where.append(_AT_SQL)
+        params |= {"metrics": sorted({m for m, _ in at}), "starts": sorted({t for _, t in at})}
+    stmt = text(_HOURS_SQL.format(where=" ".join(where))).bindparams(
+        *(
+            bindparam(name, expanding=True)
+            for name in ("events", "metrics", "starts")
+            if name in params
+        )
+    )
     async with engine.connect() as conn:
         await analytics_session(conn)
         rows = (await conn.execute(stmt, params)).all()
@@ -154,10 +193,12 @@ def _middle(values: Floats, group: Ints, groups: int) -> tuple[Floats, Ints]:
     return median, size
 
 
-def latest_hours(hours: Hours, until: float) -> tuple[list[Latest], HourValues]:
+def latest_hours(
+    hours: Hours, until: float, also: Iterable[tuple[str, float]] = ()
+) -> tuple[list[Latest], HourValues]:
     """`load_latest` of the loaded hours before `until`: every pair's newest hour with the
     median, MAD and mean absolute deviation of its earlier ones, and the homes' means in the
-    hours some newest value lies in."""
+    hours some newest value lies in, and in the (metric, hour)s `also` (another slice's)."""
     before = hours.t < until
     pair, t = hours.pair[before], hours.t[before]
     count, inv = hours.count[before], hours.inv_eps_sq[before]
@@ -209,7 +250,9 @@ def latest_hours(hours: Hours, until: float) -> tuple[list[Latest], HourValues]:
         count=pairs,
     )
     code = metric_of_pair[pair] * (1 << 40) + np.rint(t / STORED_S).astype(np.int64)
-    rows = np.flatnonzero(np.isin(code, np.unique(code[last])))
+    extra = [metric_ids[m] * (1 << 40) + round(at / STORED_S) for m, at in also if m in metric_ids]
+    wanted = np.unique(np.r_[code[last], np.array(extra, dtype=np.int64)])
+    rows = np.flatnonzero(np.isin(code, wanted))
     rows = rows[np.argsort(code[rows], kind="stable")]
     edges = np.flatnonzero(np.r_[True, np.diff(code[rows]) != 0, True]).tolist()
     peer_homes = homes[pair[rows]].tolist()
@@ -222,3 +265,53 @@ def latest_hours(hours: Hours, until: float) -> tuple[list[Latest], HourValues]:
             zip(peer_homes[a:b], peer_values[a:b], strict=True)
         )
     return latest, by_hour
+
+
+async def load_sliced(
+    engine: AsyncEngine,
+    since: float,
+    until: float,
+    complete: float,
+    *,
+    pair_hours: int = SLICE_PAIR_HOURS,
+) -> tuple[ProfileSums, list[Latest], HourValues]:
+    """`profile_sums` and `latest_hours` (before `complete`) of the hour rows in [since, until),
+    read and reduced in slices of homes so that one slice holds about `pair_hours` (home,
+    metric) pairs x look-back hours (the pairs counted from the day rows; without any, one
+    slice). A pair's profile and history are its own; only the newest hours' peers span
+    slices: each slice gives its homes' values in the (metric, hour)s known so far, and the few
+    (metric, hour)s first met in a later slice are read again for every home at the end."""
+    stmt = text(_PAIRS_SQL).bindparams(bindparam("events", expanding=True))
+    params = {"day": DAY_S, "since": since, "until": until, "events": EVENTS}
+    async with engine.connect() as conn:
+        await analytics_session(conn)
+        pairs = int(await conn.scalar(stmt, params) or 0)
+    lookback_hours = max(1, round((until - since) / STORED_S))
+    slices = max(1, -(-pairs * lookback_hours // max(1, pair_hours)))
+    sums: ProfileSums = defaultdict(lambda: np.zeros((HOURS, 2)))
+    latest: list[Latest] = []
+    by_hour: HourValues = {}
+    late: set[tuple[str, float]] = set()  # met after the first slice: earlier ones lack them
+    for index in range(slices):
+        hours = await load_hours(engine, since, until, part=(index, slices))
+        known = list(by_hour)
+
+        def reduce(
+            hours: Hours = hours, known: list[tuple[str, float]] = known
+        ) -> tuple[ProfileSums, list[Latest], HourValues]:
+            return profile_sums(hours), *latest_hours(hours, complete, known)
+
+        part_sums, part_latest, part_by_hour = await asyncio.to_thread(reduce)
+        del hours
+        sums.update(part_sums)  # its homes only
+        latest.extend(part_latest)
+        for key, values in part_by_hour.items():
+            if index > 0 and key not in by_hour:
+                late.add(key)
+            by_hour.setdefault(key, {}).update(values)
+    if late:
+        again = await load_hours(engine, since, until, at=sorted(late))
+        _, peers = await asyncio.to_thread(latest_hours, again, complete, late)
+        for key in late:
+            by_hour[key] = peers.get(key, {})
+    return sums, latest, by_hour

@@ -38,8 +38,7 @@ from cloud.analytics.fleet import (
     fleet_standings_sql,
     load_cells,
 )
-from cloud.analytics.hourly import Hours, latest_hours, load_hours
-from cloud.analytics.hourly import profile_sums as profile_sums_of
+from cloud.analytics.hourly import SLICE_PAIR_HOURS, load_sliced
 from cloud.analytics.models import EMPTY_SNAPSHOT, FleetStat, HomeStanding, Snapshot
 from cloud.analytics.rollups import DAY_S, STORED_S, newest_window_end
 from cloud.db import analytics_results
@@ -60,6 +59,9 @@ class AnalyticsSettings:
     anomaly_threshold: float = 3.5
     anomaly_top: int = 50
     cluster_sample_homes: int = DEFAULT_SAMPLE
+    # The hour rows are read in slices of homes of about this many (home, metric) pairs x
+    # look-back hours each (`cloud.analytics.hourly.load_sliced`): the memory bound.
+    slice_pair_hours: int = SLICE_PAIR_HOURS
 
 
 async def compute_snapshot(
@@ -77,7 +79,6 @@ async def compute_snapshot(
     # Anomalies rank complete hours only, the ones the clock has passed: the hour still
     # filling would be re-ranked, and its flag flip, with every run.
     complete = min(until_day, math.floor(computed_at / STORED_S) * STORED_S)
-    loaded: Hours | None = None
     profile_sums: ProfileSums = {}
     latest: list[Latest] = []
     by_hour: HourValues = {}
@@ -97,14 +98,18 @@ async def compute_snapshot(
 
     if engine.dialect.name == "postgresql":
         # The clusters' profiles and the anomalies' newest hours come from one read of the
-        # measured metrics' hour rows, one packed row per home and metric
-        # (`cloud.analytics.hourly`), on a second connection while the first reads the day and
-        # event rows: two backends (and this process's thread) work at once, not one.
+        # measured metrics' hour rows, one packed row per home and metric, slice of homes by
+        # slice (`cloud.analytics.hourly`), on a second connection while the first reads the
+        # day and event rows: two backends (and this process's thread) work at once, not one.
         async with asyncio.TaskGroup() as group:
             other = group.create_task(day_and_event_rows())
-            hours_read = group.create_task(load_hours(engine, since, until_day))
+            hours_read = group.create_task(
+                load_sliced(
+                    engine, since, until_day, complete, pair_hours=settings.slice_pair_hours
+                )
+            )
         (stats, standings), days, event_hours = other.result()
-        loaded = hours_read.result()
+        profile_sums, latest, by_hour = hours_read.result()
     else:
         # SQLite (small fleets, no percentile_cont): one row per home, family and hour of the
         # day for the clusters; every hour row read into Python for the anomalies.
@@ -116,18 +121,15 @@ async def compute_snapshot(
 
     def analyse() -> Snapshot:
         # CPU work (array sums, KMeans restarts) off the event loop.
-        sums, newest, peers = profile_sums, latest, by_hour
-        if loaded is not None:
-            sums, (newest, peers) = profile_sums_of(loaded), latest_hours(loaded, complete)
         clusters = cluster_profiles(
-            normalized_profiles(sums),
+            normalized_profiles(profile_sums),
             k=settings.cluster_k,
             k_max=settings.cluster_k_max,
             sample=settings.cluster_sample_homes,
         )
         anomalies = rank_latest(
-            newest,
-            peers,
+            latest,
+            by_hour,
             clusters.assignments,
             threshold=settings.anomaly_threshold,
             top=settings.anomaly_top,
