@@ -214,7 +214,7 @@ async def test_database_side_profiles_and_latest_hours_equal_the_in_memory_ones(
         latest_sql = await load_latest(engine, since, until) if postgres else None
         # PostgreSQL's run reads the hour rows once (cloud.analytics.hourly) for both.
         packed = await load_hours(engine, since, until) if postgres else None
-        # ... in slices of homes (60 pairs x 24 hours, 100 pair-hours a slice: 15 slices).
+        # ... streamed in slices (100 pair-hours: 4 pairs of 24 hours, 15 slices of 60).
         sliced = (
             await load_sliced(engine, since, until, until, pair_hours=100) if postgres else None
         )

@@ -49,22 +49,13 @@ WHERE bucket_s = :width AND bucket_start >= :since AND bucket_start < :until
 GROUP BY home, metric
 """
 
-# A slice of the homes: `hashtext` is int4 (negative too), shifted to 0..2^32-1 first.
-_SLICE_SQL = "AND mod(hashtext(home)::int8 + 2147483648, :slices) = :slice"
-# The rows of a few (metric, hour)s only: the peers' re-read (`load_sliced`).
+# The rows of a few (metric, hours) only: the peers' re-read (`load_sliced`).
 _AT_SQL = "AND metric IN :metrics AND bucket_start IN :starts"
 
 # The most (home, metric) pairs x look-back hours one slice of `load_sliced` holds: 1,000,000
 # pair-hours (32 MB packed; a few times that as arrays), i.e. 2,976 pairs (~600 homes of five
-# measured metrics) a slice at the 14-day look-back.
+# measured metrics) a slice at the 14-day look-back, 41,666 pairs at one day.
 SLICE_PAIR_HOURS = 1_000_000
-
-_PAIRS_SQL = """
-SELECT count(*) FROM (
-  SELECT DISTINCT home, metric FROM rollups
-  WHERE bucket_s = :day AND bucket_start >= :since AND bucket_start < :until
-    AND metric NOT IN :events) AS pairs
-"""
 
 
 @dataclass(frozen=True)
@@ -82,35 +73,34 @@ class Hours:
 
 
 async def load_hours(
-    engine: AsyncEngine,
-    since: float,
-    until: float,
-    *,
-    part: tuple[int, int] = (0, 1),
-    at: Sequence[tuple[str, float]] = (),
+    engine: AsyncEngine, since: float, until: float, *, at: Sequence[tuple[str, float]] = ()
 ) -> Hours:
     """The hour rows of the measured metrics (not the `EVENTS`) in [since, until), pooled per
-    home, metric and hour; of the homes of slice `part` = (i, n) only when n > 1, and when `at`
-    is given, of those rows' metrics and hours only (a superset of the (metric, hour)s in `at`)."""
-    where, params = [], {"width": STORED_S, "since": since, "until": until, "events": EVENTS}
-    slice_, slices = part
-    if slices > 1:
-        where.append(_SLICE_SQL)
-        params |= {"slice": slice_, "slices": slices}
+    home, metric and hour; when `at` is given, of those rows' metrics and hours only (a
+    superset of the (metric, hour)s in `at`)."""
+    stmt, params = _hours_statement(since, until, at)
+    async with engine.connect() as conn:
+        await analytics_session(conn)
+        rows = (await conn.execute(stmt, params)).all()
+    return await asyncio.to_thread(_unpack, rows)  # array work off the event loop
+
+
+def _hours_statement(
+    since: float, until: float, at: Sequence[tuple[str, float]] = ()
+) -> tuple[Any, dict[str, Any]]:
+    where = ""
+    params: dict[str, Any] = {"width": STORED_S, "since": since, "until": until, "events": EVENTS}
     if at:
-        where.append(_AT_SQL)
+        where = _AT_SQL
         params |= {"metrics": sorted({m for m, _ in at}), "starts": sorted({t for _, t in at})}
-    stmt = text(_HOURS_SQL.format(where=" ".join(where))).bindparams(
+    stmt = text(_HOURS_SQL.format(where=where)).bindparams(
         *(
             bindparam(name, expanding=True)
             for name in ("events", "metrics", "starts")
             if name in params
         )
     )
-    async with engine.connect() as conn:
-        await analytics_session(conn)
-        rows = (await conn.execute(stmt, params)).all()
-    return await asyncio.to_thread(_unpack, rows)  # array work off the event loop
+    return stmt, params
 
 
 def _unpack(rows: Sequence[Any]) -> Hours:
@@ -276,39 +266,44 @@ async def load_sliced(
     pair_hours: int = SLICE_PAIR_HOURS,
 ) -> tuple[ProfileSums, list[Latest], HourValues]:
     """`profile_sums` and `latest_hours` (before `complete`) of the hour rows in [since, until),
-    read and reduced in slices of homes so that one slice holds about `pair_hours` (home,
-    metric) pairs x look-back hours (the pairs counted from the day rows; without any, one
-    slice). A pair's profile and history are its own; only the newest hours' peers span
-    slices: each slice gives its homes' values in the (metric, hour)s known so far, and the few
-    (metric, hour)s first met in a later slice are read again for every home at the end."""
-    stmt = text(_PAIRS_SQL).bindparams(bindparam("events", expanding=True))
-    params = {"day": DAY_S, "since": since, "until": until, "events": EVENTS}
-    async with engine.connect() as conn:
-        await analytics_session(conn)
-        pairs = int(await conn.scalar(stmt, params) or 0)
-    lookback_hours = max(1, round((until - since) / STORED_S))
-    slices = max(1, -(-pairs * lookback_hours // max(1, pair_hours)))
+    streamed from one query (a server-side cursor) and reduced in slices of (home, metric)
+    pairs: a slice holds at most `pair_hours` // look-back hours pairs. A pair's history is its
+    own and the profiles are sums, so slices are independent; only the newest hours' peers
+    span them: each slice gives its pairs' values in the (metric, hour)s known so far, and the
+    few (metric, hour)s first met in a later slice are read again for every home at the end
+    (through the width and time index)."""
+    per_slice = max(1, pair_hours // max(1, round((until - since) / STORED_S)))
+    stmt, params = _hours_statement(since, until)
     sums: ProfileSums = defaultdict(lambda: np.zeros((HOURS, 2)))
     latest: list[Latest] = []
     by_hour: HourValues = {}
     late: set[tuple[str, float]] = set()  # met after the first slice: earlier ones lack them
-    for index in range(slices):
-        hours = await load_hours(engine, since, until, part=(index, slices))
-        known = list(by_hour)
 
-        def reduce(
-            hours: Hours = hours, known: list[tuple[str, float]] = known
-        ) -> tuple[ProfileSums, list[Latest], HourValues]:
-            return profile_sums(hours), *latest_hours(hours, complete, known)
+    def reduce(
+        rows: Sequence[Any], known: list[tuple[str, float]]
+    ) -> tuple[ProfileSums, list[Latest], HourValues]:
+        hours = _unpack(rows)
+        return profile_sums(hours), *latest_hours(hours, complete, known)
 
-        part_sums, part_latest, part_by_hour = await asyncio.to_thread(reduce)
-        del hours
-        sums.update(part_sums)  # its homes only
-        latest.extend(part_latest)
-        for key, values in part_by_hour.items():
-            if index > 0 and key not in by_hour:
-                late.add(key)
-            by_hour.setdefault(key, {}).update(values)
+    async with engine.connect() as conn:
+        await analytics_session(conn)
+        result = await conn.stream(stmt.execution_options(yield_per=per_slice), params)
+        first = True
+        async for rows in result.partitions(per_slice):
+            part_sums, part_latest, part_by_hour = await asyncio.to_thread(
+                reduce, rows, list(by_hour)
+            )
+            del rows
+            for home_family, acc in part_sums.items():
+                # A (home, family) of several metrics may span slices: its sums add up.
+                old = sums.get(home_family)
+                sums[home_family] = acc if old is None else old + acc
+            latest.extend(part_latest)
+            for key, values in part_by_hour.items():
+                if not first and key not in by_hour:
+                    late.add(key)
+                by_hour.setdefault(key, {}).update(values)
+            first = False
     if late:
         again = await load_hours(engine, since, until, at=sorted(late))
         _, peers = await asyncio.to_thread(latest_hours, again, complete, late)
