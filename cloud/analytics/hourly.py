@@ -52,10 +52,10 @@ GROUP BY home, metric
 # The rows of a few (metric, hours) only: the peers' re-read (`load_sliced`).
 _AT_SQL = "AND metric IN :metrics AND bucket_start IN :starts"
 
-# The most (home, metric) pairs x look-back hours one slice of `load_sliced` holds: 1,000,000
-# pair-hours (32 MB packed; a few times that as arrays), i.e. 2,976 pairs (~600 homes of five
-# measured metrics) a slice at the 14-day look-back, 41,666 pairs at one day.
-SLICE_PAIR_HOURS = 1_000_000
+# The most (home, metric) pairs x look-back hours one slice of `load_sliced` holds: 250,000
+# pair-hours (8 MB packed; a few times that as arrays), i.e. 744 pairs (~150 homes of five
+# measured metrics) a slice at the 14-day look-back, 10,416 pairs at one day.
+SLICE_PAIR_HOURS = 250_000
 
 
 @dataclass(frozen=True)
