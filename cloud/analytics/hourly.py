@@ -2,7 +2,8 @@
 
 The clusters need every home's hour-of-day profile and the anomalies every home's newest hour
 with the median and MAD of its earlier ones. Both come from the same hour rows of the measured
-metrics, so on PostgreSQL they are read once (`load_hours`): one row per (home, metric) with its
+metrics, so on PostgreSQL they are read once (`load_sliced`, streamed and reduced in slices of
+pairs so the process holds a bounded part at a time): one row per (home, metric) with its
 hour rows packed as binary float8 (``string_agg`` of ``float8send``; unpacked by numpy without a
 Python object per value), grouped by a hash of the 500,000 (home, metric) pairs of 100,000 homes
 rather than of their millions of hours. What the database did per hour before (pooling rooms,
