@@ -110,7 +110,12 @@ async def test_one_alarm_heard_reaches_the_cloud_as_a_count_of_one(
 
     # ... and so does the real cloud, whose edge-events report (the dashboard's edge panel)
     # then shows the alarm.
-    client = await aiohttp_client(create_app(make_config(db_url, analytics_interval_s=0)))
+    # No storage upkeep: its first run, at start-up, moves rows out of PostgreSQL's default
+    # partition while this test's analytics run reads them, and then missed the day rows in
+    # about 1 run in 5 on a loaded machine (a race of its own, noted; not this test's subject).
+    client = await aiohttp_client(
+        create_app(make_config(db_url, analytics_interval_s=0, retention={"interval_s": 0}))
+    )
     with db.connect() as conn:
         pending, _ = outbox.fetch_pending(conn, time.time(), 100, UplinkSettings())
     for b in pending:
