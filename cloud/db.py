@@ -366,6 +366,12 @@ def make_engine(url: str, **kwargs: Any) -> AsyncEngine:
     return engine
 
 
+def worker_threads(engine: AsyncEngine) -> list[threading.Thread]:
+    """The worker threads of the aiosqlite connections `engine` has opened, ended ones among
+    them until they are collected (none for PostgreSQL)."""
+    return list(_WORKER_THREADS.get(engine.sync_engine, ()))
+
+
 async def dispose(engine: AsyncEngine, timeout_s: float = 5.0) -> None:
     """Close every pooled connection of `engine`, and on SQLite wait (at most `timeout_s`) for
     their worker threads to end. A connection closed by force (a statement cancelled at
@@ -373,7 +379,7 @@ async def dispose(engine: AsyncEngine, timeout_s: float = 5.0) -> None:
     event loop; a loop closed before that answer makes the thread fail. Waiting here keeps the
     loop open until every thread has answered."""
     await engine.dispose()
-    threads = _WORKER_THREADS.get(engine.sync_engine)
+    threads = worker_threads(engine)
     if not threads:
         return
     deadline = time.monotonic() + timeout_s

@@ -14,13 +14,13 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Connection, inspect, text
 
 from cloud.db import (
-    _WORKER_THREADS,
     alembic_config,
     dispose,
     include_name,
     make_engine,
     metadata,
     upgrade_to_head,
+    worker_threads,
 )
 
 
@@ -98,7 +98,7 @@ async def test_dispose_returns_once_every_sqlite_thread_has_ended(tmp_path: Path
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    threads = list(_WORKER_THREADS[engine.sync_engine])
+    threads = worker_threads(engine)
     assert len(threads) == 2, threads
     asyncio.get_running_loop().call_later(0.3, holder.rollback)
     try:
